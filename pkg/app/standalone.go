@@ -1,0 +1,216 @@
+// Package app wires plinth's parts into the processes of each role:
+// configuration, validation and run(ctx) for `plinth standalone` (and,
+// later, `plinth node` and `plinth controller`).
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/csi"
+	"github.com/plinth-dev/plinth/pkg/mount"
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
+	"github.com/plinth-dev/plinth/pkg/pool/file"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// PoolSpec declares one pool: --pool name=fast,backend=file,dir=/mnt/fast.
+type PoolSpec struct {
+	Name    string
+	Backend string
+	Dir     string
+	FsType  string // default filesystem of a file pool's volumes
+}
+
+// ParsePoolSpec parses name=N,backend=B,dir=D[,fstype=F].
+func ParsePoolSpec(s string) (PoolSpec, error) {
+	var p PoolSpec
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return PoolSpec{}, fmt.Errorf("pool %q: %q is not key=value", s, kv)
+		}
+		switch k {
+		case "name":
+			p.Name = v
+		case "backend":
+			p.Backend = v
+		case "dir":
+			p.Dir = v
+		case "fstype":
+			p.FsType = v
+		default:
+			return PoolSpec{}, fmt.Errorf("pool %q: unknown key %q (name, backend, dir, fstype)", s, k)
+		}
+	}
+	return p, p.Validate()
+}
+
+// Validate checks a pool declaration.
+func (p PoolSpec) Validate() error {
+	if err := pool.ValidateName(p.Name); err != nil {
+		return fmt.Errorf("pool name: %w", err)
+	}
+	if p.Backend != "file" && p.Backend != "btrfs" {
+		return fmt.Errorf("pool %s: backend %q is not file or btrfs", p.Name, p.Backend)
+	}
+	if !filepath.IsAbs(p.Dir) || filepath.Clean(p.Dir) != p.Dir {
+		return fmt.Errorf("pool %s: dir %q must be an absolute, clean path", p.Name, p.Dir)
+	}
+	switch {
+	case p.Backend == "btrfs" && p.FsType != "" && p.FsType != "btrfs":
+		return fmt.Errorf("pool %s: a btrfs pool's volumes are btrfs, not %q", p.Name, p.FsType)
+	case p.Backend == "file" && p.FsType != "" && p.FsType != "ext4" && p.FsType != "xfs" && p.FsType != "btrfs":
+		return fmt.Errorf("pool %s: fstype %q is not ext4, xfs or btrfs", p.Name, p.FsType)
+	}
+	return nil
+}
+
+// StandaloneConfig configures `plinth standalone`.
+type StandaloneConfig struct {
+	Endpoint     string
+	Root         string
+	NodeID       string
+	DriverName   string
+	TopologyKey  string
+	Version      string
+	Pools        []PoolSpec
+	AllowedPaths []string
+	MaxVolumes   int64
+	SysfsRoot    string
+	DevRoot      string
+}
+
+type listFlag struct{ add func(string) error }
+
+func (l listFlag) String() string     { return "" }
+func (l listFlag) Set(s string) error { return l.add(s) }
+
+// Flags registers the standalone flags on fs.
+func (c *StandaloneConfig) Flags(fs *flag.FlagSet) {
+	host, _ := os.Hostname()
+	fs.StringVar(&c.Endpoint, "endpoint", "", "CSI endpoint, unix://PATH (default unix://<root>/csi.sock)")
+	fs.StringVar(&c.Root, "root", "/var/lib/plinth", "directory for plinth's state and the default pool")
+	fs.StringVar(&c.NodeID, "node-id", host, "this node's ID, reported as topology")
+	fs.StringVar(&c.DriverName, "driver-name", "plinth.example.com", "CSI driver name")
+	fs.StringVar(&c.TopologyKey, "topology-key", "topology.plinth.example.com/node", "topology key whose value is the node ID")
+	fs.Int64Var(&c.MaxVolumes, "max-volumes", 1024, "volumes this node may hold, reported in NodeGetInfo (0: no limit)")
+	fs.StringVar(&c.SysfsRoot, "sysfs-root", "/sys", "where sysfs is mounted")
+	fs.StringVar(&c.DevRoot, "dev-root", "/dev", "where device nodes are")
+	fs.Var(listFlag{func(s string) error {
+		p, err := ParsePoolSpec(s)
+		if err == nil {
+			c.Pools = append(c.Pools, p)
+		}
+		return err
+	}}, "pool", "a pool: name=N,backend=file|btrfs,dir=/abs/dir[,fstype=ext4|xfs|btrfs] (repeatable; default: a file pool \"default\" in <root>/pools/default)")
+	fs.Var(listFlag{func(s string) error { c.AllowedPaths = append(c.AllowedPaths, s); return nil }}, "allowed-path",
+		"directory under which staging and target paths may lie (repeatable; default /var/lib/kubelet and "+os.TempDir()+")")
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *StandaloneConfig) Validate() error {
+	var errs []error
+	if !filepath.IsAbs(c.Root) {
+		errs = append(errs, fmt.Errorf("--root %q must be absolute", c.Root))
+	}
+	c.Root = filepath.Clean(c.Root)
+	if c.Endpoint == "" {
+		c.Endpoint = "unix://" + filepath.Join(c.Root, "csi.sock")
+	}
+	if _, err := csi.ParseEndpoint(c.Endpoint); err != nil {
+		errs = append(errs, fmt.Errorf("--endpoint: %w", err))
+	}
+	if c.NodeID == "" || len(c.NodeID) > 128 {
+		errs = append(errs, fmt.Errorf("--node-id must be 1-128 characters"))
+	}
+	if len(c.Pools) == 0 {
+		c.Pools = []PoolSpec{{Name: "default", Backend: "file", Dir: filepath.Join(c.Root, "pools", "default")}}
+	}
+	names := map[string]bool{}
+	for _, p := range c.Pools {
+		if names[p.Name] {
+			errs = append(errs, fmt.Errorf("--pool: %q declared twice", p.Name))
+		}
+		names[p.Name] = true
+	}
+	if len(c.AllowedPaths) == 0 {
+		c.AllowedPaths = []string{"/var/lib/kubelet", os.TempDir()}
+	}
+	for _, a := range c.AllowedPaths {
+		if !filepath.IsAbs(a) || filepath.Clean(a) != a || a == "/" {
+			errs = append(errs, fmt.Errorf("--allowed-path %q must be an absolute, clean path other than /", a))
+		}
+	}
+	if c.MaxVolumes < 0 {
+		errs = append(errs, fmt.Errorf("--max-volumes must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// OpenPools opens every declared pool.
+func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run mount.Runner) ([]pool.Pool, error) {
+	var out []pool.Pool
+	for _, s := range specs {
+		var p pool.Pool
+		var err error
+		switch s.Backend {
+		case "file":
+			p, err = file.New(file.Config{Name: s.Name, Dir: s.Dir, FsType: s.FsType, Loops: loops})
+		case "btrfs":
+			p, err = btrfs.New(ctx, btrfs.Config{Name: s.Name, Dir: s.Dir, Run: run})
+		default:
+			err = fmt.Errorf("pool %s: unknown backend %q", s.Name, s.Backend)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// RunStandalone runs controller and node in one process until ctx ends.
+func RunStandalone(ctx context.Context, c StandaloneConfig) error {
+	sock, err := csi.ParseEndpoint(c.Endpoint)
+	if err != nil {
+		return err
+	}
+	run := mount.Exec{}
+	pools, err := OpenPools(ctx, c.Pools, mount.NewLoop(c.SysfsRoot, c.DevRoot), run)
+	if err != nil {
+		return err
+	}
+	local, err := volume.NewLocalNode(pools...)
+	if err != nil {
+		return err
+	}
+	ctrl := volume.NewController(map[string]volume.Node{c.NodeID: local})
+	owned := []string{c.Root}
+	for _, p := range c.Pools {
+		owned = append(owned, p.Dir)
+	}
+	ready := func(ctx context.Context) error {
+		_, err := local.Pools(ctx)
+		return err
+	}
+	svcs := csi.Services{
+		Identity:   csi.NewIdentityServer(c.DriverName, c.Version, true, ready),
+		Controller: csi.NewControllerServer(ctrl, c.TopologyKey),
+		Node: csi.NewNodeServer(volume.NewPublisher(local, mount.NewHost(run)), csi.NodeConfig{
+			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
+			Paths: csi.Paths{Allowed: c.AllowedPaths, Owned: owned},
+		}),
+	}
+	klog.InfoS("Starting plinth standalone", "version", c.Version, "nodeID", c.NodeID, "root", c.Root, "pools", len(pools))
+	return csi.Serve(ctx, sock, svcs, 10*time.Second)
+}

@@ -1,0 +1,123 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// ParseEndpoint returns the socket path of a unix://PATH endpoint.
+func ParseEndpoint(ep string) (string, error) {
+	u, err := url.Parse(ep)
+	if err != nil || u.Scheme != "unix" {
+		return "", fmt.Errorf("endpoint %q: want unix://PATH", ep)
+	}
+	p := u.Path
+	if u.Host != "" { // unix://relative/path
+		p = u.Host + u.Path
+	}
+	if p == "" {
+		return "", fmt.Errorf("endpoint %q: no socket path", ep)
+	}
+	return p, nil
+}
+
+// Listen removes a stale socket at path (only a socket) and listens there
+// with permissions for owner and group only.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; refusing to remove it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// logCalls logs every call with its duration and code; requests are not
+// logged whole, so secrets never reach the log.
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+	logger := klog.FromContext(ctx).WithValues("method", method)
+	if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
+		logger = logger.WithValues("volumeID", v.GetVolumeId())
+	}
+	ctx = klog.NewContext(ctx, logger)
+	resp, err := handler(ctx, req)
+	if err != nil {
+		logger.Info("CSI call failed", "code", status.Code(err).String(), "err", status.Convert(err).Message(), "duration", time.Since(start))
+	} else {
+		logger.V(4).Info("CSI call", "duration", time.Since(start))
+	}
+	return resp, err
+}
+
+// Services are the CSI services one server serves; nil ones are left out.
+type Services struct {
+	Identity   csi.IdentityServer
+	Controller csi.ControllerServer
+	Node       csi.NodeServer
+}
+
+// Serve serves svcs on the unix socket at path until ctx is cancelled, then
+// stops gracefully (forcibly after grace) and removes the socket.
+func Serve(ctx context.Context, path string, svcs Services, grace time.Duration) error {
+	l, err := Listen(path)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	csi.RegisterIdentityServer(srv, svcs.Identity)
+	if svcs.Controller != nil {
+		csi.RegisterControllerServer(srv, svcs.Controller)
+	}
+	if svcs.Node != nil {
+		csi.RegisterNodeServer(srv, svcs.Node)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	klog.InfoS("Serving CSI", "endpoint", "unix://"+path, "controller", svcs.Controller != nil, "node", svcs.Node != nil)
+	select {
+	case err := <-errc:
+		os.Remove(path)
+		return fmt.Errorf("serve CSI: %w", err)
+	case <-ctx.Done():
+	}
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		srv.Stop()
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	klog.InfoS("CSI server stopped", "endpoint", "unix://"+path)
+	return nil
+}

@@ -1,0 +1,288 @@
+package pool
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// Index is a backend's view of its volume and snapshot records: loaded from
+// disk at start, kept in memory, written through atomically. Its mutex makes
+// "check capacity, then reserve" one step and is never held across I/O on
+// volume data.
+type Index struct {
+	mu        sync.Mutex
+	volDir    string
+	snapDir   string
+	volumes   map[string]Volume
+	snapshots map[string]Snapshot
+}
+
+// OpenIndex creates volDir and snapDir if needed, removes leftovers of
+// interrupted atomic writes and loads every record.
+func OpenIndex(volDir, snapDir string) (*Index, error) {
+	x := &Index{volDir: volDir, snapDir: snapDir, volumes: map[string]Volume{}, snapshots: map[string]Snapshot{}}
+	for _, d := range []string{volDir, snapDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+		if err := CleanTemp(d); err != nil {
+			return nil, err
+		}
+	}
+	ids, err := RecordIDs(volDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		var v Volume
+		if err := ReadRecord(x.volRecord(id), &v); err != nil {
+			return nil, err
+		}
+		x.volumes[id] = v
+	}
+	if ids, err = RecordIDs(snapDir); err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		var s Snapshot
+		if err := ReadRecord(x.snapRecord(id), &s); err != nil {
+			return nil, err
+		}
+		x.snapshots[id] = s
+	}
+	return x, nil
+}
+
+// Only IDs that passed ValidateID reach these joins.
+func (x *Index) volRecord(id string) string  { return filepath.Join(x.volDir, id+".json") }
+func (x *Index) snapRecord(id string) string { return filepath.Join(x.snapDir, id+".json") }
+
+// Counts returns how many volumes and snapshots are recorded.
+func (x *Index) Counts() (volumes, snapshots int) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return len(x.volumes), len(x.snapshots)
+}
+
+// Volume returns the record of id.
+func (x *Index) Volume(id string) (Volume, error) {
+	if err := ValidateID("volume ID", id); err != nil {
+		return Volume{}, err
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	v, ok := x.volumes[id]
+	if !ok {
+		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotFound)
+	}
+	return v, nil
+}
+
+// Snapshot returns the record of id.
+func (x *Index) Snapshot(id string) (Snapshot, error) {
+	if err := ValidateID("snapshot ID", id); err != nil {
+		return Snapshot{}, err
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	s, ok := x.snapshots[id]
+	if !ok {
+		return Snapshot{}, fmt.Errorf("snapshot %s: %w", id, ErrNotFound)
+	}
+	return s, nil
+}
+
+// Volumes returns every volume record.
+func (x *Index) Volumes() []Volume {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]Volume, 0, len(x.volumes))
+	for _, v := range x.volumes {
+		out = append(out, v)
+	}
+	return out
+}
+
+// Snapshots returns every snapshot record.
+func (x *Index) Snapshots() []Snapshot {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]Snapshot, 0, len(x.snapshots))
+	for _, s := range x.snapshots {
+		out = append(out, s)
+	}
+	return out
+}
+
+// PutVolume writes v's record and indexes it.
+func (x *Index) PutVolume(v Volume) error {
+	if err := WriteRecord(x.volRecord(v.ID), v); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.volumes[v.ID] = v
+	x.mu.Unlock()
+	return nil
+}
+
+// PutSnapshot writes s's record and indexes it.
+func (x *Index) PutSnapshot(s Snapshot) error {
+	if err := WriteRecord(x.snapRecord(s.ID), s); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	x.snapshots[s.ID] = s
+	x.mu.Unlock()
+	return nil
+}
+
+// DropVolume removes v's record durably.
+func (x *Index) DropVolume(id string) error {
+	if err := RemoveDurably(x.volRecord(id)); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	delete(x.volumes, id)
+	x.mu.Unlock()
+	return nil
+}
+
+// DropSnapshot removes s's record durably.
+func (x *Index) DropSnapshot(id string) error {
+	if err := RemoveDurably(x.snapRecord(id)); err != nil {
+		return err
+	}
+	x.mu.Lock()
+	delete(x.snapshots, id)
+	x.mu.Unlock()
+	return nil
+}
+
+// SameVolume reports whether two requests describe the same volume.
+func SameVolume(a, b Volume) bool {
+	sa, sb := Source{}, Source{}
+	if a.Source != nil {
+		sa = *a.Source
+	}
+	if b.Source != nil {
+		sb = *b.Source
+	}
+	return a.Name == b.Name && a.CapacityBytes == b.CapacityBytes && a.Mode == b.Mode &&
+		a.FsType == b.FsType && a.Thick == b.Thick && sa == sb
+}
+
+// Committed is how a backend counts what its records may still claim.
+type Committed func(vols []Volume, snaps []Snapshot) (Stats, error)
+
+// BeginVolume starts or resumes creating v. It returns done=true with the
+// existing record when the volume is already complete, the "creating"
+// record to finish otherwise. A new record is written only when stats say
+// the capacity fits, as one step with respect to other creates in the pool.
+func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume, bool, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if old, ok := x.volumes[v.ID]; ok {
+		if !SameVolume(old, v) {
+			return Volume{}, false, fmt.Errorf("volume %s: %w", v.ID, ErrExists)
+		}
+		return old, old.State == StateReady, nil
+	}
+	if err := x.fitsLocked(poolName, v.CapacityBytes, stats); err != nil {
+		return Volume{}, false, err
+	}
+	v.Schema, v.Pool, v.State, v.CreatedAt = SchemaVersion, poolName, StateCreating, time.Now().UTC()
+	if err := WriteRecord(x.volRecord(v.ID), v); err != nil {
+		return Volume{}, false, err
+	}
+	x.volumes[v.ID] = v
+	return v, false, nil
+}
+
+// BeginSnapshot is BeginVolume for snapshots of a ready source volume.
+func (x *Index) BeginSnapshot(poolName string, s Snapshot) (Snapshot, bool, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if old, ok := x.snapshots[s.ID]; ok {
+		if old.SourceVolumeID != s.SourceVolumeID || old.Name != s.Name {
+			return Snapshot{}, false, fmt.Errorf("snapshot %s: %w", s.ID, ErrExists)
+		}
+		return old, old.State == StateReady, nil
+	}
+	src, ok := x.volumes[s.SourceVolumeID]
+	if !ok || src.State != StateReady {
+		return Snapshot{}, false, fmt.Errorf("source volume %s: %w", s.SourceVolumeID, ErrNotFound)
+	}
+	s.Schema, s.Pool, s.SizeBytes, s.State, s.CreatedAt = SchemaVersion, poolName, src.CapacityBytes, StateCreating, time.Now().UTC()
+	if err := WriteRecord(x.snapRecord(s.ID), s); err != nil {
+		return Snapshot{}, false, err
+	}
+	x.snapshots[s.ID] = s
+	return s, false, nil
+}
+
+// Fits checks that extra bytes can be committed in the pool now.
+func (x *Index) Fits(poolName string, extra int64, stats Committed) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.fitsLocked(poolName, extra, stats)
+}
+
+func (x *Index) fitsLocked(poolName string, extra int64, stats Committed) error {
+	vols := make([]Volume, 0, len(x.volumes))
+	for _, v := range x.volumes {
+		vols = append(vols, v)
+	}
+	snaps := make([]Snapshot, 0, len(x.snapshots))
+	for _, s := range x.snapshots {
+		snaps = append(snaps, s)
+	}
+	st, err := stats(vols, snaps)
+	if err != nil {
+		return err
+	}
+	if st.AllocatableBytes() < extra {
+		return fmt.Errorf("%w: pool %s has %d bytes allocatable, %d requested", ErrNoSpace, poolName, st.AllocatableBytes(), extra)
+	}
+	return nil
+}
+
+// Source resolves a new volume's content source to the record it names and
+// checks that it fits in the requested capacity.
+func (x *Index) Source(v Volume) (srcVol *Volume, srcSnap *Snapshot, err error) {
+	if v.Source == nil {
+		return nil, nil, nil
+	}
+	var size int64
+	switch {
+	case v.Source.SnapshotID != "":
+		s, err := x.Snapshot(v.Source.SnapshotID)
+		if err != nil || s.State != StateReady {
+			return nil, nil, fmt.Errorf("source snapshot %s: %w", v.Source.SnapshotID, ErrNotFound)
+		}
+		size, srcSnap = s.SizeBytes, &s
+	case v.Source.VolumeID != "":
+		src, err := x.Volume(v.Source.VolumeID)
+		if err != nil || src.State != StateReady {
+			return nil, nil, fmt.Errorf("source volume %s: %w", v.Source.VolumeID, ErrNotFound)
+		}
+		if src.Mode != v.Mode {
+			return nil, nil, fmt.Errorf("%w: source volume %s is %s, new volume %s", ErrInvalid, src.ID, src.Mode, v.Mode)
+		}
+		size, srcVol = src.CapacityBytes, &src
+	}
+	if size > v.CapacityBytes {
+		return nil, nil, fmt.Errorf("%w: source is %d bytes, larger than the %d requested", ErrOutOfRange, size, v.CapacityBytes)
+	}
+	return srcVol, srcSnap, nil
+}
+
+// LogLoaded reports what a pool found on disk at start.
+func (x *Index) LogLoaded(poolName, backend, dir string) {
+	v, s := x.Counts()
+	klog.InfoS("Pool loaded", "pool", poolName, "backend", backend, "dir", dir, "volumes", v, "snapshots", s)
+}

@@ -1,0 +1,176 @@
+// Package pool defines where volumes are carved from on a node: the Pool
+// interface, the volume and snapshot records every backend keeps beside its
+// storage, and the validation of identifiers that become path elements.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// Sentinel errors; callers check them with errors.Is and map them to their
+// own vocabulary (pkg/csi maps them to gRPC codes).
+var (
+	ErrNotFound    = errors.New("not found")
+	ErrExists      = errors.New("already exists with different parameters")
+	ErrNoSpace     = errors.New("not enough space")
+	ErrInvalid     = errors.New("invalid argument")
+	ErrUnsupported = errors.New("not supported by this pool")
+	ErrInUse       = errors.New("in use")
+	ErrOutOfRange  = errors.New("out of range")
+	ErrNotReady    = errors.New("not ready")
+)
+
+// Mode is how a volume is consumed.
+type Mode string
+
+const (
+	ModeFilesystem Mode = "filesystem"
+	ModeBlock      Mode = "block"
+)
+
+// State of a record on disk.
+type State string
+
+const (
+	// StateCreating: the record reserves capacity; storage may be partial.
+	StateCreating State = "creating"
+	// StateReady: storage is complete.
+	StateReady State = "ready"
+)
+
+// SchemaVersion of the records written beside volumes and snapshots.
+const SchemaVersion = 1
+
+// Source is what a new volume is filled from.
+type Source struct {
+	SnapshotID string `json:"snapshotID,omitempty"`
+	VolumeID   string `json:"volumeID,omitempty"`
+}
+
+// Volume is the record of one volume, stored beside its storage.
+type Volume struct {
+	Schema        int               `json:"schema"`
+	ID            string            `json:"id"`
+	Name          string            `json:"name"`
+	Pool          string            `json:"pool"`
+	CapacityBytes int64             `json:"capacityBytes"`
+	Mode          Mode              `json:"mode"`
+	FsType        string            `json:"fsType,omitempty"`
+	Thick         bool              `json:"thick,omitempty"`
+	Source        *Source           `json:"source,omitempty"`
+	Parameters    map[string]string `json:"parameters,omitempty"`
+	State         State             `json:"state"`
+	CreatedAt     time.Time         `json:"createdAt"`
+}
+
+// Snapshot is the record of one snapshot, stored beside its data.
+type Snapshot struct {
+	Schema         int       `json:"schema"`
+	ID             string    `json:"id"`
+	Name           string    `json:"name"`
+	Pool           string    `json:"pool"`
+	SourceVolumeID string    `json:"sourceVolumeID"`
+	SizeBytes      int64     `json:"sizeBytes"`
+	State          State     `json:"state"`
+	CreatedAt      time.Time `json:"createdAt"`
+}
+
+// Stats is a pool's capacity picture.
+type Stats struct {
+	// TotalBytes and FreeBytes come from statfs of the pool's filesystem.
+	TotalBytes int64
+	FreeBytes  int64
+	// CommittedBytes is what volumes may still claim beyond what they use
+	// now (thin volumes' unwritten capacity, records still being created).
+	CommittedBytes int64
+	// ProvisionedBytes is the sum of volume capacities.
+	ProvisionedBytes int64
+	Volumes          int
+}
+
+// AllocatableBytes is what a new volume may be given without over-committing.
+func (s Stats) AllocatableBytes() int64 {
+	a := s.FreeBytes - s.CommittedBytes
+	if a < 0 {
+		return 0
+	}
+	return a
+}
+
+// Attachment is how a node reaches a volume's storage: exactly one of Device
+// (a block device to format and mount, or hand out raw) or Dir (a directory
+// to bind mount) is set.
+type Attachment struct {
+	Device string
+	Dir    string
+}
+
+// VolumeUsage is what a volume holds, for NodeGetVolumeStats where the
+// mounted filesystem cannot tell (quota-bounded directories).
+type VolumeUsage struct {
+	TotalBytes, UsedBytes int64
+}
+
+// Capabilities of a backend.
+type Capabilities struct {
+	Block   bool
+	FsTypes []string // filesystems the pool can put on a volume; first is the default
+	// OwnFs is true when the pool hands out directories on its own filesystem
+	// (no mkfs): fs type must then be empty or FsTypes[0].
+	OwnFs bool
+}
+
+// Pool is one place on a node that volumes are carved from.
+// Every method is idempotent; callers serialise calls per volume ID.
+type Pool interface {
+	Name() string
+	Backend() string
+	Capabilities() Capabilities
+	Stats(ctx context.Context) (Stats, error)
+
+	// CreateVolume makes v (ID, Name, CapacityBytes, Mode, FsType, Thick,
+	// Source set by the caller). The same request again returns the same
+	// volume; a different one under the same ID returns ErrExists.
+	CreateVolume(ctx context.Context, v Volume) (Volume, error)
+	DeleteVolume(ctx context.Context, id string) error
+	ExpandVolume(ctx context.Context, id string, capacityBytes int64) (Volume, error)
+	GetVolume(ctx context.Context, id string) (Volume, error)
+	ListVolumes(ctx context.Context) ([]Volume, error)
+
+	CreateSnapshot(ctx context.Context, s Snapshot) (Snapshot, error)
+	DeleteSnapshot(ctx context.Context, id string) error
+	GetSnapshot(ctx context.Context, id string) (Snapshot, error)
+	ListSnapshots(ctx context.Context) ([]Snapshot, error)
+
+	// Attach makes the volume's storage reachable on this node (a loop
+	// device for an image file); Detach undoes it. Both are idempotent.
+	Attach(ctx context.Context, id string) (Attachment, error)
+	Detach(ctx context.Context, id string) error
+	// Usage reports usage for volumes whose size the mounted filesystem
+	// does not show (ok=false where statfs of the mount is right).
+	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)
+}
+
+var idRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)
+
+// ValidateID checks an identifier that becomes a path element: 1–64
+// characters of lower-case letters, digits and '-', not starting or ending
+// with '-'. It is called before any filepath.Join.
+func ValidateID(kind, id string) error {
+	if !idRE.MatchString(id) {
+		return fmt.Errorf("%w: %s %q must be 1-64 characters of [a-z0-9-], starting and ending alphanumeric", ErrInvalid, kind, id)
+	}
+	return nil
+}
+
+// ValidateName checks a pool name (same rules as IDs, at most 32 characters).
+func ValidateName(name string) error {
+	if len(name) > 32 {
+		return fmt.Errorf("%w: pool name %q longer than 32 characters", ErrInvalid, name)
+	}
+	return ValidateID("pool name", name)
+}

@@ -1,0 +1,41 @@
+package volume
+
+import (
+	"errors"
+	"sync"
+)
+
+// ErrBusy: another operation on the same volume or snapshot is in progress.
+var ErrBusy = errors.New("an operation on this ID is already in progress")
+
+// Locks serialises operations per ID (volume, name or snapshot), never
+// across IDs.
+type Locks struct {
+	mu   sync.Mutex
+	held map[string]struct{}
+}
+
+// NewLocks returns an empty lock set.
+func NewLocks() *Locks { return &Locks{held: map[string]struct{}{}} }
+
+// TryAcquire takes every key or none; it fails with ErrBusy when any is held.
+// The returned func releases them.
+func (l *Locks) TryAcquire(keys ...string) (func(), error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range keys {
+		if _, ok := l.held[k]; ok {
+			return nil, ErrBusy
+		}
+	}
+	for _, k := range keys {
+		l.held[k] = struct{}{}
+	}
+	return func() {
+		l.mu.Lock()
+		for _, k := range keys {
+			delete(l.held, k)
+		}
+		l.mu.Unlock()
+	}, nil
+}

@@ -1,0 +1,190 @@
+// Package volume holds the controller's decisions (placement, identity,
+// capacity) and the node's work on volumes (create on a pool, stage,
+// publish, expand), joined by one narrow interface, Node.
+package volume
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/plinth-dev/plinth/pkg/pool"
+)
+
+// PoolInfo is what a node says about one of its pools.
+type PoolInfo struct {
+	Name         string
+	Backend      string
+	Capabilities pool.Capabilities
+	Stats        pool.Stats
+}
+
+// Node is the seam between deciding (the controller) and doing (the node):
+// everything the controller asks of a node goes through it. In standalone
+// mode it is a LocalNode in the same process; in a cluster it is carried by
+// the volume objects the node reconciles.
+type Node interface {
+	Pools(ctx context.Context) ([]PoolInfo, error)
+	CreateVolume(ctx context.Context, poolName string, v pool.Volume) (pool.Volume, error)
+	DeleteVolume(ctx context.Context, id string) error
+	ExpandVolume(ctx context.Context, id string, capacityBytes int64) (pool.Volume, error)
+	Volumes(ctx context.Context) ([]pool.Volume, error)
+	CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error)
+	DeleteSnapshot(ctx context.Context, id string) error
+	Snapshots(ctx context.Context) ([]pool.Snapshot, error)
+}
+
+// LocalNode is a Node over the pools of this machine.
+type LocalNode struct {
+	pools []pool.Pool // sorted by name
+}
+
+var _ Node = (*LocalNode)(nil)
+
+// NewLocalNode returns a Node serving pools; names must be unique.
+func NewLocalNode(pools ...pool.Pool) (*LocalNode, error) {
+	seen := map[string]bool{}
+	for _, p := range pools {
+		if seen[p.Name()] {
+			return nil, fmt.Errorf("%w: pool %q declared twice", pool.ErrInvalid, p.Name())
+		}
+		seen[p.Name()] = true
+	}
+	ps := append([]pool.Pool(nil), pools...)
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Name() < ps[j].Name() })
+	return &LocalNode{pools: ps}, nil
+}
+
+// Pool returns the pool named name.
+func (n *LocalNode) Pool(name string) (pool.Pool, error) {
+	for _, p := range n.pools {
+		if p.Name() == name {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("pool %q: %w", name, pool.ErrNotFound)
+}
+
+// PoolOfVolume returns the pool that holds volume id.
+func (n *LocalNode) PoolOfVolume(ctx context.Context, id string) (pool.Pool, pool.Volume, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return nil, pool.Volume{}, err
+	}
+	for _, p := range n.pools {
+		if v, err := p.GetVolume(ctx, id); err == nil {
+			return p, v, nil
+		}
+	}
+	return nil, pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+}
+
+func (n *LocalNode) poolOfSnapshot(ctx context.Context, id string) (pool.Pool, error) {
+	if err := pool.ValidateID("snapshot ID", id); err != nil {
+		return nil, err
+	}
+	for _, p := range n.pools {
+		if _, err := p.GetSnapshot(ctx, id); err == nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
+}
+
+func (n *LocalNode) Pools(ctx context.Context) ([]PoolInfo, error) {
+	out := make([]PoolInfo, 0, len(n.pools))
+	for _, p := range n.pools {
+		st, err := p.Stats(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", p.Name(), err)
+		}
+		out = append(out, PoolInfo{Name: p.Name(), Backend: p.Backend(), Capabilities: p.Capabilities(), Stats: st})
+	}
+	return out, nil
+}
+
+func (n *LocalNode) CreateVolume(ctx context.Context, poolName string, v pool.Volume) (pool.Volume, error) {
+	// A volume with this ID elsewhere (an earlier attempt placed it in
+	// another pool) is the one to return or to conflict with.
+	if p, _, err := n.PoolOfVolume(ctx, v.ID); err == nil && p.Name() != poolName {
+		return p.CreateVolume(ctx, v)
+	}
+	p, err := n.Pool(poolName)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	// A content source must live in the same pool: clones are local copies.
+	if v.Source != nil {
+		var srcPool pool.Pool
+		if v.Source.SnapshotID != "" {
+			srcPool, err = n.poolOfSnapshot(ctx, v.Source.SnapshotID)
+		} else {
+			srcPool, _, err = n.PoolOfVolume(ctx, v.Source.VolumeID)
+		}
+		if err != nil {
+			return pool.Volume{}, err
+		}
+		if srcPool.Name() != poolName {
+			return pool.Volume{}, fmt.Errorf("%w: source is in pool %s, volume asked for pool %s", pool.ErrInvalid, srcPool.Name(), poolName)
+		}
+	}
+	return p.CreateVolume(ctx, v)
+}
+
+func (n *LocalNode) DeleteVolume(ctx context.Context, id string) error {
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return err
+	}
+	return p.DeleteVolume(ctx, id)
+}
+
+func (n *LocalNode) ExpandVolume(ctx context.Context, id string, capacity int64) (pool.Volume, error) {
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	return p.ExpandVolume(ctx, id, capacity)
+}
+
+func (n *LocalNode) Volumes(ctx context.Context) ([]pool.Volume, error) {
+	var out []pool.Volume
+	for _, p := range n.pools {
+		vs, err := p.ListVolumes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vs...)
+	}
+	return out, nil
+}
+
+func (n *LocalNode) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
+	if p, err := n.poolOfSnapshot(ctx, s.ID); err == nil {
+		return p.CreateSnapshot(ctx, s)
+	}
+	p, _, err := n.PoolOfVolume(ctx, s.SourceVolumeID)
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	return p.CreateSnapshot(ctx, s)
+}
+
+func (n *LocalNode) DeleteSnapshot(ctx context.Context, id string) error {
+	p, err := n.poolOfSnapshot(ctx, id)
+	if err != nil {
+		return err
+	}
+	return p.DeleteSnapshot(ctx, id)
+}
+
+func (n *LocalNode) Snapshots(ctx context.Context) ([]pool.Snapshot, error) {
+	var out []pool.Snapshot
+	for _, p := range n.pools {
+		ss, err := p.ListSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss...)
+	}
+	return out, nil
+}
