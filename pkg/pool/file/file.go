@@ -40,8 +40,8 @@ type Config struct {
 
 // Pool is a file pool. Callers serialise calls per volume ID.
 type Pool struct {
-	name  string
-	dir   string
+	name   string
+	dir    string
 	loops  Loops
 	fsType string
 	index  *pool.Index
