@@ -103,7 +103,10 @@ func (h *Host) GrowFs(ctx context.Context, device, mountPath string) error {
 	case "btrfs":
 		_, err = h.run.Run(ctx, "btrfs", "filesystem", "resize", "max", mountPath)
 	case "ext2", "ext3", "ext4":
-		if _, err = h.run.Run(ctx, "resize2fs", device); err != nil && strings.Contains(err.Error(), "Operation not permitted") {
+		// Without CAP_SYS_RESOURCE the kernel refuses EXT4_IOC_RESIZE_FS;
+		// resize2fs reports "Permission denied to resize filesystem".
+		if _, err = h.run.Run(ctx, "resize2fs", device); err != nil &&
+			(strings.Contains(err.Error(), "Permission denied to resize") || strings.Contains(err.Error(), "Operation not permitted")) {
 			return fmt.Errorf("grow ext4 on %s: %w: %w", device, ErrOnlineResizeRefused, err)
 		}
 	case "":

@@ -183,6 +183,10 @@ func (p *Pool) buildImage(v pool.Volume, srcImage string) error {
 		return nil // renamed into place before a crash
 	}
 	tmp := final + ".tmp"
+	// A temp image from an interrupted attempt holds partial data: start over.
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove partial image %s: %w", tmp, err)
+	}
 	if srcImage != "" {
 		reflinked, err := cloneFile(tmp, srcImage)
 		if err != nil {
