@@ -112,14 +112,14 @@ func TestThinThickAndCapacity(t *testing.T) {
 	}
 	// A request larger than what is left fails and leaves nothing behind.
 	files := leftovers(t, dir)
-	if _, err := p.CreateVolume(ctx, vol("huge", after.AllocatableBytes()+4096)); !errors.Is(err, pool.ErrNoSpace) {
+	if _, err := p.CreateVolume(ctx, vol("huge", after.AllocatableBytes()+64<<20)); !errors.Is(err, pool.ErrNoSpace) {
 		t.Fatalf("oversized create: %v, want ErrNoSpace", err)
 	}
 	if got := leftovers(t, dir); !equal(got, files) {
 		t.Errorf("failed create changed the pool: %v -> %v", files, got)
 	}
 	// Expansion also respects capacity.
-	if _, err := p.ExpandVolume(ctx, "thin", thin.CapacityBytes+after.AllocatableBytes()+4096); !errors.Is(err, pool.ErrNoSpace) {
+	if _, err := p.ExpandVolume(ctx, "thin", thin.CapacityBytes+after.AllocatableBytes()+64<<20); !errors.Is(err, pool.ErrNoSpace) {
 		t.Fatalf("oversized expand: %v, want ErrNoSpace", err)
 	}
 	if v, err := p.ExpandVolume(ctx, "thin", 96<<20); err != nil || v.CapacityBytes != 96<<20 {
