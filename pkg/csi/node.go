@@ -2,7 +2,6 @@ package csi
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -103,9 +102,6 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	a, err := access(req.GetVolumeCapability(), false)
 	if err != nil {
 		return nil, err
-	}
-	if err := os.Mkdir(req.GetStagingTargetPath(), 0o750); err != nil && !errors.Is(err, os.ErrExist) {
-		return nil, status.Errorf(codes.Internal, "create staging path: %v", err)
 	}
 	if err := s.pub.Stage(ctx, req.GetVolumeId(), req.GetStagingTargetPath(), a); err != nil {
 		return nil, toStatus(err)

@@ -72,6 +72,10 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 	if err != nil {
 		return err
 	}
+	// The CO should have made it; the parent was checked by the caller.
+	if err := os.Mkdir(stagingPath, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create staging path %s: %w", stagingPath, err)
+	}
 	att, err := pl.Attach(ctx, id)
 	if err != nil {
 		return err

@@ -9,9 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/app"
@@ -90,6 +93,13 @@ func Filesystem(t testing.TB, fsType string, size int64) string {
 // Standalone runs plinth standalone with cfg (defaults filled by Validate)
 // until the test ends; it returns the socket path once plinth listens.
 func Standalone(t testing.TB, cfg app.StandaloneConfig) string {
+	sock, _ := StandaloneStoppable(t, cfg)
+	return sock
+}
+
+// StandaloneStoppable is Standalone with a stop function (idempotent) for
+// restart tests.
+func StandaloneStoppable(t testing.TB, cfg app.StandaloneConfig) (string, func()) {
 	t.Helper()
 	if cfg.NodeID == "" {
 		cfg.NodeID = "node-1"
@@ -113,12 +123,18 @@ func Standalone(t testing.TB, cfg app.StandaloneConfig) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- app.RunStandalone(ctx, cfg) }()
-	t.Cleanup(func() {
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("plinth standalone: %v", err)
 		}
-	})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
@@ -128,12 +144,45 @@ func Standalone(t testing.TB, cfg app.StandaloneConfig) string {
 		}
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
-			return sock
+			return sock, stop
 		} else if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ECONNREFUSED) {
 			t.Fatal(err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("plinth standalone did not listen within 30s")
-	return ""
+	return "", nil
+}
+
+// Reboot does behind plinth's back what a reboot does: every mount under
+// root goes away (deepest first) and every loop device backed by a file
+// under poolDirs is detached.
+func Reboot(t testing.TB, root string, poolDirs ...string) {
+	t.Helper()
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
+	for _, m := range mounts {
+		if err := unix.Unmount(m.Mountpoint, 0); err != nil {
+			t.Fatalf("unmount %s: %v", m.Mountpoint, err)
+		}
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	loops := mount.NewLoop("/sys", "/dev")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		backing := strings.TrimSpace(string(b))
+		for _, d := range poolDirs {
+			if strings.HasPrefix(backing, d+"/") {
+				if err := loops.Detach(backing); err != nil {
+					t.Fatalf("detach %s: %v", backing, err)
+				}
+			}
+		}
+	}
 }
