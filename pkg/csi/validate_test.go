@@ -54,18 +54,18 @@ func TestCapabilities(t *testing.T) {
 		caps []*csi.VolumeCapability
 		ok   bool
 	}{
-		"ext4 rwo":             {caps: []*csi.VolumeCapability{mountCap("ext4", nil, rwo)}, ok: true},
-		"block":                {caps: []*csi.VolumeCapability{block}, ok: true},
-		"rwop":                 {caps: []*csi.VolumeCapability{mountCap("", nil, csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER)}, ok: true},
-		"none":                 {caps: nil},
-		"unknown fs":           {caps: []*csi.VolumeCapability{mountCap("ntfs", nil, rwo)}},
-		"fs type with path":    {caps: []*csi.VolumeCapability{mountCap("../../bin/sh", nil, rwo)}},
-		"multi-node":           {caps: []*csi.VolumeCapability{mountCap("ext4", nil, csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}},
-		"mixed block and fs":   {caps: []*csi.VolumeCapability{block, mountCap("ext4", nil, rwo)}},
-		"two fs types":         {caps: []*csi.VolumeCapability{mountCap("ext4", nil, rwo), mountCap("xfs", nil, rwo)}},
-		"no access type":       {caps: []*csi.VolumeCapability{{AccessMode: &csi.VolumeCapability_AccessMode{Mode: rwo}}}},
-		"no access mode":       {caps: []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}}}},
-		"bad flag in a cap":    {caps: []*csi.VolumeCapability{mountCap("ext4", []string{"bind"}, rwo)}},
+		"ext4 rwo":           {caps: []*csi.VolumeCapability{mountCap("ext4", nil, rwo)}, ok: true},
+		"block":              {caps: []*csi.VolumeCapability{block}, ok: true},
+		"rwop":               {caps: []*csi.VolumeCapability{mountCap("", nil, csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER)}, ok: true},
+		"none":               {caps: nil},
+		"unknown fs":         {caps: []*csi.VolumeCapability{mountCap("ntfs", nil, rwo)}},
+		"fs type with path":  {caps: []*csi.VolumeCapability{mountCap("../../bin/sh", nil, rwo)}},
+		"multi-node":         {caps: []*csi.VolumeCapability{mountCap("ext4", nil, csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}},
+		"mixed block and fs": {caps: []*csi.VolumeCapability{block, mountCap("ext4", nil, rwo)}},
+		"two fs types":       {caps: []*csi.VolumeCapability{mountCap("ext4", nil, rwo), mountCap("xfs", nil, rwo)}},
+		"no access type":     {caps: []*csi.VolumeCapability{{AccessMode: &csi.VolumeCapability_AccessMode{Mode: rwo}}}},
+		"no access mode":     {caps: []*csi.VolumeCapability{{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}}}}},
+		"bad flag in a cap":  {caps: []*csi.VolumeCapability{mountCap("ext4", []string{"bind"}, rwo)}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -98,20 +98,20 @@ func TestPathsCheck(t *testing.T) {
 		path string
 		code codes.Code
 	}{
-		"inside allowed":             {filepath.Join(allowed, "pods", "t"), codes.OK},
-		"empty":                      {"", codes.InvalidArgument},
-		"relative":                   {"pods/t", codes.InvalidArgument},
-		"dot-dot":                    {allowed + "/pods/../../etc/t", codes.InvalidArgument},
-		"trailing slash":             {allowed + "/pods/t/", codes.InvalidArgument},
-		"NUL":                        {allowed + "/pods/t\x00x", codes.InvalidArgument},
-		"outside":                    {filepath.Join(outside, "t"), codes.InvalidArgument},
-		"plinth's own dir":           {filepath.Join(owned, "volumes"), codes.InvalidArgument},
-		"the allowed root's parent":  {root, codes.InvalidArgument},
-		"parent symlink escapes":     {filepath.Join(allowed, "escape", "t"), codes.InvalidArgument},
-		"parent symlink into owned":  {filepath.Join(allowed, "intoowned", "t"), codes.InvalidArgument},
-		"target is a symlink":        {filepath.Join(allowed, "pods", "link"), codes.InvalidArgument},
-		"missing parent":             {filepath.Join(allowed, "nope", "t"), codes.NotFound},
-		"very long":                  {"/" + strings.Repeat("a/", 2100), codes.InvalidArgument},
+		"inside allowed":            {filepath.Join(allowed, "pods", "t"), codes.OK},
+		"empty":                     {"", codes.InvalidArgument},
+		"relative":                  {"pods/t", codes.InvalidArgument},
+		"dot-dot":                   {allowed + "/pods/../../etc/t", codes.InvalidArgument},
+		"trailing slash":            {allowed + "/pods/t/", codes.InvalidArgument},
+		"NUL":                       {allowed + "/pods/t\x00x", codes.InvalidArgument},
+		"outside":                   {filepath.Join(outside, "t"), codes.InvalidArgument},
+		"plinth's own dir":          {filepath.Join(owned, "volumes"), codes.InvalidArgument},
+		"the allowed root's parent": {root, codes.InvalidArgument},
+		"parent symlink escapes":    {filepath.Join(allowed, "escape", "t"), codes.InvalidArgument},
+		"parent symlink into owned": {filepath.Join(allowed, "intoowned", "t"), codes.InvalidArgument},
+		"target is a symlink":       {filepath.Join(allowed, "pods", "link"), codes.InvalidArgument},
+		"missing parent":            {filepath.Join(allowed, "nope", "t"), codes.NotFound},
+		"very long":                 {"/" + strings.Repeat("a/", 2100), codes.InvalidArgument},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

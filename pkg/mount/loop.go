@@ -135,8 +135,32 @@ func (l *Loop) configure(dev string, backing int, readOnly bool) error {
 	return nil
 }
 
-// Detach releases the loop device backed by file, if any.
+// ErrBusy: a loop device stays attached because something holds it open.
+var ErrBusy = errors.New("loop device busy")
+
+// Detach releases the loop device backed by file, if any, and waits until
+// the kernel has let it go: LOOP_CLR_FD only marks the device to be
+// cleared at its last close, which can come a moment later.
 func (l *Loop) Detach(file string) error {
+	if err := l.clear(file); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		dev, err := l.Find(file)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if dev == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("detach %s from %s: %w: still attached after 5s (open elsewhere?)", dev, file, ErrBusy)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (l *Loop) clear(file string) error {
 	dev, err := l.Find(file)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {

@@ -243,8 +243,15 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 	if err := p.unmountAll(target); err != nil {
 		return err
 	}
-	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove target %s: %w", target, err)
+	// Remove only what Publish makes: an empty directory or an empty file
+	// (a block target). Anything else is not ours to remove.
+	if fi, err := os.Lstat(target); err == nil {
+		if fi.Mode().IsRegular() && fi.Size() > 0 || !fi.Mode().IsRegular() && !fi.IsDir() {
+			return fmt.Errorf("%w: %s is not a target plinth published (a %v of %d bytes)", pool.ErrInvalid, target, fi.Mode().Type(), fi.Size())
+		}
+		if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove target %s: %w", target, err)
+		}
 	}
 	klog.FromContext(ctx).Info("Volume unpublished", "volumeID", id, "targetPath", target)
 	return nil

@@ -69,6 +69,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	os.Symlink(canary, filepath.Join(e.root, "to-canary"))
 	os.Symlink(e.poolDirs[0], filepath.Join(e.root, "to-pool"))
 	os.Symlink(filepath.Join(canary, "file"), filepath.Join(e.root, "link-target"))
+	os.WriteFile(filepath.Join(e.root, "user-file"), []byte("a workload's data"), 0o644)
 
 	// One good volume to aim the node calls at.
 	good := &vol{name: "good", pool: "fext4", cap: testenv.MountCap(""), size: 32 << 20}
@@ -222,6 +223,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		}, codes.InvalidArgument},
 		"unstage the canary": {func() error {
 			_, err := c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: good.id, StagingTargetPath: filepath.Join(canary, "dir")})
+			return err
+		}, codes.InvalidArgument},
+		"unpublish a file that is not a target": {func() error {
+			_, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: good.id, TargetPath: filepath.Join(e.root, "user-file")})
 			return err
 		}, codes.InvalidArgument},
 		"relative target": {func() error {

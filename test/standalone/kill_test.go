@@ -233,4 +233,3 @@ func leaksUnder(t *testing.T, e *env) []string {
 	}
 	return out
 }
-

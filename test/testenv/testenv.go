@@ -80,6 +80,9 @@ func Filesystem(t testing.TB, fsType string, size int64) string {
 		t.Fatalf("mount %s: %v", dev, err)
 	}
 	t.Cleanup(func() {
+		// A test that failed half-way leaves volumes mounted and attached:
+		// tear them down so the backing filesystem can go.
+		TearDown(t, mnt)
 		if err := unix.Unmount(mnt, 0); err != nil {
 			t.Errorf("unmount backing fs: %v", err)
 		}
@@ -88,6 +91,32 @@ func Filesystem(t testing.TB, fsType string, size int64) string {
 		}
 	})
 	return mnt
+}
+
+// TearDown unmounts every mount of a loop device whose backing file lies
+// under dir, and detaches those loop devices.
+func TearDown(t testing.TB, dir string) {
+	t.Helper()
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	mounts, _ := mountinfo.GetMounts(nil)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+		if err != nil || !strings.HasPrefix(backing, dir+"/") {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
+		sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
+		for _, m := range mounts {
+			if m.Source == dev || m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(dev) {
+				unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
+			}
+		}
+		if fd, err := unix.Open(dev, unix.O_RDONLY, 0); err == nil {
+			unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+			unix.Close(fd)
+		}
+	}
 }
 
 // Standalone runs plinth standalone with cfg (defaults filled by Validate)

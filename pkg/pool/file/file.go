@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
@@ -400,7 +401,13 @@ func (p *Pool) Detach(ctx context.Context, id string) error {
 	if _, err := os.Stat(img); p.loops == nil || errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	return p.loops.Detach(img)
+	if err := p.loops.Detach(img); err != nil {
+		if errors.Is(err, mount.ErrBusy) {
+			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
+		}
+		return err
+	}
+	return nil
 }
 
 // Usage: the mounted filesystem (or the device size) tells the truth.
