@@ -1,0 +1,71 @@
+package mount
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestLoopLifecycle(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices")
+	}
+	l := NewLoop("/sys", "/dev")
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 8<<20)
+	if dev, err := l.Find(img); err != nil || dev != "" {
+		t.Fatalf("Find before attach = %q, %v", dev, err)
+	}
+	dev, err := l.Attach(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Detach(img) })
+	if again, err := l.Attach(img, false); err != nil || again != dev {
+		t.Fatalf("second Attach = %q, %v; want the same %s", again, err, dev)
+	}
+	if size, err := DeviceSize(dev); err != nil || size != 8<<20 {
+		t.Fatalf("size = %d, %v", size, err)
+	}
+	b, _ := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "queue/logical_block_size"))
+	if string(b) != "4096\n" {
+		t.Errorf("logical block size %q, want 4096", b)
+	}
+	os.Truncate(img, 16<<20)
+	if err := l.Refresh(img); err != nil {
+		t.Fatal(err)
+	}
+	if size, _ := DeviceSize(dev); size != 16<<20 {
+		t.Errorf("size after refresh = %d, want 16Mi", size)
+	}
+	// Another file with the same name elsewhere is not this attachment.
+	other := filepath.Join(t.TempDir(), "disk.img")
+	os.WriteFile(other, nil, 0o600)
+	if d, _ := l.Find(other); d != "" {
+		t.Errorf("Find(%s) = %s, a different file", other, d)
+	}
+	// Held open, the device cannot go: Detach says so instead of lying.
+	f, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.Detach(img) }()
+	f.Close() // released within the wait: Detach then succeeds
+	if err := <-done; err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	if d, _ := l.Find(img); d != "" {
+		t.Fatalf("still attached as %s", d)
+	}
+	if err := l.Detach(img); err != nil {
+		t.Fatalf("second Detach: %v", err)
+	}
+	if err := l.Detach(filepath.Join(t.TempDir(), "missing.img")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Detach of a missing file: %v", err)
+	}
+}
