@@ -1,0 +1,248 @@
+package deviceplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+	dpapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+	cdiapi "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/plinth-dev/plinth/pkg/device"
+	"github.com/plinth-dev/plinth/pkg/kubelet"
+)
+
+// Config of the device-plugin manager.
+type Config struct {
+	KubeletDir string
+	// CDIDir is where CDI specs are written ("" writes none).
+	CDIDir  string
+	DevRoot string
+	// OnRegistered, when set, is called after each successful Register
+	// with how long it took since the kubelet socket appeared (zero at
+	// start). Tests and metrics use it.
+	OnRegistered func(resource string, sinceKubeletSocket time.Duration)
+}
+
+// Manager serves every configured resource and keeps it registered.
+type Manager struct {
+	cfg     Config
+	inv     *device.Inventory
+	plugins []*served
+	cdi     *cdiapi.Cache
+}
+
+type served struct {
+	plugin *Plugin
+	res    device.Resource
+	path   string
+
+	mu  sync.Mutex
+	srv *grpc.Server
+}
+
+// NewManager returns a Manager for resources over inv.
+func NewManager(cfg Config, resources []device.Resource, inv *device.Inventory) (*Manager, error) {
+	m := &Manager{cfg: cfg, inv: inv}
+	dir := kubelet.DevicePluginDir(cfg.KubeletDir)
+	for _, r := range resources {
+		m.plugins = append(m.plugins, &served{plugin: NewPlugin(r, inv, cfg.DevRoot), res: r, path: filepath.Join(dir, SocketName(r))})
+	}
+	if cfg.CDIDir != "" {
+		if err := os.MkdirAll(cfg.CDIDir, 0o755); err != nil {
+			return nil, fmt.Errorf("create CDI directory: %w", err)
+		}
+		c, err := cdiapi.NewCache(cdiapi.WithSpecDirs(cfg.CDIDir), cdiapi.WithAutoRefresh(false))
+		if err != nil {
+			return nil, fmt.Errorf("CDI cache: %w", err)
+		}
+		m.cdi = c
+	}
+	return m, nil
+}
+
+// start (re)starts the gRPC server on the plugin's socket: a stale socket
+// is removed first, the new one is for the owner only.
+func (s *served) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		s.srv.Stop()
+		s.srv = nil
+	}
+	if fi, err := os.Lstat(s.path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return fmt.Errorf("%s exists and is not a socket", s.path)
+		}
+		if err := os.Remove(s.path); err != nil {
+			return fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", s.path)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.path, err)
+	}
+	if err := os.Chmod(s.path, 0o600); err != nil {
+		l.Close()
+		return err
+	}
+	srv := grpc.NewServer()
+	dpapi.RegisterDevicePluginServer(srv, s.plugin)
+	go srv.Serve(l)
+	s.srv = srv
+	return nil
+}
+
+func (s *served) stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.srv != nil {
+		done := make(chan struct{})
+		go func() { s.srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			s.srv.Stop()
+		}
+		s.srv = nil
+	}
+	os.Remove(s.path)
+}
+
+// register registers every plugin, retrying while the kubelet is coming up.
+func (m *Manager) register(ctx context.Context, since time.Time) {
+	sock := kubelet.KubeletSocket(m.cfg.KubeletDir)
+	for _, s := range m.plugins {
+		for attempt := 0; ; attempt++ {
+			err := kubelet.RegisterDevicePlugin(ctx, sock, filepath.Base(s.path), s.res.Name,
+				&dpapi.DevicePluginOptions{GetPreferredAllocationAvailable: true})
+			if err == nil {
+				took := time.Duration(0)
+				if !since.IsZero() {
+					took = time.Since(since)
+				}
+				klog.InfoS("Registered with the kubelet", "resource", describe(s.res), "sinceKubeletSocket", took)
+				if m.cfg.OnRegistered != nil {
+					m.cfg.OnRegistered(s.res.Name, took)
+				}
+				break
+			}
+			if ctx.Err() != nil || attempt == 20 {
+				klog.ErrorS(err, "Registration failed; waiting for the kubelet socket to appear again", "resource", s.res.Name)
+				break
+			}
+			time.Sleep(time.Duration(attempt+1) * 50 * time.Millisecond)
+		}
+	}
+}
+
+// writeCDI writes the CDI spec of each resource when its devices changed.
+func (m *Manager) writeCDI(last map[string]any) {
+	if m.cdi == nil {
+		return
+	}
+	for _, s := range m.plugins {
+		if !s.res.CDIEnabled() {
+			continue
+		}
+		var devs []device.Device
+		seen := map[string]bool{}
+		for _, u := range m.inv.Units(s.res) {
+			if !seen[u.Device.ID] {
+				seen[u.Device.ID] = true
+				devs = append(devs, u.Device)
+			}
+		}
+		spec := device.CDISpec(s.res, devs, m.cfg.DevRoot)
+		if reflect.DeepEqual(last[s.res.Name], spec) {
+			continue
+		}
+		if len(spec.Devices) == 0 {
+			_ = m.cdi.RemoveSpec(device.CDISpecName(s.res))
+		} else if err := m.cdi.WriteSpec(spec, device.CDISpecName(s.res)); err != nil {
+			klog.ErrorS(err, "Write CDI spec", "resource", s.res.Name)
+			continue
+		}
+		last[s.res.Name] = spec
+		klog.InfoS("CDI spec written", "resource", s.res.Name, "devices", len(spec.Devices), "dir", m.cfg.CDIDir)
+	}
+}
+
+// Run serves and registers the plugins until ctx ends. A kubelet that is
+// not running yet is waited for; when the kubelet restarts (its socket is
+// created again) every plugin's socket is re-created and registered again.
+func (m *Manager) Run(ctx context.Context) error {
+	dir := kubelet.DevicePluginDir(m.cfg.KubeletDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
+	}
+	for _, s := range m.plugins {
+		if err := s.start(); err != nil {
+			return err
+		}
+		defer s.stop()
+	}
+	cdiState := map[string]any{}
+	m.writeCDI(cdiState)
+	kubeletSock := kubelet.KubeletSocket(m.cfg.KubeletDir)
+	if _, err := os.Stat(kubeletSock); err == nil {
+		m.register(ctx, time.Time{})
+	} else {
+		klog.InfoS("Waiting for the kubelet", "socket", kubeletSock)
+	}
+	for {
+		changed := m.inv.Changed()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			m.writeCDI(cdiState)
+		case err := <-w.Errors:
+			klog.ErrorS(err, "Watching the device-plugin directory")
+		case ev := <-w.Events:
+			switch {
+			case ev.Name == kubeletSock && ev.Op&fsnotify.Create != 0:
+				seen := time.Now()
+				klog.InfoS("Kubelet socket created: the kubelet (re)started; registering again")
+				for _, s := range m.plugins {
+					if _, err := os.Stat(s.path); errors.Is(err, os.ErrNotExist) {
+						if err := s.start(); err != nil {
+							return err
+						}
+					}
+				}
+				m.register(ctx, seen)
+			case ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0:
+				for _, s := range m.plugins {
+					// The kubelet clears the directory when it starts: serve
+					// again now, register once its socket is back.
+					if ev.Name == s.path {
+						if _, err := os.Stat(s.path); errors.Is(err, os.ErrNotExist) {
+							klog.InfoS("Plugin socket removed; serving it again", "resource", s.res.Name)
+							if err := s.start(); err != nil {
+								return err
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
