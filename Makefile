@@ -30,7 +30,7 @@ sanity:
 
 # Volume cycle throughput and latency, and fio on a volume vs the raw file.
 bench:
-	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 30m -run '^TestBench$$' ./test/bench/ -args $(BENCH_FLAGS) 2>&1 | grep -v '^I[0-9]'
+	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 30m -run '^TestBench' ./test/bench/ -args $(BENCH_FLAGS) 2>&1 | grep -v '^I[0-9]'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

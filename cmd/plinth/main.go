@@ -21,9 +21,10 @@ const usage = `plinth: node-local disks as CSI volumes, accelerators as extended
 
 Usage:
   plinth standalone [flags]   controller and node in one process, no Kubernetes
+  plinth node [flags]         a node's CSI Node service and device plugins (--csi=false: devices only)
   plinth version              print the version
 
-Run "plinth standalone -h" for its flags.
+Run "plinth <command> -h" for its flags.
 `
 
 func main() {
@@ -44,16 +45,33 @@ func main() {
 			fmt.Fprintf(os.Stderr, "plinth standalone: %v\n", err)
 			os.Exit(2)
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		if err := app.RunStandalone(ctx, cfg); err != nil {
-			klog.ErrorS(err, "plinth standalone failed")
-			klog.Flush()
-			os.Exit(1)
+		runUntilSignal(func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
+	case "node":
+		fs := flag.NewFlagSet("node", flag.ExitOnError)
+		klog.InitFlags(fs)
+		cfg := app.NodeConfig{Version: version}
+		cfg.Flags(fs)
+		_ = fs.Parse(os.Args[2:])
+		if err := cfg.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "plinth node: %v\n", err)
+			os.Exit(2)
 		}
-		klog.Flush()
+		runUntilSignal(func(ctx context.Context) error { return app.RunNode(ctx, cfg) })
 	default:
 		fmt.Fprintf(os.Stderr, "plinth: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
+}
+
+// runUntilSignal runs f until SIGINT or SIGTERM; an error exits 1.
+func runUntilSignal(f func(context.Context) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := f(ctx)
+	stop()
+	if err != nil {
+		klog.ErrorS(err, "plinth failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
 }

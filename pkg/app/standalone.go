@@ -77,12 +77,17 @@ func (p PoolSpec) Validate() error {
 
 // StandaloneConfig configures `plinth standalone`.
 type StandaloneConfig struct {
+	CSIConfig
+	Version string
+}
+
+// CSIConfig is what the roles serving CSI share.
+type CSIConfig struct {
 	Endpoint     string
 	Root         string
 	NodeID       string
 	DriverName   string
 	TopologyKey  string
-	Version      string
 	Pools        []PoolSpec
 	AllowedPaths []string
 	MaxVolumes   int64
@@ -95,8 +100,8 @@ type listFlag struct{ add func(string) error }
 func (l listFlag) String() string     { return "" }
 func (l listFlag) Set(s string) error { return l.add(s) }
 
-// Flags registers the standalone flags on fs.
-func (c *StandaloneConfig) Flags(fs *flag.FlagSet) {
+// Flags registers the CSI flags on fs.
+func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 	host, _ := os.Hostname()
 	fs.StringVar(&c.Endpoint, "endpoint", "", "CSI endpoint, unix://PATH (default unix://<root>/csi.sock)")
 	fs.StringVar(&c.Root, "root", "/var/lib/plinth", "directory for plinth's state and the default pool")
@@ -118,7 +123,7 @@ func (c *StandaloneConfig) Flags(fs *flag.FlagSet) {
 }
 
 // Validate fills defaults and checks the configuration.
-func (c *StandaloneConfig) Validate() error {
+func (c *CSIConfig) Validate() error {
 	var errs []error
 	if !filepath.IsAbs(c.Root) {
 		errs = append(errs, fmt.Errorf("--root %q must be absolute", c.Root))
@@ -181,6 +186,12 @@ func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run moun
 
 // RunStandalone runs controller and node in one process until ctx ends.
 func RunStandalone(ctx context.Context, c StandaloneConfig) error {
+	return serveCSI(ctx, c.CSIConfig, c.Version, true)
+}
+
+// serveCSI opens the pools and serves Identity and Node (and Controller
+// when withController) until ctx ends.
+func serveCSI(ctx context.Context, c CSIConfig, version string, withController bool) error {
 	sock, err := csi.ParseEndpoint(c.Endpoint)
 	if err != nil {
 		return err
@@ -194,7 +205,6 @@ func RunStandalone(ctx context.Context, c StandaloneConfig) error {
 	if err != nil {
 		return err
 	}
-	ctrl := volume.NewController(map[string]volume.Node{c.NodeID: local})
 	owned := []string{c.Root}
 	for _, p := range c.Pools {
 		owned = append(owned, p.Dir)
@@ -204,13 +214,15 @@ func RunStandalone(ctx context.Context, c StandaloneConfig) error {
 		return err
 	}
 	svcs := csi.Services{
-		Identity:   csi.NewIdentityServer(c.DriverName, c.Version, true, ready),
-		Controller: csi.NewControllerServer(ctrl, c.TopologyKey),
+		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
 		Node: csi.NewNodeServer(volume.NewPublisher(local, mount.NewHost(run)), csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
 			Paths: csi.Paths{Allowed: c.AllowedPaths, Owned: owned},
 		}),
 	}
-	klog.InfoS("Starting plinth standalone", "version", c.Version, "nodeID", c.NodeID, "root", c.Root, "pools", len(pools))
+	if withController {
+		svcs.Controller = csi.NewControllerServer(volume.NewController(map[string]volume.Node{c.NodeID: local}), c.TopologyKey)
+	}
+	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(pools), "controller", withController)
 	return csi.Serve(ctx, sock, svcs, 10*time.Second)
 }

@@ -57,11 +57,11 @@ func setup(t *testing.T) (*testenv.Client, string, string) {
 	root := t.TempDir()
 	kubelet := filepath.Join(root, "kubelet")
 	os.MkdirAll(kubelet, 0o750)
-	sock := testenv.Standalone(t, app.StandaloneConfig{
+	sock := testenv.Standalone(t, app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint: "unix://" + filepath.Join(root, "csi.sock"), Root: filepath.Join(root, "state"),
 		Pools:        []app.PoolSpec{{Name: "bench", Backend: "file", Dir: filepath.Join(backing, "pool"), FsType: "ext4"}},
 		AllowedPaths: []string{kubelet},
-	})
+	}})
 	return testenv.Dial(t, sock), kubelet, backing
 }
 

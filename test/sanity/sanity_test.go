@@ -83,12 +83,12 @@ func TestSanityConfig(t *testing.T) {
 	backing := testenv.Filesystem(t, c.backingFs, 8<<30)
 	root := t.TempDir()
 	poolDir := filepath.Join(backing, "pool")
-	sock := testenv.Standalone(t, app.StandaloneConfig{
+	sock := testenv.Standalone(t, app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint:     "unix://" + filepath.Join(root, "csi.sock"),
 		Root:         filepath.Join(root, "state"),
 		Pools:        []app.PoolSpec{{Name: "p1", Backend: c.backend, Dir: poolDir, FsType: c.fsType}},
 		AllowedPaths: []string{root},
-	})
+	}})
 	mnt := filepath.Join(root, "mnt")
 	cfg := sanity.NewTestConfig()
 	cfg.Address = "unix://" + sock

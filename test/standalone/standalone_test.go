@@ -32,7 +32,7 @@ func newEnv(t *testing.T) *env {
 	root := t.TempDir()
 	e := &env{root: filepath.Join(root, "kubelet"), poolDirs: []string{filepath.Join(xfs, "ext4"), filepath.Join(xfs, "xfs"), filepath.Join(bt, "bt")}}
 	os.MkdirAll(e.root, 0o750)
-	e.cfg = app.StandaloneConfig{
+	e.cfg = app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint: "unix://" + filepath.Join(root, "csi.sock"),
 		Root:     filepath.Join(root, "state"),
 		Pools: []app.PoolSpec{
@@ -41,7 +41,7 @@ func newEnv(t *testing.T) *env {
 			{Name: "bt", Backend: "btrfs", Dir: e.poolDirs[2]},
 		},
 		AllowedPaths: []string{e.root},
-	}
+	}}
 	return e
 }
 

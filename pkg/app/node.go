@@ -1,0 +1,126 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"sync"
+
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/device"
+	"github.com/plinth-dev/plinth/pkg/deviceplugin"
+)
+
+// NodeConfig configures `plinth node`: the CSI Node service over this
+// node's pools and the device plugins for its accelerators.
+type NodeConfig struct {
+	CSIConfig
+	Version string
+	// CSI serves the CSI Node service; Devices serves the device plugins.
+	CSI, Devices bool
+	KubeletDir   string
+	ProcRoot     string
+	DeviceConfig string // path of a DeviceConfig file ("" for the defaults)
+	CDIDir       string // "" writes no CDI specs
+}
+
+// Flags registers the node flags on fs.
+func (c *NodeConfig) Flags(fs *flag.FlagSet) {
+	c.CSIConfig.Flags(fs)
+	fs.BoolVar(&c.CSI, "csi", true, "serve the CSI Node service over this node's pools")
+	fs.BoolVar(&c.Devices, "devices", true, "serve device plugins for this node's accelerators")
+	fs.StringVar(&c.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory (device plugins register in <dir>/device-plugins)")
+	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "where procfs is mounted (NVIDIA device minors)")
+	fs.StringVar(&c.DeviceConfig, "device-config", "", "DeviceConfig file (apiVersion plinth.example.com/v1alpha1); default: GPUs as example.com/gpu")
+	fs.StringVar(&c.CDIDir, "cdi-dir", "/var/run/cdi", "where CDI specs for the devices are written (empty: none)")
+}
+
+// Validate fills defaults and checks the configuration.
+func (c *NodeConfig) Validate() error {
+	var errs []error
+	if !c.CSI && !c.Devices {
+		errs = append(errs, errors.New("--csi=false and --devices=false leave nothing to serve"))
+	}
+	for flagName, p := range map[string]string{"--kubelet-dir": c.KubeletDir, "--proc-root": c.ProcRoot, "--sysfs-root": c.SysfsRoot, "--dev-root": c.DevRoot} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("%s %q must be absolute", flagName, p))
+		}
+	}
+	if c.CDIDir != "" && !filepath.IsAbs(c.CDIDir) {
+		errs = append(errs, fmt.Errorf("--cdi-dir %q must be absolute", c.CDIDir))
+	}
+	if len(c.AllowedPaths) == 0 {
+		c.AllowedPaths = []string{c.KubeletDir}
+	}
+	if c.Endpoint == "" {
+		c.Endpoint = "unix://" + filepath.Join(c.KubeletDir, "plugins", c.DriverName, "csi.sock")
+	}
+	if c.CSI {
+		errs = append(errs, c.CSIConfig.Validate())
+	}
+	if _, err := c.deviceConfig(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *NodeConfig) deviceConfig() (device.Config, error) {
+	if c.DeviceConfig == "" {
+		cfg := device.DefaultConfig()
+		cfg.Defaults()
+		return cfg, cfg.Validate()
+	}
+	return device.LoadConfig(c.DeviceConfig)
+}
+
+// RunNode serves CSI and the device plugins until ctx ends or one fails.
+func RunNode(ctx context.Context, c NodeConfig) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	run := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	if c.CSI {
+		run("CSI", func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, false) })
+	}
+	if c.Devices {
+		cfg, err := c.deviceConfig()
+		if err != nil {
+			return err
+		}
+		host := device.Host{Sysfs: c.SysfsRoot, Dev: c.DevRoot, Proc: c.ProcRoot}
+		inv := device.NewInventory(host, cfg)
+		if _, _, err := inv.Scan(); err != nil {
+			return fmt.Errorf("discover devices: %w", err)
+		}
+		for _, r := range cfg.Resources {
+			klog.InfoS("Serving resource", "resource", r.Name, "units", len(inv.Units(r)), "replicas", r.Sharing.Replicas)
+		}
+		mgr, err := deviceplugin.NewManager(deviceplugin.Config{KubeletDir: c.KubeletDir, CDIDir: c.CDIDir, DevRoot: c.DevRoot}, cfg.Resources, inv)
+		if err != nil {
+			return err
+		}
+		run("device inventory", inv.Run)
+		run("device plugins", mgr.Run)
+	}
+	klog.InfoS("plinth node started", "version", c.Version, "csi", c.CSI, "devices", c.Devices, "kubeletDir", c.KubeletDir)
+	wg.Wait()
+	close(errc)
+	var errs []error
+	for err := range errc {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
