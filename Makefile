@@ -4,7 +4,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 RUN_ROOT ?= $(CURDIR)/_run
 GO       ?= go
 
-.PHONY: all build run test unit sanity bench lint deps clean
+.PHONY: all build run test devicemanager unit sanity bench lint deps clean
 
 all: build
 
@@ -21,6 +21,12 @@ run: build
 # recovery and bad-input tests on real loop devices and mounts.
 test: lint
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) devicemanager
+
+# The kubelet's own device manager (k8s.io/kubernetes) against plinth's
+# device plugin; a module of its own (about 3 minutes to build cold).
+devicemanager:
+	cd test/devicemanager && $(GO) test -count=1 -timeout 20m ./...
 
 unit:
 	$(GO) test -count=1 -short ./pkg/...

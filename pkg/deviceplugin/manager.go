@@ -76,6 +76,7 @@ func (s *served) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
+		s.plugin.stopping()
 		s.srv.Stop()
 		s.srv = nil
 	}
@@ -95,6 +96,7 @@ func (s *served) start() error {
 		l.Close()
 		return err
 	}
+	s.plugin.serving()
 	srv := grpc.NewServer()
 	dpapi.RegisterDevicePluginServer(srv, s.plugin)
 	go srv.Serve(l)
@@ -106,6 +108,7 @@ func (s *served) stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.srv != nil {
+		s.plugin.stopping()
 		done := make(chan struct{})
 		go func() { s.srv.GracefulStop(); close(done) }()
 		select {

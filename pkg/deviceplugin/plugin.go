@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,6 +27,9 @@ type Plugin struct {
 	res     device.Resource
 	inv     *device.Inventory
 	devRoot string
+
+	mu   sync.Mutex
+	quit chan struct{} // closed when the server serving this plugin stops
 }
 
 var _ dpapi.DevicePluginServer = (*Plugin)(nil)
@@ -33,7 +37,31 @@ var _ dpapi.DevicePluginServer = (*Plugin)(nil)
 // NewPlugin serves resource res from inv; device nodes are handed out from
 // devRoot on the host.
 func NewPlugin(res device.Resource, inv *device.Inventory, devRoot string) *Plugin {
-	return &Plugin{res: res, inv: inv, devRoot: devRoot}
+	return &Plugin{res: res, inv: inv, devRoot: devRoot, quit: make(chan struct{})}
+}
+
+// serving returns a fresh quit channel for a new server; stopping closes it
+// so that ListAndWatch streams end and a graceful stop does not hang.
+func (p *Plugin) serving() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.quit = make(chan struct{})
+}
+
+func (p *Plugin) stopping() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.quit:
+	default:
+		close(p.quit)
+	}
+}
+
+func (p *Plugin) quitCh() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.quit
 }
 
 func (p *Plugin) GetDevicePluginOptions(context.Context, *dpapi.Empty) (*dpapi.DevicePluginOptions, error) {
@@ -73,6 +101,7 @@ func sameList(a, b *dpapi.ListAndWatchResponse) bool {
 // the resource's devices or their health.
 func (p *Plugin) ListAndWatch(_ *dpapi.Empty, stream dpapi.DevicePlugin_ListAndWatchServer) error {
 	logger := klog.Background().WithValues("resource", p.res.Name)
+	quit := p.quitCh()
 	var last *dpapi.ListAndWatchResponse
 	for {
 		changed := p.inv.Changed()
@@ -92,6 +121,8 @@ func (p *Plugin) ListAndWatch(_ *dpapi.Empty, stream dpapi.DevicePlugin_ListAndW
 		}
 		select {
 		case <-stream.Context().Done():
+			return nil
+		case <-quit:
 			return nil
 		case <-changed:
 		}
@@ -140,6 +171,9 @@ func (p *Plugin) Allocate(ctx context.Context, req *dpapi.AllocateRequest) (*dpa
 }
 
 func (p *Plugin) containerResponse(units []device.UnitStatus) *dpapi.ContainerAllocateResponse {
+	// The kubelet passes IDs in no particular order: answer in ID order so
+	// that the environment is stable.
+	sort.Slice(units, func(i, j int) bool { return units[i].ID < units[j].ID })
 	cr := &dpapi.ContainerAllocateResponse{Envs: map[string]string{}}
 	seenNode, seenDev := map[string]bool{}, map[string]bool{}
 	var ids, indexes, paths []string
