@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -25,6 +26,9 @@ type NodeConfig struct {
 	ProcRoot     string
 	DeviceConfig string // path of a DeviceConfig file ("" for the defaults)
 	CDIDir       string // "" writes no CDI specs
+	// HealthInterval and RecoverAfter override the file's health settings
+	// when set.
+	HealthInterval, RecoverAfter time.Duration
 }
 
 // Flags registers the node flags on fs.
@@ -36,6 +40,8 @@ func (c *NodeConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "where procfs is mounted (NVIDIA device minors)")
 	fs.StringVar(&c.DeviceConfig, "device-config", "", "DeviceConfig file (apiVersion plinth.example.com/v1alpha1); default: GPUs as example.com/gpu")
 	fs.StringVar(&c.CDIDir, "cdi-dir", "/var/run/cdi", "where CDI specs for the devices are written (empty: none)")
+	fs.DurationVar(&c.HealthInterval, "health-interval", 0, "device rescan period; overrides the config file's health.interval (default 5s)")
+	fs.DurationVar(&c.RecoverAfter, "health-recover-after", 0, "steady health before a device is advertised healthy again; overrides health.recoverAfter (default 10s)")
 }
 
 // Validate fills defaults and checks the configuration.
@@ -67,13 +73,27 @@ func (c *NodeConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
+// deviceConfig is the file's configuration (or the default) with the
+// flags applied over it.
 func (c *NodeConfig) deviceConfig() (device.Config, error) {
-	if c.DeviceConfig == "" {
-		cfg := device.DefaultConfig()
-		cfg.Defaults()
-		return cfg, cfg.Validate()
+	cfg := device.DefaultConfig()
+	if c.DeviceConfig != "" {
+		var err error
+		if cfg, err = device.LoadConfig(c.DeviceConfig); err != nil {
+			return device.Config{}, err
+		}
 	}
-	return device.LoadConfig(c.DeviceConfig)
+	if c.HealthInterval != 0 {
+		cfg.Health.Interval.Duration = c.HealthInterval
+	}
+	if c.RecoverAfter != 0 {
+		cfg.Health.RecoverAfter.Duration = c.RecoverAfter
+	}
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return device.Config{}, fmt.Errorf("device configuration with flags applied: %w", err)
+	}
+	return cfg, nil
 }
 
 // RunNode serves CSI and the device plugins until ctx ends or one fails.
