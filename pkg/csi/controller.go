@@ -324,16 +324,9 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	// Filesystems on image files grow on the node; block devices and
+	// Filesystems made on a volume grow on the node; block devices and
 	// subvolume limits are done here.
-	nodeExpansion := p.Volume.Mode == pool.ModeFilesystem && p.Volume.Pool != "" && p.Volume.FsType != "" && !isOwnFs(p.Volume)
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: p.Volume.CapacityBytes, NodeExpansionRequired: nodeExpansion}, nil
-}
-
-// isOwnFs: btrfs-pool volumes are subvolumes of the pool's filesystem.
-func isOwnFs(v pool.Volume) bool {
-	_, ok := v.Parameters["btrfs.plinth.example.com/subvolume-id"]
-	return ok
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: p.Volume.CapacityBytes, NodeExpansionRequired: p.NodeExpansion}, nil
 }
 
 func (s *ControllerServer) csiSnapshot(p volume.PlacedSnapshot) *csi.Snapshot {

@@ -46,6 +46,9 @@ type CreateRequest struct {
 type Placed struct {
 	Node   string
 	Volume pool.Volume
+	// NodeExpansion: after growing, the node must grow the filesystem
+	// (a filesystem made by mkfs on the volume, not the pool's own).
+	NodeExpansion bool
 }
 
 // PlacedSnapshot is a snapshot and the node it lives on.
@@ -262,8 +265,24 @@ func (c *Controller) ExpandVolume(ctx context.Context, id string, required, limi
 	if err != nil {
 		return Placed{}, err
 	}
-	v, err := c.nodes[placed.Node].ExpandVolume(ctx, id, size)
-	return Placed{Node: placed.Node, Volume: v}, err
+	node := c.nodes[placed.Node]
+	v, err := node.ExpandVolume(ctx, id, size)
+	if err != nil {
+		return Placed{}, err
+	}
+	out := Placed{Node: placed.Node, Volume: v}
+	if v.Mode == pool.ModeFilesystem {
+		infos, err := node.Pools(ctx)
+		if err != nil {
+			return Placed{}, err
+		}
+		for _, pi := range infos {
+			if pi.Name == v.Pool {
+				out.NodeExpansion = !pi.Capabilities.OwnFs
+			}
+		}
+	}
+	return out, nil
 }
 
 // GetVolume finds id on the nodes.
