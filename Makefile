@@ -3,8 +3,10 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 RUN_ROOT ?= $(CURDIR)/_run
 GO       ?= go
+SHELL    := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build run test devicemanager unit sanity bench lint deps clean
+.PHONY: all build run test reliability devicemanager unit sanity bench lint deps clean
 
 all: build
 
@@ -21,7 +23,16 @@ run: build
 # recovery and bad-input tests on real loop devices and mounts.
 test: lint
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) reliability
 	$(MAKE) devicemanager
+
+# Faults and bad input, bounded for CI; longer with e.g.
+#   make reliability KILLS=1000 FUZZTIME=10m
+KILLS    ?= 100
+FUZZTIME ?= 5s
+reliability:
+	PLINTH_KILLS=$(KILLS) $(GO) test -count=1 -v -timeout 60m -run '^TestKillAnywhere$$' ./test/standalone/ 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|kill_test'
+	./test/fuzz.sh $(FUZZTIME)
 
 # The kubelet's own device manager (k8s.io/kubernetes) against plinth's
 # device plugin; a module of its own (about 3 minutes to build cold).

@@ -227,6 +227,13 @@ func (s *ControllerServer) ListVolumes(ctx context.Context, req *csi.ListVolumes
 // health is what the controller knows of a volume: its record's state.
 func health(v pool.Volume) *csi.VolumeHealth {
 	h := &csi.VolumeHealth{VolumeId: v.ID}
+	if v.State == pool.StateDeleting {
+		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_DATA_LOSS, Reason: "DeletionIncomplete",
+			Message: "a delete of this volume was interrupted; DeleteVolume finishes it",
+		})
+		return h
+	}
 	if v.State != pool.StateReady {
 		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "CreationIncomplete",

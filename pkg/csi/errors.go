@@ -31,7 +31,7 @@ func codeOf(err error) codes.Code {
 		return codes.ResourceExhausted
 	case errors.Is(err, pool.ErrOutOfRange):
 		return codes.OutOfRange
-	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, volume.ErrNotStaged),
+	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, pool.ErrDeleting), errors.Is(err, volume.ErrNotStaged),
 		errors.Is(err, volume.ErrPublishedElsewhere):
 		return codes.FailedPrecondition
 	case errors.Is(err, mount.ErrOnlineResizeRefused):

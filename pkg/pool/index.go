@@ -141,6 +141,19 @@ func (x *Index) PutSnapshot(s Snapshot) error {
 	return nil
 }
 
+// MarkDeleting records that a delete of id began, so that a crash part-way
+// leaves a record that says so (and is never taken for a ready volume).
+func (x *Index) MarkDeleting(id string) error {
+	x.mu.Lock()
+	v, ok := x.volumes[id]
+	x.mu.Unlock()
+	if !ok || v.State == StateDeleting {
+		return nil
+	}
+	v.State = StateDeleting
+	return x.PutVolume(v)
+}
+
 // DropVolume removes v's record durably.
 func (x *Index) DropVolume(id string) error {
 	if err := RemoveDurably(x.volRecord(id)); err != nil {
@@ -187,6 +200,9 @@ func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume,
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old, ok := x.volumes[v.ID]; ok {
+		if old.State == StateDeleting {
+			return Volume{}, false, fmt.Errorf("volume %s: %w", v.ID, ErrDeleting)
+		}
 		if !SameVolume(old, v) {
 			return Volume{}, false, fmt.Errorf("volume %s: %w", v.ID, ErrExists)
 		}

@@ -22,6 +22,8 @@ var (
 	ErrInUse       = errors.New("in use")
 	ErrOutOfRange  = errors.New("out of range")
 	ErrNotReady    = errors.New("not ready")
+	// ErrDeleting: the ID\'s record is from a delete that was interrupted.
+	ErrDeleting = errors.New("deletion in progress")
 )
 
 // Mode is how a volume is consumed.
@@ -40,6 +42,8 @@ const (
 	StateCreating State = "creating"
 	// StateReady: storage is complete.
 	StateReady State = "ready"
+	// StateDeleting: a delete began; the storage may be partly gone.
+	StateDeleting State = "deleting"
 )
 
 // SchemaVersion of the records written beside volumes and snapshots.

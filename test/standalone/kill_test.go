@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,7 +42,7 @@ func startChild(t *testing.T, e *env, logf *os.File) *exec.Cmd {
 		t.Fatal(err)
 	}
 	sock := strings.TrimPrefix(e.cfg.Endpoint, "unix://")
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
 			return cmd
@@ -52,46 +53,70 @@ func startChild(t *testing.T, e *env, logf *os.File) *exec.Cmd {
 	return nil
 }
 
+// ack is what plinth acknowledged about one volume.
 type ack struct {
 	v    *vol
-	data []byte // last payload whose write + fsync was acknowledged
+	data []byte // payload whose write + fsync was acknowledged
+	size int64  // capacity acknowledged by an expansion
+	// expanding: an expansion was sent; without its reply the volume may
+	// have either size.
+	expanding bool
+	deleted   bool // its DeleteVolume was acknowledged
+	// deleting: a delete was sent; without its reply the volume may be
+	// gone, or half gone until the CO retries the delete.
+	deleting bool
 }
 
-// TestKillAnywhere SIGKILLs a real plinth process while several clients
-// create, stage, publish, write and tear down volumes, then restarts it.
-// After each restart every acknowledged volume exists with its last
-// acknowledged data and retried calls succeed; at the end, with everything
-// deleted, no image, record, subvolume, loop device or mount is left.
+// killsWanted: PLINTH_KILLS (make reliability sets 100), else 5.
+func killsWanted(t *testing.T) int {
+	if s := os.Getenv("PLINTH_KILLS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("PLINTH_KILLS=%q", s)
+		}
+		return n
+	}
+	if testing.Short() {
+		return 2
+	}
+	return 5
+}
+
+type kinds struct {
+	pool string
+	cap  *csi.VolumeCapability
+	size int64
+}
+
+var workload = []kinds{{"fext4", testenv.MountCap(""), 32 << 20}, {"fext4", testenv.BlockCap(), 16 << 20}, {"bt", testenv.MountCap(""), 32 << 20}, {"fxfs", testenv.MountCap(""), 320 << 20}}
+
+// TestKillAnywhere SIGKILLs a real plinth process at a random moment while
+// several clients create, stage, publish, write, expand, snapshot, restore,
+// unpublish, unstage and delete volumes, then restarts it. After every
+// restart each acknowledged volume exists with its acknowledged data and
+// size, each acknowledged delete stays deleted, and retried calls succeed;
+// then everything is torn down through plinth. At the end nothing is left:
+// no image, record, subvolume, snapshot, loop device or mount.
 func TestKillAnywhere(t *testing.T) {
 	e := newEnv(t)
-	kills := 5
-	if testing.Short() {
-		kills = 2
-	}
+	kills := killsWanted(t)
 	logf, _ := os.Create(filepath.Join(t.TempDir(), "plinth.log"))
 	sock := strings.TrimPrefix(e.cfg.Endpoint, "unix://")
 	var mu sync.Mutex
 	acked := map[string]*ack{}
-	ops := 0
-	pools := []struct {
-		pool string
-		cap  *csi.VolumeCapability
-		size int64
-	}{{"fext4", testenv.MountCap(""), 32 << 20}, {"fext4", testenv.BlockCap(), 16 << 20}, {"bt", testenv.MountCap(""), 32 << 20}, {"fxfs", testenv.MountCap(""), 320 << 20}}
+	tried := map[string]*vol{} // by ID: every volume a create was sent for
+	ops, checked := 0, 0
 
-	for round := 0; round < kills; round++ {
+	for round := 0; round <= kills; round++ {
 		cmd := startChild(t, e, logf)
 		c := testenv.Dial(t, sock)
-		// Check what the last round acknowledged.
-		for name, a := range acked {
-			create(t, c, a.v) // a retried create succeeds and returns the same volume
-			if a.data != nil {
-				target := e.stagePublish(t, c, a.v)
-				if got := readData(t, a.v, target, len(a.data)); !bytes.Equal(got, a.data) {
-					t.Fatalf("round %d: %s holds %q, acknowledged %q", round, name, got, a.data)
-				}
-				e.unpublishUnstage(t, c, a.v)
-			}
+		checked += verify(t, e, c, round, acked)
+		teardown(t, e, c, tried)
+		acked, tried = map[string]*ack{}, map[string]*vol{}
+		if round == kills {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+			break
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
@@ -100,87 +125,186 @@ func TestKillAnywhere(t *testing.T) {
 			go func(w int) {
 				defer wg.Done()
 				for i := 0; ctx.Err() == nil; i++ {
-					p := pools[(w+i)%len(pools)]
-					v := &vol{name: fmt.Sprintf("r%d-w%d-%d", round, w, i), pool: p.pool, cap: p.cap, size: p.size}
-					resp, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: v.name, CapacityRange: &csi.CapacityRange{RequiredBytes: v.size},
-						VolumeCapabilities: []*csi.VolumeCapability{v.cap}, Parameters: map[string]string{"pool": v.pool}})
-					if err != nil {
-						return
-					}
-					v.id = resp.GetVolume().GetVolumeId()
+					n := cycle(ctx, e, c, fmt.Sprintf("r%d-w%d-%d", round, w, i), i+w, &mu, acked, tried)
 					mu.Lock()
-					acked[v.name] = &ack{v: v}
-					ops++
-					mu.Unlock()
-					staging, target := e.paths(v)
-					if _, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, VolumeCapability: v.cap}); err != nil {
-						return
-					}
-					if _, err := c.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: v.cap}); err != nil {
-						return
-					}
-					payload := []byte(fmt.Sprintf("data of %s", v.name))
-					if err := tryWrite(v, target, payload); err != nil {
-						return
-					}
-					mu.Lock()
-					acked[v.name].data = payload
-					ops += 3
-					mu.Unlock()
-					if i%2 == 0 { // leave some volumes published when the kill comes
-						continue
-					}
-					if _, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: target}); err != nil {
-						return
-					}
-					if _, err := c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging}); err != nil {
-						return
-					}
-					mu.Lock()
-					ops += 2
+					ops += n
 					mu.Unlock()
 				}
 			}(w)
 		}
-		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		time.Sleep(time.Duration(50+rand.IntN(450)) * time.Millisecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		cancel()
 		wg.Wait()
 	}
+	leaks := leaksUnder(t, e)
+	t.Logf("kills survived: %d, operations acknowledged: %d, acknowledged volumes checked after restarts: %d, leaks found: %d", kills, ops, checked, len(leaks))
+	for _, l := range leaks {
+		t.Errorf("leak: %s", l)
+	}
+}
 
-	// Final restart: tear everything down through plinth.
-	cmd := startChild(t, e, logf)
-	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
-	c := testenv.Dial(t, sock)
+// cycle runs one volume's life; it returns how many calls were
+// acknowledged and stops at the first error (the kill).
+func cycle(ctx context.Context, e *env, c *testenv.Client, name string, i int, mu *sync.Mutex, acked map[string]*ack, tried map[string]*vol) int {
+	k := workload[i%len(workload)]
+	v := &vol{name: name, pool: k.pool, cap: k.cap, size: k.size}
+	record := func(f func()) { mu.Lock(); f(); mu.Unlock() }
+	v.id = volumeIDOf(name)
+	record(func() { tried[v.id] = v })
+	if _, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: v.name, CapacityRange: &csi.CapacityRange{RequiredBytes: v.size},
+		VolumeCapabilities: []*csi.VolumeCapability{v.cap}, Parameters: map[string]string{"pool": v.pool}}); err != nil {
+		return 0
+	}
+	a := &ack{v: v}
+	record(func() { acked[v.name] = a })
+	staging, target := e.paths(v)
+	if _, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, VolumeCapability: v.cap}); err != nil {
+		return 1
+	}
+	if _, err := c.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: staging, TargetPath: target, VolumeCapability: v.cap}); err != nil {
+		return 2
+	}
+	payload := []byte("data of " + v.name)
+	if err := tryWrite(v, target, payload); err != nil {
+		return 3
+	}
+	record(func() { a.data = payload })
+	n := 4
+	switch i % 3 {
+	case 0: // grow it while published
+		record(func() { a.expanding = true })
+		ce, err := c.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: v.id, CapacityRange: &csi.CapacityRange{RequiredBytes: 2 * v.size}})
+		if err != nil {
+			return n
+		}
+		if ce.GetNodeExpansionRequired() {
+			if _, err := c.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: v.id, VolumePath: target}); err != nil {
+				return n
+			}
+		}
+		record(func() { a.size = 2 * v.size })
+		n++
+	case 1: // snapshot it and restore the snapshot into a new volume
+		if v.pool == "fxfs" {
+			break // 320 MiB copies would make rounds long
+		}
+		sn, err := c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: v.name + "-snap", SourceVolumeId: v.id})
+		if err != nil {
+			return n
+		}
+		r := &vol{name: v.name + "-restored", pool: v.pool, cap: v.cap, size: v.size, source: sn.GetSnapshot().GetSnapshotId()}
+		r.id = volumeIDOf(r.name)
+		record(func() { tried[r.id] = r })
+		if _, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: r.name, CapacityRange: &csi.CapacityRange{RequiredBytes: r.size},
+			VolumeCapabilities: []*csi.VolumeCapability{r.cap}, Parameters: map[string]string{"pool": r.pool},
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: r.source}}}}); err != nil {
+			return n + 1
+		}
+		record(func() { acked[r.name] = &ack{v: r, data: payload} })
+		n += 2
+	}
+	if i%2 == 0 {
+		return n // stays published into the kill
+	}
+	if _, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: target}); err != nil {
+		return n
+	}
+	if _, err := c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging}); err != nil {
+		return n + 1
+	}
+	record(func() { a.deleting = true })
+	if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.id}); err != nil {
+		return n + 2
+	}
+	record(func() { a.deleted = true })
+	return n + 3
+}
+
+// volumeIDOf is plinth's name → ID derivation, as a CO would learn it from
+// CreateVolume's reply; known up front so that volumes whose reply the
+// kill swallowed can be torn down by ID.
+func volumeIDOf(name string) string {
+	return volumeIDFunc(name)
+}
+
+// verify checks, after a restart, what the previous round acknowledged.
+func verify(t *testing.T, e *env, c *testenv.Client, round int, acked map[string]*ack) int {
+	t.Helper()
 	ctx := context.Background()
+	n := 0
+	for name, a := range acked {
+		got, err := c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: a.v.id})
+		if a.deleted {
+			if status.Code(err) != codes.NotFound {
+				t.Fatalf("round %d: %s was deleted (acknowledged) but is back: %v", round, name, err)
+			}
+			n++
+			continue
+		}
+		if a.deleting {
+			continue // teardown retries the delete, as the CO would
+		}
+		if err != nil {
+			t.Fatalf("round %d: acknowledged volume %s lost: %v", round, name, err)
+		}
+		if got.GetVolume().GetCapacityBytes() < a.size {
+			t.Fatalf("round %d: %s has %d bytes, expansion to %d was acknowledged", round, name, got.GetVolume().GetCapacityBytes(), a.size)
+		}
+		if a.v.source == "" && !a.expanding {
+			create(t, c, a.v) // a retried create succeeds and returns the same volume
+		}
+		if a.data != nil {
+			target := e.stagePublish(t, c, a.v) // idempotent over a publish the kill left behind
+			if got := readData(t, a.v, target, len(a.data)); !bytes.Equal(got, a.data) {
+				t.Fatalf("round %d: %s holds %q, acknowledged %q", round, name, got, a.data)
+			}
+		}
+		n++
+	}
+	return n
+}
+
+// teardown unpublishes, unstages and deletes every volume a create was
+// sent for, and every snapshot, through plinth.
+func teardown(t *testing.T, e *env, c *testenv.Client, tried map[string]*vol) {
+	t.Helper()
+	ctx := context.Background()
+	for _, v := range tried {
+		staging, target := e.paths(v)
+		for _, call := range []func() error{
+			func() error {
+				_, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: target})
+				return err
+			},
+			func() error {
+				_, err := c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: staging})
+				return err
+			},
+		} {
+			if err := call(); err != nil && status.Code(err) != codes.NotFound {
+				t.Fatalf("teardown %s: %v", v.name, err)
+			}
+		}
+	}
+	snaps, err := c.ListSnapshots(ctx, &csi.ListSnapshotsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sn := range snaps.GetEntries() {
+		if _, err := c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: sn.GetSnapshot().GetSnapshotId()}); err != nil {
+			t.Fatalf("delete snapshot: %v", err)
+		}
+	}
 	list, err := c.ListVolumes(ctx, &csi.ListVolumesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	checked := 0
-	for _, a := range acked {
-		staging, target := e.paths(a.v)
-		if _, err := c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: a.v.id, TargetPath: target}); err != nil {
-			t.Fatalf("unpublish %s: %v", a.v.name, err)
-		}
-		if _, err := c.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: a.v.id, StagingTargetPath: staging}); err != nil {
-			t.Fatalf("unstage %s: %v", a.v.name, err)
-		}
-		checked++
-	}
-	// Volumes whose create was cut off before its reply are listed too.
 	for _, en := range list.GetEntries() {
-		id := en.GetVolume().GetVolumeId()
-		if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil && status.Code(err) != codes.NotFound {
-			t.Fatalf("delete %s: %v", id, err)
+		if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: en.GetVolume().GetVolumeId()}); err != nil {
+			t.Fatalf("delete %s: %v", en.GetVolume().GetVolumeId(), err)
 		}
-	}
-	leaks := leaksUnder(t, e)
-	t.Logf("kills survived: %d, operations acknowledged: %d, volumes checked: %d (listed at end: %d), leaks found: %d",
-		kills, ops, checked, len(list.GetEntries()), len(leaks))
-	for _, l := range leaks {
-		t.Errorf("leak: %s", l)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/app"
+	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
 // childEnv makes the test binary act as `plinth standalone` (same code as
@@ -39,3 +40,6 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(0)
 }
+
+// volumeIDFunc is plinth's derivation of a volume ID from its name.
+var volumeIDFunc = volume.VolumeID

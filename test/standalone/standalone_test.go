@@ -50,6 +50,7 @@ type vol struct {
 	cap        *csi.VolumeCapability
 	size       int64
 	id         string
+	source     string // snapshot it was restored from
 }
 
 func (e *env) paths(v *vol) (staging, target string) {

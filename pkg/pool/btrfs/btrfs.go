@@ -184,7 +184,16 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 	if err != nil {
 		return pool.Volume{}, err
 	}
-	v, done, err := p.index.BeginVolume(p.name, v, p.committed)
+	spec := v
+	v, done, err := p.index.BeginVolume(p.name, spec, p.committed)
+	if errors.Is(err, pool.ErrDeleting) {
+		// A delete was interrupted: finish it, then create afresh, so that
+		// the old content never comes back under a new volume.
+		if err := p.DeleteVolume(ctx, spec.ID); err != nil {
+			return pool.Volume{}, err
+		}
+		v, done, err = p.index.BeginVolume(p.name, spec, p.committed)
+	}
 	if err != nil || done {
 		return v, err
 	}
@@ -290,6 +299,9 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	}
 	if mounted {
 		return fmt.Errorf("volume %s is mounted: %w", id, pool.ErrInUse)
+	}
+	if err := p.index.MarkDeleting(id); err != nil {
+		return err
 	}
 	if err := p.deleteSubvolume(ctx, path+".tmp"); err != nil {
 		return err

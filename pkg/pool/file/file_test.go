@@ -234,7 +234,13 @@ func TestCrashStates(t *testing.T) {
 			writeAt(t, filepath.Join(dir, "volumes", "v.img"), 0, data)
 		},
 		"delete removed the image, not the record": func(t *testing.T, dir string) {
-			writeRecord(t, dir, "v", pool.StateReady)
+			writeRecord(t, dir, "v", pool.StateDeleting)
+		},
+		"delete marked, image still there": func(t *testing.T, dir string) {
+			writeRecord(t, dir, "v", pool.StateDeleting)
+			os.WriteFile(filepath.Join(dir, "volumes", "v.img"), nil, 0o600)
+			os.Truncate(filepath.Join(dir, "volumes", "v.img"), 16<<20)
+			writeAt(t, filepath.Join(dir, "volumes", "v.img"), 0, []byte("old tenant's data"))
 		},
 		"atomic record write interrupted": func(t *testing.T, dir string) {
 			writeRecord(t, dir, "v", pool.StateCreating)
@@ -265,7 +271,7 @@ func TestCrashStates(t *testing.T) {
 				if fi, err := os.Stat(p.volImage("v")); err != nil || fi.Size() != 16<<20 {
 					t.Fatalf("image after retry: %v %v", fi, err)
 				}
-				if name == "temp image half made" {
+				if name == "temp image half made" || name == "delete marked, image still there" {
 					if got := readAt(t, p.volImage("v"), 0, 7); !bytes.Equal(got, make([]byte, 7)) {
 						t.Errorf("retried volume starts with %q: the partial image's bytes survived", got)
 					}
