@@ -290,25 +290,16 @@ func (c *Controller) GetVolume(ctx context.Context, id string) (Placed, error) {
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return Placed{}, err
 	}
-	all, err := c.ListVolumes(ctx)
-	if err != nil {
-		return Placed{}, err
+	for _, n := range c.nodeIDs {
+		v, err := c.nodes[n].Volume(ctx, id)
+		if err == nil {
+			return Placed{Node: n, Volume: v}, nil
+		}
+		if !errors.Is(err, pool.ErrNotFound) {
+			return Placed{}, fmt.Errorf("volume %s on node %s: %w", id, n, err)
+		}
 	}
-	i, ok := slices.BinarySearchFunc(all, id, func(p Placed, id string) int { return cmpString(p.Volume.ID, id) })
-	if !ok {
-		return Placed{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
-	}
-	return all[i], nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return Placed{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
 }
 
 // ListVolumes returns every volume on every node, sorted by ID.
@@ -406,13 +397,13 @@ func (c *Controller) GetSnapshot(ctx context.Context, id string) (PlacedSnapshot
 	if err := pool.ValidateID("snapshot ID", id); err != nil {
 		return PlacedSnapshot{}, err
 	}
-	all, err := c.ListSnapshots(ctx)
-	if err != nil {
-		return PlacedSnapshot{}, err
-	}
-	for _, s := range all {
-		if s.Snapshot.ID == id {
-			return s, nil
+	for _, n := range c.nodeIDs {
+		s, err := c.nodes[n].Snapshot(ctx, id)
+		if err == nil {
+			return PlacedSnapshot{Node: n, Snapshot: s}, nil
+		}
+		if !errors.Is(err, pool.ErrNotFound) {
+			return PlacedSnapshot{}, fmt.Errorf("snapshot %s on node %s: %w", id, n, err)
 		}
 	}
 	return PlacedSnapshot{}, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)

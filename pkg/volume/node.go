@@ -28,7 +28,9 @@ type Node interface {
 	CreateVolume(ctx context.Context, poolName string, v pool.Volume) (pool.Volume, error)
 	DeleteVolume(ctx context.Context, id string) error
 	ExpandVolume(ctx context.Context, id string, capacityBytes int64) (pool.Volume, error)
+	Volume(ctx context.Context, id string) (pool.Volume, error)
 	Volumes(ctx context.Context) ([]pool.Volume, error)
+	Snapshot(ctx context.Context, id string) (pool.Snapshot, error)
 	CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error)
 	DeleteSnapshot(ctx context.Context, id string) error
 	Snapshots(ctx context.Context) ([]pool.Snapshot, error)
@@ -144,6 +146,19 @@ func (n *LocalNode) ExpandVolume(ctx context.Context, id string, capacity int64)
 		return pool.Volume{}, err
 	}
 	return p.ExpandVolume(ctx, id, capacity)
+}
+
+func (n *LocalNode) Volume(ctx context.Context, id string) (pool.Volume, error) {
+	_, v, err := n.PoolOfVolume(ctx, id)
+	return v, err
+}
+
+func (n *LocalNode) Snapshot(ctx context.Context, id string) (pool.Snapshot, error) {
+	p, err := n.poolOfSnapshot(ctx, id)
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	return p.GetSnapshot(ctx, id)
 }
 
 func (n *LocalNode) Volumes(ctx context.Context) ([]pool.Volume, error) {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +23,8 @@ import (
 	"github.com/plinth-dev/plinth/test/testenv"
 )
 
-// startChild starts plinth standalone as a child process.
+// startChild starts plinth standalone with e's configuration as a child
+// process.
 func startChild(t *testing.T, e *env, logf *os.File) *exec.Cmd {
 	t.Helper()
 	args := []string{"--endpoint", e.cfg.Endpoint, "--root", e.cfg.Root, "--node-id", "node-1", "--allowed-path", e.root}
@@ -35,22 +35,7 @@ func startChild(t *testing.T, e *env, logf *os.File) *exec.Cmd {
 		}
 		args = append(args, "--pool", spec)
 	}
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), childEnv+"=1")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sock := strings.TrimPrefix(e.cfg.Endpoint, "unix://")
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return cmd
-		}
-	}
-	cmd.Process.Kill()
-	t.Fatal("child plinth did not listen")
-	return nil
+	return testenv.StartChild(t, strings.TrimPrefix(e.cfg.Endpoint, "unix://"), args, logf)
 }
 
 // ack is what plinth acknowledged about one volume.
