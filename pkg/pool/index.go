@@ -1,6 +1,8 @@
 package pool
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -217,6 +219,20 @@ func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume,
 	}
 	x.volumes[v.ID] = v
 	return v, false, nil
+}
+
+// BeginVolumeAfterDelete is BeginVolume that first finishes, with del, a
+// delete of the same ID that was interrupted, so that old content never
+// comes back under a new volume.
+func (x *Index) BeginVolumeAfterDelete(ctx context.Context, poolName string, v Volume, stats Committed, del func(context.Context, string) error) (Volume, bool, error) {
+	got, done, err := x.BeginVolume(poolName, v, stats)
+	if errors.Is(err, ErrDeleting) {
+		if err := del(ctx, v.ID); err != nil {
+			return Volume{}, false, err
+		}
+		got, done, err = x.BeginVolume(poolName, v, stats)
+	}
+	return got, done, err
 }
 
 // BeginSnapshot is BeginVolume for snapshots of a ready source volume.

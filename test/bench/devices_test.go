@@ -34,33 +34,8 @@ func TestBenchDevices(t *testing.T) {
 	cfg.Health.Interval = device.Duration{Duration: 10 * time.Second} // changes arrive by fsnotify, not the tick
 	cfg.Health.RecoverAfter = device.Duration{Duration: time.Millisecond}
 	cfg.Defaults()
-	inv := device.NewInventory(host, cfg)
-	kdir := t.TempDir()
-	mgr, err := deviceplugin.NewManager(deviceplugin.Config{KubeletDir: kdir, CDIDir: filepath.Join(kdir, "cdi"), DevRoot: host.Dev}, cfg.Resources, inv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go inv.Run(ctx)
-	go mgr.Run(ctx)
-	sock := filepath.Join(kubelet.DevicePluginDir(kdir), deviceplugin.SocketName(cfg.Resources[0]))
-	for i := 0; i < 500; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := dpapi.NewDevicePluginClient(conn)
-	stream, err := c.ListAndWatch(ctx, &dpapi.Empty{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, stream := servePlugin(t, host, cfg)
+	ctx := context.Background()
 	if _, err := stream.Recv(); err != nil {
 		t.Fatal(err)
 	}
@@ -102,4 +77,39 @@ func TestBenchDevices(t *testing.T) {
 	fmt.Fprintf(&b, "%-34s %8d %10s %10s\n", "node removed → ListAndWatch update", len(lost), pct(lost, 0.5).Round(time.Microsecond), pct(lost, 0.99).Round(time.Microsecond))
 	fmt.Fprintf(&b, "%-34s %8d %10s %10s   (recoverAfter 1ms; default 10s)\n", "node back → ListAndWatch update", len(back), pct(back, 0.5).Round(time.Microsecond), pct(back, 0.99).Round(time.Microsecond))
 	fmt.Print(b.String())
+}
+
+// servePlugin runs plinth's inventory and device plugins for host and
+// returns a client on the first resource's socket with its ListAndWatch
+// stream open; both stop with the test.
+func servePlugin(t *testing.T, host device.Host, cfg device.Config) (dpapi.DevicePluginClient, dpapi.DevicePlugin_ListAndWatchClient) {
+	t.Helper()
+	inv := device.NewInventory(host, cfg)
+	kdir := t.TempDir()
+	mgr, err := deviceplugin.NewManager(deviceplugin.Config{KubeletDir: kdir, DevRoot: host.Dev}, cfg.Resources, inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go inv.Run(ctx)
+	go mgr.Run(ctx)
+	sock := filepath.Join(kubelet.DevicePluginDir(kdir), deviceplugin.SocketName(cfg.Resources[0]))
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := dpapi.NewDevicePluginClient(conn)
+	stream, err := c.ListAndWatch(ctx, &dpapi.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, stream
 }

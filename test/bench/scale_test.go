@@ -13,14 +13,10 @@ import (
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	dpapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/plinth-dev/plinth/pkg/device"
-	"github.com/plinth-dev/plinth/pkg/deviceplugin"
-	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/test/testenv"
 )
 
@@ -210,37 +206,13 @@ func deviceScale(t *testing.T) string {
 	}
 	cfg := device.DefaultConfig()
 	cfg.Defaults()
-	inv := device.NewInventory(host, cfg)
 	t0 := time.Now()
-	if _, _, err := inv.Scan(); err != nil {
+	if _, _, err := device.NewInventory(host, cfg).Scan(); err != nil {
 		t.Fatal(err)
 	}
 	scan := time.Since(t0)
-	kdir := t.TempDir()
-	mgr, err := deviceplugin.NewManager(deviceplugin.Config{KubeletDir: kdir, DevRoot: host.Dev}, cfg.Resources, inv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go mgr.Run(ctx)
-	sock := filepath.Join(kubelet.DevicePluginDir(kdir), deviceplugin.SocketName(cfg.Resources[0]))
-	for i := 0; i < 500; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := dpapi.NewDevicePluginClient(conn)
-	stream, err := c.ListAndWatch(ctx, &dpapi.Empty{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, stream := servePlugin(t, host, cfg)
+	ctx := context.Background()
 	first, err := stream.Recv()
 	if err != nil || len(first.Devices) != 256 {
 		t.Fatalf("ListAndWatch: %d devices, %v", len(first.Devices), err)

@@ -151,16 +151,7 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 	if err != nil {
 		return pool.Volume{}, err
 	}
-	spec := v
-	v, done, err := p.index.BeginVolume(p.name, spec, p.committed)
-	if errors.Is(err, pool.ErrDeleting) {
-		// A delete was interrupted: finish it, then create afresh, so that
-		// the old content never comes back under a new volume.
-		if err := p.DeleteVolume(ctx, spec.ID); err != nil {
-			return pool.Volume{}, err
-		}
-		v, done, err = p.index.BeginVolume(p.name, spec, p.committed)
-	}
+	v, done, err := p.index.BeginVolumeAfterDelete(ctx, p.name, v, p.committed, p.DeleteVolume)
 	if err != nil || done {
 		return v, err
 	}
