@@ -85,7 +85,18 @@ var workload = []kinds{{"fext4", testenv.MountCap(""), 32 << 20}, {"fext4", test
 func TestKillAnywhere(t *testing.T) {
 	e := newEnv(t)
 	kills := killsWanted(t)
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "plinth.log"))
+	logPath := filepath.Join(t.TempDir(), "plinth.log")
+	if d := os.Getenv("PLINTH_KILL_LOG"); d != "" {
+		logPath = d
+	}
+	logf, _ := os.Create(logPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			lines := strings.Split(string(b), "\n")
+			t.Logf("plinth log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
 	sock := strings.TrimPrefix(e.cfg.Endpoint, "unix://")
 	var mu sync.Mutex
 	acked := map[string]*ack{}

@@ -19,7 +19,10 @@ type Client struct {
 // Dial connects to the CSI socket at path; the connection closes with t.
 func Dial(t testing.TB, path string) *Client {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Calls wait for a ready connection, as a CO's do: a connection that
+	// fails while plinth restarts is retried, not reported.
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
 	if err != nil {
 		t.Fatal(err)
 	}
