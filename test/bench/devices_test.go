@@ -85,6 +85,9 @@ func TestBenchDevices(t *testing.T) {
 func servePlugin(t *testing.T, host device.Host, cfg device.Config) (dpapi.DevicePluginClient, dpapi.DevicePlugin_ListAndWatchClient) {
 	t.Helper()
 	inv := device.NewInventory(host, cfg)
+	if _, _, err := inv.Scan(); err != nil { // as plinth node does before serving
+		t.Fatal(err)
+	}
 	kdir := t.TempDir()
 	mgr, err := deviceplugin.NewManager(deviceplugin.Config{KubeletDir: kdir, DevRoot: host.Dev}, cfg.Resources, inv)
 	if err != nil {
