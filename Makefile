@@ -6,7 +6,7 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build run test reliability devicemanager unit sanity bench lint deps clean
+.PHONY: all build run test reliability kubelet unit sanity bench lint deps clean
 
 all: build
 
@@ -24,7 +24,7 @@ run: build
 test: lint
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) reliability
-	$(MAKE) devicemanager
+	$(MAKE) kubelet
 
 # Faults and bad input, bounded for CI; longer with e.g.
 #   make reliability KILLS=1000 FUZZTIME=10m
@@ -34,10 +34,10 @@ reliability:
 	PLINTH_KILLS=$(KILLS) $(GO) test -count=1 -v -timeout 60m -run '^TestKillAnywhere$$' ./test/standalone/ 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|kill_test'
 	./test/fuzz.sh $(FUZZTIME)
 
-# The kubelet's own device manager (k8s.io/kubernetes) against plinth's
-# device plugin; a module of its own (about 3 minutes to build cold).
-devicemanager:
-	cd test/devicemanager && $(GO) test -count=1 -timeout 20m ./...
+# The kubelet's own code (k8s.io/kubernetes: device manager, plugin manager) against plinth;
+# a module of its own (about 3 minutes to build cold).
+kubelet:
+	cd test/kubelet && $(GO) test -count=1 -timeout 20m ./...
 
 unit:
 	$(GO) test -count=1 -short ./pkg/...

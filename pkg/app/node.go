@@ -11,8 +11,10 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
+	"github.com/plinth-dev/plinth/pkg/kubelet"
 )
 
 // NodeConfig configures `plinth node`: the CSI Node service over this
@@ -29,6 +31,9 @@ type NodeConfig struct {
 	// HealthInterval and RecoverAfter override the file's health settings
 	// when set.
 	HealthInterval, RecoverAfter time.Duration
+	// OnKubeletRegistration, when set, hears what the kubelet's plugin
+	// watcher reports about the CSI driver.
+	OnKubeletRegistration func(registered bool, err string)
 }
 
 // Flags registers the node flags on fs.
@@ -114,6 +119,13 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 	}
 	if c.CSI {
 		run("CSI", func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, false) })
+		sock, err := csi.ParseEndpoint(c.Endpoint)
+		if err != nil {
+			return err
+		}
+		reg := kubelet.NewCSIRegistration(c.DriverName, sock)
+		reg.OnStatus = c.OnKubeletRegistration
+		run("kubelet plugin registration", func(ctx context.Context) error { return reg.Serve(ctx, c.KubeletDir) })
 	}
 	if c.Devices {
 		cfg, err := c.deviceConfig()

@@ -1,9 +1,9 @@
-// Package devicemanager runs the kubelet's device manager, the code the
+// Package kubelet runs the kubelet's device manager, the code the
 // kubelet itself uses (k8s.io/kubernetes/pkg/kubelet/cm/devicemanager),
 // against plinth's device plugin on a fixture tree: registration,
 // allocation for a pod through GetPreferredAllocation and Allocate, and the
 // manager's view after a plugin restart and after a kubelet restart.
-package devicemanager
+package kubelet
 
 import (
 	"context"
