@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -15,6 +14,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
+	"github.com/plinth-dev/plinth/pkg/metrics"
 )
 
 // NodeConfig configures `plinth node`: the CSI Node service over this
@@ -103,29 +103,36 @@ func (c *NodeConfig) deviceConfig() (device.Config, error) {
 
 // RunNode serves CSI and the device plugins until ctx ends or one fails.
 func RunNode(ctx context.Context, c NodeConfig) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	run := func(name string, f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(ctx); err != nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-				cancel()
-			}
-		}()
+	var m *metrics.Metrics
+	parts := map[string]func(context.Context) error{}
+	if c.MetricsAddress != "" {
+		m = metrics.New()
+		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
 	if c.CSI {
-		run("CSI", func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, false) })
+		parts["CSI"] = func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, false, m) }
 		sock, err := csi.ParseEndpoint(c.Endpoint)
 		if err != nil {
 			return err
 		}
 		reg := kubelet.NewCSIRegistration(c.DriverName, sock)
-		reg.OnStatus = c.OnKubeletRegistration
-		run("kubelet plugin registration", func(ctx context.Context) error { return reg.Serve(ctx, c.KubeletDir) })
+		reg.OnStatus = func(ok bool, msg string) {
+			if ok && m != nil {
+				m.Registered("csi")
+			}
+			if c.OnKubeletRegistration != nil {
+				c.OnKubeletRegistration(ok, msg)
+			}
+		}
+		if m != nil {
+			m.AddReadyCheck("kubelet-csi-registration", func(context.Context) error {
+				if !reg.Registered() {
+					return errors.New("the kubelet has not registered the CSI driver")
+				}
+				return nil
+			})
+		}
+		parts["kubelet plugin registration"] = func(ctx context.Context) error { return reg.Serve(ctx, c.KubeletDir) }
 	}
 	if c.Devices {
 		cfg, err := c.deviceConfig()
@@ -140,19 +147,38 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		for _, r := range cfg.Resources {
 			klog.InfoS("Serving resource", "resource", r.Name, "units", len(inv.Units(r)), "replicas", r.Sharing.Replicas)
 		}
-		mgr, err := deviceplugin.NewManager(deviceplugin.Config{KubeletDir: c.KubeletDir, CDIDir: c.CDIDir, DevRoot: c.DevRoot}, cfg.Resources, inv)
+		dpc := deviceplugin.Config{KubeletDir: c.KubeletDir, CDIDir: c.CDIDir, DevRoot: c.DevRoot}
+		if m != nil {
+			dpc.ObserveAllocate = m.ObserveAllocate
+			dpc.OnRegistered = func(resource string, _ time.Duration) { m.Registered("device-plugin:" + resource) }
+			if err := m.Register(metrics.NewDeviceCollector(func() []metrics.DeviceSample {
+				var out []metrics.DeviceSample
+				for _, r := range cfg.Resources {
+					s := metrics.DeviceSample{Resource: r.Name}
+					for _, u := range inv.Units(r) {
+						if u.Healthy {
+							s.Healthy++
+						} else {
+							s.Unhealthy++
+						}
+					}
+					out = append(out, s)
+				}
+				return out
+			}, inv.Transitions)); err != nil {
+				return err
+			}
+		}
+		mgr, err := deviceplugin.NewManager(dpc, cfg.Resources, inv)
 		if err != nil {
 			return err
 		}
-		run("device inventory", inv.Run)
-		run("device plugins", mgr.Run)
+		if m != nil {
+			m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
+		}
+		parts["device inventory"] = inv.Run
+		parts["device plugins"] = mgr.Run
 	}
 	klog.InfoS("plinth node started", "version", c.Version, "csi", c.CSI, "devices", c.Devices, "kubeletDir", c.KubeletDir)
-	wg.Wait()
-	close(errc)
-	var errs []error
-	for err := range errc {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return runAll(ctx, parts)
 }

@@ -8,14 +8,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/csi"
+	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
@@ -93,6 +96,8 @@ type CSIConfig struct {
 	MaxVolumes   int64
 	SysfsRoot    string
 	DevRoot      string
+	// MetricsAddress serves /metrics, /healthz and /readyz ("" for none).
+	MetricsAddress string
 }
 
 type listFlag struct{ add func(string) error }
@@ -111,6 +116,7 @@ func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.MaxVolumes, "max-volumes", 1024, "volumes this node may hold, reported in NodeGetInfo (0: no limit)")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", "/sys", "where sysfs is mounted")
 	fs.StringVar(&c.DevRoot, "dev-root", "/dev", "where device nodes are")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9809", "host:port for /metrics, /healthz and /readyz (empty: off)")
 	fs.Var(listFlag{func(s string) error {
 		p, err := ParsePoolSpec(s)
 		if err == nil {
@@ -186,12 +192,71 @@ func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run moun
 
 // RunStandalone runs controller and node in one process until ctx ends.
 func RunStandalone(ctx context.Context, c StandaloneConfig) error {
-	return serveCSI(ctx, c.CSIConfig, c.Version, true)
+	if c.MetricsAddress == "" {
+		return serveCSI(ctx, c.CSIConfig, c.Version, true, nil)
+	}
+	m := metrics.New()
+	return runAll(ctx, map[string]func(context.Context) error{
+		"CSI":     func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, true, m) },
+		"metrics": func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) },
+	})
+}
+
+// runAll runs every part until ctx ends or one fails (which stops the rest).
+func runAll(ctx context.Context, parts map[string]func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(parts))
+	for name, f := range parts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	var errs []error
+	for err := range errc {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// poolSamples reads every pool for the metrics.
+func poolSamples(local *volume.LocalNode) func(context.Context) ([]metrics.PoolSample, error) {
+	return func(ctx context.Context) ([]metrics.PoolSample, error) {
+		infos, err := local.Pools(ctx)
+		if err != nil {
+			return nil, err
+		}
+		vols, err := local.Volumes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var out []metrics.PoolSample
+		for _, pi := range infos {
+			s := metrics.PoolSample{Name: pi.Name, Backend: pi.Backend, TotalBytes: pi.Stats.TotalBytes, FreeBytes: pi.Stats.FreeBytes,
+				AllocatableBytes: pi.Stats.AllocatableBytes(), ProvisionedBytes: pi.Stats.ProvisionedBytes, Volumes: map[string]int{}}
+			for _, v := range vols {
+				if v.Pool == pi.Name {
+					s.Volumes[string(v.State)]++
+				}
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
 }
 
 // serveCSI opens the pools and serves Identity and Node (and Controller
-// when withController) until ctx ends.
-func serveCSI(ctx context.Context, c CSIConfig, version string, withController bool) error {
+// when withController) until ctx ends; with m, it also feeds metrics and
+// readiness.
+func serveCSI(ctx context.Context, c CSIConfig, version string, withController bool, m *metrics.Metrics) error {
 	sock, err := csi.ParseEndpoint(c.Endpoint)
 	if err != nil {
 		return err
@@ -222,6 +287,20 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, withController b
 	}
 	if withController {
 		svcs.Controller = csi.NewControllerServer(volume.NewController(map[string]volume.Node{c.NodeID: local}), c.TopologyKey)
+	}
+	if m != nil {
+		svcs.Observer = m
+		if err := m.Register(metrics.NewPoolCollector(poolSamples(local))); err != nil {
+			return err
+		}
+		m.AddReadyCheck("pools", ready)
+		m.AddReadyCheck("csi-socket", func(context.Context) error {
+			conn, err := net.Dial("unix", sock)
+			if err != nil {
+				return err
+			}
+			return conn.Close()
+		})
 	}
 	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(pools), "controller", withController)
 	return csi.Serve(ctx, sock, svcs, 10*time.Second)

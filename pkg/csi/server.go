@@ -13,6 +13,7 @@ import (
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 )
@@ -58,23 +59,33 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// logCalls logs every call with its duration and code; requests are not
-// logged whole, so secrets never reach the log.
-func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
-	logger := klog.FromContext(ctx).WithValues("method", method)
-	if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
-		logger = logger.WithValues("volumeID", v.GetVolumeId())
+// CallObserver hears every CSI call (metrics).
+type CallObserver interface {
+	ObserveCall(method string, code codes.Code, d time.Duration)
+}
+
+// logCalls logs every call with its duration and code, and tells obs;
+// requests are not logged whole, so secrets never reach the log.
+func logCalls(obs CallObserver) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		method := info.FullMethod[strings.LastIndex(info.FullMethod, "/")+1:]
+		logger := klog.FromContext(ctx).WithValues("method", method)
+		if v, ok := req.(interface{ GetVolumeId() string }); ok && v.GetVolumeId() != "" {
+			logger = logger.WithValues("volumeID", v.GetVolumeId())
+		}
+		resp, err := handler(klog.NewContext(ctx, logger), req)
+		took := time.Since(start)
+		if err != nil {
+			logger.Info("CSI call failed", "code", status.Code(err).String(), "err", status.Convert(err).Message(), "duration", took)
+		} else {
+			logger.V(4).Info("CSI call", "duration", took)
+		}
+		if obs != nil {
+			obs.ObserveCall(method, status.Code(err), took)
+		}
+		return resp, err
 	}
-	ctx = klog.NewContext(ctx, logger)
-	resp, err := handler(ctx, req)
-	if err != nil {
-		logger.Info("CSI call failed", "code", status.Code(err).String(), "err", status.Convert(err).Message(), "duration", time.Since(start))
-	} else {
-		logger.V(4).Info("CSI call", "duration", time.Since(start))
-	}
-	return resp, err
 }
 
 // Services are the CSI services one server serves; nil ones are left out.
@@ -82,6 +93,8 @@ type Services struct {
 	Identity   csi.IdentityServer
 	Controller csi.ControllerServer
 	Node       csi.NodeServer
+	// Observer, when set, hears every call.
+	Observer CallObserver
 }
 
 // Serve serves svcs on the unix socket at path until ctx is cancelled, then
@@ -91,7 +104,7 @@ func Serve(ctx context.Context, path string, svcs Services, grace time.Duration)
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls(svcs.Observer)))
 	csi.RegisterIdentityServer(srv, svcs.Identity)
 	if svcs.Controller != nil {
 		csi.RegisterControllerServer(srv, svcs.Controller)

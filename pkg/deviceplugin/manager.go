@@ -31,6 +31,8 @@ type Config struct {
 	// with how long it took since the kubelet socket appeared (zero at
 	// start). Tests and metrics use it.
 	OnRegistered func(resource string, sinceKubeletSocket time.Duration)
+	// ObserveAllocate, when set, hears every Allocate.
+	ObserveAllocate func(resource string, err error, d time.Duration)
 }
 
 // Manager serves every configured resource and keeps it registered.
@@ -39,6 +41,9 @@ type Manager struct {
 	inv     *device.Inventory
 	plugins []*served
 	cdi     *cdiapi.Cache
+
+	mu         sync.Mutex
+	registered map[string]bool // by resource, since the kubelet socket last appeared
 }
 
 type served struct {
@@ -52,10 +57,12 @@ type served struct {
 
 // NewManager returns a Manager for resources over inv.
 func NewManager(cfg Config, resources []device.Resource, inv *device.Inventory) (*Manager, error) {
-	m := &Manager{cfg: cfg, inv: inv}
+	m := &Manager{cfg: cfg, inv: inv, registered: map[string]bool{}}
 	dir := kubelet.DevicePluginDir(cfg.KubeletDir)
 	for _, r := range resources {
-		m.plugins = append(m.plugins, &served{plugin: NewPlugin(r, inv, cfg.DevRoot), res: r, path: filepath.Join(dir, SocketName(r))})
+		p := NewPlugin(r, inv, cfg.DevRoot)
+		p.observe = cfg.ObserveAllocate
+		m.plugins = append(m.plugins, &served{plugin: p, res: r, path: filepath.Join(dir, SocketName(r))})
 	}
 	if cfg.CDIDir != "" {
 		if err := os.MkdirAll(cfg.CDIDir, 0o755); err != nil {
@@ -121,6 +128,25 @@ func (s *served) stop() {
 	os.Remove(s.path)
 }
 
+// Registered reports whether every plugin registered with the kubelet since
+// the kubelet's socket last appeared (readiness).
+func (m *Manager) Registered() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.plugins {
+		if !m.registered[s.res.Name] {
+			return fmt.Errorf("%s is not registered with the kubelet", s.res.Name)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) setRegistered(resource string, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.registered[resource] = ok
+}
+
 // register registers every plugin, retrying while the kubelet is coming up.
 func (m *Manager) register(ctx context.Context, since time.Time) {
 	sock := kubelet.KubeletSocket(m.cfg.KubeletDir)
@@ -134,6 +160,7 @@ func (m *Manager) register(ctx context.Context, since time.Time) {
 					took = time.Since(since)
 				}
 				klog.InfoS("Registered with the kubelet", "resource", describe(s.res), "sinceKubeletSocket", took)
+				m.setRegistered(s.res.Name, true)
 				if m.cfg.OnRegistered != nil {
 					m.cfg.OnRegistered(s.res.Name, took)
 				}
@@ -224,6 +251,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			case ev.Name == kubeletSock && ev.Op&fsnotify.Create != 0:
 				seen := time.Now()
 				klog.InfoS("Kubelet socket created: the kubelet (re)started; registering again")
+				for _, s := range m.plugins {
+					m.setRegistered(s.res.Name, false)
+				}
 				for _, s := range m.plugins {
 					if _, err := os.Stat(s.path); errors.Is(err, os.ErrNotExist) {
 						if err := s.start(); err != nil {

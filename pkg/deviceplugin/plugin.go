@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,6 +31,9 @@ type Plugin struct {
 
 	mu   sync.Mutex
 	quit chan struct{} // closed when the server serving this plugin stops
+
+	// observe, when set, hears every Allocate (metrics).
+	observe func(resource string, err error, d time.Duration)
 }
 
 var _ dpapi.DevicePluginServer = (*Plugin)(nil)
@@ -157,8 +161,11 @@ func (p *Plugin) units(ids []string) ([]device.UnitStatus, error) {
 
 // Allocate returns, per container, the device nodes (each device's own and
 // the shared ones its driver needs), the environment and CDI device names.
-func (p *Plugin) Allocate(ctx context.Context, req *dpapi.AllocateRequest) (*dpapi.AllocateResponse, error) {
-	resp := &dpapi.AllocateResponse{}
+func (p *Plugin) Allocate(ctx context.Context, req *dpapi.AllocateRequest) (resp *dpapi.AllocateResponse, err error) {
+	if p.observe != nil {
+		defer func(start time.Time) { p.observe(p.res.Name, err, time.Since(start)) }(time.Now())
+	}
+	resp = &dpapi.AllocateResponse{}
 	for _, creq := range req.GetContainerRequests() {
 		units, err := p.units(creq.GetDevicesIds())
 		if err != nil {

@@ -81,7 +81,7 @@ func TestBenchScale(t *testing.T) {
 	backing := testenv.Filesystem(t, "xfs", 64<<30)
 	root := t.TempDir()
 	sock := filepath.Join(root, "csi.sock")
-	args := []string{"--endpoint", "unix://" + sock, "--root", filepath.Join(root, "state"), "--allowed-path", root,
+	args := []string{"--endpoint", "unix://" + sock, "--root", filepath.Join(root, "state"), "--allowed-path", root, "--metrics-address", "127.0.0.1:0",
 		"--pool", "name=scale,backend=file,dir=" + filepath.Join(backing, "pool")}
 	logf, _ := os.Create(filepath.Join(root, "plinth.log"))
 	cmd := testenv.StartChild(t, sock, args, logf)

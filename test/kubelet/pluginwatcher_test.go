@@ -2,8 +2,12 @@ package kubelet
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -57,9 +61,15 @@ func (h *csiHandler) DeRegisterPlugin(context.Context, string, string) {}
 func TestKubeletPluginWatcherRegistersCSI(t *testing.T) {
 	kubeletDir := t.TempDir()
 	root := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
 	cfg := app.NodeConfig{CSI: true, KubeletDir: kubeletDir, ProcRoot: "/proc", CDIDir: ""}
 	cfg.CSIConfig = app.CSIConfig{Root: root, NodeID: "node-7", DriverName: "plinth.example.com",
-		TopologyKey: "topology.plinth.example.com/node", SysfsRoot: "/sys", DevRoot: "/dev"}
+		TopologyKey: "topology.plinth.example.com/node", SysfsRoot: "/sys", DevRoot: "/dev", MetricsAddress: metricsAddr}
 	type regStatus struct {
 		ok  bool
 		err string
@@ -74,6 +84,10 @@ func TestKubeletPluginWatcherRegistersCSI(t *testing.T) {
 	go func() { done <- app.RunNode(ctx, cfg) }()
 	t.Cleanup(func() { cancel(); <-done })
 
+	// Not ready before the kubelet has registered the driver.
+	if code, body := readyz(t, metricsAddr); code != 503 || !strings.Contains(body, "kubelet-csi-registration") {
+		t.Fatalf("/readyz before registration: %d %s", code, body)
+	}
 	h := &csiHandler{nodeInfo: make(chan *csipb.NodeGetInfoResponse, 4)}
 	pm := pluginmanager.NewPluginManager(plinthkubelet.PluginsRegistryDir(kubeletDir), record.NewFakeRecorder(16))
 	pm.AddHandler(registerapi.CSIPlugin, h)
@@ -99,8 +113,28 @@ func TestKubeletPluginWatcherRegistersCSI(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("plinth never heard NotifyRegistrationStatus from the kubelet")
 	}
+	if code, body := readyz(t, metricsAddr); code != 200 {
+		t.Fatalf("/readyz after registration: %d %s", code, body)
+	}
 	sock := filepath.Join(plinthkubelet.PluginsRegistryDir(kubeletDir), "plinth.example.com-reg.sock")
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm()&0o077 != 0 {
 		t.Errorf("registration socket %v %v: want owner-only", fi, err)
+	}
+}
+
+func readyz(t *testing.T, addr string) (int, string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			if i < 300 {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
 	}
 }

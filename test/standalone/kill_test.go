@@ -27,7 +27,7 @@ import (
 // process.
 func startChild(t *testing.T, e *env, logf *os.File) *exec.Cmd {
 	t.Helper()
-	args := []string{"--endpoint", e.cfg.Endpoint, "--root", e.cfg.Root, "--node-id", "node-1", "--allowed-path", e.root}
+	args := []string{"--endpoint", e.cfg.Endpoint, "--root", e.cfg.Root, "--node-id", "node-1", "--allowed-path", e.root, "--metrics-address", "127.0.0.1:0"}
 	for _, p := range e.cfg.Pools {
 		spec := fmt.Sprintf("name=%s,backend=%s,dir=%s", p.Name, p.Backend, p.Dir)
 		if p.FsType != "" {

@@ -1,0 +1,137 @@
+// Package metrics serves plinth's Prometheus metrics and its /healthz and
+// /readyz endpoints on a configurable address, off the kubelet's ports.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/codes"
+	"k8s.io/klog/v2"
+)
+
+// Metrics holds plinth's collectors on a registry of its own.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	csiCalls     *prometheus.CounterVec
+	csiDuration  *prometheus.HistogramVec
+	allocations  *prometheus.CounterVec
+	allocLatency *prometheus.HistogramVec
+	registered   *prometheus.CounterVec
+
+	mu     sync.Mutex
+	checks map[string]func(context.Context) error
+}
+
+// New returns Metrics with Go and process collectors registered.
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry(), checks: map[string]func(context.Context) error{}}
+	m.csiCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "plinth_csi_operations_total", Help: "CSI calls served, by method and gRPC code.",
+	}, []string{"method", "code"})
+	m.csiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "plinth_csi_operation_duration_seconds", Help: "Duration of CSI calls, by method and gRPC code.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 12),
+	}, []string{"method", "code"})
+	m.allocations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "plinth_device_allocations_total", Help: "Device-plugin Allocate calls, by resource and result.",
+	}, []string{"resource", "result"})
+	m.allocLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "plinth_device_allocate_duration_seconds", Help: "Duration of device-plugin Allocate calls.",
+		Buckets: prometheus.ExponentialBuckets(0.00002, 2.5, 12),
+	}, []string{"resource"})
+	m.registered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "plinth_kubelet_registrations_total", Help: "Successful registrations with the kubelet, by kind (csi, device plugin resource).",
+	}, []string{"kind"})
+	m.reg.MustRegister(m.csiCalls, m.csiDuration, m.allocations, m.allocLatency, m.registered,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Register adds a collector (pools, devices) to plinth's registry.
+func (m *Metrics) Register(c prometheus.Collector) error { return m.reg.Register(c) }
+
+// ObserveCall records one CSI call.
+func (m *Metrics) ObserveCall(method string, code codes.Code, d time.Duration) {
+	m.csiCalls.WithLabelValues(method, code.String()).Inc()
+	m.csiDuration.WithLabelValues(method, code.String()).Observe(d.Seconds())
+}
+
+// ObserveAllocate records one device-plugin Allocate.
+func (m *Metrics) ObserveAllocate(resource string, err error, d time.Duration) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.allocations.WithLabelValues(resource, result).Inc()
+	m.allocLatency.WithLabelValues(resource).Observe(d.Seconds())
+}
+
+// Registered records a successful registration with the kubelet.
+func (m *Metrics) Registered(kind string) { m.registered.WithLabelValues(kind).Inc() }
+
+// AddReadyCheck adds a named check that /readyz runs.
+func (m *Metrics) AddReadyCheck(name string, check func(context.Context) error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.checks[name] = check
+}
+
+// Handler serves /metrics, /healthz (the process answers) and /readyz
+// (every ready check passes; the failures are listed).
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		m.mu.Lock()
+		checks := make(map[string]func(context.Context) error, len(m.checks))
+		for k, v := range m.checks {
+			checks[k] = v
+		}
+		m.mu.Unlock()
+		var failed []error
+		for name, check := range checks {
+			if err := check(ctx); err != nil {
+				failed = append(failed, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+		if err := errors.Join(failed...); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+// Serve serves Handler on addr (host:port) until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	klog.InfoS("Serving metrics and health", "address", l.Addr().String())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Shutdown(sctx)
+}
