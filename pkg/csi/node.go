@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -80,6 +81,11 @@ func access(c *csi.VolumeCapability, readOnly bool) (volume.Access, error) {
 	mode, err := capability(c)
 	if err != nil {
 		return volume.Access{}, err
+	}
+	if g := c.GetMount().GetVolumeMountGroup(); g != "" {
+		if gid, err := strconv.ParseUint(g, 10, 32); err != nil || gid == 0 && g != "0" {
+			return volume.Access{}, invalid("volume mount group %q is not a numeric GID", g)
+		}
 	}
 	am := c.GetAccessMode().GetMode()
 	return volume.Access{

@@ -210,6 +210,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: good.id, StagingTargetPath: staging, VolumeCapability: withFlags("bind")})
 			return err
 		}, codes.InvalidArgument},
+		"stage with a non-numeric mount group": {func() error {
+			bad := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{VolumeMountGroup: "wheel; rm"}}, AccessMode: mcap.AccessMode}
+			_, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: good.id, StagingTargetPath: staging, VolumeCapability: bad})
+			return err
+		}, codes.InvalidArgument},
 		"stage unknown volume": {func() error {
 			_, err := c.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: "pv-nope", StagingTargetPath: staging, VolumeCapability: mcap})
 			return err
