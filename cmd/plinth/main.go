@@ -3,12 +3,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
+	logsapi "k8s.io/component-base/logs/api/v1"
+	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/app"
@@ -37,22 +40,22 @@ func main() {
 		fmt.Println(version)
 	case "standalone":
 		fs := flag.NewFlagSet("standalone", flag.ExitOnError)
-		klog.InitFlags(fs)
+		logs := logFlags(fs)
 		cfg := app.StandaloneConfig{Version: version}
 		cfg.Flags(fs)
 		_ = fs.Parse(os.Args[2:])
-		if err := cfg.Validate(); err != nil {
+		if err := errors.Join(logsapi.ValidateAndApply(logs, nil), cfg.Validate()); err != nil {
 			fmt.Fprintf(os.Stderr, "plinth standalone: %v\n", err)
 			os.Exit(2)
 		}
 		runUntilSignal(func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
 	case "node":
 		fs := flag.NewFlagSet("node", flag.ExitOnError)
-		klog.InitFlags(fs)
+		logs := logFlags(fs)
 		cfg := app.NodeConfig{Version: version}
 		cfg.Flags(fs)
 		_ = fs.Parse(os.Args[2:])
-		if err := cfg.Validate(); err != nil {
+		if err := errors.Join(logsapi.ValidateAndApply(logs, nil), cfg.Validate()); err != nil {
 			fmt.Fprintf(os.Stderr, "plinth node: %v\n", err)
 			os.Exit(2)
 		}
@@ -61,6 +64,14 @@ func main() {
 		fmt.Fprintf(os.Stderr, "plinth: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
+}
+
+// logFlags registers the Kubernetes logging flags (-v, --vmodule,
+// --logging-format=text|json, ...) on fs.
+func logFlags(fs *flag.FlagSet) *logsapi.LoggingConfiguration {
+	c := logsapi.NewLoggingConfiguration()
+	logsapi.AddGoFlags(c, fs)
+	return c
 }
 
 // runUntilSignal runs f until SIGINT or SIGTERM; an error exits 1.
