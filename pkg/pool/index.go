@@ -200,8 +200,8 @@ type Committed func(vols []Volume, snaps []Snapshot) (Stats, error)
 // the capacity fits, as one step with respect to other creates in the pool.
 func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume, bool, error) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	if old, ok := x.volumes[v.ID]; ok {
+		x.mu.Unlock()
 		if old.State == StateDeleting {
 			return Volume{}, false, fmt.Errorf("volume %s: %w", v.ID, ErrDeleting)
 		}
@@ -211,13 +211,21 @@ func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume,
 		return old, old.State == StateReady, nil
 	}
 	if err := x.fitsLocked(poolName, v.CapacityBytes, stats); err != nil {
+		x.mu.Unlock()
 		return Volume{}, false, err
 	}
+	// Reserve in memory, then write the record without holding the lock:
+	// creates in one pool do not queue behind each other's fsync. Callers
+	// serialise calls per ID, so nobody else writes this record meanwhile.
 	v.Schema, v.Pool, v.State, v.CreatedAt = SchemaVersion, poolName, StateCreating, time.Now().UTC()
+	x.volumes[v.ID] = v
+	x.mu.Unlock()
 	if err := WriteRecord(x.volRecord(v.ID), v); err != nil {
+		x.mu.Lock()
+		delete(x.volumes, v.ID)
+		x.mu.Unlock()
 		return Volume{}, false, err
 	}
-	x.volumes[v.ID] = v
 	return v, false, nil
 }
 
