@@ -39,31 +39,29 @@ func main() {
 	case "version":
 		fmt.Println(version)
 	case "standalone":
-		fs := flag.NewFlagSet("standalone", flag.ExitOnError)
-		logs := logFlags(fs)
 		cfg := app.StandaloneConfig{Version: version}
-		cfg.Flags(fs)
-		_ = fs.Parse(os.Args[2:])
-		if err := errors.Join(logsapi.ValidateAndApply(logs, nil), cfg.Validate()); err != nil {
-			fmt.Fprintf(os.Stderr, "plinth standalone: %v\n", err)
-			os.Exit(2)
-		}
-		runUntilSignal(func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
+		command("standalone", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
 	case "node":
-		fs := flag.NewFlagSet("node", flag.ExitOnError)
-		logs := logFlags(fs)
 		cfg := app.NodeConfig{Version: version}
-		cfg.Flags(fs)
-		_ = fs.Parse(os.Args[2:])
-		if err := errors.Join(logsapi.ValidateAndApply(logs, nil), cfg.Validate()); err != nil {
-			fmt.Fprintf(os.Stderr, "plinth node: %v\n", err)
-			os.Exit(2)
-		}
-		runUntilSignal(func(ctx context.Context) error { return app.RunNode(ctx, cfg) })
+		command("node", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunNode(ctx, cfg) })
 	default:
 		fmt.Fprintf(os.Stderr, "plinth: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
+}
+
+// command parses a subcommand's flags (its own and the logging flags),
+// validates them (exit 2 naming what is wrong) and runs it until a signal.
+func command(name string, flags func(*flag.FlagSet), validate func() error, run func(context.Context) error) {
+	fs := flag.NewFlagSet(name, flag.ExitOnError)
+	logs := logFlags(fs)
+	flags(fs)
+	_ = fs.Parse(os.Args[2:])
+	if err := errors.Join(logsapi.ValidateAndApply(logs, nil), validate()); err != nil {
+		fmt.Fprintf(os.Stderr, "plinth %s: %v\n", name, err)
+		os.Exit(2)
+	}
+	runUntilSignal(run)
 }
 
 // logFlags registers the Kubernetes logging flags (-v, --vmodule,

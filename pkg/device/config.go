@@ -181,24 +181,21 @@ func (c Config) Validate() error {
 		if len(s.Globs) > 0 && len(s.Vendors)+len(s.DeviceIDs)+len(s.Classes)+len(s.Drivers) > 0 {
 			bad(f+".selector", "globs cannot be combined with PCI fields")
 		}
-		for j, v := range s.Vendors {
-			if !hexIDRE.MatchString(v) {
-				bad(fmt.Sprintf("%s.selector.vendors[%d]", f, j), "%q is not a 16-bit hex ID like 0x10de", v)
-			}
-		}
-		for j, v := range s.DeviceIDs {
-			if !hexIDRE.MatchString(v) {
-				bad(fmt.Sprintf("%s.selector.deviceIDs[%d]", f, j), "%q is not a 16-bit hex ID like 0x2330", v)
-			}
-		}
-		for j, v := range s.Classes {
-			if !classRE.MatchString(v) {
-				bad(fmt.Sprintf("%s.selector.classes[%d]", f, j), "%q is not a class prefix like 0x03 or 0x0302", v)
-			}
-		}
-		for j, v := range s.Drivers {
-			if !driverRE.MatchString(v) {
-				bad(fmt.Sprintf("%s.selector.drivers[%d]", f, j), "%q is not a driver name", v)
+		for _, field := range []struct {
+			name   string
+			values []string
+			re     *regexp.Regexp
+			want   string
+		}{
+			{"vendors", s.Vendors, hexIDRE, "a 16-bit hex ID like 0x10de"},
+			{"deviceIDs", s.DeviceIDs, hexIDRE, "a 16-bit hex ID like 0x2330"},
+			{"classes", s.Classes, classRE, "a class prefix like 0x03 or 0x0302"},
+			{"drivers", s.Drivers, driverRE, "a driver name"},
+		} {
+			for j, v := range field.values {
+				if !field.re.MatchString(v) {
+					bad(fmt.Sprintf("%s.selector.%s[%d]", f, field.name, j), "%q is not %s", v, field.want)
+				}
 			}
 		}
 		for j, g := range s.Globs {
