@@ -6,7 +6,7 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build run test reliability kubelet unit sanity bench lint deps clean
+.PHONY: all build run test reliability kubelet e2e generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
@@ -19,12 +19,14 @@ run: build
 	mkdir -p $(RUN_ROOT)
 	./bin/plinth standalone --root $(RUN_ROOT) --endpoint unix://$(RUN_ROOT)/csi.sock --allowed-path /tmp --allowed-path /var/lib/kubelet --v=2
 
-# The whole suite: formatting, vet, unit tests, csi-sanity (4 configs),
-# recovery and bad-input tests on real loop devices and mounts.
-test: lint
+# The whole suite: formatting, vet, generated CRDs, unit tests, csi-sanity
+# (4 configs), recovery and bad-input tests on real loop devices and mounts,
+# the kubelet's own code against plinth, and the end-to-end cluster suite.
+test: lint verify-generated
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) reliability
 	$(MAKE) kubelet
+	$(MAKE) e2e
 
 # Faults and bad input, bounded for CI; longer with e.g.
 #   make reliability KILLS=1000 FUZZTIME=10m
@@ -38,6 +40,22 @@ reliability:
 # a module of its own (about 3 minutes to build cold).
 kubelet:
 	cd test/kubelet && $(GO) test -count=1 -timeout 20m ./...
+
+# A real single-node cluster (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet built from Go modules and cached by version;
+# containerd and runc from Debian), plinth installed from deploy/overlays/e2e,
+# the in-cluster scenarios. Root. About 6 minutes more on a cold cache.
+e2e:
+	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && PLINTH_CLUSTER_BIN=$$bin $(GO) test -count=1 -v -timeout 30m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+
+# CRDs from the Go types in pkg/apis (controller-gen).
+CONTROLLER_GEN := $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
+generate:
+	$(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=deploy/base/crds
+
+verify-generated:
+	@tmp=$$(mktemp -d) && $(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=$$tmp && \
+	  diff -r $$tmp deploy/base/crds && rm -rf $$tmp || { echo "CRDs are stale: run make generate"; exit 1; }
 
 unit:
 	$(GO) test -count=1 -short ./pkg/...

@@ -24,7 +24,8 @@ const usage = `plinth: node-local disks as CSI volumes, accelerators as extended
 
 Usage:
   plinth standalone [flags]   controller and node in one process, no Kubernetes
-  plinth node [flags]         a node's CSI Node service and device plugins (--csi=false: devices only)
+  plinth controller [flags]   provisions PVCs, publishes capacity, expands volumes (in the cluster)
+  plinth node [flags]         a node's CSI Node service, its volume objects and device plugins (--csi=false: devices only)
   plinth version              print the version
 
 Run "plinth <command> -h" for its flags.
@@ -41,6 +42,9 @@ func main() {
 	case "standalone":
 		cfg := app.StandaloneConfig{Version: version}
 		command("standalone", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
+	case "controller":
+		cfg := app.ControllerConfig{Version: version}
+		command("controller", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunController(ctx, cfg) })
 	case "node":
 		cfg := app.NodeConfig{Version: version}
 		command("node", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunNode(ctx, cfg) })

@@ -8,7 +8,17 @@ import (
 	"path/filepath"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/reconcile"
+	"github.com/plinth-dev/plinth/pkg/volume"
 
 	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/device"
@@ -34,6 +44,13 @@ type NodeConfig struct {
 	// OnKubeletRegistration, when set, hears what the kubelet's plugin
 	// watcher reports about the CSI driver.
 	OnKubeletRegistration func(registered bool, err string)
+	// Cluster reconciles this node's volume objects and publishes its
+	// PlinthNode through the API server (Kubeconfig, or in-cluster).
+	Cluster    bool
+	Kubeconfig string
+	// DeviceSysfsRoot and DeviceDevRoot are where device discovery looks
+	// ("" for --sysfs-root and --dev-root); a fixture tree in tests.
+	DeviceSysfsRoot, DeviceDevRoot string
 }
 
 // Flags registers the node flags on fs.
@@ -41,6 +58,10 @@ func (c *NodeConfig) Flags(fs *flag.FlagSet) {
 	c.CSIConfig.Flags(fs)
 	fs.BoolVar(&c.CSI, "csi", true, "serve the CSI Node service over this node's pools")
 	fs.BoolVar(&c.Devices, "devices", true, "serve device plugins for this node's accelerators")
+	fs.BoolVar(&c.Cluster, "cluster", true, "reconcile this node's volume objects and publish its PlinthNode through the API server")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file for --cluster (default: the in-cluster configuration)")
+	fs.StringVar(&c.DeviceSysfsRoot, "device-sysfs-root", "", "sysfs tree device discovery reads (default: --sysfs-root)")
+	fs.StringVar(&c.DeviceDevRoot, "device-dev-root", "", "device-node tree device discovery and the device plugins use (default: --dev-root)")
 	fs.StringVar(&c.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "the kubelet's root directory (device plugins register in <dir>/device-plugins)")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "where procfs is mounted (NVIDIA device minors)")
 	fs.StringVar(&c.DeviceConfig, "device-config", "", "DeviceConfig file (apiVersion plinth.example.com/v1alpha1); default: GPUs as example.com/gpu")
@@ -56,6 +77,17 @@ func (c *NodeConfig) Validate() error {
 		errs = append(errs, errors.New("--csi=false and --devices=false leave nothing to serve"))
 	}
 	for flagName, p := range map[string]string{"--kubelet-dir": c.KubeletDir, "--proc-root": c.ProcRoot, "--sysfs-root": c.SysfsRoot, "--dev-root": c.DevRoot} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("%s %q must be absolute", flagName, p))
+		}
+	}
+	if c.DeviceSysfsRoot == "" {
+		c.DeviceSysfsRoot = c.SysfsRoot
+	}
+	if c.DeviceDevRoot == "" {
+		c.DeviceDevRoot = c.DevRoot
+	}
+	for flagName, p := range map[string]string{"--device-sysfs-root": c.DeviceSysfsRoot, "--device-dev-root": c.DeviceDevRoot} {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("%s %q must be absolute", flagName, p))
 		}
@@ -109,8 +141,14 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		m = metrics.New()
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
+	var local *volume.LocalNode
+	var devices func() []v1alpha1.DeviceStatus
 	if c.CSI {
-		parts["CSI"] = func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, false, m) }
+		var err error
+		if local, err = openLocal(ctx, c.CSIConfig); err != nil {
+			return err
+		}
+		parts["CSI"] = func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, false, m) }
 		sock, err := csi.ParseEndpoint(c.Endpoint)
 		if err != nil {
 			return err
@@ -139,7 +177,14 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		if err != nil {
 			return err
 		}
-		host := device.Host{Sysfs: c.SysfsRoot, Dev: c.DevRoot, Proc: c.ProcRoot}
+		sysfs, dev := c.DeviceSysfsRoot, c.DeviceDevRoot
+		if sysfs == "" {
+			sysfs = c.SysfsRoot
+		}
+		if dev == "" {
+			dev = c.DevRoot
+		}
+		host := device.Host{Sysfs: sysfs, Dev: dev, Proc: c.ProcRoot}
 		inv := device.NewInventory(host, cfg)
 		if _, _, err := inv.Scan(); err != nil {
 			return fmt.Errorf("discover devices: %w", err)
@@ -147,7 +192,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		for _, r := range cfg.Resources {
 			klog.InfoS("Serving resource", "resource", r.Name, "units", len(inv.Units(r)), "replicas", r.Sharing.Replicas)
 		}
-		dpc := deviceplugin.Config{KubeletDir: c.KubeletDir, CDIDir: c.CDIDir, DevRoot: c.DevRoot}
+		dpc := deviceplugin.Config{KubeletDir: c.KubeletDir, CDIDir: c.CDIDir, DevRoot: dev}
 		if m != nil {
 			dpc.ObserveAllocate = m.ObserveAllocate
 			dpc.OnRegistered = func(resource string, _ time.Duration) { m.Registered("device-plugin:" + resource) }
@@ -176,9 +221,54 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		if m != nil {
 			m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
 		}
+		devices = func() []v1alpha1.DeviceStatus {
+			var out []v1alpha1.DeviceStatus
+			for _, r := range cfg.Resources {
+				for _, u := range inv.Units(r) {
+					out = append(out, v1alpha1.DeviceStatus{Resource: r.Name, ID: u.ID, Healthy: u.Healthy, NUMANode: u.Device.NUMANode})
+				}
+			}
+			return out
+		}
 		parts["device inventory"] = inv.Run
 		parts["device plugins"] = mgr.Run
 	}
+	if c.Cluster {
+		rec, err := newReconciler(c, local, devices)
+		if err != nil {
+			return err
+		}
+		parts["volume objects"] = rec.Run
+	}
 	klog.InfoS("plinth node started", "version", c.Version, "csi", c.CSI, "devices", c.Devices, "kubeletDir", c.KubeletDir)
 	return runAll(ctx, parts)
+}
+
+// newReconciler connects to the API server for the node's volume objects
+// and its PlinthNode.
+func newReconciler(c NodeConfig, local *volume.LocalNode, devices func() []v1alpha1.DeviceStatus) (*reconcile.Reconciler, error) {
+	cfg, err := restConfig(c.Kubeconfig, 50, 100)
+	if err != nil {
+		return nil, err
+	}
+	core, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	broadcaster := record.NewBroadcaster()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
+	var n volume.Node = local
+	if local == nil { // devices only: a node with no pools
+		if n, err = volume.NewLocalNode(); err != nil {
+			return nil, err
+		}
+	}
+	return &reconcile.Reconciler{
+		NodeName: c.NodeID, Version: c.Version, Local: n, Dyn: dyn, Core: core, Devices: devices,
+		Events: broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-node", Host: c.NodeID}),
+	}, nil
 }

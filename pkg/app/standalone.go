@@ -192,12 +192,16 @@ func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run moun
 
 // RunStandalone runs controller and node in one process until ctx ends.
 func RunStandalone(ctx context.Context, c StandaloneConfig) error {
+	local, err := openLocal(ctx, c.CSIConfig)
+	if err != nil {
+		return err
+	}
 	if c.MetricsAddress == "" {
-		return serveCSI(ctx, c.CSIConfig, c.Version, true, nil)
+		return serveCSI(ctx, c.CSIConfig, c.Version, local, true, nil)
 	}
 	m := metrics.New()
 	return runAll(ctx, map[string]func(context.Context) error{
-		"CSI":     func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, true, m) },
+		"CSI":     func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, true, m) },
 		"metrics": func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) },
 	})
 }
@@ -253,23 +257,23 @@ func poolSamples(local *volume.LocalNode) func(context.Context) ([]metrics.PoolS
 	}
 }
 
-// serveCSI opens the pools and serves Identity and Node (and Controller
-// when withController) until ctx ends; with m, it also feeds metrics and
-// readiness.
-func serveCSI(ctx context.Context, c CSIConfig, version string, withController bool, m *metrics.Metrics) error {
+// openLocal opens the configured pools as this node's LocalNode.
+func openLocal(ctx context.Context, c CSIConfig) (*volume.LocalNode, error) {
+	pools, err := OpenPools(ctx, c.Pools, mount.NewLoop(c.SysfsRoot, c.DevRoot), mount.Exec{})
+	if err != nil {
+		return nil, err
+	}
+	return volume.NewLocalNode(pools...)
+}
+
+// serveCSI serves Identity and Node (and Controller when withController)
+// over local until ctx ends; with m, it also feeds metrics and readiness.
+func serveCSI(ctx context.Context, c CSIConfig, version string, local *volume.LocalNode, withController bool, m *metrics.Metrics) error {
 	sock, err := csi.ParseEndpoint(c.Endpoint)
 	if err != nil {
 		return err
 	}
 	run := mount.Exec{}
-	pools, err := OpenPools(ctx, c.Pools, mount.NewLoop(c.SysfsRoot, c.DevRoot), run)
-	if err != nil {
-		return err
-	}
-	local, err := volume.NewLocalNode(pools...)
-	if err != nil {
-		return err
-	}
 	owned := []string{c.Root}
 	for _, p := range c.Pools {
 		owned = append(owned, p.Dir)
@@ -302,6 +306,6 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, withController b
 			return conn.Close()
 		})
 	}
-	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(pools), "controller", withController)
+	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(c.Pools), "controller", withController)
 	return csi.Serve(ctx, sock, svcs, 10*time.Second)
 }

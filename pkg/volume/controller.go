@@ -14,19 +14,57 @@ import (
 
 // Controller decides where volumes go and asks the nodes to make them.
 type Controller struct {
-	nodes   map[string]Node
-	nodeIDs []string // sorted
-	locks   *Locks
+	nodes NodeSet
+	locks *Locks
 }
 
-// NewController returns a Controller over nodes, keyed by node ID.
-func NewController(nodes map[string]Node) *Controller {
-	c := &Controller{nodes: nodes, locks: NewLocks()}
-	for id := range nodes {
-		c.nodeIDs = append(c.nodeIDs, id)
+// NodeSet is the nodes a controller places volumes on: fixed in standalone
+// mode, the cluster's plinth nodes (which come and go) in a cluster.
+type NodeSet interface {
+	// NodeIDs returns the IDs of the nodes known now, sorted.
+	NodeIDs() []string
+	// Node returns the node with this ID.
+	Node(id string) (Node, bool)
+}
+
+// StaticNodes is a NodeSet that never changes.
+type StaticNodes map[string]Node
+
+// NodeIDs implements NodeSet.
+func (s StaticNodes) NodeIDs() []string {
+	ids := make([]string, 0, len(s))
+	for id := range s {
+		ids = append(ids, id)
 	}
-	sort.Strings(c.nodeIDs)
-	return c
+	sort.Strings(ids)
+	return ids
+}
+
+// Node implements NodeSet.
+func (s StaticNodes) Node(id string) (Node, bool) {
+	n, ok := s[id]
+	return n, ok
+}
+
+// ErrNodeGone: the volume's node is no longer part of the cluster.
+var ErrNodeGone = errors.New("node is gone")
+
+// NewController returns a Controller over a fixed set of nodes, keyed by node ID.
+func NewController(nodes map[string]Node) *Controller {
+	return NewControllerOver(StaticNodes(nodes))
+}
+
+// NewControllerOver returns a Controller over a set of nodes that may change.
+func NewControllerOver(nodes NodeSet) *Controller {
+	return &Controller{nodes: nodes, locks: NewLocks()}
+}
+
+// node returns the node id, or one whose every call fails with ErrNodeGone.
+func (c *Controller) node(id string) Node {
+	if n, ok := c.nodes.Node(id); ok {
+		return n
+	}
+	return goneNode(id)
 }
 
 // CreateRequest is a validated request for a new volume.
@@ -40,7 +78,13 @@ type CreateRequest struct {
 	Source        *pool.Source
 	// Nodes the volume may be placed on, preferred first; empty means any.
 	Nodes []string
+	// Owner says who asked (namespace/name of a PVC): recorded with the
+	// volume under ParamOwner, never compared.
+	Owner string
 }
+
+// ParamOwner is the volume parameter that records CreateRequest.Owner.
+const ParamOwner = "plinth.example.com/owner"
 
 // Placed is a volume and the node it lives on.
 type Placed struct {
@@ -59,11 +103,11 @@ type PlacedSnapshot struct {
 
 func (c *Controller) candidates(nodes []string) ([]string, error) {
 	if len(nodes) == 0 {
-		return c.nodeIDs, nil
+		return c.nodes.NodeIDs(), nil
 	}
 	var out []string
 	for _, n := range nodes {
-		if _, ok := c.nodes[n]; ok && !slices.Contains(out, n) {
+		if _, ok := c.nodes.Node(n); ok && !slices.Contains(out, n) {
 			out = append(out, n)
 		}
 	}
@@ -123,7 +167,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	// An existing volume (a retry) is answered from its own node and pool.
 	if placed, err := c.GetVolume(ctx, id); err == nil {
 		spec := placed.Volume
-		infos, err := c.nodes[placed.Node].Pools(ctx)
+		infos, err := c.node(placed.Node).Pools(ctx)
 		if err != nil {
 			return Placed{}, err
 		}
@@ -141,7 +185,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 		if req.FsType != "" && req.FsType != spec.FsType || !pool.SameVolume(spec, want) {
 			return Placed{}, fmt.Errorf("volume %q: %w", req.Name, pool.ErrExists)
 		}
-		v, err := c.nodes[placed.Node].CreateVolume(ctx, spec.Pool, spec)
+		v, err := c.node(placed.Node).CreateVolume(ctx, spec.Pool, spec)
 		return Placed{Node: placed.Node, Volume: v}, err
 	} else if !errors.Is(err, pool.ErrNotFound) {
 		return Placed{}, err
@@ -158,34 +202,47 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 		nodes, req.Params.Pool = []string{srcNode}, srcPool
 	}
 
+	// With no preference every node competes: the best-fitting pool anywhere
+	// wins. With preferred nodes (the scheduler's choice first), each is
+	// tried in turn.
+	groups := [][]string{nodes}
+	if len(req.Nodes) > 0 {
+		groups = nil
+		for _, n := range nodes {
+			groups = append(groups, []string{n})
+		}
+	}
 	var lastErr error
 	matched := false
-	for _, nodeID := range nodes {
-		node := c.nodes[nodeID]
-		infos, err := node.Pools(ctx)
-		if err != nil {
-			lastErr = err
-			continue
-		}
+	for _, group := range groups {
 		// Best fit: the pool with the least room that still fits.
 		type choice struct {
+			node string
 			info PoolInfo
 			size int64
 		}
 		var fits []choice
-		for _, pi := range infos {
-			if !poolServes(pi, req.Params, req.Mode, req.FsType) {
+		for _, nodeID := range group {
+			infos, err := c.node(nodeID).Pools(ctx)
+			if err != nil {
+				lastErr = err
 				continue
 			}
-			matched = true
-			size, err := Size(req.RequiredBytes, req.LimitBytes, req.Mode, mkfsType(pi, req.Mode, req.FsType))
-			if err != nil {
-				return Placed{}, err
-			}
-			if pi.Stats.AllocatableBytes() >= size {
-				fits = append(fits, choice{pi, size})
-			} else {
-				lastErr = fmt.Errorf("%w: pool %s on node %s has %d bytes allocatable, %d requested", pool.ErrNoSpace, pi.Name, nodeID, pi.Stats.AllocatableBytes(), size)
+			for _, pi := range infos {
+				if !poolServes(pi, req.Params, req.Mode, req.FsType) {
+					continue
+				}
+				matched = true
+				size, err := Size(req.RequiredBytes, req.LimitBytes, req.Mode, mkfsType(pi, req.Mode, req.FsType))
+				if err != nil {
+					return Placed{}, err
+				}
+				if pi.Stats.AllocatableBytes() >= size {
+					fits = append(fits, choice{nodeID, pi, size})
+				} else {
+					lastErr = fmt.Errorf("%w: pool %s on node %s has %s allocatable, %s requested", pool.ErrNoSpace, pi.Name, nodeID,
+						FormatBytes(pi.Stats.AllocatableBytes()), FormatBytes(size))
+				}
 			}
 		}
 		sort.SliceStable(fits, func(i, j int) bool {
@@ -194,10 +251,13 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 		for _, ch := range fits {
 			v := pool.Volume{ID: id, Name: req.Name, CapacityBytes: ch.size, Mode: req.Mode,
 				FsType: fsTypeFor(ch.info, req.Mode, req.FsType), Thick: req.Params.Thick, Source: req.Source}
-			created, err := node.CreateVolume(ctx, ch.info.Name, v)
+			if req.Owner != "" {
+				v.Parameters = map[string]string{ParamOwner: req.Owner}
+			}
+			created, err := c.node(ch.node).CreateVolume(ctx, ch.info.Name, v)
 			if err == nil {
-				logger.V(2).Info("Volume placed", "node", nodeID, "pool", ch.info.Name, "capacity", ch.size)
-				return Placed{Node: nodeID, Volume: created}, nil
+				logger.V(2).Info("Volume placed", "node", ch.node, "pool", ch.info.Name, "capacity", ch.size)
+				return Placed{Node: ch.node, Volume: created}, nil
 			}
 			if !errors.Is(err, pool.ErrNoSpace) {
 				return Placed{}, err
@@ -247,7 +307,7 @@ func (c *Controller) DeleteVolume(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return c.nodes[placed.Node].DeleteVolume(ctx, id)
+	return c.node(placed.Node).DeleteVolume(ctx, id)
 }
 
 // ExpandVolume grows id to at least required (and at most limit).
@@ -265,7 +325,7 @@ func (c *Controller) ExpandVolume(ctx context.Context, id string, required, limi
 	if err != nil {
 		return Placed{}, err
 	}
-	node := c.nodes[placed.Node]
+	node := c.node(placed.Node)
 	v, err := node.ExpandVolume(ctx, id, size)
 	if err != nil {
 		return Placed{}, err
@@ -290,8 +350,8 @@ func (c *Controller) GetVolume(ctx context.Context, id string) (Placed, error) {
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return Placed{}, err
 	}
-	for _, n := range c.nodeIDs {
-		v, err := c.nodes[n].Volume(ctx, id)
+	for _, n := range c.nodes.NodeIDs() {
+		v, err := c.node(n).Volume(ctx, id)
 		if err == nil {
 			return Placed{Node: n, Volume: v}, nil
 		}
@@ -305,8 +365,8 @@ func (c *Controller) GetVolume(ctx context.Context, id string) (Placed, error) {
 // ListVolumes returns every volume on every node, sorted by ID.
 func (c *Controller) ListVolumes(ctx context.Context) ([]Placed, error) {
 	var out []Placed
-	for _, n := range c.nodeIDs {
-		vs, err := c.nodes[n].Volumes(ctx)
+	for _, n := range c.nodes.NodeIDs() {
+		vs, err := c.node(n).Volumes(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("list volumes of node %s: %w", n, err)
 		}
@@ -321,17 +381,17 @@ func (c *Controller) ListVolumes(ctx context.Context) ([]Placed, error) {
 // Capacity sums what the matching pools on nodes can still give, and the
 // largest single volume one of them can hold.
 func (c *Controller) Capacity(ctx context.Context, nodes []string, p Params, mode pool.Mode, fsType string) (available, maximum int64, err error) {
-	ids := c.nodeIDs
+	ids := c.nodes.NodeIDs()
 	if len(nodes) > 0 {
 		ids = nil
 		for _, n := range nodes {
-			if _, ok := c.nodes[n]; ok {
+			if _, ok := c.nodes.Node(n); ok {
 				ids = append(ids, n)
 			}
 		}
 	}
 	for _, n := range ids {
-		infos, err := c.nodes[n].Pools(ctx)
+		infos, err := c.node(n).Pools(ctx)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -371,7 +431,7 @@ func (c *Controller) CreateSnapshot(ctx context.Context, name, sourceVolumeID st
 	if err != nil {
 		return PlacedSnapshot{}, err
 	}
-	s, err := c.nodes[src.Node].CreateSnapshot(ctx, pool.Snapshot{ID: id, Name: name, SourceVolumeID: sourceVolumeID})
+	s, err := c.node(src.Node).CreateSnapshot(ctx, pool.Snapshot{ID: id, Name: name, SourceVolumeID: sourceVolumeID})
 	return PlacedSnapshot{Node: src.Node, Snapshot: s}, err
 }
 
@@ -389,7 +449,7 @@ func (c *Controller) DeleteSnapshot(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return c.nodes[s.Node].DeleteSnapshot(ctx, id)
+	return c.node(s.Node).DeleteSnapshot(ctx, id)
 }
 
 // GetSnapshot finds id on the nodes.
@@ -397,8 +457,8 @@ func (c *Controller) GetSnapshot(ctx context.Context, id string) (PlacedSnapshot
 	if err := pool.ValidateID("snapshot ID", id); err != nil {
 		return PlacedSnapshot{}, err
 	}
-	for _, n := range c.nodeIDs {
-		s, err := c.nodes[n].Snapshot(ctx, id)
+	for _, n := range c.nodes.NodeIDs() {
+		s, err := c.node(n).Snapshot(ctx, id)
 		if err == nil {
 			return PlacedSnapshot{Node: n, Snapshot: s}, nil
 		}
@@ -412,8 +472,8 @@ func (c *Controller) GetSnapshot(ctx context.Context, id string) (PlacedSnapshot
 // ListSnapshots returns every snapshot on every node, sorted by ID.
 func (c *Controller) ListSnapshots(ctx context.Context) ([]PlacedSnapshot, error) {
 	var out []PlacedSnapshot
-	for _, n := range c.nodeIDs {
-		ss, err := c.nodes[n].Snapshots(ctx)
+	for _, n := range c.nodes.NodeIDs() {
+		ss, err := c.node(n).Snapshots(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("list snapshots of node %s: %w", n, err)
 		}

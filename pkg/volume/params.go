@@ -111,3 +111,22 @@ func Size(required, limit int64, mode pool.Mode, fsType string) (int64, error) {
 	}
 	return size, nil
 }
+
+// FormatBytes writes n the way Kubernetes quantities read: 5Gi, 512Mi, or
+// bytes when it is not a whole number of KiB.
+func FormatBytes(n int64) string {
+	units := []string{"Ei", "Pi", "Ti", "Gi", "Mi", "Ki"}
+	for i, u := range units {
+		shift := uint(10 * (len(units) - i))
+		if n >= 1<<shift && n%(1<<shift) == 0 {
+			return fmt.Sprintf("%d%s", n>>shift, u)
+		}
+	}
+	if n >= 1<<30 {
+		return fmt.Sprintf("%.1fGi", float64(n)/(1<<30))
+	}
+	if n >= 1<<20 {
+		return fmt.Sprintf("%.1fMi", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%d", n)
+}

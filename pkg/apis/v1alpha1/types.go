@@ -1,0 +1,211 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Labels and finalizers plinth puts on its objects.
+const (
+	// LabelNode on a PlinthVolume names the node that owns it, so a node
+	// watches only its own volumes.
+	LabelNode = "plinth.example.com/node"
+	// LabelPool names the volume's pool.
+	LabelPool = "plinth.example.com/pool"
+	// Finalizer keeps a PlinthVolume until its node has removed the storage.
+	Finalizer = "plinth.example.com/storage"
+)
+
+// VolumePhase is where a volume is in its life.
+// +kubebuilder:validation:Enum=Pending;Ready;Failed;Deleting
+type VolumePhase string
+
+// Volume phases.
+const (
+	// VolumePending: recorded, its node has not made it yet (a reservation).
+	VolumePending VolumePhase = "Pending"
+	// VolumeReady: the storage exists on the node.
+	VolumeReady VolumePhase = "Ready"
+	// VolumeFailed: the node could not make it; Reason and Message say why.
+	VolumeFailed VolumePhase = "Failed"
+	// VolumeDeleting: the node is removing the storage.
+	VolumeDeleting VolumePhase = "Deleting"
+)
+
+// Reasons a node gives in a volume's status.
+const (
+	ReasonNoSpace     = "NoSpace"
+	ReasonInvalid     = "Invalid"
+	ReasonUnsupported = "Unsupported"
+	ReasonInUse       = "InUse"
+	ReasonError       = "Error"
+	ReasonNoPool      = "NoPool"
+)
+
+// PlinthVolume is one node-local volume: the controller writes the spec,
+// the volume's node makes the storage and writes the status.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=pvol;pvols,categories=plinth
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.pool`
+// +kubebuilder:printcolumn:name="Capacity",type=integer,JSONPath=`.status.capacityBytes`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Claim",type=string,JSONPath=`.spec.claim`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type PlinthVolume struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   VolumeSpec   `json:"spec"`
+	Status VolumeStatus `json:"status,omitempty"`
+}
+
+// VolumeSpec is what the controller asks of the node.
+type VolumeSpec struct {
+	// NodeName is the node whose pool holds the volume. Immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="nodeName is immutable"
+	NodeName string `json:"nodeName"`
+	// Pool is the pool on that node. Immutable.
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="pool is immutable"
+	Pool string `json:"pool"`
+	// VolumeName is the name the volume was requested under (the PV's name);
+	// the object's own name is the volume ID derived from it.
+	// +kubebuilder:validation:MinLength=1
+	VolumeName string `json:"volumeName"`
+	// CapacityBytes is the size asked for; raising it expands the volume.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:XValidation:rule="self >= oldSelf",message="capacityBytes cannot shrink"
+	CapacityBytes int64 `json:"capacityBytes"`
+	// Mode is Filesystem or Block.
+	// +kubebuilder:validation:Enum=Filesystem;Block
+	Mode string `json:"mode"`
+	// FsType is the filesystem of a Filesystem volume.
+	// +optional
+	FsType string `json:"fsType,omitempty"`
+	// Thick asks for the whole capacity up front.
+	// +optional
+	Thick bool `json:"thick,omitempty"`
+	// Claim is namespace/name of the PVC the volume was made for.
+	// +optional
+	Claim string `json:"claim,omitempty"`
+}
+
+// VolumeStatus is the node's answer.
+type VolumeStatus struct {
+	// +optional
+	Phase VolumePhase `json:"phase,omitempty"`
+	// CapacityBytes is the size the storage has now.
+	// +optional
+	CapacityBytes int64 `json:"capacityBytes,omitempty"`
+	// Reason is a CamelCase word for a failure (NoSpace, Invalid, InUse, ...).
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message says what went wrong, in words.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// ObservedGeneration is the spec generation the status answers.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// PlinthVolumeList is a list of PlinthVolume.
+// +kubebuilder:object:root=true
+type PlinthVolumeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PlinthVolume `json:"items"`
+}
+
+// PlinthNode is what one node says of its pools and devices; its name is the
+// node's name. Only that node's plinth writes it.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=pnode,categories=plinth
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Pools",type=integer,JSONPath=`.status.poolCount`
+// +kubebuilder:printcolumn:name="Devices",type=integer,JSONPath=`.status.deviceCount`
+// +kubebuilder:printcolumn:name="Heartbeat",type=date,JSONPath=`.status.heartbeatTime`
+type PlinthNode struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +optional
+	Status NodeStatus `json:"status,omitempty"`
+}
+
+// NodeStatus is a node's pools and devices.
+type NodeStatus struct {
+	// +optional
+	Pools []PoolStatus `json:"pools,omitempty"`
+	// +optional
+	PoolCount int `json:"poolCount,omitempty"`
+	// +optional
+	Devices []DeviceStatus `json:"devices,omitempty"`
+	// +optional
+	DeviceCount int `json:"deviceCount,omitempty"`
+	// Version of plinth on the node.
+	// +optional
+	Version string `json:"version,omitempty"`
+	// HeartbeatTime is when the node last wrote this status.
+	// +optional
+	HeartbeatTime metav1.Time `json:"heartbeatTime,omitempty"`
+}
+
+// PoolStatus is one pool's capabilities and capacity.
+type PoolStatus struct {
+	Name    string `json:"name"`
+	Backend string `json:"backend"`
+	// Block is true when the pool can hand out raw block volumes.
+	// +optional
+	Block bool `json:"block,omitempty"`
+	// FsTypes the pool can put on a volume; the first is the default.
+	// +optional
+	FsTypes []string `json:"fsTypes,omitempty"`
+	// OwnFs: volumes are directories on the pool's own filesystem.
+	// +optional
+	OwnFs bool `json:"ownFs,omitempty"`
+	// TotalBytes and FreeBytes of the pool's filesystem.
+	TotalBytes int64 `json:"totalBytes"`
+	FreeBytes  int64 `json:"freeBytes"`
+	// CommittedBytes: what the pool's volumes may still claim.
+	CommittedBytes int64 `json:"committedBytes"`
+	// AllocatableBytes: what a new volume may be given.
+	AllocatableBytes int64 `json:"allocatableBytes"`
+	// ProvisionedBytes is the sum of the volumes' capacities.
+	ProvisionedBytes int64 `json:"provisionedBytes"`
+	Volumes          int   `json:"volumes"`
+	// Healthy is false when the pool cannot be read; Message says why.
+	Healthy bool `json:"healthy"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// DeviceStatus is one accelerator the node serves.
+type DeviceStatus struct {
+	// Resource is the extended resource name (example.com/gpu).
+	Resource string `json:"resource"`
+	ID       string `json:"id"`
+	Healthy  bool   `json:"healthy"`
+	// +optional
+	NUMANode int `json:"numaNode,omitempty"`
+	// +optional
+	Model string `json:"model,omitempty"`
+}
+
+// PlinthNodeList is a list of PlinthNode.
+// +kubebuilder:object:root=true
+type PlinthNodeList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PlinthNode `json:"items"`
+}
+
+// Volume modes, as PersistentVolumes spell them.
+const (
+	ModeFilesystem = "Filesystem"
+	ModeBlock      = "Block"
+)

@@ -1,0 +1,259 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+
+	"github.com/plinth-dev/plinth/pkg/metrics"
+	"github.com/plinth-dev/plinth/pkg/provision"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// ControllerConfig configures `plinth controller`.
+type ControllerConfig struct {
+	Version     string
+	Kubeconfig  string // "" for the in-cluster configuration
+	DriverName  string
+	TopologyKey string
+	// Namespace holds the leader-election Lease and the CSIStorageCapacity
+	// objects.
+	Namespace        string
+	LeaderElect      bool
+	LeaseDuration    time.Duration
+	Threads          int
+	CapacityInterval time.Duration
+	// NodeWait is how long one provisioning call waits for the node before
+	// answering "in progress" (the claim is retried).
+	NodeWait       time.Duration
+	MetricsAddress string
+	// KubeAPIQPS and KubeAPIBurst bound the controller's API requests.
+	KubeAPIQPS   float64
+	KubeAPIBurst int
+}
+
+// Flags registers the controller flags on fs.
+func (c *ControllerConfig) Flags(fs *flag.FlagSet) {
+	ns := os.Getenv("POD_NAMESPACE")
+	if ns == "" {
+		ns = "plinth-system"
+	}
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: the in-cluster configuration)")
+	fs.StringVar(&c.DriverName, "driver-name", "plinth.example.com", "CSI driver name, the provisioner of plinth's StorageClasses")
+	fs.StringVar(&c.TopologyKey, "topology-key", "topology.plinth.example.com/node", "topology key whose value is the node name")
+	fs.StringVar(&c.Namespace, "namespace", ns, "namespace of the leader-election Lease and the CSIStorageCapacity objects (default $POD_NAMESPACE)")
+	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "take a Lease before acting, so that replicas are safe")
+	fs.DurationVar(&c.LeaseDuration, "leader-elect-lease-duration", 15*time.Second, "how long a leader's Lease lasts without renewal")
+	fs.IntVar(&c.Threads, "threads", 16, "PVCs provisioned in parallel")
+	fs.DurationVar(&c.CapacityInterval, "capacity-interval", 30*time.Second, "full CSIStorageCapacity pass period (changes trigger one sooner)")
+	fs.DurationVar(&c.NodeWait, "node-wait", 30*time.Second, "how long one provisioning call waits for the node")
+	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 100, "API requests per second, sustained")
+	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 200, "API requests in a burst")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9810", "address of /metrics, /healthz and /readyz (empty: off)")
+}
+
+// Validate checks the configuration.
+func (c *ControllerConfig) Validate() error {
+	var errs []error
+	if msgs := validation.IsDNS1123Subdomain(c.DriverName); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--driver-name %q: %v", c.DriverName, msgs))
+	}
+	if msgs := validation.IsQualifiedName(c.TopologyKey); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--topology-key %q: %v", c.TopologyKey, msgs))
+	}
+	if msgs := validation.IsDNS1123Label(c.Namespace); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--namespace %q: %v", c.Namespace, msgs))
+	}
+	if c.Threads < 1 || c.Threads > 256 {
+		errs = append(errs, fmt.Errorf("--threads %d: must be 1-256", c.Threads))
+	}
+	if c.LeaseDuration < 2*time.Second {
+		errs = append(errs, fmt.Errorf("--leader-elect-lease-duration %s: at least 2s", c.LeaseDuration))
+	}
+	if c.KubeAPIQPS <= 0 || c.KubeAPIBurst < 1 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %g and --kube-api-burst %d must be positive", c.KubeAPIQPS, c.KubeAPIBurst))
+	}
+	if c.CapacityInterval < time.Second || c.NodeWait < time.Second {
+		errs = append(errs, errors.New("--capacity-interval and --node-wait must be at least 1s"))
+	}
+	return errors.Join(errs...)
+}
+
+// restConfig is the kubeconfig's, or the in-cluster one.
+func restConfig(kubeconfig string, qps float32, burst int) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("Kubernetes client configuration: %w", err)
+	}
+	cfg.QPS, cfg.Burst = qps, burst
+	cfg.UserAgent = "plinth"
+	return cfg, nil
+}
+
+// RunController provisions PVCs, publishes capacity and expands volumes
+// until ctx ends; with leader election only while it holds the Lease.
+func RunController(ctx context.Context, c ControllerConfig) error {
+	cfg, err := restConfig(c.Kubeconfig, float32(c.KubeAPIQPS), c.KubeAPIBurst)
+	if err != nil {
+		return err
+	}
+	core, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	parts := map[string]func(context.Context) error{}
+	var m *metrics.Metrics
+	if c.MetricsAddress != "" {
+		m = metrics.New()
+		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
+	}
+	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, dyn) }
+	if !c.LeaderElect {
+		parts["controller"] = lead
+	} else {
+		parts["controller"] = func(ctx context.Context) error { return runElected(ctx, c, core, lead) }
+	}
+	klog.InfoS("plinth controller started", "version", c.Version, "driver", c.DriverName, "namespace", c.Namespace, "leaderElect", c.LeaderElect)
+	return runAll(ctx, parts)
+}
+
+// runElected runs lead while this process holds the Lease; losing it ends
+// the process's work (a restart campaigns again), so two replicas never act
+// at once.
+func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interface, lead func(context.Context) error) error {
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s_%d", host, os.Getpid())
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Name: "plinth-controller-" + leaseSuffix(c.DriverName), Namespace: c.Namespace},
+		Client:     core.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	errc := make(chan error, 1)
+	lost := errors.New("lost the leader Lease")
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		ReleaseOnCancel: true,
+		LeaseDuration:   c.LeaseDuration,
+		RenewDeadline:   c.LeaseDuration * 2 / 3,
+		RetryPeriod:     c.LeaseDuration / 7,
+		Name:            "plinth-controller",
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				klog.InfoS("Leading", "identity", id)
+				if err := lead(ctx); err != nil {
+					errc <- err
+				}
+			},
+			OnStoppedLeading: func() {
+				if ctx.Err() == nil {
+					errc <- lost
+				}
+			},
+		},
+	})
+	if err != nil {
+		return err
+	}
+	le.Run(ctx)
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+func leaseSuffix(driver string) string {
+	out := []byte(driver)
+	for i, b := range out {
+		if b == '.' {
+			out[i] = '-'
+		}
+	}
+	return string(out)
+}
+
+func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, dyn dynamic.Interface) error {
+	factory := informers.NewSharedInformerFactory(core, 10*time.Minute)
+	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
+	nodes := factory.Core().V1().Nodes()
+	nodeLister := nodes.Lister()
+	cluster, err := provision.NewCluster(dyn, dfactory, func(name string) bool {
+		_, err := nodeLister.Get(name)
+		return apierrors.IsNotFound(err)
+	})
+	if err != nil {
+		return err
+	}
+	cluster.Wait = c.NodeWait
+	vc := volume.NewControllerOver(cluster)
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-controller"})
+
+	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
+	pvs := factory.Core().V1().PersistentVolumes()
+	classes := factory.Storage().V1().StorageClasses()
+	_ = nodes.Informer()
+	prov := &provision.Provisioner{Driver: c.DriverName, TopologyKey: c.TopologyKey, Controller: vc, Events: events}
+	pc := controller.NewProvisionController(ctx, core, c.DriverName, prov,
+		controller.LeaderElection(false), // plinth's own election covers every loop
+		controller.ClaimsInformer(claims),
+		controller.VolumesInformer(pvs.Informer()),
+		controller.ClassesInformer(classes.Informer()),
+		controller.Threadiness(c.Threads),
+		controller.FailedProvisionThreshold(0),
+		controller.FailedDeleteThreshold(0),
+		controller.RetryIntervalMax(30*time.Second),
+		controller.AddFinalizer(true),
+	)
+	factory.Start(ctx.Done())
+	dfactory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), claims.HasSynced, pvs.Informer().HasSynced, classes.Informer().HasSynced, nodes.Informer().HasSynced, cluster.HasSynced) {
+		return ctx.Err()
+	}
+	capacity := &provision.CapacityPublisher{
+		Client: core, Classes: classes.Lister(), Cluster: cluster, Controller: vc, Driver: c.DriverName,
+		TopologyKey: c.TopologyKey, Namespace: c.Namespace, Interval: c.CapacityInterval,
+	}
+	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events}
+	return runAll(ctx, map[string]func(context.Context) error{
+		"provisioner": func(ctx context.Context) error { pc.Run(ctx); return nil },
+		"capacity":    capacity.Run,
+		"resizer":     resizer.Run,
+	})
+}

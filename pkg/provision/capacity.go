@@ -1,0 +1,148 @@
+package provision
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// Labels on the CSIStorageCapacity objects plinth owns.
+const (
+	labelManagedBy = "app.kubernetes.io/managed-by"
+	labelDriver    = "plinth.example.com/driver"
+)
+
+// CapacityPublisher keeps one CSIStorageCapacity per node and StorageClass
+// of plinth's: what the node's matching pools can still give, with the
+// volumes being created already taken off, so the scheduler and plinth
+// agree on what fits.
+type CapacityPublisher struct {
+	Client      kubernetes.Interface
+	Classes     storagelisters.StorageClassLister
+	Cluster     *Cluster
+	Controller  *volume.Controller
+	Driver      string
+	TopologyKey string
+	Namespace   string
+	// Interval between full passes; changes to volume or node objects
+	// trigger a pass sooner.
+	Interval time.Duration
+}
+
+// Run publishes until ctx ends.
+func (p *CapacityPublisher) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithName("capacity")
+	interval := p.Interval
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	for {
+		changed := p.Cluster.Changed()
+		if err := p.Sync(ctx); err != nil && ctx.Err() == nil {
+			logger.Error(err, "Publishing storage capacity")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+			// Coalesce a burst of changes (many PVCs at once) into one pass.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(200 * time.Millisecond):
+			}
+		case <-time.After(interval):
+		}
+	}
+}
+
+func capacityName(class, node string) string {
+	sum := sha256.Sum256([]byte(class + "\x00" + node))
+	return "plinth-" + hex.EncodeToString(sum[:10])
+}
+
+// Sync makes the CSIStorageCapacity objects match the nodes and classes now.
+func (p *CapacityPublisher) Sync(ctx context.Context) error {
+	classes, err := p.Classes.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	want := map[string]*storagev1.CSIStorageCapacity{}
+	var errs []error
+	for _, sc := range classes {
+		if sc.Provisioner != p.Driver {
+			continue
+		}
+		params := map[string]string{}
+		for k, v := range sc.Parameters {
+			if k != ParamFsType {
+				params[k] = v
+			}
+		}
+		parsed, err := volume.ParseParams(params)
+		if err != nil {
+			continue // the provisioner reports a bad class on each PVC
+		}
+		for _, n := range p.Cluster.PlinthNodes() {
+			avail, maxVol, err := p.Controller.Capacity(ctx, []string{n.Name}, parsed, "", "")
+			if err != nil {
+				errs = append(errs, fmt.Errorf("capacity of node %s: %w", n.Name, err))
+				continue
+			}
+			name := capacityName(sc.Name, n.Name)
+			want[name] = &storagev1.CSIStorageCapacity{
+				ObjectMeta: metav1.ObjectMeta{
+					Name: name, Namespace: p.Namespace,
+					Labels: map[string]string{labelManagedBy: "plinth", labelDriver: p.Driver},
+				},
+				NodeTopology:      &metav1.LabelSelector{MatchLabels: map[string]string{p.TopologyKey: n.Name}},
+				StorageClassName:  sc.Name,
+				Capacity:          resource.NewQuantity(avail, resource.BinarySI),
+				MaximumVolumeSize: resource.NewQuantity(maxVol, resource.BinarySI),
+			}
+		}
+	}
+	api := p.Client.StorageV1().CSIStorageCapacities(p.Namespace)
+	have, err := api.List(ctx, metav1.ListOptions{LabelSelector: labelManagedBy + "=plinth," + labelDriver + "=" + p.Driver})
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for i := range have.Items {
+		cur := &have.Items[i]
+		w, ok := want[cur.Name]
+		if !ok {
+			if err := api.Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		delete(want, cur.Name)
+		if cur.Capacity != nil && cur.Capacity.Cmp(*w.Capacity) == 0 && cur.MaximumVolumeSize != nil && cur.MaximumVolumeSize.Cmp(*w.MaximumVolumeSize) == 0 {
+			continue
+		}
+		cur.Capacity, cur.MaximumVolumeSize = w.Capacity, w.MaximumVolumeSize
+		if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, w := range want {
+		if _, err := api.Create(ctx, w, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,279 @@
+// Package provision is plinth controller: dynamic provisioning through
+// sig-storage-lib-external-provisioner, the volume objects that carry each
+// request to its node, capacity reservation and CSIStorageCapacity
+// publishing, and expansion of PVCs whose request grew.
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// ErrInProgress: the node has not finished yet; ask again later.
+var ErrInProgress = errors.New("in progress on the node")
+
+// Cluster is the controller's view of the plinth nodes and volume objects:
+// a volume.NodeSet whose nodes are carried by PlinthVolume objects. It holds
+// the in-memory reservations of volumes being created, so that concurrent
+// creates never promise the same bytes twice.
+type Cluster struct {
+	dyn      dynamic.Interface
+	volumes  cache.SharedIndexInformer
+	nodes    cache.SharedIndexInformer
+	nodeGone func(name string) bool
+	// Wait is how long a call waits for a node before answering
+	// ErrInProgress.
+	Wait time.Duration
+
+	createMu sync.Mutex // one capacity check and reservation at a time
+	mu       sync.Mutex
+	reserved map[string]reservation // volume ID → reservation not yet seen Ready
+	changed  chan struct{}          // closed and replaced on every change
+}
+
+type reservation struct {
+	node, pool string
+	bytes      int64
+}
+
+// NewCluster watches the volume and node objects through factory's
+// informers; nodeGone reports whether a Kubernetes Node has left the
+// cluster.
+func NewCluster(dyn dynamic.Interface, factory dynamicinformer.DynamicSharedInformerFactory, nodeGone func(string) bool) (*Cluster, error) {
+	c := &Cluster{
+		dyn:      dyn,
+		volumes:  factory.ForResource(v1alpha1.VolumeResource).Informer(),
+		nodes:    factory.ForResource(v1alpha1.NodeResource).Informer(),
+		nodeGone: nodeGone,
+		Wait:     30 * time.Second,
+		reserved: map[string]reservation{},
+		changed:  make(chan struct{}),
+	}
+	h := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.notify() },
+		UpdateFunc: func(any, any) { c.notify() },
+		DeleteFunc: func(any) { c.notify() },
+	}
+	for _, inf := range []cache.SharedIndexInformer{c.volumes, c.nodes} {
+		if _, err := inf.AddEventHandler(h); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// HasSynced reports whether both caches are filled.
+func (c *Cluster) HasSynced() bool { return c.volumes.HasSynced() && c.nodes.HasSynced() }
+
+// Changed returns a channel closed at the next change of any object.
+func (c *Cluster) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+func (c *Cluster) notify() {
+	c.mu.Lock()
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+}
+
+var _ volume.NodeSet = (*Cluster)(nil)
+
+// NodeIDs implements volume.NodeSet: every node with a PlinthNode or a
+// volume object, so that volumes on a lost node are still found.
+func (c *Cluster) NodeIDs() []string {
+	seen := map[string]bool{}
+	for _, key := range c.nodes.GetStore().ListKeys() {
+		seen[key] = true
+	}
+	for _, v := range c.Volumes() {
+		seen[v.Spec.NodeName] = true
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Node implements volume.NodeSet.
+func (c *Cluster) Node(id string) (volume.Node, bool) {
+	for _, n := range c.NodeIDs() {
+		if n == id {
+			return &remoteNode{c: c, name: id}, true
+		}
+	}
+	return nil, false
+}
+
+// PlinthNode returns the node object named name from the cache.
+func (c *Cluster) PlinthNode(name string) (*v1alpha1.PlinthNode, error) {
+	obj, ok, err := c.nodes.GetStore().GetByKey(name)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: plinth has no status from node %s", volume.ErrNodeGone, name)
+	}
+	return v1alpha1.FromUnstructured[v1alpha1.PlinthNode](obj)
+}
+
+// PlinthNodes returns every node object, sorted by name.
+func (c *Cluster) PlinthNodes() []*v1alpha1.PlinthNode {
+	var out []*v1alpha1.PlinthNode
+	for _, obj := range c.nodes.GetStore().List() {
+		if n, err := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](obj); err == nil {
+			out = append(out, n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Volume returns the volume object with this ID from the cache.
+func (c *Cluster) Volume(id string) (*v1alpha1.PlinthVolume, bool) {
+	obj, ok, err := c.volumes.GetStore().GetByKey(id)
+	if err != nil || !ok {
+		return nil, false
+	}
+	v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](obj)
+	if err != nil {
+		return nil, false
+	}
+	return v, true
+}
+
+// Volumes returns every volume object, sorted by name.
+func (c *Cluster) Volumes() []*v1alpha1.PlinthVolume {
+	var out []*v1alpha1.PlinthVolume
+	for _, obj := range c.volumes.GetStore().List() {
+		if v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](obj); err == nil {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// pending reports whether a volume object still holds a reservation the
+// node has not counted: it is neither made (Ready) nor refused (Failed).
+func pending(v *v1alpha1.PlinthVolume) bool {
+	return v.DeletionTimestamp == nil && (v.Status.Phase == "" || v.Status.Phase == v1alpha1.VolumePending)
+}
+
+// reservedBytes is what volumes being created on node/pool hold: the
+// in-memory reservations and the pending objects (which survive a restart
+// of the controller), each counted once.
+func (c *Cluster) reservedBytes(node, poolName string) int64 {
+	var total int64
+	counted := map[string]bool{}
+	for _, v := range c.Volumes() {
+		if v.Spec.NodeName == node && v.Spec.Pool == poolName && pending(v) {
+			total += v.Spec.CapacityBytes
+			counted[v.Name] = true
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, r := range c.reserved {
+		if v, ok := c.Volume(id); ok && !pending(v) {
+			delete(c.reserved, id) // the node has answered: its status counts it
+			continue
+		}
+		if r.node == node && r.pool == poolName && !counted[id] {
+			total += r.bytes
+		}
+	}
+	return total
+}
+
+// poolInfos is node's pools with the reservations taken off.
+func (c *Cluster) poolInfos(node string) ([]volume.PoolInfo, error) {
+	pn, err := c.PlinthNode(node)
+	if err != nil {
+		return nil, err
+	}
+	var out []volume.PoolInfo
+	for _, p := range pn.Status.Pools {
+		if !p.Healthy {
+			continue
+		}
+		out = append(out, volume.PoolInfo{
+			Name:    p.Name,
+			Backend: p.Backend,
+			Capabilities: pool.Capabilities{
+				Block: p.Block, FsTypes: p.FsTypes, OwnFs: p.OwnFs,
+			},
+			Stats: pool.Stats{
+				TotalBytes: p.TotalBytes, FreeBytes: p.FreeBytes,
+				CommittedBytes:   p.CommittedBytes + c.reservedBytes(node, p.Name),
+				ProvisionedBytes: p.ProvisionedBytes, Volumes: p.Volumes,
+			},
+		})
+	}
+	return out, nil
+}
+
+// waitVolume waits until done says the volume object id is where the
+// caller wants it, or c.Wait passes (ErrInProgress).
+func (c *Cluster) waitVolume(ctx context.Context, id string, done func(v *v1alpha1.PlinthVolume, exists bool) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Wait)
+	defer cancel()
+	for {
+		ch := c.Changed()
+		v, ok := c.Volume(id)
+		if finished, err := done(v, ok); finished || err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("volume %s: %w", id, ErrInProgress)
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// errorOf turns a node's failure in a volume's status into an error of the
+// pool package's kinds.
+func errorOf(v *v1alpha1.PlinthVolume) error {
+	kind := errors.New("node error")
+	switch v.Status.Reason {
+	case v1alpha1.ReasonNoSpace:
+		kind = pool.ErrNoSpace
+	case v1alpha1.ReasonInvalid:
+		kind = pool.ErrInvalid
+	case v1alpha1.ReasonUnsupported, v1alpha1.ReasonNoPool:
+		kind = pool.ErrUnsupported
+	case v1alpha1.ReasonInUse:
+		kind = pool.ErrInUse
+	}
+	return fmt.Errorf("%w: node %s: %s", kind, v.Spec.NodeName, v.Status.Message)
+}
+
+func (c *Cluster) deleteObject(ctx context.Context, id string) error {
+	err := c.dyn.Resource(v1alpha1.VolumeResource).Delete(ctx, id, metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}

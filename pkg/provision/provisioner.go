@@ -1,0 +1,235 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// ParamFsType is the StorageClass parameter the CSI convention uses for
+// the filesystem type.
+const ParamFsType = "csi.storage.k8s.io/fstype"
+
+// Provisioner turns PVCs of plinth's StorageClasses into volumes on nodes
+// and PVs bound to them; it is the Provisioner of
+// sig-storage-lib-external-provisioner.
+type Provisioner struct {
+	Driver      string
+	TopologyKey string
+	Controller  *volume.Controller
+	Events      record.EventRecorder
+}
+
+var (
+	_ controller.Provisioner      = (*Provisioner)(nil)
+	_ controller.BlockProvisioner = (*Provisioner)(nil)
+)
+
+// SupportsBlock implements controller.BlockProvisioner.
+func (p *Provisioner) SupportsBlock(context.Context) bool { return true }
+
+// request is a PVC and its class turned into a volume request.
+func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRequest, error) {
+	sc, pvc := opts.StorageClass, opts.PVC
+	params := map[string]string{}
+	fsType := ""
+	for k, v := range sc.Parameters {
+		if k == ParamFsType {
+			fsType = v
+			continue
+		}
+		params[k] = v
+	}
+	parsed, err := volume.ParseParams(params)
+	if err != nil {
+		return volume.CreateRequest{}, fmt.Errorf("StorageClass %s: %w", sc.Name, err)
+	}
+	if fsType != "" && fsType != "ext4" && fsType != "xfs" && fsType != "btrfs" {
+		return volume.CreateRequest{}, fmt.Errorf("%w: StorageClass %s: fs type %q is not ext4, xfs or btrfs", pool.ErrInvalid, sc.Name, fsType)
+	}
+	mode := pool.ModeFilesystem
+	if pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == v1.PersistentVolumeBlock {
+		mode, fsType = pool.ModeBlock, ""
+	}
+	for _, am := range pvc.Spec.AccessModes {
+		if am == v1.ReadWriteMany || am == v1.ReadOnlyMany && len(pvc.Spec.AccessModes) > 1 {
+			return volume.CreateRequest{}, fmt.Errorf("%w: access mode %s: a node-local volume is reachable from one node only", pool.ErrInvalid, am)
+		}
+	}
+	if pvc.Spec.DataSource != nil || pvc.Spec.DataSourceRef != nil {
+		return volume.CreateRequest{}, fmt.Errorf("%w: PVC data sources (clones, snapshots) are not served in a cluster yet", pool.ErrUnsupported)
+	}
+	req := volume.CreateRequest{
+		Name: opts.PVName, Mode: mode, FsType: fsType, Params: parsed,
+		Owner: pvc.Namespace + "/" + pvc.Name,
+	}
+	if q, ok := pvc.Spec.Resources.Requests[v1.ResourceStorage]; ok {
+		req.RequiredBytes = q.Value()
+	}
+	if q, ok := pvc.Spec.Resources.Limits[v1.ResourceStorage]; ok {
+		req.LimitBytes = q.Value()
+	}
+	allowed, err := p.allowedNodes(sc.AllowedTopologies)
+	if err != nil {
+		return volume.CreateRequest{}, err
+	}
+	switch {
+	case opts.SelectedNodeName != "":
+		if allowed != nil && !allowed[opts.SelectedNodeName] {
+			return volume.CreateRequest{}, fmt.Errorf("%w: node %s is outside the StorageClass's allowed topologies", pool.ErrNoSpace, opts.SelectedNodeName)
+		}
+		req.Nodes = []string{opts.SelectedNodeName}
+	case allowed != nil:
+		for n := range allowed {
+			req.Nodes = append(req.Nodes, n)
+		}
+		sort.Strings(req.Nodes)
+		// Preferences would make each node its own group; with no
+		// preference among allowed nodes the best fit anywhere wins.
+	}
+	return req, nil
+}
+
+// allowedNodes reads a StorageClass's allowedTopologies for plinth's key;
+// nil means any node.
+func (p *Provisioner) allowedNodes(terms []v1.TopologySelectorTerm) (map[string]bool, error) {
+	if len(terms) == 0 {
+		return nil, nil
+	}
+	out := map[string]bool{}
+	for _, t := range terms {
+		for _, e := range t.MatchLabelExpressions {
+			if e.Key != p.TopologyKey {
+				return nil, fmt.Errorf("%w: allowedTopologies key %q: plinth's topology key is %q", pool.ErrInvalid, e.Key, p.TopologyKey)
+			}
+			for _, v := range e.Values {
+				out[v] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+// Provision implements controller.Provisioner.
+func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
+	logger := klog.FromContext(ctx).WithValues("pvc", klog.KObj(opts.PVC), "pv", opts.PVName)
+	req, err := p.request(opts)
+	if err != nil {
+		return nil, controller.ProvisioningFinished, err
+	}
+	if len(req.Nodes) > 1 {
+		// allowedTopologies without a scheduler's choice: best fit among them.
+		placed, err := p.createAmong(ctx, req)
+		return p.answer(ctx, opts, req, placed, err)
+	}
+	placed, err := p.Controller.CreateVolume(ctx, req)
+	return p.answer(klog.NewContext(ctx, logger), opts, req, placed, err)
+}
+
+// createAmong places a volume on the best-fitting of several allowed nodes.
+func (p *Provisioner) createAmong(ctx context.Context, req volume.CreateRequest) (volume.Placed, error) {
+	var lastErr error
+	best, bestFree := "", int64(-1)
+	for _, n := range req.Nodes {
+		free, _, err := p.Controller.Capacity(ctx, []string{n}, req.Params, req.Mode, req.FsType)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if free >= req.RequiredBytes && (bestFree < 0 || free < bestFree) {
+			best, bestFree = n, free
+		}
+	}
+	if best == "" {
+		if lastErr == nil {
+			lastErr = fmt.Errorf("%w: none of the allowed nodes %v has room", pool.ErrNoSpace, req.Nodes)
+		}
+		return volume.Placed{}, lastErr
+	}
+	req.Nodes = []string{best}
+	return p.Controller.CreateVolume(ctx, req)
+}
+
+func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptions, req volume.CreateRequest, placed volume.Placed, err error) (*v1.PersistentVolume, controller.ProvisioningState, error) {
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrInProgress):
+		return nil, controller.ProvisioningInBackground, err
+	case errors.Is(err, pool.ErrNoSpace) && opts.SelectedNodeName != "":
+		// The scheduler chose a node that cannot hold it after all: let
+		// it choose again.
+		return nil, controller.ProvisioningReschedule, err
+	case errors.Is(err, volume.ErrBusy):
+		return nil, controller.ProvisioningInBackground, err
+	default:
+		return nil, controller.ProvisioningFinished, err
+	}
+	v := placed.Volume
+	sc := opts.StorageClass
+	reclaim := v1.PersistentVolumeReclaimDelete
+	if sc.ReclaimPolicy != nil {
+		reclaim = *sc.ReclaimPolicy
+	}
+	mode := v1.PersistentVolumeFilesystem
+	if v.Mode == pool.ModeBlock {
+		mode = v1.PersistentVolumeBlock
+	}
+	pv := &v1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: opts.PVName},
+		Spec: v1.PersistentVolumeSpec{
+			Capacity:                      v1.ResourceList{v1.ResourceStorage: *resource.NewQuantity(v.CapacityBytes, resource.BinarySI)},
+			AccessModes:                   opts.PVC.Spec.AccessModes,
+			PersistentVolumeReclaimPolicy: reclaim,
+			MountOptions:                  sc.MountOptions,
+			VolumeMode:                    &mode,
+			PersistentVolumeSource: v1.PersistentVolumeSource{CSI: &v1.CSIPersistentVolumeSource{
+				Driver:       p.Driver,
+				VolumeHandle: v.ID,
+				FSType:       v.FsType,
+				VolumeAttributes: map[string]string{
+					"plinth.example.com/node": placed.Node,
+					"plinth.example.com/pool": v.Pool,
+				},
+			}},
+			NodeAffinity: &v1.VolumeNodeAffinity{Required: &v1.NodeSelector{NodeSelectorTerms: []v1.NodeSelectorTerm{{
+				MatchExpressions: []v1.NodeSelectorRequirement{{Key: p.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{placed.Node}}},
+			}}}},
+		},
+	}
+	klog.FromContext(ctx).V(2).Info("Provisioned", "node", placed.Node, "pool", v.Pool, "volumeID", v.ID, "capacity", v.CapacityBytes)
+	_ = req
+	return pv, controller.ProvisioningFinished, nil
+}
+
+// Delete implements controller.Provisioner: the volume's node removes the
+// storage; a volume on a node that has left is reported and kept.
+func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.Driver {
+		return &controller.IgnoredError{Reason: "not a plinth volume"}
+	}
+	err := p.Controller.DeleteVolume(ctx, pv.Spec.CSI.VolumeHandle)
+	if errors.Is(err, volume.ErrNodeGone) && p.Events != nil {
+		p.Events.Event(pv, v1.EventTypeWarning, "VolumeOnLostNode", err.Error())
+	}
+	if errors.Is(err, pool.ErrInUse) && p.Events != nil {
+		p.Events.Event(pv, v1.EventTypeWarning, "VolumeInUse", err.Error())
+	}
+	return err
+}
+
+// ownerOf splits namespace/name.
+func ownerOf(s string) (namespace, name string, ok bool) {
+	return strings.Cut(s, "/")
+}

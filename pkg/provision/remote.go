@@ -1,0 +1,224 @@
+package provision
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// remoteNode is a volume.Node in the cluster: each request becomes a change
+// to a PlinthVolume object, and the answer is the status its node writes.
+type remoteNode struct {
+	c    *Cluster
+	name string
+}
+
+var _ volume.Node = (*remoteNode)(nil)
+
+func (n *remoteNode) Pools(context.Context) ([]volume.PoolInfo, error) {
+	return n.c.poolInfos(n.name)
+}
+
+// toVolume is the pool's view of a volume object.
+func toVolume(v *v1alpha1.PlinthVolume) pool.Volume {
+	out := pool.Volume{
+		ID: v.Name, Name: v.Spec.VolumeName, Pool: v.Spec.Pool, CapacityBytes: v.Spec.CapacityBytes,
+		Mode: v1alpha1.PoolMode(v.Spec.Mode), FsType: v.Spec.FsType, Thick: v.Spec.Thick, State: pool.StateCreating,
+		CreatedAt: v.CreationTimestamp.Time,
+	}
+	switch {
+	case v.DeletionTimestamp != nil || v.Status.Phase == v1alpha1.VolumeDeleting:
+		out.State = pool.StateDeleting
+	case v.Status.Phase == v1alpha1.VolumeReady:
+		out.State = pool.StateReady
+		out.CapacityBytes = v.Status.CapacityBytes
+	}
+	return out
+}
+
+func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want pool.Volume) (pool.Volume, error) {
+	if err := n.reserveAndRecord(ctx, poolName, want); err != nil {
+		return pool.Volume{}, err
+	}
+	var out pool.Volume
+	err := n.c.waitVolume(ctx, want.ID, func(v *v1alpha1.PlinthVolume, ok bool) (bool, error) {
+		if !ok {
+			return false, nil // our create is not in the cache yet
+		}
+		switch v.Status.Phase {
+		case v1alpha1.VolumeReady:
+			out = toVolume(v)
+			return true, nil
+		case v1alpha1.VolumeFailed:
+			// The node refused: drop the object (and its reservation) so
+			// that a retry starts afresh, and say why.
+			failure := errorOf(v)
+			if err := n.c.deleteObject(ctx, v.Name); err != nil {
+				return true, fmt.Errorf("%w (and removing the failed volume object: %v)", failure, err)
+			}
+			return true, failure
+		}
+		return false, nil
+	})
+	return out, err
+}
+
+// reserveAndRecord checks that the pool still has room once every other
+// create in flight is counted, and writes the volume object, as one step.
+func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want pool.Volume) error {
+	c := n.c
+	c.mu.Lock()
+	_, held := c.reserved[want.ID]
+	c.mu.Unlock()
+	if v, ok := c.Volume(want.ID); ok || held {
+		if ok && (v.Spec.NodeName != n.name || v.Spec.Pool != poolName || v.Spec.CapacityBytes != want.CapacityBytes ||
+			v.Spec.Mode != v1alpha1.ObjectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick) {
+			return fmt.Errorf("volume %s: %w", want.ID, pool.ErrExists)
+		}
+		return nil // a retry: wait for the one in flight
+	}
+	// One create at a time passes the capacity check and records its
+	// reservation, so two can never be promised the same bytes.
+	c.createMu.Lock()
+	defer c.createMu.Unlock()
+	infos, err := c.poolInfos(n.name)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, pi := range infos {
+		if pi.Name != poolName {
+			continue
+		}
+		found = true
+		if free := pi.Stats.AllocatableBytes(); free < want.CapacityBytes {
+			return fmt.Errorf("%w: pool %s on node %s has %s free, %s requested", pool.ErrNoSpace, poolName, n.name,
+				volume.FormatBytes(free), volume.FormatBytes(want.CapacityBytes))
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: node %s has no healthy pool %s", pool.ErrNoSpace, n.name, poolName)
+	}
+	obj := &v1alpha1.PlinthVolume{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:       want.ID,
+			Labels:     map[string]string{v1alpha1.LabelNode: n.name, v1alpha1.LabelPool: poolName},
+			Finalizers: []string{v1alpha1.Finalizer},
+		},
+		Spec: v1alpha1.VolumeSpec{
+			NodeName: n.name, Pool: poolName, VolumeName: want.Name, CapacityBytes: want.CapacityBytes,
+			Mode: v1alpha1.ObjectMode(want.Mode), FsType: want.FsType, Thick: want.Thick, Claim: want.Parameters[volume.ParamOwner],
+		},
+	}
+	u, err := v1alpha1.ToUnstructured(obj)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.reserved[want.ID] = reservation{node: n.name, pool: poolName, bytes: want.CapacityBytes}
+	c.mu.Unlock()
+	_, err = c.dyn.Resource(v1alpha1.VolumeResource).Create(ctx, u, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil // made by an earlier life of this controller: waiting answers
+	}
+	if err != nil {
+		c.mu.Lock()
+		delete(c.reserved, want.ID)
+		c.mu.Unlock()
+		return fmt.Errorf("record volume %s: %w", want.ID, err)
+	}
+	return nil
+}
+
+func (n *remoteNode) DeleteVolume(ctx context.Context, id string) error {
+	v, ok := n.c.Volume(id)
+	if !ok {
+		return nil
+	}
+	if n.c.nodeGone(v.Spec.NodeName) {
+		return fmt.Errorf("%w: volume %s is on node %s, which has left the cluster; its storage cannot be removed from here and the volume object is kept",
+			volume.ErrNodeGone, id, v.Spec.NodeName)
+	}
+	if v.DeletionTimestamp == nil {
+		if err := n.c.deleteObject(ctx, id); err != nil {
+			return fmt.Errorf("delete volume object %s: %w", id, err)
+		}
+	}
+	return n.c.waitVolume(ctx, id, func(v *v1alpha1.PlinthVolume, ok bool) (bool, error) {
+		if !ok {
+			return true, nil
+		}
+		if v.Status.Reason == v1alpha1.ReasonInUse {
+			return true, errorOf(v)
+		}
+		return false, nil
+	})
+}
+
+func (n *remoteNode) ExpandVolume(ctx context.Context, id string, capacityBytes int64) (pool.Volume, error) {
+	v, ok := n.c.Volume(id)
+	if !ok {
+		return pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+	}
+	if v.Spec.CapacityBytes < capacityBytes {
+		patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"capacityBytes": capacityBytes}})
+		if _, err := n.c.dyn.Resource(v1alpha1.VolumeResource).Patch(ctx, id, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return pool.Volume{}, fmt.Errorf("expand volume object %s: %w", id, err)
+		}
+	}
+	var out pool.Volume
+	err := n.c.waitVolume(ctx, id, func(v *v1alpha1.PlinthVolume, ok bool) (bool, error) {
+		if !ok {
+			return true, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+		}
+		if v.Status.CapacityBytes >= capacityBytes {
+			out = toVolume(v)
+			return true, nil
+		}
+		if v.Status.ObservedGeneration >= v.Generation && v.Spec.CapacityBytes >= capacityBytes && v.Status.Reason != "" {
+			return true, errorOf(v)
+		}
+		return false, nil
+	})
+	return out, err
+}
+
+func (n *remoteNode) Volume(_ context.Context, id string) (pool.Volume, error) {
+	v, ok := n.c.Volume(id)
+	if !ok || v.Spec.NodeName != n.name {
+		return pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+	}
+	return toVolume(v), nil
+}
+
+func (n *remoteNode) Volumes(context.Context) ([]pool.Volume, error) {
+	var out []pool.Volume
+	for _, v := range n.c.Volumes() {
+		if v.Spec.NodeName == n.name {
+			out = append(out, toVolume(v))
+		}
+	}
+	return out, nil
+}
+
+// Snapshots are not carried by volume objects yet: VolumeSnapshots need the
+// external-snapshotter's CRDs and a snapshot object kind of plinth's own.
+func (n *remoteNode) Snapshot(_ context.Context, id string) (pool.Snapshot, error) {
+	return pool.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
+}
+
+func (n *remoteNode) CreateSnapshot(context.Context, pool.Snapshot) (pool.Snapshot, error) {
+	return pool.Snapshot{}, fmt.Errorf("%w: snapshots in a cluster", pool.ErrUnsupported)
+}
+
+func (n *remoteNode) DeleteSnapshot(context.Context, string) error { return nil }
+
+func (n *remoteNode) Snapshots(context.Context) ([]pool.Snapshot, error) { return nil, nil }

@@ -1,0 +1,446 @@
+// Package cluster starts a single-node Kubernetes cluster on loopback from
+// binaries built by test/e2e/build-cluster.sh: etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler, containerd (Debian's, with a
+// runc wrapper, see runc-wrapper.sh) and the kubelet. Stop undoes what it
+// and the kubelet changed on the host: processes (by PID), mounts,
+// sysctls, iptables rules, the CNI bridge.
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// KubeletDir is fixed: plinth's manifests mount /var/lib/kubelet.
+const KubeletDir = "/var/lib/kubelet"
+
+// Options of a cluster.
+type Options struct {
+	Bin      string // etcd and the Kubernetes binaries
+	Dir      string // everything the cluster writes (short: socket paths)
+	NodeName string
+	// RuncWrapper is the script containerd runs as runc.
+	RuncWrapper string
+	Log         func(format string, args ...any)
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	Options
+	Kubeconfig string
+	Config     *rest.Config
+	Client     kubernetes.Interface
+	Containerd string // socket
+
+	procs   map[string]*exec.Cmd
+	sysctls map[string]string
+	iptSave []byte
+}
+
+const token = "plinth-e2e-admin-token"
+
+var sysctlNames = []string{"kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory"}
+
+// Start brings the cluster up and waits until the node is Ready.
+func Start(ctx context.Context, o Options) (*Cluster, error) {
+	c := &Cluster{Options: o, procs: map[string]*exec.Cmd{}, sysctls: map[string]string{}}
+	if c.Log == nil {
+		c.Log = func(string, ...any) {}
+	}
+	if n := ReapLeftovers(); n > 0 {
+		c.Log("killed %d processes an earlier run left behind", n)
+	}
+	for _, n := range sysctlNames {
+		if b, err := os.ReadFile("/proc/sys/" + n); err == nil {
+			c.sysctls[n] = strings.TrimSpace(string(b))
+		}
+	}
+	if out, err := exec.Command("iptables-save").Output(); err == nil {
+		c.iptSave = out
+	}
+	for _, d := range []string{"logs", "pki", "etcd", "containerd", "cni", "kubelet"} {
+		if err := os.MkdirAll(filepath.Join(o.Dir, d), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.start(ctx); err != nil {
+		c.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) path(parts ...string) string {
+	return filepath.Join(append([]string{c.Dir}, parts...)...)
+}
+
+func (c *Cluster) run(name string, bin string, args ...string) error {
+	logf, err := os.OpenFile(c.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	c.procs[name] = cmd
+	go func() { _ = cmd.Wait(); logf.Close() }()
+	return nil
+}
+
+func (c *Cluster) start(ctx context.Context) error {
+	pki := c.path("pki")
+	if err := writeCerts(pki); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(pki, "tokens.csv"), []byte(token+",admin,admin,system:masters\n"), 0o600); err != nil {
+		return err
+	}
+	c.Kubeconfig = c.path("kubeconfig")
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: e2e, cluster: {server: "https://127.0.0.1:6443", certificate-authority: %q}}]
+users: [{name: admin, user: {token: %q}}]
+contexts: [{name: e2e, context: {cluster: e2e, user: admin}}]
+current-context: e2e
+`, filepath.Join(pki, "ca.crt"), token)
+	if err := os.WriteFile(c.Kubeconfig, []byte(kc), 0o600); err != nil {
+		return err
+	}
+	bin := func(n string) string { return filepath.Join(c.Bin, n) }
+
+	c.Log("starting etcd")
+	if err := c.run("etcd", bin("etcd"), "--name=e2e", "--data-dir="+c.path("etcd"),
+		"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
+		"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+		"--initial-cluster=e2e=http://127.0.0.1:2380", "--unsafe-no-fsync"); err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, "http://127.0.0.1:2379/health", 30*time.Second); err != nil {
+		return fmt.Errorf("etcd: %w (see %s)", err, c.path("logs", "etcd.log"))
+	}
+
+	c.Log("starting kube-apiserver")
+	if err := c.run("kube-apiserver", bin("kube-apiserver"), "--etcd-servers=http://127.0.0.1:2379",
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=6443",
+		"--tls-cert-file="+filepath.Join(pki, "server.crt"), "--tls-private-key-file="+filepath.Join(pki, "server.key"),
+		"--client-ca-file="+filepath.Join(pki, "ca.crt"),
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file="+filepath.Join(pki, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(pki, "sa.key"),
+		"--token-auth-file="+filepath.Join(pki, "tokens.csv"), "--authorization-mode=RBAC",
+		"--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--endpoint-reconciler-type=none"); err != nil {
+		return err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = 100, 200
+	c.Config = cfg
+	if c.Client, err = kubernetes.NewForConfig(cfg); err != nil {
+		return err
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		b, err := c.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil && string(b) == "ok", nil
+	}); err != nil {
+		return fmt.Errorf("kube-apiserver not ready: %w (see %s)", err, c.path("logs", "kube-apiserver.log"))
+	}
+
+	c.Log("starting kube-controller-manager and kube-scheduler")
+	if err := c.run("kube-controller-manager", bin("kube-controller-manager"), "--kubeconfig="+c.Kubeconfig,
+		"--authentication-kubeconfig="+c.Kubeconfig, "--authorization-kubeconfig="+c.Kubeconfig,
+		"--root-ca-file="+filepath.Join(pki, "ca.crt"), "--service-account-private-key-file="+filepath.Join(pki, "sa.key"),
+		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=10257", "--use-service-account-credentials=false"); err != nil {
+		return err
+	}
+	if err := c.run("kube-scheduler", bin("kube-scheduler"), "--kubeconfig="+c.Kubeconfig,
+		"--authentication-kubeconfig="+c.Kubeconfig, "--authorization-kubeconfig="+c.Kubeconfig,
+		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=10259"); err != nil {
+		return err
+	}
+
+	if err := c.startContainerd(ctx); err != nil {
+		return err
+	}
+	return c.StartKubelet(ctx)
+}
+
+func (c *Cluster) startContainerd(ctx context.Context) error {
+	c.Containerd = c.path("containerd", "containerd.sock")
+	cni := `{"cniVersion": "0.4.0", "name": "plinth-e2e", "plugins": [{"type": "bridge", "bridge": "plinth-e2e0",
+  "isGateway": true, "ipMasq": false, "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]]}},
+  {"type": "loopback"}]}`
+	if err := os.WriteFile(c.path("cni", "10-plinth-e2e.conflist"), []byte(cni), 0o600); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.10"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = %q
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+`, c.path("containerd", "root"), c.path("containerd", "state"), c.Containerd, c.RuncWrapper, c.path("cni"))
+	if err := os.WriteFile(c.path("containerd", "config.toml"), []byte(conf), 0o600); err != nil {
+		return err
+	}
+	c.Log("starting containerd")
+	if err := c.run("containerd", "containerd", "--config", c.path("containerd", "config.toml")); err != nil {
+		return err
+	}
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		return exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "version").Run() == nil, nil
+	})
+}
+
+// ImportImage loads an image tarball into containerd's Kubernetes namespace.
+func (c *Cluster) ImportImage(ctx context.Context, tarPath string) error {
+	out, err := exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "-n", "k8s.io", "images", "import", "--no-unpack=false", tarPath).CombinedOutput()
+	if err != nil {
+		// Older ctr has no --no-unpack flag.
+		out, err = exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "-n", "k8s.io", "images", "import", tarPath).CombinedOutput()
+	}
+	if err != nil {
+		return fmt.Errorf("ctr images import %s: %w: %s", tarPath, err, out)
+	}
+	return nil
+}
+
+// StartKubelet starts the kubelet and waits for the node to be Ready.
+func (c *Cluster) StartKubelet(ctx context.Context) error {
+	conf := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failSwapOn: false
+failCgroupV1: false
+cgroupDriver: cgroupfs
+containerRuntimeEndpoint: unix://%s
+address: 127.0.0.1
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: %q}}
+authorization: {mode: AlwaysAllow}
+evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%", nodefs.inodesFree: "1%%"}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+syncFrequency: 10s
+fileCheckFrequency: 5s
+volumeStatsAggPeriod: 5s
+`, c.Containerd, filepath.Join(c.path("pki"), "ca.crt"))
+	if err := os.WriteFile(c.path("kubelet", "config.yaml"), []byte(conf), 0o600); err != nil {
+		return err
+	}
+	c.Log("starting kubelet")
+	if err := c.run("kubelet", filepath.Join(c.Bin, "kubelet"), "--config="+c.path("kubelet", "config.yaml"),
+		"--kubeconfig="+c.Kubeconfig, "--hostname-override="+c.NodeName, "--node-ip=127.0.0.1",
+		"--root-dir="+KubeletDir, "--v=2"); err != nil {
+		return err
+	}
+	return c.WaitNodeReady(ctx, 2*time.Minute)
+}
+
+// StopKubelet stops the kubelet (SIGTERM, then SIGKILL) and waits for it.
+func (c *Cluster) StopKubelet() { c.stop("kubelet") }
+
+// WaitNodeReady waits until the node reports Ready.
+func (c *Cluster) WaitNodeReady(ctx context.Context, timeout time.Duration) error {
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, cond := range n.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				return cond.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("node %s not Ready: %w (see %s)", c.NodeName, err, c.path("logs", "kubelet.log"))
+	}
+	return nil
+}
+
+func (c *Cluster) stop(name string) {
+	cmd, ok := c.procs[name]
+	if !ok || cmd.Process == nil {
+		return
+	}
+	delete(c.procs, name)
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if cmd.Process.Signal(syscall.Signal(0)) != nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	time.Sleep(200 * time.Millisecond)
+}
+
+// Stop stops everything Start started and restores the host.
+func (c *Cluster) Stop() {
+	c.stop("kubelet")
+	c.killContainers()
+	for _, n := range []string{"containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
+		c.stop(n)
+	}
+	// Pod mounts (and the kubelet's bind mount of its root) and the
+	// containers' rootfs mounts.
+	unmountUnder(KubeletDir)
+	unmountUnder(c.Dir)
+	_ = exec.Command("ip", "link", "delete", "plinth-e2e0").Run()
+	for n, v := range c.sysctls {
+		_ = os.WriteFile("/proc/sys/"+n, []byte(v), 0o644)
+	}
+	if c.iptSave != nil {
+		cmd := exec.Command("iptables-restore")
+		cmd.Stdin = strings.NewReader(string(c.iptSave))
+		_ = cmd.Run()
+	}
+}
+
+// killContainers kills every container task and the shims containerd
+// started for this cluster (they outlive containerd otherwise).
+func (c *Cluster) killContainers() {
+	if c.Containerd == "" {
+		return
+	}
+	out, _ := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "ls", "-q").Output()
+	for _, id := range strings.Fields(string(out)) {
+		_ = exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+	}
+	time.Sleep(time.Second)
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		s := string(cmdline)
+		if strings.Contains(s, "containerd-shim") && strings.Contains(s, c.Containerd) {
+			var pid int
+			if _, err := fmt.Sscan(e.Name(), &pid); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+// ReapLeftovers kills what an earlier run that died without Stop (a test
+// binary killed on timeout) left running: the cluster's processes (their
+// command lines name a plinth-e2e- directory) and the containers of its
+// pods (cgroup under kubepods), then unmounts the kubelet's directory.
+func ReapLeftovers() int {
+	n := 0
+	self := os.Getpid()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil || pid == self || pid == 1 {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		cgroup, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
+		if strings.Contains(string(cmdline), "/plinth-e2e-") || strings.Contains(string(cgroup), "/kubepods") {
+			if syscall.Kill(pid, syscall.SIGKILL) == nil {
+				n++
+			}
+		}
+	}
+	if n > 0 {
+		time.Sleep(time.Second)
+	}
+	unmountUnder(KubeletDir)
+	if dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "plinth-e2e-*")); len(dirs) > 0 {
+		for _, d := range dirs {
+			unmountUnder(d)
+		}
+	}
+	return n
+}
+
+// unmountUnder unmounts every mount at or below dir, deepest first.
+func unmountUnder(dir string) {
+	for range 3 {
+		f, err := os.Open("/proc/self/mountinfo")
+		if err != nil {
+			return
+		}
+		var points []string
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			fields := strings.Fields(s.Text())
+			if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+				points = append(points, fields[4])
+			}
+		}
+		f.Close()
+		if len(points) == 0 {
+			return
+		}
+		sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+		for _, p := range points {
+			_ = syscall.Unmount(p, syscall.MNT_DETACH)
+		}
+	}
+}
+
+func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, nil
+	})
+}
+
+// Logs returns the tail of a component's log, for failure messages.
+func (c *Cluster) Logs(name string, lines int) string {
+	b, err := os.ReadFile(c.path("logs", name+".log"))
+	if err != nil {
+		return err.Error()
+	}
+	all := strings.Split(string(b), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
