@@ -70,6 +70,7 @@ bench:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd test/e2e && $(GO) vet ./...
 
 # What the tests need on a fresh Debian 12 machine.
 deps:

@@ -580,7 +580,6 @@ func killPlinth(role string) int {
 	return n
 }
 
-
 // registrations reads plinth node's plinth_kubelet_registrations_total by kind.
 func registrations(t *testing.T, ctx context.Context) map[string]float64 {
 	t.Helper()

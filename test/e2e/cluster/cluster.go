@@ -443,4 +443,3 @@ func (c *Cluster) Logs(name string, lines int) string {
 	}
 	return strings.Join(all, "\n")
 }
-
