@@ -157,8 +157,14 @@ func TestFullDisk(t *testing.T) {
 	}
 	t.Logf("on a filling disk: %d of 12 creates succeeded, the rest RESOURCE_EXHAUSTED, nothing half-made", len(created))
 
-	// Space is freed: plinth serves on.
+	// Space is freed (the filler, and the volumes that won the race, which
+	// may hold most of the pool): plinth serves on.
 	os.Remove(filler)
+	for name := range created {
+		if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: volumeIDOf(name)}); err != nil {
+			t.Fatalf("delete %s: %v", name, err)
+		}
+	}
 	if err := mk("after", 128<<20, true); err != nil {
 		t.Fatalf("create after freeing space: %v", err)
 	}
