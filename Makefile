@@ -6,12 +6,13 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build run test reliability kubelet e2e generate verify-generated unit sanity bench lint deps clean
+.PHONY: all build run test reliability kubelet e2e chart generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/plinth ./cmd/plinth
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-plinth ./cmd/kubectl-plinth
 
 # Runs plinth standalone for real: a file pool in $(RUN_ROOT)/pools/default,
 # CSI on unix://$(RUN_ROOT)/csi.sock. Ctrl-C stops it.
@@ -45,13 +46,23 @@ kubelet:
 # kube-scheduler, kubelet built from Go modules and cached by version;
 # containerd and runc from Debian), plinth installed from deploy/overlays/e2e,
 # the in-cluster scenarios. Root. About 6 minutes more on a cold cache.
-e2e:
-	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && PLINTH_CLUSTER_BIN=$$bin $(GO) test -count=1 -v -timeout 30m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+# The suite also dry-runs every render of the Helm chart against the real API
+# server and compares the chart's default render with deploy/base.
+CHART_OUT ?= /tmp/plinth-chart-renders
+e2e: chart
+	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && PLINTH_CLUSTER_BIN=$$bin PLINTH_CHART_RENDERS=$(CHART_OUT) \
+	  $(GO) test -count=1 -v -timeout 30m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+
+# helm lint and helm template of charts/plinth with each value set in
+# charts/plinth/ci, bad value sets refused by values.schema.json.
+chart:
+	rm -rf $(CHART_OUT) && ./test/chart/check.sh $(CHART_OUT)
 
 # CRDs from the Go types in pkg/apis (controller-gen).
 CONTROLLER_GEN := $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
 generate:
 	$(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=deploy/base/crds
+	rm -rf charts/plinth/crds && cp -r deploy/base/crds charts/plinth/crds
 
 verify-generated:
 	@tmp=$$(mktemp -d) && $(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=$$tmp && \

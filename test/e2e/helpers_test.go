@@ -61,19 +61,7 @@ func (e *env) plinthNode(ctx context.Context) (*v1alpha1.PlinthNode, error) {
 }
 
 func (e *env) plinthVolumes(ctx context.Context) ([]*v1alpha1.PlinthVolume, error) {
-	l, err := e.dyn().Resource(v1alpha1.VolumeResource).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, err
-	}
-	var out []*v1alpha1.PlinthVolume
-	for i := range l.Items {
-		v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](&l.Items[i])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, nil
+	return v1alpha1.List[v1alpha1.PlinthVolume](ctx, e.dyn())
 }
 
 func (e *env) pool(ctx context.Context, name string) (v1alpha1.PoolStatus, error) {

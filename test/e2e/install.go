@@ -35,6 +35,13 @@ func render(dir string) ([]byte, error) {
 // apply server-side-applies every object of a multi-document YAML stream,
 // CRDs first (and waits for them to be served).
 func apply(ctx context.Context, cfg *rest.Config, manifests []byte) error {
+	return applyOpts(ctx, cfg, manifests, false, nil)
+}
+
+// applyOpts is apply; with dryRun the API server validates every object
+// (schema, admission) and stores nothing; skip, when set, is asked about
+// kinds the API server does not serve (true: leave the object out).
+func applyOpts(ctx context.Context, cfg *rest.Config, manifests []byte, dryRun bool, skip func(kind string) bool) error {
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return err
@@ -45,15 +52,12 @@ func apply(ctx context.Context, cfg *rest.Config, manifests []byte) error {
 	}
 	cached := memory.NewMemCacheClient(dc)
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(cached)
+	objs, err := decodeAll(manifests)
+	if err != nil {
+		return err
+	}
 	var crds, rest []*unstructured.Unstructured
-	for _, doc := range bytes.Split(manifests, []byte("\n---\n")) {
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
-		u := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(doc, &u.Object); err != nil {
-			return err
-		}
+	for _, u := range objs {
 		if u.GetKind() == "CustomResourceDefinition" {
 			crds = append(crds, u)
 		} else {
@@ -63,6 +67,9 @@ func apply(ctx context.Context, cfg *rest.Config, manifests []byte) error {
 	applyOne := func(u *unstructured.Unstructured) error {
 		gvk := u.GroupVersionKind()
 		m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+		if err != nil && skip != nil && meta.IsNoMatchError(err) && skip(gvk.Kind) {
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", gvk.Kind, u.GetName(), err)
 		}
@@ -73,6 +80,9 @@ func apply(ctx context.Context, cfg *rest.Config, manifests []byte) error {
 		ri := dyn.Resource(m.Resource)
 		force := true
 		opts := metav1.PatchOptions{FieldManager: "plinth-e2e", Force: &force}
+		if dryRun {
+			opts.DryRun = []string{metav1.DryRunAll}
+		}
 		if m.Scope.Name() == meta.RESTScopeNameNamespace {
 			_, err = ri.Namespace(u.GetNamespace()).Patch(ctx, u.GetName(), types.ApplyPatchType, body, opts)
 		} else {
@@ -88,6 +98,14 @@ func apply(ctx context.Context, cfg *rest.Config, manifests []byte) error {
 			return err
 		}
 	}
+	if dryRun {
+		for _, u := range rest {
+			if err := applyOne(u); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	// Wait until the new kinds are served, then apply the rest.
 	return wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		cached.Invalidate()
@@ -102,4 +120,21 @@ func apply(ctx context.Context, cfg *rest.Config, manifests []byte) error {
 		}
 		return true, nil
 	})
+}
+
+// decodeAll decodes a multi-document YAML stream (helm's "# Source:"
+// comments and empty documents are fine).
+func decodeAll(manifests []byte) ([]*unstructured.Unstructured, error) {
+	var out []*unstructured.Unstructured
+	for _, doc := range bytes.Split(append([]byte("\n"), manifests...), []byte("\n---")) {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(doc, &u.Object); err != nil {
+			return nil, err
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		out = append(out, u)
+	}
+	return out, nil
 }

@@ -39,6 +39,7 @@ type env struct {
 	keepLogDirs bool
 	// keepKubeletDir: /var/lib/kubelet was there before.
 	keepKubeletDir bool
+	kubectlPlinth  string // the kubectl plugin, built for the tests
 }
 
 var e *env
@@ -272,6 +273,10 @@ func (e *env) buildImages(ctx context.Context, dir string) ([]string, error) {
 		return nil, err
 	}
 	if err := build(appBin, "./app", filepath.Join(e.repo, "test/e2e")); err != nil {
+		return nil, err
+	}
+	e.kubectlPlinth = filepath.Join(dir, "kubectl-plinth")
+	if err := build(e.kubectlPlinth, "./cmd/kubectl-plinth", e.repo); err != nil {
 		return nil, err
 	}
 	tools, err := images.HostTools(images.NodeTools)

@@ -250,6 +250,17 @@ func TestNoOvercommit(t *testing.T) {
 		t.Fatalf("no ProvisioningFailed event naming pool small and the sizes: %s", events(ctx, ns))
 	}
 	logf("scenario 4: a pending PVC's event: %s", why)
+	// kubectl plinth explains a pending one in the same terms.
+	for _, c := range l.Items {
+		if c.Status.Phase == corev1.ClaimPending {
+			out := kubectlPlinth(t, "why", "pvc", ns+"/"+c.Name)
+			if !strings.Contains(out, "does not fit") || !strings.Contains(out, "pool small on node "+nodeName) {
+				t.Errorf("kubectl plinth why pvc %s/%s:\n%s", ns, c.Name, out)
+			}
+			logf("scenario 4: kubectl plinth why pvc %s/%s:\n%s", ns, c.Name, out)
+			break
+		}
+	}
 	// Nothing over-committed: the node's own numbers.
 	p2, err := e.pool(ctx, "small")
 	if err != nil {
@@ -433,6 +444,7 @@ func TestGPUPods(t *testing.T) {
 	if p.Status.Phase != corev1.PodPending || !unschedulable {
 		t.Fatalf("pod asking 3 GPUs with 2 free: phase %s, conditions %+v; want Pending, unschedulable for example.com/gpu", p.Status.Phase, p.Status.Conditions)
 	}
+	checkKubectlPlinth(t, ctx)
 	for _, n := range []string{"two", "four", "three"} {
 		deletePod(t, ctx, ns, n)
 	}

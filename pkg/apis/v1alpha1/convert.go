@@ -1,7 +1,11 @@
 package v1alpha1
 
 import (
+	"context"
 	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -60,4 +64,25 @@ func PoolMode(m string) pool.Mode {
 		return pool.ModeBlock
 	}
 	return pool.ModeFilesystem
+}
+
+// List reads every PlinthVolume or PlinthNode through the dynamic client.
+func List[T PlinthVolume | PlinthNode](ctx context.Context, dyn dynamic.Interface) ([]*T, error) {
+	gvr := VolumeResource
+	if _, ok := any(new(T)).(*PlinthNode); ok {
+		gvr = NodeResource
+	}
+	l, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", gvr.Resource, err)
+	}
+	out := make([]*T, 0, len(l.Items))
+	for i := range l.Items {
+		v, err := FromUnstructured[T](&l.Items[i])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }

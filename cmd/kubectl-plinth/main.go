@@ -1,0 +1,121 @@
+// Command kubectl-plinth is the kubectl plugin (`kubectl plinth ...`): it
+// shows plinth's nodes, volumes and devices and explains why a PVC or a
+// pod is pending. Install it on PATH as kubectl-plinth.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/plinth-dev/plinth/pkg/inspect"
+)
+
+const usage = `kubectl plinth: plinth's view of the cluster.
+
+Usage:
+  kubectl plinth nodes                  pools (size, allocatable, volumes) and devices (health) per node
+  kubectl plinth volumes                every volume: claim, node, pool, capacity, phase, pods using it
+  kubectl plinth devices                devices per node and resource, and the pods holding them
+  kubectl plinth why pvc|pod NAME       why a PVC or a pod is (not) pending, in plinth's terms
+
+Flags:
+  -o table|json|yaml   output format (default table)
+  -n NAMESPACE         namespace for "why" (default: the kubeconfig's)
+  --kubeconfig FILE    (default: $KUBECONFIG or ~/.kube/config)
+  --driver-name NAME   plinth's CSI driver name (default plinth.example.com)
+`
+
+func main() {
+	fs := flag.NewFlagSet("kubectl-plinth", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	output := fs.String("o", "table", "output format: table, json or yaml")
+	namespace := fs.String("n", "", "namespace")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file")
+	driver := fs.String("driver-name", "plinth.example.com", "plinth's CSI driver name")
+	// Flags may come before or after the command.
+	var args []string
+	rest := os.Args[1:]
+	for len(rest) > 0 {
+		if err := fs.Parse(rest); err != nil {
+			os.Exit(2)
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		args = append(args, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+	if len(args) == 0 {
+		fs.Usage()
+		os.Exit(2)
+	}
+	if err := run(args, *output, *namespace, *kubeconfig, *driver); err != nil {
+		fmt.Fprintln(os.Stderr, "kubectl plinth:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, output, namespace, kubeconfig, driver string) error {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+	cfg, err := cc.ClientConfig()
+	if err != nil {
+		return err
+	}
+	if namespace == "" {
+		if namespace, _, err = cc.Namespace(); err != nil {
+			return err
+		}
+	}
+	core, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	c := &inspect.Client{Core: core, Dyn: dyn, Driver: driver}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var v any
+	switch args[0] {
+	case "nodes":
+		v, err = c.Nodes(ctx)
+	case "volumes":
+		v, err = c.Volumes(ctx)
+	case "devices":
+		v, err = c.Devices(ctx)
+	case "why":
+		if len(args) != 3 {
+			return fmt.Errorf("why pvc NAME | why pod NAME")
+		}
+		name := args[2]
+		if ns, n, ok := strings.Cut(name, "/"); ok {
+			namespace, name = ns, n
+		}
+		switch args[1] {
+		case "pvc", "persistentvolumeclaim":
+			v, err = c.WhyPVC(ctx, namespace, name)
+		case "pod":
+			v, err = c.WhyPod(ctx, namespace, name)
+		default:
+			return fmt.Errorf("why %s: explain a pvc or a pod", args[1])
+		}
+	default:
+		return fmt.Errorf("unknown command %q (nodes, volumes, devices, why)", args[0])
+	}
+	if err != nil {
+		return err
+	}
+	return inspect.Print(os.Stdout, output, v)
+}

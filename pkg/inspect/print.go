@@ -1,0 +1,81 @@
+package inspect
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Print writes v as a table (the per-kind layout), json or yaml.
+func Print(w io.Writer, format string, v any) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "yaml":
+		b, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	case "", "table", "wide":
+	default:
+		return fmt.Errorf("output format %q: want table, json or yaml", format)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	switch v := v.(type) {
+	case []NodeReport:
+		fmt.Fprintln(tw, "NODE\tPOOL\tBACKEND\tSIZE\tALLOCATABLE\tPROVISIONED\tVOLUMES\tHEALTHY\tHEARTBEAT")
+		for _, n := range v {
+			name := n.Name
+			if n.NodeGone {
+				name += " (node gone)"
+			}
+			for _, p := range n.Pools {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%t\t%s\n", name, p.Name, p.Backend, quantity(p.TotalBytes), quantity(p.AllocatableBytes),
+					quantity(p.ProvisionedBytes), p.Volumes, p.Healthy, n.Heartbeat)
+			}
+			for _, r := range n.Resources {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d devices\t%d healthy\t%d allocated\t-\t%t\t%s\n", name, r.Resource, "device", r.Devices, r.Healthy,
+					r.Allocated, r.Healthy == r.Devices, n.Heartbeat)
+			}
+		}
+	case []VolumeReport:
+		fmt.Fprintln(tw, "VOLUME\tCLAIM\tNODE\tPOOL\tMODE\tCAPACITY\tPHASE\tPODS")
+		for _, r := range v {
+			pods := strings.Join(r.Pods, ",")
+			if pods == "" {
+				pods = "<none>"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Claim, r.Node, r.Pool, r.Mode, quantity(r.CapacityBytes), r.Phase, pods)
+		}
+	case []DeviceReport:
+		fmt.Fprintln(tw, "NODE\tRESOURCE\tDEVICES\tUNHEALTHY\tFREE\tHELD BY")
+		for _, r := range v {
+			var held []string
+			for _, h := range r.Holders {
+				held = append(held, fmt.Sprintf("%s=%d", h.Pod, h.Count))
+			}
+			h := strings.Join(held, ",")
+			if h == "" {
+				h = "<none>"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", r.Node, r.Resource, len(r.Devices), len(r.Unhealthy), r.Free, h)
+		}
+	case Explanation:
+		fmt.Fprintf(tw, "%s: %s\n", v.Object, v.Status)
+		for _, r := range v.Reasons {
+			fmt.Fprintf(tw, "  - %s\n", r)
+		}
+	default:
+		return fmt.Errorf("no table for %T", v)
+	}
+	return nil
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Checks charts/plinth: helm lint with each value set in charts/plinth/ci,
+# helm template of each (written to $1 for the end-to-end suite, which
+# dry-runs them against the real API server), every bad value set in
+# test/chart/bad refused by values.schema.json, and the chart's CRDs equal
+# to deploy/base/crds (both generated from pkg/apis).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-$(mktemp -d)}
+mkdir -p "$out"
+helm=${HELM:-helm}
+chart=charts/plinth
+fail=0
+diff -r "$chart/crds" deploy/base/crds || { echo "chart CRDs differ from deploy/base/crds: run make generate"; fail=1; }
+"$helm" lint --strict --kube-version 1.37.2 "$chart" >/dev/null || { "$helm" lint --strict --kube-version 1.37.2 "$chart"; fail=1; }
+"$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system --include-crds >"$out/default.yaml"
+echo "ok   default: $(grep -c '^kind:' "$out/default.yaml") objects"
+for v in "$chart"/ci/*-values.yaml; do
+	name=$(basename "$v" -values.yaml)
+	"$helm" lint --strict --kube-version 1.37.2 "$chart" -f "$v" >/dev/null || { echo "FAIL lint $v"; "$helm" lint --strict --kube-version 1.37.2 "$chart" -f "$v"; fail=1; }
+	"$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system --include-crds -f "$v" >"$out/$name.yaml"
+	echo "ok   $name: $(grep -c '^kind:' "$out/$name.yaml") objects"
+done
+for v in test/chart/bad/*.yaml; do
+	if msg=$("$helm" template plinth "$chart" --kube-version 1.37.2 -f "$v" 2>&1 >/dev/null); then
+		echo "FAIL bad values accepted: $v"
+		fail=1
+	else
+		echo "ok   refused $(basename "$v"): $(echo "$msg" | grep -m1 -o 'at .*' || echo "$msg" | head -1)"
+	fi
+done
+exit $fail
