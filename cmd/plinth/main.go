@@ -41,26 +41,44 @@ func main() {
 		fmt.Println(version)
 	case "standalone":
 		cfg := app.StandaloneConfig{Version: version}
-		command("standalone", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
+		command("standalone", app.StandaloneConfigKind, cfg.Flags, nil, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
 	case "controller":
 		cfg := app.ControllerConfig{Version: version}
-		command("controller", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunController(ctx, cfg) })
+		command("controller", app.ControllerConfigKind, cfg.Flags, nil, cfg.Validate, func(ctx context.Context) error { return app.RunController(ctx, cfg) })
 	case "node":
 		cfg := app.NodeConfig{Version: version}
-		command("node", cfg.Flags, cfg.Validate, func(ctx context.Context) error { return app.RunNode(ctx, cfg) })
+		command("node", app.NodeConfigKind, cfg.Flags, func(dc []byte) { cfg.DeviceConfigData = dc }, cfg.Validate,
+			func(ctx context.Context) error { return app.RunNode(ctx, cfg) })
 	default:
 		fmt.Fprintf(os.Stderr, "plinth: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
 }
 
-// command parses a subcommand's flags (its own and the logging flags),
-// validates them (exit 2 naming what is wrong) and runs it until a signal.
-func command(name string, flags func(*flag.FlagSet), validate func() error, run func(context.Context) error) {
+// command parses a subcommand's flags (its own and the logging flags) and
+// its --config file (kind; the command line overrides it; deviceConfig, when
+// set, hears an inline DeviceConfig), validates them (exit 2 naming what is
+// wrong) and runs it until a signal.
+func command(name, kind string, flags func(*flag.FlagSet), deviceConfig func([]byte), validate func() error, run func(context.Context) error) {
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
 	logs := logFlags(fs)
 	flags(fs)
+	configFile := fs.String("config", "", "configuration file (apiVersion "+app.ConfigAPIVersion+", kind "+kind+"); flags given on the command line override it")
 	_ = fs.Parse(os.Args[2:])
+	if *configFile != "" {
+		dc, err := app.ApplyConfigFile(fs, *configFile, kind)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "plinth %s: %v\n", name, err)
+			os.Exit(2)
+		}
+		if dc != nil {
+			if deviceConfig == nil {
+				fmt.Fprintf(os.Stderr, "plinth %s: config file %s: field \"deviceConfig\": unknown field\n", name, *configFile)
+				os.Exit(2)
+			}
+			deviceConfig(dc)
+		}
+	}
 	if err := errors.Join(logsapi.ValidateAndApply(logs, nil), validate()); err != nil {
 		fmt.Fprintf(os.Stderr, "plinth %s: %v\n", name, err)
 		os.Exit(2)

@@ -37,7 +37,10 @@ type NodeConfig struct {
 	KubeletDir   string
 	ProcRoot     string
 	DeviceConfig string // path of a DeviceConfig file ("" for the defaults)
-	CDIDir       string // "" writes no CDI specs
+	// DeviceConfigData is a DeviceConfig given inline in the configuration
+	// file (used when DeviceConfig is empty).
+	DeviceConfigData []byte
+	CDIDir           string // "" writes no CDI specs
 	// HealthInterval and RecoverAfter override the file's health settings
 	// when set.
 	HealthInterval, RecoverAfter time.Duration
@@ -114,10 +117,15 @@ func (c *NodeConfig) Validate() error {
 // flags applied over it.
 func (c *NodeConfig) deviceConfig() (device.Config, error) {
 	cfg := device.DefaultConfig()
-	if c.DeviceConfig != "" {
-		var err error
+	var err error
+	switch {
+	case c.DeviceConfig != "":
 		if cfg, err = device.LoadConfig(c.DeviceConfig); err != nil {
 			return device.Config{}, err
+		}
+	case c.DeviceConfigData != nil:
+		if cfg, err = device.ParseConfig(c.DeviceConfigData); err != nil {
+			return device.Config{}, fmt.Errorf("deviceConfig in the configuration file: %w", err)
 		}
 	}
 	if c.HealthInterval != 0 {

@@ -306,6 +306,30 @@ func reasonOf(err error) string {
 	return v1alpha1.ReasonError
 }
 
+// deviceEvents records an event on the Node for every device whose health
+// changed since the last status (and for unhealthy ones at the first).
+func (r *Reconciler) deviceEvents(devs []v1alpha1.DeviceStatus) {
+	if r.Events == nil {
+		return
+	}
+	before := map[string]bool{}
+	if r.lastStatus != nil {
+		for _, d := range r.lastStatus.Devices {
+			before[d.Resource+"/"+d.ID] = d.Healthy
+		}
+	}
+	node := &v1.ObjectReference{Kind: "Node", Name: r.NodeName, UID: types.UID(r.NodeName)}
+	for _, d := range devs {
+		was, seen := before[d.Resource+"/"+d.ID]
+		switch {
+		case !d.Healthy && (!seen || was):
+			r.Events.Eventf(node, v1.EventTypeWarning, "DeviceUnhealthy", "%s device %s is unhealthy: not advertised to the kubelet until it recovers", d.Resource, d.ID)
+		case d.Healthy && seen && !was:
+			r.Events.Eventf(node, v1.EventTypeNormal, "DeviceHealthy", "%s device %s is healthy again", d.Resource, d.ID)
+		}
+	}
+}
+
 // publishAfter makes sure a status that read the pools after t is out:
 // creates finishing together share one write.
 func (r *Reconciler) publishAfter(ctx context.Context, t time.Time) error {
@@ -341,6 +365,7 @@ func (r *Reconciler) PublishStatus(ctx context.Context, force bool) error {
 	if r.Devices != nil {
 		st.Devices = r.Devices()
 		st.DeviceCount = len(st.Devices)
+		r.deviceEvents(st.Devices)
 	}
 	if !force && r.lastStatus != nil && reflect.DeepEqual(*r.lastStatus, st) && time.Since(r.lastWrite) < r.StatusInterval {
 		return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
@@ -119,5 +121,32 @@ func TestReconcile(t *testing.T) {
 	waitFor("pv-a finalizer dropped", func() bool { v := get("pv-a"); return v == nil || len(v.Finalizers) == 0 })
 	if _, err := local.Volume(ctx, "pv-a"); err == nil {
 		t.Fatal("pv-a's storage is still there")
+	}
+}
+
+// A device's health changes become events on the Node.
+func TestDeviceEvents(t *testing.T) {
+	rec := record.NewFakeRecorder(10)
+	r := &Reconciler{NodeName: "n1", Events: rec}
+	gpu := func(healthy bool) []v1alpha1.DeviceStatus {
+		return []v1alpha1.DeviceStatus{{Resource: "example.com/gpu", ID: "0000:18:00.0", Healthy: healthy}, {Resource: "example.com/gpu", ID: "0000:3b:00.0", Healthy: true}}
+	}
+	r.deviceEvents(gpu(true))
+	if len(rec.Events) != 0 {
+		t.Fatalf("healthy at start: %d events", len(rec.Events))
+	}
+	r.lastStatus = &v1alpha1.NodeStatus{Devices: gpu(true)}
+	r.deviceEvents(gpu(false))
+	if ev := <-rec.Events; !strings.Contains(ev, "DeviceUnhealthy") || !strings.Contains(ev, "0000:18:00.0") {
+		t.Fatalf("event %q", ev)
+	}
+	r.lastStatus = &v1alpha1.NodeStatus{Devices: gpu(false)}
+	r.deviceEvents(gpu(false))
+	if len(rec.Events) != 0 {
+		t.Fatal("an unchanged unhealthy device was reported again")
+	}
+	r.deviceEvents(gpu(true))
+	if ev := <-rec.Events; !strings.Contains(ev, "DeviceHealthy") {
+		t.Fatalf("event %q", ev)
 	}
 }

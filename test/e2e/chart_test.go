@@ -128,3 +128,22 @@ func TestChartAgreesWithKustomize(t *testing.T) {
 		}
 	}
 }
+
+// TestKustomizeOverlays: deploy/base and its storage-only and devices-only
+// overlays render and pass the API server's validation (dry run).
+func TestKustomizeOverlays(t *testing.T) {
+	need(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ns := namespace(t, ctx, "plinth-kustomize-check")
+	for _, dir := range []string{"deploy/base", "deploy/overlays/storage", "deploy/overlays/devices"} {
+		b, err := render(filepath.Join(e.repo, dir))
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		b = bytes.ReplaceAll(b, []byte("namespace: plinth-system"), []byte("namespace: "+ns))
+		if err := applyOpts(ctx, e.cfg, b, true, nil); err != nil {
+			t.Errorf("%s: %v", dir, err)
+		}
+	}
+}
