@@ -18,10 +18,7 @@ import (
 // defaulting, admission.
 func TestChartRenders(t *testing.T) {
 	need(t)
-	dir := os.Getenv("PLINTH_CHART_RENDERS")
-	if dir == "" {
-		t.Skip("PLINTH_CHART_RENDERS is not set: make e2e renders the chart with helm (test/chart/check.sh) and sets it")
-	}
+	dir := chartRenders(t)
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no renders in %s: %v", dir, err)
@@ -59,10 +56,7 @@ func TestChartRenders(t *testing.T) {
 // install the same thing where they must agree: the CRDs, the CSIDriver,
 // the RBAC rules, the StorageClass, and the pods' privileges and host paths.
 func TestChartAgreesWithKustomize(t *testing.T) {
-	dir := os.Getenv("PLINTH_CHART_RENDERS")
-	if dir == "" {
-		t.Skip("PLINTH_CHART_RENDERS is not set: make e2e renders the chart with helm (test/chart/check.sh) and sets it")
-	}
+	dir := chartRenders(t)
 	chartYAML, err := os.ReadFile(filepath.Join(dir, "default.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -146,4 +140,15 @@ func TestKustomizeOverlays(t *testing.T) {
 			t.Errorf("%s: %v", dir, err)
 		}
 	}
+}
+
+// chartRenders is the directory of the chart's renders (make e2e sets it),
+// or skips the test.
+func chartRenders(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("PLINTH_CHART_RENDERS")
+	if dir == "" {
+		t.Skip("PLINTH_CHART_RENDERS is not set: make e2e renders the chart with helm (test/chart/check.sh) and sets it")
+	}
+	return dir
 }
