@@ -306,6 +306,36 @@ func reasonOf(err error) string {
 	return v1alpha1.ReasonError
 }
 
+// poolHealth is implemented by volume.LocalNode: pools that cannot be read
+// are reported unhealthy instead of failing the whole status.
+type poolHealth interface {
+	PoolHealth(ctx context.Context) []volume.PoolHealth
+}
+
+// poolEvents records an event on the Node when a pool becomes unreadable
+// or readable again.
+func (r *Reconciler) poolEvents(pools []v1alpha1.PoolStatus) {
+	if r.Events == nil {
+		return
+	}
+	before := map[string]bool{}
+	if r.lastStatus != nil {
+		for _, p := range r.lastStatus.Pools {
+			before[p.Name] = p.Healthy
+		}
+	}
+	node := &v1.ObjectReference{Kind: "Node", Name: r.NodeName, UID: types.UID(r.NodeName)}
+	for _, p := range pools {
+		was, seen := before[p.Name]
+		switch {
+		case !p.Healthy && (!seen || was):
+			r.Events.Eventf(node, v1.EventTypeWarning, "PoolUnhealthy", "pool %s cannot be read: %s; no new volumes are placed on it", p.Name, p.Message)
+		case p.Healthy && seen && !was:
+			r.Events.Eventf(node, v1.EventTypeNormal, "PoolHealthy", "pool %s is readable again", p.Name)
+		}
+	}
+}
+
 // deviceEvents records an event on the Node for every device whose health
 // changed since the last status (and for unhealthy ones at the first).
 func (r *Reconciler) deviceEvents(devs []v1alpha1.DeviceStatus) {
@@ -349,9 +379,21 @@ func (r *Reconciler) PublishStatus(ctx context.Context, force bool) error {
 	defer r.statusMu.Unlock()
 	read := time.Now()
 	st := v1alpha1.NodeStatus{Version: r.Version}
-	infos, err := r.Local.Pools(ctx)
-	if err != nil {
-		return err
+	var infos []volume.PoolInfo
+	var failed []volume.PoolHealth
+	if h, ok := r.Local.(poolHealth); ok {
+		for _, ph := range h.PoolHealth(ctx) {
+			if ph.Err != nil {
+				failed = append(failed, ph)
+				continue
+			}
+			infos = append(infos, volume.PoolInfo{Name: ph.Name, Backend: ph.Backend, Capabilities: ph.Capabilities, Stats: ph.Stats})
+		}
+	} else {
+		var err error
+		if infos, err = r.Local.Pools(ctx); err != nil {
+			return err
+		}
 	}
 	for _, pi := range infos {
 		st.Pools = append(st.Pools, v1alpha1.PoolStatus{
@@ -361,6 +403,10 @@ func (r *Reconciler) PublishStatus(ctx context.Context, force bool) error {
 			ProvisionedBytes: pi.Stats.ProvisionedBytes, Volumes: pi.Stats.Volumes, Healthy: true,
 		})
 	}
+	for _, ph := range failed {
+		st.Pools = append(st.Pools, v1alpha1.PoolStatus{Name: ph.Name, Backend: ph.Backend, Healthy: false, Message: ph.Err.Error()})
+	}
+	r.poolEvents(st.Pools)
 	st.PoolCount = len(st.Pools)
 	if r.Devices != nil {
 		st.Devices = r.Devices()

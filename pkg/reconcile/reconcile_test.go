@@ -150,3 +150,46 @@ func TestDeviceEvents(t *testing.T) {
 		t.Fatalf("event %q", ev)
 	}
 }
+
+// A pool that cannot be read is published unhealthy (the controller places
+// nothing on it) with an event; the others are published as usual.
+func TestUnreadablePool(t *testing.T) {
+	good, err := file.New(file.Config{Name: "good", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	badDir := t.TempDir()
+	bad, err := file.New(file.Config{Name: "bad", Dir: badDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(badDir); err != nil { // statfs of the pool now fails
+		t.Fatal(err)
+	}
+	local, err := volume.NewLocalNode(good, bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList"})
+	rec := record.NewFakeRecorder(10)
+	r := &Reconciler{NodeName: "n1", Local: local, Dyn: dyn, Core: fake.NewSimpleClientset(), Events: rec, StatusInterval: time.Hour}
+	if err := r.PublishStatus(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	u, err := dyn.Resource(v1alpha1.NodeResource).Get(context.Background(), "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
+	health := map[string]bool{}
+	for _, p := range n.Status.Pools {
+		health[p.Name] = p.Healthy
+	}
+	if len(health) != 2 || !health["good"] || health["bad"] {
+		t.Fatalf("pools %+v: want good healthy, bad unhealthy", n.Status.Pools)
+	}
+	if ev := <-rec.Events; !strings.Contains(ev, "PoolUnhealthy") || !strings.Contains(ev, "pool bad") {
+		t.Fatalf("event %q", ev)
+	}
+}

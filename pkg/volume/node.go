@@ -203,3 +203,23 @@ func (n *LocalNode) Snapshots(ctx context.Context) ([]pool.Snapshot, error) {
 	}
 	return out, nil
 }
+
+// PoolHealth is one pool's stats, or why they could not be read.
+type PoolHealth struct {
+	Name         string
+	Backend      string
+	Capabilities pool.Capabilities
+	Stats        pool.Stats
+	Err          error
+}
+
+// PoolHealth reads every pool; unlike Pools it does not fail as a whole
+// when one pool cannot be read.
+func (n *LocalNode) PoolHealth(ctx context.Context) []PoolHealth {
+	out := make([]PoolHealth, 0, len(n.pools))
+	for _, p := range n.pools {
+		st, err := p.Stats(ctx)
+		out = append(out, PoolHealth{Name: p.Name(), Backend: p.Backend(), Capabilities: p.Capabilities(), Stats: st, Err: err})
+	}
+	return out
+}

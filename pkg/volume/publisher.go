@@ -387,19 +387,5 @@ func (p *Publisher) Lookup(ctx context.Context, id string) (pool.Pool, pool.Volu
 	return p.node.PoolOfVolume(ctx, id)
 }
 
-// PoolHealth is one pool's stats, or why they could not be read.
-type PoolHealth struct {
-	Name  string
-	Stats pool.Stats
-	Err   error
-}
-
 // PoolHealth reads every pool of the node.
-func (p *Publisher) PoolHealth(ctx context.Context) []PoolHealth {
-	var out []PoolHealth
-	for _, pl := range p.node.pools {
-		st, err := pl.Stats(ctx)
-		out = append(out, PoolHealth{Name: pl.Name(), Stats: st, Err: err})
-	}
-	return out
-}
+func (p *Publisher) PoolHealth(ctx context.Context) []PoolHealth { return p.node.PoolHealth(ctx) }
