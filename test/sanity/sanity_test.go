@@ -6,10 +6,14 @@ package sanity
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
@@ -83,11 +87,13 @@ func TestSanityConfig(t *testing.T) {
 	backing := testenv.Filesystem(t, c.backingFs, 8<<30)
 	root := t.TempDir()
 	poolDir := filepath.Join(backing, "pool")
+	metricsAddr := freeAddr(t)
 	sock := testenv.Standalone(t, app.StandaloneConfig{CSIConfig: app.CSIConfig{
-		Endpoint:     "unix://" + filepath.Join(root, "csi.sock"),
-		Root:         filepath.Join(root, "state"),
-		Pools:        []app.PoolSpec{{Name: "p1", Backend: c.backend, Dir: poolDir, FsType: c.fsType}},
-		AllowedPaths: []string{root},
+		Endpoint:       "unix://" + filepath.Join(root, "csi.sock"),
+		Root:           filepath.Join(root, "state"),
+		Pools:          []app.PoolSpec{{Name: "p1", Backend: c.backend, Dir: poolDir, FsType: c.fsType}},
+		AllowedPaths:   []string{root},
+		MetricsAddress: metricsAddr,
 	}})
 	mnt := filepath.Join(root, "mnt")
 	cfg := sanity.NewTestConfig()
@@ -118,4 +124,44 @@ func TestSanityConfig(t *testing.T) {
 	}
 	fmt.Fprintf(os.Stderr, "csi-sanity config %s: pool on %s (%s backend)\n", name, poolDir, c.backend)
 	sanity.Test(t, cfg)
+	checkMetricsAfterSanity(t, metricsAddr)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// checkMetricsAfterSanity: after the whole csi-sanity run, /metrics holds
+// latency histograms of the calls it made, by method and code, failed
+// calls (the sanity suite's bad requests) among them.
+func checkMetricsAfterSanity(t *testing.T, addr string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := string(b)
+	for _, want := range []string{
+		`plinth_csi_operation_duration_seconds_bucket{code="OK",method="CreateVolume",le="+Inf"}`,
+		`plinth_csi_operation_duration_seconds_bucket{code="OK",method="NodeStageVolume",le="+Inf"}`,
+		`plinth_csi_operation_duration_seconds_bucket{code="OK",method="NodePublishVolume",le="+Inf"}`,
+		`plinth_csi_operation_duration_seconds_bucket{code="InvalidArgument",method="CreateVolume",le="+Inf"}`,
+		`plinth_csi_operation_duration_seconds_bucket{code="InvalidArgument",method="NodeStageVolume",le="+Inf"}`,
+		`plinth_pool_allocatable_bytes{backend=`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics after csi-sanity lacks %s", want)
+		}
+	}
 }
