@@ -228,6 +228,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		}
 		if m != nil {
 			m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
+			m.AddLiveCheck("device-plugin-sockets", mgr.Alive)
 		}
 		devices = func() []v1alpha1.DeviceStatus {
 			var out []v1alpha1.DeviceStatus

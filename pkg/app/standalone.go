@@ -8,6 +8,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"net"
 	"os"
 	"path/filepath"
@@ -298,6 +301,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *volume.Lo
 			return err
 		}
 		m.AddReadyCheck("pools", ready)
+		m.AddLiveCheck("csi-grpc", func(ctx context.Context) error { return probeCSI(ctx, sock) })
 		m.AddReadyCheck("csi-socket", func(context.Context) error {
 			conn, err := net.Dial("unix", sock)
 			if err != nil {
@@ -308,4 +312,18 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *volume.Lo
 	}
 	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(c.Pools), "controller", withController)
 	return csi.Serve(ctx, sock, svcs, 10*time.Second)
+}
+
+// probeCSI calls Identity.Probe on the CSI socket: the liveness of the
+// gRPC server itself, not just of the process.
+func probeCSI(ctx context.Context, sock string) error {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	_, err = csipb.NewIdentityClient(conn).Probe(ctx, &csipb.ProbeRequest{})
+	return err
 }

@@ -279,3 +279,19 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// Alive dials every plugin socket the manager serves: the liveness of the
+// gRPC servers the kubelet talks to.
+func (m *Manager) Alive(ctx context.Context) error {
+	var d net.Dialer
+	var errs []error
+	for _, s := range m.plugins {
+		conn, err := d.DialContext(ctx, "unix", s.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.res.Name, err))
+			continue
+		}
+		conn.Close()
+	}
+	return errors.Join(errs...)
+}

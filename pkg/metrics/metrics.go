@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"sync"
@@ -30,11 +31,12 @@ type Metrics struct {
 
 	mu     sync.Mutex
 	checks map[string]func(context.Context) error
+	live   map[string]func(context.Context) error
 }
 
 // New returns Metrics with Go and process collectors registered.
 func New() *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry(), checks: map[string]func(context.Context) error{}}
+	m := &Metrics{reg: prometheus.NewRegistry(), checks: map[string]func(context.Context) error{}, live: map[string]func(context.Context) error{}}
 	m.csiCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "plinth_csi_operations_total", Help: "CSI calls served, by method and gRPC code.",
 	}, []string{"method", "code"})
@@ -86,20 +88,33 @@ func (m *Metrics) AddReadyCheck(name string, check func(context.Context) error) 
 	m.checks[name] = check
 }
 
-// Handler serves /metrics, /healthz (the process answers) and /readyz
-// (every ready check passes; the failures are listed).
+// AddLiveCheck adds a named check that /healthz runs (the liveness probe:
+// a failure means the process should be restarted, e.g. a gRPC socket that
+// no longer answers).
+func (m *Metrics) AddLiveCheck(name string, check func(context.Context) error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.live[name] = check
+}
+
+// Handler serves /metrics, /healthz (every live check passes) and /readyz
+// (every ready check passes); failures are listed.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/healthz", m.runChecks(func() map[string]func(context.Context) error { return m.live }))
+	mux.HandleFunc("/readyz", m.runChecks(func() map[string]func(context.Context) error { return m.checks }))
+	return mux
+}
+
+// runChecks answers ok when every check of the set passes, 503 listing the
+// failures otherwise.
+func (m *Metrics) runChecks(set func() map[string]func(context.Context) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
 		m.mu.Lock()
-		checks := make(map[string]func(context.Context) error, len(m.checks))
-		for k, v := range m.checks {
-			checks[k] = v
-		}
+		checks := maps.Clone(set())
 		m.mu.Unlock()
 		var failed []error
 		for name, check := range checks {
@@ -112,8 +127,7 @@ func (m *Metrics) Handler() http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ok")
-	})
-	return mux
+	}
 }
 
 // Serve serves Handler on addr (host:port) until ctx ends.
