@@ -14,6 +14,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
@@ -63,6 +64,17 @@ func NewCluster(dyn dynamic.Interface, factory dynamicinformer.DynamicSharedInfo
 		reserved: map[string]reservation{},
 		changed:  make(chan struct{}),
 	}
+	// Volume objects by node label: finding a node's volumes (its
+	// reservations, whether it still holds any) reads only those.
+	if err := c.volumes.AddIndexers(cache.Indexers{byNode: func(obj any) ([]string, error) {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return nil, nil
+		}
+		return []string{u.GetLabels()[v1alpha1.LabelNode]}, nil
+	}}); err != nil {
+		return nil, err
+	}
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.notify() },
 		UpdateFunc: func(any, any) { c.notify() },
@@ -95,6 +107,8 @@ func (c *Cluster) notify() {
 
 var _ volume.NodeSet = (*Cluster)(nil)
 
+const byNode = "node"
+
 // NodeIDs implements volume.NodeSet: every node with a PlinthNode or a
 // volume object, so that volumes on a lost node are still found.
 func (c *Cluster) NodeIDs() []string {
@@ -102,8 +116,10 @@ func (c *Cluster) NodeIDs() []string {
 	for _, key := range c.nodes.GetStore().ListKeys() {
 		seen[key] = true
 	}
-	for _, v := range c.Volumes() {
-		seen[v.Spec.NodeName] = true
+	for _, n := range c.volumes.GetIndexer().ListIndexFuncValues(byNode) {
+		if n != "" {
+			seen[n] = true
+		}
 	}
 	ids := make([]string, 0, len(seen))
 	for id := range seen {
@@ -115,12 +131,25 @@ func (c *Cluster) NodeIDs() []string {
 
 // Node implements volume.NodeSet.
 func (c *Cluster) Node(id string) (volume.Node, bool) {
-	for _, n := range c.NodeIDs() {
-		if n == id {
-			return &remoteNode{c: c, name: id}, true
-		}
+	if _, ok, _ := c.nodes.GetStore().GetByKey(id); ok {
+		return &remoteNode{c: c, name: id}, true
+	}
+	if objs, _ := c.volumes.GetIndexer().ByIndex(byNode, id); len(objs) > 0 {
+		return &remoteNode{c: c, name: id}, true
 	}
 	return nil, false
+}
+
+// nodeVolumes returns the volume objects labelled with node.
+func (c *Cluster) nodeVolumes(node string) []*v1alpha1.PlinthVolume {
+	objs, _ := c.volumes.GetIndexer().ByIndex(byNode, node)
+	out := make([]*v1alpha1.PlinthVolume, 0, len(objs))
+	for _, obj := range objs {
+		if v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](obj); err == nil {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 // PlinthNode returns the node object named name from the cache.
@@ -184,7 +213,7 @@ func pending(v *v1alpha1.PlinthVolume) bool {
 func (c *Cluster) reservedBytes(node, poolName string) int64 {
 	var total int64
 	counted := map[string]bool{}
-	for _, v := range c.Volumes() {
+	for _, v := range c.nodeVolumes(node) {
 		if v.Spec.NodeName == node && v.Spec.Pool == poolName && pending(v) {
 			total += v.Spec.CapacityBytes
 			counted[v.Name] = true

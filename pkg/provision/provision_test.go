@@ -213,13 +213,13 @@ func TestAnswer(t *testing.T) {
 	p := &Provisioner{Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node"}
 	opts := controller.ProvisionOptions{StorageClass: &storagev1.StorageClass{}, PVName: "pvc-1", SelectedNodeName: "n1",
 		PVC: &v1.PersistentVolumeClaim{Spec: v1.PersistentVolumeClaimSpec{AccessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce}}}}
-	if _, state, _ := p.answer(context.Background(), opts, volume.CreateRequest{}, volume.Placed{}, pool.ErrNoSpace); state != controller.ProvisioningReschedule {
+	if _, state, _ := p.answer(context.Background(), opts, volume.Placed{}, pool.ErrNoSpace); state != controller.ProvisioningReschedule {
 		t.Errorf("no space on the selected node: %s", state)
 	}
-	if _, state, _ := p.answer(context.Background(), opts, volume.CreateRequest{}, volume.Placed{}, ErrInProgress); state != controller.ProvisioningInBackground {
+	if _, state, _ := p.answer(context.Background(), opts, volume.Placed{}, ErrInProgress); state != controller.ProvisioningInBackground {
 		t.Errorf("in progress: %s", state)
 	}
-	pv, state, err := p.answer(context.Background(), opts, volume.CreateRequest{}, volume.Placed{Node: "n1",
+	pv, state, err := p.answer(context.Background(), opts, volume.Placed{Node: "n1",
 		Volume: pool.Volume{ID: "pv-1", Pool: "fast", CapacityBytes: 5 * mi, Mode: pool.ModeFilesystem, FsType: "xfs"}}, nil)
 	if err != nil || state != controller.ProvisioningFinished {
 		t.Fatal(state, err)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -124,18 +123,19 @@ func (p *Provisioner) allowedNodes(terms []v1.TopologySelectorTerm) (map[string]
 
 // Provision implements controller.Provisioner.
 func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
-	logger := klog.FromContext(ctx).WithValues("pvc", klog.KObj(opts.PVC), "pv", opts.PVName)
+	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("pvc", klog.KObj(opts.PVC), "pv", opts.PVName))
 	req, err := p.request(opts)
 	if err != nil {
 		return nil, controller.ProvisioningFinished, err
 	}
+	var placed volume.Placed
 	if len(req.Nodes) > 1 {
 		// allowedTopologies without a scheduler's choice: best fit among them.
-		placed, err := p.createAmong(ctx, req)
-		return p.answer(ctx, opts, req, placed, err)
+		placed, err = p.createAmong(ctx, req)
+	} else {
+		placed, err = p.Controller.CreateVolume(ctx, req)
 	}
-	placed, err := p.Controller.CreateVolume(ctx, req)
-	return p.answer(klog.NewContext(ctx, logger), opts, req, placed, err)
+	return p.answer(ctx, opts, placed, err)
 }
 
 // createAmong places a volume on the best-fitting of several allowed nodes.
@@ -162,7 +162,7 @@ func (p *Provisioner) createAmong(ctx context.Context, req volume.CreateRequest)
 	return p.Controller.CreateVolume(ctx, req)
 }
 
-func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptions, req volume.CreateRequest, placed volume.Placed, err error) (*v1.PersistentVolume, controller.ProvisioningState, error) {
+func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptions, placed volume.Placed, err error) (*v1.PersistentVolume, controller.ProvisioningState, error) {
 	switch {
 	case err == nil:
 	case errors.Is(err, ErrInProgress):
@@ -209,7 +209,6 @@ func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptio
 		},
 	}
 	klog.FromContext(ctx).V(2).Info("Provisioned", "node", placed.Node, "pool", v.Pool, "volumeID", v.ID, "capacity", v.CapacityBytes)
-	_ = req
 	return pv, controller.ProvisioningFinished, nil
 }
 
@@ -227,9 +226,4 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 		p.Events.Event(pv, v1.EventTypeWarning, "VolumeInUse", err.Error())
 	}
 	return err
-}
-
-// ownerOf splits namespace/name.
-func ownerOf(s string) (namespace, name string, ok bool) {
-	return strings.Cut(s, "/")
 }

@@ -201,7 +201,7 @@ func (n *remoteNode) Volume(_ context.Context, id string) (pool.Volume, error) {
 
 func (n *remoteNode) Volumes(context.Context) ([]pool.Volume, error) {
 	var out []pool.Volume
-	for _, v := range n.c.Volumes() {
+	for _, v := range n.c.nodeVolumes(n.name) {
 		if v.Spec.NodeName == n.name {
 			out = append(out, toVolume(v))
 		}

@@ -312,50 +312,65 @@ type poolHealth interface {
 	PoolHealth(ctx context.Context) []volume.PoolHealth
 }
 
+// health is one thing whose health the Node's events follow.
+type health struct {
+	key        string // stable across statuses
+	healthy    bool
+	sick, well string // the event messages
+}
+
 // poolEvents records an event on the Node when a pool becomes unreadable
 // or readable again.
 func (r *Reconciler) poolEvents(pools []v1alpha1.PoolStatus) {
-	if r.Events == nil {
-		return
-	}
-	before := map[string]bool{}
+	var before, now []health
 	if r.lastStatus != nil {
 		for _, p := range r.lastStatus.Pools {
-			before[p.Name] = p.Healthy
+			before = append(before, health{key: p.Name, healthy: p.Healthy})
 		}
 	}
-	node := &v1.ObjectReference{Kind: "Node", Name: r.NodeName, UID: types.UID(r.NodeName)}
 	for _, p := range pools {
-		was, seen := before[p.Name]
-		switch {
-		case !p.Healthy && (!seen || was):
-			r.Events.Eventf(node, v1.EventTypeWarning, "PoolUnhealthy", "pool %s cannot be read: %s; no new volumes are placed on it", p.Name, p.Message)
-		case p.Healthy && seen && !was:
-			r.Events.Eventf(node, v1.EventTypeNormal, "PoolHealthy", "pool %s is readable again", p.Name)
-		}
+		now = append(now, health{key: p.Name, healthy: p.Healthy,
+			sick: fmt.Sprintf("pool %s cannot be read: %s; no new volumes are placed on it", p.Name, p.Message),
+			well: fmt.Sprintf("pool %s is readable again", p.Name)})
 	}
+	r.healthEvents("Pool", before, now)
 }
 
 // deviceEvents records an event on the Node for every device whose health
 // changed since the last status (and for unhealthy ones at the first).
 func (r *Reconciler) deviceEvents(devs []v1alpha1.DeviceStatus) {
+	var before, now []health
+	if r.lastStatus != nil {
+		for _, d := range r.lastStatus.Devices {
+			before = append(before, health{key: d.Resource + "/" + d.ID, healthy: d.Healthy})
+		}
+	}
+	for _, d := range devs {
+		now = append(now, health{key: d.Resource + "/" + d.ID, healthy: d.Healthy,
+			sick: fmt.Sprintf("%s device %s is unhealthy: not advertised to the kubelet until it recovers", d.Resource, d.ID),
+			well: fmt.Sprintf("%s device %s is healthy again", d.Resource, d.ID)})
+	}
+	r.healthEvents("Device", before, now)
+}
+
+// healthEvents records <kind>Unhealthy for what is unhealthy now and was
+// healthy (or unknown) before, and <kind>Healthy for what recovered.
+func (r *Reconciler) healthEvents(kind string, before, now []health) {
 	if r.Events == nil {
 		return
 	}
-	before := map[string]bool{}
-	if r.lastStatus != nil {
-		for _, d := range r.lastStatus.Devices {
-			before[d.Resource+"/"+d.ID] = d.Healthy
-		}
+	was := map[string]bool{}
+	for _, h := range before {
+		was[h.key] = h.healthy
 	}
 	node := &v1.ObjectReference{Kind: "Node", Name: r.NodeName, UID: types.UID(r.NodeName)}
-	for _, d := range devs {
-		was, seen := before[d.Resource+"/"+d.ID]
+	for _, h := range now {
+		prev, seen := was[h.key]
 		switch {
-		case !d.Healthy && (!seen || was):
-			r.Events.Eventf(node, v1.EventTypeWarning, "DeviceUnhealthy", "%s device %s is unhealthy: not advertised to the kubelet until it recovers", d.Resource, d.ID)
-		case d.Healthy && seen && !was:
-			r.Events.Eventf(node, v1.EventTypeNormal, "DeviceHealthy", "%s device %s is healthy again", d.Resource, d.ID)
+		case !h.healthy && (!seen || prev):
+			r.Events.Event(node, v1.EventTypeWarning, kind+"Unhealthy", h.sick)
+		case h.healthy && seen && !prev:
+			r.Events.Event(node, v1.EventTypeNormal, kind+"Healthy", h.well)
 		}
 	}
 }

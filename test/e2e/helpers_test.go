@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 )
@@ -50,10 +49,8 @@ func (e *env) waitPlinth(ctx context.Context) error {
 	})
 }
 
-func (e *env) dyn() dynamic.Interface { return dynamic.NewForConfigOrDie(e.cfg) }
-
 func (e *env) plinthNode(ctx context.Context) (*v1alpha1.PlinthNode, error) {
-	u, err := e.dyn().Resource(v1alpha1.NodeResource).Get(ctx, nodeName, metav1.GetOptions{})
+	u, err := e.dynamic.Resource(v1alpha1.NodeResource).Get(ctx, nodeName, metav1.GetOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -61,7 +58,7 @@ func (e *env) plinthNode(ctx context.Context) (*v1alpha1.PlinthNode, error) {
 }
 
 func (e *env) plinthVolumes(ctx context.Context) ([]*v1alpha1.PlinthVolume, error) {
-	return v1alpha1.List[v1alpha1.PlinthVolume](ctx, e.dyn())
+	return v1alpha1.List[v1alpha1.PlinthVolume](ctx, e.dynamic)
 }
 
 func (e *env) pool(ctx context.Context, name string) (v1alpha1.PoolStatus, error) {

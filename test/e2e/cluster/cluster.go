@@ -364,7 +364,9 @@ func (c *Cluster) killContainers() {
 // ReapLeftovers kills what an earlier run that died without Stop (a test
 // binary killed on timeout) left running: the cluster's processes (their
 // command lines name a plinth-e2e- directory) and the containers of its
-// pods (cgroup under kubepods), then unmounts the kubelet's directory.
+// pods (their root filesystem is an overlay in that directory: another
+// kubelet's pods on the machine are left alone), then unmounts the
+// kubelet's directory.
 func ReapLeftovers() int {
 	n := 0
 	self := os.Getpid()
@@ -375,8 +377,13 @@ func ReapLeftovers() int {
 			continue
 		}
 		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		cgroup, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if strings.Contains(string(cmdline), "/plinth-e2e-") || strings.Contains(string(cgroup), "/kubepods") {
+		ours := strings.Contains(string(cmdline), "/plinth-e2e-")
+		if !ours {
+			mounts, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "mountinfo"))
+			root, _, _ := strings.Cut(string(mounts), "\n") // the root mount comes first
+			ours = strings.Contains(root, "/plinth-e2e-")
+		}
+		if ours {
 			if syscall.Kill(pid, syscall.SIGKILL) == nil {
 				n++
 			}
