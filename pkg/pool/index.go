@@ -25,7 +25,9 @@ type Index struct {
 }
 
 // OpenIndex creates volDir and snapDir if needed, removes leftovers of
-// interrupted atomic writes and loads every record.
+// interrupted atomic writes and loads every record. Snapshot records from
+// before plinth recorded a snapshot's mode get it from their source volume
+// where they can (inheritModes).
 func OpenIndex(volDir, snapDir string) (*Index, error) {
 	x := &Index{volDir: volDir, snapDir: snapDir, volumes: map[string]Volume{}, snapshots: map[string]Snapshot{}}
 	for _, d := range []string{volDir, snapDir} {
@@ -57,7 +59,42 @@ func OpenIndex(volDir, snapDir string) (*Index, error) {
 		}
 		x.snapshots[id] = s
 	}
+	x.inheritModes()
 	return x, nil
+}
+
+// inheritModes fills in the mode and fs type of snapshots recorded before
+// plinth kept them, from their source volume's record, and writes the
+// filled record back so that it outlives the source. A failed write keeps
+// the fill in memory for this run: the record stays as readable as before.
+func (x *Index) inheritModes() {
+	for id, s := range x.snapshots {
+		if !x.inheritLocked(&s) {
+			continue
+		}
+		x.snapshots[id] = s
+		if err := WriteRecord(x.snapRecord(id), s); err != nil {
+			klog.ErrorS(err, "Record the mode of a snapshot made before modes were recorded", "snapshotID", id)
+			continue
+		}
+		klog.InfoS("Snapshot's mode recorded from its source volume", "snapshotID", id, "mode", s.Mode, "fsType", s.FsType)
+	}
+}
+
+// inheritLocked fills s's mode and fs type from its source volume's record
+// when s has none, and reports whether it did. Only the volume the snapshot
+// was taken of counts: one made after the snapshot (the source deleted and
+// made again under the same name, so the same ID) may be of another mode.
+func (x *Index) inheritLocked(s *Snapshot) bool {
+	if s.Mode != "" {
+		return false
+	}
+	src, ok := x.volumes[s.SourceVolumeID]
+	if !ok || src.Mode == "" || src.CreatedAt.IsZero() || src.CreatedAt.After(s.CreatedAt) {
+		return false
+	}
+	s.Mode, s.FsType = src.Mode, src.FsType
+	return true
 }
 
 // Only IDs that passed ValidateID reach these joins.
@@ -243,13 +280,20 @@ func (x *Index) BeginVolumeAfterDelete(ctx context.Context, poolName string, v V
 	return got, done, err
 }
 
-// BeginSnapshot is BeginVolume for snapshots of a ready source volume.
+// BeginSnapshot is BeginVolume for snapshots of a ready source volume. The
+// record carries the source's mode and fs type, which every volume restored
+// from the snapshot must keep (Source).
 func (x *Index) BeginSnapshot(poolName string, s Snapshot) (Snapshot, bool, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if old, ok := x.snapshots[s.ID]; ok {
 		if old.SourceVolumeID != s.SourceVolumeID || old.Name != s.Name {
 			return Snapshot{}, false, fmt.Errorf("snapshot %s: %w", s.ID, ErrExists)
+		}
+		// A creating record left by a plinth that did not record modes is
+		// finished with the mode (the backend writes it when done).
+		if x.inheritLocked(&old) {
+			x.snapshots[s.ID] = old
 		}
 		return old, old.State == StateReady, nil
 	}
@@ -258,6 +302,7 @@ func (x *Index) BeginSnapshot(poolName string, s Snapshot) (Snapshot, bool, erro
 		return Snapshot{}, false, fmt.Errorf("source volume %s: %w", s.SourceVolumeID, ErrNotFound)
 	}
 	s.Schema, s.Pool, s.SizeBytes, s.State, s.CreatedAt = SchemaVersion, poolName, src.CapacityBytes, StateCreating, time.Now().UTC()
+	s.Mode, s.FsType = src.Mode, src.FsType
 	if err := WriteRecord(x.snapRecord(s.ID), s); err != nil {
 		return Snapshot{}, false, err
 	}
@@ -292,7 +337,8 @@ func (x *Index) fitsLocked(poolName string, extra int64, stats Committed) error 
 }
 
 // Source resolves a new volume's content source to the record it names and
-// checks that it fits in the requested capacity.
+// checks that the new volume keeps the source's mode and filesystem
+// (sameKind) and that the source fits in the requested capacity.
 func (x *Index) Source(v Volume) (srcVol *Volume, srcSnap *Snapshot, err error) {
 	if v.Source == nil {
 		return nil, nil, nil
@@ -304,14 +350,17 @@ func (x *Index) Source(v Volume) (srcVol *Volume, srcSnap *Snapshot, err error) 
 		if err != nil || s.State != StateReady {
 			return nil, nil, fmt.Errorf("source snapshot %s: %w", v.Source.SnapshotID, ErrNotFound)
 		}
+		if err := sameKind("snapshot "+s.ID, s.Mode, s.FsType, v); err != nil {
+			return nil, nil, err
+		}
 		size, srcSnap = s.SizeBytes, &s
 	case v.Source.VolumeID != "":
 		src, err := x.Volume(v.Source.VolumeID)
 		if err != nil || src.State != StateReady {
 			return nil, nil, fmt.Errorf("source volume %s: %w", v.Source.VolumeID, ErrNotFound)
 		}
-		if src.Mode != v.Mode {
-			return nil, nil, fmt.Errorf("%w: source volume %s is %s, new volume %s", ErrInvalid, src.ID, src.Mode, v.Mode)
+		if err := sameKind("source volume "+src.ID, src.Mode, src.FsType, v); err != nil {
+			return nil, nil, err
 		}
 		size, srcVol = src.CapacityBytes, &src
 	}
@@ -319,6 +368,25 @@ func (x *Index) Source(v Volume) (srcVol *Volume, srcSnap *Snapshot, err error) 
 		return nil, nil, fmt.Errorf("%w: source is %d bytes, larger than the %d requested", ErrOutOfRange, size, v.CapacityBytes)
 	}
 	return srcVol, srcSnap, nil
+}
+
+// sameKind checks that a volume made from a source (what: the source, for
+// the message) keeps the source's mode and filesystem: the bytes of a block
+// volume mounted as a filesystem would mount whatever image a tenant wrote
+// (setuid binaries, device nodes), and one filesystem mounted as another
+// never stages. An empty mode (a snapshot recorded before plinth kept modes,
+// whose source volume is gone) passes here: a pool cannot tell what it may
+// hold, and volume.Controller, which knows the pool's backend, decides.
+func sameKind(what string, mode Mode, fsType string, v Volume) error {
+	switch {
+	case mode == "":
+		return nil
+	case mode != v.Mode:
+		return fmt.Errorf("%w: %s is of a %s volume, the new volume is %s: a clone or restore keeps its source's mode", ErrInvalid, what, mode, v.Mode)
+	case mode == ModeFilesystem && v.FsType != fsType:
+		return fmt.Errorf("%w: %s holds %s, the new volume asks for %q: a clone or restore keeps its source's filesystem", ErrInvalid, what, fsType, v.FsType)
+	}
+	return nil
 }
 
 // LogLoaded reports what a pool found on disk at start.

@@ -73,14 +73,21 @@ type Volume struct {
 
 // Snapshot is the record of one snapshot, stored beside its data.
 type Snapshot struct {
-	Schema         int       `json:"schema"`
-	ID             string    `json:"id"`
-	Name           string    `json:"name"`
-	Pool           string    `json:"pool"`
-	SourceVolumeID string    `json:"sourceVolumeID"`
-	SizeBytes      int64     `json:"sizeBytes"`
-	State          State     `json:"state"`
-	CreatedAt      time.Time `json:"createdAt"`
+	Schema         int    `json:"schema"`
+	ID             string `json:"id"`
+	Name           string `json:"name"`
+	Pool           string `json:"pool"`
+	SourceVolumeID string `json:"sourceVolumeID"`
+	// Mode and FsType are the source volume's, recorded when the snapshot
+	// is made (Index.BeginSnapshot): a volume restored from the snapshot
+	// must have the same (Index.Source). Records written before plinth
+	// recorded them have neither; OpenIndex fills them from the source
+	// volume's record while it exists (docs/limitations.md).
+	Mode      Mode      `json:"mode,omitempty"`
+	FsType    string    `json:"fsType,omitempty"`
+	SizeBytes int64     `json:"sizeBytes"`
+	State     State     `json:"state"`
+	CreatedAt time.Time `json:"createdAt"`
 }
 
 // Stats is a pool's capacity picture.

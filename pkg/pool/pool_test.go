@@ -128,3 +128,128 @@ func TestBeginVolumeReservesAtomically(t *testing.T) {
 		t.Fatalf("conflict: %v, want ErrExists", err)
 	}
 }
+
+// A snapshot records its source's mode and fs type; a volume made from a
+// snapshot or a volume keeps them, whatever else the request says.
+func TestSourceKeepsModeAndFsType(t *testing.T) {
+	x, err := OpenIndex(filepath.Join(t.TempDir(), "v"), filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := func([]Volume, []Snapshot) (Stats, error) { return Stats{FreeBytes: 1 << 30}, nil }
+	for _, v := range []Volume{
+		{ID: "ext4", Name: "ext4", CapacityBytes: 16 << 20, Mode: ModeFilesystem, FsType: "ext4"},
+		{ID: "blk", Name: "blk", CapacityBytes: 16 << 20, Mode: ModeBlock},
+	} {
+		v, _, err := x.BeginVolume("p", v, free)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.State = StateReady
+		if err := x.PutVolume(v); err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := x.BeginSnapshot("p", Snapshot{ID: "sn-" + v.ID, Name: "sn-" + v.ID, SourceVolumeID: v.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Mode != v.Mode || s.FsType != v.FsType {
+			t.Fatalf("snapshot of %s records %q %q, want %q %q", v.ID, s.Mode, s.FsType, v.Mode, v.FsType)
+		}
+		s.State = StateReady
+		if err := x.PutSnapshot(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fs := func(fsType string) Volume {
+		return Volume{ID: "new", Name: "new", CapacityBytes: 32 << 20, Mode: ModeFilesystem, FsType: fsType}
+	}
+	blk := Volume{ID: "new", Name: "new", CapacityBytes: 32 << 20, Mode: ModeBlock}
+	cases := map[string]struct {
+		v       Volume
+		src     Source
+		invalid bool
+	}{
+		"restore ext4 as ext4":                {fs("ext4"), Source{SnapshotID: "sn-ext4"}, false},
+		"restore ext4 as xfs":                 {fs("xfs"), Source{SnapshotID: "sn-ext4"}, true},
+		"restore ext4 as block":               {blk, Source{SnapshotID: "sn-ext4"}, true},
+		"restore block as block":              {blk, Source{SnapshotID: "sn-blk"}, false},
+		"restore block as ext4 (tenant data)": {fs("ext4"), Source{SnapshotID: "sn-blk"}, true},
+		"restore block as no fs type":         {fs(""), Source{SnapshotID: "sn-blk"}, true},
+		"clone ext4 as ext4":                  {fs("ext4"), Source{VolumeID: "ext4"}, false},
+		"clone ext4 as btrfs":                 {fs("btrfs"), Source{VolumeID: "ext4"}, true},
+		"clone ext4 as block":                 {blk, Source{VolumeID: "ext4"}, true},
+		"clone block as xfs":                  {fs("xfs"), Source{VolumeID: "blk"}, true},
+		"clone block as block":                {blk, Source{VolumeID: "blk"}, false},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			c.v.Source = &c.src
+			_, _, err := x.Source(c.v)
+			if c.invalid != errors.Is(err, ErrInvalid) || !c.invalid && err != nil {
+				t.Fatalf("Source = %v, want invalid=%v", err, c.invalid)
+			}
+		})
+	}
+}
+
+// Snapshot records written before plinth recorded modes still load; each
+// gets its mode from its source volume's record, written back, but only
+// from the volume it was taken of.
+func TestOldSnapshotRecordsGetTheirSourcesMode(t *testing.T) {
+	dir := t.TempDir()
+	vols, snaps := filepath.Join(dir, "v"), filepath.Join(dir, "s")
+	os.MkdirAll(vols, 0o700)
+	os.MkdirAll(snaps, 0o700)
+	write := func(path, content string) {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Volumes: a block volume made before its snapshot; one made again
+	// under a snapshot's source ID after the snapshot.
+	write(filepath.Join(vols, "blk.json"), `{"schema":1,"id":"blk","name":"blk","pool":"p","capacityBytes":16777216,"mode":"block","state":"ready","createdAt":"2024-01-01T00:00:00Z"}`)
+	write(filepath.Join(vols, "again.json"), `{"schema":1,"id":"again","name":"again","pool":"p","capacityBytes":16777216,"mode":"filesystem","fsType":"ext4","state":"ready","createdAt":"2024-03-01T00:00:00Z"}`)
+	old := func(id, src string) string {
+		return `{"schema":1,"id":"` + id + `","name":"` + id + `","pool":"p","sourceVolumeID":"` + src + `","sizeBytes":16777216,"state":"ready","createdAt":"2024-02-01T00:00:00Z"}`
+	}
+	write(filepath.Join(snaps, "of-blk.json"), old("of-blk", "blk"))
+	write(filepath.Join(snaps, "of-gone.json"), old("of-gone", "gone"))
+	write(filepath.Join(snaps, "of-again.json"), old("of-again", "again"))
+
+	x, err := OpenIndex(vols, snaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Mode{"of-blk": ModeBlock, "of-gone": "", "of-again": ""}
+	for id, mode := range want {
+		s, err := x.Snapshot(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Mode != mode || s.FsType != "" {
+			t.Errorf("%s: mode %q fs %q, want %q", id, s.Mode, s.FsType, mode)
+		}
+	}
+	// Written back: the mode outlives the source volume's record.
+	if err := x.DropVolume("blk"); err != nil {
+		t.Fatal(err)
+	}
+	x2, err := OpenIndex(vols, snaps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := x2.Snapshot("of-blk"); s.Mode != ModeBlock {
+		t.Errorf("after the source is gone: mode %q, want block", s.Mode)
+	}
+	// A restore of the block snapshot as a filesystem is refused; the
+	// unknown ones are left to the controller, which knows the backend.
+	v := Volume{ID: "new", Name: "new", CapacityBytes: 32 << 20, Mode: ModeFilesystem, FsType: "ext4", Source: &Source{SnapshotID: "of-blk"}}
+	if _, _, err := x2.Source(v); !errors.Is(err, ErrInvalid) {
+		t.Errorf("filesystem restore of an old block snapshot: %v, want ErrInvalid", err)
+	}
+	v.Source = &Source{SnapshotID: "of-gone"}
+	if _, _, err := x2.Source(v); err != nil {
+		t.Errorf("restore of an unknown-mode snapshot at the pool: %v", err)
+	}
+}

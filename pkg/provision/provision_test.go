@@ -231,3 +231,86 @@ func TestAnswer(t *testing.T) {
 		t.Fatalf("PV %+v", pv.Spec)
 	}
 }
+
+// The cluster path answers a create under a name already taken by the same
+// rules as plinth standalone: OK with the existing
+// volume when its capacity lies in the range and the rest matches (old:
+// ALREADY_EXISTS unless the recomputed size was equal), ALREADY_EXISTS for
+// another pool or backend (old: OK with the old volume). And every PVC data
+// source (a clone or restore, whatever its volumeMode or fsType) is a final
+// error before anything is recorded: the cluster serves none yet.
+func TestClusterCreateRules(t *testing.T) {
+	const name = "pvc-0a1b"
+	u, err := v1alpha1.ToUnstructured(&v1alpha1.PlinthVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: volume.VolumeID(name), Labels: map[string]string{v1alpha1.LabelNode: "n1", v1alpha1.LabelPool: "fast"}},
+		Spec:       v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", VolumeName: name, CapacityBytes: 10 * mi, Mode: v1alpha1.ModeBlock},
+		Status:     v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 10 * mi},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, dyn := fakeCluster(t, 100*mi, nil, u)
+	vc := volume.NewControllerOver(c)
+	ctx := context.Background()
+	base := volume.CreateRequest{Name: name, RequiredBytes: 10 * mi, Mode: pool.ModeBlock, Params: volume.Params{Pool: "fast"}, Nodes: []string{"n1"}}
+	with := func(mod func(r *volume.CreateRequest)) volume.CreateRequest { r := base; mod(&r); return r }
+	cases := map[string]struct {
+		req  volume.CreateRequest
+		want error
+	}{
+		"same request":             {base, nil},
+		"range it satisfies":       {with(func(r *volume.CreateRequest) { r.RequiredBytes, r.LimitBytes = 5*mi, 20*mi }), nil},
+		"no range":                 {with(func(r *volume.CreateRequest) { r.RequiredBytes = 0 }), nil},
+		"its backend":              {with(func(r *volume.CreateRequest) { r.Params = volume.Params{Backend: "file"} }), nil},
+		"required above":           {with(func(r *volume.CreateRequest) { r.RequiredBytes = 20 * mi }), pool.ErrExists},
+		"other pool":               {with(func(r *volume.CreateRequest) { r.Params.Pool = "slow" }), pool.ErrExists},
+		"other backend":            {with(func(r *volume.CreateRequest) { r.Params = volume.Params{Backend: "btrfs"} }), pool.ErrExists},
+		"filesystem":               {with(func(r *volume.CreateRequest) { r.Mode, r.FsType = pool.ModeFilesystem, "ext4" }), pool.ErrExists},
+		"thick":                    {with(func(r *volume.CreateRequest) { r.Params.Thick = true }), pool.ErrExists},
+		"another node (scheduler)": {with(func(r *volume.CreateRequest) { r.Nodes = []string{"n2"} }), pool.ErrExists},
+	}
+	for cname, tc := range cases {
+		got, err := vc.CreateVolume(ctx, tc.req)
+		if !errors.Is(err, tc.want) || tc.want == nil && err != nil {
+			t.Errorf("%s: %v, want %v", cname, err, tc.want)
+		}
+		if err == nil && (got.Node != "n1" || got.Volume.ID != volume.VolumeID(name) || got.Volume.CapacityBytes != 10*mi) {
+			t.Errorf("%s: answered %+v, want the existing volume", cname, got)
+		}
+	}
+
+	p := &Provisioner{Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Controller: vc}
+	block := v1.PersistentVolumeBlock
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: "plinth.example.com",
+		Parameters: map[string]string{"pool": "fast", ParamFsType: "xfs"}}
+	snapGroup := "snapshot.storage.k8s.io"
+	sources := map[string]func(*v1.PersistentVolumeClaim){
+		"clone of a filesystem PVC as block": func(c *v1.PersistentVolumeClaim) {
+			c.Spec.VolumeMode = &block
+			c.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "fs-src"}
+		},
+		"restore of a snapshot as xfs": func(c *v1.PersistentVolumeClaim) {
+			c.Spec.DataSource = &v1.TypedLocalObjectReference{APIGroup: &snapGroup, Kind: "VolumeSnapshot", Name: "ext4-snap"}
+		},
+		"dataSourceRef only": func(c *v1.PersistentVolumeClaim) {
+			c.Spec.DataSourceRef = &v1.TypedObjectReference{APIGroup: &snapGroup, Kind: "VolumeSnapshot", Name: "block-snap"}
+		},
+	}
+	for cname, mod := range sources {
+		claim := &v1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c"},
+			Spec: v1.PersistentVolumeClaimSpec{AccessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce},
+				Resources: v1.VolumeResourceRequirements{Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse("10Mi")}}}}
+		mod(claim)
+		pv, state, err := p.Provision(ctx, controller.ProvisionOptions{StorageClass: sc, PVName: "pvc-new", PVC: claim, SelectedNodeName: "n1"})
+		if pv != nil || state != controller.ProvisioningFinished || !errors.Is(err, pool.ErrUnsupported) || !strings.Contains(err.Error(), "data sources") {
+			t.Errorf("%s: pv %v, state %s, err %v; want a final error naming data sources", cname, pv, state, err)
+		}
+	}
+	l, err := dyn.Resource(v1alpha1.VolumeResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Items) != 1 || l.Items[0].GetName() != volume.VolumeID(name) {
+		t.Fatalf("volume objects after the refusals: %d, want only the existing one", len(l.Items))
+	}
+}

@@ -150,7 +150,10 @@ func fsTypeFor(pi PoolInfo, mode pool.Mode, fsType string) string {
 }
 
 // CreateVolume places and creates a volume, or returns the one already made
-// under the same name.
+// under the same name when it answers the request (see conflict); one that
+// does not is ErrExists. A clone or restore keeps its source's mode and
+// filesystem: a request for another is ErrInvalid, refused before anything
+// is made.
 func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Placed, error) {
 	id := VolumeID(req.Name)
 	release, err := c.locks.TryAcquire(id)
@@ -160,46 +163,42 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	defer release()
 	logger := klog.FromContext(ctx).WithValues("volumeName", req.Name, "volumeID", id)
 
-	nodes, err := c.candidates(req.Nodes)
-	if err != nil {
-		return Placed{}, err
-	}
 	// An existing volume (a retry) is answered from its own node and pool.
 	if placed, err := c.GetVolume(ctx, id); err == nil {
-		spec := placed.Volume
-		infos, err := c.node(placed.Node).Pools(ctx)
-		if err != nil {
-			return Placed{}, err
+		if placed.Volume.State != pool.StateDeleting {
+			return c.existing(ctx, req, placed)
 		}
-		mkfs := spec.FsType
-		for _, pi := range infos {
-			if pi.Name == spec.Pool {
-				mkfs = mkfsType(pi, spec.Mode, spec.FsType)
-			}
+		// The name's last volume is half deleted (an interrupted
+		// DeleteVolume): finish that, then make the one asked for now.
+		if err := c.node(placed.Node).DeleteVolume(ctx, id); err != nil {
+			return Placed{}, fmt.Errorf("finish deleting the earlier volume %s: %w", id, err)
 		}
-		size, err := Size(req.RequiredBytes, req.LimitBytes, req.Mode, mkfs)
-		if err != nil {
-			return Placed{}, err
-		}
-		want := pool.Volume{ID: id, Name: req.Name, CapacityBytes: size, Mode: req.Mode, FsType: spec.FsType, Thick: req.Params.Thick, Source: req.Source}
-		if req.FsType != "" && req.FsType != spec.FsType || !pool.SameVolume(spec, want) {
-			return Placed{}, fmt.Errorf("volume %q: %w", req.Name, pool.ErrExists)
-		}
-		v, err := c.node(placed.Node).CreateVolume(ctx, spec.Pool, spec)
-		return Placed{Node: placed.Node, Volume: v}, err
 	} else if !errors.Is(err, pool.ErrNotFound) {
 		return Placed{}, err
 	}
 
+	nodes, err := c.candidates(req.Nodes)
+	if err != nil {
+		return Placed{}, err
+	}
 	if req.Source != nil {
-		srcNode, srcPool, err := c.locateSource(ctx, req.Source)
+		src, err := c.origin(ctx, req.Source)
 		if err != nil {
 			return Placed{}, err
 		}
-		if !slices.Contains(nodes, srcNode) {
-			return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology", pool.ErrNoSpace, srcNode)
+		if err := src.admits(req); err != nil {
+			return Placed{}, err
 		}
-		nodes, req.Params.Pool = []string{srcNode}, srcPool
+		if req.Mode == pool.ModeFilesystem && req.FsType == "" {
+			req.FsType = src.fsType // the source's, not the pool's default
+		}
+		if !slices.Contains(nodes, src.node) {
+			return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology", pool.ErrNoSpace, src.node)
+		}
+		if req.Params.Pool != "" && req.Params.Pool != src.pool {
+			return Placed{}, fmt.Errorf("%w: %s is in pool %s, the request asks for pool %s: a clone or restore is made in its source's pool", pool.ErrInvalid, src.what, src.pool, req.Params.Pool)
+		}
+		nodes, req.Params.Pool = []string{src.node}, src.pool
 	}
 
 	// With no preference every node competes: the best-fitting pool anywhere
@@ -278,19 +277,153 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	return Placed{}, lastErr
 }
 
-func (c *Controller) locateSource(ctx context.Context, src *pool.Source) (node, poolName string, err error) {
+// existing answers a create whose name is already taken by placed: the
+// volume itself when it answers the request (finishing its creation if
+// that was interrupted), ErrExists otherwise.
+func (c *Controller) existing(ctx context.Context, req CreateRequest, placed Placed) (Placed, error) {
+	v := placed.Volume
+	// A range no volume can satisfy is OUT_OF_RANGE, as for a new volume.
+	if _, err := Size(req.RequiredBytes, req.LimitBytes, req.Mode, ""); err != nil {
+		return Placed{}, err
+	}
+	backend := ""
+	if req.Params.Backend != "" {
+		infos, err := c.node(placed.Node).Pools(ctx)
+		if err != nil {
+			return Placed{}, err
+		}
+		for _, pi := range infos {
+			if pi.Name == v.Pool {
+				backend = pi.Backend
+			}
+		}
+		if backend == "" {
+			return Placed{}, fmt.Errorf("%w: volume %q exists in pool %s, which node %s does not report now: its backend cannot be compared with the %q asked",
+				pool.ErrNotReady, req.Name, v.Pool, placed.Node, req.Params.Backend)
+		}
+	}
+	if why := conflict(req, placed, backend); why != "" {
+		return Placed{}, fmt.Errorf("volume %q: %w: %s", req.Name, pool.ErrExists, why)
+	}
+	if v.State == pool.StateReady {
+		return placed, nil
+	}
+	// An interrupted create: the node finishes it as first asked.
+	got, err := c.node(placed.Node).CreateVolume(ctx, v.Pool, v)
+	return Placed{Node: placed.Node, Volume: got}, err
+}
+
+// conflict says how a create request differs from the volume already made
+// under its name, backend being the backend of the volume's pool ("" when
+// the request names none); "" means the volume answers the request. It is
+// the CSI spec's rule for CreateVolume: the same name with a compatible
+// capacity range (required <= capacity <= limit, limit 0 = none), volume
+// capability, parameters, content source and topology is the same volume;
+// anything else is ALREADY_EXISTS. Fields a request leaves empty (fs type,
+// pool, backend, topology) match anything; provisioning left empty is thin.
+func conflict(req CreateRequest, placed Placed, backend string) string {
+	v := placed.Volume
+	switch {
+	case req.Mode != v.Mode:
+		return fmt.Sprintf("it is a %s volume, the request asks for %s", v.Mode, req.Mode)
+	case req.Mode == pool.ModeFilesystem && req.FsType != "" && req.FsType != v.FsType:
+		return fmt.Sprintf("its filesystem is %s, the request asks for %s", v.FsType, req.FsType)
+	case req.Params.Pool != "" && req.Params.Pool != v.Pool:
+		return fmt.Sprintf("it is in pool %s, the request asks for pool %s", v.Pool, req.Params.Pool)
+	case req.Params.Backend != "" && req.Params.Backend != backend:
+		return fmt.Sprintf("it is in a %s pool, the request asks for backend %s", backend, req.Params.Backend)
+	case req.Params.Thick != v.Thick:
+		return fmt.Sprintf("it is %s provisioned, the request asks for %s", provisioning(v.Thick), provisioning(req.Params.Thick))
+	case !sameSource(req.Source, v.Source):
+		return fmt.Sprintf("its content source is %s, the request's is %s", describeSource(v.Source), describeSource(req.Source))
+	case req.RequiredBytes > v.CapacityBytes || req.LimitBytes > 0 && v.CapacityBytes > req.LimitBytes:
+		return fmt.Sprintf("its capacity %d bytes is outside the range asked (required %d, limit %d)", v.CapacityBytes, req.RequiredBytes, req.LimitBytes)
+	case len(req.Nodes) > 0 && !slices.Contains(req.Nodes, placed.Node):
+		return fmt.Sprintf("it lives on node %s, outside the nodes asked %v", placed.Node, req.Nodes)
+	}
+	return ""
+}
+
+func provisioning(thick bool) string {
+	if thick {
+		return "thick"
+	}
+	return "thin"
+}
+
+func sameSource(a, b *pool.Source) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return *a == *b
+}
+
+func describeSource(s *pool.Source) string {
+	switch {
+	case s == nil:
+		return "none"
+	case s.SnapshotID != "":
+		return "snapshot " + s.SnapshotID
+	}
+	return "volume " + s.VolumeID
+}
+
+// origin is what a content source says about the volumes made from it.
+type origin struct {
+	what       string // "snapshot sn-…" or "volume pv-…", for messages
+	node, pool string
+	// mode and fsType of the source volume; mode is empty when unknown (a
+	// snapshot recorded before plinth kept modes, whose source is gone).
+	mode   pool.Mode
+	fsType string
+}
+
+func (c *Controller) origin(ctx context.Context, src *pool.Source) (origin, error) {
 	if src.SnapshotID != "" {
 		s, err := c.GetSnapshot(ctx, src.SnapshotID)
 		if err != nil {
-			return "", "", err
+			return origin{}, err
 		}
-		return s.Node, s.Snapshot.Pool, nil
+		o := origin{what: "snapshot " + s.Snapshot.ID, node: s.Node, pool: s.Snapshot.Pool, mode: s.Snapshot.Mode, fsType: s.Snapshot.FsType}
+		if o.mode == "" {
+			// The pool filled in what its source volume's record told
+			// (pool.OpenIndex); what is left is known only where the pool
+			// serves nothing but its own filesystem (btrfs).
+			infos, err := c.node(s.Node).Pools(ctx)
+			if err != nil {
+				return origin{}, err
+			}
+			for _, pi := range infos {
+				if pi.Name == o.pool && !pi.Capabilities.Block && pi.Capabilities.OwnFs && len(pi.Capabilities.FsTypes) > 0 {
+					o.mode, o.fsType = pool.ModeFilesystem, pi.Capabilities.FsTypes[0]
+				}
+			}
+		}
+		return o, nil
 	}
 	v, err := c.GetVolume(ctx, src.VolumeID)
 	if err != nil {
-		return "", "", err
+		return origin{}, err
 	}
-	return v.Node, v.Volume.Pool, nil
+	return origin{what: "volume " + v.Volume.ID, node: v.Node, pool: v.Volume.Pool, mode: v.Volume.Mode, fsType: v.Volume.FsType}, nil
+}
+
+// admits checks that req keeps the source's mode and filesystem. A snapshot
+// of unknown mode may be restored as a block volume only: plinth never
+// mounts that, while mounting it could mount a block volume's raw image.
+func (o origin) admits(req CreateRequest) error {
+	switch {
+	case o.mode == "" && req.Mode != pool.ModeBlock:
+		return fmt.Errorf("%w: %s was taken before plinth recorded the mode of snapshots and its source volume is gone: "+
+			"it may have been a block volume's, so it is restored as a block volume only, never mounted as a filesystem", pool.ErrInvalid, o.what)
+	case o.mode == "":
+		return nil
+	case o.mode != req.Mode:
+		return fmt.Errorf("%w: %s is of a %s volume, the request asks for %s: a clone or restore keeps its source's mode", pool.ErrInvalid, o.what, o.mode, req.Mode)
+	case req.Mode == pool.ModeFilesystem && req.FsType != "" && req.FsType != o.fsType:
+		return fmt.Errorf("%w: %s holds %s, the request asks for %s: a clone or restore keeps its source's filesystem", pool.ErrInvalid, o.what, o.fsType, req.FsType)
+	}
+	return nil
 }
 
 // DeleteVolume deletes id wherever it is; a missing volume is success.
