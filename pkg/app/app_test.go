@@ -2,6 +2,7 @@ package app
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,10 @@ func TestParsePoolSpec(t *testing.T) {
 	if err != nil || p != (PoolSpec{Name: "fast", Backend: "file", Dir: "/mnt/fast", FsType: "xfs"}) {
 		t.Fatalf("%+v %v", p, err)
 	}
+	p, err = ParsePoolSpec("name=snaps,backend=btrfs,dir=/mnt/btrfs,mountpoint=true")
+	if err != nil || p != (PoolSpec{Name: "snaps", Backend: "btrfs", Dir: "/mnt/btrfs", MountPoint: true}) {
+		t.Fatalf("%+v %v", p, err)
+	}
 	for _, bad := range []string{
 		"name=fast,backend=file",                      // no dir
 		"name=../x,backend=file,dir=/mnt",             // name escapes
@@ -23,6 +28,8 @@ func TestParsePoolSpec(t *testing.T) {
 		"name=fast,backend=file,dir=/mnt,size=1",      // unknown key
 		"name=fast,backend=btrfs,dir=/mnt,fstype=xfs", // btrfs volumes are btrfs
 		"name=fast,backend=file,dir=/mnt,fstype=ntfs",
+		"name=fast,backend=file,dir=/mnt,mountpoint=yes",
+		"name=fast,backend=file,dir=/mnt,mountpoint=1",
 		"fast",
 	} {
 		if _, err := ParsePoolSpec(bad); err == nil {
@@ -79,4 +86,85 @@ func TestNodeConfig(t *testing.T) {
 	if _, err := parseNode(t, "--device-config", bad); err == nil || !strings.Contains(err.Error(), "resources[0].selector.vendors[0]") {
 		t.Errorf("invalid file: %v, want the field named", err)
 	}
+}
+
+// Pools whose directories overlap (one equal to or below another) would
+// read and clean each other's records: refused.
+func TestOverlappingPools(t *testing.T) {
+	for name, tc := range map[string]struct {
+		dirs []string
+		ok   bool
+	}{
+		"apart":          {[]string{"/mnt/a", "/mnt/b"}, true},
+		"common prefix":  {[]string{"/mnt/a", "/mnt/ab"}, true},
+		"same":           {[]string{"/mnt/a", "/mnt/a"}, false},
+		"below":          {[]string{"/mnt/a", "/mnt/a/b"}, false},
+		"above":          {[]string{"/mnt/a/b/c", "/mnt/a"}, false},
+		"root and below": {[]string{"/", "/mnt"}, false},
+	} {
+		c := CSIConfig{Root: "/var/lib/plinth", NodeID: "n"}
+		for i, d := range tc.dirs {
+			c.Pools = append(c.Pools, PoolSpec{Name: fmt.Sprintf("p%d", i), Backend: "file", Dir: d})
+		}
+		err := c.Validate()
+		if tc.ok != (err == nil) {
+			t.Errorf("%s %v: %v", name, tc.dirs, err)
+		} else if err != nil && !strings.Contains(err.Error(), "overlap") {
+			t.Errorf("%s: %v, want it to say the pools overlap", name, err)
+		}
+	}
+}
+
+// A missing pool directory is refused and nothing is created, except below
+// the root (plinth's own); a file is not a directory; mountpoint=true
+// refuses a plain directory.
+func TestCheckPoolDirs(t *testing.T) {
+	tmp := t.TempDir()
+	root := filepath.Join(tmp, "root")
+	plain := filepath.Join(tmp, "plain")
+	file := filepath.Join(tmp, "file")
+	os.Mkdir(plain, 0o700)
+	os.WriteFile(file, nil, 0o600)
+	for name, tc := range map[string]struct {
+		spec PoolSpec
+		want string // "" for OK
+	}{
+		"exists":              {PoolSpec{Name: "a", Dir: plain}, ""},
+		"missing":             {PoolSpec{Name: "a", Dir: filepath.Join(tmp, "mnt", "x")}, "pool a: directory " + filepath.Join(tmp, "mnt", "x") + " does not exist; create it or mount the disk there"},
+		"missing below root":  {PoolSpec{Name: "a", Dir: filepath.Join(root, "pools", "a")}, ""},
+		"below root, mounted": {PoolSpec{Name: "a", Dir: filepath.Join(root, "pools", "a"), MountPoint: true}, "does not exist"},
+		"a file":              {PoolSpec{Name: "a", Dir: file}, "is not a directory"},
+		"plain, mountpoint":   {PoolSpec{Name: "a", Dir: plain, MountPoint: true}, "is not a mount point"},
+	} {
+		err := CheckPoolDirs(root, []PoolSpec{tc.spec})
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 2 {
+		t.Errorf("CheckPoolDirs changed %s: %v", tmp, ents)
+	}
+}
+
+// A second LockRoot on a held root fails at once, naming the root and the
+// holder's pid; once released, the root can be locked again.
+func TestLockRoot(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "root")
+	l, err := LockRoot(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(root, LockFileName)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("lock file: %v %v, want mode 0600", fi, err)
+	}
+	_, err = LockRoot(root)
+	if err == nil || !strings.Contains(err.Error(), root) || !strings.Contains(err.Error(), fmt.Sprintf("pid %d", os.Getpid())) {
+		t.Errorf("second lock: %v, want an error naming %s and pid %d", err, root, os.Getpid())
+	}
+	l.Unlock()
+	l, err = LockRoot(root)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	l.Unlock()
 }

@@ -28,7 +28,7 @@ const (
 // it names that the command line did not set: the command line overrides
 // the file, the file overrides the defaults. Keys are the flags' names in
 // camelCase (pool → pools, allowed-path → allowedPaths for the repeatable
-// ones); pools are objects {name, backend, dir, fsType}; a NodeConfiguration
+// ones); pools are objects {name, backend, dir, fsType, mountPoint}; a NodeConfiguration
 // may hold its DeviceConfig inline under "deviceConfig" (returned, as YAML).
 // Errors name the file and the field.
 func ApplyConfigFile(fs *flag.FlagSet, path, kind string) (deviceConfig []byte, err error) {
@@ -142,15 +142,16 @@ func flagValues(raw json.RawMessage, list bool, name string) ([]string, error) {
 	}
 	if name == "pool" {
 		var pools []struct {
-			Name    string `json:"name"`
-			Backend string `json:"backend"`
-			Dir     string `json:"dir"`
-			FsType  string `json:"fsType,omitempty"`
+			Name       string `json:"name"`
+			Backend    string `json:"backend"`
+			Dir        string `json:"dir"`
+			FsType     string `json:"fsType,omitempty"`
+			MountPoint bool   `json:"mountPoint,omitempty"`
 		}
 		d := json.NewDecoder(bytes.NewReader(raw))
 		d.DisallowUnknownFields()
 		if err := d.Decode(&pools); err != nil {
-			return nil, fmt.Errorf("want a list of {name, backend, dir, fsType}: %v", err)
+			return nil, fmt.Errorf("want a list of {name, backend, dir, fsType, mountPoint}: %v", err)
 		}
 		var out []string
 		for _, p := range pools {
@@ -162,6 +163,9 @@ func flagValues(raw json.RawMessage, list bool, name string) ([]string, error) {
 			s := "name=" + p.Name + ",backend=" + p.Backend + ",dir=" + p.Dir
 			if p.FsType != "" {
 				s += ",fstype=" + p.FsType
+			}
+			if p.MountPoint {
+				s += ",mountpoint=true"
 			}
 			out = append(out, s)
 		}

@@ -27,7 +27,7 @@ maxVolumes: 64
 devices: false
 pools:
   - {name: fast, backend: file, dir: /mnt/nvme, fsType: xfs}
-  - {name: snaps, backend: btrfs, dir: /mnt/btrfs}
+  - {name: snaps, backend: btrfs, dir: /mnt/btrfs, mountPoint: true}
 allowedPaths: [/srv/kubelet]
 deviceConfig:
   apiVersion: plinth.example.com/v1alpha1
@@ -50,7 +50,7 @@ deviceConfig:
 	if cfg.KubeletDir != "/srv/kubelet" || cfg.Root != "/cmdline/root" || cfg.MaxVolumes != 64 || cfg.Devices {
 		t.Errorf("config %+v: want kubelet dir and max volumes from the file, root from the command line, devices off", cfg)
 	}
-	if len(cfg.Pools) != 2 || cfg.Pools[0] != (PoolSpec{Name: "fast", Backend: "file", Dir: "/mnt/nvme", FsType: "xfs"}) || cfg.Pools[1].Backend != "btrfs" {
+	if len(cfg.Pools) != 2 || cfg.Pools[0] != (PoolSpec{Name: "fast", Backend: "file", Dir: "/mnt/nvme", FsType: "xfs"}) || cfg.Pools[1] != (PoolSpec{Name: "snaps", Backend: "btrfs", Dir: "/mnt/btrfs", MountPoint: true}) {
 		t.Errorf("pools %+v", cfg.Pools)
 	}
 	if len(cfg.AllowedPaths) != 1 || cfg.AllowedPaths[0] != "/srv/kubelet" {

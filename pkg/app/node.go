@@ -142,6 +142,7 @@ func (c *NodeConfig) deviceConfig() (device.Config, error) {
 }
 
 // RunNode serves CSI and the device plugins until ctx ends or one fails.
+// With CSI it holds the lock of --root throughout.
 func RunNode(ctx context.Context, c NodeConfig) error {
 	var m *metrics.Metrics
 	parts := map[string]func(context.Context) error{}
@@ -152,7 +153,11 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 	var local *volume.LocalNode
 	var devices func() []v1alpha1.DeviceStatus
 	if c.CSI {
-		var err error
+		lock, err := claimRoot(c.CSIConfig)
+		if err != nil {
+			return err
+		}
+		defer lock.Unlock()
 		if local, err = openLocal(ctx, c.CSIConfig); err != nil {
 			return err
 		}

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/csi"
@@ -33,11 +35,16 @@ import (
 type PoolSpec struct {
 	Name    string
 	Backend string
-	Dir     string
-	FsType  string // default filesystem of a file pool's volumes
+	// Dir must exist when plinth starts (see CheckPoolDirs).
+	Dir    string
+	FsType string // default filesystem of a file pool's volumes
+	// MountPoint: Dir must be a mount point (a disk mounted there), so
+	// that a disk not mounted at boot is refused, not silently replaced
+	// by a directory on the root filesystem.
+	MountPoint bool
 }
 
-// ParsePoolSpec parses name=N,backend=B,dir=D[,fstype=F].
+// ParsePoolSpec parses name=N,backend=B,dir=D[,fstype=F][,mountpoint=true].
 func ParsePoolSpec(s string) (PoolSpec, error) {
 	var p PoolSpec
 	for _, kv := range strings.Split(s, ",") {
@@ -54,8 +61,17 @@ func ParsePoolSpec(s string) (PoolSpec, error) {
 			p.Dir = v
 		case "fstype":
 			p.FsType = v
+		case "mountpoint":
+			switch v {
+			case "true":
+				p.MountPoint = true
+			case "false":
+				p.MountPoint = false
+			default:
+				return PoolSpec{}, fmt.Errorf("pool %q: mountpoint=%q is not true or false", s, v)
+			}
 		default:
-			return PoolSpec{}, fmt.Errorf("pool %q: unknown key %q (name, backend, dir, fstype)", s, k)
+			return PoolSpec{}, fmt.Errorf("pool %q: unknown key %q (name, backend, dir, fstype, mountpoint)", s, k)
 		}
 	}
 	return p, p.Validate()
@@ -126,7 +142,8 @@ func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 			c.Pools = append(c.Pools, p)
 		}
 		return err
-	}}, "pool", "a pool: name=N,backend=file|btrfs,dir=/abs/dir[,fstype=ext4|xfs|btrfs] (repeatable; default: a file pool \"default\" in <root>/pools/default)")
+	}}, "pool", "a pool: name=N,backend=file|btrfs,dir=/abs/dir[,fstype=ext4|xfs|btrfs][,mountpoint=true] (repeatable; default: a file pool \"default\" in <root>/pools/default). "+
+		"The directory must exist unless it lies under --root; mountpoint=true: it must be a mount point")
 	fs.Var(listFlag{func(s string) error { c.AllowedPaths = append(c.AllowedPaths, s); return nil }}, "allowed-path",
 		"directory under which staging and target paths may lie (repeatable; default /var/lib/kubelet and "+os.TempDir()+")")
 }
@@ -151,11 +168,16 @@ func (c *CSIConfig) Validate() error {
 		c.Pools = []PoolSpec{{Name: "default", Backend: "file", Dir: filepath.Join(c.Root, "pools", "default")}}
 	}
 	names := map[string]bool{}
-	for _, p := range c.Pools {
+	for i, p := range c.Pools {
 		if names[p.Name] {
 			errs = append(errs, fmt.Errorf("--pool: %q declared twice", p.Name))
 		}
 		names[p.Name] = true
+		for _, q := range c.Pools[:i] {
+			if within(p.Dir, q.Dir) || within(q.Dir, p.Dir) {
+				errs = append(errs, fmt.Errorf("--pool: pools %s and %s overlap (%s and %s): each pool needs a directory of its own, neither inside the other", q.Name, p.Name, q.Dir, p.Dir))
+			}
+		}
 	}
 	if len(c.AllowedPaths) == 0 {
 		c.AllowedPaths = []string{"/var/lib/kubelet", os.TempDir()}
@@ -171,7 +193,91 @@ func (c *CSIConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// OpenPools opens every declared pool.
+// within reports whether path is dir or lies below it (both clean).
+func within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// CheckPoolDirs refuses pools whose directory is missing (a disk not
+// mounted yet must not quietly become a pool on the root filesystem), is
+// not a directory, or, with MountPoint, is not a mount point. A directory
+// below root is plinth's own and is created when opened (the default pool
+// <root>/pools/default, and e.g. /var/lib/plinth/pools/local of the
+// manifests), unless it must be a mount point. It changes nothing on disk.
+func CheckPoolDirs(root string, specs []PoolSpec) error {
+	var errs []error
+	for _, s := range specs {
+		fi, err := os.Stat(s.Dir)
+		switch {
+		case errors.Is(err, os.ErrNotExist) && !s.MountPoint && root != "" && within(s.Dir, root) && s.Dir != root:
+			continue // plinth's own: created when the pool opens
+		case errors.Is(err, os.ErrNotExist):
+			errs = append(errs, fmt.Errorf("pool %s: directory %s does not exist; create it or mount the disk there", s.Name, s.Dir))
+			continue
+		case err != nil:
+			errs = append(errs, fmt.Errorf("pool %s: %w", s.Name, err))
+			continue
+		case !fi.IsDir():
+			errs = append(errs, fmt.Errorf("pool %s: %s is not a directory", s.Name, s.Dir))
+			continue
+		}
+		if !s.MountPoint {
+			continue
+		}
+		mounted, err := filesystemMountedAt(s.Dir)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pool %s: is %s a mount point: %w", s.Name, s.Dir, err))
+		} else if !mounted {
+			errs = append(errs, fmt.Errorf("pool %s: directory %s is not a mount point (mountpoint=true); mount the disk there first", s.Name, s.Dir))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// btrfsSubvolumeRootIno is the inode number of every btrfs subvolume's
+// root directory (BTRFS_FIRST_FREE_OBJECTID).
+const btrfsSubvolumeRootIno = 256
+
+// filesystemMountedAt reports whether the root of a filesystem, or of a
+// btrfs subvolume, is what is mounted at dir (the topmost mount there, from
+// /proc/self/mountinfo). A bind mount of an ordinary directory does not
+// count: that is what a container sees at a hostPath whose disk is not
+// mounted on the host, and what must be refused.
+func filesystemMountedAt(dir string) (bool, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return false, err
+	}
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != real, false })
+	if err != nil {
+		return false, err
+	}
+	var top *mountinfo.Info
+	for _, m := range mounts {
+		covered := false
+		for _, n := range mounts {
+			covered = covered || n.Parent == m.ID
+		}
+		if !covered {
+			top = m
+		}
+	}
+	switch {
+	case top == nil:
+		return false, nil
+	case top.Root == "/":
+		return true, nil
+	case top.FSType == "btrfs":
+		var st unix.Stat_t
+		if err := unix.Stat(real, &st); err != nil {
+			return false, err
+		}
+		return st.Ino == btrfsSubvolumeRootIno, nil
+	}
+	return false, nil
+}
+
+// OpenPools opens every declared pool; CheckPoolDirs comes first.
 func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run mount.Runner) ([]pool.Pool, error) {
 	var out []pool.Pool
 	for _, s := range specs {
@@ -194,7 +300,13 @@ func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run moun
 }
 
 // RunStandalone runs controller and node in one process until ctx ends.
+// It holds the lock of --root throughout.
 func RunStandalone(ctx context.Context, c StandaloneConfig) error {
+	lock, err := claimRoot(c.CSIConfig)
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
 	local, err := openLocal(ctx, c.CSIConfig)
 	if err != nil {
 		return err
@@ -260,7 +372,17 @@ func poolSamples(local *volume.LocalNode) func(context.Context) ([]metrics.PoolS
 	}
 }
 
-// openLocal opens the configured pools as this node's LocalNode.
+// claimRoot checks the pools' directories, then takes the root's lock:
+// a refused start changes nothing on disk.
+func claimRoot(c CSIConfig) (*RootLock, error) {
+	if err := CheckPoolDirs(c.Root, c.Pools); err != nil {
+		return nil, err
+	}
+	return LockRoot(c.Root)
+}
+
+// openLocal opens the configured pools as this node's LocalNode; the
+// caller has claimed the root (claimRoot).
 func openLocal(ctx context.Context, c CSIConfig) (*volume.LocalNode, error) {
 	pools, err := OpenPools(ctx, c.Pools, mount.NewLoop(c.SysfsRoot, c.DevRoot), mount.Exec{})
 	if err != nil {

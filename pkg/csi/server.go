@@ -2,12 +2,8 @@ package csi
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -16,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 // ParseEndpoint returns the socket path of a unix://PATH endpoint.
@@ -32,31 +30,6 @@ func ParseEndpoint(ep string) (string, error) {
 		return "", fmt.Errorf("endpoint %q: no socket path", ep)
 	}
 	return p, nil
-}
-
-// Listen removes a stale socket at path (only a socket) and listens there
-// with permissions for owner and group only.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket; refusing to remove it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("chmod %s: %w", path, err)
-	}
-	return l, nil
 }
 
 // CallObserver hears every CSI call (metrics).
@@ -98,12 +71,16 @@ type Services struct {
 }
 
 // Serve serves svcs on the unix socket at path until ctx is cancelled, then
-// stops gracefully (forcibly after grace) and removes the socket.
+// stops gracefully (forcibly after grace) and removes the socket. A stale
+// socket at path is replaced; one a live server answers on is refused
+// (unixsock.ErrInUse), and the socket is removed on exit only if it is
+// still the one Serve created. The socket is for owner and group only.
 func Serve(ctx context.Context, path string, svcs Services, grace time.Duration) error {
-	l, err := Listen(path)
+	l, err := unixsock.Listen(path, 0o660)
 	if err != nil {
 		return err
 	}
+	defer l.Close() // removes the socket, if it is still ours
 	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls(svcs.Observer)))
 	csi.RegisterIdentityServer(srv, svcs.Identity)
 	if svcs.Controller != nil {
@@ -117,7 +94,6 @@ func Serve(ctx context.Context, path string, svcs Services, grace time.Duration)
 	klog.InfoS("Serving CSI", "endpoint", "unix://"+path, "controller", svcs.Controller != nil, "node", svcs.Node != nil)
 	select {
 	case err := <-errc:
-		os.Remove(path)
 		return fmt.Errorf("serve CSI: %w", err)
 	case <-ctx.Done():
 	}
@@ -128,9 +104,7 @@ func Serve(ctx context.Context, path string, svcs Services, grace time.Duration)
 	case <-time.After(grace):
 		srv.Stop()
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
+	l.Close()
 	klog.InfoS("CSI server stopped", "endpoint", "unix://"+path)
 	return nil
 }

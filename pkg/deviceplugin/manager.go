@@ -19,6 +19,7 @@ import (
 
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 // Config of the device-plugin manager.
@@ -78,7 +79,9 @@ func NewManager(cfg Config, resources []device.Resource, inv *device.Inventory) 
 }
 
 // start (re)starts the gRPC server on the plugin's socket: a stale socket
-// is removed first, the new one is for the owner only.
+// is replaced, one a live server (another process) answers on is refused;
+// the new one is for the owner only, and stopping the server removes it
+// only while it is still this one.
 func (s *served) start() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -87,20 +90,8 @@ func (s *served) start() error {
 		s.srv.Stop()
 		s.srv = nil
 	}
-	if fi, err := os.Lstat(s.path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("%s exists and is not a socket", s.path)
-		}
-		if err := os.Remove(s.path); err != nil {
-			return fmt.Errorf("remove stale socket: %w", err)
-		}
-	}
-	l, err := net.Listen("unix", s.path)
+	l, err := unixsock.Listen(s.path, 0o600)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.path, err)
-	}
-	if err := os.Chmod(s.path, 0o600); err != nil {
-		l.Close()
 		return err
 	}
 	s.plugin.serving()
@@ -123,9 +114,8 @@ func (s *served) stop() {
 		case <-time.After(5 * time.Second):
 			s.srv.Stop()
 		}
-		s.srv = nil
+		s.srv = nil // its listener removed the socket, if still ours
 	}
-	os.Remove(s.path)
 }
 
 // Registered reports whether every plugin registered with the kubelet since

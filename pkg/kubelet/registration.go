@@ -2,9 +2,7 @@ package kubelet
 
 import (
 	"context"
-	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -12,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
+
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 // PluginsRegistryDir is where the kubelet's plugin watcher looks for
@@ -82,32 +82,19 @@ func (r *CSIRegistration) waitForEndpoint(ctx context.Context) error {
 }
 
 // Serve serves the registration socket, once the CSI endpoint is up, until
-// ctx ends (then removes it). A stale socket is replaced; the socket is for
+// ctx ends (then removes it, if it is still the one it made). A stale socket
+// is replaced, one a live server answers on is refused; the socket is for
 // its owner only.
 func (r *CSIRegistration) Serve(ctx context.Context, kubeletDir string) error {
 	if err := r.waitForEndpoint(ctx); err != nil {
 		return nil // stopped before CSI came up
 	}
 	path := r.SocketPath(kubeletDir)
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("%s exists and is not a socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale socket: %w", err)
-		}
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, 0o600)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
 		return err
 	}
+	defer l.Close() // removes the socket, if it is still ours
 	srv := grpc.NewServer()
 	registerapi.RegisterRegistrationServer(srv, r)
 	errc := make(chan error, 1)
@@ -125,6 +112,5 @@ func (r *CSIRegistration) Serve(ctx context.Context, kubeletDir string) error {
 	case <-time.After(5 * time.Second):
 		srv.Stop()
 	}
-	os.Remove(path)
 	return nil
 }

@@ -57,6 +57,7 @@ func setup(t *testing.T) (*testenv.Client, string, string) {
 	root := t.TempDir()
 	kubelet := filepath.Join(root, "kubelet")
 	os.MkdirAll(kubelet, 0o750)
+	os.MkdirAll(filepath.Join(backing, "pool"), 0o700) // plinth refuses a missing pool directory
 	sock := testenv.Standalone(t, app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint: "unix://" + filepath.Join(root, "csi.sock"), Root: filepath.Join(root, "state"),
 		Pools:        []app.PoolSpec{{Name: "bench", Backend: "file", Dir: filepath.Join(backing, "pool"), FsType: "ext4"}},

@@ -80,6 +80,7 @@ func TestBenchScale(t *testing.T) {
 	testenv.RequireHost(t)
 	backing := testenv.Filesystem(t, "xfs", 64<<30)
 	root := t.TempDir()
+	os.MkdirAll(filepath.Join(backing, "pool"), 0o700) // plinth refuses a missing pool directory
 	sock := filepath.Join(root, "csi.sock")
 	args := []string{"--endpoint", "unix://" + sock, "--root", filepath.Join(root, "state"), "--allowed-path", root, "--metrics-address", "127.0.0.1:0",
 		"--pool", "name=scale,backend=file,dir=" + filepath.Join(backing, "pool")}

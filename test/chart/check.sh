@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Checks charts/plinth: helm lint with each value set in charts/plinth/ci,
 # helm template of each (written to $1 for the end-to-end suite, which
-# dry-runs them against the real API server), every bad value set in
-# test/chart/bad refused by values.schema.json, and the chart's CRDs equal
-# to deploy/base/crds (both generated from pkg/apis).
+# dry-runs them against the real API server), each render holding the lines
+# test/chart/expect/<name>.txt names (and none of its !lines), every bad
+# value set in test/chart/bad refused (by values.schema.json or the
+# templates' checks), and the chart's CRDs equal to deploy/base/crds (both
+# generated from pkg/apis).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-$(mktemp -d)}
@@ -20,6 +22,18 @@ for v in "$chart"/ci/*-values.yaml; do
 	"$helm" lint --strict --kube-version 1.37.2 "$chart" -f "$v" >/dev/null || { echo "FAIL lint $v"; "$helm" lint --strict --kube-version 1.37.2 "$chart" -f "$v"; fail=1; }
 	"$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system --include-crds -f "$v" >"$out/$name.yaml"
 	echo "ok   $name: $(grep -c '^kind:' "$out/$name.yaml") objects"
+done
+for e in test/chart/expect/*.txt; do
+	name=$(basename "$e" .txt)
+	bad=0
+	while IFS= read -r line; do
+		case $line in
+		'' | '#'*) ;;
+		'!'*) if grep -qF -- "${line#!}" "$out/$name.yaml"; then echo "FAIL $name: render has: ${line#!}"; bad=1; fi ;;
+		*) if ! grep -qxF -- "$line" "$out/$name.yaml"; then echo "FAIL $name: render lacks: $line"; bad=1; fi ;;
+		esac
+	done <"$e"
+	if [ $bad = 0 ]; then echo "ok   $name: renders what $(basename "$e") names"; else fail=1; fi
 done
 for v in test/chart/bad/*.yaml; do
 	if msg=$("$helm" template plinth "$chart" --kube-version 1.37.2 -f "$v" 2>&1 >/dev/null); then

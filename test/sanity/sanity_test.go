@@ -87,6 +87,7 @@ func TestSanityConfig(t *testing.T) {
 	backing := testenv.Filesystem(t, c.backingFs, 8<<30)
 	root := t.TempDir()
 	poolDir := filepath.Join(backing, "pool")
+	os.MkdirAll(poolDir, 0o700) // plinth refuses a missing pool directory
 	metricsAddr := freeAddr(t)
 	sock := testenv.Standalone(t, app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint:       "unix://" + filepath.Join(root, "csi.sock"),

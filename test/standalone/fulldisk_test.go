@@ -48,6 +48,7 @@ func TestFullDisk(t *testing.T) {
 	kubelet := filepath.Join(root, "kubelet")
 	os.MkdirAll(kubelet, 0o750)
 	poolDir := filepath.Join(backing, "pool")
+	os.MkdirAll(poolDir, 0o700) // plinth refuses a missing pool directory
 	e := &env{root: kubelet, poolDirs: []string{poolDir}}
 	sock := testenv.Standalone(t, app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint: "unix://" + filepath.Join(root, "csi.sock"), Root: filepath.Join(root, "state"),

@@ -32,6 +32,9 @@ func newEnv(t *testing.T) *env {
 	root := t.TempDir()
 	e := &env{root: filepath.Join(root, "kubelet"), poolDirs: []string{filepath.Join(xfs, "ext4"), filepath.Join(xfs, "xfs"), filepath.Join(bt, "bt")}}
 	os.MkdirAll(e.root, 0o750)
+	for _, d := range e.poolDirs {
+		os.MkdirAll(d, 0o700) // plinth refuses a missing pool directory
+	}
 	e.cfg = app.StandaloneConfig{CSIConfig: app.CSIConfig{
 		Endpoint: "unix://" + filepath.Join(root, "csi.sock"),
 		Root:     filepath.Join(root, "state"),
