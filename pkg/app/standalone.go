@@ -409,7 +409,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *volume.Lo
 	}
 	svcs := csi.Services{
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
-		Node: csi.NewNodeServer(volume.NewPublisher(local, mount.NewHost(run)), csi.NodeConfig{
+		Node: csi.NewNodeServer(volume.NewPublisher(local, mount.NewHost(run), c.Root), csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
 			Paths: csi.Paths{Allowed: c.AllowedPaths, Owned: owned},
 		}),

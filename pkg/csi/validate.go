@@ -177,12 +177,12 @@ func (p Paths) Check(kind, path string, lstat func(string) (isSymlink bool, err 
 		}
 		ok := len(p.Allowed) == 0
 		for _, a := range p.Allowed {
-			if under(cand, a) {
+			if under(cand, a) && cand != a {
 				ok = true
 			}
 		}
 		if !ok {
-			return invalid("%s %q is outside the allowed directories %v", kind, path, p.Allowed)
+			return invalid("%s %q is not strictly below one of the allowed directories %v", kind, path, p.Allowed)
 		}
 	}
 	if isLink, err := lstat(path); err == nil && isLink {

@@ -30,16 +30,38 @@ func NewLoop(sysfsRoot, devRoot string) *Loop {
 	return &Loop{SysfsRoot: sysfsRoot, DevRoot: devRoot, BlockSize: 4096}
 }
 
-// Find returns the loop device backed by file, or "" when none is.
+// Find returns the read-write loop device backed by file, or "" when none is.
 func (l *Loop) Find(file string) (string, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(file, &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", file, err)
-	}
-	matches, err := filepath.Glob(filepath.Join(l.SysfsRoot, "block", "loop*", "loop", "backing_file"))
+	devs, err := l.FindAll(file)
 	if err != nil {
 		return "", err
 	}
+	for _, d := range devs {
+		if !d.ReadOnly {
+			return d.Path, nil
+		}
+	}
+	return "", nil
+}
+
+// Device is a loop device and whether it refuses writes.
+type Device struct {
+	Path     string
+	ReadOnly bool
+}
+
+// FindAll returns every loop device backed by file: the read-write one a
+// stage attaches and the read-only ones read-only block publishes use.
+func (l *Loop) FindAll(file string) ([]Device, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		return nil, fmt.Errorf("stat %s: %w", file, err)
+	}
+	matches, err := filepath.Glob(filepath.Join(l.SysfsRoot, "block", "loop*", "loop", "backing_file"))
+	if err != nil {
+		return nil, err
+	}
+	var out []Device
 	for _, m := range matches {
 		b, err := os.ReadFile(m)
 		if err != nil {
@@ -50,34 +72,38 @@ func (l *Loop) Find(file string) (string, error) {
 		}
 		name := filepath.Base(filepath.Dir(filepath.Dir(m)))
 		dev := filepath.Join(l.DevRoot, name)
-		ok, err := sameBacking(dev, st)
+		ro, ok, err := sameBacking(dev, st)
 		if err != nil || !ok {
 			continue
 		}
-		return dev, nil
+		out = append(out, Device{Path: dev, ReadOnly: ro})
 	}
-	return "", nil
+	return out, nil
 }
 
-func sameBacking(dev string, st unix.Stat_t) (bool, error) {
+func sameBacking(dev string, st unix.Stat_t) (readOnly, ok bool, err error) {
 	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	defer unix.Close(fd)
 	info, err := unix.IoctlLoopGetStatus64(fd)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
-	return info.Inode == st.Ino && info.Device == st.Dev, nil
+	return info.Flags&unix.LO_FLAGS_READ_ONLY != 0, info.Inode == st.Ino && info.Device == st.Dev, nil
 }
 
-// Attach returns a loop device backed by file, attaching a free one when
-// none is attached yet. Direct I/O is asked for so that the page cache is
-// not filled twice; the kernel falls back to buffered I/O where it cannot.
+// Attach returns the read-write loop device backed by file, attaching a
+// free one when none is attached yet; with readOnly it attaches a new
+// device that refuses writes (the kernel's LO_FLAGS_READ_ONLY), each call
+// its own. Direct I/O is asked for so that the page cache is not filled
+// twice; the kernel falls back to buffered I/O where it cannot.
 func (l *Loop) Attach(file string, readOnly bool) (string, error) {
-	if dev, err := l.Find(file); err != nil || dev != "" {
-		return dev, err
+	if !readOnly {
+		if dev, err := l.Find(file); err != nil || dev != "" {
+			return dev, err
+		}
 	}
 	backing, err := unix.Open(file, openMode(readOnly)|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -138,39 +164,55 @@ func (l *Loop) configure(dev string, backing int, readOnly bool) error {
 // ErrBusy: a loop device stays attached because something holds it open.
 var ErrBusy = errors.New("loop device busy")
 
-// Detach releases the loop device backed by file, if any, and waits until
-// the kernel has let it go: LOOP_CLR_FD only marks the device to be
+// Detach releases every loop device backed by file, if any, and waits
+// until the kernel has let them go: LOOP_CLR_FD only marks a device to be
 // cleared at its last close, which can come a moment later.
 func (l *Loop) Detach(file string) error {
-	if err := l.clear(file); err != nil {
+	return l.detach(file, "")
+}
+
+// DetachDevice releases dev if, and only if, it is a loop device backed by
+// file; anything else is left alone.
+func (l *Loop) DetachDevice(file, dev string) error {
+	return l.detach(file, dev)
+}
+
+func (l *Loop) detach(file, only string) error {
+	remaining := func() ([]Device, error) {
+		devs, err := l.FindAll(file)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		var out []Device
+		for _, d := range devs {
+			if only == "" || d.Path == only {
+				out = append(out, d)
+			}
+		}
+		return out, err
+	}
+	devs, err := remaining()
+	if err != nil {
 		return err
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		dev, err := l.Find(file)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, d := range devs {
+		if err := clearDevice(d.Path, file); err != nil {
 			return err
 		}
-		if dev == "" {
-			return nil
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(devs) > 0; {
+		if devs, err = remaining(); err != nil || len(devs) == 0 {
+			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("detach %s from %s: %w: still attached after 5s (open elsewhere?)", dev, file, ErrBusy)
+			return fmt.Errorf("detach %s from %s: %w: still attached after 5s (open elsewhere?)", devs[0].Path, file, ErrBusy)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return nil
 }
 
-func (l *Loop) clear(file string) error {
-	dev, err := l.Find(file)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	if dev == "" {
-		return nil
-	}
+func clearDevice(dev, file string) error {
 	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dev, err)
@@ -182,19 +224,22 @@ func (l *Loop) clear(file string) error {
 	return nil
 }
 
-// Refresh makes an attached loop device pick up its backing file's new size.
+// Refresh makes the loop devices attached to file pick up its new size.
 func (l *Loop) Refresh(file string) error {
-	dev, err := l.Find(file)
-	if err != nil || dev == "" {
+	devs, err := l.FindAll(file)
+	if err != nil {
 		return err
 	}
-	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.IoctlSetInt(fd, unix.LOOP_SET_CAPACITY, 0); err != nil {
-		return fmt.Errorf("refresh capacity of %s: %w", dev, err)
+	for _, d := range devs {
+		fd, err := unix.Open(d.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open %s: %w", d.Path, err)
+		}
+		err = unix.IoctlSetInt(fd, unix.LOOP_SET_CAPACITY, 0)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("refresh capacity of %s: %w", d.Path, err)
+		}
 	}
 	return nil
 }

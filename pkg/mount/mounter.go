@@ -26,8 +26,9 @@ type Mounter interface {
 	// filesystem, then mounts it at target.
 	FormatAndMount(ctx context.Context, device, target, fsType string, options []string) error
 	// Bind bind-mounts source (a directory or a device file) at target,
-	// then applies options (e.g. "ro") with a remount.
-	Bind(source, target string, options []string) error
+	// then applies o with a remount; when the remount fails, the bind is
+	// undone.
+	Bind(source, target string, o BindOptions) error
 	Unmount(target string) error
 	// MountOf returns the mount at exactly path, or ok=false.
 	MountOf(path string) (m *mountinfo.Info, ok bool, err error)
@@ -67,11 +68,89 @@ func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string
 	return nil
 }
 
-func (h *Host) Bind(source, target string, options []string) error {
-	if err := h.safe.Mount(source, target, "", append([]string{"bind"}, options...)); err != nil {
+func (h *Host) Bind(source, target string, o BindOptions) error {
+	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
 	}
+	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|o.flags(), ""); err != nil {
+		err = fmt.Errorf("remount %s with %s: %w", target, o, err)
+		if uerr := unix.Unmount(target, 0); uerr != nil {
+			return errors.Join(err, fmt.Errorf("undo bind mount at %s: %w", target, uerr))
+		}
+		return err
+	}
 	return nil
+}
+
+// BindOptions are the per-mount options of a bind mount: the ones a bind
+// can carry (filesystem options belong to the mount of the filesystem).
+type BindOptions struct {
+	ReadOnly, NoSuid, NoDev, NoExec bool
+	// Atime is "", "noatime", "relatime" or "strictatime".
+	Atime      string
+	NoDiratime bool
+}
+
+func (o BindOptions) flags() uintptr {
+	var f uintptr
+	for _, b := range []struct {
+		on   bool
+		flag uintptr
+	}{{o.ReadOnly, unix.MS_RDONLY}, {o.NoSuid, unix.MS_NOSUID}, {o.NoDev, unix.MS_NODEV}, {o.NoExec, unix.MS_NOEXEC}, {o.NoDiratime, unix.MS_NODIRATIME}} {
+		if b.on {
+			f |= b.flag
+		}
+	}
+	switch o.Atime {
+	case "noatime":
+		f |= unix.MS_NOATIME
+	case "relatime":
+		f |= unix.MS_RELATIME
+	case "strictatime":
+		f |= unix.MS_STRICTATIME
+	}
+	return f
+}
+
+func (o BindOptions) String() string {
+	var opts []string
+	if o.ReadOnly {
+		opts = append(opts, "ro")
+	} else {
+		opts = append(opts, "rw")
+	}
+	for _, b := range []struct {
+		on   bool
+		name string
+	}{{o.NoSuid, "nosuid"}, {o.NoDev, "nodev"}, {o.NoExec, "noexec"}, {o.NoDiratime, "nodiratime"}, {o.Atime != "", o.Atime}} {
+		if b.on {
+			opts = append(opts, b.name)
+		}
+	}
+	return strings.Join(opts, ",")
+}
+
+// WithFlags adds the per-mount options among a consumer's mount flags.
+// "ro" can only make the mount read-only; "rw" never undoes a read-only
+// request; filesystem options are left to the filesystem's own mount.
+func (o BindOptions) WithFlags(flags []string) BindOptions {
+	for _, f := range flags {
+		switch f {
+		case "ro":
+			o.ReadOnly = true
+		case "nosuid":
+			o.NoSuid = true
+		case "nodev":
+			o.NoDev = true
+		case "noexec":
+			o.NoExec = true
+		case "nodiratime":
+			o.NoDiratime = true
+		case "noatime", "relatime", "strictatime":
+			o.Atime = f
+		}
+	}
+	return o
 }
 
 func (h *Host) Unmount(target string) error {

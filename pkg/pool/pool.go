@@ -118,6 +118,9 @@ func (s Stats) AllocatableBytes() int64 {
 type Attachment struct {
 	Device string
 	Dir    string
+	// ReadOnly are the devices of the volume that refuse writes, each made
+	// by AttachReadOnly for one read-only publish of a block volume.
+	ReadOnly []string
 }
 
 // VolumeUsage is what a volume holds, for NodeGetVolumeStats where the
@@ -159,8 +162,18 @@ type Pool interface {
 
 	// Attach makes the volume's storage reachable on this node (a loop
 	// device for an image file); Detach undoes it. Both are idempotent.
+	// Detach releases every device of the volume, read-only ones too.
 	Attach(ctx context.Context, id string) (Attachment, error)
 	Detach(ctx context.Context, id string) error
+	// Attached reports how the volume is reachable now, without making
+	// anything (ok=false: nothing attached). It is how the node tells the
+	// volume's own mounts from anything else at a path.
+	Attached(ctx context.Context, id string) (a Attachment, ok bool, err error)
+	// AttachReadOnly makes a new device of a block volume that refuses
+	// writes, for one read-only publish; ReleaseDevice releases such a
+	// device, and only if it is one of this volume's.
+	AttachReadOnly(ctx context.Context, id string) (string, error)
+	ReleaseDevice(ctx context.Context, id, device string) error
 	// Usage reports usage for volumes whose size the mounted filesystem
 	// does not show (ok=false where statfs of the mount is right).
 	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)

@@ -36,9 +36,13 @@ type Node interface {
 	Snapshots(ctx context.Context) ([]pool.Snapshot, error)
 }
 
-// LocalNode is a Node over the pools of this machine.
+// LocalNode is a Node over the pools of this machine. Its lock table is the
+// one every path that touches a volume on this node takes (the controller's
+// calls, the CSI node service, the reconciler of volume objects), so the
+// pools' "callers serialise per ID" contract holds in the whole process.
 type LocalNode struct {
 	pools []pool.Pool // sorted by name
+	locks *Locks
 }
 
 var _ Node = (*LocalNode)(nil)
@@ -54,7 +58,16 @@ func NewLocalNode(pools ...pool.Pool) (*LocalNode, error) {
 	}
 	ps := append([]pool.Pool(nil), pools...)
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name() < ps[j].Name() })
-	return &LocalNode{pools: ps}, nil
+	return &LocalNode{pools: ps, locks: NewLocks()}, nil
+}
+
+func volumeKey(id string) string   { return "volume/" + id }
+func snapshotKey(id string) string { return "snapshot/" + id }
+
+// lockVolume takes the per-volume lock of id (and of its source volume
+// for a clone); it fails at once with ErrBusy when another operation holds one.
+func (n *LocalNode) lock(keys ...string) (func(), error) {
+	return n.locks.TryAcquire(keys...)
 }
 
 // Pool returns the pool named name.
@@ -105,6 +118,18 @@ func (n *LocalNode) Pools(ctx context.Context) ([]PoolInfo, error) {
 }
 
 func (n *LocalNode) CreateVolume(ctx context.Context, poolName string, v pool.Volume) (pool.Volume, error) {
+	keys := []string{volumeKey(v.ID)}
+	if v.Source != nil && v.Source.VolumeID != "" && v.Source.VolumeID != v.ID {
+		keys = append(keys, volumeKey(v.Source.VolumeID))
+	}
+	if v.Source != nil && v.Source.SnapshotID != "" {
+		keys = append(keys, snapshotKey(v.Source.SnapshotID))
+	}
+	release, err := n.lock(keys...)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	defer release()
 	// A volume with this ID elsewhere (an earlier attempt placed it in
 	// another pool) is the one to return or to conflict with.
 	if p, _, err := n.PoolOfVolume(ctx, v.ID); err == nil && p.Name() != poolName {
@@ -133,6 +158,11 @@ func (n *LocalNode) CreateVolume(ctx context.Context, poolName string, v pool.Vo
 }
 
 func (n *LocalNode) DeleteVolume(ctx context.Context, id string) error {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return err
+	}
+	defer release()
 	p, _, err := n.PoolOfVolume(ctx, id)
 	if err != nil {
 		return err
@@ -141,6 +171,11 @@ func (n *LocalNode) DeleteVolume(ctx context.Context, id string) error {
 }
 
 func (n *LocalNode) ExpandVolume(ctx context.Context, id string, capacity int64) (pool.Volume, error) {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	defer release()
 	p, _, err := n.PoolOfVolume(ctx, id)
 	if err != nil {
 		return pool.Volume{}, err
@@ -174,6 +209,11 @@ func (n *LocalNode) Volumes(ctx context.Context) ([]pool.Volume, error) {
 }
 
 func (n *LocalNode) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
+	release, err := n.lock(snapshotKey(s.ID), volumeKey(s.SourceVolumeID))
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	defer release()
 	if p, err := n.poolOfSnapshot(ctx, s.ID); err == nil {
 		return p.CreateSnapshot(ctx, s)
 	}
@@ -185,6 +225,11 @@ func (n *LocalNode) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.S
 }
 
 func (n *LocalNode) DeleteSnapshot(ctx context.Context, id string) error {
+	release, err := n.lock(snapshotKey(id))
+	if err != nil {
+		return err
+	}
+	defer release()
 	p, err := n.poolOfSnapshot(ctx, id)
 	if err != nil {
 		return err

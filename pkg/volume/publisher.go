@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -22,17 +25,29 @@ var ErrNotStaged = errors.New("volume is not staged")
 // ErrPublishedElsewhere: a single-writer volume is already published.
 var ErrPublishedElsewhere = errors.New("volume is published at another target")
 
+// ErrPathInUse: a path holds something that is not the volume's (another
+// mount, a non-empty directory, a file of another kind); it is left alone.
+var ErrPathInUse = errors.New("path holds something that is not this volume's")
+
 // Publisher does the node's part for a consumer: stage (attach, format if
 // empty, mount), publish (bind mount), and their inverses, stats, expand.
+// Before it unmounts, grows or declares a path done, it checks from the
+// mount table that what is mounted there is this volume's own storage.
 type Publisher struct {
 	node    *LocalNode
 	mounter mount.Mounter
-	locks   *Locks
+	targets targetRecords
 }
 
-// NewPublisher returns a Publisher for the volumes of node.
-func NewPublisher(node *LocalNode, m mount.Mounter) *Publisher {
-	return &Publisher{node: node, mounter: m, locks: NewLocks()}
+// NewPublisher returns a Publisher for the volumes of node; it records
+// what each publish made in stateDir ("" records nothing, and then
+// unpublish removes no target).
+func NewPublisher(node *LocalNode, m mount.Mounter, stateDir string) *Publisher {
+	tr := targetRecords{}
+	if stateDir != "" {
+		tr.dir = filepath.Join(stateDir, "targets")
+	}
+	return &Publisher{node: node, mounter: m, targets: tr}
 }
 
 // Access describes how a consumer asked for the volume.
@@ -46,6 +61,8 @@ type Access struct {
 	// SingleWriter: the volume may be published at one target only.
 	SingleWriter bool
 }
+
+func (p *Publisher) lock(id string) (func(), error) { return p.node.lock(volumeKey(id)) }
 
 func (p *Publisher) lookup(ctx context.Context, id string, a Access) (pool.Pool, pool.Volume, error) {
 	pl, v, err := p.node.PoolOfVolume(ctx, id)
@@ -61,9 +78,141 @@ func (p *Publisher) lookup(ctx context.Context, id string, a Access) (pool.Pool,
 	return pl, v, nil
 }
 
-// Stage makes the volume ready for publishing at stagingPath.
-func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access) error {
-	release, err := p.locks.TryAcquire(id)
+// site is what a path holds now.
+type site struct {
+	fi    os.FileInfo     // from Lstat (a mount point shows the mounted root); nil when absent
+	mount *mountinfo.Info // the top mount at the path, nil when none
+}
+
+func (p *Publisher) look(path string) (site, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return site{}, nil
+	}
+	if err != nil {
+		return site{}, fmt.Errorf("lstat %s: %w", path, err)
+	}
+	m, ok, err := p.mounter.MountOf(path)
+	if err != nil {
+		return site{}, err
+	}
+	if !ok {
+		m = nil
+	}
+	return site{fi: fi, mount: m}, nil
+}
+
+func (s site) describe() string {
+	switch {
+	case s.fi == nil:
+		return "nothing"
+	case s.mount != nil:
+		return fmt.Sprintf("a %s mount of %s", s.mount.FSType, s.mount.Source)
+	case s.fi.IsDir():
+		return "a directory"
+	case s.fi.Mode().IsRegular():
+		return fmt.Sprintf("a file of %d bytes", s.fi.Size())
+	}
+	return fmt.Sprintf("a %v", s.fi.Mode().Type())
+}
+
+func rdev(path string) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return st.Rdev, nil
+}
+
+// owns reports whether mount m at path is the volume's own: a mount of its
+// read-write device (filesystem), a bind of one of its devices (block;
+// roDevice names a read-only one), or a bind of its directory.
+func owns(att pool.Attachment, attached bool, m *mountinfo.Info, path string, block bool) (own bool, roDevice string, err error) {
+	if !attached || m == nil {
+		return false, "", nil
+	}
+	if block {
+		var st unix.Stat_t
+		if err := unix.Stat(path, &st); err != nil {
+			return false, "", fmt.Errorf("stat %s: %w", path, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			return false, "", nil
+		}
+		for i, dev := range append([]string{att.Device}, att.ReadOnly...) {
+			if dev == "" {
+				continue
+			}
+			if r, err := rdev(dev); err == nil && r == st.Rdev {
+				if i == 0 {
+					return true, "", nil
+				}
+				return true, dev, nil
+			}
+		}
+		return false, "", nil
+	}
+	if att.Device != "" {
+		if m.Root != "/" {
+			return false, "", nil
+		}
+		if m.Source == att.Device {
+			return true, "", nil
+		}
+		r, err := rdev(att.Device)
+		if err != nil {
+			return false, "", err
+		}
+		return uint64(unix.Major(r)) == uint64(m.Major) && uint64(unix.Minor(r)) == uint64(m.Minor), "", nil
+	}
+	if att.Dir == "" {
+		return false, "", nil
+	}
+	var at, dir unix.Stat_t
+	if err := unix.Stat(path, &at); err != nil {
+		return false, "", fmt.Errorf("stat %s: %w", path, err)
+	}
+	if err := unix.Stat(att.Dir, &dir); err != nil {
+		return false, "", fmt.Errorf("stat %s: %w", att.Dir, err)
+	}
+	return at.Dev == dir.Dev && at.Ino == dir.Ino, "", nil
+}
+
+func mountReadOnly(m *mountinfo.Info) bool {
+	return slices.Contains(strings.Split(m.Options, ","), "ro")
+}
+
+func emptyDir(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(1)
+	if errors.Is(err, io.EOF) {
+		return true, nil
+	}
+	return len(names) == 0, err
+}
+
+// stageFlags are the options of a filesystem's staging mount: the
+// consumer's, and always nodev and nosuid (a tenant's device nodes and
+// setuid binaries stay inert; the "dev" and "suid" flags are refused).
+func stageFlags(flags []string) []string {
+	out := append([]string(nil), flags...)
+	for _, f := range []string{"nodev", "nosuid"} {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Stage makes the volume ready for publishing at stagingPath. A failure
+// undoes what this call did: a mount it made, a device it attached, a
+// directory it created.
+func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access) (err error) {
+	release, err := p.lock(id)
 	if err != nil {
 		return err
 	}
@@ -72,37 +221,87 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 	if err != nil {
 		return err
 	}
-	// The CO should have made it; the parent was checked by the caller.
-	if err := os.Mkdir(stagingPath, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("create staging path %s: %w", stagingPath, err)
+	at, err := p.look(stagingPath)
+	if err != nil {
+		return err
+	}
+	if at.fi != nil && !at.fi.IsDir() {
+		return fmt.Errorf("%w: staging path %s is %s, not a directory", ErrPathInUse, stagingPath, at.describe())
+	}
+	before, attached, err := pl.Attached(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !a.Block && at.mount != nil {
+		own, _, err := owns(before, attached, at.mount, stagingPath, false)
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("%w: staging path %s is %s, not volume %s", pool.ErrExists, stagingPath, at.describe(), id)
+		}
+		if a.MountGroup != "" {
+			return applyMountGroup(stagingPath, a.MountGroup)
+		}
+		return nil // staged already
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	logger := klog.FromContext(ctx).WithValues("volumeID", id, "stagingPath", stagingPath)
+	if at.fi == nil {
+		// The CO should have made it; the parent was checked by the caller.
+		if err := os.Mkdir(stagingPath, 0o750); err != nil {
+			return fmt.Errorf("create staging path %s: %w", stagingPath, err)
+		}
+		undo = append(undo, func() { _ = os.Remove(stagingPath) })
+	} else if !a.Block {
+		if empty, err := emptyDir(stagingPath); err != nil {
+			return fmt.Errorf("read staging path %s: %w", stagingPath, err)
+		} else if !empty {
+			return fmt.Errorf("%w: staging path %s is a non-empty directory: mounting there would hide its contents", ErrPathInUse, stagingPath)
+		}
 	}
 	att, err := pl.Attach(ctx, id)
 	if err != nil {
 		return err
 	}
+	if before.Device == "" && att.Device != "" {
+		undo = append(undo, func() {
+			if derr := pl.Detach(ctx, id); derr != nil {
+				logger.Error(derr, "Undo attach after failed stage")
+			}
+		})
+	}
 	if a.Block {
+		logger.V(2).Info("Volume staged", "device", att.Device)
 		return nil // the device is bound at each target on publish
 	}
-	if m, ok, err := p.mounter.MountOf(stagingPath); err != nil {
-		return err
-	} else if ok {
-		if att.Device != "" && m.Source != att.Device {
-			return fmt.Errorf("%w: %s is already a mount of %s", pool.ErrExists, stagingPath, m.Source)
+	undo = append(undo, func() {
+		if m, ok, _ := p.mounter.MountOf(stagingPath); ok {
+			if own, _, _ := owns(att, true, m, stagingPath, false); own {
+				if uerr := p.mounter.Unmount(stagingPath); uerr != nil {
+					logger.Error(uerr, "Undo mount after failed stage")
+				}
+			}
 		}
-		return nil
-	}
-	logger := klog.FromContext(ctx).WithValues("volumeID", id, "stagingPath", stagingPath)
+	})
 	if att.Device != "" {
 		// ext4 that could not grow online (see GrowFs) grows here, offline.
 		if err := p.mounter.GrowExt4Offline(ctx, att.Device); err != nil {
 			return err
 		}
-		if err := p.mounter.FormatAndMount(ctx, att.Device, stagingPath, v.FsType, a.MountFlags); err != nil {
+		if err := p.mounter.FormatAndMount(ctx, att.Device, stagingPath, v.FsType, stageFlags(a.MountFlags)); err != nil {
 			return err
 		}
 		logger.Info("Volume staged", "device", att.Device, "fsType", v.FsType)
 	} else {
-		if err := p.mounter.Bind(att.Dir, stagingPath, a.MountFlags); err != nil {
+		if err := p.mounter.Bind(att.Dir, stagingPath, mount.BindOptions{NoSuid: true, NoDev: true}.WithFlags(a.MountFlags)); err != nil {
 			return err
 		}
 		logger.Info("Volume staged", "dir", att.Dir)
@@ -135,19 +334,65 @@ func applyMountGroup(root, group string) error {
 	return nil
 }
 
-// Unstage undoes Stage: unmount the staging path, release the device.
+// Unstage undoes Stage: unmount the staging path (only the volume's own
+// mounts there), release the device. A volume still published elsewhere,
+// or a staging path that holds another mount, is refused untouched.
 func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
-	release, err := p.locks.TryAcquire(id)
+	release, err := p.lock(id)
 	if err != nil {
 		return err
 	}
 	defer release()
-	pl, _, err := p.node.PoolOfVolume(ctx, id)
+	pl, v, err := p.node.PoolOfVolume(ctx, id)
 	if err != nil {
 		return err
 	}
-	if err := p.unmountAll(stagingPath); err != nil {
+	att, attached, err := pl.Attached(ctx, id)
+	if err != nil {
 		return err
+	}
+	block := v.Mode == pool.ModeBlock
+	if attached {
+		others, err := p.publishedAt(pl, id, att, stagingPath, block)
+		if err != nil {
+			return err
+		}
+		if len(others) > 0 {
+			return fmt.Errorf("%w: volume %s is still published at %s: unpublish it first", pool.ErrInUse, id, strings.Join(others, ", "))
+		}
+	}
+	if !block { // a block volume mounts nothing at its staging path
+		for i := 0; ; i++ { // stacked mounts from repeated failed attempts
+			at, err := p.look(stagingPath)
+			if err != nil {
+				return err
+			}
+			if at.mount == nil {
+				break
+			}
+			own, _, err := owns(att, attached, at.mount, stagingPath, false)
+			if err != nil {
+				return err
+			}
+			if !own {
+				return fmt.Errorf("%w: staging path %s is %s, not volume %s: left alone", ErrPathInUse, stagingPath, at.describe(), id)
+			}
+			if i == 8 {
+				return fmt.Errorf("unmount %s: still mounted after 8 unmounts", stagingPath)
+			}
+			if err := p.mounter.Unmount(stagingPath); err != nil {
+				return err
+			}
+		}
+	}
+	// Detaching a device still mounted anywhere would only mark it to go
+	// at its last close: refuse instead, whatever path the caller named.
+	if attached {
+		if in, err := deviceMounts(att); err != nil {
+			return err
+		} else if len(in) > 0 {
+			return fmt.Errorf("%w: volume %s is still mounted at %s", pool.ErrInUse, id, strings.Join(in, ", "))
+		}
 	}
 	if err := pl.Detach(ctx, id); err != nil {
 		return err
@@ -156,22 +401,9 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 	return nil
 }
 
-func (p *Publisher) unmountAll(path string) error {
-	for i := 0; i < 8; i++ { // stacked mounts from repeated failed attempts
-		_, ok, err := p.mounter.MountOf(path)
-		if err != nil || !ok {
-			return err
-		}
-		if err := p.mounter.Unmount(path); err != nil {
-			return err
-		}
-	}
-	return fmt.Errorf("unmount %s: still mounted after 8 unmounts", path)
-}
-
-// Publish binds the staged volume (or the device, for block) at target.
-func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string, a Access) error {
-	release, err := p.locks.TryAcquire(id)
+// Publish binds the staged volume (or its device, for block) at target.
+func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string, a Access) (err error) {
+	release, err := p.lock(id)
 	if err != nil {
 		return err
 	}
@@ -180,13 +412,51 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 	if err != nil {
 		return err
 	}
-	if _, ok, err := p.mounter.MountOf(target); err != nil {
+	att, attached, err := pl.Attached(ctx, id)
+	if err != nil {
 		return err
-	} else if ok {
-		return nil
 	}
-	if a.SingleWriter {
-		others, err := p.targets(ctx, pl, id, stagingPath, a.Block)
+	at, err := p.look(target)
+	if err != nil {
+		return err
+	}
+	if at.mount != nil {
+		own, roDevice, err := owns(att, attached, at.mount, target, a.Block)
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("%w: target %s is %s, not volume %s", pool.ErrExists, target, at.describe(), id)
+		}
+		readOnly := mountReadOnly(at.mount)
+		if a.Block {
+			readOnly = roDevice != ""
+		}
+		if readOnly != a.ReadOnly {
+			return fmt.Errorf("%w: volume %s is published at %s with read-only=%t, asked read-only=%t", pool.ErrExists, id, target, readOnly, a.ReadOnly)
+		}
+		if a.MountGroup != "" && !a.Block {
+			return applyMountGroup(stagingPath, a.MountGroup)
+		}
+		return nil // published already
+	}
+	if at.fi != nil {
+		if a.Block && (!at.fi.Mode().IsRegular() || at.fi.Size() > 0) {
+			return fmt.Errorf("%w: block target %s is %s: only an empty file or nothing is published over", ErrPathInUse, target, at.describe())
+		}
+		if !a.Block {
+			if !at.fi.IsDir() {
+				return fmt.Errorf("%w: target %s is %s, not a directory", ErrPathInUse, target, at.describe())
+			}
+			if empty, err := emptyDir(target); err != nil {
+				return fmt.Errorf("read target %s: %w", target, err)
+			} else if !empty {
+				return fmt.Errorf("%w: target %s is a non-empty directory: mounting there would hide its contents", ErrPathInUse, target)
+			}
+		}
+	}
+	if a.SingleWriter && attached {
+		others, err := p.publishedAt(pl, id, att, stagingPath, a.Block)
 		if err != nil {
 			return err
 		}
@@ -196,64 +466,196 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 			}
 		}
 	}
-	var opts []string
-	if a.ReadOnly {
-		opts = append(opts, "ro")
-	}
-	opts = append(opts, a.MountFlags...)
 	source := stagingPath
 	if a.Block {
-		att, err := pl.Attach(ctx, id)
-		if err != nil {
-			return err
+		if !attached || att.Device == "" {
+			return fmt.Errorf("%w: block volume %s has no device attached", ErrNotStaged, id)
 		}
 		source = att.Device
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_RDONLY, 0o600)
-		if err != nil {
-			return fmt.Errorf("create block target %s: %w", target, err)
-		}
-		f.Close()
 	} else {
-		if _, ok, err := p.mounter.MountOf(stagingPath); err != nil {
+		sm, err := p.look(stagingPath)
+		if err != nil {
 			return err
-		} else if !ok {
+		}
+		if sm.mount == nil {
 			return fmt.Errorf("%w: nothing mounted at staging path %s", ErrNotStaged, stagingPath)
 		}
-		if err := os.Mkdir(target, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("create target %s: %w", target, err)
+		if own, _, err := owns(att, attached, sm.mount, stagingPath, false); err != nil {
+			return err
+		} else if !own {
+			return fmt.Errorf("%w: staging path %s is %s, not volume %s's staging mount", ErrNotStaged, stagingPath, sm.describe(), id)
 		}
+	}
+	logger := klog.FromContext(ctx).WithValues("volumeID", id, "targetPath", target)
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	rec, had, err := p.targets.get(target)
+	if err != nil {
+		return err
+	}
+	if !had || rec.VolumeID != id {
+		rec = targetRecord{VolumeID: id, Target: target}
+	}
+	if at.fi == nil {
+		rec.Created = "dir"
+		if a.Block {
+			rec.Created = "file"
+		}
+	}
+	if a.Block && a.ReadOnly {
+		dev, err := pl.AttachReadOnly(ctx, id)
+		if err != nil {
+			return err
+		}
+		undo = append(undo, func() {
+			if rerr := pl.ReleaseDevice(ctx, id, dev); rerr != nil {
+				logger.Error(rerr, "Undo read-only device after failed publish", "device", dev)
+			}
+		})
+		source, rec.Device = dev, dev
+	}
+	if err := p.targets.put(rec); err != nil {
+		return err
+	}
+	undo = append(undo, func() { _ = p.targets.drop(target) })
+	if at.fi == nil {
+		if err := createTarget(target, a.Block); err != nil {
+			return err
+		}
+		undo = append(undo, func() { _ = os.Remove(target) })
+	}
+	opts := mount.BindOptions{ReadOnly: a.ReadOnly}
+	if !a.Block {
+		opts = mount.BindOptions{ReadOnly: a.ReadOnly, NoSuid: true, NoDev: true}.WithFlags(a.MountFlags)
 	}
 	if err := p.mounter.Bind(source, target, opts); err != nil {
 		return err
 	}
-	klog.FromContext(ctx).Info("Volume published", "volumeID", id, "targetPath", target, "readOnly", a.ReadOnly)
+	undo = append(undo, func() {
+		if uerr := p.mounter.Unmount(target); uerr != nil {
+			logger.Error(uerr, "Undo bind after failed publish")
+		}
+	})
+	if a.MountGroup != "" && !a.Block {
+		if err := applyMountGroup(stagingPath, a.MountGroup); err != nil {
+			return err
+		}
+	}
+	logger.Info("Volume published", "readOnly", a.ReadOnly)
 	return nil
 }
 
-// Unpublish unmounts target and removes what Publish created there.
+// createTarget makes a block target (an empty file) or a filesystem target
+// (a directory); it never opens anything that was there (no FIFO, no
+// symlink can make it block or write elsewhere).
+func createTarget(target string, block bool) error {
+	if !block {
+		if err := os.Mkdir(target, 0o750); err != nil {
+			return fmt.Errorf("create target %s: %w", target, err)
+		}
+		return nil
+	}
+	fd, err := unix.Open(target, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create block target %s: %w", target, err)
+	}
+	return unix.Close(fd)
+}
+
+// Unpublish unmounts the volume's own mounts at target and removes what
+// Publish made there; another mount at target is refused untouched, and a
+// file or directory publish did not make is left where it is.
 func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
-	release, err := p.locks.TryAcquire(id)
+	release, err := p.lock(id)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if _, _, err := p.node.PoolOfVolume(ctx, id); err != nil {
+	pl, v, err := p.node.PoolOfVolume(ctx, id)
+	if err != nil {
 		return err
 	}
-	if err := p.unmountAll(target); err != nil {
+	att, attached, err := pl.Attached(ctx, id)
+	if err != nil {
 		return err
 	}
-	// Remove only what Publish makes: an empty directory or an empty file
-	// (a block target). Anything else is not ours to remove.
-	if fi, err := os.Lstat(target); err == nil {
-		if fi.Mode().IsRegular() && fi.Size() > 0 || !fi.Mode().IsRegular() && !fi.IsDir() {
-			return fmt.Errorf("%w: %s is not a target plinth published (a %v of %d bytes)", pool.ErrInvalid, target, fi.Mode().Type(), fi.Size())
+	block := v.Mode == pool.ModeBlock
+	for i := 0; ; i++ { // stacked mounts from repeated failed attempts
+		at, err := p.look(target)
+		if err != nil {
+			return err
 		}
-		if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove target %s: %w", target, err)
+		if at.mount == nil {
+			break
+		}
+		own, roDevice, err := owns(att, attached, at.mount, target, block)
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("%w: target %s is %s, not volume %s: left alone", ErrPathInUse, target, at.describe(), id)
+		}
+		if i == 8 {
+			return fmt.Errorf("unmount %s: still mounted after 8 unmounts", target)
+		}
+		if err := p.mounter.Unmount(target); err != nil {
+			return err
+		}
+		if roDevice != "" {
+			if err := pl.ReleaseDevice(ctx, id, roDevice); err != nil {
+				return err
+			}
+		}
+	}
+	rec, had, err := p.targets.get(target)
+	if err != nil {
+		return err
+	}
+	if had && rec.VolumeID == id {
+		if rec.Device != "" {
+			if err := pl.ReleaseDevice(ctx, id, rec.Device); err != nil {
+				return err
+			}
+		}
+		if err := removeCreated(target, rec.Created); err != nil {
+			return err
+		}
+		if err := p.targets.drop(target); err != nil {
+			return err
 		}
 	}
 	klog.FromContext(ctx).Info("Volume unpublished", "volumeID", id, "targetPath", target)
+	return nil
+}
+
+// removeCreated removes target if publish made it ("dir" or "file") and it
+// is still what publish made: an empty directory or an empty file.
+func removeCreated(target, created string) error {
+	fi, err := os.Lstat(target)
+	if errors.Is(err, os.ErrNotExist) || created == "" {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("lstat %s: %w", target, err)
+	}
+	switch {
+	case created == "dir" && fi.IsDir():
+		if empty, err := emptyDir(target); err != nil || !empty {
+			return err // something was put there since: keep it
+		}
+	case created == "file" && fi.Mode().IsRegular() && fi.Size() == 0:
+	default:
+		return nil
+	}
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove target %s: %w", target, err)
+	}
 	return nil
 }
 
@@ -272,13 +674,8 @@ func (p *Publisher) Stats(ctx context.Context, id, path string) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	if _, err := os.Stat(path); err != nil {
-		return Stats{}, fmt.Errorf("volume path %s: %w", path, pool.ErrNotFound)
-	}
-	if _, ok, err := p.mounter.MountOf(path); err != nil {
+	if err := p.mountedAt(ctx, pl, id, path, v.Mode == pool.ModeBlock); err != nil {
 		return Stats{}, err
-	} else if !ok {
-		return Stats{}, fmt.Errorf("volume %s is not mounted at %s: %w", id, path, pool.ErrNotFound)
 	}
 	if v.Mode == pool.ModeBlock {
 		size, err := mount.DeviceSize(path)
@@ -310,10 +707,35 @@ func (p *Publisher) Stats(ctx context.Context, id, path string) (Stats, error) {
 	return s, nil
 }
 
+// mountedAt checks that path is a mount of the volume itself; anything
+// else (nothing, another volume, a foreign filesystem) is ErrNotFound.
+func (p *Publisher) mountedAt(ctx context.Context, pl pool.Pool, id, path string, block bool) error {
+	att, attached, err := pl.Attached(ctx, id)
+	if err != nil {
+		return err
+	}
+	at, err := p.look(path)
+	if err != nil {
+		return err
+	}
+	if at.fi == nil {
+		return fmt.Errorf("volume path %s: %w", path, pool.ErrNotFound)
+	}
+	own, _, err := owns(att, attached, at.mount, path, block)
+	if err != nil {
+		return err
+	}
+	if !own {
+		return fmt.Errorf("volume %s is not mounted at %s (it holds %s): %w", id, path, at.describe(), pool.ErrNotFound)
+	}
+	return nil
+}
+
 // Expand grows the filesystem of the volume at path to its device; it
-// returns the capacity the consumer now sees.
+// returns the capacity the consumer now sees. It acts only when path is a
+// mount of the volume's own device, and never attaches anything.
 func (p *Publisher) Expand(ctx context.Context, id, path string) (int64, error) {
-	release, err := p.locks.TryAcquire(id)
+	release, err := p.lock(id)
 	if err != nil {
 		return 0, err
 	}
@@ -322,17 +744,13 @@ func (p *Publisher) Expand(ctx context.Context, id, path string) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
-	m, ok, err := p.mounter.MountOf(path)
-	if err != nil {
+	if err := p.mountedAt(ctx, pl, id, path, v.Mode == pool.ModeBlock); err != nil {
 		return 0, err
-	}
-	if !ok {
-		return 0, fmt.Errorf("volume %s is not mounted at %s: %w", id, path, pool.ErrNotFound)
 	}
 	if v.Mode == pool.ModeBlock {
 		return mount.DeviceSize(path)
 	}
-	att, err := pl.Attach(ctx, id)
+	att, _, err := pl.Attached(ctx, id)
 	if err != nil {
 		return 0, err
 	}
@@ -340,7 +758,7 @@ func (p *Publisher) Expand(ctx context.Context, id, path string) (int64, error) 
 		return v.CapacityBytes, nil // the pool's limit was raised; nothing on the node
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", id, "volumePath", path)
-	if err := p.mounter.GrowFs(ctx, m.Source, path); errors.Is(err, mount.ErrOnlineResizeRefused) {
+	if err := p.mounter.GrowFs(ctx, att.Device, path); errors.Is(err, mount.ErrOnlineResizeRefused) {
 		logger.Info("Online filesystem resize refused by the kernel; the filesystem grows at the next stage", "err", err)
 	} else if err != nil {
 		return 0, err
@@ -349,29 +767,65 @@ func (p *Publisher) Expand(ctx context.Context, id, path string) (int64, error) 
 	return v.CapacityBytes, nil
 }
 
-// targets lists where the volume is published now, from the mount table:
-// mounts of the same filesystem and root as the staging mount, or bind
-// mounts of the block device.
-func (p *Publisher) targets(ctx context.Context, pl pool.Pool, id, stagingPath string, block bool) ([]string, error) {
+// deviceMounts lists every mount of the volume's devices: filesystems on
+// them and binds of their device nodes.
+func deviceMounts(att pool.Attachment) ([]string, error) {
+	devs := append([]string{att.Device}, att.ReadOnly...)
+	type majmin struct{ major, minor int }
+	nums := map[majmin]bool{}
+	for _, d := range devs {
+		if d == "" {
+			continue
+		}
+		if r, err := rdev(d); err == nil {
+			nums[majmin{int(unix.Major(r)), int(unix.Minor(r))}] = true
+		}
+	}
+	if len(nums) == 0 {
+		return nil, nil
+	}
+	mounts, err := mountinfo.GetMounts(nil)
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	var out []string
+	for _, m := range mounts {
+		for _, d := range devs {
+			if d != "" && (m.Source == d || m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(d)) {
+				out = append(out, m.Mountpoint)
+			}
+		}
+		if nums[majmin{m.Major, m.Minor}] && !slices.Contains(out, m.Mountpoint) {
+			out = append(out, m.Mountpoint)
+		}
+	}
+	return out, nil
+}
+
+// publishedAt lists where the volume is published now, from the mount
+// table: mounts of the same filesystem and root as the staging mount, or
+// binds of the volume's devices.
+func (p *Publisher) publishedAt(pl pool.Pool, id string, att pool.Attachment, stagingPath string, block bool) ([]string, error) {
 	mounts, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
 	var out []string
 	if block {
-		att, err := pl.Attach(ctx, id)
-		if err != nil {
-			return nil, err
-		}
 		for _, m := range mounts {
-			if m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(att.Device) {
-				out = append(out, m.Mountpoint)
+			for _, dev := range append([]string{att.Device}, att.ReadOnly...) {
+				if dev != "" && m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(dev) {
+					out = append(out, m.Mountpoint)
+				}
 			}
 		}
 		return out, nil
 	}
 	staged, ok, err := p.mounter.MountOf(stagingPath)
 	if err != nil || !ok {
+		return nil, err
+	}
+	if own, _, err := owns(att, true, staged, stagingPath, false); err != nil || !own {
 		return nil, err
 	}
 	for _, m := range mounts {

@@ -413,6 +413,28 @@ func (p *Pool) Detach(ctx context.Context, id string) error {
 	return pool.ValidateID("volume ID", id)
 }
 
+// Attached: a ready subvolume is always reachable, as its directory.
+func (p *Pool) Attached(ctx context.Context, id string) (pool.Attachment, bool, error) {
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return pool.Attachment{}, false, err
+	}
+	if v.State != pool.StateReady {
+		return pool.Attachment{}, false, nil
+	}
+	return pool.Attachment{Dir: p.volPath(id)}, true, nil
+}
+
+// AttachReadOnly: btrfs volumes are filesystems, never block devices.
+func (p *Pool) AttachReadOnly(ctx context.Context, id string) (string, error) {
+	return "", fmt.Errorf("volume %s: %w: a btrfs pool has no block volumes", id, pool.ErrUnsupported)
+}
+
+// ReleaseDevice has nothing to release for a subvolume.
+func (p *Pool) ReleaseDevice(ctx context.Context, id, device string) error {
+	return pool.ValidateID("volume ID", id)
+}
+
 // Usage reads the volume's qgroup: the filesystem's statfs would show the
 // whole pool, not the volume's limit.
 func (p *Pool) Usage(ctx context.Context, id string) (pool.VolumeUsage, bool, error) {

@@ -22,8 +22,10 @@ import (
 // Loops attaches image files as block devices (pkg/mount.Loop on a host).
 type Loops interface {
 	Find(file string) (string, error)
+	FindAll(file string) ([]mount.Device, error)
 	Attach(file string, readOnly bool) (string, error)
 	Detach(file string) error
+	DetachDevice(file, dev string) error
 	Refresh(file string) error
 }
 
@@ -252,12 +254,12 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	img := p.volImage(id)
 	if p.loops != nil {
 		if _, err := os.Stat(img); err == nil {
-			dev, err := p.loops.Find(img)
+			devs, err := p.loops.FindAll(img)
 			if err != nil {
 				return err
 			}
-			if dev != "" {
-				return fmt.Errorf("volume %s is attached as %s: %w", id, dev, pool.ErrInUse)
+			if len(devs) > 0 {
+				return fmt.Errorf("volume %s is attached as %s: %w", id, devs[0].Path, pool.ErrInUse)
 			}
 		}
 	}
@@ -407,6 +409,73 @@ func (p *Pool) Detach(ctx context.Context, id string) error {
 	if err := p.loops.Detach(img); err != nil {
 		if errors.Is(err, mount.ErrBusy) {
 			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// Attached lists the volume's loop devices without attaching any.
+func (p *Pool) Attached(ctx context.Context, id string) (pool.Attachment, bool, error) {
+	if _, err := p.index.Volume(id); err != nil {
+		return pool.Attachment{}, false, err
+	}
+	if p.loops == nil {
+		return pool.Attachment{}, false, nil
+	}
+	devs, err := p.loops.FindAll(p.volImage(id))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return pool.Attachment{}, false, nil
+		}
+		return pool.Attachment{}, false, err
+	}
+	var a pool.Attachment
+	for _, d := range devs {
+		if d.ReadOnly {
+			a.ReadOnly = append(a.ReadOnly, d.Path)
+		} else {
+			a.Device = d.Path
+		}
+	}
+	return a, len(devs) > 0, nil
+}
+
+// AttachReadOnly attaches a new read-only loop device of a block volume's
+// image: a read-only bind mount of a device node does not stop writes to
+// the device, a read-only loop device does.
+func (p *Pool) AttachReadOnly(ctx context.Context, id string) (string, error) {
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return "", err
+	}
+	if v.State != pool.StateReady {
+		return "", fmt.Errorf("volume %s: %w", id, pool.ErrNotReady)
+	}
+	if p.loops == nil {
+		return "", fmt.Errorf("attach %s: %w: no loop device support configured", id, pool.ErrUnsupported)
+	}
+	dev, err := p.loops.Attach(p.volImage(id), true)
+	if err != nil {
+		return "", fmt.Errorf("attach read-only loop device for %s: %w", id, err)
+	}
+	return dev, nil
+}
+
+// ReleaseDevice detaches dev if it is a loop device of the volume's image.
+func (p *Pool) ReleaseDevice(ctx context.Context, id, dev string) error {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return err
+	}
+	if p.loops == nil || dev == "" {
+		return nil
+	}
+	if err := p.loops.DetachDevice(p.volImage(id), dev); err != nil {
+		if errors.Is(err, mount.ErrBusy) {
+			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
 		}
 		return err
 	}
