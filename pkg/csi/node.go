@@ -70,7 +70,12 @@ func (s *NodeServer) NodeGetCapabilities(ctx context.Context, _ *csi.NodeGetCapa
 		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-		csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP,
+		// Not VOLUME_MOUNT_GROUP: with it the kubelet leaves a pod's
+		// fsGroup to the driver and never says which fsGroupChangePolicy
+		// the pod asked for. Without it the kubelet applies fsGroup itself,
+		// by the policy (the CSIDriver says fsGroupPolicy: File). A
+		// volume_mount_group a CO sends anyway is applied to the volume's
+		// root at stage and at publish.
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
 	}

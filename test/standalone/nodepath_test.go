@@ -589,3 +589,19 @@ func deletedBackings(t *testing.T, dir string) []string {
 	}
 	return out
 }
+
+// TestFsGroupLeftToTheKubelet: plinth does not take a pod's fsGroup over
+// from the kubelet (VOLUME_MOUNT_GROUP), since the CSI call does not carry
+// the pod's fsGroupChangePolicy; the kubelet applies it by that policy.
+func TestFsGroupLeftToTheKubelet(t *testing.T) {
+	e := newNodePathEnv(t)
+	resp, err := e.c.NodeGetCapabilities(context.Background(), &csi.NodeGetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range resp.GetCapabilities() {
+		if c.GetRpc().GetType() == csi.NodeServiceCapability_RPC_VOLUME_MOUNT_GROUP {
+			t.Errorf("plinth advertises VOLUME_MOUNT_GROUP: the kubelet would skip fsGroupChangePolicy")
+		}
+	}
+}
