@@ -34,7 +34,7 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, pool.ErrDeleting), errors.Is(err, volume.ErrNotStaged),
 		errors.Is(err, volume.ErrPublishedElsewhere), errors.Is(err, volume.ErrPathInUse):
 		return codes.FailedPrecondition
-	case errors.Is(err, mount.ErrOnlineResizeRefused):
+	case errors.Is(err, mount.ErrOnlineResizeRefused), errors.Is(err, mount.ErrForeignData):
 		return codes.FailedPrecondition
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded

@@ -2,17 +2,16 @@ package mount
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
-	mountutils "k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 )
 
 // ErrOnlineResizeRefused is returned when the kernel refuses to grow a
@@ -20,10 +19,17 @@ import (
 // grown offline at the next stage.
 var ErrOnlineResizeRefused = errors.New("online resize refused")
 
+// ErrForeignData: a device holds data plinth will not format over or mount
+// as asked (a partition table, another filesystem than the volume's).
+var ErrForeignData = errors.New("device holds other data")
+
 // Mounter is what the node needs of the host's mount table.
 type Mounter interface {
-	// FormatAndMount formats device with fsType when it holds no
-	// filesystem, then mounts it at target.
+	// FormatAndMount probes device once: it makes a filesystem of fsType
+	// when there is none, grows an ext2/3/4 filesystem offline when its
+	// device has grown (see GrowFs), refuses another filesystem or a
+	// partition table (ErrForeignData), then mounts it at target with
+	// mount(2).
 	FormatAndMount(ctx context.Context, device, target, fsType string, options []string) error
 	// Bind bind-mounts source (a directory or a device file) at target,
 	// then applies o with a remount; when the remount fails, the bind is
@@ -35,37 +41,131 @@ type Mounter interface {
 	// GrowFs grows the filesystem on device, mounted at mountPath, to the
 	// size of the device.
 	GrowFs(ctx context.Context, device, mountPath string) error
-	// GrowExt4Offline checks and grows an unmounted ext2/3/4 filesystem to
-	// the size of its device; it does nothing for other filesystems or
-	// when the filesystem already fills the device.
-	GrowExt4Offline(ctx context.Context, device string) error
 }
 
-// Host is the Mounter of the machine plinth runs on.
+// Host is the Mounter of the machine plinth runs on. Every program it runs
+// (blkid, mkfs, e2fsck, resize2fs, xfs_growfs, btrfs) runs through run,
+// with the caller's context: a hung program ends with the request.
 type Host struct {
-	safe *mountutils.SafeFormatAndMount
-	run  Runner
+	run Runner
 }
 
 var _ Mounter = (*Host)(nil)
 
 // NewHost returns the host's Mounter.
 func NewHost(run Runner) *Host {
-	return &Host{
-		safe: &mountutils.SafeFormatAndMount{Interface: mountutils.NewWithoutSystemd(""), Exec: utilexec.New()},
-		run:  run,
+	return &Host{run: run}
+}
+
+// Probe returns the filesystem type on device, "" when it holds no
+// signature blkid knows; a partition table is ErrForeignData.
+func (h *Host) Probe(ctx context.Context, device string) (string, error) {
+	out, err := h.run.Run(ctx, "blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", device)
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 2 {
+			return "", nil // nothing found
+		}
+		return "", fmt.Errorf("probe %s: %w", device, err)
 	}
+	var fsType, ptType string
+	for _, line := range strings.Split(string(out), "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "TYPE":
+			fsType = v
+		case "PTTYPE":
+			ptType = v
+		}
+	}
+	if ptType != "" {
+		return "", fmt.Errorf("%w: %s has a %s partition table", ErrForeignData, device, ptType)
+	}
+	return fsType, nil
+}
+
+// mkfsArgs: fast and safe on a fresh loop device: no discard pass (the
+// image is sparse already), no reserved blocks on ext4, lazy inode table
+// initialisation (ext4's default).
+func mkfsArgs(fsType, device string) ([]string, error) {
+	switch fsType {
+	case "ext4":
+		return []string{"-F", "-q", "-m0", "-E", "nodiscard", device}, nil
+	case "xfs":
+		return []string{"-f", "-q", "-K", device}, nil
+	case "btrfs":
+		// blkid found nothing; mkfs.btrfs still looks for stale signatures.
+		return []string{"-f", "-q", "-K", device}, nil
+	}
+	return nil, fmt.Errorf("make filesystem on %s: %q is not ext4, xfs or btrfs", device, fsType)
 }
 
 func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string, options []string) error {
-	var formatOpts []string
-	if fsType == "btrfs" {
-		formatOpts = []string{"-f"} // blkid found no filesystem; mkfs.btrfs still looks for stale signatures
+	existing, err := h.Probe(ctx, device)
+	if err != nil {
+		return err
 	}
-	if err := h.safe.FormatAndMountSensitiveWithFormatOptions(device, target, fsType, options, nil, formatOpts); err != nil {
-		return fmt.Errorf("format and mount %s at %s: %w", device, target, err)
+	switch {
+	case existing == "":
+		args, err := mkfsArgs(fsType, device)
+		if err != nil {
+			return err
+		}
+		if _, err := h.run.Run(ctx, "mkfs."+fsType, args...); err != nil {
+			return fmt.Errorf("format %s as %s: %w", device, fsType, err)
+		}
+	case existing != fsType:
+		return fmt.Errorf("%w: %s holds %s, the volume is %s", ErrForeignData, device, existing, fsType)
+	case strings.HasPrefix(existing, "ext"):
+		if err := h.growExt4Offline(ctx, device); err != nil {
+			return err
+		}
+	}
+	flags, data := splitOptions(options)
+	if err := unix.Mount(device, target, fsType, flags, data); err != nil {
+		return fmt.Errorf("mount %s (%s) at %s with %q: %w", device, fsType, target, strings.Join(options, ","), err)
 	}
 	return nil
+}
+
+// splitOptions turns mount options into mount(2) flags and the
+// filesystem's own options (passed as data, which the filesystem checks).
+func splitOptions(options []string) (uintptr, string) {
+	var flags uintptr
+	var data []string
+	for _, o := range options {
+		switch o {
+		case "ro":
+			flags |= unix.MS_RDONLY
+		case "rw", "async", "defaults":
+		case "nosuid":
+			flags |= unix.MS_NOSUID
+		case "nodev":
+			flags |= unix.MS_NODEV
+		case "noexec":
+			flags |= unix.MS_NOEXEC
+		case "sync":
+			flags |= unix.MS_SYNCHRONOUS
+		case "dirsync":
+			flags |= unix.MS_DIRSYNC
+		case "noatime":
+			flags |= unix.MS_NOATIME
+		case "nodiratime":
+			flags |= unix.MS_NODIRATIME
+		case "relatime":
+			flags |= unix.MS_RELATIME
+		case "strictatime":
+			flags |= unix.MS_STRICTATIME
+		case "lazytime":
+			flags |= unix.MS_LAZYTIME
+		default:
+			data = append(data, o)
+		}
+	}
+	return flags, strings.Join(data, ",")
 }
 
 func (h *Host) Bind(source, target string, o BindOptions) error {
@@ -172,9 +272,9 @@ func (h *Host) MountOf(path string) (*mountinfo.Info, bool, error) {
 }
 
 func (h *Host) GrowFs(ctx context.Context, device, mountPath string) error {
-	fsType, err := h.safe.GetDiskFormat(device)
+	fsType, err := h.Probe(ctx, device)
 	if err != nil {
-		return fmt.Errorf("detect filesystem on %s: %w", device, err)
+		return err
 	}
 	switch fsType {
 	case "xfs":
@@ -199,12 +299,10 @@ func (h *Host) GrowFs(ctx context.Context, device, mountPath string) error {
 	return nil
 }
 
-func (h *Host) GrowExt4Offline(ctx context.Context, device string) error {
-	fsType, err := h.safe.GetDiskFormat(device)
-	if err != nil || !strings.HasPrefix(fsType, "ext") {
-		return err
-	}
-	fsBytes, err := h.ext4Bytes(ctx, device)
+// growExt4Offline checks and grows an unmounted ext2/3/4 filesystem to the
+// size of its device; it does nothing when the filesystem fills the device.
+func (h *Host) growExt4Offline(ctx context.Context, device string) error {
+	fsBytes, err := ext4Bytes(device)
 	if err != nil {
 		return err
 	}
@@ -228,28 +326,32 @@ func (h *Host) GrowExt4Offline(ctx context.Context, device string) error {
 	return nil
 }
 
-func (h *Host) ext4Bytes(ctx context.Context, device string) (int64, error) {
-	out, err := h.run.Run(ctx, "dumpe2fs", "-h", device)
+// ext4Bytes reads the size of an ext2/3/4 filesystem from its superblock
+// (1024 bytes in): block count (with the high half on 64-bit filesystems)
+// times the block size.
+func ext4Bytes(device string) (int64, error) {
+	f, err := os.Open(device)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("open %s: %w", device, err)
 	}
-	var count, size int64
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		switch strings.TrimSpace(k) {
-		case "Block count":
-			count, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		case "Block size":
-			size, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return 0, fmt.Errorf("read superblock of %s: %w", device, err)
 	}
-	if count == 0 || size == 0 {
-		return 0, fmt.Errorf("dumpe2fs %s: no block count or size", device)
+	if binary.LittleEndian.Uint16(sb[0x38:]) != 0xEF53 {
+		return 0, fmt.Errorf("%w: %s has no ext2/3/4 superblock", ErrForeignData, device)
 	}
-	return count * size, nil
+	count := uint64(binary.LittleEndian.Uint32(sb[0x4:]))
+	const incompat64bit = 0x80
+	if binary.LittleEndian.Uint32(sb[0x60:])&incompat64bit != 0 {
+		count |= uint64(binary.LittleEndian.Uint32(sb[0x150:])) << 32
+	}
+	logSize := binary.LittleEndian.Uint32(sb[0x18:])
+	if logSize > 6 {
+		return 0, fmt.Errorf("%s: ext4 block size 2^(10+%d) is not valid", device, logSize)
+	}
+	return int64(count) << (10 + logSize), nil
 }
 
 // DeviceSize returns the size in bytes of a block device.

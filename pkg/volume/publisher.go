@@ -293,9 +293,6 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 	})
 	if att.Device != "" {
 		// ext4 that could not grow online (see GrowFs) grows here, offline.
-		if err := p.mounter.GrowExt4Offline(ctx, att.Device); err != nil {
-			return err
-		}
 		if err := p.mounter.FormatAndMount(ctx, att.Device, stagingPath, v.FsType, stageFlags(a.MountFlags)); err != nil {
 			return err
 		}
