@@ -1,18 +1,12 @@
-// Package btrfs is the pool backend whose volumes are subvolumes of a btrfs
-// filesystem, each bounded by a qgroup limit; snapshots and clones are
-// native btrfs snapshots.
 package btrfs
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -36,6 +30,10 @@ type Pool struct {
 	dir   string
 	run   mount.Runner
 	index *pool.Index
+	// quotaMu serialises reading the qgroup tree and changing it on that
+	// reading: the periodic sweep (Stats) holds no volume's lock. Each
+	// qgroup change commits a transaction of the whole filesystem anyway.
+	quotaMu sync.Mutex
 }
 
 var _ pool.Pool = (*Pool)(nil)
@@ -60,8 +58,8 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	if fs.Type != superMagic {
 		return nil, fmt.Errorf("%w: pool %s: %s is not on a btrfs filesystem", pool.ErrInvalid, p.name, p.dir)
 	}
-	if _, err := p.run.Run(ctx, "btrfs", "quota", "enable", p.dir); err != nil {
-		return nil, fmt.Errorf("pool %s: enable quotas: %w", p.name, err)
+	if err := p.enableQuotas(ctx); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", p.name, err)
 	}
 	idx, err := pool.OpenIndex(p.volDir(), p.snapDir())
 	if err != nil {
@@ -77,9 +75,51 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 			}
 		}
 	}
+	// Volumes made before level-1 groups, or left half-bounded by a crash,
+	// are bounded now, before anything can be mounted.
+	for _, v := range idx.Volumes() {
+		if v.State != pool.StateReady {
+			continue
+		}
+		if err := p.boundVolume(ctx, v, v.CapacityBytes); err != nil {
+			klog.ErrorS(err, "Cannot bound volume by its level-1 qgroup", "pool", p.name, "volumeID", v.ID)
+		}
+	}
 	p.clearStaleQgroups(ctx)
 	idx.LogLoaded(p.name, p.Backend(), p.dir)
 	return p, nil
+}
+
+// enableQuotas turns quotas on where they are off: simple quotas where the
+// kernel has them (Linux 6.7), since only they put a subvolume made inside
+// a volume into the volume's group at once; full qgroups otherwise. A
+// filesystem whose quotas are on keeps its mode.
+func (p *Pool) enableQuotas(ctx context.Context) error {
+	st, err := readState(p.dir)
+	if err != nil {
+		return err
+	}
+	if st.quotas {
+		if !st.simple() {
+			klog.InfoS("Pool's filesystem has full qgroups: a volume's tenant can switch qgroup accounting off until a rescan; see docs/backends.md", "pool", p.name, "dir", p.dir)
+		}
+		return nil
+	}
+	fd, err := unix.Open(p.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	err = enableSimpleQuotas(fd)
+	unix.Close(fd)
+	if err == nil {
+		klog.InfoS("Simple quotas enabled", "pool", p.name, "dir", p.dir)
+		return nil
+	}
+	klog.InfoS("Simple quotas refused, enabling full qgroups", "pool", p.name, "dir", p.dir, "err", err)
+	if _, err := p.run.Run(ctx, "btrfs", "quota", "enable", p.dir); err != nil {
+		return fmt.Errorf("enable quotas: %w", err)
+	}
+	return nil
 }
 
 func (p *Pool) volDir() string  { return filepath.Join(p.dir, "volumes") }
@@ -95,50 +135,13 @@ func (p *Pool) Capabilities() pool.Capabilities {
 	return pool.Capabilities{FsTypes: []string{"btrfs"}, OwnFs: true}
 }
 
-type qgroup struct{ referenced, limit int64 }
-
-// qgroups reads every level-0 qgroup of the filesystem, keyed by subvolume id.
-func (p *Pool) qgroups(ctx context.Context, path string, only bool) (map[uint64]qgroup, error) {
-	args := []string{"qgroup", "show", "--raw", "-re"}
-	if only {
-		args = append(args, "-f")
-	}
-	out, err := p.run.Run(ctx, "btrfs", append(args, path)...)
-	if err != nil {
-		return nil, err
-	}
-	return parseQgroups(out), nil
-}
-
-// parseQgroups parses `btrfs qgroup show --raw -re` output.
-func parseQgroups(out []byte) map[uint64]qgroup {
-	res := map[uint64]qgroup{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasPrefix(f[0], "0/") {
-			continue
-		}
-		id, err := strconv.ParseUint(strings.TrimPrefix(f[0], "0/"), 10, 64)
-		if err != nil {
-			continue
-		}
-		ref, _ := strconv.ParseInt(f[1], 10, 64)
-		lim, _ := strconv.ParseInt(f[3], 10, 64) // "none" parses as 0
-		res[id] = qgroup{referenced: ref, limit: lim}
-	}
-	return res
-}
-
-func (p *Pool) subvolID(ctx context.Context, path string) (uint64, error) {
-	out, err := p.run.Run(ctx, "btrfs", "inspect-internal", "rootid", path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseUint(strings.TrimSpace(string(out)), 10, 64)
-}
-
+// Stats also sweeps the pool: a subvolume that a tenant made inside a
+// volume and kept out of the volume's group (see sweep) is put in it at
+// every capacity pass.
 func (p *Pool) Stats(ctx context.Context) (pool.Stats, error) {
+	if err := p.sweep(ctx); err != nil {
+		klog.ErrorS(err, "Cannot bring nested subvolumes under their volumes' limits", "pool", p.name)
+	}
 	return p.committed(p.index.Volumes(), p.index.Snapshots())
 }
 
@@ -150,18 +153,18 @@ func (p *Pool) committed(vols []pool.Volume, snaps []pool.Snapshot) (pool.Stats,
 		return pool.Stats{}, fmt.Errorf("statfs %s: %w", p.dir, err)
 	}
 	s := pool.Stats{TotalBytes: int64(fs.Blocks) * fs.Bsize, FreeBytes: int64(fs.Bavail) * fs.Bsize, Volumes: len(vols)}
-	var groups map[uint64]qgroup
+	var st *fsState
 	if len(vols) > 0 {
 		var err error
-		if groups, err = p.qgroups(context.Background(), p.dir, false); err != nil {
+		if st, err = readState(p.dir); err != nil {
 			return pool.Stats{}, err
 		}
 	}
 	for _, v := range vols {
 		s.ProvisionedBytes += v.CapacityBytes
 		used := int64(0)
-		if id, err := strconv.ParseUint(v.Parameters[subvolKey], 10, 64); err == nil && v.State == pool.StateReady {
-			used = groups[id].referenced
+		if sub, ok := readySubvol(v); ok {
+			used = st.used(sub)
 		}
 		if rest := v.CapacityBytes - used; rest > 0 {
 			s.CommittedBytes += rest
@@ -209,9 +212,6 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 		if err != nil {
 			return err
 		}
-		if _, err := p.run.Run(ctx, "btrfs", "qgroup", "limit", strconv.FormatInt(v.CapacityBytes, 10), tmp); err != nil {
-			return err
-		}
 		if err := os.Rename(tmp, final); err != nil {
 			return fmt.Errorf("rename subvolume: %w", err)
 		}
@@ -219,7 +219,9 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 	}()
 	if err == nil {
 		var id uint64
-		if id, err = p.subvolID(ctx, final); err == nil {
+		if id, err = subvolID(final); err == nil {
+			// Bounded before the record says ready: nothing mounts it sooner.
+			err = p.boundSub(ctx, id, v.CapacityBytes)
 			v.Parameters = withParam(v.Parameters, subvolKey, strconv.FormatUint(id, 10))
 		}
 	}
@@ -246,39 +248,10 @@ func withParam(m map[string]string, k, val string) map[string]string {
 	return out
 }
 
-// deleteSubvolume deletes the subvolume at path (missing is fine) and its
-// qgroup where the kernel lets it go at once.
-func (p *Pool) deleteSubvolume(ctx context.Context, path string) error {
-	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	id, idErr := p.subvolID(ctx, path)
-	if _, err := p.run.Run(ctx, "btrfs", "subvolume", "delete", path); err != nil {
-		return fmt.Errorf("delete subvolume %s: %w", path, err)
-	}
-	if idErr == nil {
-		// Often EBUSY until the cleaner has run; stale ones go at next start.
-		_, _ = p.run.Run(ctx, "btrfs", "qgroup", "destroy", "0/"+strconv.FormatUint(id, 10), p.dir)
-	}
-	return nil
-}
-
-func (p *Pool) clearStaleQgroups(ctx context.Context) {
-	out, err := p.run.Run(ctx, "btrfs", "qgroup", "show", "--raw", p.dir)
-	if err != nil {
-		return
-	}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 4 && strings.HasPrefix(f[0], "0/") && f[len(f)-1] == "<stale>" {
-			_, _ = p.run.Run(ctx, "btrfs", "qgroup", "destroy", f[0], p.dir)
-		}
-	}
-}
-
-// DeleteVolume deletes the subvolume, then the record; a volume still
-// mounted somewhere is ErrInUse.
+// DeleteVolume deletes the subvolume with every subvolume made inside it,
+// then the record; a volume still mounted somewhere is ErrInUse. A delete
+// that stopped part-way (a crash, or the code before nested subvolumes were
+// deleted, which left the record in deleting) is finished by a retry.
 func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return err
@@ -307,7 +280,7 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	return nil
 }
 
-// ExpandVolume raises the qgroup limit.
+// ExpandVolume raises the limit of the volume's level-1 qgroup.
 func (p *Pool) ExpandVolume(ctx context.Context, id string, capacity int64) (pool.Volume, error) {
 	v, err := p.index.Volume(id)
 	if err != nil {
@@ -322,7 +295,7 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, capacity int64) (poo
 	if err := p.index.Fits(p.name, capacity-v.CapacityBytes, p.committed); err != nil {
 		return pool.Volume{}, err
 	}
-	if _, err := p.run.Run(ctx, "btrfs", "qgroup", "limit", strconv.FormatInt(capacity, 10), p.volPath(id)); err != nil {
+	if err := p.boundVolume(ctx, v, capacity); err != nil {
 		return pool.Volume{}, fmt.Errorf("raise limit of %s: %w", id, err)
 	}
 	v.CapacityBytes = capacity
@@ -435,8 +408,10 @@ func (p *Pool) ReleaseDevice(ctx context.Context, id, device string) error {
 	return pool.ValidateID("volume ID", id)
 }
 
-// Usage reads the volume's qgroup: the filesystem's statfs would show the
-// whole pool, not the volume's limit.
+// Usage reads the volume's level-1 qgroup, which holds every subvolume
+// inside the volume: the filesystem's statfs would show the whole pool, not
+// the volume's limit. It first brings the volume under that group (the
+// kubelet asks for every mounted volume's usage about once a minute).
 func (p *Pool) Usage(ctx context.Context, id string) (pool.VolumeUsage, bool, error) {
 	v, err := p.index.Volume(id)
 	if err != nil {
@@ -446,14 +421,18 @@ func (p *Pool) Usage(ctx context.Context, id string) (pool.VolumeUsage, bool, er
 	if err != nil {
 		return pool.VolumeUsage{}, true, fmt.Errorf("volume %s has no subvolume id: %w", id, pool.ErrNotReady)
 	}
-	groups, err := p.qgroups(ctx, p.volPath(id), true)
+	if v.State == pool.StateReady {
+		if err := p.boundSub(ctx, sub, v.CapacityBytes); err != nil {
+			return pool.VolumeUsage{}, true, fmt.Errorf("volume %s: %w", id, err)
+		}
+	}
+	st, err := readState(p.dir)
 	if err != nil {
 		return pool.VolumeUsage{}, true, err
 	}
-	g := groups[sub]
 	total := v.CapacityBytes
-	if g.limit > 0 {
+	if g := st.groups[level1(sub)]; g != nil && g.limit > 0 {
 		total = g.limit
 	}
-	return pool.VolumeUsage{TotalBytes: total, UsedBytes: g.referenced}, true, nil
+	return pool.VolumeUsage{TotalBytes: total, UsedBytes: st.used(sub)}, true, nil
 }
