@@ -123,14 +123,21 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 			return nil, invalid("volume content source has neither a snapshot nor a volume")
 		}
 	}
+	// Requisite limits where the volume may go (none: anywhere); preferred
+	// only orders the nodes tried.
 	tr := req.GetAccessibilityRequirements()
-	nodes, err := s.nodesOf(tr.GetPreferred(), tr.GetRequisite())
+	requisite, err := s.nodesOf(tr.GetRequisite())
+	if err != nil {
+		return nil, err
+	}
+	preferred, err := s.nodesOf(tr.GetPreferred())
 	if err != nil {
 		return nil, err
 	}
 	placed, err := s.ctrl.CreateVolume(ctx, volume.CreateRequest{
 		Name: req.GetName(), RequiredBytes: required, LimitBytes: limit,
-		Mode: mode, FsType: fsType, Params: params, Source: src, Nodes: nodes,
+		Mode: mode, FsType: fsType, Params: params, Source: src,
+		Requisite: requisite, Preferred: preferred,
 	})
 	if err != nil {
 		return nil, toStatus(err)

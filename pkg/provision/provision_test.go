@@ -176,7 +176,7 @@ func TestRequestFromClaim(t *testing.T) {
 	}
 	req, err := p.request(controller.ProvisionOptions{StorageClass: sc(map[string]string{"pool": "fast", ParamFsType: "xfs"}), PVName: "pvc-1",
 		PVC: claim(v1.ReadWriteOnce), SelectedNodeName: "n1"})
-	if err != nil || req.FsType != "xfs" || req.Params.Pool != "fast" || req.RequiredBytes != 1<<30 || len(req.Nodes) != 1 || req.Nodes[0] != "n1" || req.Owner != "ns/c" {
+	if err != nil || req.FsType != "xfs" || req.Params.Pool != "fast" || req.RequiredBytes != 1<<30 || len(req.Requisite) != 1 || req.Requisite[0] != "n1" || req.Owner != "ns/c" {
 		t.Fatalf("got %+v, %v", req, err)
 	}
 	bc := claim(v1.ReadWriteOncePod)
@@ -252,7 +252,7 @@ func TestClusterCreateRules(t *testing.T) {
 	c, dyn := fakeCluster(t, 100*mi, nil, u)
 	vc := volume.NewControllerOver(c)
 	ctx := context.Background()
-	base := volume.CreateRequest{Name: name, RequiredBytes: 10 * mi, Mode: pool.ModeBlock, Params: volume.Params{Pool: "fast"}, Nodes: []string{"n1"}}
+	base := volume.CreateRequest{Name: name, RequiredBytes: 10 * mi, Mode: pool.ModeBlock, Params: volume.Params{Pool: "fast"}, Requisite: []string{"n1"}}
 	with := func(mod func(r *volume.CreateRequest)) volume.CreateRequest { r := base; mod(&r); return r }
 	cases := map[string]struct {
 		req  volume.CreateRequest
@@ -267,7 +267,7 @@ func TestClusterCreateRules(t *testing.T) {
 		"other backend":            {with(func(r *volume.CreateRequest) { r.Params = volume.Params{Backend: "btrfs"} }), pool.ErrExists},
 		"filesystem":               {with(func(r *volume.CreateRequest) { r.Mode, r.FsType = pool.ModeFilesystem, "ext4" }), pool.ErrExists},
 		"thick":                    {with(func(r *volume.CreateRequest) { r.Params.Thick = true }), pool.ErrExists},
-		"another node (scheduler)": {with(func(r *volume.CreateRequest) { r.Nodes = []string{"n2"} }), pool.ErrExists},
+		"another node (scheduler)": {with(func(r *volume.CreateRequest) { r.Requisite = []string{"n2"} }), pool.ErrExists},
 	}
 	for cname, tc := range cases {
 		got, err := vc.CreateVolume(ctx, tc.req)

@@ -84,19 +84,20 @@ func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRe
 	if err != nil {
 		return volume.CreateRequest{}, err
 	}
+	// The scheduler's choice (WaitForFirstConsumer) is the one node
+	// allowed; otherwise allowedTopologies are (none: any node). Among
+	// several, placement's best fit chooses (volume.Place).
 	switch {
 	case opts.SelectedNodeName != "":
 		if allowed != nil && !allowed[opts.SelectedNodeName] {
 			return volume.CreateRequest{}, fmt.Errorf("%w: node %s is outside the StorageClass's allowed topologies", pool.ErrNoSpace, opts.SelectedNodeName)
 		}
-		req.Nodes = []string{opts.SelectedNodeName}
+		req.Requisite = []string{opts.SelectedNodeName}
 	case allowed != nil:
 		for n := range allowed {
-			req.Nodes = append(req.Nodes, n)
+			req.Requisite = append(req.Requisite, n)
 		}
-		sort.Strings(req.Nodes)
-		// Preferences would make each node its own group; with no
-		// preference among allowed nodes the best fit anywhere wins.
+		sort.Strings(req.Requisite)
 	}
 	return req, nil
 }
@@ -128,38 +129,8 @@ func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOp
 	if err != nil {
 		return nil, controller.ProvisioningFinished, err
 	}
-	var placed volume.Placed
-	if len(req.Nodes) > 1 {
-		// allowedTopologies without a scheduler's choice: best fit among them.
-		placed, err = p.createAmong(ctx, req)
-	} else {
-		placed, err = p.Controller.CreateVolume(ctx, req)
-	}
+	placed, err := p.Controller.CreateVolume(ctx, req)
 	return p.answer(ctx, opts, placed, err)
-}
-
-// createAmong places a volume on the best-fitting of several allowed nodes.
-func (p *Provisioner) createAmong(ctx context.Context, req volume.CreateRequest) (volume.Placed, error) {
-	var lastErr error
-	best, bestFree := "", int64(-1)
-	for _, n := range req.Nodes {
-		free, _, err := p.Controller.Capacity(ctx, []string{n}, req.Params, req.Mode, req.FsType)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		if free >= req.RequiredBytes && (bestFree < 0 || free < bestFree) {
-			best, bestFree = n, free
-		}
-	}
-	if best == "" {
-		if lastErr == nil {
-			lastErr = fmt.Errorf("%w: none of the allowed nodes %v has room", pool.ErrNoSpace, req.Nodes)
-		}
-		return volume.Placed{}, lastErr
-	}
-	req.Nodes = []string{best}
-	return p.Controller.CreateVolume(ctx, req)
 }
 
 func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptions, placed volume.Placed, err error) (*v1.PersistentVolume, controller.ProvisioningState, error) {
@@ -171,6 +142,12 @@ func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptio
 		// The scheduler chose a node that cannot hold it after all: let
 		// it choose again.
 		return nil, controller.ProvisioningReschedule, err
+	case errors.Is(err, pool.ErrNoSpace):
+		// No single pool on any allowed node holds it now. Nothing was
+		// left behind, so the attempt is finished; the library retries
+		// the claim with backoff (no failure threshold) and every retry
+		// places afresh from the nodes' current numbers.
+		return nil, controller.ProvisioningFinished, err
 	case errors.Is(err, volume.ErrBusy):
 		return nil, controller.ProvisioningInBackground, err
 	default:

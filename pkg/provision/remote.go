@@ -72,7 +72,9 @@ func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want poo
 }
 
 // reserveAndRecord checks that the pool still has room once every other
-// create in flight is counted, and writes the volume object, as one step.
+// create in flight is counted, records the reservation, and writes the
+// volume object (whose Pending phase keeps the reservation across a
+// restart); a failed write gives the reservation back.
 func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want pool.Volume) error {
 	c := n.c
 	c.mu.Lock()
@@ -85,10 +87,17 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 		}
 		return nil // a retry: wait for the one in flight
 	}
-	// One create at a time passes the capacity check and records its
-	// reservation, so two can never be promised the same bytes.
-	c.createMu.Lock()
-	defer c.createMu.Unlock()
+	// One create at a time per node passes the capacity check and records
+	// its reservation, so two can never be promised the same bytes: the
+	// bytes are a node's pool's, and the reservation counts from the moment
+	// it is recorded. The lock is let go before the API write, so neither
+	// this node's next create nor any other node's waits for the API server.
+	unlock := c.lockNode(n.name)
+	defer func() {
+		if unlock != nil {
+			unlock()
+		}
+	}()
 	infos, err := c.poolInfos(n.name)
 	if err != nil {
 		return err
@@ -125,6 +134,10 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 	c.mu.Lock()
 	c.reserved[want.ID] = reservation{node: n.name, pool: poolName, bytes: want.CapacityBytes}
 	c.mu.Unlock()
+	if !c.serialCreates {
+		unlock()
+		unlock = nil
+	}
 	_, err = c.dyn.Resource(v1alpha1.VolumeResource).Create(ctx, u, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return nil // made by an earlier life of this controller: waiting answers

@@ -27,6 +27,13 @@ type NodeSet interface {
 	Node(id string) (Node, bool)
 }
 
+// VolumeIndex is a NodeSet that knows which node holds a volume without
+// asking every node (the cluster's volume objects are keyed by volume ID).
+type VolumeIndex interface {
+	// VolumeNode returns the node holding volume id; false when none does.
+	VolumeNode(id string) (string, bool)
+}
+
 // StaticNodes is a NodeSet that never changes.
 type StaticNodes map[string]Node
 
@@ -76,8 +83,14 @@ type CreateRequest struct {
 	FsType        string
 	Params        Params
 	Source        *pool.Source
-	// Nodes the volume may be placed on, preferred first; empty means any.
-	Nodes []string
+	// Requisite is the only nodes the volume may be placed on; empty means
+	// any node. (CSI: the requisite topologies; a cluster: the scheduler's
+	// selected node, or the StorageClass's allowedTopologies.)
+	Requisite []string
+	// Preferred is the order in which nodes are tried, ahead of best fit
+	// (see Place); nodes outside Requisite are ignored. (CSI: the
+	// preferred topologies.)
+	Preferred []string
 	// Owner says who asked (namespace/name of a PVC): recorded with the
 	// volume under ParamOwner, never compared.
 	Owner string
@@ -101,18 +114,20 @@ type PlacedSnapshot struct {
 	Snapshot pool.Snapshot
 }
 
-func (c *Controller) candidates(nodes []string) ([]string, error) {
-	if len(nodes) == 0 {
+// allowed returns the nodes a request may be placed on: its Requisite
+// nodes this controller knows, in order, or every node when it names none.
+func (c *Controller) allowed(requisite []string) ([]string, error) {
+	if len(requisite) == 0 {
 		return c.nodes.NodeIDs(), nil
 	}
 	var out []string
-	for _, n := range nodes {
+	for _, n := range requisite {
 		if _, ok := c.nodes.Node(n); ok && !slices.Contains(out, n) {
 			out = append(out, n)
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%w: none of the nodes %v is served by this controller", pool.ErrNoSpace, nodes)
+		return nil, fmt.Errorf("%w: none of the nodes %v is served by this controller", pool.ErrNoSpace, requisite)
 	}
 	return out, nil
 }
@@ -177,7 +192,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 		return Placed{}, err
 	}
 
-	nodes, err := c.candidates(req.Nodes)
+	nodes, err := c.allowed(req.Requisite)
 	if err != nil {
 		return Placed{}, err
 	}
@@ -201,78 +216,31 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 		nodes, req.Params.Pool = []string{src.node}, src.pool
 	}
 
-	// With no preference every node competes: the best-fitting pool anywhere
-	// wins. With preferred nodes (the scheduler's choice first), each is
-	// tried in turn.
-	groups := [][]string{nodes}
-	if len(req.Nodes) > 0 {
-		groups = nil
-		for _, n := range nodes {
-			groups = append(groups, []string{n})
-		}
+	known := make([]NodePools, len(nodes))
+	for i, n := range nodes {
+		known[i].Node = n
+		known[i].Pools, known[i].Err = c.node(n).Pools(ctx)
+	}
+	choices, err := Place(req, known)
+	if err != nil {
+		return Placed{}, err
 	}
 	var lastErr error
-	matched := false
-	for _, group := range groups {
-		// Best fit: the pool with the least room that still fits.
-		type choice struct {
-			node string
-			info PoolInfo
-			size int64
+	for _, ch := range choices {
+		v := pool.Volume{ID: id, Name: req.Name, CapacityBytes: ch.Size, Mode: req.Mode,
+			FsType: fsTypeFor(ch.Pool, req.Mode, req.FsType), Thick: req.Params.Thick, Source: req.Source}
+		if req.Owner != "" {
+			v.Parameters = map[string]string{ParamOwner: req.Owner}
 		}
-		var fits []choice
-		for _, nodeID := range group {
-			infos, err := c.node(nodeID).Pools(ctx)
-			if err != nil {
-				lastErr = err
-				continue
-			}
-			for _, pi := range infos {
-				if !poolServes(pi, req.Params, req.Mode, req.FsType) {
-					continue
-				}
-				matched = true
-				size, err := Size(req.RequiredBytes, req.LimitBytes, req.Mode, mkfsType(pi, req.Mode, req.FsType))
-				if err != nil {
-					return Placed{}, err
-				}
-				if pi.Stats.AllocatableBytes() >= size {
-					fits = append(fits, choice{nodeID, pi, size})
-				} else {
-					lastErr = fmt.Errorf("%w: pool %s on node %s has %s allocatable, %s requested", pool.ErrNoSpace, pi.Name, nodeID,
-						FormatBytes(pi.Stats.AllocatableBytes()), FormatBytes(size))
-				}
-			}
+		created, err := c.node(ch.Node).CreateVolume(ctx, ch.Pool.Name, v)
+		if err == nil {
+			logger.V(2).Info("Volume placed", "node", ch.Node, "pool", ch.Pool.Name, "capacity", ch.Size)
+			return Placed{Node: ch.Node, Volume: created}, nil
 		}
-		sort.SliceStable(fits, func(i, j int) bool {
-			return fits[i].info.Stats.AllocatableBytes() < fits[j].info.Stats.AllocatableBytes()
-		})
-		for _, ch := range fits {
-			v := pool.Volume{ID: id, Name: req.Name, CapacityBytes: ch.size, Mode: req.Mode,
-				FsType: fsTypeFor(ch.info, req.Mode, req.FsType), Thick: req.Params.Thick, Source: req.Source}
-			if req.Owner != "" {
-				v.Parameters = map[string]string{ParamOwner: req.Owner}
-			}
-			created, err := c.node(ch.node).CreateVolume(ctx, ch.info.Name, v)
-			if err == nil {
-				logger.V(2).Info("Volume placed", "node", ch.node, "pool", ch.info.Name, "capacity", ch.size)
-				return Placed{Node: ch.node, Volume: created}, nil
-			}
-			if !errors.Is(err, pool.ErrNoSpace) {
-				return Placed{}, err
-			}
-			lastErr = err // raced with another create: try the next pool
+		if !errors.Is(err, pool.ErrNoSpace) {
+			return Placed{}, err
 		}
-	}
-	if !matched {
-		kind := string(req.Mode)
-		if req.Mode == pool.ModeFilesystem && req.FsType != "" {
-			kind = req.FsType + " " + kind
-		}
-		return Placed{}, fmt.Errorf("%w: no pool on nodes %v serves %s volumes with parameters %+v", pool.ErrUnsupported, nodes, kind, req.Params)
-	}
-	if lastErr == nil {
-		lastErr = fmt.Errorf("%w: no pool fits", pool.ErrNoSpace)
+		lastErr = err // raced with another create: try the next pool
 	}
 	return Placed{}, lastErr
 }
@@ -338,8 +306,8 @@ func conflict(req CreateRequest, placed Placed, backend string) string {
 		return fmt.Sprintf("its content source is %s, the request's is %s", describeSource(v.Source), describeSource(req.Source))
 	case req.RequiredBytes > v.CapacityBytes || req.LimitBytes > 0 && v.CapacityBytes > req.LimitBytes:
 		return fmt.Sprintf("its capacity %d bytes is outside the range asked (required %d, limit %d)", v.CapacityBytes, req.RequiredBytes, req.LimitBytes)
-	case len(req.Nodes) > 0 && !slices.Contains(req.Nodes, placed.Node):
-		return fmt.Sprintf("it lives on node %s, outside the nodes asked %v", placed.Node, req.Nodes)
+	case len(req.Requisite) > 0 && !slices.Contains(req.Requisite, placed.Node):
+		return fmt.Sprintf("it lives on node %s, outside the nodes asked %v", placed.Node, req.Requisite)
 	}
 	return ""
 }
@@ -478,10 +446,22 @@ func (c *Controller) ExpandVolume(ctx context.Context, id string, required, limi
 	return out, nil
 }
 
-// GetVolume finds id on the nodes.
+// GetVolume finds id: through the NodeSet's VolumeIndex when it has one
+// (one lookup), otherwise by asking each node (a static set is small).
 func (c *Controller) GetVolume(ctx context.Context, id string) (Placed, error) {
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return Placed{}, err
+	}
+	if idx, ok := c.nodes.(VolumeIndex); ok {
+		n, ok := idx.VolumeNode(id)
+		if !ok {
+			return Placed{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+		}
+		v, err := c.node(n).Volume(ctx, id)
+		if err != nil {
+			return Placed{}, fmt.Errorf("volume %s on node %s: %w", id, n, err)
+		}
+		return Placed{Node: n, Volume: v}, nil
 	}
 	for _, n := range c.nodes.NodeIDs() {
 		v, err := c.node(n).Volume(ctx, id)
