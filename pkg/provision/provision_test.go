@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/tools/cache"
@@ -31,19 +32,39 @@ const mi = int64(1 << 20)
 // with pool "fast" (allocatable bytes given) and the objects given.
 func fakeCluster(t *testing.T, allocatable int64, gone map[string]bool, objs ...runtime.Object) (*Cluster, *dynamicfake.FakeDynamicClient) {
 	t.Helper()
-	node := &v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: v1alpha1.NodeStatus{Pools: []v1alpha1.PoolStatus{{
-		Name: "fast", Backend: "file", Block: true, FsTypes: []string{"ext4", "xfs"}, TotalBytes: allocatable * 2,
-		FreeBytes: allocatable, AllocatableBytes: allocatable, Healthy: true,
-	}}}}
-	u, err := v1alpha1.ToUnstructured(node)
+	return fakeClusterOf(t, []runtime.Object{plinthNode(t, "n1", poolStatus("fast", allocatable))}, nil, gone, objs...)
+}
+
+// poolStatus is a healthy file pool serving block, ext4 and xfs volumes
+// with allocatable bytes.
+func poolStatus(name string, allocatable int64) v1alpha1.PoolStatus {
+	return v1alpha1.PoolStatus{Name: name, Backend: "file", Block: true, FsTypes: []string{"ext4", "xfs"}, TotalBytes: allocatable * 2,
+		FreeBytes: allocatable, AllocatableBytes: allocatable, Healthy: true}
+}
+
+func plinthNode(t *testing.T, name string, pools ...v1alpha1.PoolStatus) runtime.Object {
+	t.Helper()
+	u, err := v1alpha1.ToUnstructured(&v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: v1alpha1.NodeStatus{Pools: pools}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return u
+}
+
+// fakeClusterOf is a Cluster over a fake API server holding these node and
+// volume objects; wrap (may be nil) wraps the client the Cluster writes
+// through (not the informers').
+func fakeClusterOf(t *testing.T, nodes []runtime.Object, wrap func(dynamic.Interface) dynamic.Interface, gone map[string]bool, objs ...runtime.Object) (*Cluster, *dynamicfake.FakeDynamicClient) {
+	t.Helper()
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
 		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList",
-	}, append([]runtime.Object{u}, objs...)...)
+	}, append(nodes, objs...)...)
+	var writer dynamic.Interface = dyn
+	if wrap != nil {
+		writer = wrap(dyn)
+	}
 	factory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	c, err := NewCluster(dyn, factory, func(n string) bool { return gone[n] })
+	c, err := NewCluster(writer, factory, func(n string) bool { return gone[n] })
 	if err != nil {
 		t.Fatal(err)
 	}

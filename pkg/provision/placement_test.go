@@ -1,0 +1,246 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// nodeWriter is the API client the controller writes volume objects
+// through, with a hook before each volume object's create: a test can hold
+// or slow the write (the fake client serialises every call it serves, so
+// the hook sits outside it), and answer as the volume's node would.
+type nodeWriter struct {
+	dynamic.Interface
+	before func(u *unstructured.Unstructured)
+}
+
+func (w nodeWriter) Resource(r schema.GroupVersionResource) dynamic.NamespaceableResourceInterface {
+	ri := w.Interface.Resource(r)
+	if r != v1alpha1.VolumeResource {
+		return ri
+	}
+	return hookedResource{ri, w.before}
+}
+
+type hookedResource struct {
+	dynamic.NamespaceableResourceInterface
+	before func(u *unstructured.Unstructured)
+}
+
+func (r hookedResource) Create(ctx context.Context, u *unstructured.Unstructured, opts metav1.CreateOptions, sub ...string) (*unstructured.Unstructured, error) {
+	r.before(u)
+	return r.NamespaceableResourceInterface.Create(ctx, u, opts, sub...)
+}
+
+// markReady answers a volume object as its node would once the volume is
+// made: Ready with the capacity asked.
+func markReady(u *unstructured.Unstructured) {
+	c, _, _ := unstructured.NestedInt64(u.Object, "spec", "capacityBytes")
+	_ = unstructured.SetNestedField(u.Object, string(v1alpha1.VolumeReady), "status", "phase")
+	_ = unstructured.SetNestedField(u.Object, c, "status", "capacityBytes")
+}
+
+func withHook(before func(u *unstructured.Unstructured)) func(dynamic.Interface) dynamic.Interface {
+	return func(d dynamic.Interface) dynamic.Interface { return nodeWriter{d, before} }
+}
+
+func claimOf(size string) *v1.PersistentVolumeClaim {
+	return &v1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c", UID: "uid-c"},
+		Spec: v1.PersistentVolumeClaimSpec{AccessModes: []v1.PersistentVolumeAccessMode{v1.ReadWriteOnce},
+			Resources: v1.VolumeResourceRequirements{Requests: v1.ResourceList{v1.ResourceStorage: resource.MustParse(size)}}}}
+}
+
+// Immediate binding with allowedTopologies over two nodes of two pools
+// each, where only one node has a single pool that holds the volume: it
+// lands there. old: createAmong ranked the nodes by the sum of their pools
+// (n1: 100Mi < n2: 120Mi), chose n1, whose pools hold 50Mi each, and
+// answered a final ResourceExhausted on every retry. When no single pool
+// fits anywhere, the error is ErrNoSpace naming each node's largest pool
+// (old: the last pool tried only).
+func TestImmediateAllowedTopologiesLandsWhereOnePoolFits(t *testing.T) {
+	const key = "topology.plinth.example.com/node"
+	nodes := []runtime.Object{
+		plinthNode(t, "n1", poolStatus("a", 50*mi), poolStatus("b", 50*mi)),
+		plinthNode(t, "n2", poolStatus("a", 90*mi), poolStatus("b", 30*mi)),
+		plinthNode(t, "n3", poolStatus("a", 200*mi)), // outside allowedTopologies
+	}
+	c, _ := fakeClusterOf(t, nodes, withHook(markReady), nil)
+	p := &Provisioner{Driver: "plinth.example.com", TopologyKey: key, Controller: volume.NewControllerOver(c)}
+	immediate := storagev1.VolumeBindingImmediate
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: "plinth.example.com",
+		VolumeBindingMode: &immediate,
+		AllowedTopologies: []v1.TopologySelectorTerm{{MatchLabelExpressions: []v1.TopologySelectorLabelRequirement{{Key: key, Values: []string{"n1", "n2"}}}}}}
+	block := v1.PersistentVolumeBlock
+
+	cases := map[string]struct {
+		size      string
+		wantNode  string
+		wantPool  string
+		wantErr   error
+		wantState controller.ProvisioningState
+		errHas    []string
+		old       string
+	}{
+		"one node's single pool fits": {size: "80Mi", wantNode: "n2", wantPool: "a", wantState: controller.ProvisioningFinished,
+			old: "n1 chosen by summed pools: final ResourceExhausted"},
+		"several fit: best fit": {size: "25Mi", wantNode: "n2", wantPool: "b", wantState: controller.ProvisioningFinished,
+			old: "n1 (smaller sum), pool a"},
+		"none fits": {size: "95Mi", wantErr: pool.ErrNoSpace, wantState: controller.ProvisioningFinished,
+			errHas: []string{"node n1: largest pool a has 50Mi allocatable, 95Mi requested", "node n2: largest pool a has 90Mi allocatable, 95Mi requested"},
+			old:    "one pool of n1 only, the node createAmong chose"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			claim := claimOf(tc.size)
+			claim.Spec.VolumeMode = &block
+			pv, state, err := p.Provision(context.Background(), controller.ProvisionOptions{StorageClass: sc, PVName: "pvc-" + strings.ReplaceAll(name, " ", "-"), PVC: claim})
+			if state != tc.wantState {
+				t.Errorf("state %s, want %s (old: %s)", state, tc.wantState, tc.old)
+			}
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("got %v, want %v (old: %s)", err, tc.wantErr, tc.old)
+				}
+				for _, s := range tc.errHas {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q does not say %q (old: %s)", err, s, tc.old)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("%v (old: %s)", err, tc.old)
+			}
+			node := pv.Spec.NodeAffinity.Required.NodeSelectorTerms[0].MatchExpressions[0].Values[0]
+			if node != tc.wantNode || pv.Spec.CSI.VolumeAttributes["plinth.example.com/pool"] != tc.wantPool {
+				t.Fatalf("placed on %s/%s, want %s/%s (old: %s)", node, pv.Spec.CSI.VolumeAttributes["plinth.example.com/pool"], tc.wantNode, tc.wantPool, tc.old)
+			}
+		})
+	}
+}
+
+// Creates on two nodes at once: each node promises its bytes once (room
+// for two per node, five asked on each: two recorded and three refused on
+// each node), and neither node's creates wait on the other's.
+func TestReservationPerNodeInParallel(t *testing.T) {
+	nodes := []runtime.Object{plinthNode(t, "n1", poolStatus("fast", 100*mi)), plinthNode(t, "n2", poolStatus("fast", 100*mi))}
+	c, _ := fakeClusterOf(t, nodes, nil, nil)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	type answer struct {
+		node string
+		err  error
+	}
+	answers := make(chan answer, 10)
+	for _, node := range []string{"n1", "n2"} {
+		n, _ := c.Node(node)
+		for i := range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := n.CreateVolume(ctx, "fast", pool.Volume{ID: fmt.Sprintf("pv-%s-%d", node, i), Name: "v", CapacityBytes: 40 * mi, Mode: pool.ModeBlock})
+				answers <- answer{node, err}
+			}()
+		}
+	}
+	wg.Wait()
+	close(answers)
+	recorded, refused := map[string]int{}, map[string]int{}
+	for a := range answers {
+		switch {
+		case errors.Is(a.err, ErrInProgress):
+			recorded[a.node]++
+		case errors.Is(a.err, pool.ErrNoSpace):
+			refused[a.node]++
+		default:
+			t.Errorf("%s: unexpected answer %v", a.node, a.err)
+		}
+	}
+	for _, node := range []string{"n1", "n2"} {
+		if recorded[node] != 2 || refused[node] != 3 {
+			t.Errorf("node %s: %d recorded, %d refused; want 2 and 3", node, recorded[node], refused[node])
+		}
+		n, _ := c.Node(node)
+		infos, err := n.Pools(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := infos[0].Stats.AllocatableBytes(); got != 20*mi {
+			t.Errorf("node %s: allocatable with two reservations %s, want 20Mi", node, volume.FormatBytes(got))
+		}
+	}
+}
+
+// A create whose API write hangs holds up no other create: not another
+// node's (old: one lock for every node, held across the write, so n2
+// waited for n1's write) and not its own node's next one, whose capacity
+// check already counts the hanging create's reservation.
+func TestCreateLockNotHeldAcrossTheWrite(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(u *unstructured.Unstructured) {
+		if u.GetName() == "pv-hang" {
+			once.Do(func() { close(entered) })
+			<-release
+		}
+		if u.GetLabels()[v1alpha1.LabelNode] == "n2" {
+			markReady(u)
+		} // n1's stay Pending: their reservations keep counting
+	}
+	nodes := []runtime.Object{plinthNode(t, "n1", poolStatus("fast", 100*mi)), plinthNode(t, "n2", poolStatus("fast", 100*mi))}
+	c, _ := fakeClusterOf(t, nodes, withHook(hook), nil)
+	ctx := context.Background()
+	n1, _ := c.Node("n1")
+	n2, _ := c.Node("n2")
+	hung := make(chan error, 1)
+	go func() {
+		_, err := n1.CreateVolume(ctx, "fast", pool.Volume{ID: "pv-hang", Name: "hang", CapacityBytes: 60 * mi, Mode: pool.ModeBlock})
+		hung <- err
+	}()
+	<-entered
+	defer close(release)
+
+	for _, tc := range []struct {
+		node  volume.Node
+		id    string
+		bytes int64
+		want  error
+	}{
+		{n2, "pv-other-node", 60 * mi, nil},
+		{n1, "pv-same-node-fits", 30 * mi, ErrInProgress}, // recorded; n1 does not answer here
+		{n1, "pv-same-node-too-big", 30 * mi, pool.ErrNoSpace}, // 100 - 60 (hanging) - 30 = 10Mi left
+	} {
+		done := make(chan error, 1)
+		go func() {
+			_, err := tc.node.CreateVolume(ctx, "fast", pool.Volume{ID: tc.id, Name: tc.id, CapacityBytes: tc.bytes, Mode: pool.ModeBlock})
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if !errors.Is(err, tc.want) || tc.want == nil && err != nil {
+				t.Errorf("%s: %v, want %v", tc.id, err, tc.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s waited for another create's API write (old: one lock for all nodes across the write)", tc.id)
+		}
+	}
+}
