@@ -226,7 +226,7 @@ func TestCreateLockNotHeldAcrossTheWrite(t *testing.T) {
 		want  error
 	}{
 		{n2, "pv-other-node", 60 * mi, nil},
-		{n1, "pv-same-node-fits", 30 * mi, ErrInProgress}, // recorded; n1 does not answer here
+		{n1, "pv-same-node-fits", 30 * mi, ErrInProgress},      // recorded; n1 does not answer here
 		{n1, "pv-same-node-too-big", 30 * mi, pool.ErrNoSpace}, // 100 - 60 (hanging) - 30 = 10Mi left
 	} {
 		done := make(chan error, 1)
