@@ -1,6 +1,3 @@
-// Command kubectl-plinth is the kubectl plugin (`kubectl plinth ...`): it
-// shows plinth's nodes, volumes and devices and explains why a PVC or a
-// pod is pending. Install it on PATH as kubectl-plinth.
 package main
 
 import (

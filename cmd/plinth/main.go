@@ -1,4 +1,3 @@
-// Command plinth gives a Kubernetes node's own hardware to its pods.
 package main
 
 import (

@@ -1,6 +1,3 @@
-// Package app wires plinth's parts into the processes of each role:
-// configuration, validation and run(ctx) for `plinth standalone` (and,
-// later, `plinth node` and `plinth controller`).
 package app
 
 import (

@@ -1,5 +1,3 @@
-// Package kubelet knows the kubelet's directories and registers plugins
-// with it: device plugins through the kubelet's Registration service.
 package kubelet
 
 import (

@@ -1,5 +1,3 @@
-// Package metrics serves plinth's Prometheus metrics and its /healthz and
-// /readyz endpoints on a configurable address, off the kubelet's ports.
 package metrics
 
 import (

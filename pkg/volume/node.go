@@ -1,6 +1,3 @@
-// Package volume holds the controller's decisions (placement, identity,
-// capacity) and the node's work on volumes (create on a pool, stage,
-// publish, expand), joined by one narrow interface, Node.
 package volume
 
 import (
