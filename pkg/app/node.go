@@ -25,6 +25,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/pkg/metrics"
+	"github.com/plinth-dev/plinth/pkg/nodestatus"
 )
 
 // NodeConfig configures `plinth node`: the CSI Node service over this
@@ -248,41 +249,45 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		parts["device plugins"] = mgr.Run
 	}
 	if c.Cluster {
-		rec, err := newReconciler(c, local, devices)
+		rec, status, stop, err := newReconciler(c, local, devices)
 		if err != nil {
 			return err
 		}
+		defer stop()
 		parts["volume objects"] = rec.Run
+		parts["node status"] = status.Run
 	}
 	klog.InfoS("plinth node started", "version", c.Version, "csi", c.CSI, "devices", c.Devices, "kubeletDir", c.KubeletDir)
 	return runAll(ctx, parts)
 }
 
 // newReconciler connects to the API server for the node's volume objects
-// and its PlinthNode.
-func newReconciler(c NodeConfig, local *volume.LocalNode, devices func() []v1alpha1.DeviceStatus) (*reconcile.Reconciler, error) {
+// and its PlinthNode: the volume reconciler and the node-status publisher,
+// two runners; stop shuts the event broadcaster down.
+func newReconciler(c NodeConfig, local *volume.LocalNode, devices func() []v1alpha1.DeviceStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
 	cfg, err := restConfig(c.Kubeconfig, 50, 100)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	core, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
+	}
+	if local == nil { // devices only: a node with no pools
+		if local, err = volume.NewLocalNode(); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	broadcaster := record.NewBroadcaster()
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
-	var n volume.Node = local
-	if local == nil { // devices only: a node with no pools
-		if n, err = volume.NewLocalNode(); err != nil {
-			return nil, err
-		}
+	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-node", Host: c.NodeID})
+	status := &nodestatus.Publisher{
+		NodeName: c.NodeID, Version: c.Version, Pools: local.PoolHealth, Devices: devices, Dyn: dyn, Core: core, Events: events,
 	}
-	return &reconcile.Reconciler{
-		NodeName: c.NodeID, Version: c.Version, Local: n, Dyn: dyn, Core: core, Devices: devices,
-		Events: broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-node", Host: c.NodeID}),
-	}, nil
+	rec := &reconcile.Reconciler{NodeName: c.NodeID, Local: local, Dyn: dyn, Core: core, Events: events, Status: status}
+	return rec, status, broadcaster.Shutdown, nil
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"reflect"
-	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -31,40 +28,39 @@ import (
 // Reconciler reconciles the volume objects of one node.
 type Reconciler struct {
 	NodeName string
-	Version  string
 	Local    volume.Node
 	Dyn      dynamic.Interface
 	Core     kubernetes.Interface
 	Events   record.EventRecorder
-	// Devices, when set, lists the node's devices for its PlinthNode.
-	Devices func() []v1alpha1.DeviceStatus
-	// StatusInterval is the heartbeat of the PlinthNode (default 30s).
-	StatusInterval time.Duration
+	// Status publishes the node's PlinthNode (pkg/nodestatus): first, and
+	// again whenever a volume changes the pools' numbers.
+	Status Status
 	// Workers reconcile volumes in parallel (default 4).
 	Workers int
 
-	statusMu   sync.Mutex
-	lastStatus *v1alpha1.NodeStatus
-	lastWrite  time.Time
-	lastRead   time.Time // when the last written status read the pools
-	informer   cache.SharedIndexInformer
-	queue      workqueue.TypedRateLimitingInterface[string]
+	informer cache.SharedIndexInformer
+	queue    workqueue.TypedRateLimitingInterface[string]
+}
+
+// Status is what the reconciler needs of the node-status publisher.
+type Status interface {
+	// Publish writes the node's status now (force) or when it changed.
+	Publish(ctx context.Context, force bool) error
+	// PublishAfter makes sure a status that read the pools after t is out.
+	PublishAfter(ctx context.Context, t time.Time) error
 }
 
 // Run reconciles until ctx ends.
 func (r *Reconciler) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("reconcile")
 	ctx = klog.NewContext(ctx, logger)
-	if r.StatusInterval <= 0 {
-		r.StatusInterval = 30 * time.Second
-	}
 	if r.Workers <= 0 {
 		r.Workers = 4
 	}
 	// The node's status goes first: the controller places nothing on a
 	// node it has not heard from.
 	if err := wait.PollUntilContextCancel(ctx, 2*time.Second, true, func(ctx context.Context) (bool, error) {
-		if err := r.PublishStatus(ctx, true); err != nil {
+		if err := r.Status.Publish(ctx, true); err != nil {
 			logger.Error(err, "Publishing node status")
 			return false, nil
 		}
@@ -101,11 +97,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			}
 		}, time.Second)
 	}
-	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		if err := r.PublishStatus(ctx, false); err != nil {
-			logger.Error(err, "Publishing node status")
-		}
-	}, r.StatusInterval)
+	<-ctx.Done()
 	return nil
 }
 
@@ -193,7 +185,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	}
 	// The pool's new numbers go out before the volume is called Ready, so
 	// the controller never counts the volume in neither place.
-	if err := r.publishAfter(ctx, made.CreatedAt); err != nil {
+	if err := r.Status.PublishAfter(ctx, made.CreatedAt); err != nil {
 		return err
 	}
 	v.Status = v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: made.CapacityBytes, ObservedGeneration: v.Generation}
@@ -212,7 +204,7 @@ func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume, u *un
 		v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
 		return r.writeStatus(ctx, v)
 	}
-	if err := r.PublishStatus(ctx, true); err != nil {
+	if err := r.Status.Publish(ctx, true); err != nil {
 		return err
 	}
 	v.Status.CapacityBytes, v.Status.Reason, v.Status.Message = grown.CapacityBytes, "", ""
@@ -241,7 +233,7 @@ func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume, u *un
 		}
 		return err
 	}
-	if err := r.PublishStatus(ctx, true); err != nil {
+	if err := r.Status.Publish(ctx, true); err != nil {
 		klog.FromContext(ctx).Error(err, "Publishing node status after a delete")
 	}
 	var fins []string
@@ -300,169 +292,4 @@ func reasonOf(err error) string {
 		return v1alpha1.ReasonInUse
 	}
 	return v1alpha1.ReasonError
-}
-
-// poolHealth is implemented by volume.LocalNode: pools that cannot be read
-// are reported unhealthy instead of failing the whole status.
-type poolHealth interface {
-	PoolHealth(ctx context.Context) []volume.PoolHealth
-}
-
-// health is one thing whose health the Node's events follow.
-type health struct {
-	key        string // stable across statuses
-	healthy    bool
-	sick, well string // the event messages
-}
-
-// poolEvents records an event on the Node when a pool becomes unreadable
-// or readable again.
-func (r *Reconciler) poolEvents(pools []v1alpha1.PoolStatus) {
-	var before, now []health
-	if r.lastStatus != nil {
-		for _, p := range r.lastStatus.Pools {
-			before = append(before, health{key: p.Name, healthy: p.Healthy})
-		}
-	}
-	for _, p := range pools {
-		now = append(now, health{key: p.Name, healthy: p.Healthy,
-			sick: fmt.Sprintf("pool %s cannot be read: %s; no new volumes are placed on it", p.Name, p.Message),
-			well: fmt.Sprintf("pool %s is readable again", p.Name)})
-	}
-	r.healthEvents("Pool", before, now)
-}
-
-// deviceEvents records an event on the Node for every device whose health
-// changed since the last status (and for unhealthy ones at the first).
-func (r *Reconciler) deviceEvents(devs []v1alpha1.DeviceStatus) {
-	var before, now []health
-	if r.lastStatus != nil {
-		for _, d := range r.lastStatus.Devices {
-			before = append(before, health{key: d.Resource + "/" + d.ID, healthy: d.Healthy})
-		}
-	}
-	for _, d := range devs {
-		now = append(now, health{key: d.Resource + "/" + d.ID, healthy: d.Healthy,
-			sick: fmt.Sprintf("%s device %s is unhealthy: not advertised to the kubelet until it recovers", d.Resource, d.ID),
-			well: fmt.Sprintf("%s device %s is healthy again", d.Resource, d.ID)})
-	}
-	r.healthEvents("Device", before, now)
-}
-
-// healthEvents records <kind>Unhealthy for what is unhealthy now and was
-// healthy (or unknown) before, and <kind>Healthy for what recovered.
-func (r *Reconciler) healthEvents(kind string, before, now []health) {
-	if r.Events == nil {
-		return
-	}
-	was := map[string]bool{}
-	for _, h := range before {
-		was[h.key] = h.healthy
-	}
-	node := &v1.ObjectReference{Kind: "Node", Name: r.NodeName, UID: types.UID(r.NodeName)}
-	for _, h := range now {
-		prev, seen := was[h.key]
-		switch {
-		case !h.healthy && (!seen || prev):
-			r.Events.Event(node, v1.EventTypeWarning, kind+"Unhealthy", h.sick)
-		case h.healthy && seen && !prev:
-			r.Events.Event(node, v1.EventTypeNormal, kind+"Healthy", h.well)
-		}
-	}
-}
-
-// publishAfter makes sure a status that read the pools after t is out:
-// creates finishing together share one write.
-func (r *Reconciler) publishAfter(ctx context.Context, t time.Time) error {
-	r.statusMu.Lock()
-	done := r.lastRead.After(t)
-	r.statusMu.Unlock()
-	if done {
-		return nil
-	}
-	return r.PublishStatus(ctx, true)
-}
-
-// PublishStatus writes the node's pools and devices to its PlinthNode;
-// unless force, only when they changed or the heartbeat is due.
-func (r *Reconciler) PublishStatus(ctx context.Context, force bool) error {
-	r.statusMu.Lock()
-	defer r.statusMu.Unlock()
-	read := time.Now()
-	st := v1alpha1.NodeStatus{Version: r.Version}
-	var infos []volume.PoolInfo
-	var failed []volume.PoolHealth
-	if h, ok := r.Local.(poolHealth); ok {
-		for _, ph := range h.PoolHealth(ctx) {
-			if ph.Err != nil {
-				failed = append(failed, ph)
-				continue
-			}
-			infos = append(infos, volume.PoolInfo{Name: ph.Name, Backend: ph.Backend, Capabilities: ph.Capabilities, Stats: ph.Stats})
-		}
-	} else {
-		var err error
-		if infos, err = r.Local.Pools(ctx); err != nil {
-			return err
-		}
-	}
-	for _, pi := range infos {
-		st.Pools = append(st.Pools, v1alpha1.PoolStatus{
-			Name: pi.Name, Backend: pi.Backend, Block: pi.Capabilities.Block, FsTypes: pi.Capabilities.FsTypes,
-			OwnFs: pi.Capabilities.OwnFs, TotalBytes: pi.Stats.TotalBytes, FreeBytes: pi.Stats.FreeBytes,
-			CommittedBytes: pi.Stats.CommittedBytes, AllocatableBytes: pi.Stats.AllocatableBytes(),
-			ProvisionedBytes: pi.Stats.ProvisionedBytes, Volumes: pi.Stats.Volumes, Healthy: true,
-		})
-	}
-	for _, ph := range failed {
-		st.Pools = append(st.Pools, v1alpha1.PoolStatus{Name: ph.Name, Backend: ph.Backend, Healthy: false, Message: ph.Err.Error()})
-	}
-	r.poolEvents(st.Pools)
-	st.PoolCount = len(st.Pools)
-	if r.Devices != nil {
-		st.Devices = r.Devices()
-		st.DeviceCount = len(st.Devices)
-		r.deviceEvents(st.Devices)
-	}
-	if !force && r.lastStatus != nil && reflect.DeepEqual(*r.lastStatus, st) && time.Since(r.lastWrite) < r.StatusInterval {
-		return nil
-	}
-	st.HeartbeatTime = metav1.Now()
-	api := r.Dyn.Resource(v1alpha1.NodeResource)
-	cur, err := api.Get(ctx, r.NodeName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		obj := &v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: r.NodeName}}
-		// Owned by the Kubernetes Node: when the node leaves, so does this.
-		if n, nerr := r.Core.CoreV1().Nodes().Get(ctx, r.NodeName, metav1.GetOptions{}); nerr == nil {
-			obj.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
-		}
-		u, cerr := v1alpha1.ToUnstructured(obj)
-		if cerr != nil {
-			return cerr
-		}
-		if cur, err = api.Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create PlinthNode %s: %w", r.NodeName, err)
-		}
-		if err != nil {
-			cur, err = api.Get(ctx, r.NodeName, metav1.GetOptions{})
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("read PlinthNode %s: %w", r.NodeName, err)
-	}
-	n, err := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](cur)
-	if err != nil {
-		return err
-	}
-	n.Status = st
-	u, err := v1alpha1.ToUnstructured(n)
-	if err != nil {
-		return err
-	}
-	if _, err := api.UpdateStatus(ctx, u, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("write PlinthNode %s status: %w", r.NodeName, err)
-	}
-	st.HeartbeatTime = metav1.Time{}
-	r.lastStatus, r.lastWrite, r.lastRead = &st, time.Now(), read
-	return nil
 }

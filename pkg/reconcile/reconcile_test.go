@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,9 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/nodestatus"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -57,7 +56,9 @@ func TestReconcile(t *testing.T) {
 		object(t, &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(8 * mi)}),
 		object(t, &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-huge", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(1 << 50)}),
 	)
-	r := &Reconciler{NodeName: "n1", Version: "test", Local: local, Dyn: dyn, Core: fake.NewSimpleClientset(), StatusInterval: time.Hour}
+	core := fake.NewSimpleClientset()
+	status := &nodestatus.Publisher{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Dyn: dyn, Core: core, Interval: time.Hour}
+	r := &Reconciler{NodeName: "n1", Local: local, Dyn: dyn, Core: core, Status: status}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
@@ -121,75 +122,5 @@ func TestReconcile(t *testing.T) {
 	waitFor("pv-a finalizer dropped", func() bool { v := get("pv-a"); return v == nil || len(v.Finalizers) == 0 })
 	if _, err := local.Volume(ctx, "pv-a"); err == nil {
 		t.Fatal("pv-a's storage is still there")
-	}
-}
-
-// A device's health changes become events on the Node.
-func TestDeviceEvents(t *testing.T) {
-	rec := record.NewFakeRecorder(10)
-	r := &Reconciler{NodeName: "n1", Events: rec}
-	gpu := func(healthy bool) []v1alpha1.DeviceStatus {
-		return []v1alpha1.DeviceStatus{{Resource: "example.com/gpu", ID: "0000:18:00.0", Healthy: healthy}, {Resource: "example.com/gpu", ID: "0000:3b:00.0", Healthy: true}}
-	}
-	r.deviceEvents(gpu(true))
-	if len(rec.Events) != 0 {
-		t.Fatalf("healthy at start: %d events", len(rec.Events))
-	}
-	r.lastStatus = &v1alpha1.NodeStatus{Devices: gpu(true)}
-	r.deviceEvents(gpu(false))
-	if ev := <-rec.Events; !strings.Contains(ev, "DeviceUnhealthy") || !strings.Contains(ev, "0000:18:00.0") {
-		t.Fatalf("event %q", ev)
-	}
-	r.lastStatus = &v1alpha1.NodeStatus{Devices: gpu(false)}
-	r.deviceEvents(gpu(false))
-	if len(rec.Events) != 0 {
-		t.Fatal("an unchanged unhealthy device was reported again")
-	}
-	r.deviceEvents(gpu(true))
-	if ev := <-rec.Events; !strings.Contains(ev, "DeviceHealthy") {
-		t.Fatalf("event %q", ev)
-	}
-}
-
-// A pool that cannot be read is published unhealthy (the controller places
-// nothing on it) with an event; the others are published as usual.
-func TestUnreadablePool(t *testing.T) {
-	good, err := file.New(file.Config{Name: "good", Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	badDir := t.TempDir()
-	bad, err := file.New(file.Config{Name: "bad", Dir: badDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(badDir); err != nil { // statfs of the pool now fails
-		t.Fatal(err)
-	}
-	local, err := volume.NewLocalNode(good, bad)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList"})
-	rec := record.NewFakeRecorder(10)
-	r := &Reconciler{NodeName: "n1", Local: local, Dyn: dyn, Core: fake.NewSimpleClientset(), Events: rec, StatusInterval: time.Hour}
-	if err := r.PublishStatus(context.Background(), true); err != nil {
-		t.Fatal(err)
-	}
-	u, err := dyn.Resource(v1alpha1.NodeResource).Get(context.Background(), "n1", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
-	health := map[string]bool{}
-	for _, p := range n.Status.Pools {
-		health[p.Name] = p.Healthy
-	}
-	if len(health) != 2 || !health["good"] || health["bad"] {
-		t.Fatalf("pools %+v: want good healthy, bad unhealthy", n.Status.Pools)
-	}
-	if ev := <-rec.Events; !strings.Contains(ev, "PoolUnhealthy") || !strings.Contains(ev, "pool bad") {
-		t.Fatalf("event %q", ev)
 	}
 }

@@ -1,0 +1,218 @@
+package nodestatus
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// Publisher writes one node's PlinthNode status: its pools (healthy or
+// not), its devices, a heartbeat; and records an event on the Node when a
+// pool or a device changes health.
+type Publisher struct {
+	NodeName string
+	Version  string
+	// Pools reads every pool of the node (volume.LocalNode.PoolHealth); a
+	// pool that cannot be read is published unhealthy. Nil: no pools.
+	Pools func(ctx context.Context) []volume.PoolHealth
+	// Devices, when set, lists the node's devices.
+	Devices func() []v1alpha1.DeviceStatus
+	Dyn     dynamic.Interface
+	Core    kubernetes.Interface
+	Events  record.EventRecorder
+	// Interval is the heartbeat (default 30s).
+	Interval time.Duration
+
+	mu         sync.Mutex
+	lastStatus *v1alpha1.NodeStatus
+	lastWrite  time.Time
+	lastRead   time.Time // when the last written status read the pools
+}
+
+func (p *Publisher) interval() time.Duration {
+	if p.Interval <= 0 {
+		return 30 * time.Second
+	}
+	return p.Interval
+}
+
+// Run publishes the status every interval (and whenever it changed) until
+// ctx ends.
+func (p *Publisher) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithName("nodestatus")
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
+		if err := p.Publish(ctx, false); err != nil {
+			logger.Error(err, "Publishing node status")
+		}
+	}, p.interval())
+	return nil
+}
+
+// health is one thing whose health the Node's events follow.
+type health struct {
+	key        string // stable across statuses
+	healthy    bool
+	sick, well string // the event messages
+}
+
+// poolEvents records an event on the Node when a pool becomes unreadable
+// or readable again.
+func (p *Publisher) poolEvents(pools []v1alpha1.PoolStatus) {
+	var before, now []health
+	if p.lastStatus != nil {
+		for _, p := range p.lastStatus.Pools {
+			before = append(before, health{key: p.Name, healthy: p.Healthy})
+		}
+	}
+	for _, p := range pools {
+		now = append(now, health{key: p.Name, healthy: p.Healthy,
+			sick: fmt.Sprintf("pool %s cannot be read: %s; no new volumes are placed on it", p.Name, p.Message),
+			well: fmt.Sprintf("pool %s is readable again", p.Name)})
+	}
+	p.healthEvents("Pool", before, now)
+}
+
+// deviceEvents records an event on the Node for every device whose health
+// changed since the last status (and for unhealthy ones at the first).
+func (p *Publisher) deviceEvents(devs []v1alpha1.DeviceStatus) {
+	var before, now []health
+	if p.lastStatus != nil {
+		for _, d := range p.lastStatus.Devices {
+			before = append(before, health{key: d.Resource + "/" + d.ID, healthy: d.Healthy})
+		}
+	}
+	for _, d := range devs {
+		now = append(now, health{key: d.Resource + "/" + d.ID, healthy: d.Healthy,
+			sick: fmt.Sprintf("%s device %s is unhealthy: not advertised to the kubelet until it recovers", d.Resource, d.ID),
+			well: fmt.Sprintf("%s device %s is healthy again", d.Resource, d.ID)})
+	}
+	p.healthEvents("Device", before, now)
+}
+
+// healthEvents records <kind>Unhealthy for what is unhealthy now and was
+// healthy (or unknown) before, and <kind>Healthy for what recovered.
+func (p *Publisher) healthEvents(kind string, before, now []health) {
+	if p.Events == nil {
+		return
+	}
+	was := map[string]bool{}
+	for _, h := range before {
+		was[h.key] = h.healthy
+	}
+	node := &v1.ObjectReference{Kind: "Node", Name: p.NodeName, UID: types.UID(p.NodeName)}
+	for _, h := range now {
+		prev, seen := was[h.key]
+		switch {
+		case !h.healthy && (!seen || prev):
+			p.Events.Event(node, v1.EventTypeWarning, kind+"Unhealthy", h.sick)
+		case h.healthy && seen && !prev:
+			p.Events.Event(node, v1.EventTypeNormal, kind+"Healthy", h.well)
+		}
+	}
+}
+
+// PublishAfter makes sure a status that read the pools after t is out:
+// creates finishing together share one write.
+func (p *Publisher) PublishAfter(ctx context.Context, t time.Time) error {
+	p.mu.Lock()
+	done := p.lastRead.After(t)
+	p.mu.Unlock()
+	if done {
+		return nil
+	}
+	return p.Publish(ctx, true)
+}
+
+// Publish writes the node's pools and devices to its PlinthNode; unless
+// force, only when they changed or the heartbeat is due.
+func (p *Publisher) Publish(ctx context.Context, force bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	read := time.Now()
+	st := v1alpha1.NodeStatus{Version: p.Version}
+	var infos []volume.PoolInfo
+	var failed []volume.PoolHealth
+	if p.Pools != nil {
+		for _, ph := range p.Pools(ctx) {
+			if ph.Err != nil {
+				failed = append(failed, ph)
+				continue
+			}
+			infos = append(infos, volume.PoolInfo{Name: ph.Name, Backend: ph.Backend, Capabilities: ph.Capabilities, Stats: ph.Stats})
+		}
+	}
+	for _, pi := range infos {
+		st.Pools = append(st.Pools, v1alpha1.PoolStatus{
+			Name: pi.Name, Backend: pi.Backend, Block: pi.Capabilities.Block, FsTypes: pi.Capabilities.FsTypes,
+			OwnFs: pi.Capabilities.OwnFs, TotalBytes: pi.Stats.TotalBytes, FreeBytes: pi.Stats.FreeBytes,
+			CommittedBytes: pi.Stats.CommittedBytes, AllocatableBytes: pi.Stats.AllocatableBytes(),
+			ProvisionedBytes: pi.Stats.ProvisionedBytes, Volumes: pi.Stats.Volumes, Healthy: true,
+		})
+	}
+	for _, ph := range failed {
+		st.Pools = append(st.Pools, v1alpha1.PoolStatus{Name: ph.Name, Backend: ph.Backend, Healthy: false, Message: ph.Err.Error()})
+	}
+	p.poolEvents(st.Pools)
+	st.PoolCount = len(st.Pools)
+	if p.Devices != nil {
+		st.Devices = p.Devices()
+		st.DeviceCount = len(st.Devices)
+		p.deviceEvents(st.Devices)
+	}
+	if !force && p.lastStatus != nil && reflect.DeepEqual(*p.lastStatus, st) && time.Since(p.lastWrite) < p.interval() {
+		return nil
+	}
+	st.HeartbeatTime = metav1.Now()
+	api := p.Dyn.Resource(v1alpha1.NodeResource)
+	cur, err := api.Get(ctx, p.NodeName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		obj := &v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: p.NodeName}}
+		// Owned by the Kubernetes Node: when the node leaves, so does this.
+		if n, nerr := p.Core.CoreV1().Nodes().Get(ctx, p.NodeName, metav1.GetOptions{}); nerr == nil {
+			obj.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
+		}
+		u, cerr := v1alpha1.ToUnstructured(obj)
+		if cerr != nil {
+			return cerr
+		}
+		if cur, err = api.Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create PlinthNode %s: %w", p.NodeName, err)
+		}
+		if err != nil {
+			cur, err = api.Get(ctx, p.NodeName, metav1.GetOptions{})
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("read PlinthNode %s: %w", p.NodeName, err)
+	}
+	n, err := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](cur)
+	if err != nil {
+		return err
+	}
+	n.Status = st
+	u, err := v1alpha1.ToUnstructured(n)
+	if err != nil {
+		return err
+	}
+	if _, err := api.UpdateStatus(ctx, u, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("write PlinthNode %s status: %w", p.NodeName, err)
+	}
+	st.HeartbeatTime = metav1.Time{}
+	p.lastStatus, p.lastWrite, p.lastRead = &st, time.Now(), read
+	return nil
+}

@@ -1,0 +1,90 @@
+package nodestatus
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/pool/file"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// A device's health changes become events on the Node.
+func TestDeviceEvents(t *testing.T) {
+	rec := record.NewFakeRecorder(10)
+	r := &Publisher{NodeName: "n1", Events: rec}
+	gpu := func(healthy bool) []v1alpha1.DeviceStatus {
+		return []v1alpha1.DeviceStatus{{Resource: "example.com/gpu", ID: "0000:18:00.0", Healthy: healthy}, {Resource: "example.com/gpu", ID: "0000:3b:00.0", Healthy: true}}
+	}
+	r.deviceEvents(gpu(true))
+	if len(rec.Events) != 0 {
+		t.Fatalf("healthy at start: %d events", len(rec.Events))
+	}
+	r.lastStatus = &v1alpha1.NodeStatus{Devices: gpu(true)}
+	r.deviceEvents(gpu(false))
+	if ev := <-rec.Events; !strings.Contains(ev, "DeviceUnhealthy") || !strings.Contains(ev, "0000:18:00.0") {
+		t.Fatalf("event %q", ev)
+	}
+	r.lastStatus = &v1alpha1.NodeStatus{Devices: gpu(false)}
+	r.deviceEvents(gpu(false))
+	if len(rec.Events) != 0 {
+		t.Fatal("an unchanged unhealthy device was reported again")
+	}
+	r.deviceEvents(gpu(true))
+	if ev := <-rec.Events; !strings.Contains(ev, "DeviceHealthy") {
+		t.Fatalf("event %q", ev)
+	}
+}
+
+// A pool that cannot be read is published unhealthy (the controller places
+// nothing on it) with an event; the others are published as usual.
+func TestUnreadablePool(t *testing.T) {
+	good, err := file.New(file.Config{Name: "good", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	badDir := t.TempDir()
+	bad, err := file.New(file.Config{Name: "bad", Dir: badDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(badDir); err != nil { // statfs of the pool now fails
+		t.Fatal(err)
+	}
+	local, err := volume.NewLocalNode(good, bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList"})
+	rec := record.NewFakeRecorder(10)
+	r := &Publisher{NodeName: "n1", Pools: local.PoolHealth, Dyn: dyn, Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
+	if err := r.Publish(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	u, err := dyn.Resource(v1alpha1.NodeResource).Get(context.Background(), "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
+	health := map[string]bool{}
+	for _, p := range n.Status.Pools {
+		health[p.Name] = p.Healthy
+	}
+	if len(health) != 2 || !health["good"] || health["bad"] {
+		t.Fatalf("pools %+v: want good healthy, bad unhealthy", n.Status.Pools)
+	}
+	if ev := <-rec.Events; !strings.Contains(ev, "PoolUnhealthy") || !strings.Contains(ev, "pool bad") {
+		t.Fatalf("event %q", ev)
+	}
+}
