@@ -88,8 +88,10 @@ func (p PoolSpec) Validate() error {
 	switch {
 	case p.Backend == "btrfs" && p.FsType != "" && p.FsType != "btrfs":
 		return fmt.Errorf("pool %s: a btrfs pool's volumes are btrfs, not %q", p.Name, p.FsType)
-	case p.Backend == "file" && p.FsType != "" && p.FsType != "ext4" && p.FsType != "xfs" && p.FsType != "btrfs":
-		return fmt.Errorf("pool %s: fstype %q is not ext4, xfs or btrfs", p.Name, p.FsType)
+	case p.Backend == "file" && p.FsType != "":
+		if err := pool.CheckFsType(p.FsType); err != nil {
+			return fmt.Errorf("pool %s: fstype: %w", p.Name, err)
+		}
 	}
 	return nil
 }

@@ -13,9 +13,6 @@ import (
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
-// FsTypes a volume may be formatted with.
-var fsTypes = map[string]bool{"": true, "ext4": true, "xfs": true, "btrfs": true}
-
 const maxNameLen = 1024
 
 func validateName(kind, name string) error {
@@ -80,8 +77,10 @@ func capability(c *csi.VolumeCapability) (pool.Mode, error) {
 	case c.GetMount() != nil && c.GetBlock() == nil:
 		mode = pool.ModeFilesystem
 		m := c.GetMount()
-		if !fsTypes[m.GetFsType()] {
-			return "", invalid("fs type %q is not supported (ext4, xfs, btrfs)", m.GetFsType())
+		if ft := m.GetFsType(); ft != "" {
+			if err := pool.CheckFsType(ft); err != nil {
+				return "", invalid("%v", err)
+			}
 		}
 		if err := validateMountFlags(m.GetMountFlags()); err != nil {
 			return "", err

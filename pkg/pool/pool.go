@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -22,6 +24,19 @@ var (
 	// ErrDeleting: the ID\'s record is from a delete that was interrupted.
 	ErrDeleting = errors.New("deletion in progress")
 )
+
+// FsTypes are the filesystems plinth makes on volumes, the default first:
+// the one list every check uses.
+func FsTypes() []string { return []string{"ext4", "xfs", "btrfs"} }
+
+// CheckFsType refuses a filesystem plinth does not make ("" is refused too:
+// callers that allow a default check for it first).
+func CheckFsType(fsType string) error {
+	if !slices.Contains(FsTypes(), fsType) {
+		return fmt.Errorf("%w: fs type %q is not one of %s", ErrInvalid, fsType, strings.Join(FsTypes(), ", "))
+	}
+	return nil
+}
 
 // Mode is how a volume is consumed.
 type Mode string

@@ -55,8 +55,10 @@ func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRe
 	if err != nil {
 		return volume.CreateRequest{}, fmt.Errorf("StorageClass %s: %w", sc.Name, err)
 	}
-	if fsType != "" && fsType != "ext4" && fsType != "xfs" && fsType != "btrfs" {
-		return volume.CreateRequest{}, fmt.Errorf("%w: StorageClass %s: fs type %q is not ext4, xfs or btrfs", pool.ErrInvalid, sc.Name, fsType)
+	if fsType != "" {
+		if err := pool.CheckFsType(fsType); err != nil {
+			return volume.CreateRequest{}, fmt.Errorf("StorageClass %s: %w", sc.Name, err)
+		}
 	}
 	mode := pool.ModeFilesystem
 	if pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == v1.PersistentVolumeBlock {

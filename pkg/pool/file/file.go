@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -46,8 +45,6 @@ type Pool struct {
 	index  *pool.Index
 }
 
-var fsTypes = []string{"ext4", "xfs", "btrfs"}
-
 var _ pool.Pool = (*Pool)(nil)
 
 // New opens (creating if needed) the pool in cfg.Dir and rebuilds its index
@@ -60,10 +57,10 @@ func New(cfg Config) (*Pool, error) {
 		return nil, fmt.Errorf("%w: pool %s: dir %q is not absolute", pool.ErrInvalid, cfg.Name, cfg.Dir)
 	}
 	if cfg.FsType == "" {
-		cfg.FsType = fsTypes[0]
+		cfg.FsType = pool.FsTypes()[0]
 	}
-	if !slices.Contains(fsTypes, cfg.FsType) {
-		return nil, fmt.Errorf("%w: pool %s: fs type %q is not one of %v", pool.ErrInvalid, cfg.Name, cfg.FsType, fsTypes)
+	if err := pool.CheckFsType(cfg.FsType); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", cfg.Name, err)
 	}
 	p := &Pool{name: cfg.Name, dir: filepath.Clean(cfg.Dir), loops: cfg.Loops, fsType: cfg.FsType}
 	idx, err := pool.OpenIndex(p.volDir(), p.snapDir())
@@ -87,7 +84,7 @@ func (p *Pool) Backend() string { return "file" }
 func (p *Pool) Capabilities() pool.Capabilities {
 	// The pool's default first.
 	types := []string{p.fsType}
-	for _, t := range fsTypes {
+	for _, t := range pool.FsTypes() {
 		if t != p.fsType {
 			types = append(types, t)
 		}
