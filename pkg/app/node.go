@@ -17,8 +17,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/reconcile"
-	"github.com/plinth-dev/plinth/pkg/volume"
 
 	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/device"
@@ -151,7 +151,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		m = metrics.New()
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
-	var local *volume.LocalNode
+	var local *node.Local
 	var devices func() []v1alpha1.DeviceStatus
 	if c.CSI {
 		lock, err := claimRoot(c.CSIConfig)
@@ -264,7 +264,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 // newReconciler connects to the API server for the node's volume objects
 // and its PlinthNode: the volume reconciler and the node-status publisher,
 // two runners; stop shuts the event broadcaster down.
-func newReconciler(c NodeConfig, local *volume.LocalNode, devices func() []v1alpha1.DeviceStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
+func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.DeviceStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
 	cfg, err := restConfig(c.Kubeconfig, 50, 100)
 	if err != nil {
 		return nil, nil, nil, err
@@ -278,7 +278,7 @@ func newReconciler(c NodeConfig, local *volume.LocalNode, devices func() []v1alp
 		return nil, nil, nil, err
 	}
 	if local == nil { // devices only: a node with no pools
-		if local, err = volume.NewLocalNode(); err != nil {
+		if local, err = node.NewLocal(); err != nil {
 			return nil, nil, nil, err
 		}
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/mount"
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
@@ -346,7 +347,7 @@ func runAll(ctx context.Context, parts map[string]func(context.Context) error) e
 }
 
 // poolSamples reads every pool for the metrics.
-func poolSamples(local *volume.LocalNode) func(context.Context) ([]metrics.PoolSample, error) {
+func poolSamples(local *node.Local) func(context.Context) ([]metrics.PoolSample, error) {
 	return func(ctx context.Context) ([]metrics.PoolSample, error) {
 		infos, err := local.Pools(ctx)
 		if err != nil {
@@ -382,17 +383,17 @@ func claimRoot(c CSIConfig) (*RootLock, error) {
 
 // openLocal opens the configured pools as this node's LocalNode; the
 // caller has claimed the root (claimRoot).
-func openLocal(ctx context.Context, c CSIConfig) (*volume.LocalNode, error) {
+func openLocal(ctx context.Context, c CSIConfig) (*node.Local, error) {
 	pools, err := OpenPools(ctx, c.Pools, mount.NewLoop(c.SysfsRoot, c.DevRoot), mount.Exec{})
 	if err != nil {
 		return nil, err
 	}
-	return volume.NewLocalNode(pools...)
+	return node.NewLocal(pools...)
 }
 
 // serveCSI serves Identity and Node (and Controller when withController)
 // over local until ctx ends; with m, it also feeds metrics and readiness.
-func serveCSI(ctx context.Context, c CSIConfig, version string, local *volume.LocalNode, withController bool, m *metrics.Metrics) error {
+func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Local, withController bool, m *metrics.Metrics) error {
 	sock, err := csi.ParseEndpoint(c.Endpoint)
 	if err != nil {
 		return err
@@ -408,7 +409,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *volume.Lo
 	}
 	svcs := csi.Services{
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
-		Node: csi.NewNodeServer(volume.NewPublisher(local, mount.NewHost(run), c.Root), csi.NodeConfig{
+		Node: csi.NewNodeServer(node.NewPublisher(local, mount.NewHost(run), c.Root), csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
 			Paths: csi.Paths{Allowed: c.AllowedPaths, Owned: owned},
 		}),

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/plinth-dev/plinth/pkg/mount"
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -28,8 +29,8 @@ func codeOf(err error) codes.Code {
 		return codes.ResourceExhausted
 	case errors.Is(err, pool.ErrOutOfRange):
 		return codes.OutOfRange
-	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, pool.ErrDeleting), errors.Is(err, volume.ErrNotStaged),
-		errors.Is(err, volume.ErrPublishedElsewhere), errors.Is(err, volume.ErrPathInUse):
+	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, pool.ErrDeleting), errors.Is(err, node.ErrNotStaged),
+		errors.Is(err, node.ErrPublishedElsewhere), errors.Is(err, node.ErrPathInUse):
 		return codes.FailedPrecondition
 	case errors.Is(err, mount.ErrOnlineResizeRefused), errors.Is(err, mount.ErrForeignData):
 		return codes.FailedPrecondition

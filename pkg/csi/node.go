@@ -11,14 +11,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool"
-	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
 // NodeServer serves the CSI Node service.
 type NodeServer struct {
 	csi.UnimplementedNodeServer
-	pub         *volume.Publisher
+	pub         *node.Publisher
 	nodeID      string
 	topologyKey string
 	maxVolumes  int64
@@ -37,7 +37,7 @@ type NodeConfig struct {
 }
 
 // NewNodeServer returns the Node service over pub.
-func NewNodeServer(pub *volume.Publisher, cfg NodeConfig) *NodeServer {
+func NewNodeServer(pub *node.Publisher, cfg NodeConfig) *NodeServer {
 	return &NodeServer{pub: pub, nodeID: cfg.NodeID, topologyKey: cfg.TopologyKey, maxVolumes: cfg.MaxVolumes, paths: cfg.Paths}
 }
 
@@ -82,18 +82,18 @@ func (s *NodeServer) NodeGetCapabilities(ctx context.Context, _ *csi.NodeGetCapa
 	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-func access(c *csi.VolumeCapability, readOnly bool) (volume.Access, error) {
+func access(c *csi.VolumeCapability, readOnly bool) (node.Access, error) {
 	mode, err := capability(c)
 	if err != nil {
-		return volume.Access{}, err
+		return node.Access{}, err
 	}
 	if g := c.GetMount().GetVolumeMountGroup(); g != "" {
 		if gid, err := strconv.ParseUint(g, 10, 32); err != nil || gid == 0 && g != "0" {
-			return volume.Access{}, invalid("volume mount group %q is not a numeric GID", g)
+			return node.Access{}, invalid("volume mount group %q is not a numeric GID", g)
 		}
 	}
 	am := c.GetAccessMode().GetMode()
-	return volume.Access{
+	return node.Access{
 		Block:        mode == pool.ModeBlock,
 		FsType:       c.GetMount().GetFsType(),
 		MountFlags:   c.GetMount().GetMountFlags(),

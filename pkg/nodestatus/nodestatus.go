@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
@@ -27,9 +28,9 @@ import (
 type Publisher struct {
 	NodeName string
 	Version  string
-	// Pools reads every pool of the node (volume.LocalNode.PoolHealth); a
+	// Pools reads every pool of the node (node.Local.PoolHealth); a
 	// pool that cannot be read is published unhealthy. Nil: no pools.
-	Pools func(ctx context.Context) []volume.PoolHealth
+	Pools func(ctx context.Context) []node.PoolHealth
 	// Devices, when set, lists the node's devices.
 	Devices func() []v1alpha1.DeviceStatus
 	Dyn     dynamic.Interface
@@ -114,14 +115,14 @@ func (p *Publisher) healthEvents(kind string, before, now []health) {
 	for _, h := range before {
 		was[h.key] = h.healthy
 	}
-	node := &v1.ObjectReference{Kind: "Node", Name: p.NodeName, UID: types.UID(p.NodeName)}
+	ref := &v1.ObjectReference{Kind: "Node", Name: p.NodeName, UID: types.UID(p.NodeName)}
 	for _, h := range now {
 		prev, seen := was[h.key]
 		switch {
 		case !h.healthy && (!seen || prev):
-			p.Events.Event(node, v1.EventTypeWarning, kind+"Unhealthy", h.sick)
+			p.Events.Event(ref, v1.EventTypeWarning, kind+"Unhealthy", h.sick)
 		case h.healthy && seen && !prev:
-			p.Events.Event(node, v1.EventTypeNormal, kind+"Healthy", h.well)
+			p.Events.Event(ref, v1.EventTypeNormal, kind+"Healthy", h.well)
 		}
 	}
 }
@@ -146,7 +147,7 @@ func (p *Publisher) Publish(ctx context.Context, force bool) error {
 	read := time.Now()
 	st := v1alpha1.NodeStatus{Version: p.Version}
 	var infos []volume.PoolInfo
-	var failed []volume.PoolHealth
+	var failed []node.PoolHealth
 	if p.Pools != nil {
 		for _, ph := range p.Pools(ctx) {
 			if ph.Err != nil {

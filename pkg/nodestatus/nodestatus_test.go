@@ -15,8 +15,8 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
-	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
 // A device's health changes become events on the Node.
@@ -61,7 +61,7 @@ func TestUnreadablePool(t *testing.T) {
 	if err := os.RemoveAll(badDir); err != nil { // statfs of the pool now fails
 		t.Fatal(err)
 	}
-	local, err := volume.NewLocalNode(good, bad)
+	local, err := node.NewLocal(good, bad)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,9 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
-	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
 const mi = int64(1 << 20)
@@ -45,7 +45,7 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	local, err := volume.NewLocalNode(p)
+	local, err := node.NewLocal(p)
 	if err != nil {
 		t.Fatal(err)
 	}

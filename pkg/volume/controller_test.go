@@ -1,4 +1,4 @@
-package volume
+package volume_test
 
 import (
 	"context"
@@ -10,8 +10,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
+	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
 const mib = int64(1 << 20)
@@ -35,7 +37,7 @@ func newFileNode(t *testing.T) fileNode {
 
 // controller opens the pools (again: what a restart does) under a
 // controller with this one node, n1.
-func (f fileNode) controller(t *testing.T) *Controller {
+func (f fileNode) controller(t *testing.T) *volume.Controller {
 	t.Helper()
 	var pools []pool.Pool
 	for _, c := range f {
@@ -45,11 +47,11 @@ func (f fileNode) controller(t *testing.T) *Controller {
 		}
 		pools = append(pools, p)
 	}
-	n, err := NewLocalNode(pools...)
+	n, err := node.NewLocal(pools...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return NewController(map[string]Node{"n1": n})
+	return volume.NewController(map[string]volume.Node{"n1": n})
 }
 
 type volSummary struct {
@@ -60,7 +62,7 @@ type volSummary struct {
 	Thick    bool
 }
 
-func summary(t *testing.T, c *Controller) map[string]volSummary {
+func summary(t *testing.T, c *volume.Controller) map[string]volSummary {
 	t.Helper()
 	all, err := c.ListVolumes(context.Background())
 	if err != nil {
@@ -83,19 +85,19 @@ func summary(t *testing.T, c *Controller) map[string]volSummary {
 func TestCreateVolumeAgainstExisting(t *testing.T) {
 	c := newFileNode(t).controller(t)
 	ctx := context.Background()
-	fs := CreateRequest{Name: "fs", RequiredBytes: 64 * mib, Mode: pool.ModeFilesystem, FsType: "ext4", Params: Params{Pool: "fext4"}}
-	blk := CreateRequest{Name: "blk", RequiredBytes: 32 * mib, Mode: pool.ModeBlock, Params: Params{Pool: "fext4"}}
-	ext4InXfs := CreateRequest{Name: "ext4-in-fxfs", RequiredBytes: 16 * mib, Mode: pool.ModeFilesystem, FsType: "ext4", Params: Params{Pool: "fxfs"}}
-	for _, r := range []CreateRequest{fs, blk, ext4InXfs} {
+	fs := volume.CreateRequest{Name: "fs", RequiredBytes: 64 * mib, Mode: pool.ModeFilesystem, FsType: "ext4", Params: volume.Params{Pool: "fext4"}}
+	blk := volume.CreateRequest{Name: "blk", RequiredBytes: 32 * mib, Mode: pool.ModeBlock, Params: volume.Params{Pool: "fext4"}}
+	ext4InXfs := volume.CreateRequest{Name: "ext4-in-fxfs", RequiredBytes: 16 * mib, Mode: pool.ModeFilesystem, FsType: "ext4", Params: volume.Params{Pool: "fxfs"}}
+	for _, r := range []volume.CreateRequest{fs, blk, ext4InXfs} {
 		if _, err := c.CreateVolume(ctx, r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	snapFs, err := c.CreateSnapshot(ctx, "snap-fs", VolumeID("fs"))
+	snapFs, err := c.CreateSnapshot(ctx, "snap-fs", volume.VolumeID("fs"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	snapBlk, err := c.CreateSnapshot(ctx, "snap-blk", VolumeID("blk"))
+	snapBlk, err := c.CreateSnapshot(ctx, "snap-blk", volume.VolumeID("blk"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,43 +106,43 @@ func TestCreateVolumeAgainstExisting(t *testing.T) {
 	}
 	before := summary(t, c)
 
-	with := func(r CreateRequest, mod func(*CreateRequest)) CreateRequest { mod(&r); return r }
-	clone := func(name, src string, mode pool.Mode, fsType string) CreateRequest {
-		return CreateRequest{Name: name, RequiredBytes: 64 * mib, Mode: mode, FsType: fsType, Source: &pool.Source{VolumeID: VolumeID(src)}}
+	with := func(r volume.CreateRequest, mod func(*volume.CreateRequest)) volume.CreateRequest { mod(&r); return r }
+	clone := func(name, src string, mode pool.Mode, fsType string) volume.CreateRequest {
+		return volume.CreateRequest{Name: name, RequiredBytes: 64 * mib, Mode: mode, FsType: fsType, Source: &pool.Source{VolumeID: volume.VolumeID(src)}}
 	}
-	restore := func(name string, snap PlacedSnapshot, mode pool.Mode, fsType string) CreateRequest {
-		return CreateRequest{Name: name, RequiredBytes: 64 * mib, Mode: mode, FsType: fsType, Source: &pool.Source{SnapshotID: snap.Snapshot.ID}}
+	restore := func(name string, snap volume.PlacedSnapshot, mode pool.Mode, fsType string) volume.CreateRequest {
+		return volume.CreateRequest{Name: name, RequiredBytes: 64 * mib, Mode: mode, FsType: fsType, Source: &pool.Source{SnapshotID: snap.Snapshot.ID}}
 	}
 	// old: what plinth answered before ("same": the same as now; these
 	// cases guard what was already right).
 	cases := map[string]struct {
-		req     CreateRequest
+		req     volume.CreateRequest
 		wantErr error       // nil: OK
 		made    *volSummary // the new volume (capacity not compared); nil: none
 		old     string
 	}{
 		// Retries the existing volume answers: its capacity is within the
 		// range (old: the size was recomputed and compared for equality).
-		"same name, smaller required": {with(fs, func(r *CreateRequest) { r.RequiredBytes = 32 * mib }), nil, nil, "ALREADY_EXISTS"},
-		"same name, no range":         {with(fs, func(r *CreateRequest) { r.RequiredBytes = 0 }), nil, nil, "ALREADY_EXISTS"},
-		"same name, limit above":      {with(fs, func(r *CreateRequest) { r.RequiredBytes, r.LimitBytes = 16*mib, 1<<30 }), nil, nil, "ALREADY_EXISTS"},
-		"same name, block, no range":  {with(blk, func(r *CreateRequest) { r.RequiredBytes = 0 }), nil, nil, "ALREADY_EXISTS"},
-		"same name, no fs type":       {with(fs, func(r *CreateRequest) { r.FsType = "" }), nil, nil, "same"},
-		"same name, backend file":     {with(fs, func(r *CreateRequest) { r.Params = Params{Backend: "file"} }), nil, nil, "same"},
-		"same name, on its node":      {with(fs, func(r *CreateRequest) { r.Requisite = []string{"n1"} }), nil, nil, "same"},
+		"same name, smaller required": {with(fs, func(r *volume.CreateRequest) { r.RequiredBytes = 32 * mib }), nil, nil, "ALREADY_EXISTS"},
+		"same name, no range":         {with(fs, func(r *volume.CreateRequest) { r.RequiredBytes = 0 }), nil, nil, "ALREADY_EXISTS"},
+		"same name, limit above":      {with(fs, func(r *volume.CreateRequest) { r.RequiredBytes, r.LimitBytes = 16*mib, 1<<30 }), nil, nil, "ALREADY_EXISTS"},
+		"same name, block, no range":  {with(blk, func(r *volume.CreateRequest) { r.RequiredBytes = 0 }), nil, nil, "ALREADY_EXISTS"},
+		"same name, no fs type":       {with(fs, func(r *volume.CreateRequest) { r.FsType = "" }), nil, nil, "same"},
+		"same name, backend file":     {with(fs, func(r *volume.CreateRequest) { r.Params = volume.Params{Backend: "file"} }), nil, nil, "same"},
+		"same name, on its node":      {with(fs, func(r *volume.CreateRequest) { r.Requisite = []string{"n1"} }), nil, nil, "same"},
 		"same request again":          {fs, nil, nil, "same"},
-		"same name, required above":   {with(fs, func(r *CreateRequest) { r.RequiredBytes = 128 * mib }), pool.ErrExists, nil, "same"},
-		"same name, limit below":      {with(fs, func(r *CreateRequest) { r.RequiredBytes, r.LimitBytes = 0, 32*mib }), pool.ErrExists, nil, "same"},
-		"same name, impossible range": {with(fs, func(r *CreateRequest) { r.RequiredBytes, r.LimitBytes = 64*mib, 32*mib }), pool.ErrOutOfRange, nil, "same"},
+		"same name, required above":   {with(fs, func(r *volume.CreateRequest) { r.RequiredBytes = 128 * mib }), pool.ErrExists, nil, "same"},
+		"same name, limit below":      {with(fs, func(r *volume.CreateRequest) { r.RequiredBytes, r.LimitBytes = 0, 32*mib }), pool.ErrExists, nil, "same"},
+		"same name, impossible range": {with(fs, func(r *volume.CreateRequest) { r.RequiredBytes, r.LimitBytes = 64*mib, 32*mib }), pool.ErrOutOfRange, nil, "same"},
 		// Incompatible parameters, capability, source or topology.
-		"same name, other pool":          {with(fs, func(r *CreateRequest) { r.Params.Pool = "fxfs" }), pool.ErrExists, nil, "OK, the old volume"},
-		"same name, block in other pool": {with(blk, func(r *CreateRequest) { r.Params.Pool = "fxfs" }), pool.ErrExists, nil, "OK, the old volume"},
-		"same name, other backend":       {with(fs, func(r *CreateRequest) { r.Params = Params{Backend: "btrfs"} }), pool.ErrExists, nil, "OK, the old volume"},
-		"same name, other node":          {with(fs, func(r *CreateRequest) { r.Requisite = []string{"n2"} }), pool.ErrExists, nil, "RESOURCE_EXHAUSTED"},
-		"same name, thick":               {with(fs, func(r *CreateRequest) { r.Params.Thick = true }), pool.ErrExists, nil, "same"},
-		"same name, other fs type":       {with(fs, func(r *CreateRequest) { r.FsType = "xfs" }), pool.ErrExists, nil, "same"},
-		"same name, block":               {with(fs, func(r *CreateRequest) { r.Mode, r.FsType = pool.ModeBlock, "" }), pool.ErrExists, nil, "same"},
-		"same name, with a source":       {with(fs, func(r *CreateRequest) { r.Source = &pool.Source{SnapshotID: snapFs.Snapshot.ID} }), pool.ErrExists, nil, "same"},
+		"same name, other pool":          {with(fs, func(r *volume.CreateRequest) { r.Params.Pool = "fxfs" }), pool.ErrExists, nil, "OK, the old volume"},
+		"same name, block in other pool": {with(blk, func(r *volume.CreateRequest) { r.Params.Pool = "fxfs" }), pool.ErrExists, nil, "OK, the old volume"},
+		"same name, other backend":       {with(fs, func(r *volume.CreateRequest) { r.Params = volume.Params{Backend: "btrfs"} }), pool.ErrExists, nil, "OK, the old volume"},
+		"same name, other node":          {with(fs, func(r *volume.CreateRequest) { r.Requisite = []string{"n2"} }), pool.ErrExists, nil, "RESOURCE_EXHAUSTED"},
+		"same name, thick":               {with(fs, func(r *volume.CreateRequest) { r.Params.Thick = true }), pool.ErrExists, nil, "same"},
+		"same name, other fs type":       {with(fs, func(r *volume.CreateRequest) { r.FsType = "xfs" }), pool.ErrExists, nil, "same"},
+		"same name, block":               {with(fs, func(r *volume.CreateRequest) { r.Mode, r.FsType = pool.ModeBlock, "" }), pool.ErrExists, nil, "same"},
+		"same name, with a source":       {with(fs, func(r *volume.CreateRequest) { r.Source = &pool.Source{SnapshotID: snapFs.Snapshot.ID} }), pool.ErrExists, nil, "same"},
 		// Clones and restores keep their source's mode and filesystem.
 		"clone ext4 as xfs":              {clone("c1", "fs", pool.ModeFilesystem, "xfs"), pool.ErrInvalid, nil, "OK, an xfs volume holding ext4"},
 		"clone ext4 as block":            {clone("c2", "fs", pool.ModeBlock, ""), pool.ErrInvalid, nil, "same"},
@@ -149,7 +151,7 @@ func TestCreateVolumeAgainstExisting(t *testing.T) {
 		"restore block snapshot, no fs":  {restore("r2", snapBlk, pool.ModeFilesystem, ""), pool.ErrInvalid, nil, "OK, the tenant's image mountable"},
 		"restore ext4 snapshot as xfs":   {restore("r3", snapFs, pool.ModeFilesystem, "xfs"), pool.ErrInvalid, nil, "OK"},
 		"restore ext4 snapshot as block": {restore("r4", snapFs, pool.ModeBlock, ""), pool.ErrInvalid, nil, "OK"},
-		"restore into another pool": {with(restore("r5", snapFs, pool.ModeFilesystem, ""), func(r *CreateRequest) { r.Params.Pool = "fxfs" }),
+		"restore into another pool": {with(restore("r5", snapFs, pool.ModeFilesystem, ""), func(r *volume.CreateRequest) { r.Params.Pool = "fxfs" }),
 			pool.ErrInvalid, nil, "OK, in the snapshot's pool (a retry then conflicted)"},
 		"restore ext4 snapshot as ext4":   {restore("r6", snapFs, pool.ModeFilesystem, "ext4"), nil, &volSummary{Pool: "fext4", Mode: pool.ModeFilesystem, FsType: "ext4"}, "same"},
 		"restore block snapshot as block": {restore("r7", snapBlk, pool.ModeBlock, ""), nil, &volSummary{Pool: "fext4", Mode: pool.ModeBlock}, "same"},
@@ -169,7 +171,7 @@ func TestCreateVolumeAgainstExisting(t *testing.T) {
 			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) || tc.wantErr == nil && err != nil {
 				t.Errorf("got %v, want %v (old: %s)", err, tc.wantErr, tc.old)
 			}
-			id := VolumeID(tc.req.Name)
+			id := volume.VolumeID(tc.req.Name)
 			if tc.made == nil && err == nil && (got.Volume.ID != id || got.Volume.CapacityBytes != before[id].Capacity) {
 				t.Errorf("answered %s of %d bytes, want the existing %s of %d", got.Volume.ID, got.Volume.CapacityBytes, id, before[id].Capacity)
 			}
@@ -212,7 +214,7 @@ func TestCreateVolumeAfterInterruptedDelete(t *testing.T) {
 	f := newFileNode(t)
 	c := f.controller(t)
 	ctx := context.Background()
-	req := CreateRequest{Name: "v", RequiredBytes: 16 * mib, Mode: pool.ModeBlock, Params: Params{Pool: "fext4"}}
+	req := volume.CreateRequest{Name: "v", RequiredBytes: 16 * mib, Mode: pool.ModeBlock, Params: volume.Params{Pool: "fext4"}}
 	placed, err := c.CreateVolume(ctx, req)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
-// Package volume holds the controller's decisions (placement, identity,
-// capacity) and the node's work on volumes, joined by one narrow
-// interface, Node. On the node side, LocalNode owns the per-volume lock
-// table that every caller takes (controller calls, CSI node, reconciler),
-// and Publisher stages and publishes, acting only on mounts it has checked
-// are the volume's own.
+// Package volume holds the controller's decisions: identity (IDs from
+// names), sizes and parameters, placement over a set of nodes (best fit on
+// a single pool, requisite and preferred nodes), and the one interface a
+// controller asks of a node, Node. It does no host I/O: pkg/node does the
+// node's work.
 package volume

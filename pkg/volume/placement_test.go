@@ -27,6 +27,8 @@ type fakeNode struct {
 	volumeCalls int
 }
 
+const mib = int64(1 << 20)
+
 func (f *fakeNode) Pools(context.Context) ([]PoolInfo, error) { return f.pools, f.poolsErr }
 
 func (f *fakeNode) CreateVolume(_ context.Context, poolName string, v pool.Volume) (pool.Volume, error) {

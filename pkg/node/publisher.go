@@ -1,4 +1,4 @@
-package volume
+package node
 
 import (
 	"context"
@@ -34,7 +34,7 @@ var ErrPathInUse = errors.New("path holds something that is not this volume's")
 // Before it unmounts, grows or declares a path done, it checks from the
 // mount table that what is mounted there is this volume's own storage.
 type Publisher struct {
-	node    *LocalNode
+	node    *Local
 	mounter mount.Mounter
 	targets targetRecords
 }
@@ -42,7 +42,7 @@ type Publisher struct {
 // NewPublisher returns a Publisher for the volumes of node; it records
 // what each publish made in stateDir ("" records nothing, and then
 // unpublish removes no target).
-func NewPublisher(node *LocalNode, m mount.Mounter, stateDir string) *Publisher {
+func NewPublisher(node *Local, m mount.Mounter, stateDir string) *Publisher {
 	tr := targetRecords{}
 	if stateDir != "" {
 		tr.dir = filepath.Join(stateDir, "targets")

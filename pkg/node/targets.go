@@ -1,4 +1,4 @@
-package volume
+package node
 
 import (
 	"crypto/sha256"

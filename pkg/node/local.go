@@ -1,0 +1,243 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// Local is a volume.Node over the pools of this machine. Its lock table is the
+// one every path that touches a volume on this node takes (the controller's
+// calls, the CSI node service, the reconciler of volume objects), so the
+// pools' "callers serialise per ID" contract holds in the whole process.
+type Local struct {
+	pools []pool.Pool // sorted by name
+	locks *volume.Locks
+}
+
+var _ volume.Node = (*Local)(nil)
+
+// NewLocal returns a Local serving pools; names must be unique.
+func NewLocal(pools ...pool.Pool) (*Local, error) {
+	seen := map[string]bool{}
+	for _, p := range pools {
+		if seen[p.Name()] {
+			return nil, fmt.Errorf("%w: pool %q declared twice", pool.ErrInvalid, p.Name())
+		}
+		seen[p.Name()] = true
+	}
+	ps := append([]pool.Pool(nil), pools...)
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Name() < ps[j].Name() })
+	return &Local{pools: ps, locks: volume.NewLocks()}, nil
+}
+
+func volumeKey(id string) string   { return "volume/" + id }
+func snapshotKey(id string) string { return "snapshot/" + id }
+
+// lockVolume takes the per-volume lock of id (and of its source volume
+// for a clone); it fails at once with ErrBusy when another operation holds one.
+func (n *Local) lock(keys ...string) (func(), error) {
+	return n.locks.TryAcquire(keys...)
+}
+
+// Pool returns the pool named name.
+func (n *Local) Pool(name string) (pool.Pool, error) {
+	for _, p := range n.pools {
+		if p.Name() == name {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("pool %q: %w", name, pool.ErrNotFound)
+}
+
+// PoolOfVolume returns the pool that holds volume id.
+func (n *Local) PoolOfVolume(ctx context.Context, id string) (pool.Pool, pool.Volume, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return nil, pool.Volume{}, err
+	}
+	for _, p := range n.pools {
+		if v, err := p.GetVolume(ctx, id); err == nil {
+			return p, v, nil
+		}
+	}
+	return nil, pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+}
+
+func (n *Local) poolOfSnapshot(ctx context.Context, id string) (pool.Pool, error) {
+	if err := pool.ValidateID("snapshot ID", id); err != nil {
+		return nil, err
+	}
+	for _, p := range n.pools {
+		if _, err := p.GetSnapshot(ctx, id); err == nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
+}
+
+func (n *Local) Pools(ctx context.Context) ([]volume.PoolInfo, error) {
+	out := make([]volume.PoolInfo, 0, len(n.pools))
+	for _, p := range n.pools {
+		st, err := p.Stats(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("pool %s: %w", p.Name(), err)
+		}
+		out = append(out, volume.PoolInfo{Name: p.Name(), Backend: p.Backend(), Capabilities: p.Capabilities(), Stats: st})
+	}
+	return out, nil
+}
+
+func (n *Local) CreateVolume(ctx context.Context, poolName string, v pool.Volume) (pool.Volume, error) {
+	keys := []string{volumeKey(v.ID)}
+	if v.Source != nil && v.Source.VolumeID != "" && v.Source.VolumeID != v.ID {
+		keys = append(keys, volumeKey(v.Source.VolumeID))
+	}
+	if v.Source != nil && v.Source.SnapshotID != "" {
+		keys = append(keys, snapshotKey(v.Source.SnapshotID))
+	}
+	release, err := n.lock(keys...)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	defer release()
+	// A volume with this ID elsewhere (an earlier attempt placed it in
+	// another pool) is the one to return or to conflict with.
+	if p, _, err := n.PoolOfVolume(ctx, v.ID); err == nil && p.Name() != poolName {
+		return p.CreateVolume(ctx, v)
+	}
+	p, err := n.Pool(poolName)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	// A content source must live in the same pool: clones are local copies.
+	if v.Source != nil {
+		var srcPool pool.Pool
+		if v.Source.SnapshotID != "" {
+			srcPool, err = n.poolOfSnapshot(ctx, v.Source.SnapshotID)
+		} else {
+			srcPool, _, err = n.PoolOfVolume(ctx, v.Source.VolumeID)
+		}
+		if err != nil {
+			return pool.Volume{}, err
+		}
+		if srcPool.Name() != poolName {
+			return pool.Volume{}, fmt.Errorf("%w: source is in pool %s, volume asked for pool %s", pool.ErrInvalid, srcPool.Name(), poolName)
+		}
+	}
+	return p.CreateVolume(ctx, v)
+}
+
+func (n *Local) DeleteVolume(ctx context.Context, id string) error {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return err
+	}
+	defer release()
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return err
+	}
+	return p.DeleteVolume(ctx, id)
+}
+
+func (n *Local) ExpandVolume(ctx context.Context, id string, capacity int64) (pool.Volume, error) {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	defer release()
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	return p.ExpandVolume(ctx, id, capacity)
+}
+
+func (n *Local) Volume(ctx context.Context, id string) (pool.Volume, error) {
+	_, v, err := n.PoolOfVolume(ctx, id)
+	return v, err
+}
+
+func (n *Local) Snapshot(ctx context.Context, id string) (pool.Snapshot, error) {
+	p, err := n.poolOfSnapshot(ctx, id)
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	return p.GetSnapshot(ctx, id)
+}
+
+func (n *Local) Volumes(ctx context.Context) ([]pool.Volume, error) {
+	var out []pool.Volume
+	for _, p := range n.pools {
+		vs, err := p.ListVolumes(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vs...)
+	}
+	return out, nil
+}
+
+func (n *Local) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
+	release, err := n.lock(snapshotKey(s.ID), volumeKey(s.SourceVolumeID))
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	defer release()
+	if p, err := n.poolOfSnapshot(ctx, s.ID); err == nil {
+		return p.CreateSnapshot(ctx, s)
+	}
+	p, _, err := n.PoolOfVolume(ctx, s.SourceVolumeID)
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	return p.CreateSnapshot(ctx, s)
+}
+
+func (n *Local) DeleteSnapshot(ctx context.Context, id string) error {
+	release, err := n.lock(snapshotKey(id))
+	if err != nil {
+		return err
+	}
+	defer release()
+	p, err := n.poolOfSnapshot(ctx, id)
+	if err != nil {
+		return err
+	}
+	return p.DeleteSnapshot(ctx, id)
+}
+
+func (n *Local) Snapshots(ctx context.Context) ([]pool.Snapshot, error) {
+	var out []pool.Snapshot
+	for _, p := range n.pools {
+		ss, err := p.ListSnapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ss...)
+	}
+	return out, nil
+}
+
+// PoolHealth is one pool's stats, or why they could not be read.
+type PoolHealth struct {
+	Name         string
+	Backend      string
+	Capabilities pool.Capabilities
+	Stats        pool.Stats
+	Err          error
+}
+
+// PoolHealth reads every pool; unlike Pools it does not fail as a whole
+// when one pool cannot be read.
+func (n *Local) PoolHealth(ctx context.Context) []PoolHealth {
+	out := make([]PoolHealth, 0, len(n.pools))
+	for _, p := range n.pools {
+		st, err := p.Stats(ctx)
+		out = append(out, PoolHealth{Name: p.Name(), Backend: p.Backend(), Capabilities: p.Capabilities(), Stats: st, Err: err})
+	}
+	return out
+}
