@@ -27,6 +27,7 @@ import (
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
+	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/provision"
 	"github.com/plinth-dev/plinth/pkg/volume"
@@ -49,6 +50,10 @@ type ControllerConfig struct {
 	// answering "in progress" (the claim is retried).
 	NodeWait       time.Duration
 	MetricsAddress string
+	// CSIEndpoint, when set, serves CSI Identity and Controller over the
+	// cluster (the same code the provisioner calls) on a unix socket, while
+	// this replica leads: for csi-sanity and the standard sidecars.
+	CSIEndpoint string
 	// KubeAPIQPS and KubeAPIBurst bound the controller's API requests.
 	KubeAPIQPS   float64
 	KubeAPIBurst int
@@ -72,6 +77,7 @@ func (c *ControllerConfig) Flags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 100, "API requests per second, sustained")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 200, "API requests in a burst")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9810", "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&c.CSIEndpoint, "csi-endpoint", "", "unix://PATH: also serve CSI Identity and Controller there while leading (empty: off)")
 }
 
 // Validate checks the configuration.
@@ -97,6 +103,11 @@ func (c *ControllerConfig) Validate() error {
 	}
 	if c.CapacityInterval < time.Second || c.NodeWait < time.Second {
 		errs = append(errs, errors.New("--capacity-interval and --node-wait must be at least 1s"))
+	}
+	if c.CSIEndpoint != "" {
+		if _, err := csi.ParseEndpoint(c.CSIEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("--csi-endpoint: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -251,9 +262,18 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		TopologyKey: c.TopologyKey, Namespace: c.Namespace, Interval: c.CapacityInterval,
 	}
 	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events}
-	return runAll(ctx, map[string]func(context.Context) error{
+	parts := map[string]func(context.Context) error{
 		"provisioner": func(ctx context.Context) error { pc.Run(ctx); return nil },
 		"capacity":    capacity.Run,
 		"resizer":     resizer.Run,
-	})
+	}
+	if c.CSIEndpoint != "" {
+		sock, _ := csi.ParseEndpoint(c.CSIEndpoint) // checked by Validate
+		svcs := csi.Services{
+			Identity:   csi.NewIdentityServer(c.DriverName, c.Version, true, func(context.Context) error { return nil }),
+			Controller: csi.NewControllerServer(vc, c.TopologyKey).WithoutSnapshots(),
+		}
+		parts["CSI"] = func(ctx context.Context) error { return csi.Serve(ctx, sock, svcs, 10*time.Second) }
+	}
+	return runAll(ctx, parts)
 }

@@ -19,6 +19,7 @@ type ControllerServer struct {
 	csi.UnimplementedControllerServer
 	ctrl        *volume.Controller
 	topologyKey string
+	noSnapshots bool
 }
 
 var _ csi.ControllerServer = (*ControllerServer)(nil)
@@ -27,6 +28,31 @@ var _ csi.ControllerServer = (*ControllerServer)(nil)
 // topology is reported under topologyKey (the node ID is its value).
 func NewControllerServer(ctrl *volume.Controller, topologyKey string) *ControllerServer {
 	return &ControllerServer{ctrl: ctrl, topologyKey: topologyKey}
+}
+
+// WithoutSnapshots makes the service say it has no snapshots and no clones
+// (CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS, GET_SNAPSHOT, CLONE_VOLUME) and
+// refuse them: plinth controller in a cluster, until volume objects carry
+// snapshots.
+func (s *ControllerServer) WithoutSnapshots() *ControllerServer {
+	s.noSnapshots = true
+	return s
+}
+
+func snapshotCap(t csi.ControllerServiceCapability_RPC_Type) bool {
+	switch t {
+	case csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT, csi.ControllerServiceCapability_RPC_CLONE_VOLUME:
+		return true
+	}
+	return false
+}
+
+func (s *ControllerServer) refuseSnapshots() error {
+	if s.noSnapshots {
+		return status.Error(codes.Unimplemented, "snapshots and clones are not served by plinth controller in a cluster yet")
+	}
+	return nil
 }
 
 func (s *ControllerServer) ControllerGetCapabilities(ctx context.Context, _ *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -45,6 +71,9 @@ func (s *ControllerServer) ControllerGetCapabilities(ctx context.Context, _ *csi
 		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
+		if s.noSnapshots && snapshotCap(t) {
+			continue
+		}
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
@@ -87,58 +116,42 @@ func (s *ControllerServer) csiVolume(p volume.Placed) *csi.Volume {
 	return v
 }
 
+// CreateVolume is an adapter: it reads the CSI request into a volume.Ask
+// (the capabilities' shape is CSI's own syntax and is checked here) and
+// leaves every rule to volume.NewCreateRequest, the one the provisioner's
+// PVCs go through too.
 func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	if err := validateName("volume", req.GetName()); err != nil {
-		return nil, err
-	}
 	mode, fsType, err := capabilities(req.GetVolumeCapabilities())
 	if err != nil {
 		return nil, err
 	}
-	required, limit, err := capacityRange(req.GetCapacityRange())
-	if err != nil {
-		return nil, err
+	ask := volume.Ask{
+		Name: req.GetName(), RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
+		Block: mode == pool.ModeBlock, FsType: fsType, Parameters: req.GetParameters(),
 	}
-	params, err := parseParams(req.GetParameters())
-	if err != nil {
-		return nil, err
-	}
-	if mode == pool.ModeBlock {
-		fsType = ""
-	}
-	var src *pool.Source
 	if cs := req.GetVolumeContentSource(); cs != nil {
-		switch {
-		case cs.GetSnapshot() != nil:
-			if err := validateID("source snapshot ID", cs.GetSnapshot().GetSnapshotId()); err != nil {
-				return nil, status.Error(codes.NotFound, err.Error())
-			}
-			src = &pool.Source{SnapshotID: cs.GetSnapshot().GetSnapshotId()}
-		case cs.GetVolume() != nil:
-			if err := validateID("source volume ID", cs.GetVolume().GetVolumeId()); err != nil {
-				return nil, status.Error(codes.NotFound, err.Error())
-			}
-			src = &pool.Source{VolumeID: cs.GetVolume().GetVolumeId()}
-		default:
+		if err := s.refuseSnapshots(); err != nil {
+			return nil, err
+		}
+		ask.Source = &pool.Source{SnapshotID: cs.GetSnapshot().GetSnapshotId(), VolumeID: cs.GetVolume().GetVolumeId()}
+		if cs.GetSnapshot() == nil && cs.GetVolume() == nil {
 			return nil, invalid("volume content source has neither a snapshot nor a volume")
 		}
 	}
 	// Requisite limits where the volume may go (none: anywhere); preferred
 	// only orders the nodes tried.
 	tr := req.GetAccessibilityRequirements()
-	requisite, err := s.nodesOf(tr.GetRequisite())
-	if err != nil {
+	if ask.Requisite, err = s.nodesOf(tr.GetRequisite()); err != nil {
 		return nil, err
 	}
-	preferred, err := s.nodesOf(tr.GetPreferred())
-	if err != nil {
+	if ask.Preferred, err = s.nodesOf(tr.GetPreferred()); err != nil {
 		return nil, err
 	}
-	placed, err := s.ctrl.CreateVolume(ctx, volume.CreateRequest{
-		Name: req.GetName(), RequiredBytes: required, LimitBytes: limit,
-		Mode: mode, FsType: fsType, Params: params, Source: src,
-		Requisite: requisite, Preferred: preferred,
-	})
+	cr, err := volume.NewCreateRequest(ask)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	placed, err := s.ctrl.CreateVolume(ctx, cr)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -356,6 +369,9 @@ func (s *ControllerServer) csiSnapshot(p volume.PlacedSnapshot) *csi.Snapshot {
 }
 
 func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	if err := s.refuseSnapshots(); err != nil {
+		return nil, err
+	}
 	if err := validateName("snapshot", req.GetName()); err != nil {
 		return nil, err
 	}
@@ -388,6 +404,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 }
 
 func (s *ControllerServer) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if err := s.refuseSnapshots(); err != nil {
+		return nil, err
+	}
 	if err := validateID("snapshot ID", req.GetSnapshotId()); err != nil {
 		return nil, err
 	}
@@ -399,6 +418,9 @@ func (s *ControllerServer) GetSnapshot(ctx context.Context, req *csi.GetSnapshot
 }
 
 func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	if err := s.refuseSnapshots(); err != nil {
+		return nil, err
+	}
 	if err := validateID("snapshot ID", req.GetSnapshotId()); err != nil {
 		return nil, err
 	}
@@ -409,6 +431,9 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 }
 
 func (s *ControllerServer) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	if err := s.refuseSnapshots(); err != nil {
+		return nil, err
+	}
 	all, err := s.ctrl.ListSnapshots(ctx)
 	if err != nil {
 		return nil, toStatus(err)

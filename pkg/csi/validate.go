@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"unicode/utf8"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -13,16 +12,9 @@ import (
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
-const maxNameLen = 1024
-
 func validateName(kind, name string) error {
-	switch {
-	case name == "":
-		return invalid("%s name is required", kind)
-	case len(name) > maxNameLen:
-		return invalid("%s name is %d bytes, more than %d", kind, len(name), maxNameLen)
-	case !utf8.ValidString(name) || strings.ContainsRune(name, 0):
-		return invalid("%s name is not valid UTF-8 text", kind)
+	if err := volume.ValidateName(kind, name); err != nil {
+		return invalid("%v", err)
 	}
 	return nil
 }

@@ -24,8 +24,9 @@ import (
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
-// ErrInProgress: the node has not finished yet; ask again later.
-var ErrInProgress = errors.New("in progress on the node")
+// ErrInProgress: the node has not finished yet; ask again later. (The
+// same error as volume.ErrInProgress, which pkg/csi answers ABORTED.)
+var ErrInProgress = volume.ErrInProgress
 
 // Cluster is the controller's view of the plinth nodes and volume objects:
 // a volume.NodeSet whose nodes are carried by PlinthVolume objects. It holds

@@ -39,48 +39,35 @@ var (
 // SupportsBlock implements controller.BlockProvisioner.
 func (p *Provisioner) SupportsBlock(context.Context) bool { return true }
 
-// request is a PVC and its class turned into a volume request.
+// request reads a PVC and its class into a volume.Ask (what the CSI
+// sidecar would put in a CreateVolumeRequest) and leaves every rule to
+// volume.NewCreateRequest, the one CSI's CreateVolume goes through too.
 func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRequest, error) {
 	sc, pvc := opts.StorageClass, opts.PVC
-	params := map[string]string{}
-	fsType := ""
+	ask := volume.Ask{
+		Name: opts.PVName, Parameters: map[string]string{}, Owner: pvc.Namespace + "/" + pvc.Name,
+		Block: pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == v1.PersistentVolumeBlock,
+	}
 	for k, v := range sc.Parameters {
 		if k == ParamFsType {
-			fsType = v
+			ask.FsType = v
 			continue
 		}
-		params[k] = v
-	}
-	parsed, err := volume.ParseParams(params)
-	if err != nil {
-		return volume.CreateRequest{}, fmt.Errorf("StorageClass %s: %w", sc.Name, err)
-	}
-	if fsType != "" {
-		if err := pool.CheckFsType(fsType); err != nil {
-			return volume.CreateRequest{}, fmt.Errorf("StorageClass %s: %w", sc.Name, err)
-		}
-	}
-	mode := pool.ModeFilesystem
-	if pvc.Spec.VolumeMode != nil && *pvc.Spec.VolumeMode == v1.PersistentVolumeBlock {
-		mode, fsType = pool.ModeBlock, ""
+		ask.Parameters[k] = v
 	}
 	for _, am := range pvc.Spec.AccessModes {
-		if am == v1.ReadWriteMany || am == v1.ReadOnlyMany && len(pvc.Spec.AccessModes) > 1 {
-			return volume.CreateRequest{}, fmt.Errorf("%w: access mode %s: a node-local volume is reachable from one node only", pool.ErrInvalid, am)
-		}
+		// ReadOnlyMany alone is one node's reader; with another mode it
+		// means readers on other nodes.
+		ask.MultiNode = ask.MultiNode || am == v1.ReadWriteMany || am == v1.ReadOnlyMany && len(pvc.Spec.AccessModes) > 1
+	}
+	if q, ok := pvc.Spec.Resources.Requests[v1.ResourceStorage]; ok {
+		ask.RequiredBytes = q.Value()
+	}
+	if q, ok := pvc.Spec.Resources.Limits[v1.ResourceStorage]; ok {
+		ask.LimitBytes = q.Value()
 	}
 	if pvc.Spec.DataSource != nil || pvc.Spec.DataSourceRef != nil {
 		return volume.CreateRequest{}, fmt.Errorf("%w: PVC data sources (clones, snapshots) are not served in a cluster yet", pool.ErrUnsupported)
-	}
-	req := volume.CreateRequest{
-		Name: opts.PVName, Mode: mode, FsType: fsType, Params: parsed,
-		Owner: pvc.Namespace + "/" + pvc.Name,
-	}
-	if q, ok := pvc.Spec.Resources.Requests[v1.ResourceStorage]; ok {
-		req.RequiredBytes = q.Value()
-	}
-	if q, ok := pvc.Spec.Resources.Limits[v1.ResourceStorage]; ok {
-		req.LimitBytes = q.Value()
 	}
 	allowed, err := p.allowedNodes(sc.AllowedTopologies)
 	if err != nil {
@@ -94,12 +81,16 @@ func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRe
 		if allowed != nil && !allowed[opts.SelectedNodeName] {
 			return volume.CreateRequest{}, fmt.Errorf("%w: node %s is outside the StorageClass's allowed topologies", pool.ErrNoSpace, opts.SelectedNodeName)
 		}
-		req.Requisite = []string{opts.SelectedNodeName}
+		ask.Requisite = []string{opts.SelectedNodeName}
 	case allowed != nil:
 		for n := range allowed {
-			req.Requisite = append(req.Requisite, n)
+			ask.Requisite = append(ask.Requisite, n)
 		}
-		sort.Strings(req.Requisite)
+		sort.Strings(ask.Requisite)
+	}
+	req, err := volume.NewCreateRequest(ask)
+	if err != nil {
+		return volume.CreateRequest{}, fmt.Errorf("StorageClass %s, PVC %s/%s: %w", sc.Name, pvc.Namespace, pvc.Name, err)
 	}
 	return req, nil
 }

@@ -8,6 +8,10 @@ import (
 // ErrBusy: another operation on the same volume or snapshot is in progress.
 var ErrBusy = errors.New("an operation on this ID is already in progress")
 
+// ErrInProgress: the volume's node has not finished the operation yet; the
+// same call again later gets its answer.
+var ErrInProgress = errors.New("in progress on the node")
+
 // Locks serialises operations per ID (volume, name or snapshot), never
 // across IDs.
 type Locks struct {

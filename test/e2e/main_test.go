@@ -42,6 +42,7 @@ type env struct {
 	// keepKubeletDir: /var/lib/kubelet was there before.
 	keepKubeletDir bool
 	kubectlPlinth  string // the kubectl plugin, built for the tests
+	plinthBin      string // the plinth binary the images hold
 }
 
 var e *env
@@ -277,6 +278,7 @@ func (e *env) buildImages(ctx context.Context, dir string) ([]string, error) {
 	if err := build(plinthBin, "./cmd/plinth", e.repo); err != nil {
 		return nil, err
 	}
+	e.plinthBin = plinthBin
 	if err := build(appBin, "./app", filepath.Join(e.repo, "test/e2e")); err != nil {
 		return nil, err
 	}
