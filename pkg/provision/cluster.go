@@ -6,6 +6,7 @@ package provision
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -15,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
@@ -166,13 +168,54 @@ func (c *Cluster) VolumeNode(id string) (string, bool) {
 	return n, n != ""
 }
 
+// reservedFor reports whether a create of volume id holds a reservation.
+func (c *Cluster) reservedFor(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, held := c.reserved[id]
+	return held
+}
+
+// reserve checks that pool on node still has room for bytes once every
+// create in flight is counted, and records the reservation of volume id;
+// giveBack returns it (a failed write of the volume object). One check and
+// reservation per node runs at a time, so two creates are never promised
+// the same bytes; the lock is let go before the caller's API write, so
+// neither this node's next create nor any other node's waits for it. The
+// reservation lasts until the node answers for the volume.
+func (c *Cluster) reserve(node, poolName, id string, bytes int64) (giveBack func(), err error) {
+	defer c.lockNode(node)()
+	infos, err := c.poolInfos(node)
+	if err != nil {
+		return nil, err
+	}
+	found := false
+	for _, pi := range infos {
+		if pi.Name != poolName {
+			continue
+		}
+		found = true
+		if free := pi.Stats.AllocatableBytes(); free < bytes {
+			return nil, fmt.Errorf("%w: pool %s on node %s has %s free, %s requested", pool.ErrNoSpace, poolName, node,
+				volume.FormatBytes(free), volume.FormatBytes(bytes))
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: node %s has no healthy pool %s", pool.ErrNoSpace, node, poolName)
+	}
+	c.mu.Lock()
+	c.reserved[id] = reservation{node: node, pool: poolName, bytes: bytes}
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		delete(c.reserved, id)
+		c.mu.Unlock()
+	}, nil
+}
+
 // lockNode takes node's create lock: capacity checks and reservations on
 // one node run one at a time, on different nodes in parallel.
 func (c *Cluster) lockNode(node string) func() {
-	if c.serialCreates {
-		c.serialMu.Lock()
-		return c.serialMu.Unlock
-	}
 	c.mu.Lock()
 	l, ok := c.nodeLocks[node]
 	if !ok {
@@ -341,6 +384,23 @@ func errorOf(v *v1alpha1.PlinthVolume) error {
 		kind = pool.ErrInUse
 	}
 	return fmt.Errorf("%w: node %s: %s", kind, v.Spec.NodeName, v.Status.Message)
+}
+
+// createObject writes a new volume object; one that exists already (made by
+// an earlier life of this controller) is not an error.
+func (c *Cluster) createObject(ctx context.Context, u *unstructured.Unstructured) error {
+	_, err := c.dyn.Resource(v1alpha1.VolumeResource).Create(ctx, u, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	return err
+}
+
+// growObject raises a volume object's asked capacity.
+func (c *Cluster) growObject(ctx context.Context, id string, capacityBytes int64) error {
+	patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"capacityBytes": capacityBytes}})
+	_, err := c.dyn.Resource(v1alpha1.VolumeResource).Patch(ctx, id, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
 }
 
 func (c *Cluster) deleteObject(ctx context.Context, id string) error {
