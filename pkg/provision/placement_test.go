@@ -105,7 +105,7 @@ func TestImmediateAllowedTopologiesLandsWhereOnePoolFits(t *testing.T) {
 		"several fit: best fit": {size: "25Mi", wantNode: "n2", wantPool: "b", wantState: controller.ProvisioningFinished,
 			old: "n1 (smaller sum), pool a"},
 		"none fits": {size: "95Mi", wantErr: pool.ErrNoSpace, wantState: controller.ProvisioningFinished,
-			errHas: []string{"node n1: largest pool a has 50Mi allocatable, 95Mi requested", "node n2: largest pool a has 90Mi allocatable, 95Mi requested"},
+			errHas: []string{"largest pool a on node n1 has 50Mi allocatable, 95Mi requested", "largest pool a on node n2 has 90Mi allocatable, 95Mi requested"},
 			old:    "one pool of n1 only, the node createAmong chose"},
 	}
 	for name, tc := range cases {

@@ -72,7 +72,7 @@ func Place(req CreateRequest, nodes []NodePools) ([]Choice, error) {
 		if largest == nil {
 			why = append(why, fmt.Sprintf("node %s: no pool serves the request", n.Node))
 		} else {
-			why = append(why, fmt.Sprintf("node %s: largest pool %s has %s allocatable, %s requested", n.Node, largest.Pool.Name,
+			why = append(why, fmt.Sprintf("largest pool %s on node %s has %s allocatable, %s requested", largest.Pool.Name, n.Node,
 				FormatBytes(largest.Pool.Stats.AllocatableBytes()), FormatBytes(largest.Size)))
 		}
 	}
