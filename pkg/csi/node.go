@@ -149,6 +149,9 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 			return nil, err
 		}
 	}
+	if st, t := req.GetStagingTargetPath(), req.GetTargetPath(); st != "" && (under(t, st) || under(st, t)) {
+		return nil, invalid("target path %q and staging target path %q must be apart (neither within the other)", t, st)
+	}
 	if err := s.pub.Publish(ctx, req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath(), a); err != nil {
 		return nil, toStatus(err)
 	}

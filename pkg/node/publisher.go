@@ -37,17 +37,19 @@ type Publisher struct {
 	node    *Local
 	mounter mount.Mounter
 	targets targetRecords
+	staged  stagedRecords
 }
 
 // NewPublisher returns a Publisher for the volumes of node; it records
 // what each publish made in stateDir ("" records nothing, and then
 // unpublish removes no target).
 func NewPublisher(node *Local, m mount.Mounter, stateDir string) *Publisher {
-	tr := targetRecords{}
+	p := &Publisher{node: node, mounter: m}
 	if stateDir != "" {
-		tr.dir = filepath.Join(stateDir, "targets")
+		p.targets.dir = filepath.Join(stateDir, "targets")
+		p.staged.dir = filepath.Join(stateDir, "staged")
 	}
-	return &Publisher{node: node, mounter: m, targets: tr}
+	return p
 }
 
 // Access describes how a consumer asked for the volume.
@@ -241,9 +243,11 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 			return fmt.Errorf("%w: staging path %s is %s, not volume %s", pool.ErrExists, stagingPath, at.describe(), id)
 		}
 		if a.MountGroup != "" {
-			return applyMountGroup(stagingPath, a.MountGroup)
+			if err := applyMountGroup(stagingPath, a.MountGroup); err != nil {
+				return err
+			}
 		}
-		return nil // staged already
+		return p.staged.put(id, stagingPath) // staged already
 	}
 	var undo []func()
 	defer func() {
@@ -308,7 +312,7 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 			return err
 		}
 	}
-	return nil
+	return p.staged.put(id, stagingPath)
 }
 
 // applyMountGroup lets group gid write the volume's root: group owner,
@@ -394,7 +398,23 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 	if err := pl.Detach(ctx, id); err != nil {
 		return err
 	}
+	if err := p.staged.drop(id); err != nil {
+		return err
+	}
 	klog.FromContext(ctx).Info("Volume unstaged", "volumeID", id, "stagingPath", stagingPath)
+	return nil
+}
+
+// notStagingPath refuses a target that is where the volume is staged: the
+// staging mount is the volume's own, but it is no publish.
+func (p *Publisher) notStagingPath(id, target string) error {
+	at, err := p.staged.stagedAt(id)
+	if err != nil {
+		return err
+	}
+	if at != "" && at == target {
+		return fmt.Errorf("%w: %s is volume %s's staging path, not a publish target", ErrPathInUse, target, id)
+	}
 	return nil
 }
 
@@ -405,6 +425,9 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 		return err
 	}
 	defer release()
+	if err := p.notStagingPath(id, target); err != nil {
+		return err
+	}
 	pl, _, err := p.lookup(ctx, id, a)
 	if err != nil {
 		return err
@@ -574,6 +597,9 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 		return err
 	}
 	defer release()
+	if err := p.notStagingPath(id, target); err != nil {
+		return err
+	}
 	pl, v, err := p.node.PoolOfVolume(ctx, id)
 	if err != nil {
 		return err

@@ -70,3 +70,53 @@ func (t targetRecords) drop(target string) error {
 	}
 	return pool.RemoveDurably(t.path(target))
 }
+
+// stagedRecord says where a volume is staged (filesystem volumes), so that
+// a publish or unpublish naming that path as its target is refused: the
+// staging mount is the volume's, but it is not a publish to undo.
+type stagedRecord struct {
+	Schema   int    `json:"schema"`
+	VolumeID string `json:"volumeID"`
+	Path     string `json:"path"`
+}
+
+// stagedRecords keeps one record per staged volume in dir ("" records
+// nothing).
+type stagedRecords struct{ dir string }
+
+func (s stagedRecords) path(id string) string { return filepath.Join(s.dir, id+".json") }
+
+// stagedAt returns where volume id is staged, "" when not recorded.
+func (s stagedRecords) stagedAt(id string) (string, error) {
+	if s.dir == "" {
+		return "", nil
+	}
+	var r stagedRecord
+	if err := pool.ReadRecord(s.path(id), &r); err != nil {
+		if errors.Is(err, pool.ErrNotFound) {
+			return "", nil
+		}
+		return "", err
+	}
+	return r.Path, nil
+}
+
+func (s stagedRecords) put(id, path string) error {
+	if s.dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("create staged records dir: %w", err)
+	}
+	return pool.WriteRecord(s.path(id), stagedRecord{Schema: pool.SchemaVersion, VolumeID: id, Path: path})
+}
+
+func (s stagedRecords) drop(id string) error {
+	if s.dir == "" {
+		return nil
+	}
+	if _, err := os.Stat(s.path(id)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return pool.RemoveDurably(s.path(id))
+}

@@ -329,6 +329,16 @@ func TestNodeCallsActOnlyOnTheVolumesOwnMounts(t *testing.T) {
 		{"expand B at A's target", func() error { return e.expand(b, tA) }, codes.NotFound, nil},
 		{"stats of B at A's target", func() error { return e.stats(b, tA) }, codes.NotFound, nil},
 		{"stats of A at a foreign tmpfs", func() error { return e.stats(a, foreign) }, codes.NotFound, nil},
+		{"publish A at its own staging path", func() error { return e.publish(a, stA, stA, false) }, codes.InvalidArgument,
+			func(t *testing.T) { wantMountedFrom(t, tA, stA) }},
+		{"publish A inside its own staging path", func() error { return e.publish(a, stA, filepath.Join(stA, "inner"), false) }, codes.InvalidArgument,
+			func(t *testing.T) {
+				if _, err := os.Lstat(filepath.Join(stA, "inner")); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("a target was made inside the volume: %v", err)
+				}
+			}},
+		{"unpublish A at its own staging path", func() error { return e.unpublish(a, stA) }, codes.FailedPrecondition,
+			func(t *testing.T) { wantMountedFrom(t, tA, stA) }},
 		{"publish at the allowed root itself", func() error { return e.publish(a, stA, e.root, false) }, codes.InvalidArgument,
 			func(t *testing.T) {
 				if fi, err := os.Stat(e.root); err != nil || !fi.IsDir() || mountAt(t, e.root) != nil {
