@@ -55,6 +55,9 @@ type NodeConfig struct {
 	// DeviceSysfsRoot and DeviceDevRoot are where device discovery looks
 	// ("" for --sysfs-root and --dev-root); a fixture tree in tests.
 	DeviceSysfsRoot, DeviceDevRoot string
+	// devices is the device configuration Validate parsed (file or
+	// inline, flags applied), so that RunNode does not parse it again.
+	devices *device.Config
 }
 
 // Flags registers the node flags on fs.
@@ -108,8 +111,10 @@ func (c *NodeConfig) Validate() error {
 	if c.CSI {
 		errs = append(errs, c.CSIConfig.Validate())
 	}
-	if _, err := c.deviceConfig(); err != nil {
+	if cfg, err := c.deviceConfig(); err != nil {
 		errs = append(errs, err)
+	} else {
+		c.devices = &cfg
 	}
 	return errors.Join(errs...)
 }
@@ -187,18 +192,11 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		parts["kubelet plugin registration"] = func(ctx context.Context) error { return reg.Serve(ctx, c.KubeletDir) }
 	}
 	if c.Devices {
-		cfg, err := c.deviceConfig()
-		if err != nil {
-			return err
+		if c.devices == nil {
+			return errors.New("plinth node: the configuration was not validated (NodeConfig.Validate)")
 		}
-		sysfs, dev := c.DeviceSysfsRoot, c.DeviceDevRoot
-		if sysfs == "" {
-			sysfs = c.SysfsRoot
-		}
-		if dev == "" {
-			dev = c.DevRoot
-		}
-		host := device.Host{Sysfs: sysfs, Dev: dev, Proc: c.ProcRoot}
+		cfg, dev := *c.devices, c.DeviceDevRoot
+		host := device.Host{Sysfs: c.DeviceSysfsRoot, Dev: dev, Proc: c.ProcRoot}
 		inv := device.NewInventory(host, cfg)
 		if _, _, err := inv.Scan(); err != nil {
 			return fmt.Errorf("discover devices: %w", err)
