@@ -363,27 +363,8 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 		}
 	}
 	if !block { // a block volume mounts nothing at its staging path
-		for i := 0; ; i++ { // stacked mounts from repeated failed attempts
-			at, err := p.look(stagingPath)
-			if err != nil {
-				return err
-			}
-			if at.mount == nil {
-				break
-			}
-			own, _, err := owns(att, attached, at.mount, stagingPath, false)
-			if err != nil {
-				return err
-			}
-			if !own {
-				return fmt.Errorf("%w: staging path %s is %s, not volume %s: left alone", ErrPathInUse, stagingPath, at.describe(), id)
-			}
-			if i == 8 {
-				return fmt.Errorf("unmount %s: still mounted after 8 unmounts", stagingPath)
-			}
-			if err := p.mounter.Unmount(stagingPath); err != nil {
-				return err
-			}
+		if err := p.unmountOwn(ctx, pl, id, att, attached, "staging path", stagingPath, false); err != nil {
+			return err
 		}
 	}
 	// Detaching a device still mounted anywhere would only mark it to go
@@ -609,32 +590,8 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 		return err
 	}
 	block := v.Mode == pool.ModeBlock
-	for i := 0; ; i++ { // stacked mounts from repeated failed attempts
-		at, err := p.look(target)
-		if err != nil {
-			return err
-		}
-		if at.mount == nil {
-			break
-		}
-		own, roDevice, err := owns(att, attached, at.mount, target, block)
-		if err != nil {
-			return err
-		}
-		if !own {
-			return fmt.Errorf("%w: target %s is %s, not volume %s: left alone", ErrPathInUse, target, at.describe(), id)
-		}
-		if i == 8 {
-			return fmt.Errorf("unmount %s: still mounted after 8 unmounts", target)
-		}
-		if err := p.mounter.Unmount(target); err != nil {
-			return err
-		}
-		if roDevice != "" {
-			if err := pl.ReleaseDevice(ctx, id, roDevice); err != nil {
-				return err
-			}
-		}
+	if err := p.unmountOwn(ctx, pl, id, att, attached, "target", target, block); err != nil {
+		return err
 	}
 	rec, had, err := p.targets.get(target)
 	if err != nil {
@@ -655,6 +612,39 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 	}
 	klog.FromContext(ctx).Info("Volume unpublished", "volumeID", id, "targetPath", target)
 	return nil
+}
+
+// unmountOwn unmounts every mount of the volume's own stacked at path (from
+// repeated failed attempts), releasing a read-only device a block publish
+// made; the first mount there that is not the volume's stops it, untouched.
+func (p *Publisher) unmountOwn(ctx context.Context, pl pool.Pool, id string, att pool.Attachment, attached bool, kind, path string, block bool) error {
+	for i := 0; ; i++ {
+		at, err := p.look(path)
+		if err != nil {
+			return err
+		}
+		if at.mount == nil {
+			return nil
+		}
+		own, roDevice, err := owns(att, attached, at.mount, path, block)
+		if err != nil {
+			return err
+		}
+		if !own {
+			return fmt.Errorf("%w: %s %s is %s, not volume %s: left alone", ErrPathInUse, kind, path, at.describe(), id)
+		}
+		if i == 8 {
+			return fmt.Errorf("unmount %s: still mounted after 8 unmounts", path)
+		}
+		if err := p.mounter.Unmount(path); err != nil {
+			return err
+		}
+		if roDevice != "" {
+			if err := pl.ReleaseDevice(ctx, id, roDevice); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 // removeCreated removes target if publish made it ("dir" or "file") and it

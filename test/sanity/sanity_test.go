@@ -107,22 +107,7 @@ func TestSanityConfig(t *testing.T) {
 	cfg.TestVolumeParameters = map[string]string{"pool": "p1"}
 	cfg.TestNodeVolumeAttachLimit = true
 	cfg.IdempotentCount = 2
-	cfg.CreateTargetDir = func(p string) (string, error) { return p, os.MkdirAll(p, 0o750) }
-	cfg.CreateStagingDir = cfg.CreateTargetDir
-	cfg.CheckPath = func(p string) (sanity.PathKind, error) {
-		fi, err := os.Lstat(p)
-		switch {
-		case os.IsNotExist(err):
-			return sanity.PathIsNotFound, nil
-		case err != nil:
-			return "", err
-		case fi.IsDir():
-			return sanity.PathIsDir, nil
-		case fi.Mode().IsRegular():
-			return sanity.PathIsFile, nil
-		}
-		return sanity.PathIsOther, nil
-	}
+	testenv.SanityPaths(&cfg)
 	fmt.Fprintf(os.Stderr, "csi-sanity config %s: pool on %s (%s backend)\n", name, poolDir, c.backend)
 	sanity.Test(t, cfg)
 	checkMetricsAfterSanity(t, metricsAddr)

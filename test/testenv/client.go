@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"os"
 	"testing"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-test/v5/pkg/sanity"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -43,5 +45,26 @@ func BlockCap() *csi.VolumeCapability {
 	return &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+// SanityPaths makes csi-sanity create its staging and target directories
+// itself and tell paths apart with lstat (plinth runs on this host).
+func SanityPaths(cfg *sanity.TestConfig) {
+	cfg.CreateTargetDir = func(p string) (string, error) { return p, os.MkdirAll(p, 0o750) }
+	cfg.CreateStagingDir = cfg.CreateTargetDir
+	cfg.CheckPath = func(p string) (sanity.PathKind, error) {
+		fi, err := os.Lstat(p)
+		switch {
+		case os.IsNotExist(err):
+			return sanity.PathIsNotFound, nil
+		case err != nil:
+			return "", err
+		case fi.IsDir():
+			return sanity.PathIsDir, nil
+		case fi.Mode().IsRegular():
+			return sanity.PathIsFile, nil
+		}
+		return sanity.PathIsOther, nil
 	}
 }
