@@ -90,11 +90,11 @@ func NewCreateRequest(a Ask) (CreateRequest, error) {
 		case src.SnapshotID != "":
 			// An ID that is not one of plinth's names no snapshot.
 			if err := pool.ValidateID("source snapshot ID", src.SnapshotID); err != nil {
-				return CreateRequest{}, fmt.Errorf("%w: %w", pool.ErrNotFound, err)
+				return CreateRequest{}, fmt.Errorf("%w: %v", pool.ErrNotFound, err)
 			}
 		case src.VolumeID != "":
 			if err := pool.ValidateID("source volume ID", src.VolumeID); err != nil {
-				return CreateRequest{}, fmt.Errorf("%w: %w", pool.ErrNotFound, err)
+				return CreateRequest{}, fmt.Errorf("%w: %v", pool.ErrNotFound, err)
 			}
 		default:
 			return CreateRequest{}, fmt.Errorf("%w: the content source names neither a snapshot nor a volume", pool.ErrInvalid)

@@ -8,11 +8,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/plinth-dev/plinth/pkg/app"
 	"github.com/plinth-dev/plinth/test/testenv"
@@ -166,7 +168,15 @@ func TestFullDisk(t *testing.T) {
 			t.Fatalf("delete %s: %v", name, err)
 		}
 	}
-	if err := mk("after", 128<<20, true); err != nil {
+	// xfs gives a removed file's blocks back in the background: wait for
+	// the space to show, as a CO's retries would.
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 20*time.Second, true, func(context.Context) (bool, error) {
+		err := mk("after", 128<<20, true)
+		if status.Code(err) == codes.ResourceExhausted {
+			return false, nil
+		}
+		return true, err
+	}); err != nil {
 		t.Fatalf("create after freeing space: %v", err)
 	}
 	v := &vol{name: "after", pool: "small", cap: testenv.BlockCap(), size: 128 << 20, id: volumeIDOf("after")}
