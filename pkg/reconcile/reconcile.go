@@ -165,7 +165,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	// Pending: make it (idempotent: a half-made volume from before a crash
 	// is finished or rebuilt by the pool).
 	want := pool.Volume{
-		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: v1alpha1.PoolMode(v.Spec.Mode),
+		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: poolMode(v.Spec.Mode),
 		FsType: v.Spec.FsType, Thick: v.Spec.Thick,
 	}
 	if v.Spec.Claim != "" {
@@ -292,4 +292,12 @@ func reasonOf(err error) string {
 		return v1alpha1.ReasonInUse
 	}
 	return v1alpha1.ReasonError
+}
+
+// poolMode is a PlinthVolume's mode as the pools spell it (filesystem, block).
+func poolMode(m string) pool.Mode {
+	if m == v1alpha1.ModeBlock {
+		return pool.ModeBlock
+	}
+	return pool.ModeFilesystem
 }

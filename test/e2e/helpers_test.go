@@ -58,7 +58,19 @@ func (e *env) plinthNode(ctx context.Context) (*v1alpha1.PlinthNode, error) {
 }
 
 func (e *env) plinthVolumes(ctx context.Context) ([]*v1alpha1.PlinthVolume, error) {
-	return v1alpha1.List[v1alpha1.PlinthVolume](ctx, e.dynamic)
+	l, err := e.dynamic.Resource(v1alpha1.VolumeResource).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list plinthvolumes: %w", err)
+	}
+	out := make([]*v1alpha1.PlinthVolume, 0, len(l.Items))
+	for i := range l.Items {
+		v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](&l.Items[i])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 func (e *env) pool(ctx context.Context, name string) (v1alpha1.PoolStatus, error) {

@@ -1,16 +1,10 @@
 package v1alpha1
 
 import (
-	"context"
 	"fmt"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-
-	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
 // Kinds.
@@ -48,41 +42,4 @@ func ToUnstructured[T PlinthVolume | PlinthNode](obj *T) (*unstructured.Unstruct
 		u.SetKind(NodeKind)
 	}
 	return u, nil
-}
-
-// ObjectMode is a pool mode as a PlinthVolume spells it.
-func ObjectMode(m pool.Mode) string {
-	if m == pool.ModeBlock {
-		return ModeBlock
-	}
-	return ModeFilesystem
-}
-
-// PoolMode is a PlinthVolume's mode as the pools spell it.
-func PoolMode(m string) pool.Mode {
-	if m == ModeBlock {
-		return pool.ModeBlock
-	}
-	return pool.ModeFilesystem
-}
-
-// List reads every PlinthVolume or PlinthNode through the dynamic client.
-func List[T PlinthVolume | PlinthNode](ctx context.Context, dyn dynamic.Interface) ([]*T, error) {
-	gvr := VolumeResource
-	if _, ok := any(new(T)).(*PlinthNode); ok {
-		gvr = NodeResource
-	}
-	l, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", gvr.Resource, err)
-	}
-	out := make([]*T, 0, len(l.Items))
-	for i := range l.Items {
-		v, err := FromUnstructured[T](&l.Items[i])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, nil
 }
