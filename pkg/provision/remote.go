@@ -108,10 +108,6 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 			Mode: objectMode(want.Mode), FsType: want.FsType, Thick: want.Thick, Claim: want.Parameters[volume.ParamOwner],
 		},
 	}
-	u, err := v1alpha1.ToUnstructured(obj)
-	if err != nil {
-		return err
-	}
 	if c.serialCreates { // the lock before issue 11, for the benchmark only: global, across the write
 		c.serialMu.Lock()
 		defer c.serialMu.Unlock()
@@ -120,7 +116,7 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 	if err != nil {
 		return err
 	}
-	if err := c.createObject(ctx, u); err != nil {
+	if err := c.createObject(ctx, obj); err != nil {
 		giveBack()
 		return fmt.Errorf("record volume %s: %w", want.ID, err)
 	}

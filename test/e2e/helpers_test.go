@@ -50,25 +50,17 @@ func (e *env) waitPlinth(ctx context.Context) error {
 }
 
 func (e *env) plinthNode(ctx context.Context) (*v1alpha1.PlinthNode, error) {
-	u, err := e.dynamic.Resource(v1alpha1.NodeResource).Get(ctx, nodeName, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	return v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
+	return e.plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, nodeName, metav1.GetOptions{})
 }
 
 func (e *env) plinthVolumes(ctx context.Context) ([]*v1alpha1.PlinthVolume, error) {
-	l, err := e.dynamic.Resource(v1alpha1.VolumeResource).List(ctx, metav1.ListOptions{})
+	l, err := e.plinth.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list plinthvolumes: %w", err)
 	}
-	out := make([]*v1alpha1.PlinthVolume, 0, len(l.Items))
+	out := make([]*v1alpha1.PlinthVolume, len(l.Items))
 	for i := range l.Items {
-		v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](&l.Items[i])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
+		out[i] = &l.Items[i]
 	}
 	return out, nil
 }

@@ -12,6 +12,12 @@ const (
 	Version = "v1alpha1"
 )
 
+// Kinds.
+const (
+	VolumeKind = "PlinthVolume"
+	NodeKind   = "PlinthNode"
+)
+
 // SchemeGroupVersion is the group and version of plinth's resources (the
 // name the generated clientset looks for).
 var SchemeGroupVersion = schema.GroupVersion{Group: Group, Version: Version}
