@@ -58,15 +58,41 @@ e2e: chart
 chart:
 	rm -rf $(CHART_OUT) && ./test/chart/check.sh $(CHART_OUT)
 
-# CRDs from the Go types in pkg/apis (controller-gen).
+# From the Go types in pkg/apis: the CRDs and deepcopy (controller-gen), and
+# the typed clientset, listers and informers in pkg/generated (k8s.io/code-generator,
+# at the minor version of the other k8s.io modules).
 CONTROLLER_GEN := $(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@v0.23.0
+CODE_GEN       := $(GO) run k8s.io/code-generator/cmd
+CODE_GEN_VER   := v0.37.2
+API_PKG        := github.com/plinth-dev/plinth/pkg/apis/v1alpha1
+GEN_PKG        := github.com/plinth-dev/plinth/pkg/generated
+# $(call gen-clients,DIR): clientset, listers and informers under DIR.
+define gen-clients
+$(CODE_GEN)/client-gen@$(CODE_GEN_VER) --go-header-file /dev/null --clientset-name versioned \
+	  --input-base github.com/plinth-dev/plinth/pkg --input apis/v1alpha1 \
+	  --output-dir $(1)/clientset --output-pkg $(GEN_PKG)/clientset && \
+	$(CODE_GEN)/lister-gen@$(CODE_GEN_VER) --go-header-file /dev/null \
+	  --output-dir $(1)/listers --output-pkg $(GEN_PKG)/listers $(API_PKG) && \
+	$(CODE_GEN)/informer-gen@$(CODE_GEN_VER) --go-header-file /dev/null \
+	  --versioned-clientset-package $(GEN_PKG)/clientset/versioned --listers-package $(GEN_PKG)/listers \
+	  --output-dir $(1)/informers --output-pkg $(GEN_PKG)/informers $(API_PKG)
+endef
+
 generate:
 	$(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=deploy/base/crds
 	rm -rf charts/plinth/crds && cp -r deploy/base/crds charts/plinth/crds
+	$(CONTROLLER_GEN) object paths=./pkg/apis/...
+	rm -rf pkg/generated
+	$(call gen-clients,pkg/generated)
 
 verify-generated:
 	@tmp=$$(mktemp -d) && $(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=$$tmp && \
 	  diff -r $$tmp deploy/base/crds && rm -rf $$tmp || { echo "CRDs are stale: run make generate"; exit 1; }
+	@tmp=$$(mktemp -d) && $(CONTROLLER_GEN) object paths=./pkg/apis/... output:object:dir=$$tmp && \
+	  diff $$tmp/zz_generated.deepcopy.go pkg/apis/v1alpha1/zz_generated.deepcopy.go && rm -rf $$tmp || \
+	  { echo "deepcopy is stale: run make generate"; exit 1; }
+	@tmp=$$(mktemp -d) && $(call gen-clients,$$tmp) && diff -r $$tmp pkg/generated && rm -rf $$tmp || \
+	  { echo "pkg/generated is stale: run make generate"; exit 1; }
 
 unit:
 	$(GO) test -count=1 -short ./pkg/...

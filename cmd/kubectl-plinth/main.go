@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/pkg/inspect"
 )
 
@@ -77,11 +77,11 @@ func run(args []string, output, namespace, kubeconfig, driver string) error {
 	if err != nil {
 		return err
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	plinth, err := versioned.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
-	c := &inspect.Client{Core: core, Dyn: dyn, Driver: driver}
+	c := &inspect.Client{Core: core, Plinth: plinth, Driver: driver}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var v any

@@ -12,8 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -28,6 +26,8 @@ import (
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
 	"github.com/plinth-dev/plinth/pkg/csi"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/provision"
 	"github.com/plinth-dev/plinth/pkg/volume"
@@ -140,7 +140,7 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	if err != nil {
 		return err
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	plinth, err := versioned.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -150,7 +150,7 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 		m = metrics.New()
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
-	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, dyn) }
+	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth) }
 	if !c.LeaderElect {
 		parts["controller"] = lead
 	} else {
@@ -216,12 +216,12 @@ func leaseSuffix(driver string) string {
 	return string(out)
 }
 
-func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, dyn dynamic.Interface) error {
+func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface) error {
 	factory := informers.NewSharedInformerFactory(core, 10*time.Minute)
-	dfactory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 10*time.Minute)
+	pfactory := externalversions.NewSharedInformerFactory(plinth, 10*time.Minute)
 	nodes := factory.Core().V1().Nodes()
 	nodeLister := nodes.Lister()
-	cluster, err := provision.NewCluster(dyn, dfactory, func(name string) bool {
+	cluster, err := provision.NewCluster(plinth, pfactory, func(name string) bool {
 		_, err := nodeLister.Get(name)
 		return apierrors.IsNotFound(err)
 	})
@@ -253,7 +253,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		controller.AddFinalizer(true),
 	)
 	factory.Start(ctx.Done())
-	dfactory.Start(ctx.Done())
+	pfactory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), claims.HasSynced, pvs.Informer().HasSynced, classes.Informer().HasSynced, nodes.Informer().HasSynced, cluster.HasSynced) {
 		return ctx.Err()
 	}

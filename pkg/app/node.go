@@ -9,7 +9,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -17,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/reconcile"
 
@@ -271,7 +271,7 @@ func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.De
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	plinth, err := versioned.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -284,8 +284,8 @@ func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.De
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
 	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-node", Host: c.NodeID})
 	status := &nodestatus.Publisher{
-		NodeName: c.NodeID, Version: c.Version, Pools: local.PoolHealth, Devices: devices, Dyn: dyn, Core: core, Events: events,
+		NodeName: c.NodeID, Version: c.Version, Pools: local.PoolHealth, Devices: devices, Plinth: plinth, Core: core, Events: events,
 	}
-	rec := &reconcile.Reconciler{NodeName: c.NodeID, Local: local, Dyn: dyn, Core: core, Events: events, Status: status}
+	rec := &reconcile.Reconciler{NodeName: c.NodeID, Local: local, Plinth: plinth, Core: core, Events: events, Status: status}
 	return rec, status, broadcaster.Shutdown, nil
 }

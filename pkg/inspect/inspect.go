@@ -12,16 +12,16 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 )
 
 // Client reads the cluster.
 type Client struct {
 	Core   kubernetes.Interface
-	Dyn    dynamic.Interface
+	Plinth versioned.Interface
 	Driver string
 	Now    func() time.Time
 }
@@ -87,18 +87,26 @@ type DeviceReport struct {
 }
 
 func (c *Client) plinthNodes(ctx context.Context) ([]*v1alpha1.PlinthNode, error) {
-	out, err := v1alpha1.List[v1alpha1.PlinthNode](ctx, c.Dyn)
+	l, err := c.Plinth.PlinthV1alpha1().PlinthNodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("%w (is plinth installed?)", err)
+		return nil, fmt.Errorf("list plinthnodes: %w (is plinth installed?)", err)
+	}
+	out := make([]*v1alpha1.PlinthNode, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
 
 func (c *Client) plinthVolumes(ctx context.Context) ([]*v1alpha1.PlinthVolume, error) {
-	out, err := v1alpha1.List[v1alpha1.PlinthVolume](ctx, c.Dyn)
+	l, err := c.Plinth.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("%w (is plinth installed?)", err)
+		return nil, fmt.Errorf("list plinthvolumes: %w (is plinth installed?)", err)
+	}
+	out := make([]*v1alpha1.PlinthVolume, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
@@ -428,11 +436,7 @@ func (c *Client) volumeOf(ctx context.Context, pvName string) (*v1alpha1.PlinthV
 	if err != nil || pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.Driver {
 		return nil, false
 	}
-	u, err := c.Dyn.Resource(v1alpha1.VolumeResource).Get(ctx, pv.Spec.CSI.VolumeHandle, metav1.GetOptions{})
-	if err != nil {
-		return nil, false
-	}
-	v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](u)
+	v, err := c.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, pv.Spec.CSI.VolumeHandle, metav1.GetOptions{})
 	return v, err == nil
 }
 

@@ -12,12 +12,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -33,7 +33,7 @@ type Publisher struct {
 	Pools func(ctx context.Context) []node.PoolHealth
 	// Devices, when set, lists the node's devices.
 	Devices func() []v1alpha1.DeviceStatus
-	Dyn     dynamic.Interface
+	Plinth  versioned.Interface
 	Core    kubernetes.Interface
 	Events  record.EventRecorder
 	// Interval is the heartbeat (default 30s).
@@ -179,38 +179,26 @@ func (p *Publisher) Publish(ctx context.Context, force bool) error {
 		return nil
 	}
 	st.HeartbeatTime = metav1.Now()
-	api := p.Dyn.Resource(v1alpha1.NodeResource)
-	cur, err := api.Get(ctx, p.NodeName, metav1.GetOptions{})
+	api := p.Plinth.PlinthV1alpha1().PlinthNodes()
+	n, err := api.Get(ctx, p.NodeName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		obj := &v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: p.NodeName}}
 		// Owned by the Kubernetes Node: when the node leaves, so does this.
-		if n, nerr := p.Core.CoreV1().Nodes().Get(ctx, p.NodeName, metav1.GetOptions{}); nerr == nil {
-			obj.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: n.Name, UID: n.UID}}
+		if kn, nerr := p.Core.CoreV1().Nodes().Get(ctx, p.NodeName, metav1.GetOptions{}); nerr == nil {
+			obj.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: kn.Name, UID: kn.UID}}
 		}
-		u, cerr := v1alpha1.ToUnstructured(obj)
-		if cerr != nil {
-			return cerr
-		}
-		if cur, err = api.Create(ctx, u, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		if n, err = api.Create(ctx, obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create PlinthNode %s: %w", p.NodeName, err)
 		}
 		if err != nil {
-			cur, err = api.Get(ctx, p.NodeName, metav1.GetOptions{})
+			n, err = api.Get(ctx, p.NodeName, metav1.GetOptions{})
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("read PlinthNode %s: %w", p.NodeName, err)
 	}
-	n, err := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](cur)
-	if err != nil {
-		return err
-	}
 	n.Status = st
-	u, err := v1alpha1.ToUnstructured(n)
-	if err != nil {
-		return err
-	}
-	if _, err := api.UpdateStatus(ctx, u, metav1.UpdateOptions{}); err != nil {
+	if _, err := api.UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("write PlinthNode %s status: %w", p.NodeName, err)
 	}
 	st.HeartbeatTime = metav1.Time{}

@@ -8,13 +8,11 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	plinthfake "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/fake"
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
@@ -65,18 +63,16 @@ func TestUnreadablePool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList"})
+	plinth := plinthfake.NewSimpleClientset()
 	rec := record.NewFakeRecorder(10)
-	r := &Publisher{NodeName: "n1", Pools: local.PoolHealth, Dyn: dyn, Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
+	r := &Publisher{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
 	if err := r.Publish(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
-	u, err := dyn.Resource(v1alpha1.NodeResource).Get(context.Background(), "n1", metav1.GetOptions{})
+	n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _ := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
 	health := map[string]bool{}
 	for _, p := range n.Status.Pools {
 		health[p.Name] = p.Healthy

@@ -12,10 +12,10 @@ import (
 
 	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
@@ -46,15 +46,15 @@ func TestBenchProvisionLock(t *testing.T) {
 	}
 	var nodes []runtime.Object
 	for i := range nodeCount {
-		nodes = append(nodes, plinthNode(t, fmt.Sprintf("n%02d", i), poolStatus("fast", 1<<40)))
+		nodes = append(nodes, plinthNode(fmt.Sprintf("n%02d", i), poolStatus("fast", 1<<40)))
 	}
 	wffc := storagev1.VolumeBindingWaitForFirstConsumer
 	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: "plinth.example.com", VolumeBindingMode: &wffc}
 
 	run := func(serial bool, round int) (time.Duration, error) {
-		c, _ := fakeClusterOf(t, nodes, withHook(func(u *unstructured.Unstructured) {
+		c, _ := fakeClusterOf(t, nodes, withHook(func(v *v1alpha1.PlinthVolume) {
 			time.Sleep(apiDelay)
-			markReady(u)
+			markReady(v)
 		}), nil)
 		c.serialCreates = serial
 		c.Wait = 30 * time.Second

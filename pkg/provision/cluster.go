@@ -15,13 +15,15 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	typedv1alpha1 "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/typed/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
+	listers "github.com/plinth-dev/plinth/pkg/generated/listers/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -34,12 +36,15 @@ var ErrInProgress = volume.ErrInProgress
 // a volume.NodeSet whose nodes are carried by PlinthVolume objects. It holds
 // the in-memory reservations of volumes being created, so that concurrent
 // creates never promise the same bytes twice (the check and the reservation
-// run under a per-node lock; see remoteNode.reserveAndRecord).
+// run under a per-node lock; see remoteNode.reserveAndRecord). The objects
+// it hands out are the informers' own: read them, never change them.
 type Cluster struct {
-	dyn      dynamic.Interface
-	volumes  cache.SharedIndexInformer
-	nodes    cache.SharedIndexInformer
-	nodeGone func(name string) bool
+	client      typedv1alpha1.PlinthVolumeInterface // writes volume objects
+	volumes     cache.SharedIndexInformer
+	nodes       cache.SharedIndexInformer
+	volumeStore listers.PlinthVolumeLister
+	nodeStore   listers.PlinthNodeLister
+	nodeGone    func(name string) bool
 	// Wait is how long a call waits for a node before answering
 	// ErrInProgress.
 	Wait time.Duration
@@ -63,25 +68,28 @@ type reservation struct {
 // NewCluster watches the volume and node objects through factory's
 // informers; nodeGone reports whether a Kubernetes Node has left the
 // cluster.
-func NewCluster(dyn dynamic.Interface, factory dynamicinformer.DynamicSharedInformerFactory, nodeGone func(string) bool) (*Cluster, error) {
+func NewCluster(client versioned.Interface, factory externalversions.SharedInformerFactory, nodeGone func(string) bool) (*Cluster, error) {
+	volumes, nodes := factory.Plinth().V1alpha1().PlinthVolumes(), factory.Plinth().V1alpha1().PlinthNodes()
 	c := &Cluster{
-		dyn:       dyn,
-		volumes:   factory.ForResource(v1alpha1.VolumeResource).Informer(),
-		nodes:     factory.ForResource(v1alpha1.NodeResource).Informer(),
-		nodeGone:  nodeGone,
-		Wait:      30 * time.Second,
-		reserved:  map[string]reservation{},
-		nodeLocks: map[string]*sync.Mutex{},
-		changed:   make(chan struct{}),
+		client:      client.PlinthV1alpha1().PlinthVolumes(),
+		volumes:     volumes.Informer(),
+		nodes:       nodes.Informer(),
+		volumeStore: volumes.Lister(),
+		nodeStore:   nodes.Lister(),
+		nodeGone:    nodeGone,
+		Wait:        30 * time.Second,
+		reserved:    map[string]reservation{},
+		nodeLocks:   map[string]*sync.Mutex{},
+		changed:     make(chan struct{}),
 	}
 	// Volume objects by node label: finding a node's volumes (its
 	// reservations, whether it still holds any) reads only those.
 	if err := c.volumes.AddIndexers(cache.Indexers{byNode: func(obj any) ([]string, error) {
-		u, ok := obj.(*unstructured.Unstructured)
+		v, ok := obj.(*v1alpha1.PlinthVolume)
 		if !ok {
 			return nil, nil
 		}
-		return []string{u.GetLabels()[v1alpha1.LabelNode]}, nil
+		return []string{v.Labels[v1alpha1.LabelNode]}, nil
 	}}); err != nil {
 		return nil, err
 	}
@@ -153,18 +161,13 @@ func (c *Cluster) Node(id string) (volume.Node, bool) {
 var _ volume.VolumeIndex = (*Cluster)(nil)
 
 // VolumeNode implements volume.VolumeIndex: the node label of the volume
-// object keyed by id (the object's name is the volume ID), read without
-// decoding the object.
+// object keyed by id (the object's name is the volume ID).
 func (c *Cluster) VolumeNode(id string) (string, bool) {
-	obj, ok, err := c.volumes.GetStore().GetByKey(id)
-	if err != nil || !ok {
+	v, err := c.volumeStore.Get(id)
+	if err != nil {
 		return "", false
 	}
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return "", false
-	}
-	n := u.GetLabels()[v1alpha1.LabelNode]
+	n := v.Labels[v1alpha1.LabelNode]
 	return n, n != ""
 }
 
@@ -232,7 +235,7 @@ func (c *Cluster) nodeVolumes(node string) []*v1alpha1.PlinthVolume {
 	objs, _ := c.volumes.GetIndexer().ByIndex(byNode, node)
 	out := make([]*v1alpha1.PlinthVolume, 0, len(objs))
 	for _, obj := range objs {
-		if v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](obj); err == nil {
+		if v, ok := obj.(*v1alpha1.PlinthVolume); ok {
 			out = append(out, v)
 		}
 	}
@@ -241,35 +244,23 @@ func (c *Cluster) nodeVolumes(node string) []*v1alpha1.PlinthVolume {
 
 // PlinthNode returns the node object named name from the cache.
 func (c *Cluster) PlinthNode(name string) (*v1alpha1.PlinthNode, error) {
-	obj, ok, err := c.nodes.GetStore().GetByKey(name)
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
+	n, err := c.nodeStore.Get(name)
+	if apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("%w: plinth has no status from node %s", volume.ErrNodeGone, name)
 	}
-	return v1alpha1.FromUnstructured[v1alpha1.PlinthNode](obj)
+	return n, err
 }
 
 // PlinthNodes returns every node object, sorted by name.
 func (c *Cluster) PlinthNodes() []*v1alpha1.PlinthNode {
-	var out []*v1alpha1.PlinthNode
-	for _, obj := range c.nodes.GetStore().List() {
-		if n, err := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](obj); err == nil {
-			out = append(out, n)
-		}
-	}
+	out, _ := c.nodeStore.List(labels.Everything())
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
 // Volume returns the volume object with this ID from the cache.
 func (c *Cluster) Volume(id string) (*v1alpha1.PlinthVolume, bool) {
-	obj, ok, err := c.volumes.GetStore().GetByKey(id)
-	if err != nil || !ok {
-		return nil, false
-	}
-	v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](obj)
+	v, err := c.volumeStore.Get(id)
 	if err != nil {
 		return nil, false
 	}
@@ -278,12 +269,7 @@ func (c *Cluster) Volume(id string) (*v1alpha1.PlinthVolume, bool) {
 
 // Volumes returns every volume object, sorted by name.
 func (c *Cluster) Volumes() []*v1alpha1.PlinthVolume {
-	var out []*v1alpha1.PlinthVolume
-	for _, obj := range c.volumes.GetStore().List() {
-		if v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](obj); err == nil {
-			out = append(out, v)
-		}
-	}
+	out, _ := c.volumeStore.List(labels.Everything())
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
@@ -388,8 +374,8 @@ func errorOf(v *v1alpha1.PlinthVolume) error {
 
 // createObject writes a new volume object; one that exists already (made by
 // an earlier life of this controller) is not an error.
-func (c *Cluster) createObject(ctx context.Context, u *unstructured.Unstructured) error {
-	_, err := c.dyn.Resource(v1alpha1.VolumeResource).Create(ctx, u, metav1.CreateOptions{})
+func (c *Cluster) createObject(ctx context.Context, v *v1alpha1.PlinthVolume) error {
+	_, err := c.client.Create(ctx, v, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return nil
 	}
@@ -399,12 +385,12 @@ func (c *Cluster) createObject(ctx context.Context, u *unstructured.Unstructured
 // growObject raises a volume object's asked capacity.
 func (c *Cluster) growObject(ctx context.Context, id string, capacityBytes int64) error {
 	patch, _ := json.Marshal(map[string]any{"spec": map[string]any{"capacityBytes": capacityBytes}})
-	_, err := c.dyn.Resource(v1alpha1.VolumeResource).Patch(ctx, id, types.MergePatchType, patch, metav1.PatchOptions{})
+	_, err := c.client.Patch(ctx, id, types.MergePatchType, patch, metav1.PatchOptions{})
 	return err
 }
 
 func (c *Cluster) deleteObject(ctx context.Context, id string) error {
-	err := c.dyn.Resource(v1alpha1.VolumeResource).Delete(ctx, id, metav1.DeleteOptions{})
+	err := c.client.Delete(ctx, id, metav1.DeleteOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}

@@ -13,13 +13,12 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	typedv1alpha1 "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/typed/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -29,38 +28,41 @@ import (
 // or slow the write (the fake client serialises every call it serves, so
 // the hook sits outside it), and answer as the volume's node would.
 type nodeWriter struct {
-	dynamic.Interface
-	before func(u *unstructured.Unstructured)
+	versioned.Interface
+	before func(v *v1alpha1.PlinthVolume)
 }
 
-func (w nodeWriter) Resource(r schema.GroupVersionResource) dynamic.NamespaceableResourceInterface {
-	ri := w.Interface.Resource(r)
-	if r != v1alpha1.VolumeResource {
-		return ri
-	}
-	return hookedResource{ri, w.before}
+func (w nodeWriter) PlinthV1alpha1() typedv1alpha1.PlinthV1alpha1Interface {
+	return hookedGroup{w.Interface.PlinthV1alpha1(), w.before}
 }
 
-type hookedResource struct {
-	dynamic.NamespaceableResourceInterface
-	before func(u *unstructured.Unstructured)
+type hookedGroup struct {
+	typedv1alpha1.PlinthV1alpha1Interface
+	before func(v *v1alpha1.PlinthVolume)
 }
 
-func (r hookedResource) Create(ctx context.Context, u *unstructured.Unstructured, opts metav1.CreateOptions, sub ...string) (*unstructured.Unstructured, error) {
-	r.before(u)
-	return r.NamespaceableResourceInterface.Create(ctx, u, opts, sub...)
+func (g hookedGroup) PlinthVolumes() typedv1alpha1.PlinthVolumeInterface {
+	return hookedVolumes{g.PlinthV1alpha1Interface.PlinthVolumes(), g.before}
+}
+
+type hookedVolumes struct {
+	typedv1alpha1.PlinthVolumeInterface
+	before func(v *v1alpha1.PlinthVolume)
+}
+
+func (r hookedVolumes) Create(ctx context.Context, v *v1alpha1.PlinthVolume, opts metav1.CreateOptions) (*v1alpha1.PlinthVolume, error) {
+	r.before(v)
+	return r.PlinthVolumeInterface.Create(ctx, v, opts)
 }
 
 // markReady answers a volume object as its node would once the volume is
 // made: Ready with the capacity asked.
-func markReady(u *unstructured.Unstructured) {
-	c, _, _ := unstructured.NestedInt64(u.Object, "spec", "capacityBytes")
-	_ = unstructured.SetNestedField(u.Object, string(v1alpha1.VolumeReady), "status", "phase")
-	_ = unstructured.SetNestedField(u.Object, c, "status", "capacityBytes")
+func markReady(v *v1alpha1.PlinthVolume) {
+	v.Status.Phase, v.Status.CapacityBytes = v1alpha1.VolumeReady, v.Spec.CapacityBytes
 }
 
-func withHook(before func(u *unstructured.Unstructured)) func(dynamic.Interface) dynamic.Interface {
-	return func(d dynamic.Interface) dynamic.Interface { return nodeWriter{d, before} }
+func withHook(before func(v *v1alpha1.PlinthVolume)) func(versioned.Interface) versioned.Interface {
+	return func(c versioned.Interface) versioned.Interface { return nodeWriter{c, before} }
 }
 
 func claimOf(size string) *v1.PersistentVolumeClaim {
@@ -79,9 +81,9 @@ func claimOf(size string) *v1.PersistentVolumeClaim {
 func TestImmediateAllowedTopologiesLandsWhereOnePoolFits(t *testing.T) {
 	const key = "topology.plinth.example.com/node"
 	nodes := []runtime.Object{
-		plinthNode(t, "n1", poolStatus("a", 50*mi), poolStatus("b", 50*mi)),
-		plinthNode(t, "n2", poolStatus("a", 90*mi), poolStatus("b", 30*mi)),
-		plinthNode(t, "n3", poolStatus("a", 200*mi)), // outside allowedTopologies
+		plinthNode("n1", poolStatus("a", 50*mi), poolStatus("b", 50*mi)),
+		plinthNode("n2", poolStatus("a", 90*mi), poolStatus("b", 30*mi)),
+		plinthNode("n3", poolStatus("a", 200*mi)), // outside allowedTopologies
 	}
 	c, _ := fakeClusterOf(t, nodes, withHook(markReady), nil)
 	p := &Provisioner{Driver: "plinth.example.com", TopologyKey: key, Controller: volume.NewControllerOver(c)}
@@ -142,7 +144,7 @@ func TestImmediateAllowedTopologiesLandsWhereOnePoolFits(t *testing.T) {
 // for two per node, five asked on each: two recorded and three refused on
 // each node), and neither node's creates wait on the other's.
 func TestReservationPerNodeInParallel(t *testing.T) {
-	nodes := []runtime.Object{plinthNode(t, "n1", poolStatus("fast", 100*mi)), plinthNode(t, "n2", poolStatus("fast", 100*mi))}
+	nodes := []runtime.Object{plinthNode("n1", poolStatus("fast", 100*mi)), plinthNode("n2", poolStatus("fast", 100*mi))}
 	c, _ := fakeClusterOf(t, nodes, nil, nil)
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -197,16 +199,16 @@ func TestReservationPerNodeInParallel(t *testing.T) {
 func TestCreateLockNotHeldAcrossTheWrite(t *testing.T) {
 	entered, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	hook := func(u *unstructured.Unstructured) {
-		if u.GetName() == "pv-hang" {
+	hook := func(v *v1alpha1.PlinthVolume) {
+		if v.Name == "pv-hang" {
 			once.Do(func() { close(entered) })
 			<-release
 		}
-		if u.GetLabels()[v1alpha1.LabelNode] == "n2" {
-			markReady(u)
+		if v.Labels[v1alpha1.LabelNode] == "n2" {
+			markReady(v)
 		} // n1's stay Pending: their reservations keep counting
 	}
-	nodes := []runtime.Object{plinthNode(t, "n1", poolStatus("fast", 100*mi)), plinthNode(t, "n2", poolStatus("fast", 100*mi))}
+	nodes := []runtime.Object{plinthNode("n1", poolStatus("fast", 100*mi)), plinthNode("n2", poolStatus("fast", 100*mi))}
 	c, _ := fakeClusterOf(t, nodes, withHook(hook), nil)
 	ctx := context.Background()
 	n1, _ := c.Node("n1")

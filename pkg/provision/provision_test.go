@@ -14,14 +14,13 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	plinthfake "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/fake"
+	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -30,9 +29,9 @@ const mi = int64(1 << 20)
 
 // fakeCluster is a Cluster over a fake API server holding one PlinthNode
 // with pool "fast" (allocatable bytes given) and the objects given.
-func fakeCluster(t *testing.T, allocatable int64, gone map[string]bool, objs ...runtime.Object) (*Cluster, *dynamicfake.FakeDynamicClient) {
+func fakeCluster(t *testing.T, allocatable int64, gone map[string]bool, objs ...runtime.Object) (*Cluster, *plinthfake.Clientset) {
 	t.Helper()
-	return fakeClusterOf(t, []runtime.Object{plinthNode(t, "n1", poolStatus("fast", allocatable))}, nil, gone, objs...)
+	return fakeClusterOf(t, []runtime.Object{plinthNode("n1", poolStatus("fast", allocatable))}, nil, gone, objs...)
 }
 
 // poolStatus is a healthy file pool serving block, ext4 and xfs volumes
@@ -42,28 +41,21 @@ func poolStatus(name string, allocatable int64) v1alpha1.PoolStatus {
 		FreeBytes: allocatable, AllocatableBytes: allocatable, Healthy: true}
 }
 
-func plinthNode(t *testing.T, name string, pools ...v1alpha1.PoolStatus) runtime.Object {
-	t.Helper()
-	u, err := v1alpha1.ToUnstructured(&v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: v1alpha1.NodeStatus{Pools: pools}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
+func plinthNode(name string, pools ...v1alpha1.PoolStatus) runtime.Object {
+	return &v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: v1alpha1.NodeStatus{Pools: pools}}
 }
 
 // fakeClusterOf is a Cluster over a fake API server holding these node and
 // volume objects; wrap (may be nil) wraps the client the Cluster writes
 // through (not the informers').
-func fakeClusterOf(t *testing.T, nodes []runtime.Object, wrap func(dynamic.Interface) dynamic.Interface, gone map[string]bool, objs ...runtime.Object) (*Cluster, *dynamicfake.FakeDynamicClient) {
+func fakeClusterOf(t *testing.T, nodes []runtime.Object, wrap func(versioned.Interface) versioned.Interface, gone map[string]bool, objs ...runtime.Object) (*Cluster, *plinthfake.Clientset) {
 	t.Helper()
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList",
-	}, append(nodes, objs...)...)
-	var writer dynamic.Interface = dyn
+	client := plinthfake.NewSimpleClientset(append(nodes, objs...)...)
+	var writer versioned.Interface = client
 	if wrap != nil {
-		writer = wrap(dyn)
+		writer = wrap(client)
 	}
-	factory := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	factory := externalversions.NewSharedInformerFactory(client, 0)
 	c, err := NewCluster(writer, factory, func(n string) bool { return gone[n] })
 	if err != nil {
 		t.Fatal(err)
@@ -75,13 +67,13 @@ func fakeClusterOf(t *testing.T, nodes []runtime.Object, wrap func(dynamic.Inter
 	if !cache.WaitForCacheSync(ctx.Done(), c.HasSynced) {
 		t.Fatal("caches did not sync")
 	}
-	return c, dyn
+	return c, client
 }
 
 // Many creates at once never promise the same bytes twice: with room for
 // two, exactly two are recorded and the rest are refused, saying why.
 func TestReservationNeverOvercommits(t *testing.T) {
-	c, dyn := fakeCluster(t, 100*mi, nil)
+	c, client := fakeCluster(t, 100*mi, nil)
 	n, _ := c.Node("n1")
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -108,7 +100,7 @@ func TestReservationNeverOvercommits(t *testing.T) {
 	if inProgress != 2 || noSpace != 3 {
 		t.Fatalf("%d recorded, %d refused; want 2 and 3 (%v)", inProgress, noSpace, errs)
 	}
-	l, err := dyn.Resource(v1alpha1.VolumeResource).List(ctx, metav1.ListOptions{})
+	l, err := client.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,29 +119,24 @@ func TestReservationNeverOvercommits(t *testing.T) {
 	}
 }
 
-func volumeObject(t *testing.T, name string, phase v1alpha1.VolumePhase, reason, msg string) runtime.Object {
-	t.Helper()
-	u, err := v1alpha1.ToUnstructured(&v1alpha1.PlinthVolume{
+func volumeObject(name string, phase v1alpha1.VolumePhase, reason, msg string) runtime.Object {
+	return &v1alpha1.PlinthVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelNode: "n1"}},
 		Spec:       v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", VolumeName: "v", CapacityBytes: 10 * mi, Mode: v1alpha1.ModeBlock},
 		Status:     v1alpha1.VolumeStatus{Phase: phase, Reason: reason, Message: msg, CapacityBytes: 10 * mi},
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	return u
 }
 
 // A node's refusal comes back as the pool error of its kind with the
 // node's words, and the failed object is removed so a retry starts afresh.
 func TestNodeRefusal(t *testing.T) {
-	c, dyn := fakeCluster(t, 100*mi, nil, volumeObject(t, "pv-x", v1alpha1.VolumeFailed, v1alpha1.ReasonNoSpace, "pool fast has 1Mi free"))
+	c, client := fakeCluster(t, 100*mi, nil, volumeObject("pv-x", v1alpha1.VolumeFailed, v1alpha1.ReasonNoSpace, "pool fast has 1Mi free"))
 	n, _ := c.Node("n1")
 	_, err := n.CreateVolume(context.Background(), "fast", pool.Volume{ID: "pv-x", Name: "v", CapacityBytes: 10 * mi, Mode: pool.ModeBlock})
 	if !errors.Is(err, pool.ErrNoSpace) || !strings.Contains(err.Error(), "pool fast has 1Mi free") {
 		t.Fatalf("got %v, want ErrNoSpace with the node's message", err)
 	}
-	if _, err := dyn.Resource(v1alpha1.VolumeResource).Get(context.Background(), "pv-x", metav1.GetOptions{}); err == nil {
+	if _, err := client.PlinthV1alpha1().PlinthVolumes().Get(context.Background(), "pv-x", metav1.GetOptions{}); err == nil {
 		t.Fatal("the failed volume object is still there")
 	}
 }
@@ -157,7 +144,7 @@ func TestNodeRefusal(t *testing.T) {
 // A Ready volume is answered from its object: a retried create (a
 // controller restart) finds it.
 func TestCreateFindsReadyVolume(t *testing.T) {
-	c, _ := fakeCluster(t, 100*mi, nil, volumeObject(t, "pv-y", v1alpha1.VolumeReady, "", ""))
+	c, _ := fakeCluster(t, 100*mi, nil, volumeObject("pv-y", v1alpha1.VolumeReady, "", ""))
 	n, _ := c.Node("n1")
 	v, err := n.CreateVolume(context.Background(), "fast", pool.Volume{ID: "pv-y", Name: "v", CapacityBytes: 10 * mi, Mode: pool.ModeBlock})
 	if err != nil || v.State != pool.StateReady || v.CapacityBytes != 10*mi {
@@ -171,13 +158,13 @@ func TestCreateFindsReadyVolume(t *testing.T) {
 
 // A volume on a node that left the cluster is reported and kept.
 func TestDeleteOnLostNode(t *testing.T) {
-	c, dyn := fakeCluster(t, 100*mi, map[string]bool{"n1": true}, volumeObject(t, "pv-z", v1alpha1.VolumeReady, "", ""))
+	c, client := fakeCluster(t, 100*mi, map[string]bool{"n1": true}, volumeObject("pv-z", v1alpha1.VolumeReady, "", ""))
 	vc := volume.NewControllerOver(c)
 	err := vc.DeleteVolume(context.Background(), "pv-z")
 	if !errors.Is(err, volume.ErrNodeGone) {
 		t.Fatalf("got %v, want ErrNodeGone", err)
 	}
-	if _, err := dyn.Resource(v1alpha1.VolumeResource).Get(context.Background(), "pv-z", metav1.GetOptions{}); err != nil {
+	if _, err := client.PlinthV1alpha1().PlinthVolumes().Get(context.Background(), "pv-z", metav1.GetOptions{}); err != nil {
 		t.Fatalf("the volume object was dropped: %v", err)
 	}
 }
@@ -262,15 +249,12 @@ func TestAnswer(t *testing.T) {
 // error before anything is recorded: the cluster serves none yet.
 func TestClusterCreateRules(t *testing.T) {
 	const name = "pvc-0a1b"
-	u, err := v1alpha1.ToUnstructured(&v1alpha1.PlinthVolume{
+	existing := &v1alpha1.PlinthVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: volume.VolumeID(name), Labels: map[string]string{v1alpha1.LabelNode: "n1", v1alpha1.LabelPool: "fast"}},
 		Spec:       v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", VolumeName: name, CapacityBytes: 10 * mi, Mode: v1alpha1.ModeBlock},
 		Status:     v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 10 * mi},
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	c, dyn := fakeCluster(t, 100*mi, nil, u)
+	c, client := fakeCluster(t, 100*mi, nil, existing)
 	vc := volume.NewControllerOver(c)
 	ctx := context.Background()
 	base := volume.CreateRequest{Name: name, RequiredBytes: 10 * mi, Mode: pool.ModeBlock, Params: volume.Params{Pool: "fast"}, Requisite: []string{"n1"}}
@@ -327,7 +311,7 @@ func TestClusterCreateRules(t *testing.T) {
 			t.Errorf("%s: pv %v, state %s, err %v; want a final error naming data sources", cname, pv, state, err)
 		}
 	}
-	l, err := dyn.Resource(v1alpha1.VolumeResource).List(ctx, metav1.ListOptions{})
+	l, err := client.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,11 +24,27 @@ func (n *remoteNode) Pools(context.Context) ([]volume.PoolInfo, error) {
 	return n.c.poolInfos(n.name)
 }
 
+// objectMode is a pool mode as a PlinthVolume spells it (Filesystem, Block).
+func objectMode(m pool.Mode) string {
+	if m == pool.ModeBlock {
+		return v1alpha1.ModeBlock
+	}
+	return v1alpha1.ModeFilesystem
+}
+
+// poolMode is a PlinthVolume's mode as the pools spell it (filesystem, block).
+func poolMode(m string) pool.Mode {
+	if m == v1alpha1.ModeBlock {
+		return pool.ModeBlock
+	}
+	return pool.ModeFilesystem
+}
+
 // toVolume is the pool's view of a volume object.
 func toVolume(v *v1alpha1.PlinthVolume) pool.Volume {
 	out := pool.Volume{
 		ID: v.Name, Name: v.Spec.VolumeName, Pool: v.Spec.Pool, CapacityBytes: v.Spec.CapacityBytes,
-		Mode: v1alpha1.PoolMode(v.Spec.Mode), FsType: v.Spec.FsType, Thick: v.Spec.Thick, State: pool.StateCreating,
+		Mode: poolMode(v.Spec.Mode), FsType: v.Spec.FsType, Thick: v.Spec.Thick, State: pool.StateCreating,
 		CreatedAt: v.CreationTimestamp.Time,
 	}
 	switch {
@@ -76,7 +92,7 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 	c := n.c
 	if v, ok := c.Volume(want.ID); ok || c.reservedFor(want.ID) {
 		if ok && (v.Spec.NodeName != n.name || v.Spec.Pool != poolName || v.Spec.CapacityBytes != want.CapacityBytes ||
-			v.Spec.Mode != v1alpha1.ObjectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick) {
+			v.Spec.Mode != objectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick) {
 			return fmt.Errorf("volume %s: %w", want.ID, pool.ErrExists)
 		}
 		return nil // a retry: wait for the one in flight
@@ -89,12 +105,8 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 		},
 		Spec: v1alpha1.VolumeSpec{
 			NodeName: n.name, Pool: poolName, VolumeName: want.Name, CapacityBytes: want.CapacityBytes,
-			Mode: v1alpha1.ObjectMode(want.Mode), FsType: want.FsType, Thick: want.Thick, Claim: want.Parameters[volume.ParamOwner],
+			Mode: objectMode(want.Mode), FsType: want.FsType, Thick: want.Thick, Claim: want.Parameters[volume.ParamOwner],
 		},
-	}
-	u, err := v1alpha1.ToUnstructured(obj)
-	if err != nil {
-		return err
 	}
 	if c.serialCreates { // the lock before issue 11, for the benchmark only: global, across the write
 		c.serialMu.Lock()
@@ -104,7 +116,7 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 	if err != nil {
 		return err
 	}
-	if err := c.createObject(ctx, u); err != nil {
+	if err := c.createObject(ctx, obj); err != nil {
 		giveBack()
 		return fmt.Errorf("record volume %s: %w", want.ID, err)
 	}

@@ -9,11 +9,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -21,6 +18,9 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
+	listers "github.com/plinth-dev/plinth/pkg/generated/listers/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
@@ -29,7 +29,7 @@ import (
 type Reconciler struct {
 	NodeName string
 	Local    volume.Node
-	Dyn      dynamic.Interface
+	Plinth   versioned.Interface
 	Core     kubernetes.Interface
 	Events   record.EventRecorder
 	// Status publishes the node's PlinthNode (pkg/nodestatus): first, and
@@ -39,6 +39,7 @@ type Reconciler struct {
 	Workers int
 
 	informer cache.SharedIndexInformer
+	volumes  listers.PlinthVolumeLister
 	queue    workqueue.TypedRateLimitingInterface[string]
 }
 
@@ -68,10 +69,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	}); err != nil {
 		return nil
 	}
-	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(r.Dyn, 10*time.Minute, "", func(o *metav1.ListOptions) {
-		o.LabelSelector = v1alpha1.LabelNode + "=" + r.NodeName
-	})
-	r.informer = factory.ForResource(v1alpha1.VolumeResource).Informer()
+	factory := externalversions.NewSharedInformerFactoryWithOptions(r.Plinth, 10*time.Minute,
+		externalversions.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = v1alpha1.LabelNode + "=" + r.NodeName
+		}))
+	inf := factory.Plinth().V1alpha1().PlinthVolumes()
+	r.informer, r.volumes = inf.Informer(), inf.Lister()
 	r.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, time.Minute),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "plinth-node-volumes"})
@@ -117,21 +120,20 @@ func (r *Reconciler) next(ctx context.Context) bool {
 }
 
 func (r *Reconciler) reconcile(ctx context.Context, key string) error {
-	obj, exists, err := r.informer.GetStore().GetByKey(key)
-	if err != nil || !exists {
-		return err
+	cached, err := r.volumes.Get(key)
+	if apierrors.IsNotFound(err) {
+		return nil
 	}
-	u := obj.(*unstructured.Unstructured)
-	v, err := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](u)
 	if err != nil {
 		return err
 	}
+	v := cached.DeepCopy() // its status is written below; the cache's copy stays as it is
 	if v.Spec.NodeName != r.NodeName {
 		return nil // mislabelled: not ours to touch
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name, "pool", v.Spec.Pool)
 	if v.DeletionTimestamp != nil {
-		return r.remove(ctx, v, u)
+		return r.remove(ctx, v)
 	}
 	local, lerr := r.Local.Volume(ctx, v.Name)
 	switch {
@@ -142,7 +144,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		// never make an empty one in its place.
 		msg := "the volume's storage is missing from pool " + v.Spec.Pool
 		if v.Status.Message != msg {
-			r.event(u, v1.EventTypeWarning, "StorageMissing", msg)
+			r.event(v, v1.EventTypeWarning, "StorageMissing", msg)
 			logger.Error(nil, "Storage missing")
 			v.Status.Reason, v.Status.Message = v1alpha1.ReasonError, msg
 			return r.writeStatus(ctx, v)
@@ -153,7 +155,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 			return lerr
 		}
 		if v.Spec.CapacityBytes > local.CapacityBytes {
-			return r.expand(ctx, v, u)
+			return r.expand(ctx, v)
 		}
 		if v.Status.CapacityBytes != local.CapacityBytes || v.Status.ObservedGeneration != v.Generation {
 			v.Status.CapacityBytes, v.Status.ObservedGeneration = local.CapacityBytes, v.Generation
@@ -165,7 +167,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	// Pending: make it (idempotent: a half-made volume from before a crash
 	// is finished or rebuilt by the pool).
 	want := pool.Volume{
-		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: v1alpha1.PoolMode(v.Spec.Mode),
+		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: poolMode(v.Spec.Mode),
 		FsType: v.Spec.FsType, Thick: v.Spec.Thick,
 	}
 	if v.Spec.Claim != "" {
@@ -179,7 +181,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		v.Status.Phase = v1alpha1.VolumeFailed
 		v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
 		v.Status.ObservedGeneration = v.Generation
-		r.event(u, v1.EventTypeWarning, "CreateFailed", err.Error())
+		r.event(v, v1.EventTypeWarning, "CreateFailed", err.Error())
 		logger.Info("Volume refused", "err", err)
 		return r.writeStatus(ctx, v)
 	}
@@ -193,14 +195,14 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	return r.writeStatus(ctx, v)
 }
 
-func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume, u *unstructured.Unstructured) error {
+func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume) error {
 	grown, err := r.Local.ExpandVolume(ctx, v.Name, v.Spec.CapacityBytes)
 	v.Status.ObservedGeneration = v.Generation
 	if err != nil {
 		if retryable(err) {
 			return err
 		}
-		r.event(u, v1.EventTypeWarning, "ExpandFailed", err.Error())
+		r.event(v, v1.EventTypeWarning, "ExpandFailed", err.Error())
 		v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
 		return r.writeStatus(ctx, v)
 	}
@@ -211,7 +213,7 @@ func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume, u *un
 	return r.writeStatus(ctx, v)
 }
 
-func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume, u *unstructured.Unstructured) error {
+func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume) error {
 	has := false
 	for _, f := range v.Finalizers {
 		has = has || f == v1alpha1.Finalizer
@@ -225,7 +227,7 @@ func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume, u *un
 	}
 	if err != nil {
 		if errors.Is(err, pool.ErrInUse) && v.Status.Reason != v1alpha1.ReasonInUse {
-			r.event(u, v1.EventTypeWarning, "DeleteBlocked", err.Error())
+			r.event(v, v1.EventTypeWarning, "DeleteBlocked", err.Error())
 			v.Status.Phase, v.Status.Reason, v.Status.Message = v1alpha1.VolumeDeleting, v1alpha1.ReasonInUse, err.Error()
 			if werr := r.writeStatus(ctx, v); werr != nil {
 				return werr
@@ -243,7 +245,7 @@ func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume, u *un
 		}
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": fins, "resourceVersion": v.ResourceVersion}})
-	_, err = r.Dyn.Resource(v1alpha1.VolumeResource).Patch(ctx, v.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	_, err = r.Plinth.PlinthV1alpha1().PlinthVolumes().Patch(ctx, v.Name, types.MergePatchType, patch, metav1.PatchOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -254,20 +256,26 @@ func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume, u *un
 }
 
 func (r *Reconciler) writeStatus(ctx context.Context, v *v1alpha1.PlinthVolume) error {
-	u, err := v1alpha1.ToUnstructured(v)
-	if err != nil {
-		return err
-	}
-	_, err = r.Dyn.Resource(v1alpha1.VolumeResource).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+	_, err := r.Plinth.PlinthV1alpha1().PlinthVolumes().UpdateStatus(ctx, v, metav1.UpdateOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
 	return err
 }
 
-func (r *Reconciler) event(obj *unstructured.Unstructured, kind, reason, msg string) {
+// event records an event on volume object v. The reference carries its
+// kind and apiVersion, which objects from a typed client leave empty, so
+// the recorder needs no scheme that knows plinth's kinds.
+func (r *Reconciler) event(v *v1alpha1.PlinthVolume, kind, reason, msg string) {
 	if r.Events != nil {
-		r.Events.Event(obj, kind, reason, msg)
+		r.Events.Event(eventObject(v), kind, reason, msg)
+	}
+}
+
+func eventObject(v *v1alpha1.PlinthVolume) *v1alpha1.PlinthVolume {
+	return &v1alpha1.PlinthVolume{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: v1alpha1.VolumeKind},
+		ObjectMeta: metav1.ObjectMeta{Name: v.Name, UID: v.UID, ResourceVersion: v.ResourceVersion},
 	}
 }
 
@@ -292,4 +300,12 @@ func reasonOf(err error) string {
 		return v1alpha1.ReasonInUse
 	}
 	return v1alpha1.ReasonError
+}
+
+// poolMode is a PlinthVolume's mode as the pools spell it (filesystem, block).
+func poolMode(m string) pool.Mode {
+	if m == v1alpha1.ModeBlock {
+		return pool.ModeBlock
+	}
+	return pool.ModeFilesystem
 }

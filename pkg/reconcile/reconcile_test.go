@@ -8,28 +8,19 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/reference"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	plinthfake "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/fake"
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
 
 const mi = int64(1 << 20)
-
-func object(t *testing.T, v *v1alpha1.PlinthVolume) runtime.Object {
-	t.Helper()
-	u, err := v1alpha1.ToUnstructured(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
 
 func spec(capacity int64) v1alpha1.VolumeSpec {
 	return v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", VolumeName: "pvc-1", CapacityBytes: capacity, Mode: v1alpha1.ModeBlock, Claim: "ns/c"}
@@ -50,25 +41,23 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	labels := map[string]string{v1alpha1.LabelNode: "n1"}
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.VolumeResource: "PlinthVolumeList", v1alpha1.NodeResource: "PlinthNodeList",
-	},
-		object(t, &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(8 * mi)}),
-		object(t, &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-huge", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(1 << 50)}),
+	plinth := plinthfake.NewSimpleClientset(
+		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(8 * mi)},
+		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-huge", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(1 << 50)},
 	)
+	volumes := plinth.PlinthV1alpha1().PlinthVolumes()
 	core := fake.NewSimpleClientset()
-	status := &nodestatus.Publisher{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Dyn: dyn, Core: core, Interval: time.Hour}
-	r := &Reconciler{NodeName: "n1", Local: local, Dyn: dyn, Core: core, Status: status}
+	status := &nodestatus.Publisher{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Plinth: plinth, Core: core, Interval: time.Hour}
+	r := &Reconciler{NodeName: "n1", Local: local, Plinth: plinth, Core: core, Status: status}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = r.Run(ctx) }()
 
 	get := func(name string) *v1alpha1.PlinthVolume {
-		u, err := dyn.Resource(v1alpha1.VolumeResource).Get(ctx, name, metav1.GetOptions{})
+		v, err := volumes.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return nil
 		}
-		v, _ := v1alpha1.FromUnstructured[v1alpha1.PlinthVolume](u)
 		return v
 	}
 	waitFor := func(what string, cond func() bool) {
@@ -88,11 +77,10 @@ func TestReconcile(t *testing.T) {
 	if v := get("pv-huge"); v.Status.Reason != v1alpha1.ReasonNoSpace || v.Status.Message == "" {
 		t.Fatalf("pv-huge status %+v", v.Status)
 	}
-	u, err := dyn.Resource(v1alpha1.NodeResource).Get(ctx, "n1", metav1.GetOptions{})
+	n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, _ := v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
 	if len(n.Status.Pools) != 1 || n.Status.Pools[0].Volumes != 1 || n.Status.Pools[0].ProvisionedBytes != 8*mi {
 		t.Fatalf("PlinthNode status %+v", n.Status)
 	}
@@ -101,8 +89,7 @@ func TestReconcile(t *testing.T) {
 	v := get("pv-a")
 	v.Spec.CapacityBytes = 16 * mi
 	v.Generation = 2
-	uv, _ := v1alpha1.ToUnstructured(v)
-	if _, err := dyn.Resource(v1alpha1.VolumeResource).Update(ctx, uv, metav1.UpdateOptions{}); err != nil {
+	if _, err := volumes.Update(ctx, v, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("pv-a grown", func() bool { v := get("pv-a"); return v != nil && v.Status.CapacityBytes == 16*mi })
@@ -115,12 +102,25 @@ func TestReconcile(t *testing.T) {
 	v = get("pv-a")
 	now := metav1.Now()
 	v.DeletionTimestamp = &now
-	uv, _ = v1alpha1.ToUnstructured(v)
-	if _, err := dyn.Resource(v1alpha1.VolumeResource).Update(ctx, uv, metav1.UpdateOptions{}); err != nil {
+	if _, err := volumes.Update(ctx, v, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("pv-a finalizer dropped", func() bool { v := get("pv-a"); return v == nil || len(v.Finalizers) == 0 })
 	if _, err := local.Volume(ctx, "pv-a"); err == nil {
 		t.Fatal("pv-a's storage is still there")
+	}
+}
+
+// Events name the volume object through the recorder's scheme, which (the
+// core one in plinth node) does not know plinth's kinds: the object handed
+// to the recorder carries its kind and apiVersion itself.
+func TestEventObject(t *testing.T) {
+	v := &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", UID: "u1", ResourceVersion: "7"}}
+	ref, err := reference.GetReference(scheme.Scheme, eventObject(v))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref.Kind != v1alpha1.VolumeKind || ref.APIVersion != "plinth.example.com/v1alpha1" || ref.Name != "pv-a" || ref.UID != "u1" {
+		t.Fatalf("reference %+v", ref)
 	}
 }

@@ -50,15 +50,19 @@ func (e *env) waitPlinth(ctx context.Context) error {
 }
 
 func (e *env) plinthNode(ctx context.Context) (*v1alpha1.PlinthNode, error) {
-	u, err := e.dynamic.Resource(v1alpha1.NodeResource).Get(ctx, nodeName, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	return v1alpha1.FromUnstructured[v1alpha1.PlinthNode](u)
+	return e.plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, nodeName, metav1.GetOptions{})
 }
 
 func (e *env) plinthVolumes(ctx context.Context) ([]*v1alpha1.PlinthVolume, error) {
-	return v1alpha1.List[v1alpha1.PlinthVolume](ctx, e.dynamic)
+	l, err := e.plinth.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list plinthvolumes: %w", err)
+	}
+	out := make([]*v1alpha1.PlinthVolume, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
+	}
+	return out, nil
 }
 
 func (e *env) pool(ctx context.Context, name string) (v1alpha1.PoolStatus, error) {

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/test/e2e/cluster"
 	"github.com/plinth-dev/plinth/test/e2e/images"
 )
@@ -32,11 +32,11 @@ const (
 
 // env is the running cluster with plinth installed, shared by the tests.
 type env struct {
-	c       *cluster.Cluster
-	client  kubernetes.Interface
-	dynamic dynamic.Interface
-	cfg     *rest.Config
-	repo    string
+	c      *cluster.Cluster
+	client kubernetes.Interface
+	plinth versioned.Interface // PlinthVolumes and PlinthNodes
+	cfg    *rest.Config
+	repo   string
 	// keepLogDirs: /var/log/pods and /var/log/containers were there before.
 	keepLogDirs bool
 	// keepKubeletDir: /var/lib/kubelet was there before.
@@ -124,7 +124,7 @@ func setUp(ctx context.Context, bin string) (*env, error) {
 		return e, err
 	}
 	e.client, e.cfg = e.c.Client, e.c.Config
-	if e.dynamic, err = dynamic.NewForConfig(e.cfg); err != nil {
+	if e.plinth, err = versioned.NewForConfig(e.cfg); err != nil {
 		return e, err
 	}
 	logf("cluster up (%s)", time.Since(start).Round(time.Millisecond))

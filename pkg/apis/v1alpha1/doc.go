@@ -5,19 +5,5 @@
 // generated from these types (make generate).
 //
 // +groupName=plinth.example.com
-// +kubebuilder:object:generate=false
+// +kubebuilder:object:generate=true
 package v1alpha1
-
-import "k8s.io/apimachinery/pkg/runtime/schema"
-
-// Group and version of plinth's resources.
-const (
-	Group   = "plinth.example.com"
-	Version = "v1alpha1"
-)
-
-// Resources, as the API server names them.
-var (
-	VolumeResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "plinthvolumes"}
-	NodeResource   = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "plinthnodes"}
-)

@@ -44,6 +44,8 @@ const (
 // PlinthVolume is one node-local volume: the controller writes the spec,
 // the volume's node makes the storage and writes the status.
 //
+// +genclient
+// +genclient:nonNamespaced
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:scope=Cluster,shortName=pvol;pvols,categories=plinth
 // +kubebuilder:subresource:status
@@ -123,6 +125,8 @@ type PlinthVolumeList struct {
 // PlinthNode is what one node says of its pools and devices; its name is the
 // node's name. Only that node's plinth writes it.
 //
+// +genclient
+// +genclient:nonNamespaced
 // +kubebuilder:object:root=true
 // +kubebuilder:resource:scope=Cluster,shortName=pnode,categories=plinth
 // +kubebuilder:subresource:status
