@@ -1,7 +1,3 @@
-// Package provision is plinth controller: dynamic provisioning through
-// sig-storage-lib-external-provisioner, the volume objects that carry each
-// request to its node, capacity reservation and CSIStorageCapacity
-// publishing, and expansion of PVCs whose request grew.
 package provision
 
 import (
