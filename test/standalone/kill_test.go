@@ -339,6 +339,13 @@ func leaksUnder(t *testing.T, e *env) []string {
 	for _, m := range mounts {
 		out = append(out, "mount "+m.Mountpoint)
 	}
+	// What the node recorded of publishes and stages goes with them.
+	for _, d := range []string{"targets", "staged"} {
+		recs, _ := filepath.Glob(filepath.Join(e.cfg.Root, d, "*.json"))
+		for _, r := range recs {
+			out = append(out, "record "+r)
+		}
+	}
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, f := range files {
 		b, err := os.ReadFile(f)
