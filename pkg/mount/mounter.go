@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/moby/sys/mountinfo"
@@ -125,7 +126,12 @@ func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string
 		}
 	}
 	flags, data := splitOptions(options)
-	if err := unix.Mount(device, target, fsType, flags, data); err != nil {
+	at, err := pin(target, unix.S_IFDIR)
+	if err != nil {
+		return err
+	}
+	defer at.Close()
+	if err := unix.Mount(device, at.proc(), fsType, flags, data); err != nil {
 		return fmt.Errorf("mount %s (%s) at %s with %q: %w", device, fsType, target, strings.Join(options, ","), err)
 	}
 	return nil
@@ -169,18 +175,92 @@ func splitOptions(options []string) (uintptr, string) {
 }
 
 func (h *Host) Bind(source, target string, o BindOptions) error {
-	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
+	src, err := pin(source, 0)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	var srcStat unix.Stat_t
+	if err := unix.Fstat(src.fd, &srcStat); err != nil {
+		return fmt.Errorf("stat %s: %w", source, err)
+	}
+	kind := uint32(unix.S_IFDIR)
+	if srcStat.Mode&unix.S_IFMT != unix.S_IFDIR {
+		kind = unix.S_IFREG // a device node is bound onto a file
+	}
+	at, err := pin(target, kind)
+	if err != nil {
+		return err
+	}
+	defer at.Close()
+	if err := unix.Mount(src.proc(), at.proc(), "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind mount %s at %s: %w", source, target, err)
 	}
-	if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|o.flags(), ""); err != nil {
-		err = fmt.Errorf("remount %s with %s: %w", target, o, err)
-		if uerr := unix.Unmount(target, 0); uerr != nil {
+	// The remount goes to the new mount's root, found again without
+	// following a symlink, and checked to be the bind just made.
+	err = func() error {
+		root, err := pin(target, 0)
+		if err != nil {
+			return err
+		}
+		defer root.Close()
+		var st unix.Stat_t
+		if err := unix.Fstat(root.fd, &st); err != nil {
+			return err
+		}
+		if st.Dev != srcStat.Dev || st.Ino != srcStat.Ino {
+			return fmt.Errorf("%s changed under the bind mount", target)
+		}
+		if err := unix.Mount("", root.proc(), "", unix.MS_BIND|unix.MS_REMOUNT|o.flags(), ""); err != nil {
+			return fmt.Errorf("remount %s with %s: %w", target, o, err)
+		}
+		return nil
+	}()
+	if err != nil {
+		if uerr := h.Unmount(target); uerr != nil {
 			return errors.Join(err, fmt.Errorf("undo bind mount at %s: %w", target, uerr))
 		}
 		return err
 	}
 	return nil
 }
+
+// pinned is a path opened without following a symlink at its end
+// (O_PATH|O_NOFOLLOW), so that a mount made through proc() lands on what
+// was checked, even if the path is swapped for a symlink meanwhile.
+type pinned struct{ fd int }
+
+// pin opens path as pinned; with kind (S_IFDIR, S_IFREG) it must be that.
+func pin(path string, kind uint32) (pinned, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return pinned{}, fmt.Errorf("open %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return pinned{}, fmt.Errorf("stat %s: %w", path, err)
+	}
+	t := st.Mode & unix.S_IFMT
+	if t == unix.S_IFLNK || kind != 0 && t != kind {
+		unix.Close(fd)
+		return pinned{}, fmt.Errorf("%s is not a %s (mode %o): not mounting there", path, kindName(kind), t)
+	}
+	return pinned{fd: fd}, nil
+}
+
+func kindName(kind uint32) string {
+	switch kind {
+	case unix.S_IFDIR:
+		return "directory"
+	case unix.S_IFREG:
+		return "regular file"
+	}
+	return "file that is not a symbolic link"
+}
+
+func (p pinned) proc() string { return "/proc/self/fd/" + strconv.Itoa(p.fd) }
+func (p pinned) Close() error { return unix.Close(p.fd) }
 
 // BindOptions are the per-mount options of a bind mount: the ones a bind
 // can carry (filesystem options belong to the mount of the filesystem).
@@ -254,7 +334,9 @@ func (o BindOptions) WithFlags(flags []string) BindOptions {
 }
 
 func (h *Host) Unmount(target string) error {
-	if err := unix.Unmount(target, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+	// UMOUNT_NOFOLLOW: a symlink put at target is never followed to
+	// unmount whatever it points at.
+	if err := unix.Unmount(target, unix.UMOUNT_NOFOLLOW); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount %s: %w", target, err)
 	}
 	return nil

@@ -1,0 +1,63 @@
+package mount
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A symlink at a target is never followed: not to bind over what it
+// points at, not to unmount what is mounted there.
+func TestSymlinkTargetsAreNotFollowed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real mounts")
+	}
+	dir := t.TempDir()
+	src, victim, link := filepath.Join(dir, "src"), filepath.Join(dir, "victim"), filepath.Join(dir, "link")
+	for _, d := range []string{src, victim} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	h := NewHost(Exec{})
+	if err := h.Bind(src, link, BindOptions{}); err == nil {
+		t.Error("bind onto a symlink succeeded")
+	}
+	if _, ok, _ := h.MountOf(victim); ok {
+		unix.Unmount(victim, 0)
+		t.Fatal("the symlink's target was mounted over")
+	}
+	if err := unix.Mount("tmpfs", victim, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(victim, 0) })
+	if err := h.Unmount(link); err != nil {
+		t.Logf("unmount through the symlink: %v", err)
+	}
+	if _, ok, _ := h.MountOf(victim); !ok {
+		t.Error("unmount through a symlink took the mount it points at away")
+	}
+	// A bind onto a directory of the right kind works, and its remount
+	// applies the options.
+	target := filepath.Join(dir, "target")
+	os.Mkdir(target, 0o700)
+	if err := h.Bind(src, target, BindOptions{ReadOnly: true, NoDev: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(target, 0) })
+	if err := os.WriteFile(filepath.Join(target, "x"), nil, 0o600); err == nil {
+		t.Error("write into a read-only bind succeeded")
+	}
+	// A directory is not bound onto a file, nor a device onto a directory.
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	if err := h.Bind(src, file, BindOptions{}); err == nil {
+		unix.Unmount(file, 0)
+		t.Error("a directory was bound onto a file")
+	}
+}
