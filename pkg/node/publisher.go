@@ -249,6 +249,23 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		}
 		return p.staged.put(id, stagingPath) // staged already
 	}
+	if !a.Block && attached {
+		// One staging mount per volume: where it is staged already (and
+		// still mounted) is the answer, not a second mount elsewhere.
+		if prev, err := p.staged.stagedAt(id); err != nil {
+			return err
+		} else if prev != "" && prev != stagingPath {
+			if pm, ok, err := p.mounter.MountOf(prev); err != nil {
+				return err
+			} else if ok {
+				if own, _, err := owns(before, attached, pm, prev, false); err != nil {
+					return err
+				} else if own {
+					return fmt.Errorf("%w: volume %s is staged at %s already", pool.ErrInUse, id, prev)
+				}
+			}
+		}
+	}
 	var undo []func()
 	defer func() {
 		if err != nil {

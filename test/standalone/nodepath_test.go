@@ -339,6 +339,14 @@ func TestNodeCallsActOnlyOnTheVolumesOwnMounts(t *testing.T) {
 			}},
 		{"unpublish A at its own staging path", func() error { return e.unpublish(a, stA) }, codes.FailedPrecondition,
 			func(t *testing.T) { wantMountedFrom(t, tA, stA) }},
+		{"stage A at a second staging path", func() error { return e.stage(a, filepath.Join(e.root, "a-second-staging")) }, codes.FailedPrecondition,
+			func(t *testing.T) {
+				if m := mountAt(t, filepath.Join(e.root, "a-second-staging")); m != nil {
+					t.Errorf("a second staging mount was made: %+v", m)
+				}
+			}},
+		{"unstage A at a path it is not staged at", func() error { return e.unstage(a, filepath.Join(e.root, "elsewhere")) }, codes.FailedPrecondition,
+			func(t *testing.T) { wantMountedFrom(t, tA, stA) }},
 		{"publish at the allowed root itself", func() error { return e.publish(a, stA, e.root, false) }, codes.InvalidArgument,
 			func(t *testing.T) {
 				if fi, err := os.Stat(e.root); err != nil || !fi.IsDir() || mountAt(t, e.root) != nil {
