@@ -384,7 +384,11 @@ func claimRoot(c CSIConfig) (*RootLock, error) {
 // openLocal opens the configured pools as this node's LocalNode; the
 // caller has claimed the root (claimRoot).
 func openLocal(ctx context.Context, c CSIConfig) (*node.Local, error) {
-	pools, err := OpenPools(ctx, c.Pools, mount.NewLoop(c.SysfsRoot, c.DevRoot), mount.Exec{})
+	loops := mount.NewLoop(c.SysfsRoot, c.DevRoot)
+	// A loop number a consumer still holds (a block publish's device, even
+	// one the consumer freed itself) is never given to another volume.
+	loops.Avoid = func(dev string) bool { return node.DeviceBound(c.Root, dev) }
+	pools, err := OpenPools(ctx, c.Pools, loops, mount.Exec{})
 	if err != nil {
 		return nil, err
 	}

@@ -49,8 +49,11 @@ func lstatLink(p string) (bool, error) {
 	return fi.Mode()&os.ModeSymlink != 0, nil
 }
 
-func (s *NodeServer) checkPath(kind, p string) error {
-	return toStatus(s.paths.Check(kind, p, lstatLink, filepath.EvalSymlinks))
+// checkPath validates a path from the CO and returns it with its parent's
+// symlinks resolved: the node works on that one spelling of the place.
+func (s *NodeServer) checkPath(kind, p string) (string, error) {
+	r, err := s.paths.Resolve(kind, p, lstatLink, filepath.EvalSymlinks)
+	return r, toStatus(err)
 }
 
 func (s *NodeServer) NodeGetInfo(ctx context.Context, _ *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
@@ -107,14 +110,15 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := validateID("volume ID", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := s.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+	staging, err := s.checkPath("staging target path", req.GetStagingTargetPath())
+	if err != nil {
 		return nil, err
 	}
 	a, err := access(req.GetVolumeCapability(), false)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.pub.Stage(ctx, req.GetVolumeId(), req.GetStagingTargetPath(), a); err != nil {
+	if err := s.pub.Stage(ctx, req.GetVolumeId(), staging, a); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
@@ -124,10 +128,11 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	if err := validateID("volume ID", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := s.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+	staging, err := s.checkPath("staging target path", req.GetStagingTargetPath())
+	if err != nil {
 		return nil, err
 	}
-	if err := s.pub.Unstage(ctx, req.GetVolumeId(), req.GetStagingTargetPath()); err != nil {
+	if err := s.pub.Unstage(ctx, req.GetVolumeId(), staging); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
@@ -137,22 +142,28 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err := validateID("volume ID", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := s.checkPath("target path", req.GetTargetPath()); err != nil {
+	target, err := s.checkPath("target path", req.GetTargetPath())
+	if err != nil {
 		return nil, err
 	}
 	a, err := access(req.GetVolumeCapability(), req.GetReadonly())
 	if err != nil {
 		return nil, err
 	}
+	staging := req.GetStagingTargetPath()
 	if !a.Block {
-		if err := s.checkPath("staging target path", req.GetStagingTargetPath()); err != nil {
+		if staging, err = s.checkPath("staging target path", staging); err != nil {
 			return nil, err
 		}
+	} else if staging != "" {
+		if r, err := s.checkPath("staging target path", staging); err == nil {
+			staging = r
+		}
 	}
-	if st, t := req.GetStagingTargetPath(), req.GetTargetPath(); st != "" && (under(t, st) || under(st, t)) {
-		return nil, invalid("target path %q and staging target path %q must be apart (neither within the other)", t, st)
+	if staging != "" && (under(target, staging) || under(staging, target)) {
+		return nil, invalid("target path %q and staging target path %q must be apart (neither within the other)", req.GetTargetPath(), req.GetStagingTargetPath())
 	}
-	if err := s.pub.Publish(ctx, req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath(), a); err != nil {
+	if err := s.pub.Publish(ctx, req.GetVolumeId(), staging, target, a); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
@@ -162,32 +173,36 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := validateID("volume ID", req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := s.checkPath("target path", req.GetTargetPath()); err != nil {
+	target, err := s.checkPath("target path", req.GetTargetPath())
+	if err != nil {
 		return nil, err
 	}
-	if err := s.pub.Unpublish(ctx, req.GetVolumeId(), req.GetTargetPath()); err != nil {
+	if err := s.pub.Unpublish(ctx, req.GetVolumeId(), target); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-// volumeAtPath checks a volume ID and a path for the read-only calls; a
-// path that is not a valid, allowed path cannot hold the volume: NotFound.
-func (s *NodeServer) volumeAtPath(id, path string) error {
+// volumeAtPath checks a volume ID and a path for the read-only calls and
+// returns the resolved path; a path that is not a valid, allowed path
+// cannot hold the volume: NotFound.
+func (s *NodeServer) volumeAtPath(id, path string) (string, error) {
 	if err := validateID("volume ID", id); err != nil {
-		return err
+		return "", err
 	}
 	if path == "" {
-		return invalid("volume path is required")
+		return "", invalid("volume path is required")
 	}
-	if err := s.checkPath("volume path", path); err != nil {
-		return status.Errorf(codes.NotFound, "volume %s is not at %q: %v", id, path, status.Convert(err).Message())
+	r, err := s.checkPath("volume path", path)
+	if err != nil {
+		return "", status.Errorf(codes.NotFound, "volume %s is not at %q: %v", id, path, status.Convert(err).Message())
 	}
-	return nil
+	return r, nil
 }
 
 func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := s.volumeAtPath(req.GetVolumeId(), req.GetVolumePath()); err != nil {
+	path, err := s.volumeAtPath(req.GetVolumeId(), req.GetVolumePath())
+	if err != nil {
 		if status.Code(err) == codes.NotFound {
 			// An unknown volume is NotFound before the path is looked at.
 			if _, _, lerr := s.pub.Lookup(ctx, req.GetVolumeId()); lerr != nil {
@@ -196,7 +211,7 @@ func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		}
 		return nil, err
 	}
-	st, err := s.pub.Stats(ctx, req.GetVolumeId(), req.GetVolumePath())
+	st, err := s.pub.Stats(ctx, req.GetVolumeId(), path)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -227,7 +242,8 @@ func (s *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		if p == "" || v.Mode == pool.ModeBlock && p == req.GetStagingTargetPath() {
 			continue
 		}
-		if err := s.checkPath("volume path", p); err != nil {
+		p, err := s.checkPath("volume path", p)
+		if err != nil {
 			return nil, err
 		}
 		if st, err := s.pub.Stats(ctx, v.ID, p); err != nil || st.Abnormal {
@@ -253,7 +269,8 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if _, _, err := s.pub.Lookup(ctx, req.GetVolumeId()); err != nil {
 		return nil, toStatus(err)
 	}
-	if err := s.volumeAtPath(req.GetVolumeId(), req.GetVolumePath()); err != nil {
+	path, err := s.volumeAtPath(req.GetVolumeId(), req.GetVolumePath())
+	if err != nil {
 		return nil, err
 	}
 	if c := req.GetVolumeCapability(); c != nil {
@@ -261,7 +278,7 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 			return nil, err
 		}
 	}
-	size, err := s.pub.Expand(ctx, req.GetVolumeId(), req.GetVolumePath())
+	size, err := s.pub.Expand(ctx, req.GetVolumeId(), path)
 	if err != nil {
 		return nil, toStatus(err)
 	}

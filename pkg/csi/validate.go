@@ -147,23 +147,31 @@ func under(path, root string) bool {
 // Check validates path: absolute, clean, within Allowed after resolving
 // symlinks in its parent, outside Owned, and not itself a symlink.
 func (p Paths) Check(kind, path string, lstat func(string) (isSymlink bool, err error), evalParent func(string) (string, error)) error {
+	_, err := p.Resolve(kind, path, lstat, evalParent)
+	return err
+}
+
+// Resolve is Check that also returns the path with its parent's symlinks
+// resolved: what the node works on, so that two spellings of one place
+// are one place (mount table lookups, locks, records).
+func (p Paths) Resolve(kind, path string, lstat func(string) (isSymlink bool, err error), evalParent func(string) (string, error)) (string, error) {
 	switch {
 	case path == "":
-		return invalid("%s is required", kind)
+		return "", invalid("%s is required", kind)
 	case len(path) > 4096 || strings.ContainsRune(path, 0):
-		return invalid("%s is not a usable path", kind)
+		return "", invalid("%s is not a usable path", kind)
 	case !filepath.IsAbs(path) || filepath.Clean(path) != path:
-		return invalid("%s %q must be absolute and clean (no '..', '//' or trailing '/')", kind, path)
+		return "", invalid("%s %q must be absolute and clean (no '..', '//' or trailing '/')", kind, path)
 	}
 	resolvedParent, err := evalParent(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("%s %q: parent directory: %w", kind, path, errNotFoundPath)
+		return "", fmt.Errorf("%s %q: parent directory: %w", kind, path, errNotFoundPath)
 	}
 	resolved := filepath.Join(resolvedParent, filepath.Base(path))
 	for _, cand := range []string{path, resolved} {
 		for _, o := range p.Owned {
 			if under(cand, o) || under(o, cand) {
-				return invalid("%s %q lies in plinth's own directory %s", kind, path, o)
+				return "", invalid("%s %q lies in plinth's own directory %s", kind, path, o)
 			}
 		}
 		ok := len(p.Allowed) == 0
@@ -173,13 +181,13 @@ func (p Paths) Check(kind, path string, lstat func(string) (isSymlink bool, err 
 			}
 		}
 		if !ok {
-			return invalid("%s %q is not strictly below one of the allowed directories %v", kind, path, p.Allowed)
+			return "", invalid("%s %q is not strictly below one of the allowed directories %v", kind, path, p.Allowed)
 		}
 	}
 	if isLink, err := lstat(path); err == nil && isLink {
-		return invalid("%s %q is a symbolic link", kind, path)
+		return "", invalid("%s %q is a symbolic link", kind, path)
 	}
-	return nil
+	return resolved, nil
 }
 
 var errNotFoundPath = fmt.Errorf("does not exist: %w", pool.ErrNotFound)

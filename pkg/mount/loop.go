@@ -20,6 +20,10 @@ type Loop struct {
 	// BlockSize is the logical block size given to new loop devices;
 	// 4096 lets direct I/O reach the backing filesystem unbuffered.
 	BlockSize uint32
+	// Avoid, when set, names free loop devices that must not be handed
+	// out (a number a consumer still holds); a fresh device is added for
+	// the attach instead.
+	Avoid func(dev string) bool
 }
 
 // NewLoop returns a Loop for the host rooted at sysfsRoot and devRoot.
@@ -121,6 +125,11 @@ func (l *Loop) Attach(file string, readOnly bool) (string, error) {
 			return "", fmt.Errorf("get free loop device: %w", err)
 		}
 		dev := filepath.Join(l.DevRoot, "loop"+strconv.Itoa(n))
+		if l.Avoid != nil && l.Avoid(dev) {
+			if dev, err = l.addFresh(ctl); err != nil {
+				return "", err
+			}
+		}
 		err = l.configure(dev, backing, readOnly)
 		if errors.Is(err, unix.EBUSY) {
 			time.Sleep(time.Duration(attempt+1) * time.Millisecond)
@@ -132,6 +141,36 @@ func (l *Loop) Attach(file string, readOnly bool) (string, error) {
 		return dev, nil
 	}
 	return "", fmt.Errorf("attach %s: no free loop device after retries", file)
+}
+
+// addFresh adds a loop device with a number above every existing one
+// (LOOP_CTL_ADD) that Avoid does not name, and waits for its node.
+func (l *Loop) addFresh(ctl int) (string, error) {
+	matches, _ := filepath.Glob(filepath.Join(l.SysfsRoot, "block", "loop*"))
+	next := 0
+	for _, m := range matches {
+		if n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(m), "loop")); err == nil && n >= next {
+			next = n + 1
+		}
+	}
+	for tries := 0; tries < 64; tries, next = tries+1, next+1 {
+		dev := filepath.Join(l.DevRoot, "loop"+strconv.Itoa(next))
+		if l.Avoid(dev) {
+			continue
+		}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(ctl), unix.LOOP_CTL_ADD, uintptr(next)); errno != 0 && errno != unix.EEXIST {
+			return "", fmt.Errorf("add loop device %d: %w", next, errno)
+		}
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if _, err := os.Stat(dev); err == nil {
+				return dev, nil
+			}
+			if time.Now().After(deadline) {
+				return "", fmt.Errorf("add loop device %d: %s did not appear", next, dev)
+			}
+		}
+	}
+	return "", errors.New("no loop device number left to add")
 }
 
 func openMode(readOnly bool) int {

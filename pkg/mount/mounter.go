@@ -310,6 +310,31 @@ func (o BindOptions) String() string {
 	return strings.Join(opts, ",")
 }
 
+// Matches reports whether a mount's per-mount options (mountinfo's
+// "rw,nosuid,nodev,relatime" column) are these: read-only, nosuid, nodev,
+// noexec and nodiratime must agree; the atime mode only when one is asked.
+func (o BindOptions) Matches(options string) bool {
+	has := map[string]bool{}
+	for _, f := range strings.Split(options, ",") {
+		has[f] = true
+	}
+	for _, b := range []struct {
+		want bool
+		name string
+	}{{o.ReadOnly, "ro"}, {o.NoSuid, "nosuid"}, {o.NoDev, "nodev"}, {o.NoExec, "noexec"}, {o.NoDiratime, "nodiratime"}} {
+		if b.want != has[b.name] {
+			return false
+		}
+	}
+	switch o.Atime {
+	case "":
+		return true
+	case "strictatime":
+		return !has["noatime"] && !has["relatime"]
+	}
+	return has[o.Atime]
+}
+
 // WithFlags adds the per-mount options among a consumer's mount flags.
 // "ro" can only make the mount read-only; "rw" never undoes a read-only
 // request; filesystem options are left to the filesystem's own mount.

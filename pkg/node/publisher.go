@@ -64,7 +64,15 @@ type Access struct {
 	SingleWriter bool
 }
 
-func (p *Publisher) lock(id string) (func(), error) { return p.node.lock(volumeKey(id)) }
+// lock takes the volume's lock and, for each path the call mounts at or
+// unmounts from, the path's: two volumes never work on one path at once.
+func (p *Publisher) lock(id string, paths ...string) (func(), error) {
+	keys := []string{volumeKey(id)}
+	for _, path := range paths {
+		keys = append(keys, "path/"+path)
+	}
+	return p.node.lock(keys...)
+}
 
 func (p *Publisher) lookup(ctx context.Context, id string, a Access) (pool.Pool, pool.Volume, error) {
 	pl, v, err := p.node.PoolOfVolume(ctx, id)
@@ -197,6 +205,22 @@ func emptyDir(path string) (bool, error) {
 	return len(names) == 0, err
 }
 
+// stageOptions are the per-mount options a staging mount gets (its
+// filesystem options aside): nodev, nosuid, and the consumer's flags.
+func stageOptions(flags []string) mount.BindOptions {
+	return mount.BindOptions{NoSuid: true, NoDev: true}.WithFlags(flags)
+}
+
+// publishOptions are a publish's per-mount options: read-only as asked
+// (a flag never undoes it); for a filesystem also nodev, nosuid and the
+// consumer's flags; a block device's bind carries no nodev.
+func publishOptions(a Access) mount.BindOptions {
+	if a.Block {
+		return mount.BindOptions{ReadOnly: a.ReadOnly}
+	}
+	return mount.BindOptions{ReadOnly: a.ReadOnly, NoSuid: true, NoDev: true}.WithFlags(a.MountFlags)
+}
+
 // stageFlags are the options of a filesystem's staging mount: the
 // consumer's, and always nodev and nosuid (a tenant's device nodes and
 // setuid binaries stay inert; the "dev" and "suid" flags are refused).
@@ -214,13 +238,16 @@ func stageFlags(flags []string) []string {
 // undoes what this call did: a mount it made, a device it attached, a
 // directory it created.
 func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access) (err error) {
-	release, err := p.lock(id)
+	release, err := p.lock(id, stagingPath)
 	if err != nil {
 		return err
 	}
 	defer release()
 	pl, v, err := p.lookup(ctx, id, a)
 	if err != nil {
+		return err
+	}
+	if err := p.insideVolume(stagingPath); err != nil {
 		return err
 	}
 	at, err := p.look(stagingPath)
@@ -242,6 +269,9 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		if !own {
 			return fmt.Errorf("%w: staging path %s is %s, not volume %s", pool.ErrExists, stagingPath, at.describe(), id)
 		}
+		if want := stageOptions(a.MountFlags); !want.Matches(at.mount.Options) {
+			return fmt.Errorf("%w: volume %s is staged at %s with %s, asked %s", pool.ErrExists, id, stagingPath, at.mount.Options, want)
+		}
 		if a.MountGroup != "" {
 			if err := applyMountGroup(stagingPath, a.MountGroup); err != nil {
 				return err
@@ -249,22 +279,12 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		}
 		return p.staged.put(id, stagingPath) // staged already
 	}
-	if !a.Block && attached {
-		// One staging mount per volume: where it is staged already (and
-		// still mounted) is the answer, not a second mount elsewhere.
-		if prev, err := p.staged.stagedAt(id); err != nil {
-			return err
-		} else if prev != "" && prev != stagingPath {
-			if pm, ok, err := p.mounter.MountOf(prev); err != nil {
-				return err
-			} else if ok {
-				if own, _, err := owns(before, attached, pm, prev, false); err != nil {
-					return err
-				} else if own {
-					return fmt.Errorf("%w: volume %s is staged at %s already", pool.ErrInUse, id, prev)
-				}
-			}
-		}
+	// One stage per volume: where it is staged already (and still is) is
+	// the answer, not a second stage elsewhere.
+	if prev, err := p.stagedElsewhere(id, stagingPath, before, attached, a.Block); err != nil {
+		return err
+	} else if prev != "" {
+		return fmt.Errorf("%w: volume %s is staged at %s already", pool.ErrInUse, id, prev)
 	}
 	var undo []func()
 	defer func() {
@@ -301,7 +321,7 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 	}
 	if a.Block {
 		logger.V(2).Info("Volume staged", "device", att.Device)
-		return nil // the device is bound at each target on publish
+		return p.staged.put(id, stagingPath) // the device is bound at each target on publish
 	}
 	undo = append(undo, func() {
 		if m, ok, _ := p.mounter.MountOf(stagingPath); ok {
@@ -319,7 +339,7 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		}
 		logger.Info("Volume staged", "device", att.Device, "fsType", v.FsType)
 	} else {
-		if err := p.mounter.Bind(att.Dir, stagingPath, mount.BindOptions{NoSuid: true, NoDev: true}.WithFlags(a.MountFlags)); err != nil {
+		if err := p.mounter.Bind(att.Dir, stagingPath, stageOptions(a.MountFlags)); err != nil {
 			return err
 		}
 		logger.Info("Volume staged", "dir", att.Dir)
@@ -330,6 +350,56 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		}
 	}
 	return p.staged.put(id, stagingPath)
+}
+
+// insideVolume refuses a path whose directory lies inside a volume's
+// filesystem (a staging mount, or a publish of one, share its device):
+// mounting there would make a directory in a tenant's volume and show one
+// volume inside another.
+func (p *Publisher) insideVolume(path string) error {
+	var parent unix.Stat_t
+	if err := unix.Stat(filepath.Dir(path), &parent); err != nil {
+		return nil // the caller finds out soon enough
+	}
+	staged, err := p.staged.all()
+	if err != nil {
+		return err
+	}
+	for id, at := range staged {
+		if _, ok, err := p.mounter.MountOf(at); err != nil || !ok {
+			continue // a record from before a reboot: nothing mounted there
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(at, &st); err == nil && st.Dev == parent.Dev {
+			return fmt.Errorf("%w: %s lies inside volume %s (staged at %s)", pool.ErrInvalid, path, id, at)
+		}
+	}
+	return nil
+}
+
+// stagedElsewhere returns the path the volume is staged at, when that is
+// recorded, is not path, and still holds the volume (its device attached
+// for block, its own mount there for a filesystem); "" otherwise.
+func (p *Publisher) stagedElsewhere(id, path string, att pool.Attachment, attached, block bool) (string, error) {
+	prev, err := p.staged.stagedAt(id)
+	if err != nil || prev == "" || prev == path || !attached {
+		return "", err
+	}
+	if block {
+		if att.Device != "" {
+			return prev, nil
+		}
+		return "", nil
+	}
+	pm, ok, err := p.mounter.MountOf(prev)
+	if err != nil || !ok {
+		return "", err
+	}
+	own, _, err := owns(att, attached, pm, prev, false)
+	if err != nil || !own {
+		return "", err
+	}
+	return prev, nil
 }
 
 // applyMountGroup lets group gid write the volume's root: group owner,
@@ -356,7 +426,7 @@ func applyMountGroup(root, group string) error {
 // mounts there), release the device. A volume still published elsewhere,
 // or a staging path that holds another mount, is refused untouched.
 func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
-	release, err := p.lock(id)
+	release, err := p.lock(id, stagingPath)
 	if err != nil {
 		return err
 	}
@@ -370,6 +440,13 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 		return err
 	}
 	block := v.Mode == pool.ModeBlock
+	// Not staged at this path (it is staged elsewhere): OK, nothing done.
+	if prev, err := p.stagedElsewhere(id, stagingPath, att, attached, block); err != nil {
+		return err
+	} else if prev != "" {
+		klog.FromContext(ctx).Info("Volume not staged at this path; left staged where it is", "volumeID", id, "stagingPath", stagingPath, "stagedAt", prev)
+		return nil
+	}
 	if attached {
 		others, err := p.publishedAt(pl, id, att, stagingPath, block)
 		if err != nil {
@@ -418,7 +495,7 @@ func (p *Publisher) notStagingPath(id, target string) error {
 
 // Publish binds the staged volume (or its device, for block) at target.
 func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string, a Access) (err error) {
-	release, err := p.lock(id)
+	release, err := p.lock(id, target)
 	if err != nil {
 		return err
 	}
@@ -428,6 +505,9 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 	}
 	pl, _, err := p.lookup(ctx, id, a)
 	if err != nil {
+		return err
+	}
+	if err := p.insideVolume(target); err != nil {
 		return err
 	}
 	att, attached, err := pl.Attached(ctx, id)
@@ -452,6 +532,9 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 		}
 		if readOnly != a.ReadOnly {
 			return fmt.Errorf("%w: volume %s is published at %s with read-only=%t, asked read-only=%t", pool.ErrExists, id, target, readOnly, a.ReadOnly)
+		}
+		if want := publishOptions(a); !a.Block && !want.Matches(at.mount.Options) {
+			return fmt.Errorf("%w: volume %s is published at %s with %s, asked %s", pool.ErrExists, id, target, at.mount.Options, want)
 		}
 		if a.MountGroup != "" && !a.Block {
 			return applyMountGroup(stagingPath, a.MountGroup)
@@ -538,6 +621,9 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 		})
 		source, rec.Device = dev, dev
 	}
+	if a.Block {
+		rec.Bound = source
+	}
 	if err := p.targets.put(rec); err != nil {
 		return err
 	}
@@ -548,11 +634,7 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 		}
 		undo = append(undo, func() { _ = os.Remove(target) })
 	}
-	opts := mount.BindOptions{ReadOnly: a.ReadOnly}
-	if !a.Block {
-		opts = mount.BindOptions{ReadOnly: a.ReadOnly, NoSuid: true, NoDev: true}.WithFlags(a.MountFlags)
-	}
-	if err := p.mounter.Bind(source, target, opts); err != nil {
+	if err := p.mounter.Bind(source, target, publishOptions(a)); err != nil {
 		return err
 	}
 	undo = append(undo, func() {
@@ -590,7 +672,7 @@ func createTarget(target string, block bool) error {
 // Publish made there; another mount at target is refused untouched, and a
 // file or directory publish did not make is left where it is.
 func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
-	release, err := p.lock(id)
+	release, err := p.lock(id, target)
 	if err != nil {
 		return err
 	}
@@ -607,11 +689,19 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 		return err
 	}
 	block := v.Mode == pool.ModeBlock
-	if err := p.unmountOwn(ctx, pl, id, att, attached, "target", target, block); err != nil {
-		return err
-	}
 	rec, had, err := p.targets.get(target)
 	if err != nil {
+		return err
+	}
+	if had && rec.VolumeID == id && rec.Bound != "" {
+		// The volume's own block publish, even if its device was freed
+		// under it (a consumer can LOOP_CLR_FD its own device): the bind
+		// of that device node at this target is plinth's to undo.
+		if err := p.unmountBind(target, rec.Bound); err != nil {
+			return err
+		}
+	}
+	if err := p.unmountOwn(ctx, pl, id, att, attached, "target", target, block); err != nil {
 		return err
 	}
 	if had && rec.VolumeID == id {
@@ -662,6 +752,20 @@ func (p *Publisher) unmountOwn(ctx context.Context, pl pool.Pool, id string, att
 			}
 		}
 	}
+}
+
+// unmountBind unmounts the binds of device node dev stacked at target.
+func (p *Publisher) unmountBind(target, dev string) error {
+	for i := 0; i < 8; i++ {
+		m, ok, err := p.mounter.MountOf(target)
+		if err != nil || !ok || m.FSType != "devtmpfs" || m.Root != "/"+filepath.Base(dev) {
+			return err
+		}
+		if err := p.mounter.Unmount(target); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("unmount %s: still mounted after 8 unmounts", target)
 }
 
 // removeCreated removes target if publish made it ("dir" or "file") and it

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
@@ -23,6 +25,12 @@ type targetRecord struct {
 	// Device is a read-only device made for this target (a read-only
 	// publish of a block volume), released on unpublish.
 	Device string `json:"device,omitempty"`
+	// Bound is the device node a block publish bound at the target. Its
+	// number is handed to the consumer (a container's device node and
+	// device-cgroup rule are by major:minor), so it is never given to
+	// another volume while this record lives, even if the consumer frees
+	// the device itself (LOOP_CLR_FD).
+	Bound string `json:"bound,omitempty"`
 }
 
 // targetRecords keeps one record per published target in dir, written
@@ -119,4 +127,53 @@ func (s stagedRecords) drop(id string) error {
 		return nil
 	}
 	return pool.RemoveDurably(s.path(id))
+}
+
+// all returns every staged record (volume ID → staging path).
+func (s stagedRecords) all() (map[string]string, error) {
+	out := map[string]string{}
+	if s.dir == "" {
+		return out, nil
+	}
+	ids, err := pool.RecordIDs(s.dir)
+	if errors.Is(err, os.ErrNotExist) || err != nil && !dirExists(s.dir) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		var r stagedRecord
+		if err := pool.ReadRecord(s.path(id), &r); err == nil && r.Path != "" {
+			out[id] = r.Path
+		}
+	}
+	return out, nil
+}
+
+func dirExists(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && fi.IsDir()
+}
+
+// DeviceBound reports whether the device node dev (e.g. /dev/loop3) is
+// handed to a consumer on this node: named by a publish record under
+// stateDir, or bound somewhere (a devtmpfs bind of it in the mount table).
+// Such a number must not be given to another volume. It is what a loop
+// device allocator asks before it configures a free device.
+func DeviceBound(stateDir, dev string) bool {
+	name := filepath.Base(dev)
+	if stateDir != "" {
+		files, _ := filepath.Glob(filepath.Join(stateDir, "targets", "*.json"))
+		for _, f := range files {
+			var r targetRecord
+			if err := pool.ReadRecord(f, &r); err == nil && (filepath.Base(r.Bound) == name || filepath.Base(r.Device) == name) {
+				return true
+			}
+		}
+	}
+	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
+		return m.FSType != "devtmpfs" || m.Root != "/"+name, false
+	})
+	return err != nil || len(mounts) > 0 // unreadable: be safe
 }
