@@ -6,7 +6,7 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build run test reliability kubelet e2e chart generate verify-generated unit sanity bench lint deps clean
+.PHONY: all build run test reliability kubelet e2e conformance chart generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
@@ -52,6 +52,21 @@ CHART_OUT ?= /tmp/plinth-chart-renders
 e2e: chart
 	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && PLINTH_CLUSTER_BIN=$$bin PLINTH_CHART_RENDERS=$(CHART_OUT) \
 	  $(GO) test -count=1 -v -timeout 30m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+
+# Kubernetes' external storage suite (k8s.io/kubernetes/test/e2e/storage/external, built by
+# test/conformance/build.sh and cached by version) against plinth in the e2e cluster, with
+# test/conformance/driver.yaml: the [External Storage] specs that are neither [Disruptive] nor
+# [Serial], one at a time; prints each failure and the ginkgo summary. Root. Not part of make test.
+# CONFORMANCE_FOCUS narrows the selection (a ginkgo focus regexp); the suite gets
+# CONFORMANCE_TIMEOUT less two minutes and reports what ran when that is up.
+CONFORMANCE_FOCUS ?=
+CONFORMANCE_ARTIFACTS ?= /tmp/plinth-conformance-artifacts
+CONFORMANCE_TIMEOUT ?= 90m
+conformance:
+	bin=$$(./test/e2e/build-cluster.sh) && cbin=$$(./test/conformance/build.sh) && cd test/e2e && \
+	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CONFORMANCE_BIN=$$cbin PLINTH_CONFORMANCE_FOCUS='$(CONFORMANCE_FOCUS)' \
+	  PLINTH_E2E_ARTIFACTS=$(CONFORMANCE_ARTIFACTS) \
+	  $(GO) test -count=1 -v -timeout $(CONFORMANCE_TIMEOUT) -run '^TestConformance$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
 # helm lint and helm template of charts/plinth with each value set in
 # charts/plinth/ci, bad value sets refused by values.schema.json.

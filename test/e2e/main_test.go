@@ -304,6 +304,13 @@ func (e *env) buildImages(ctx context.Context, dir string) ([]string, error) {
 		{Ref: "plinth.example.com/e2e-app:dev", Entrypoint: []string{"/e2e-app"}, Files: []images.File{af}},
 		{Ref: "registry.k8s.io/pause:3.10", Entrypoint: []string{"/e2e-app", "pause"}, Files: []images.File{af}},
 	}
+	if bin := conformanceBin(); bin != "" {
+		more, err := conformanceImages(bin, appBin)
+		if err != nil {
+			return nil, err
+		}
+		specs = append(specs, more...)
+	}
 	var tars []string
 	for i, s := range specs {
 		p := filepath.Join(dir, fmt.Sprintf("image-%d.tar", i))

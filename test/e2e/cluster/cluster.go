@@ -1,9 +1,12 @@
 // Package cluster starts a single-node Kubernetes cluster on loopback from
 // binaries built by test/e2e/build-cluster.sh: etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, containerd (Debian's, with a
-// runc wrapper, see runc-wrapper.sh) and the kubelet. Stop undoes what it
-// and the kubelet changed on the host: processes (by PID), mounts,
-// sysctls, iptables rules, the CNI bridge.
+// runc wrapper, see runc-wrapper.sh) and the kubelet. The node's address is
+// NodeIP on a bridge of its own (the kubelet refuses a loopback node IP, and
+// the API server reaches the kubelet there for exec, logs and port-forward,
+// with a client certificate). Stop undoes what it and the kubelet changed on
+// the host: processes (by PID), mounts, sysctls, iptables rules, the CNI
+// bridge and the node's bridge.
 package cluster
 
 import (
@@ -29,6 +32,14 @@ import (
 
 // KubeletDir is fixed: plinth's manifests mount /var/lib/kubelet.
 const KubeletDir = "/var/lib/kubelet"
+
+// NodeIP is the node's address, on the bridge NodeLink that Start makes
+// (this VM has no dummy interfaces) and Stop removes. The kubelet serves
+// on it; the API server dials it for exec, logs and port-forward.
+const (
+	NodeIP   = "10.250.0.1"
+	NodeLink = "plinth-e2e-n"
+)
 
 // Options of a cluster.
 type Options struct {
@@ -79,11 +90,31 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
+	if err := c.addNodeLink(ctx); err != nil {
+		c.Stop()
+		return nil, err
+	}
 	if err := c.start(ctx); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	return c, nil
+}
+
+// addNodeLink makes the bridge that carries NodeIP (one an earlier run left
+// is replaced).
+func (c *Cluster) addNodeLink(ctx context.Context) error {
+	_ = exec.Command("ip", "link", "delete", NodeLink).Run()
+	for _, args := range [][]string{
+		{"link", "add", NodeLink, "type", "bridge"},
+		{"addr", "add", NodeIP + "/32", "dev", NodeLink},
+		{"link", "set", NodeLink, "up"},
+	} {
+		if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return nil
 }
 
 func (c *Cluster) path(parts ...string) string {
@@ -144,6 +175,8 @@ current-context: e2e
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=6443",
 		"--tls-cert-file="+filepath.Join(pki, "server.crt"), "--tls-private-key-file="+filepath.Join(pki, "server.key"),
 		"--client-ca-file="+filepath.Join(pki, "ca.crt"),
+		"--kubelet-client-certificate="+filepath.Join(pki, "kubelet-client.crt"), "--kubelet-client-key="+filepath.Join(pki, "kubelet-client.key"),
+		"--kubelet-preferred-address-types=InternalIP",
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file="+filepath.Join(pki, "sa.pub"), "--service-account-signing-key-file="+filepath.Join(pki, "sa.key"),
 		"--token-auth-file="+filepath.Join(pki, "tokens.csv"), "--authorization-mode=RBAC",
@@ -246,7 +279,7 @@ failSwapOn: false
 failCgroupV1: false
 cgroupDriver: cgroupfs
 containerRuntimeEndpoint: unix://%s
-address: 127.0.0.1
+address: %s
 healthzBindAddress: 127.0.0.1
 readOnlyPort: 0
 authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: %q}}
@@ -258,13 +291,13 @@ serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 5s
 volumeStatsAggPeriod: 5s
-`, c.Containerd, filepath.Join(c.path("pki"), "ca.crt"))
+`, c.Containerd, NodeIP, filepath.Join(c.path("pki"), "ca.crt"))
 	if err := os.WriteFile(c.path("kubelet", "config.yaml"), []byte(conf), 0o600); err != nil {
 		return err
 	}
 	c.Log("starting kubelet")
 	if err := c.run("kubelet", filepath.Join(c.Bin, "kubelet"), "--config="+c.path("kubelet", "config.yaml"),
-		"--kubeconfig="+c.Kubeconfig, "--hostname-override="+c.NodeName, "--node-ip=127.0.0.1",
+		"--kubeconfig="+c.Kubeconfig, "--hostname-override="+c.NodeName, "--node-ip="+NodeIP,
 		"--root-dir="+KubeletDir, "--v=2"); err != nil {
 		return err
 	}
@@ -324,6 +357,7 @@ func (c *Cluster) Stop() {
 	unmountUnder(KubeletDir)
 	unmountUnder(c.Dir)
 	_ = exec.Command("ip", "link", "delete", "plinth-e2e0").Run()
+	_ = exec.Command("ip", "link", "delete", NodeLink).Run()
 	for n, v := range c.sysctls {
 		_ = os.WriteFile("/proc/sys/"+n, []byte(v), 0o644)
 	}

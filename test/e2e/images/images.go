@@ -36,12 +36,14 @@ type File struct {
 	Mode    int64
 	Content []byte
 	Link    string // a symlink's target, when set
+	Dir     bool   // a directory (with Mode; parents are made 0755)
 }
 
 // Spec describes an image.
 type Spec struct {
 	Ref        string
 	Entrypoint []string
+	Cmd        []string
 	Files      []File
 	Labels     map[string]string
 	User       string
@@ -70,6 +72,7 @@ func Write(spec Spec, path string) error {
 	cfg = cfg.DeepCopy()
 	cfg.Architecture, cfg.OS = "amd64", "linux"
 	cfg.Config.Entrypoint = spec.Entrypoint
+	cfg.Config.Cmd = spec.Cmd
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cfg.Config.Labels = spec.Labels
 	cfg.Config.User = spec.User
@@ -109,6 +112,17 @@ func tarOf(files []File) ([]byte, error) {
 			return nil, err
 		}
 		h := &tar.Header{Name: strings.TrimPrefix(f.Path, "/"), Mode: f.Mode}
+		if f.Dir {
+			if dirs[f.Path] {
+				continue
+			}
+			dirs[f.Path] = true
+			h.Typeflag, h.Name = tar.TypeDir, h.Name+"/"
+			if err := tw.WriteHeader(h); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if f.Link != "" {
 			h.Typeflag, h.Linkname = tar.TypeSymlink, f.Link
 		} else {
@@ -192,6 +206,51 @@ func HostTools(names []string) ([]File, error) {
 				return nil, err
 			}
 			files = append(files, File{Path: alias, Link: rel})
+		}
+	}
+	return files, nil
+}
+
+// busyboxDD stands in for dd: Debian 12's busybox (1.35) has no oflag=nocache, which the storage
+// suite's block specs write with; conv=fsync also puts the data on the device before dd returns.
+const busyboxDD = `#!/bin/busybox sh
+n=0
+for a in "$@"; do
+	[ $n = 0 ] && set --
+	n=1
+	case $a in
+	oflag=nocache) set -- "$@" conv=fsync ;;
+	*) set -- "$@" "$a" ;;
+	esac
+done
+exec /bin/busybox dd "$@"
+`
+
+// Shell is a small userland for test images: this machine's static busybox
+// (Debian's busybox-static) at /bin/busybox with a link per applet in /bin,
+// /tmp, and the users root and nobody.
+func Shell() ([]File, error) {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return nil, fmt.Errorf("busybox (install busybox-static): %w", err)
+	}
+	out, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		return nil, fmt.Errorf("busybox --list: %w", err)
+	}
+	f, err := Binary(bb, "/bin/busybox")
+	if err != nil {
+		return nil, err
+	}
+	files := []File{f,
+		{Path: "/bin/dd", Mode: 0o755, Content: []byte(busyboxDD)},
+		{Path: "/tmp", Mode: 0o1777, Dir: true},
+		{Path: "/etc/passwd", Mode: 0o644, Content: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{Path: "/etc/group", Mode: 0o644, Content: []byte("root:x:0:\nnogroup:x:65534:\n")},
+	}
+	for _, a := range strings.Fields(string(out)) {
+		if a != "busybox" && a != "dd" {
+			files = append(files, File{Path: "/bin/" + a, Link: "busybox"})
 		}
 	}
 	return files, nil
