@@ -139,39 +139,24 @@ func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string
 
 // splitOptions turns mount options into mount(2) flags and the
 // filesystem's own options (passed as data, which the filesystem checks).
+// The per-mount flags are BindOptions' (one table for both kinds of mount).
 func splitOptions(options []string) (uintptr, string) {
-	var flags uintptr
+	var extra uintptr
 	var data []string
 	for _, o := range options {
 		switch o {
-		case "ro":
-			flags |= unix.MS_RDONLY
-		case "rw", "async", "defaults":
-		case "nosuid":
-			flags |= unix.MS_NOSUID
-		case "nodev":
-			flags |= unix.MS_NODEV
-		case "noexec":
-			flags |= unix.MS_NOEXEC
+		case "ro", "nosuid", "nodev", "noexec", "nodiratime", "noatime", "relatime", "strictatime", "rw", "async", "defaults":
 		case "sync":
-			flags |= unix.MS_SYNCHRONOUS
+			extra |= unix.MS_SYNCHRONOUS
 		case "dirsync":
-			flags |= unix.MS_DIRSYNC
-		case "noatime":
-			flags |= unix.MS_NOATIME
-		case "nodiratime":
-			flags |= unix.MS_NODIRATIME
-		case "relatime":
-			flags |= unix.MS_RELATIME
-		case "strictatime":
-			flags |= unix.MS_STRICTATIME
+			extra |= unix.MS_DIRSYNC
 		case "lazytime":
-			flags |= unix.MS_LAZYTIME
+			extra |= unix.MS_LAZYTIME
 		default:
 			data = append(data, o)
 		}
 	}
-	return flags, strings.Join(data, ",")
+	return BindOptions{}.WithFlags(options).flags() | extra, strings.Join(data, ",")
 }
 
 func (h *Host) Bind(source, target string, o BindOptions) error {

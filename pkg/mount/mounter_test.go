@@ -61,3 +61,11 @@ func TestSymlinkTargetsAreNotFollowed(t *testing.T) {
 		t.Error("a directory was bound onto a file")
 	}
 }
+
+func TestSplitOptions(t *testing.T) {
+	flags, data := splitOptions([]string{"nodev", "nosuid", "ro", "noatime", "sync", "discard", "rw", "errors=remount-ro"})
+	want := uintptr(unix.MS_NODEV | unix.MS_NOSUID | unix.MS_RDONLY | unix.MS_NOATIME | unix.MS_SYNCHRONOUS)
+	if flags != want || data != "discard,errors=remount-ro" {
+		t.Fatalf("splitOptions = %#x, %q; want %#x, %q", flags, data, want, "discard,errors=remount-ro")
+	}
+}
