@@ -4,6 +4,7 @@
 #   storage.test  Kubernetes' external storage suite (`go test -c` of this module)
 #   kubectl       the suite shells out to it (-kubectl-path)
 #   agnhost       the e2e-test-images/agnhost image's binary (static)
+#   ginkgo        the ginkgo CLI, which runs storage.test in parallel processes
 # Prints the directory that holds them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,4 +27,5 @@ build() { # name, package, go command...
 build storage.test . go test -c -trimpath -ldflags "$ldflags"
 build kubectl k8s.io/kubernetes/cmd/kubectl go build -trimpath -ldflags "$ldflags"
 build agnhost k8s.io/kubernetes/test/images/agnhost env CGO_ENABLED=0 go build -trimpath -ldflags "-s -w"
+build ginkgo github.com/onsi/ginkgo/v2/ginkgo go build -trimpath
 echo "$bin"

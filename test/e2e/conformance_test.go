@@ -3,15 +3,20 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/plinth-dev/plinth/test/e2e/images"
 )
@@ -21,13 +26,41 @@ import (
 // TestConformance skips.
 func conformanceBin() string { return os.Getenv("PLINTH_CONFORMANCE_BIN") }
 
-// conformanceSkips are the specs of the selection that cannot pass on this machine, each with
-// its reason. The selection itself leaves out [Disruptive] and [Serial] specs.
-var conformanceSkips = []struct{ re, why string }{
-	{`\[Disruptive\]`, "not in this selection (make conformance runs non-disruptive specs)"},
-	{`\[Serial\]`, "not in this selection (make conformance runs non-serial specs)"},
+// A selection of the suite: which specs (a skip list, each entry with its reason), against which
+// driver descriptions (test/conformance/*.yaml, one per pool type), with how many ginkgo processes.
+type selection struct {
+	skips   []skip
+	drivers []string
+	procs   int
+}
+
+type skip struct{ re, why string }
+
+// Specs that cannot pass on this machine whatever the selection, each with its reason.
+var machineSkips = []skip{
 	{`should not mount / map unused volumes in a pod`,
 		"its host-exec pod nsenters PID 1's mount namespace, which this VM forbids even to root (/proc/1/ns/*: EACCES)"},
+	{`\[Disruptive\]`,
+		"restarts or stops the kubelet over SSH with systemctl; the e2e node has neither (the e2e scenarios restart the kubelet themselves)"},
+}
+
+// selections: "quick" is what make test runs (bounded: no [Slow] or [Serial] specs, the pool
+// types whose code paths differ: image files on xfs and btrfs subvolumes); "full" is make
+// conformance (everything that can run here, on every pool type).
+var selections = map[string]selection{
+	"quick": {
+		skips: append([]skip{
+			{`\[Slow\]`, "not in make test's bounded selection (make conformance runs them)"},
+			{`\[Serial\]`, "not in make test's bounded selection (make conformance runs them)"},
+		}, machineSkips...),
+		drivers: []string{"driver.yaml", "driver-btrfs.yaml"},
+		procs:   4,
+	},
+	"full": {
+		skips:   machineSkips,
+		drivers: []string{"driver.yaml", "driver-btrfs.yaml", "driver-ext4.yaml"},
+		procs:   4,
+	},
 }
 
 // conformanceImages are the images the storage specs' pods run, under the names
@@ -60,53 +93,75 @@ func conformanceImages(bin, pause string) ([]images.Spec, error) {
 var ginkgoSummary = regexp.MustCompile(`^(Ran \d+ of \d+ Specs|(SUCCESS|FAIL)! -- \d+ Passed)`)
 
 // TestConformance runs Kubernetes' external storage suite (test/conformance) against the
-// plinth this cluster runs, with test/conformance/driver.yaml: every [External Storage] spec that
-// is neither [Disruptive] nor [Serial], one at a time. The whole output goes to
-// conformance.log in the artifacts; the ginkgo summary and each failure are printed.
+// plinth this cluster runs: the selection PLINTH_CONFORMANCE names ("quick" for make test,
+// "full" for make conformance), in parallel ginkgo processes. The whole output goes to
+// conformance.log in the artifacts; each failure, the skipped specs grouped by reason and the
+// ginkgo summary are printed. Afterwards no volume may be left behind.
 func TestConformance(t *testing.T) {
 	bin := conformanceBin()
 	if bin == "" || e == nil {
-		t.Skip("PLINTH_CONFORMANCE_BIN is not set (make conformance builds the suite and sets it)")
+		t.Skip("PLINTH_CONFORMANCE_BIN is not set (make test and make conformance build the suite and set it)")
+	}
+	name := os.Getenv("PLINTH_CONFORMANCE")
+	if name == "" {
+		name = "quick"
+	}
+	sel, ok := selections[name]
+	if !ok {
+		t.Fatalf("PLINTH_CONFORMANCE=%q: want quick or full", name)
+	}
+	if p, err := strconv.Atoi(os.Getenv("PLINTH_CONFORMANCE_PROCS")); err == nil && p > 0 {
+		sel.procs = p
 	}
 	budget := 60 * time.Minute
 	if d, ok := t.Deadline(); ok {
-		budget = time.Until(d) - 2*time.Minute
+		budget = time.Until(d) - 5*time.Minute
 	}
 	var skips []string
-	for _, s := range conformanceSkips {
+	for _, s := range sel.skips {
 		skips = append(skips, s.re)
-		t.Logf("skipped: %s: %s", s.re, s.why)
+		logf("conformance: skipped by selection %q: %s: %s", name, s.re, s.why)
 	}
-	report := filepath.Join(e.c.Dir, "conformance")
+	report := filepath.Join(e.c.Dir, "logs", "conformance-report") // copied to the artifacts with the logs
 	if err := os.MkdirAll(report, 0o755); err != nil {
 		t.Fatal(err)
-	}
-	args := []string{
-		"-kubeconfig=" + e.c.Kubeconfig,
-		"-kubectl-path=" + filepath.Join(bin, "kubectl"),
-		"-repo-root=" + e.repo,
-		"-storage.testdriver=" + filepath.Join(e.repo, "test/conformance/driver.yaml"),
-		"-report-dir=" + report,
-		"-ginkgo.skip=" + strings.Join(skips, "|"),
-		"-ginkgo.timeout=" + budget.String(),
-		"-ginkgo.no-color",
-		"-ginkgo.v",
 	}
 	focus := "External.Storage"
 	if f := os.Getenv("PLINTH_CONFORMANCE_FOCUS"); f != "" {
 		focus = f // a narrower selection, e.g. 'volumeExpand'
 	}
-	args = append(args, "-ginkgo.focus="+focus)
+	// The ginkgo CLI runs the compiled suite in sel.procs processes ([Serial] specs alone at
+	// the end); what follows "--" goes to each process.
+	args := []string{
+		"--procs=" + strconv.Itoa(sel.procs),
+		"--focus=" + focus,
+		"--skip=" + strings.Join(skips, "|"),
+		"--timeout=" + budget.String(),
+		"--json-report=report.json",
+		"--output-dir=" + report,
+		"--no-color",
+		"-v",
+		filepath.Join(bin, "storage.test"),
+		"--",
+		"-kubeconfig=" + e.c.Kubeconfig,
+		"-kubectl-path=" + filepath.Join(bin, "kubectl"),
+		"-repo-root=" + e.repo,
+		"-report-dir=" + report,
+	}
+	for _, d := range sel.drivers {
+		args = append(args, "-storage.testdriver="+filepath.Join(e.repo, "test/conformance", d))
+	}
 	logPath := filepath.Join(e.c.Dir, "logs", "conformance.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), budget+time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), budget+2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "storage.test"), args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "ginkgo"), args...)
 	cmd.Dir = filepath.Join(e.repo, "test/conformance")
+	cmd.WaitDelay = time.Minute
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	start := time.Now()
@@ -116,8 +171,7 @@ func TestConformance(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait(); pw.Close() }()
-	var summary, failures []string
-	inFailures := false
+	var summary []string
 	sc := bufio.NewScanner(pr)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -126,24 +180,131 @@ func TestConformance(t *testing.T) {
 		switch {
 		case ginkgoSummary.MatchString(l):
 			summary = append(summary, l)
-		case strings.HasPrefix(l, "Summarizing "):
-			inFailures = true
-		case inFailures && strings.Contains(l, "[FAIL]"):
-			failures = append(failures, strings.TrimSpace(l))
 		case strings.HasPrefix(l, "• [FAILED]") || strings.HasPrefix(l, "• [PANICKED]") || strings.HasPrefix(l, "• [TIMEDOUT]"):
 			logf("conformance: %s", l)
 		}
 	}
 	err = <-done
-	// The output holds the full log; copy it where the artifacts go.
-	logf("conformance: finished in %s; full output in %s (and the artifacts' cluster/conformance.log)", time.Since(start).Round(time.Second), logPath)
-	for _, f := range failures {
-		logf("conformance failure: %s", f)
+	logf("conformance: selection %q, %d processes, finished in %s; full output in %s (and the artifacts' cluster/conformance.log)",
+		name, sel.procs, time.Since(start).Round(time.Second), logPath)
+	res, rerr := readGinkgoReport(filepath.Join(report, "report.json"))
+	if rerr != nil {
+		t.Errorf("ginkgo report: %v", rerr)
+	} else {
+		res.log()
 	}
 	for _, s := range summary {
 		logf("conformance summary: %s", s)
 	}
 	if err != nil {
-		t.Fatalf("external storage suite: %v (%d failures)", err, len(failures))
+		t.Errorf("external storage suite: %v", err)
+	}
+	if rerr == nil && len(res.failed) > 0 {
+		t.Errorf("external storage suite: %d specs failed", len(res.failed))
+	}
+	// Every spec deletes what it made; nothing of it may stay behind.
+	if err := waitNoVolumes(t, 3*time.Minute); err != nil {
+		t.Error(err)
+	}
+}
+
+// ginkgoResult is what one run of the suite did, from ginkgo's JSON report.
+type ginkgoResult struct {
+	passed, failed []string
+	skipped        map[string][]string // reason (driver names taken out) -> specs
+	runTime        time.Duration
+}
+
+// readGinkgoReport reads the parts of ginkgo's JSON report (github.com/onsi/ginkgo/v2/types.Report)
+// this test prints.
+func readGinkgoReport(path string) (*ginkgoResult, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var suites []struct {
+		RunTime     time.Duration
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			LeafNodeType            string
+			State                   string
+			Failure                 struct{ Message string }
+		}
+	}
+	if err := json.Unmarshal(b, &suites); err != nil {
+		return nil, err
+	}
+	r := &ginkgoResult{skipped: map[string][]string{}}
+	// The drivers' names (driver*.yaml) out of the reasons, so one reason groups across pool types.
+	driver := regexp.MustCompile(`"?(plinth\.example\.com|plinth-[a-z0-9]+)"?`)
+	for _, s := range suites {
+		r.runTime += s.RunTime
+		for _, sp := range s.SpecReports {
+			if sp.LeafNodeType != "It" {
+				continue // suite setup and teardown nodes
+			}
+			name := strings.Join(append(sp.ContainerHierarchyTexts, sp.LeafNodeText), " ")
+			switch sp.State {
+			case "passed":
+				r.passed = append(r.passed, name)
+			case "skipped":
+				why := strings.TrimSpace(driver.ReplaceAllString(sp.Failure.Message, "plinth"))
+				if why == "" {
+					why = "left out by the selection's skip list"
+				}
+				r.skipped[why] = append(r.skipped[why], name)
+			case "pending":
+				r.skipped["pending"] = append(r.skipped["pending"], name)
+			default: // failed, panicked, timedout, interrupted, aborted
+				r.failed = append(r.failed, sp.State+": "+name)
+			}
+		}
+	}
+	return r, nil
+}
+
+func (r *ginkgoResult) log() {
+	n := 0
+	for _, v := range r.skipped {
+		n += len(v)
+	}
+	reasons := make([]string, 0, len(r.skipped))
+	for why := range r.skipped {
+		reasons = append(reasons, why)
+	}
+	sort.Slice(reasons, func(i, j int) bool { return len(r.skipped[reasons[i]]) > len(r.skipped[reasons[j]]) })
+	for _, why := range reasons {
+		logf("conformance skipped %3d: %s", len(r.skipped[why]), why)
+	}
+	for _, f := range r.failed {
+		logf("conformance FAILED: %s", f)
+	}
+	logf("conformance result: %d passed, %d failed, %d skipped (suite time %s)",
+		len(r.passed), len(r.failed), n, r.runTime.Round(time.Second))
+}
+
+// waitNoVolumes waits until no PersistentVolume and no PlinthVolume is left.
+func waitNoVolumes(t *testing.T, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var pvs, vols int
+	for {
+		pl, err := e.client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
+		if err == nil {
+			pvs = len(pl.Items)
+		}
+		vl, err2 := e.plinth.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
+		if err2 == nil {
+			vols = len(vl.Items)
+		}
+		if err == nil && err2 == nil && pvs == 0 && vols == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("after the suite, %d PersistentVolumes and %d PlinthVolumes are left after %s", pvs, vols, d)
+		case <-time.After(2 * time.Second):
+		}
 	}
 }
