@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Builds etcd and the Kubernetes control plane and kubelet the end-to-end suite runs, from the Go
 # module proxy, into a cache keyed by version. A second call with the same versions does nothing.
+# Also builds the CSI snapshot controller and copies its v1 CRDs (VolumeSnapshot and its
+# content and class) into snapshotter-VERSION below that directory, at the version
+# test/e2e/snapshot-controller pins, and points the link snapshotter there (a new snapshotter
+# version keeps the Kubernetes binaries; the cluster package looks only at the link).
 # Prints the directory that holds the binaries.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -26,4 +30,35 @@ if ((missing)); then
 	for b in "${want[@]}"; do mv "$tmp/$b" "$bin/$b"; done
 	rmdir "$tmp"
 fi
+
+snapmod=github.com/kubernetes-csi/external-snapshotter
+snapdir=$here/snapshot-controller
+snap=$(cd "$snapdir" && go list -m -f '{{.Version}}' "$snapmod/v8")
+sbin=$bin/snapshotter-$snap
+mkdir -p "$sbin/snapshot-crds"
+if [[ ! -x $sbin/snapshot-controller ]]; then
+	echo "building snapshot-controller $snap" >&2
+	(cd "$snapdir" && go build -trimpath -ldflags "-X main.version=$snap" \
+		-o "$sbin/snapshot-controller.tmp" "$snapmod/v8/cmd/snapshot-controller") >&2
+	mv "$sbin/snapshot-controller.tmp" "$sbin/snapshot-controller"
+fi
+crds=(volumesnapshots volumesnapshotcontents volumesnapshotclasses)
+nocrd=0
+for c in "${crds[@]}"; do [[ -f $sbin/snapshot-crds/snapshot.storage.k8s.io_$c.yaml ]] || nocrd=1; done
+if ((nocrd)); then
+	# The CRDs of the client module the controller is built with (its go.mod pins it).
+	client=$(cd "$snapdir" && go list -m -f '{{.Version}}' "$snapmod/client/v8")
+	src=$(cd "$snapdir" && go mod download -json "$snapmod/client/v8@$client" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	if [[ ! -d $src/config/crd ]]; then
+		echo "no config/crd in $snapmod/client/v8@$client (${src:-not downloaded})" >&2
+		exit 1
+	fi
+	for c in "${crds[@]}"; do
+		install -m 0644 "$src/config/crd/snapshot.storage.k8s.io_$c.yaml" "$sbin/snapshot-crds/"
+	done
+fi
+# Replaced by a rename, so that a run reading it never sees it missing.
+ln -sfn "snapshotter-$snap" "$bin/snapshotter.tmp"
+mv -Tf "$bin/snapshotter.tmp" "$bin/snapshotter"
 echo "$bin"

@@ -128,6 +128,18 @@ func setUp(ctx context.Context, bin string) (*env, error) {
 		return e, err
 	}
 	logf("cluster up (%s)", time.Since(start).Round(time.Millisecond))
+	// VolumeSnapshots work in the cluster as in one with the snapshot
+	// add-on: its CRDs, then the controller (it exits when they are missing).
+	crds, err := e.c.SnapshotCRDs()
+	if err != nil {
+		return e, err
+	}
+	if err := apply(ctx, e.cfg, crds); err != nil {
+		return e, fmt.Errorf("snapshot CRDs: %w", err)
+	}
+	if err := e.c.StartSnapshotController(); err != nil {
+		return e, err
+	}
 	for _, t := range tars {
 		if err := e.c.ImportImage(ctx, t); err != nil {
 			return e, err

@@ -1,7 +1,8 @@
 // Package cluster starts a single-node Kubernetes cluster on loopback from
 // binaries built by test/e2e/build-cluster.sh: etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, containerd (Debian's, with a
-// runc wrapper, see runc-wrapper.sh) and the kubelet. The node's address is
+// runc wrapper, see runc-wrapper.sh) and the kubelet; and, once the caller
+// has applied its CRDs, the CSI snapshot controller. The node's address is
 // NodeIP on a bridge of its own (the kubelet refuses a loopback node IP, and
 // the API server reaches the kubelet there for exec, logs and port-forward,
 // with a client certificate). Stop undoes what it and the kubelet changed on
@@ -43,7 +44,7 @@ const (
 
 // Options of a cluster.
 type Options struct {
-	Bin      string // etcd and the Kubernetes binaries
+	Bin      string // etcd and the Kubernetes binaries, the snapshotter link
 	Dir      string // everything the cluster writes (short: socket paths)
 	NodeName string
 	// RuncWrapper is the script containerd runs as runc.
@@ -304,6 +305,45 @@ volumeStatsAggPeriod: 5s
 	return c.WaitNodeReady(ctx, 2*time.Minute)
 }
 
+// snapshotCRDs are the v1 CRDs the snapshot controller serves, as
+// build-cluster.sh names them.
+var snapshotCRDs = []string{"volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"}
+
+// snapshotter is a path in the directory build-cluster.sh puts the CSI
+// snapshot controller and its CRDs in, through the link that names the
+// version test/e2e/snapshot-controller pins.
+func (c *Cluster) snapshotter(parts ...string) string {
+	return filepath.Join(append([]string{c.Bin, "snapshotter"}, parts...)...)
+}
+
+// SnapshotCRDs returns the CRDs of VolumeSnapshot, VolumeSnapshotContent
+// and VolumeSnapshotClass as one YAML stream. The cluster package applies
+// no manifests: the caller applies these before StartSnapshotController.
+func (c *Cluster) SnapshotCRDs() ([]byte, error) {
+	var out []byte
+	for _, n := range snapshotCRDs {
+		b, err := os.ReadFile(c.snapshotter("snapshot-crds", "snapshot.storage.k8s.io_"+n+".yaml"))
+		if err != nil {
+			return nil, fmt.Errorf("snapshot CRDs (run test/e2e/build-cluster.sh): %w", err)
+		}
+		out = append(append(out, "\n---\n"...), b...)
+	}
+	return out, nil
+}
+
+// StartSnapshotController starts the CSI snapshot controller, which binds
+// VolumeSnapshots to VolumeSnapshotContents (a driver's csi-snapshotter
+// sidecar cuts the snapshots). It exits when the CRDs of SnapshotCRDs are
+// not served within 30 seconds: apply them first. Stop stops it.
+func (c *Cluster) StartSnapshotController() error {
+	c.Log("starting snapshot-controller")
+	// Volume group snapshots are on by default and their CRDs are not
+	// applied: with the gate on it would wait 30 seconds for them before
+	// it starts working.
+	return c.run("snapshot-controller", c.snapshotter("snapshot-controller"), "--kubeconfig="+c.Kubeconfig,
+		"--leader-election=false", "--feature-gates=CSIVolumeGroupSnapshot=false")
+}
+
 // StopKubelet stops the kubelet (SIGTERM, then SIGKILL) and waits for it.
 func (c *Cluster) StopKubelet() { c.stop("kubelet") }
 
@@ -349,7 +389,7 @@ func (c *Cluster) stop(name string) {
 func (c *Cluster) Stop() {
 	c.stop("kubelet")
 	c.killContainers()
-	for _, n := range []string{"containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
+	for _, n := range []string{"containerd", "snapshot-controller", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 		c.stop(n)
 	}
 	// Pod mounts (and the kubelet's bind mount of its root) and the
