@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,6 +31,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/provision"
+	"github.com/plinth-dev/plinth/pkg/snapshot"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
@@ -144,13 +146,17 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	if err != nil {
 		return err
 	}
+	snaps, err := snapclient.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
 	parts := map[string]func(context.Context) error{}
 	var m *metrics.Metrics
 	if c.MetricsAddress != "" {
 		m = metrics.New()
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
-	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth) }
+	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth, snaps) }
 	if !c.LeaderElect {
 		parts["controller"] = lead
 	} else {
@@ -216,7 +222,7 @@ func leaseSuffix(driver string) string {
 	return string(out)
 }
 
-func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface) error {
+func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface, snaps snapclient.Interface) error {
 	factory := informers.NewSharedInformerFactory(core, 10*time.Minute)
 	pfactory := externalversions.NewSharedInformerFactory(plinth, 10*time.Minute)
 	nodes := factory.Core().V1().Nodes()
@@ -240,7 +246,10 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	pvs := factory.Core().V1().PersistentVolumes()
 	classes := factory.Storage().V1().StorageClasses()
 	_ = nodes.Informer()
-	prov := &provision.Provisioner{Driver: c.DriverName, TopologyKey: c.TopologyKey, Controller: vc, Events: events}
+	prov := &provision.Provisioner{
+		Driver: c.DriverName, TopologyKey: c.TopologyKey, Controller: vc, Events: events,
+		Sources: &provision.Sources{Core: core, Snapshots: snaps, Driver: c.DriverName},
+	}
 	pc := controller.NewProvisionController(ctx, core, c.DriverName, prov,
 		controller.LeaderElection(false), // plinth's own election covers every loop
 		controller.ClaimsInformer(claims),
@@ -262,16 +271,24 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		TopologyKey: c.TopologyKey, Namespace: c.Namespace, Interval: c.CapacityInterval,
 	}
 	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events}
+	// VolumeSnapshotContents go through the same CSI controller service as
+	// the socket below serves (pkg/snapshot).
+	csiController := csi.NewControllerServer(vc, c.TopologyKey)
+	snapshots := &snapshot.Runner{
+		Core: core, Snapshots: snaps, Snapshotter: &snapshot.Snapshotter{Driver: c.DriverName, CSI: csiController},
+		Workers: c.Threads, Timeout: c.NodeWait + 10*time.Second,
+	}
 	parts := map[string]func(context.Context) error{
 		"provisioner": func(ctx context.Context) error { pc.Run(ctx); return nil },
 		"capacity":    capacity.Run,
 		"resizer":     resizer.Run,
+		"snapshots":   snapshots.Run,
 	}
 	if c.CSIEndpoint != "" {
 		sock, _ := csi.ParseEndpoint(c.CSIEndpoint) // checked by Validate
 		svcs := csi.Services{
 			Identity:   csi.NewIdentityServer(c.DriverName, c.Version, true, func(context.Context) error { return nil }),
-			Controller: csi.NewControllerServer(vc, c.TopologyKey).WithoutSnapshots(),
+			Controller: csiController,
 		}
 		parts["CSI"] = func(ctx context.Context) error { return csi.Serve(ctx, sock, svcs, 10*time.Second) }
 	}

@@ -357,13 +357,23 @@ func poolSamples(local *node.Local) func(context.Context) ([]metrics.PoolSample,
 		if err != nil {
 			return nil, err
 		}
+		snaps, err := local.Snapshots(ctx)
+		if err != nil {
+			return nil, err
+		}
 		var out []metrics.PoolSample
 		for _, pi := range infos {
 			s := metrics.PoolSample{Name: pi.Name, Backend: pi.Backend, TotalBytes: pi.Stats.TotalBytes, FreeBytes: pi.Stats.FreeBytes,
-				AllocatableBytes: pi.Stats.AllocatableBytes(), ProvisionedBytes: pi.Stats.ProvisionedBytes, Volumes: map[string]int{}}
+				AllocatableBytes: pi.Stats.AllocatableBytes(), ProvisionedBytes: pi.Stats.ProvisionedBytes,
+				Volumes: map[string]int{}, Snapshots: map[string]int{}}
 			for _, v := range vols {
 				if v.Pool == pi.Name {
 					s.Volumes[string(v.State)]++
+				}
+			}
+			for _, sn := range snaps {
+				if sn.Pool == pi.Name {
+					s.Snapshots[string(sn.State)]++
 				}
 			}
 			out = append(out, s)

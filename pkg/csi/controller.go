@@ -19,7 +19,6 @@ type ControllerServer struct {
 	csi.UnimplementedControllerServer
 	ctrl        *volume.Controller
 	topologyKey string
-	noSnapshots bool
 }
 
 var _ csi.ControllerServer = (*ControllerServer)(nil)
@@ -28,31 +27,6 @@ var _ csi.ControllerServer = (*ControllerServer)(nil)
 // topology is reported under topologyKey (the node ID is its value).
 func NewControllerServer(ctrl *volume.Controller, topologyKey string) *ControllerServer {
 	return &ControllerServer{ctrl: ctrl, topologyKey: topologyKey}
-}
-
-// WithoutSnapshots makes the service say it has no snapshots and no clones
-// (CREATE_DELETE_SNAPSHOT, LIST_SNAPSHOTS, GET_SNAPSHOT, CLONE_VOLUME) and
-// refuse them: plinth controller in a cluster, until volume objects carry
-// snapshots.
-func (s *ControllerServer) WithoutSnapshots() *ControllerServer {
-	s.noSnapshots = true
-	return s
-}
-
-func snapshotCap(t csi.ControllerServiceCapability_RPC_Type) bool {
-	switch t {
-	case csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT, csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
-		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT, csi.ControllerServiceCapability_RPC_CLONE_VOLUME:
-		return true
-	}
-	return false
-}
-
-func (s *ControllerServer) refuseSnapshots() error {
-	if s.noSnapshots {
-		return status.Error(codes.Unimplemented, "snapshots and clones are not served by plinth controller in a cluster yet")
-	}
-	return nil
 }
 
 func (s *ControllerServer) ControllerGetCapabilities(ctx context.Context, _ *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
@@ -71,9 +45,6 @@ func (s *ControllerServer) ControllerGetCapabilities(ctx context.Context, _ *csi
 		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	} {
-		if s.noSnapshots && snapshotCap(t) {
-			continue
-		}
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
@@ -130,9 +101,6 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		Block: mode == pool.ModeBlock, FsType: fsType, Parameters: req.GetParameters(),
 	}
 	if cs := req.GetVolumeContentSource(); cs != nil {
-		if err := s.refuseSnapshots(); err != nil {
-			return nil, err
-		}
 		ask.Source = &pool.Source{SnapshotID: cs.GetSnapshot().GetSnapshotId(), VolumeID: cs.GetVolume().GetVolumeId()}
 		if cs.GetSnapshot() == nil && cs.GetVolume() == nil {
 			return nil, invalid("volume content source has neither a snapshot nor a volume")
@@ -369,9 +337,6 @@ func (s *ControllerServer) csiSnapshot(p volume.PlacedSnapshot) *csi.Snapshot {
 }
 
 func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
-	if err := s.refuseSnapshots(); err != nil {
-		return nil, err
-	}
 	if err := validateName("snapshot", req.GetName()); err != nil {
 		return nil, err
 	}
@@ -404,9 +369,6 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 }
 
 func (s *ControllerServer) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
-	if err := s.refuseSnapshots(); err != nil {
-		return nil, err
-	}
 	if err := validateID("snapshot ID", req.GetSnapshotId()); err != nil {
 		return nil, err
 	}
@@ -418,9 +380,6 @@ func (s *ControllerServer) GetSnapshot(ctx context.Context, req *csi.GetSnapshot
 }
 
 func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
-	if err := s.refuseSnapshots(); err != nil {
-		return nil, err
-	}
 	if err := validateID("snapshot ID", req.GetSnapshotId()); err != nil {
 		return nil, err
 	}
@@ -431,9 +390,6 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 }
 
 func (s *ControllerServer) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
-	if err := s.refuseSnapshots(); err != nil {
-		return nil, err
-	}
 	all, err := s.ctrl.ListSnapshots(ctx)
 	if err != nil {
 		return nil, toStatus(err)

@@ -66,6 +66,16 @@ type VolumeReport struct {
 	Phase         string   `json:"phase"`
 	Message       string   `json:"message,omitempty"`
 	Pods          []string `json:"pods"`
+	// Snapshots taken of the volume (they outlive it: a deleted volume's
+	// snapshots are not listed here, but stay as PlinthSnapshots).
+	Snapshots []SnapshotReport `json:"snapshots"`
+}
+
+// SnapshotReport is one snapshot of a volume.
+type SnapshotReport struct {
+	ID        string `json:"id"`
+	Phase     string `json:"phase"`
+	SizeBytes int64  `json:"sizeBytes"`
 }
 
 // Holder is a pod holding devices of a resource.
@@ -216,6 +226,21 @@ func (c *Client) Volumes(ctx context.Context) ([]VolumeReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	sl, err := c.Plinth.PlinthV1alpha1().PlinthSnapshots().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list plinthsnapshots: %w", err)
+	}
+	snaps := map[string][]SnapshotReport{} // volume ID → its snapshots
+	for _, sn := range sl.Items {
+		phase := string(sn.Status.Phase)
+		switch {
+		case sn.DeletionTimestamp != nil:
+			phase = string(v1alpha1.VolumeDeleting)
+		case phase == "":
+			phase = string(v1alpha1.VolumePending)
+		}
+		snaps[sn.Spec.SourceVolumeID] = append(snaps[sn.Spec.SourceVolumeID], SnapshotReport{ID: sn.Name, Phase: phase, SizeBytes: sn.Status.SizeBytes})
+	}
 	users := map[string][]string{} // namespace/claim → pods
 	for _, p := range pods {
 		for _, v := range p.Spec.Volumes {
@@ -239,7 +264,7 @@ func (c *Client) Volumes(ctx context.Context) ([]VolumeReport, error) {
 			phase = string(v1alpha1.VolumePending)
 		}
 		out = append(out, VolumeReport{ID: v.Name, Claim: v.Spec.Claim, Node: v.Spec.NodeName, Pool: v.Spec.Pool, Mode: v.Spec.Mode,
-			CapacityBytes: capacity, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim]})
+			CapacityBytes: capacity, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim], Snapshots: snaps[v.Name]})
 	}
 	return out, nil
 }

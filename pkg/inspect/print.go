@@ -48,13 +48,13 @@ func Print(w io.Writer, format string, v any) error {
 			}
 		}
 	case []VolumeReport:
-		fmt.Fprintln(tw, "VOLUME\tCLAIM\tNODE\tPOOL\tMODE\tCAPACITY\tPHASE\tPODS")
+		fmt.Fprintln(tw, "VOLUME\tCLAIM\tNODE\tPOOL\tMODE\tCAPACITY\tPHASE\tSNAPSHOTS\tPODS")
 		for _, r := range v {
 			pods := strings.Join(r.Pods, ",")
 			if pods == "" {
 				pods = "<none>"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Claim, r.Node, r.Pool, r.Mode, quantity(r.CapacityBytes), r.Phase, pods)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Claim, r.Node, r.Pool, r.Mode, quantity(r.CapacityBytes), r.Phase, len(r.Snapshots), pods)
 		}
 	case []DeviceReport:
 		fmt.Fprintln(tw, "NODE\tRESOURCE\tDEVICES\tUNHEALTHY\tFREE\tHELD BY")

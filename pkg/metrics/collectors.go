@@ -13,11 +13,12 @@ type PoolSample struct {
 	Name, Backend                                             string
 	TotalBytes, FreeBytes, AllocatableBytes, ProvisionedBytes int64
 	Volumes                                                   map[string]int // by state
+	Snapshots                                                 map[string]int // by state
 }
 
 type poolCollector struct {
-	sample                        func(context.Context) ([]PoolSample, error)
-	size, free, alloc, prov, vols *prometheus.Desc
+	sample                               func(context.Context) ([]PoolSample, error)
+	size, free, alloc, prov, vols, snaps *prometheus.Desc
 }
 
 // NewPoolCollector reads pools (statfs and records) at each scrape.
@@ -30,11 +31,12 @@ func NewPoolCollector(sample func(context.Context) ([]PoolSample, error)) promet
 		alloc:  prometheus.NewDesc("plinth_pool_allocatable_bytes", "Bytes a new volume may be given without over-committing.", l, nil),
 		prov:   prometheus.NewDesc("plinth_pool_provisioned_bytes", "Sum of the capacities of the pool's volumes.", l, nil),
 		vols:   prometheus.NewDesc("plinth_pool_volumes", "Volumes in the pool, by state.", append(l, "state"), nil),
+		snaps:  prometheus.NewDesc("plinth_pool_snapshots", "Snapshots in the pool, by state.", append(l, "state"), nil),
 	}
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.size, c.free, c.alloc, c.prov, c.vols} {
+	for _, d := range []*prometheus.Desc{c.size, c.free, c.alloc, c.prov, c.vols, c.snaps} {
 		ch <- d
 	}
 }
@@ -54,6 +56,9 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.prov, prometheus.GaugeValue, float64(s.ProvisionedBytes), s.Name, s.Backend)
 		for state, n := range s.Volumes {
 			ch <- prometheus.MustNewConstMetric(c.vols, prometheus.GaugeValue, float64(n), s.Name, s.Backend, state)
+		}
+		for state, n := range s.Snapshots {
+			ch <- prometheus.MustNewConstMetric(c.snaps, prometheus.GaugeValue, float64(n), s.Name, s.Backend, state)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -126,6 +127,13 @@ func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string
 		}
 	}
 	flags, data := splitOptions(options)
+	if fsType == "xfs" && !slices.Contains(strings.Split(data, ","), "nouuid") {
+		// A clone or restore is a copy of its source's blocks, UUID and
+		// all, and XFS refuses to mount a second filesystem whose UUID is
+		// mounted already. Each volume is a device of its own: the check
+		// guards nothing here.
+		data = strings.TrimPrefix(data+",nouuid", ",")
+	}
 	at, err := pin(target, unix.S_IFDIR)
 	if err != nil {
 		return err

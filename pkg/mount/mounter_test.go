@@ -1,7 +1,9 @@
 package mount
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -68,4 +70,46 @@ func TestSplitOptions(t *testing.T) {
 	if flags != want || data != "discard,errors=remount-ro" {
 		t.Fatalf("splitOptions = %#x, %q; want %#x, %q", flags, data, want, "discard,errors=remount-ro")
 	}
+}
+
+// A copy of a mounted xfs filesystem (what a clone or restore is: the same
+// UUID) mounts beside it.
+func TestXFSCopyMountsBesideItsSource(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices and mounts")
+	}
+	if _, err := exec.LookPath("mkfs.xfs"); err != nil {
+		t.Skip("no mkfs.xfs")
+	}
+	dir := t.TempDir()
+	h, loop := NewHost(Exec{}), NewLoop("/sys", "/dev")
+	ctx := context.Background()
+	src := filepath.Join(dir, "src.img")
+	if err := os.WriteFile(src, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(src, 300<<20); err != nil {
+		t.Fatal(err)
+	}
+	mountImage := func(img, name string) {
+		t.Helper()
+		dev, err := loop.Attach(img, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = loop.DetachDevice(img, dev) }) // after the unmount below
+		mnt := filepath.Join(dir, name)
+		if err := os.Mkdir(mnt, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.FormatAndMount(ctx, dev, mnt, "xfs", []string{"nodev", "nosuid"}); err != nil {
+			t.Fatalf("mount %s: %v", name, err)
+		}
+		t.Cleanup(func() { unix.Unmount(mnt, 0) })
+	}
+	mountImage(src, "src")
+	if err := exec.Command("cp", "--sparse=always", src, filepath.Join(dir, "copy.img")).Run(); err != nil {
+		t.Fatal(err)
+	}
+	mountImage(filepath.Join(dir, "copy.img"), "copy")
 }

@@ -35,12 +35,15 @@ var ErrInProgress = volume.ErrInProgress
 // run under a per-node lock; see remoteNode.reserveAndRecord). The objects
 // it hands out are the informers' own: read them, never change them.
 type Cluster struct {
-	client      typedv1alpha1.PlinthVolumeInterface // writes volume objects
-	volumes     cache.SharedIndexInformer
-	nodes       cache.SharedIndexInformer
-	volumeStore listers.PlinthVolumeLister
-	nodeStore   listers.PlinthNodeLister
-	nodeGone    func(name string) bool
+	client        typedv1alpha1.PlinthVolumeInterface   // writes volume objects
+	snapClient    typedv1alpha1.PlinthSnapshotInterface // writes snapshot objects
+	volumes       cache.SharedIndexInformer
+	snapshots     cache.SharedIndexInformer
+	nodes         cache.SharedIndexInformer
+	volumeStore   listers.PlinthVolumeLister
+	snapshotStore listers.PlinthSnapshotLister
+	nodeStore     listers.PlinthNodeLister
+	nodeGone      func(name string) bool
 	// Wait is how long a call waits for a node before answering
 	// ErrInProgress.
 	Wait time.Duration
@@ -61,22 +64,26 @@ type reservation struct {
 	bytes      int64
 }
 
-// NewCluster watches the volume and node objects through factory's
-// informers; nodeGone reports whether a Kubernetes Node has left the
-// cluster.
+// NewCluster watches the volume, snapshot and node objects through
+// factory's informers; nodeGone reports whether a Kubernetes Node has left
+// the cluster.
 func NewCluster(client versioned.Interface, factory externalversions.SharedInformerFactory, nodeGone func(string) bool) (*Cluster, error) {
 	volumes, nodes := factory.Plinth().V1alpha1().PlinthVolumes(), factory.Plinth().V1alpha1().PlinthNodes()
+	snapshots := factory.Plinth().V1alpha1().PlinthSnapshots()
 	c := &Cluster{
-		client:      client.PlinthV1alpha1().PlinthVolumes(),
-		volumes:     volumes.Informer(),
-		nodes:       nodes.Informer(),
-		volumeStore: volumes.Lister(),
-		nodeStore:   nodes.Lister(),
-		nodeGone:    nodeGone,
-		Wait:        30 * time.Second,
-		reserved:    map[string]reservation{},
-		nodeLocks:   map[string]*sync.Mutex{},
-		changed:     make(chan struct{}),
+		client:        client.PlinthV1alpha1().PlinthVolumes(),
+		snapClient:    client.PlinthV1alpha1().PlinthSnapshots(),
+		volumes:       volumes.Informer(),
+		snapshots:     snapshots.Informer(),
+		nodes:         nodes.Informer(),
+		volumeStore:   volumes.Lister(),
+		snapshotStore: snapshots.Lister(),
+		nodeStore:     nodes.Lister(),
+		nodeGone:      nodeGone,
+		Wait:          30 * time.Second,
+		reserved:      map[string]reservation{},
+		nodeLocks:     map[string]*sync.Mutex{},
+		changed:       make(chan struct{}),
 	}
 	// Volume objects by node label: finding a node's volumes (its
 	// reservations, whether it still holds any) reads only those.
@@ -94,7 +101,7 @@ func NewCluster(client versioned.Interface, factory externalversions.SharedInfor
 		UpdateFunc: func(any, any) { c.notify() },
 		DeleteFunc: func(any) { c.notify() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{c.volumes, c.nodes} {
+	for _, inf := range []cache.SharedIndexInformer{c.volumes, c.snapshots, c.nodes} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return nil, err
 		}
@@ -102,8 +109,10 @@ func NewCluster(client versioned.Interface, factory externalversions.SharedInfor
 	return c, nil
 }
 
-// HasSynced reports whether both caches are filled.
-func (c *Cluster) HasSynced() bool { return c.volumes.HasSynced() && c.nodes.HasSynced() }
+// HasSynced reports whether the caches are filled.
+func (c *Cluster) HasSynced() bool {
+	return c.volumes.HasSynced() && c.snapshots.HasSynced() && c.nodes.HasSynced()
+}
 
 // Changed returns a channel closed at the next change of any object.
 func (c *Cluster) Changed() <-chan struct{} {
@@ -332,19 +341,27 @@ func (c *Cluster) poolInfos(node string) ([]volume.PoolInfo, error) {
 // waitVolume waits until done says the volume object id is where the
 // caller wants it, or c.Wait passes (ErrInProgress).
 func (c *Cluster) waitVolume(ctx context.Context, id string, done func(v *v1alpha1.PlinthVolume, exists bool) (bool, error)) error {
+	return c.wait(ctx, "volume "+id, func() (bool, error) {
+		v, ok := c.Volume(id)
+		return done(v, ok)
+	})
+}
+
+// wait calls done at every change of the objects until it says finished or
+// c.Wait passes (ErrInProgress, for what).
+func (c *Cluster) wait(ctx context.Context, what string, done func() (bool, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, c.Wait)
 	defer cancel()
 	for {
 		ch := c.Changed()
-		v, ok := c.Volume(id)
-		if finished, err := done(v, ok); finished || err != nil {
+		if finished, err := done(); finished || err != nil {
 			return err
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("volume %s: %w", id, ErrInProgress)
+				return fmt.Errorf("%s: %w", what, ErrInProgress)
 			}
 			return ctx.Err()
 		}
@@ -354,8 +371,14 @@ func (c *Cluster) waitVolume(ctx context.Context, id string, done func(v *v1alph
 // errorOf turns a node's failure in a volume's status into an error of the
 // pool package's kinds.
 func errorOf(v *v1alpha1.PlinthVolume) error {
+	return nodeError(v.Spec.NodeName, v.Status.Reason, v.Status.Message)
+}
+
+// nodeError is a node's failure (a status's reason and message) as an error
+// of the pool package's kinds.
+func nodeError(node, reason, message string) error {
 	kind := errors.New("node error")
-	switch v.Status.Reason {
+	switch reason {
 	case v1alpha1.ReasonNoSpace:
 		kind = pool.ErrNoSpace
 	case v1alpha1.ReasonInvalid:
@@ -364,8 +387,10 @@ func errorOf(v *v1alpha1.PlinthVolume) error {
 		kind = pool.ErrUnsupported
 	case v1alpha1.ReasonInUse:
 		kind = pool.ErrInUse
+	case v1alpha1.ReasonNotFound:
+		kind = pool.ErrNotFound
 	}
-	return fmt.Errorf("%w: node %s: %s", kind, v.Spec.NodeName, v.Status.Message)
+	return fmt.Errorf("%w: node %s: %s", kind, node, message)
 }
 
 // createObject writes a new volume object; one that exists already (made by

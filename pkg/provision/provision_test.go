@@ -182,14 +182,14 @@ func TestRequestFromClaim(t *testing.T) {
 	sc := func(params map[string]string) *storagev1.StorageClass {
 		return &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: "plinth.example.com", Parameters: params}
 	}
-	req, err := p.request(controller.ProvisionOptions{StorageClass: sc(map[string]string{"pool": "fast", ParamFsType: "xfs"}), PVName: "pvc-1",
+	req, err := p.request(context.Background(), controller.ProvisionOptions{StorageClass: sc(map[string]string{"pool": "fast", ParamFsType: "xfs"}), PVName: "pvc-1",
 		PVC: claim(v1.ReadWriteOnce), SelectedNodeName: "n1"})
 	if err != nil || req.FsType != "xfs" || req.Params.Pool != "fast" || req.RequiredBytes != 1<<30 || len(req.Requisite) != 1 || req.Requisite[0] != "n1" || req.Owner != "ns/c" {
 		t.Fatalf("got %+v, %v", req, err)
 	}
 	bc := claim(v1.ReadWriteOncePod)
 	bc.Spec.VolumeMode = &block
-	if req, err := p.request(controller.ProvisionOptions{StorageClass: sc(map[string]string{ParamFsType: "ext4"}), PVName: "pvc-2", PVC: bc}); err != nil || req.Mode != pool.ModeBlock || req.FsType != "" {
+	if req, err := p.request(context.Background(), controller.ProvisionOptions{StorageClass: sc(map[string]string{ParamFsType: "ext4"}), PVName: "pvc-2", PVC: bc}); err != nil || req.Mode != pool.ModeBlock || req.FsType != "" {
 		t.Fatalf("block: %+v, %v", req, err)
 	}
 	bad := []struct {
@@ -204,13 +204,13 @@ func TestRequestFromClaim(t *testing.T) {
 			PVName: "x", PVC: claim(v1.ReadWriteOnce)}},
 	}
 	for _, b := range bad {
-		if _, err := p.request(b.opts); err == nil {
+		if _, err := p.request(context.Background(), b.opts); err == nil {
 			t.Errorf("%s: accepted", b.name)
 		}
 	}
 	ds := claim(v1.ReadWriteOnce)
 	ds.Spec.DataSource = &v1.TypedLocalObjectReference{Kind: "PersistentVolumeClaim", Name: "src"}
-	if _, err := p.request(controller.ProvisionOptions{StorageClass: sc(nil), PVName: "x", PVC: ds}); !errors.Is(err, pool.ErrUnsupported) {
+	if _, err := p.request(context.Background(), controller.ProvisionOptions{StorageClass: sc(nil), PVName: "x", PVC: ds}); !errors.Is(err, pool.ErrUnsupported) {
 		t.Errorf("data source: %v, want ErrUnsupported", err)
 	}
 }

@@ -29,6 +29,8 @@ type Provisioner struct {
 	TopologyKey string
 	Controller  *volume.Controller
 	Events      record.EventRecorder
+	// Sources resolves PVC data sources (restores, clones); nil refuses them.
+	Sources *Sources
 }
 
 var (
@@ -42,7 +44,7 @@ func (p *Provisioner) SupportsBlock(context.Context) bool { return true }
 // request reads a PVC and its class into a volume.Ask (what the CSI
 // sidecar would put in a CreateVolumeRequest) and leaves every rule to
 // volume.NewCreateRequest, the one CSI's CreateVolume goes through too.
-func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRequest, error) {
+func (p *Provisioner) request(ctx context.Context, opts controller.ProvisionOptions) (volume.CreateRequest, error) {
 	sc, pvc := opts.StorageClass, opts.PVC
 	ask := volume.Ask{
 		Name: opts.PVName, Parameters: map[string]string{}, Owner: pvc.Namespace + "/" + pvc.Name,
@@ -67,7 +69,14 @@ func (p *Provisioner) request(opts controller.ProvisionOptions) (volume.CreateRe
 		ask.LimitBytes = q.Value()
 	}
 	if pvc.Spec.DataSource != nil || pvc.Spec.DataSourceRef != nil {
-		return volume.CreateRequest{}, fmt.Errorf("%w: PVC data sources (clones, snapshots) are not served in a cluster yet", pool.ErrUnsupported)
+		if p.Sources == nil {
+			return volume.CreateRequest{}, fmt.Errorf("%w: PVC data sources (clones, snapshots)", pool.ErrUnsupported)
+		}
+		src, err := p.Sources.Resolve(ctx, pvc)
+		if err != nil {
+			return volume.CreateRequest{}, err
+		}
+		ask.Source = src
 	}
 	allowed, err := p.allowedNodes(sc.AllowedTopologies)
 	if err != nil {
@@ -118,7 +127,7 @@ func (p *Provisioner) allowedNodes(terms []v1.TopologySelectorTerm) (map[string]
 // Provision implements controller.Provisioner.
 func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
 	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("pvc", klog.KObj(opts.PVC), "pv", opts.PVName))
-	req, err := p.request(opts)
+	req, err := p.request(ctx, opts)
 	if err != nil {
 		return nil, controller.ProvisioningFinished, err
 	}

@@ -2,6 +2,7 @@ package provision
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,6 +47,9 @@ func toVolume(v *v1alpha1.PlinthVolume) pool.Volume {
 		ID: v.Name, Name: v.Spec.VolumeName, Pool: v.Spec.Pool, CapacityBytes: v.Spec.CapacityBytes,
 		Mode: poolMode(v.Spec.Mode), FsType: v.Spec.FsType, Thick: v.Spec.Thick, State: pool.StateCreating,
 		CreatedAt: v.CreationTimestamp.Time,
+	}
+	if src := v.Spec.Source; src != nil {
+		out.Source = &pool.Source{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID}
 	}
 	switch {
 	case v.DeletionTimestamp != nil || v.Status.Phase == v1alpha1.VolumeDeleting:
@@ -92,7 +96,8 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 	c := n.c
 	if v, ok := c.Volume(want.ID); ok || c.reservedFor(want.ID) {
 		if ok && (v.Spec.NodeName != n.name || v.Spec.Pool != poolName || v.Spec.CapacityBytes != want.CapacityBytes ||
-			v.Spec.Mode != objectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick) {
+			v.Spec.Mode != objectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick ||
+			!sameSource(v.Spec.Source, want.Source)) {
 			return fmt.Errorf("volume %s: %w", want.ID, pool.ErrExists)
 		}
 		return nil // a retry: wait for the one in flight
@@ -107,6 +112,9 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 			NodeName: n.name, Pool: poolName, VolumeName: want.Name, CapacityBytes: want.CapacityBytes,
 			Mode: objectMode(want.Mode), FsType: want.FsType, Thick: want.Thick, Claim: want.Parameters[volume.ParamOwner],
 		},
+	}
+	if src := want.Source; src != nil {
+		obj.Spec.Source = &v1alpha1.VolumeSource{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID}
 	}
 	if c.serialCreates { // the lock before issue 11, for the benchmark only: global, across the write
 		c.serialMu.Lock()
@@ -193,18 +201,13 @@ func (n *remoteNode) Volumes(context.Context) ([]pool.Volume, error) {
 	return out, nil
 }
 
-// Snapshots are not carried by volume objects yet: VolumeSnapshots need the
-// external-snapshotter's CRDs and a snapshot object kind of plinth's own.
-func (n *remoteNode) Snapshot(_ context.Context, id string) (pool.Snapshot, error) {
-	return pool.Snapshot{}, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
+// sameSource reports whether a volume object's source is the one asked for.
+func sameSource(have *v1alpha1.VolumeSource, want *pool.Source) bool {
+	if have == nil || want == nil {
+		return have == nil && want == nil
+	}
+	return have.SnapshotID == want.SnapshotID && have.VolumeID == want.VolumeID
 }
 
-func (n *remoteNode) CreateSnapshot(context.Context, pool.Snapshot) (pool.Snapshot, error) {
-	return pool.Snapshot{}, fmt.Errorf("%w: snapshots in a cluster", pool.ErrUnsupported)
-}
-
-func (n *remoteNode) DeleteSnapshot(_ context.Context, id string) error {
-	return fmt.Errorf("%w: snapshot %s: snapshots in a cluster", pool.ErrUnsupported, id)
-}
-
-func (n *remoteNode) Snapshots(context.Context) ([]pool.Snapshot, error) { return nil, nil }
+// isInProgress reports whether err is a wait that ran out (ErrInProgress).
+func isInProgress(err error) bool { return errors.Is(err, ErrInProgress) }

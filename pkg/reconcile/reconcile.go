@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -25,7 +27,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
-// Reconciler reconciles the volume objects of one node.
+// Reconciler reconciles the volume and snapshot objects of one node.
 type Reconciler struct {
 	NodeName string
 	Local    volume.Node
@@ -38,10 +40,16 @@ type Reconciler struct {
 	// Workers reconcile volumes in parallel (default 4).
 	Workers int
 
-	informer cache.SharedIndexInformer
-	volumes  listers.PlinthVolumeLister
-	queue    workqueue.TypedRateLimitingInterface[string]
+	informer  cache.SharedIndexInformer
+	snapInf   cache.SharedIndexInformer
+	volumes   listers.PlinthVolumeLister
+	snapshots listers.PlinthSnapshotLister
+	// queue holds volume IDs and, prefixed with snapshotKey, snapshot IDs.
+	queue workqueue.TypedRateLimitingInterface[string]
 }
+
+// snapshotKey prefixes a snapshot's ID in the queue.
+const snapshotKey = "snapshot/"
 
 // Status is what the reconciler needs of the node-status publisher.
 type Status interface {
@@ -75,22 +83,26 @@ func (r *Reconciler) Run(ctx context.Context) error {
 		}))
 	inf := factory.Plinth().V1alpha1().PlinthVolumes()
 	r.informer, r.volumes = inf.Informer(), inf.Lister()
+	sinf := factory.Plinth().V1alpha1().PlinthSnapshots()
+	r.snapInf, r.snapshots = sinf.Informer(), sinf.Lister()
 	r.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](200*time.Millisecond, time.Minute),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "plinth-node-volumes"})
 	defer r.queue.ShutDown()
-	enqueue := func(obj any) {
-		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
-			r.queue.Add(key)
+	for prefix, inf := range map[string]cache.SharedIndexInformer{"": r.informer, snapshotKey: r.snapInf} {
+		enqueue := func(obj any) {
+			if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+				r.queue.Add(prefix + key)
+			}
+		}
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
+		}); err != nil {
+			return err
 		}
 	}
-	if _, err := r.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
-	}); err != nil {
-		return err
-	}
 	factory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), r.informer.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), r.informer.HasSynced, r.snapInf.HasSynced) {
 		return nil
 	}
 	logger.Info("Reconciling volume objects", "node", r.NodeName)
@@ -110,8 +122,14 @@ func (r *Reconciler) next(ctx context.Context) bool {
 		return false
 	}
 	defer r.queue.Done(key)
-	if err := r.reconcile(ctx, key); err != nil {
-		klog.FromContext(ctx).V(2).Info("Volume not settled, retrying", "volumeID", key, "err", err)
+	var err error
+	if id, ok := strings.CutPrefix(key, snapshotKey); ok {
+		err = r.reconcileSnapshot(ctx, id)
+	} else {
+		err = r.reconcile(ctx, key)
+	}
+	if err != nil {
+		klog.FromContext(ctx).V(2).Info("Object not settled, retrying", "key", key, "err", err)
 		r.queue.AddRateLimited(key)
 		return true
 	}
@@ -173,6 +191,9 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	if v.Spec.Claim != "" {
 		want.Parameters = map[string]string{volume.ParamOwner: v.Spec.Claim}
 	}
+	if src := v.Spec.Source; src != nil {
+		want.Source = &pool.Source{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID}
+	}
 	made, err := r.Local.CreateVolume(ctx, v.Spec.Pool, want)
 	if err != nil {
 		if retryable(err) {
@@ -180,6 +201,9 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		}
 		v.Status.Phase = v1alpha1.VolumeFailed
 		v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
+		if v.Spec.Source != nil && errors.Is(err, pool.ErrNotFound) {
+			v.Status.Reason = v1alpha1.ReasonNotFound // the source, not the pool
+		}
 		v.Status.ObservedGeneration = v.Generation
 		r.event(v, v1.EventTypeWarning, "CreateFailed", err.Error())
 		logger.Info("Volume refused", "err", err)
@@ -214,11 +238,7 @@ func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume) error
 }
 
 func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume) error {
-	has := false
-	for _, f := range v.Finalizers {
-		has = has || f == v1alpha1.Finalizer
-	}
-	if !has {
+	if !hasFinalizer(v.ObjectMeta) {
 		return nil
 	}
 	err := r.Local.DeleteVolume(ctx, v.Name)
@@ -238,14 +258,7 @@ func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume) error
 	if err := r.Status.Publish(ctx, true); err != nil {
 		klog.FromContext(ctx).Error(err, "Publishing node status after a delete")
 	}
-	var fins []string
-	for _, f := range v.Finalizers {
-		if f != v1alpha1.Finalizer {
-			fins = append(fins, f)
-		}
-	}
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": fins, "resourceVersion": v.ResourceVersion}})
-	_, err = r.Plinth.PlinthV1alpha1().PlinthVolumes().Patch(ctx, v.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	_, err = r.Plinth.PlinthV1alpha1().PlinthVolumes().Patch(ctx, v.Name, types.MergePatchType, dropFinalizer(v.ObjectMeta), metav1.PatchOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
@@ -253,6 +266,24 @@ func (r *Reconciler) remove(ctx context.Context, v *v1alpha1.PlinthVolume) error
 		klog.FromContext(ctx).V(2).Info("Volume removed", "volumeID", v.Name)
 	}
 	return err
+}
+
+// dropFinalizer is the merge patch that takes plinth's finalizer off an
+// object, if it is still at the version read.
+func dropFinalizer(m metav1.ObjectMeta) []byte {
+	var fins []string
+	for _, f := range m.Finalizers {
+		if f != v1alpha1.Finalizer {
+			fins = append(fins, f)
+		}
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": fins, "resourceVersion": m.ResourceVersion}})
+	return patch
+}
+
+// hasFinalizer reports whether plinth's finalizer is on an object.
+func hasFinalizer(m metav1.ObjectMeta) bool {
+	return slices.Contains(m.Finalizers, v1alpha1.Finalizer)
 }
 
 func (r *Reconciler) writeStatus(ctx context.Context, v *v1alpha1.PlinthVolume) error {
@@ -268,14 +299,14 @@ func (r *Reconciler) writeStatus(ctx context.Context, v *v1alpha1.PlinthVolume) 
 // the recorder needs no scheme that knows plinth's kinds.
 func (r *Reconciler) event(v *v1alpha1.PlinthVolume, kind, reason, msg string) {
 	if r.Events != nil {
-		r.Events.Event(eventObject(v), kind, reason, msg)
+		r.Events.Event(eventObject(v1alpha1.VolumeKind, v.ObjectMeta), kind, reason, msg)
 	}
 }
 
-func eventObject(v *v1alpha1.PlinthVolume) *v1alpha1.PlinthVolume {
-	return &v1alpha1.PlinthVolume{
-		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: v1alpha1.VolumeKind},
-		ObjectMeta: metav1.ObjectMeta{Name: v.Name, UID: v.UID, ResourceVersion: v.ResourceVersion},
+func eventObject(kind string, m metav1.ObjectMeta) *metav1.PartialObjectMetadata {
+	return &metav1.PartialObjectMetadata{
+		TypeMeta:   metav1.TypeMeta{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: kind},
+		ObjectMeta: metav1.ObjectMeta{Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion},
 	}
 }
 

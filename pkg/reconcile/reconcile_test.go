@@ -8,6 +8,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -22,15 +23,17 @@ import (
 
 const mi = int64(1 << 20)
 
-func spec(capacity int64) v1alpha1.VolumeSpec {
-	return v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", VolumeName: "pvc-1", CapacityBytes: capacity, Mode: v1alpha1.ModeBlock, Claim: "ns/c"}
+// testNode is node n1 with a real file pool "fast" in a temporary directory,
+// its reconciler running over a fake API server holding objs.
+type testNode struct {
+	dir    string
+	local  *node.Local
+	plinth *plinthfake.Clientset
+	ctx    context.Context
 }
 
-// The node makes what a Pending object asks for (a real file pool in a
-// temporary directory), publishes the pool's new numbers, answers Ready;
-// refuses what does not fit with the reason; grows an expanded volume; and
-// removes the storage of a deleted one before dropping its finalizer.
-func TestReconcile(t *testing.T) {
+func startNode(t *testing.T, objs ...runtime.Object) testNode {
+	t.Helper()
 	dir := t.TempDir()
 	p, err := file.New(file.Config{Name: "fast", Dir: dir})
 	if err != nil {
@@ -40,19 +43,40 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	labels := map[string]string{v1alpha1.LabelNode: "n1"}
-	plinth := plinthfake.NewSimpleClientset(
-		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(8 * mi)},
-		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-huge", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(1 << 50)},
-	)
-	volumes := plinth.PlinthV1alpha1().PlinthVolumes()
+	plinth := plinthfake.NewSimpleClientset(objs...)
 	core := fake.NewSimpleClientset()
 	status := &nodestatus.Publisher{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Plinth: plinth, Core: core, Interval: time.Hour}
 	r := &Reconciler{NodeName: "n1", Local: local, Plinth: plinth, Core: core, Status: status}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	go func() { _ = r.Run(ctx) }()
+	return testNode{dir: dir, local: local, plinth: plinth, ctx: ctx}
+}
 
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func spec(capacity int64) v1alpha1.VolumeSpec {
+	return v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", VolumeName: "pvc-1", CapacityBytes: capacity, Mode: v1alpha1.ModeBlock, Claim: "ns/c"}
+}
+
+// The node makes what a Pending object asks for (a real file pool in a
+// temporary directory), publishes the pool's new numbers, answers Ready;
+// refuses what does not fit with the reason; grows an expanded volume; and
+// removes the storage of a deleted one before dropping its finalizer.
+func TestReconcile(t *testing.T) {
+	labels := map[string]string{v1alpha1.LabelNode: "n1"}
+	n := startNode(t,
+		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(8 * mi)},
+		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-huge", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(1 << 50)},
+	)
+	dir, local, plinth, ctx := n.dir, n.local, n.plinth, n.ctx
+	volumes := plinth.PlinthV1alpha1().PlinthVolumes()
 	get := func(name string) *v1alpha1.PlinthVolume {
 		v, err := volumes.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -60,12 +84,7 @@ func TestReconcile(t *testing.T) {
 		}
 		return v
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) { return cond(), nil }); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
+	waitFor := func(what string, cond func() bool) { t.Helper(); waitFor(t, what, cond) }
 	waitFor("pv-a Ready", func() bool { v := get("pv-a"); return v != nil && v.Status.Phase == v1alpha1.VolumeReady })
 	if v := get("pv-a"); v.Status.CapacityBytes != 8*mi {
 		t.Fatalf("pv-a status %+v", v.Status)
@@ -77,12 +96,12 @@ func TestReconcile(t *testing.T) {
 	if v := get("pv-huge"); v.Status.Reason != v1alpha1.ReasonNoSpace || v.Status.Message == "" {
 		t.Fatalf("pv-huge status %+v", v.Status)
 	}
-	n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
+	pn, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(n.Status.Pools) != 1 || n.Status.Pools[0].Volumes != 1 || n.Status.Pools[0].ProvisionedBytes != 8*mi {
-		t.Fatalf("PlinthNode status %+v", n.Status)
+	if len(pn.Status.Pools) != 1 || pn.Status.Pools[0].Volumes != 1 || pn.Status.Pools[0].ProvisionedBytes != 8*mi {
+		t.Fatalf("PlinthNode status %+v", pn.Status)
 	}
 
 	// Expand.
@@ -116,11 +135,91 @@ func TestReconcile(t *testing.T) {
 // to the recorder carries its kind and apiVersion itself.
 func TestEventObject(t *testing.T) {
 	v := &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", UID: "u1", ResourceVersion: "7"}}
-	ref, err := reference.GetReference(scheme.Scheme, eventObject(v))
+	ref, err := reference.GetReference(scheme.Scheme, eventObject(v1alpha1.VolumeKind, v.ObjectMeta))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ref.Kind != v1alpha1.VolumeKind || ref.APIVersion != "plinth.example.com/v1alpha1" || ref.Name != "pv-a" || ref.UID != "u1" {
 		t.Fatalf("reference %+v", ref)
+	}
+}
+
+// The node takes a Pending snapshot object's snapshot of its volume (a real
+// file pool), answers Ready with the size, time and mode; refuses one of a
+// volume it does not hold, or in a pool other than the volume's (and then
+// holds nothing of it once deleted); restores a volume from a snapshot; and
+// removes a deleted snapshot's storage before dropping its finalizer.
+func TestReconcileSnapshots(t *testing.T) {
+	labels := map[string]string{v1alpha1.LabelNode: "n1"}
+	fin := []string{v1alpha1.Finalizer}
+	snap := func(name, vol, poolName string) *v1alpha1.PlinthSnapshot {
+		return &v1alpha1.PlinthSnapshot{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Finalizers: fin},
+			Spec: v1alpha1.SnapshotSpec{NodeName: "n1", Pool: poolName, SourceVolumeID: vol, SnapshotName: name + "-name"}}
+	}
+	n := startNode(t, &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: fin}, Spec: spec(8 * mi)})
+	dir, local, plinth, ctx := n.dir, n.local, n.plinth, n.ctx
+	snaps := plinth.PlinthV1alpha1().PlinthSnapshots()
+	getSnap := func(name string) *v1alpha1.PlinthSnapshot {
+		s, err := snaps.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		return s
+	}
+	waitFor := func(what string, cond func() bool) { t.Helper(); waitFor(t, what, cond) }
+	waitFor("pv-a Ready", func() bool {
+		v, err := plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, "pv-a", metav1.GetOptions{})
+		return err == nil && v.Status.Phase == v1alpha1.VolumeReady
+	})
+	for _, s := range []*v1alpha1.PlinthSnapshot{snap("sn-1", "pv-a", "fast"), snap("sn-gone", "pv-nope", "fast"), snap("sn-elsewhere", "pv-a", "slow")} {
+		if _, err := snaps.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor("sn-1 Ready", func() bool { s := getSnap("sn-1"); return s != nil && s.Status.Phase == v1alpha1.VolumeReady })
+	if s := getSnap("sn-1"); s.Status.SizeBytes != 8*mi || s.Status.CreationTime == nil || s.Status.Mode != v1alpha1.ModeBlock {
+		t.Fatalf("sn-1 status %+v", s.Status)
+	}
+	waitFor("sn-gone Failed", func() bool { s := getSnap("sn-gone"); return s != nil && s.Status.Phase == v1alpha1.VolumeFailed })
+	if s := getSnap("sn-gone"); s.Status.Reason != v1alpha1.ReasonNotFound {
+		t.Fatalf("sn-gone status %+v", s.Status)
+	}
+	waitFor("sn-elsewhere Failed", func() bool { s := getSnap("sn-elsewhere"); return s != nil && s.Status.Phase == v1alpha1.VolumeFailed })
+	if s := getSnap("sn-elsewhere"); s.Status.Reason != v1alpha1.ReasonInvalid {
+		t.Fatalf("sn-elsewhere status %+v", s.Status)
+	}
+
+	// Restore from sn-1.
+	restore := spec(8 * mi)
+	restore.VolumeName = "pvc-2"
+	restore.Source = &v1alpha1.VolumeSource{SnapshotID: "sn-1"}
+	if _, err := plinth.PlinthV1alpha1().PlinthVolumes().Create(ctx, &v1alpha1.PlinthVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "pv-b", Labels: labels, Finalizers: fin}, Spec: restore}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("pv-b Ready", func() bool {
+		v, err := plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, "pv-b", metav1.GetOptions{})
+		return err == nil && v.Status.Phase == v1alpha1.VolumeReady
+	})
+	if v, err := local.Volume(ctx, "pv-b"); err != nil || v.Source == nil || v.Source.SnapshotID != "sn-1" {
+		t.Fatalf("pv-b on the node: %+v, %v", v, err)
+	}
+
+	// Delete the snapshots (the fake API server has no finalizer
+	// semantics: each arrives with its deletion timestamp set).
+	for _, name := range []string{"sn-1", "sn-elsewhere"} {
+		s := getSnap(name)
+		now := metav1.Now()
+		s.DeletionTimestamp = &now
+		if _, err := snaps.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(name+" finalizer dropped", func() bool { s := getSnap(name); return s == nil || len(s.Finalizers) == 0 })
+		if _, err := local.Snapshot(ctx, name); err == nil {
+			t.Fatalf("%s's storage is still there", name)
+		}
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "snapshots", "sn-*")); len(left) != 0 {
+		t.Fatalf("snapshot files left: %v", left)
 	}
 }

@@ -207,6 +207,15 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 		if req.Mode == pool.ModeFilesystem && req.FsType == "" {
 			req.FsType = src.fsType // the source's, not the pool's default
 		}
+		// A volume made from a source holds all of it: a smaller request
+		// is rounded up to the source's size, as any size is rounded up to
+		// what the pool makes, unless the limit forbids it.
+		if req.RequiredBytes < src.size {
+			if req.LimitBytes > 0 && req.LimitBytes < src.size {
+				return Placed{}, fmt.Errorf("%w: %s holds %d bytes, more than the limit of %d", pool.ErrOutOfRange, src.what, src.size, req.LimitBytes)
+			}
+			req.RequiredBytes = src.size
+		}
 		if !slices.Contains(nodes, src.node) {
 			return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology", pool.ErrNoSpace, src.node)
 		}
@@ -344,6 +353,9 @@ type origin struct {
 	// snapshot recorded before plinth kept modes, whose source is gone).
 	mode   pool.Mode
 	fsType string
+	// size is the snapshot's size or the volume's capacity: the least a
+	// volume made from it holds.
+	size int64
 }
 
 func (c *Controller) origin(ctx context.Context, src *pool.Source) (origin, error) {
@@ -352,7 +364,8 @@ func (c *Controller) origin(ctx context.Context, src *pool.Source) (origin, erro
 		if err != nil {
 			return origin{}, err
 		}
-		o := origin{what: "snapshot " + s.Snapshot.ID, node: s.Node, pool: s.Snapshot.Pool, mode: s.Snapshot.Mode, fsType: s.Snapshot.FsType}
+		o := origin{what: "snapshot " + s.Snapshot.ID, node: s.Node, pool: s.Snapshot.Pool, mode: s.Snapshot.Mode, fsType: s.Snapshot.FsType,
+			size: s.Snapshot.SizeBytes}
 		if o.mode == "" {
 			// The pool filled in what its source volume's record told
 			// (pool.OpenIndex); what is left is known only where the pool
@@ -373,7 +386,8 @@ func (c *Controller) origin(ctx context.Context, src *pool.Source) (origin, erro
 	if err != nil {
 		return origin{}, err
 	}
-	return origin{what: "volume " + v.Volume.ID, node: v.Node, pool: v.Volume.Pool, mode: v.Volume.Mode, fsType: v.Volume.FsType}, nil
+	return origin{what: "volume " + v.Volume.ID, node: v.Node, pool: v.Volume.Pool, mode: v.Volume.Mode, fsType: v.Volume.FsType,
+		size: v.Volume.CapacityBytes}, nil
 }
 
 // admits checks that req keeps the source's mode and filesystem. A snapshot

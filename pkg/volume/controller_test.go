@@ -240,3 +240,32 @@ func TestCreateVolumeAfterInterruptedDelete(t *testing.T) {
 		t.Errorf("volumes (-want +got):\n%s", d)
 	}
 }
+
+// A clone or restore asked smaller than its source gets the source's size
+// (the CSI spec lets a volume be larger than asked, within the limit); a
+// limit below the source's size is OUT_OF_RANGE and makes nothing.
+func TestCreateFromSourceRoundsUp(t *testing.T) {
+	ctx := context.Background()
+	c := newFileNode(t).controller(t)
+	if _, err := c.CreateVolume(ctx, volume.CreateRequest{Name: "src", RequiredBytes: 64 * mib, Mode: pool.ModeBlock}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := c.CreateSnapshot(ctx, "snap", volume.VolumeID("src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []*pool.Source{{SnapshotID: snap.Snapshot.ID}, {VolumeID: volume.VolumeID("src")}} {
+		name := "from-" + src.SnapshotID + src.VolumeID
+		got, err := c.CreateVolume(ctx, volume.CreateRequest{Name: name, RequiredBytes: 8 * mib, Mode: pool.ModeBlock, Source: src})
+		if err != nil || got.Volume.CapacityBytes != 64*mib {
+			t.Fatalf("from %+v asking 8 MiB: %+v, %v; want 64 MiB", src, got.Volume, err)
+		}
+		_, err = c.CreateVolume(ctx, volume.CreateRequest{Name: name + "-limited", RequiredBytes: 8 * mib, LimitBytes: 32 * mib, Mode: pool.ModeBlock, Source: src})
+		if !errors.Is(err, pool.ErrOutOfRange) {
+			t.Fatalf("from %+v with a 32 MiB limit: %v; want out of range", src, err)
+		}
+		if _, err := c.GetVolume(ctx, volume.VolumeID(name+"-limited")); !errors.Is(err, pool.ErrNotFound) {
+			t.Fatalf("the refused volume exists: %v", err)
+		}
+	}
+}

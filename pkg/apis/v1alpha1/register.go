@@ -14,8 +14,9 @@ const (
 
 // Kinds.
 const (
-	VolumeKind = "PlinthVolume"
-	NodeKind   = "PlinthNode"
+	VolumeKind   = "PlinthVolume"
+	SnapshotKind = "PlinthSnapshot"
+	NodeKind     = "PlinthNode"
 )
 
 // SchemeGroupVersion is the group and version of plinth's resources (the
@@ -24,8 +25,9 @@ var SchemeGroupVersion = schema.GroupVersion{Group: Group, Version: Version}
 
 // Resources, as the API server names them.
 var (
-	VolumeResource = SchemeGroupVersion.WithResource("plinthvolumes")
-	NodeResource   = SchemeGroupVersion.WithResource("plinthnodes")
+	VolumeResource   = SchemeGroupVersion.WithResource("plinthvolumes")
+	SnapshotResource = SchemeGroupVersion.WithResource("plinthsnapshots")
+	NodeResource     = SchemeGroupVersion.WithResource("plinthnodes")
 )
 
 // Resource returns the group-qualified resource for a plural name (the
@@ -35,7 +37,7 @@ func Resource(resource string) schema.GroupResource {
 }
 
 var (
-	// SchemeBuilder registers PlinthVolume, PlinthNode and their lists.
+	// SchemeBuilder registers PlinthVolume, PlinthSnapshot, PlinthNode and their lists.
 	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 	// AddToScheme adds plinth's kinds to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
@@ -44,6 +46,7 @@ var (
 func addKnownTypes(scheme *runtime.Scheme) error {
 	scheme.AddKnownTypes(SchemeGroupVersion,
 		&PlinthVolume{}, &PlinthVolumeList{},
+		&PlinthSnapshot{}, &PlinthSnapshotList{},
 		&PlinthNode{}, &PlinthNodeList{},
 	)
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)

@@ -39,6 +39,9 @@ const (
 	ReasonInUse       = "InUse"
 	ReasonError       = "Error"
 	ReasonNoPool      = "NoPool"
+	// ReasonNotFound: what the object names (a snapshot's source volume, a
+	// restore's snapshot) is not on the node.
+	ReasonNotFound = "NotFound"
 )
 
 // PlinthVolume is one node-local volume: the controller writes the spec,
@@ -94,6 +97,22 @@ type VolumeSpec struct {
 	// Claim is namespace/name of the PVC the volume was made for.
 	// +optional
 	Claim string `json:"claim,omitempty"`
+	// Source is what the volume is filled from when it is made: a snapshot
+	// or another volume of the same node and pool. Immutable.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="source is immutable"
+	Source *VolumeSource `json:"source,omitempty"`
+}
+
+// VolumeSource names what a new volume is filled from; exactly one is set.
+// +kubebuilder:validation:XValidation:rule="has(self.snapshotID) != has(self.volumeID)",message="exactly one of snapshotID and volumeID"
+type VolumeSource struct {
+	// SnapshotID is a PlinthSnapshot's name (restore).
+	// +optional
+	SnapshotID string `json:"snapshotID,omitempty"`
+	// VolumeID is a PlinthVolume's name (clone).
+	// +optional
+	VolumeID string `json:"volumeID,omitempty"`
 }
 
 // VolumeStatus is the node's answer.
@@ -120,6 +139,81 @@ type PlinthVolumeList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []PlinthVolume `json:"items"`
+}
+
+// PlinthSnapshot is one snapshot of a node-local volume: the controller
+// writes the spec (for a VolumeSnapshotContent of plinth's driver), the
+// source volume's node makes it in the volume's pool and writes the status.
+// Deleting the object removes the snapshot from the node (its finalizer).
+//
+// +genclient
+// +genclient:nonNamespaced
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=psnap;psnaps,categories=plinth
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
+// +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.pool`
+// +kubebuilder:printcolumn:name="Volume",type=string,JSONPath=`.spec.sourceVolumeID`
+// +kubebuilder:printcolumn:name="Size",type=integer,JSONPath=`.status.sizeBytes`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type PlinthSnapshot struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   SnapshotSpec   `json:"spec"`
+	Status SnapshotStatus `json:"status,omitempty"`
+}
+
+// SnapshotSpec is what the controller asks of the source volume's node. All
+// of it is immutable.
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="a snapshot's spec is immutable"
+type SnapshotSpec struct {
+	// NodeName is the node that holds the source volume and the snapshot.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	NodeName string `json:"nodeName"`
+	// Pool is the source volume's pool, which holds the snapshot too.
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`
+	Pool string `json:"pool"`
+	// SourceVolumeID is the PlinthVolume snapshotted.
+	// +kubebuilder:validation:MinLength=1
+	SourceVolumeID string `json:"sourceVolumeID"`
+	// SnapshotName is the name the snapshot was requested under (the CSI
+	// name); the object's own name is the snapshot ID derived from it.
+	// +kubebuilder:validation:MinLength=1
+	SnapshotName string `json:"snapshotName"`
+}
+
+// SnapshotStatus is the node's answer.
+type SnapshotStatus struct {
+	// Phase is Pending, Ready, Failed or Deleting, as for volumes.
+	// +optional
+	Phase VolumePhase `json:"phase,omitempty"`
+	// SizeBytes is the source volume's size when the snapshot was taken (the
+	// least a restored volume needs).
+	// +optional
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// CreationTime is when the node took the snapshot.
+	// +optional
+	CreationTime *metav1.Time `json:"creationTime,omitempty"`
+	// Mode and FsType are the source volume's, which a restore must match.
+	// +optional
+	Mode string `json:"mode,omitempty"`
+	// +optional
+	FsType string `json:"fsType,omitempty"`
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// PlinthSnapshotList is a list of PlinthSnapshot.
+// +kubebuilder:object:root=true
+type PlinthSnapshotList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PlinthSnapshot `json:"items"`
 }
 
 // PlinthNode is what one node says of its pools and devices; its name is the

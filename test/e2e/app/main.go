@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -23,7 +24,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: e2e-app pause|write|fs|block|devices ...")
+		fmt.Fprintln(os.Stderr, "usage: e2e-app pause|write|read|files|fs|block|devices ...")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -37,6 +38,19 @@ func main() {
 		b, err := os.ReadFile(os.Args[2])
 		must(err)
 		fmt.Printf("content=%s\n", b)
+	case "files":
+		// files DIR: each regular file's name and content, sorted by name.
+		entries, err := os.ReadDir(os.Args[2])
+		must(err)
+		var out []string
+		for _, e := range entries {
+			if e.Type().IsRegular() {
+				b, err := os.ReadFile(filepath.Join(os.Args[2], e.Name()))
+				must(err)
+				out = append(out, e.Name()+":"+string(b))
+			}
+		}
+		fmt.Printf("files=%s\n", strings.Join(out, ","))
 	case "fs":
 		go func() {
 			for {

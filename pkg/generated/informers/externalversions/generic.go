@@ -39,6 +39,8 @@ func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource
 	// Group=plinth.example.com, Version=v1alpha1
 	case v1alpha1.SchemeGroupVersion.WithResource("plinthnodes"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Plinth().V1alpha1().PlinthNodes().Informer()}, nil
+	case v1alpha1.SchemeGroupVersion.WithResource("plinthsnapshots"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Plinth().V1alpha1().PlinthSnapshots().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("plinthvolumes"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Plinth().V1alpha1().PlinthVolumes().Informer()}, nil
 

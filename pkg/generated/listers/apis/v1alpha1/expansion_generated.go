@@ -6,6 +6,10 @@ package v1alpha1
 // PlinthNodeLister.
 type PlinthNodeListerExpansion interface{}
 
+// PlinthSnapshotListerExpansion allows custom methods to be added to
+// PlinthSnapshotLister.
+type PlinthSnapshotListerExpansion interface{}
+
 // PlinthVolumeListerExpansion allows custom methods to be added to
 // PlinthVolumeLister.
 type PlinthVolumeListerExpansion interface{}

@@ -10,6 +10,8 @@ import (
 type Interface interface {
 	// PlinthNodes returns a PlinthNodeInformer.
 	PlinthNodes() TypedPlinthNodeInformer
+	// PlinthSnapshots returns a PlinthSnapshotInformer.
+	PlinthSnapshots() TypedPlinthSnapshotInformer
 	// PlinthVolumes returns a PlinthVolumeInformer.
 	PlinthVolumes() TypedPlinthVolumeInformer
 }
@@ -28,6 +30,11 @@ func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakList
 // PlinthNodes returns a TypedPlinthNodeInformer.
 func (v *version) PlinthNodes() TypedPlinthNodeInformer {
 	return &plinthNodeInformer{factory: v.factory, tweakListOptions: v.tweakListOptions}
+}
+
+// PlinthSnapshots returns a TypedPlinthSnapshotInformer.
+func (v *version) PlinthSnapshots() TypedPlinthSnapshotInformer {
+	return &plinthSnapshotInformer{factory: v.factory, tweakListOptions: v.tweakListOptions}
 }
 
 // PlinthVolumes returns a TypedPlinthVolumeInformer.

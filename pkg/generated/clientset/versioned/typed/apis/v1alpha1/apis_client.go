@@ -13,6 +13,7 @@ import (
 type PlinthV1alpha1Interface interface {
 	RESTClient() rest.Interface
 	PlinthNodesGetter
+	PlinthSnapshotsGetter
 	PlinthVolumesGetter
 }
 
@@ -23,6 +24,10 @@ type PlinthV1alpha1Client struct {
 
 func (c *PlinthV1alpha1Client) PlinthNodes() PlinthNodeInterface {
 	return newPlinthNodes(c)
+}
+
+func (c *PlinthV1alpha1Client) PlinthSnapshots() PlinthSnapshotInterface {
+	return newPlinthSnapshots(c)
 }
 
 func (c *PlinthV1alpha1Client) PlinthVolumes() PlinthVolumeInterface {

@@ -4,4 +4,6 @@ package v1alpha1
 
 type PlinthNodeExpansion interface{}
 
+type PlinthSnapshotExpansion interface{}
+
 type PlinthVolumeExpansion interface{}

@@ -16,6 +16,10 @@ func (c *FakePlinthV1alpha1) PlinthNodes() v1alpha1.PlinthNodeInterface {
 	return newFakePlinthNodes(c)
 }
 
+func (c *FakePlinthV1alpha1) PlinthSnapshots() v1alpha1.PlinthSnapshotInterface {
+	return newFakePlinthSnapshots(c)
+}
+
 func (c *FakePlinthV1alpha1) PlinthVolumes() v1alpha1.PlinthVolumeInterface {
 	return newFakePlinthVolumes(c)
 }
