@@ -50,11 +50,11 @@ kubelet:
 # version). Root. About 6 minutes more on a cold cache, 10 more for the suite.
 # The suite also dry-runs every render of the Helm chart against the real API
 # server and compares the chart's default render with deploy/base.
-CHART_OUT ?= /tmp/plinth-chart-renders
+CHART_OUT ?= $(CURDIR)/_out/chart-renders
 e2e: chart
 	bin=$$(./test/e2e/build-cluster.sh) && cbin=$$(./test/conformance/build.sh) && cd test/e2e && \
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CONFORMANCE_BIN=$$cbin PLINTH_CONFORMANCE=quick PLINTH_CHART_RENDERS=$(CHART_OUT) \
-	  $(GO) test -count=1 -v -timeout 60m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+	  $(GO) test -trimpath -count=1 -v -timeout 60m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
 # Kubernetes' external storage suite (k8s.io/kubernetes/test/e2e/storage/external, built by
 # test/conformance/build.sh and cached by version) against plinth in the e2e cluster, with
@@ -74,7 +74,7 @@ conformance:
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CONFORMANCE_BIN=$$cbin PLINTH_CONFORMANCE_FOCUS='$(CONFORMANCE_FOCUS)' \
 	  PLINTH_CONFORMANCE=$(CONFORMANCE_SELECTION) PLINTH_CONFORMANCE_PROCS=$(CONFORMANCE_PROCS) \
 	  PLINTH_E2E_ARTIFACTS=$(CONFORMANCE_ARTIFACTS) \
-	  $(GO) test -count=1 -v -timeout $(CONFORMANCE_TIMEOUT) -run '^TestConformance$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+	  $(GO) test -trimpath -count=1 -v -timeout $(CONFORMANCE_TIMEOUT) -run '^TestConformance$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
 # helm lint and helm template of charts/plinth with each value set in
 # charts/plinth/ci, bad value sets refused by values.schema.json.
