@@ -64,9 +64,9 @@ var selections = map[string]selection{
 }
 
 // conformanceImages are the images the storage specs' pods run, under the names
-// k8s.io/kubernetes/test/utils/image/manifest.go gives them (all pulled IfNotPresent): busybox
-// and nginx as a busybox userland (the specs give them commands), agnhost with that userland,
-// and the pause image.
+// k8s.io/kubernetes/test/utils/image/manifest.go gives them (all pulled IfNotPresent): busybox,
+// nginx and glibc-dns-testing as a busybox userland (the specs give them commands), agnhost with
+// that userland, and the pause image.
 func conformanceImages(bin, pause string) ([]images.Spec, error) {
 	shell, err := images.Shell()
 	if err != nil {
@@ -84,6 +84,8 @@ func conformanceImages(bin, pause string) ([]images.Spec, error) {
 	return []images.Spec{
 		{Ref: "registry.k8s.io/e2e-test-images/busybox:1.37.0-2", Cmd: sh, Files: shell},
 		{Ref: "registry.k8s.io/e2e-test-images/nginx:1.27.0-2", Cmd: sh, Files: shell},
+		// The multiVolume specs' pods (concurrent access, clones, restores) run shell commands in it.
+		{Ref: "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1", Cmd: sh, Files: shell},
 		{Ref: "registry.k8s.io/e2e-test-images/agnhost:2.66.1", Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
 			Files: append(append([]images.File{}, shell...), agnhost)},
 		{Ref: "registry.k8s.io/pause:3.10.2", Entrypoint: []string{"/e2e-app", "pause"}, Files: []images.File{p}},

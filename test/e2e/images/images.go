@@ -228,7 +228,10 @@ exec /bin/busybox dd "$@"
 
 // Shell is a small userland for test images: this machine's static busybox
 // (Debian's busybox-static) at /bin/busybox with a link per applet in /bin,
-// /tmp, and the users root and nobody.
+// Debian's dash as /bin/sh (with the libraries it loads), /tmp, and the users
+// root and nobody. The shell is not busybox's: busybox's shell runs its own
+// applets before anything in PATH, so `sh -c "... | dd oflag=nocache"` (the
+// storage suite's block writes) would never reach the dd stand-in.
 func Shell() ([]File, error) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
@@ -249,9 +252,28 @@ func Shell() ([]File, error) {
 		{Path: "/etc/group", Mode: 0o644, Content: []byte("root:x:0:\nnogroup:x:65534:\n")},
 	}
 	for _, a := range strings.Fields(string(out)) {
-		if a != "busybox" && a != "dd" {
+		if a != "busybox" && a != "dd" && a != "sh" {
 			files = append(files, File{Path: "/bin/" + a, Link: "busybox"})
 		}
 	}
-	return files, nil
+	dash, err := HostTools([]string{"dash"})
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range dash {
+		// dash and its libraries under /usr, and the /lib, /lib64 links its
+		// loader path goes through; /bin stays the busybox directory.
+		if f.Path == "/lib" || f.Path == "/lib64" || strings.HasPrefix(f.Path, "/usr/") {
+			files = append(files, f)
+		}
+	}
+	p, err := exec.LookPath("dash")
+	if err != nil {
+		return nil, err
+	}
+	real, err := filepath.EvalSymlinks(p)
+	if err != nil {
+		return nil, err
+	}
+	return append(files, File{Path: "/bin/sh", Link: ".." + real}), nil
 }

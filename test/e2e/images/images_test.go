@@ -36,11 +36,13 @@ func TestShell(t *testing.T) {
 		got[h.Name] = h
 	}
 	for name, want := range map[string]func(*tar.Header) bool{
-		"bin/busybox": func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg && h.Mode == 0o755 },
-		"bin/sh":      func(h *tar.Header) bool { return h.Typeflag == tar.TypeSymlink && h.Linkname == "busybox" },
-		"bin/dd":      func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg },
-		"tmp/":        func(h *tar.Header) bool { return h.Typeflag == tar.TypeDir && h.Mode == 0o1777 },
-		"etc/passwd":  func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg },
+		"bin/busybox":  func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg && h.Mode == 0o755 },
+		"bin/sh":       func(h *tar.Header) bool { return h.Typeflag == tar.TypeSymlink && h.Linkname == "../usr/bin/dash" },
+		"usr/bin/dash": func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg && h.Mode == 0o755 },
+		"lib64":        func(h *tar.Header) bool { return h.Typeflag == tar.TypeSymlink },
+		"bin/dd":       func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg },
+		"tmp/":         func(h *tar.Header) bool { return h.Typeflag == tar.TypeDir && h.Mode == 0o1777 },
+		"etc/passwd":   func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg },
 	} {
 		if h, ok := got[name]; !ok || !want(h) {
 			t.Errorf("%s: got %+v", name, h)
@@ -67,5 +69,59 @@ func TestBusyboxDD(t *testing.T) {
 	}
 	if b, err := os.ReadFile(out); err != nil || string(b) != "hello" {
 		t.Fatalf("got %q, %v", b, err)
+	}
+}
+
+// The shell image's own sh runs a pipeline into dd with oflag=nocache, as the
+// storage suite's block specs do (`sh -c "... | dd of=DEV oflag=nocache ..."`):
+// the layer unpacked into a directory and run there with chroot.
+func TestShellPipelineReachesDDStandIn(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: chroot")
+	}
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("busybox-static is not installed")
+	}
+	files, err := Shell()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := tarOf(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	tr := tar.NewReader(bytes.NewReader(layer))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(root, h.Name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, os.FileMode(h.Mode))
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, p)
+		case tar.TypeReg:
+			var b []byte
+			if b, err = io.ReadAll(tr); err == nil {
+				err = os.WriteFile(p, b, os.FileMode(h.Mode))
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command("chroot", root, "/bin/sh", "-c",
+		"echo hello | dd of=/tmp/out oflag=nocache bs=6 count=1 && cat /tmp/out").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hello") {
+		t.Fatalf("sh -c with dd oflag=nocache in the image: %v\n%s", err, out)
 	}
 }
