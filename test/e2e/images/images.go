@@ -228,10 +228,11 @@ exec /bin/busybox dd "$@"
 
 // Shell is a small userland for test images: this machine's static busybox
 // (Debian's busybox-static) at /bin/busybox with a link per applet in /bin,
-// Debian's dash as /bin/sh (with the libraries it loads), /tmp, and the users
+// Debian's bash as /bin/sh (with the libraries it loads), /tmp, and the users
 // root and nobody. The shell is not busybox's: busybox's shell runs its own
 // applets before anything in PATH, so `sh -c "... | dd oflag=nocache"` (the
-// storage suite's block writes) would never reach the dd stand-in.
+// storage suite's block writes) would never reach the dd stand-in. Nor dash:
+// the suite's scripts use `let`.
 func Shell() ([]File, error) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
@@ -256,18 +257,18 @@ func Shell() ([]File, error) {
 			files = append(files, File{Path: "/bin/" + a, Link: "busybox"})
 		}
 	}
-	dash, err := HostTools([]string{"dash"})
+	shell, err := HostTools([]string{"bash"})
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range dash {
-		// dash and its libraries under /usr, and the /lib, /lib64 links its
+	for _, f := range shell {
+		// bash and its libraries under /usr, and the /lib, /lib64 links its
 		// loader path goes through; /bin stays the busybox directory.
 		if f.Path == "/lib" || f.Path == "/lib64" || strings.HasPrefix(f.Path, "/usr/") {
 			files = append(files, f)
 		}
 	}
-	p, err := exec.LookPath("dash")
+	p, err := exec.LookPath("bash")
 	if err != nil {
 		return nil, err
 	}

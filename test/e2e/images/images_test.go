@@ -37,8 +37,8 @@ func TestShell(t *testing.T) {
 	}
 	for name, want := range map[string]func(*tar.Header) bool{
 		"bin/busybox":  func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg && h.Mode == 0o755 },
-		"bin/sh":       func(h *tar.Header) bool { return h.Typeflag == tar.TypeSymlink && h.Linkname == "../usr/bin/dash" },
-		"usr/bin/dash": func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg && h.Mode == 0o755 },
+		"bin/sh":       func(h *tar.Header) bool { return h.Typeflag == tar.TypeSymlink && h.Linkname == "../usr/bin/bash" },
+		"usr/bin/bash": func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg && h.Mode == 0o755 },
 		"lib64":        func(h *tar.Header) bool { return h.Typeflag == tar.TypeSymlink },
 		"bin/dd":       func(h *tar.Header) bool { return h.Typeflag == tar.TypeReg },
 		"tmp/":         func(h *tar.Header) bool { return h.Typeflag == tar.TypeDir && h.Mode == 0o1777 },
@@ -73,7 +73,8 @@ func TestBusyboxDD(t *testing.T) {
 }
 
 // The shell image's own sh runs a pipeline into dd with oflag=nocache, as the
-// storage suite's block specs do (`sh -c "... | dd of=DEV oflag=nocache ..."`):
+// storage suite's block specs do (`sh -c "... | dd of=DEV oflag=nocache ..."`),
+// and `let`, as its volumeIO specs do:
 // the layer unpacked into a directory and run there with chroot.
 func TestShellPipelineReachesDDStandIn(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -120,8 +121,8 @@ func TestShellPipelineReachesDDStandIn(t *testing.T) {
 		}
 	}
 	out, err := exec.Command("chroot", root, "/bin/sh", "-c",
-		"echo hello | dd of=/tmp/out oflag=nocache bs=6 count=1 && cat /tmp/out").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "hello") {
+		"echo hello | dd of=/tmp/out oflag=nocache bs=6 count=1 && cat /tmp/out && i=0 && let i+=1 && echo i=$i").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hello") || !strings.Contains(string(out), "i=1") {
 		t.Fatalf("sh -c with dd oflag=nocache in the image: %v\n%s", err, out)
 	}
 }
