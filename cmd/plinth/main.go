@@ -40,13 +40,13 @@ func main() {
 		fmt.Println(version)
 	case "standalone":
 		cfg := app.StandaloneConfig{Version: version}
-		command("standalone", app.StandaloneConfigKind, cfg.Flags, nil, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
+		command("standalone", app.StandaloneConfigKind, cfg.Flags, func(in app.Inline) { cfg.DiskConfigData = in.Disks }, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
 	case "controller":
 		cfg := app.ControllerConfig{Version: version}
 		command("controller", app.ControllerConfigKind, cfg.Flags, nil, cfg.Validate, func(ctx context.Context) error { return app.RunController(ctx, cfg) })
 	case "node":
 		cfg := app.NodeConfig{Version: version}
-		command("node", app.NodeConfigKind, cfg.Flags, func(dc []byte) { cfg.DeviceConfigData = dc }, cfg.Validate,
+		command("node", app.NodeConfigKind, cfg.Flags, func(in app.Inline) { cfg.DeviceConfigData, cfg.DiskConfigData = in.DeviceConfig, in.Disks }, cfg.Validate,
 			func(ctx context.Context) error { return app.RunNode(ctx, cfg) })
 	default:
 		fmt.Fprintf(os.Stderr, "plinth: unknown command %q\n\n%s", os.Args[1], usage)
@@ -58,24 +58,24 @@ func main() {
 // its --config file (kind; the command line overrides it; deviceConfig, when
 // set, hears an inline DeviceConfig), validates them (exit 2 naming what is
 // wrong) and runs it until a signal.
-func command(name, kind string, flags func(*flag.FlagSet), deviceConfig func([]byte), validate func() error, run func(context.Context) error) {
+func command(name, kind string, flags func(*flag.FlagSet), inline func(app.Inline), validate func() error, run func(context.Context) error) {
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
 	logs := logFlags(fs)
 	flags(fs)
 	configFile := fs.String("config", "", "configuration file (apiVersion "+app.ConfigAPIVersion+", kind "+kind+"); flags given on the command line override it")
 	_ = fs.Parse(os.Args[2:])
 	if *configFile != "" {
-		dc, err := app.ApplyConfigFile(fs, *configFile, kind)
+		in, err := app.ApplyConfigFile(fs, *configFile, kind)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "plinth %s: %v\n", name, err)
 			os.Exit(2)
 		}
-		if dc != nil {
-			if deviceConfig == nil {
-				fmt.Fprintf(os.Stderr, "plinth %s: config file %s: field \"deviceConfig\": unknown field\n", name, *configFile)
-				os.Exit(2)
-			}
-			deviceConfig(dc)
+		if in.DeviceConfig != nil && kind != app.NodeConfigKind {
+			fmt.Fprintf(os.Stderr, "plinth %s: config file %s: field \"deviceConfig\": unknown field\n", name, *configFile)
+			os.Exit(2)
+		}
+		if inline != nil {
+			inline(in)
 		}
 	}
 	if err := errors.Join(logsapi.ValidateAndApply(logs, nil), validate()); err != nil {

@@ -28,10 +28,23 @@ const (
 // it names that the command line did not set: the command line overrides
 // the file, the file overrides the defaults. Keys are the flags' names in
 // camelCase (pool → pools, allowed-path → allowedPaths for the repeatable
-// ones); pools are objects {name, backend, dir, fsType, mountPoint}; a NodeConfiguration
-// may hold its DeviceConfig inline under "deviceConfig" (returned, as YAML).
-// Errors name the file and the field.
-func ApplyConfigFile(fs *flag.FlagSet, path, kind string) (deviceConfig []byte, err error) {
+// ones); pools are objects {name, backend, dir, fsType, mountPoint}. A
+// configuration may hold sections inline (returned as YAML, unless the
+// command line gave their file): "deviceConfig" (a DeviceConfig) and
+// "disks" (disk rules). Errors name the file and the field.
+func ApplyConfigFile(fs *flag.FlagSet, path, kind string) (Inline, error) {
+	var in Inline
+	deviceConfig, err := applyConfigFile(fs, path, kind, &in)
+	in.DeviceConfig = deviceConfig
+	return in, err
+}
+
+// Inline are the sections a configuration file may hold inline.
+type Inline struct {
+	DeviceConfig, Disks []byte
+}
+
+func applyConfigFile(fs *flag.FlagSet, path, kind string, in *Inline) (deviceConfig []byte, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config file: %w", err)
@@ -62,6 +75,18 @@ func ApplyConfigFile(fs *flag.FlagSet, path, kind string) (deviceConfig []byte, 
 	for _, key := range keys {
 		raw := doc[key]
 		if key == "apiVersion" || key == "kind" {
+			continue
+		}
+		if key == "disks" {
+			if fs.Lookup("disk-config") == nil {
+				return nil, fail(key, "unknown field")
+			}
+			if setOnCommandLine["disk-config"] {
+				continue
+			}
+			if in.Disks, err = yaml.JSONToYAML(raw); err != nil {
+				return nil, fail(key, "%v", err)
+			}
 			continue
 		}
 		if key == "deviceConfig" {

@@ -42,11 +42,11 @@ deviceConfig:
 	if err := fs.Parse([]string{"--root=/cmdline/root"}); err != nil {
 		t.Fatal(err)
 	}
-	dc, err := ApplyConfigFile(fs, path, NodeConfigKind)
+	in, err := ApplyConfigFile(fs, path, NodeConfigKind)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.DeviceConfigData = dc
+	cfg.DeviceConfigData = in.DeviceConfig
 	if cfg.KubeletDir != "/srv/kubelet" || cfg.Root != "/cmdline/root" || cfg.MaxVolumes != 64 || cfg.Devices {
 		t.Errorf("config %+v: want kubelet dir and max volumes from the file, root from the command line, devices off", cfg)
 	}

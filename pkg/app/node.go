@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
+	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
@@ -156,16 +158,25 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		m = metrics.New()
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
+	if c.DisksDryRun {
+		return DisksDryRun(ctx, c.CSIConfig, os.Stdout, "table")
+	}
 	var local *node.Local
 	var devices func() []v1alpha1.DeviceStatus
+	var disks func() []v1alpha1.DiskStatus
 	if c.CSI {
 		lock, err := claimRoot(c.CSIConfig)
 		if err != nil {
 			return err
 		}
 		defer lock.Unlock()
-		if local, err = openLocal(ctx, c.CSIConfig); err != nil {
+		var watcher *disk.Watcher
+		if local, watcher, err = openLocal(ctx, c.CSIConfig); err != nil {
 			return err
+		}
+		if watcher != nil {
+			parts["disks"] = watcher.Run
+			disks = func() []v1alpha1.DiskStatus { return diskStatuses(watcher) }
 		}
 		parts["CSI"] = func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, false, m) }
 		sock, err := csi.ParseEndpoint(c.Endpoint)
@@ -247,7 +258,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		parts["device plugins"] = mgr.Run
 	}
 	if c.Cluster {
-		rec, status, stop, err := newReconciler(c, local, devices)
+		rec, status, stop, err := newReconciler(c, local, devices, disks)
 		if err != nil {
 			return err
 		}
@@ -262,7 +273,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 // newReconciler connects to the API server for the node's volume objects
 // and its PlinthNode: the volume reconciler and the node-status publisher,
 // two runners; stop shuts the event broadcaster down.
-func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.DeviceStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
+func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.DeviceStatus, disks func() []v1alpha1.DiskStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
 	cfg, err := restConfig(c.Kubeconfig, 50, 100)
 	if err != nil {
 		return nil, nil, nil, err
@@ -284,7 +295,7 @@ func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.De
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
 	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-node", Host: c.NodeID})
 	status := &nodestatus.Publisher{
-		NodeName: c.NodeID, Version: c.Version, Pools: local.PoolHealth, Devices: devices, Plinth: plinth, Core: core, Events: events,
+		NodeName: c.NodeID, Version: c.Version, Pools: local.PoolHealth, Devices: devices, Disks: disks, Plinth: plinth, Core: core, Events: events,
 	}
 	rec := &reconcile.Reconciler{NodeName: c.NodeID, Local: local, Plinth: plinth, Core: core, Events: events, Status: status}
 	return rec, status, broadcaster.Shutdown, nil

@@ -20,6 +20,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/csi"
+	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/node"
@@ -117,6 +118,15 @@ type CSIConfig struct {
 	DevRoot      string
 	// MetricsAddress serves /metrics, /healthz and /readyz ("" for none).
 	MetricsAddress string
+	// DiskConfig is a file of disk rules; DiskConfigData the rules given
+	// inline in the configuration file ("disks"). Neither: plinth manages
+	// no disks.
+	DiskConfig     string
+	DiskConfigData []byte
+	// DisksDryRun prints what the disk rules would do and exits.
+	DisksDryRun bool
+	// disks is the parsed disk configuration (Validate).
+	disks *disk.Config
 }
 
 type listFlag struct{ add func(string) error }
@@ -136,6 +146,8 @@ func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", "/sys", "where sysfs is mounted")
 	fs.StringVar(&c.DevRoot, "dev-root", "/dev", "where device nodes are")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9809", "host:port for /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&c.DiskConfig, "disk-config", "", "file of disk rules (which disks plinth claims and what it makes of them; see docs/configuration.md); default: none, plinth touches no disk")
+	fs.BoolVar(&c.DisksDryRun, "disks-dry-run", false, "print every disk, what the disk rules would make of it and why, and exit without changing anything")
 	fs.Var(listFlag{func(s string) error {
 		p, err := ParsePoolSpec(s)
 		if err == nil {
@@ -164,13 +176,26 @@ func (c *CSIConfig) Validate() error {
 	if c.NodeID == "" || len(c.NodeID) > 128 {
 		errs = append(errs, fmt.Errorf("--node-id must be 1-128 characters"))
 	}
-	if len(c.Pools) == 0 {
+	disks, err := c.diskConfig()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	c.disks = disks
+	if len(c.Pools) == 0 && c.disks == nil {
 		c.Pools = []PoolSpec{{Name: "default", Backend: "file", Dir: filepath.Join(c.Root, "pools", "default")}}
 	}
 	names := map[string]bool{}
+	if c.disks != nil {
+		for _, r := range c.disks.Rules {
+			names[r.Pool] = true
+		}
+	}
 	for i, p := range c.Pools {
 		if names[p.Name] {
-			errs = append(errs, fmt.Errorf("--pool: %q declared twice", p.Name))
+			errs = append(errs, fmt.Errorf("--pool: %q declared twice (or also made by a disk rule)", p.Name))
+		}
+		if within(p.Dir, filepath.Join(c.Root, "disks")) {
+			errs = append(errs, fmt.Errorf("--pool %s: %s lies in %s, where plinth keeps its disk pools", p.Name, p.Dir, filepath.Join(c.Root, "disks")))
 		}
 		names[p.Name] = true
 		for _, q := range c.Pools[:i] {
@@ -302,23 +327,30 @@ func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run moun
 // RunStandalone runs controller and node in one process until ctx ends.
 // It holds the lock of --root throughout.
 func RunStandalone(ctx context.Context, c StandaloneConfig) error {
+	if c.DisksDryRun {
+		return DisksDryRun(ctx, c.CSIConfig, os.Stdout, "table")
+	}
 	lock, err := claimRoot(c.CSIConfig)
 	if err != nil {
 		return err
 	}
 	defer lock.Unlock()
-	local, err := openLocal(ctx, c.CSIConfig)
+	local, watcher, err := openLocal(ctx, c.CSIConfig)
 	if err != nil {
 		return err
 	}
-	if c.MetricsAddress == "" {
-		return serveCSI(ctx, c.CSIConfig, c.Version, local, true, nil)
+	var m *metrics.Metrics
+	parts := map[string]func(context.Context) error{
+		"CSI": func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, true, m) },
 	}
-	m := metrics.New()
-	return runAll(ctx, map[string]func(context.Context) error{
-		"CSI":     func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, true, m) },
-		"metrics": func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) },
-	})
+	if c.MetricsAddress != "" {
+		m = metrics.New()
+		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
+	}
+	if watcher != nil {
+		parts["disks"] = watcher.Run
+	}
+	return runAll(ctx, parts)
 }
 
 // runAll runs every part until ctx ends or one fails (which stops the rest).
@@ -393,16 +425,28 @@ func claimRoot(c CSIConfig) (*RootLock, error) {
 
 // openLocal opens the configured pools as this node's LocalNode; the
 // caller has claimed the root (claimRoot).
-func openLocal(ctx context.Context, c CSIConfig) (*node.Local, error) {
+// With disk rules it also claims and opens the disk pools, and returns the
+// watcher that reads the disks again (run it as one of the process's
+// parts).
+func openLocal(ctx context.Context, c CSIConfig) (*node.Local, *disk.Watcher, error) {
 	loops := mount.NewLoop(c.SysfsRoot, c.DevRoot)
 	// A loop number a consumer still holds (a block publish's device, even
 	// one the consumer freed itself) is never given to another volume.
 	loops.Avoid = func(dev string) bool { return node.DeviceBound(c.Root, dev) }
 	pools, err := OpenPools(ctx, c.Pools, loops, mount.Exec{})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return node.NewLocal(pools...)
+	var w *disk.Watcher
+	if c.disks != nil {
+		var more []pool.Pool
+		if more, w, err = openDiskPools(ctx, c, loops, mount.Exec{}); err != nil {
+			return nil, nil, err
+		}
+		pools = append(pools, more...)
+	}
+	local, err := node.NewLocal(pools...)
+	return local, w, err
 }
 
 // serveCSI serves Identity and Node (and Controller when withController)
@@ -446,7 +490,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 			return conn.Close()
 		})
 	}
-	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(c.Pools), "controller", withController)
+	klog.InfoS("Starting CSI", "version", version, "nodeID", c.NodeID, "root", c.Root, "pools", len(local.PoolHealth(ctx)), "controller", withController)
 	return csi.Serve(ctx, sock, svcs, 10*time.Second)
 }
 

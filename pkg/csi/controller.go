@@ -222,6 +222,11 @@ func health(v pool.Volume) *csi.VolumeHealth {
 		})
 		return h
 	}
+	if v.Problem != "" {
+		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
+			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "StorageUnreachable", Message: v.Problem,
+		})
+	}
 	if v.State != pool.StateReady {
 		h.HealthStatuses = append(h.HealthStatuses, &csi.VolumeHealth_VolumeHealthEntry{
 			Status: csi.VolumeHealthErrorType_INACCESSIBLE, Reason: "CreationIncomplete",

@@ -285,7 +285,8 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 }
 
-// NodeGetStorageHealth reports pools that cannot be read or are nearly full.
+// NodeGetStorageHealth reports pools that cannot be read, run degraded
+// (a raid1 pool missing a disk) or are nearly full.
 func (s *NodeServer) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
 	resp := &csi.NodeGetStorageHealthResponse{}
 	for _, ph := range s.pub.PoolHealth(ctx) {
@@ -294,6 +295,11 @@ func (s *NodeServer) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetSto
 			resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 				Status: csi.StorageHealthErrorType_STORAGE_UNREACHABLE, Reason: "PoolUnreadable",
 				Message: fmt.Sprintf("pool %s: %v", ph.Name, ph.Err),
+			})
+		case ph.Stats.Degraded != "":
+			resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+				Status: csi.StorageHealthErrorType_STORAGE_DEGRADED, Reason: "PoolDegraded",
+				Message: fmt.Sprintf("pool %s: %s", ph.Name, ph.Stats.Degraded),
 			})
 		case ph.Stats.TotalBytes > 0 && ph.Stats.AllocatableBytes()*20 < ph.Stats.TotalBytes:
 			resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -60,10 +61,20 @@ func (n *Local) PoolOfVolume(ctx context.Context, id string) (pool.Pool, pool.Vo
 	}
 	for _, p := range n.pools {
 		if v, err := p.GetVolume(ctx, id); err == nil {
-			return p, v, nil
+			return p, checked(ctx, p, v), nil
 		}
 	}
 	return nil, pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+}
+
+// checked sets v.Problem where the pool says the volume is out of reach.
+func checked(ctx context.Context, p pool.Pool, v pool.Volume) pool.Volume {
+	if vc, ok := p.(pool.VolumeChecker); ok {
+		if err := vc.CheckVolume(ctx, v.ID); err != nil {
+			v.Problem = err.Error()
+		}
+	}
+	return v
 }
 
 func (n *Local) poolOfSnapshot(ctx context.Context, id string) (pool.Pool, error) {
@@ -78,14 +89,22 @@ func (n *Local) poolOfSnapshot(ctx context.Context, id string) (pool.Pool, error
 	return nil, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
 }
 
+// A pool that cannot be read (its disk gone, its filesystem failed) is left
+// out, so that new volumes go to the healthy ones; only when no pool can be
+// read is that an error.
 func (n *Local) Pools(ctx context.Context) ([]volume.PoolInfo, error) {
 	out := make([]volume.PoolInfo, 0, len(n.pools))
+	var errs []error
 	for _, p := range n.pools {
 		st, err := p.Stats(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("pool %s: %w", p.Name(), err)
+			errs = append(errs, fmt.Errorf("pool %s: %w", p.Name(), err))
+			continue
 		}
 		out = append(out, volume.PoolInfo{Name: p.Name(), Backend: p.Backend(), Capabilities: p.Capabilities(), Stats: st})
+	}
+	if len(out) == 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return out, nil
 }
@@ -176,7 +195,9 @@ func (n *Local) Volumes(ctx context.Context) ([]pool.Volume, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, vs...)
+		for _, v := range vs {
+			out = append(out, checked(ctx, p, v))
+		}
 	}
 	return out, nil
 }

@@ -33,9 +33,11 @@ type Publisher struct {
 	Pools func(ctx context.Context) []node.PoolHealth
 	// Devices, when set, lists the node's devices.
 	Devices func() []v1alpha1.DeviceStatus
-	Plinth  versioned.Interface
-	Core    kubernetes.Interface
-	Events  record.EventRecorder
+	// Disks, when set, lists the node's disks (with disk rules).
+	Disks  func() []v1alpha1.DiskStatus
+	Plinth versioned.Interface
+	Core   kubernetes.Interface
+	Events record.EventRecorder
 	// Interval is the heartbeat (default 30s).
 	Interval time.Duration
 
@@ -163,12 +165,16 @@ func (p *Publisher) Publish(ctx context.Context, force bool) error {
 			OwnFs: pi.Capabilities.OwnFs, TotalBytes: pi.Stats.TotalBytes, FreeBytes: pi.Stats.FreeBytes,
 			CommittedBytes: pi.Stats.CommittedBytes, AllocatableBytes: pi.Stats.AllocatableBytes(),
 			ProvisionedBytes: pi.Stats.ProvisionedBytes, Volumes: pi.Stats.Volumes, Healthy: true,
+			LargestVolumeBytes: pi.Stats.LargestVolumeBytes, Message: degradedMessage(pi.Stats.Degraded),
 		})
 	}
 	for _, ph := range failed {
 		st.Pools = append(st.Pools, v1alpha1.PoolStatus{Name: ph.Name, Backend: ph.Backend, Healthy: false, Message: ph.Err.Error()})
 	}
 	p.poolEvents(st.Pools)
+	if p.Disks != nil {
+		st.Disks = p.Disks()
+	}
 	st.PoolCount = len(st.Pools)
 	if p.Devices != nil {
 		st.Devices = p.Devices()
@@ -204,4 +210,13 @@ func (p *Publisher) Publish(ctx context.Context, force bool) error {
 	st.HeartbeatTime = metav1.Time{}
 	p.lastStatus, p.lastWrite, p.lastRead = &st, time.Now(), read
 	return nil
+}
+
+// degradedMessage is a healthy pool's status message: why it runs with
+// less redundancy, if it does.
+func degradedMessage(why string) string {
+	if why == "" {
+		return ""
+	}
+	return "degraded: " + why
 }

@@ -69,18 +69,24 @@ type Source struct {
 
 // Volume is the record of one volume, stored beside its storage.
 type Volume struct {
-	Schema        int               `json:"schema"`
-	ID            string            `json:"id"`
-	Name          string            `json:"name"`
-	Pool          string            `json:"pool"`
-	CapacityBytes int64             `json:"capacityBytes"`
-	Mode          Mode              `json:"mode"`
-	FsType        string            `json:"fsType,omitempty"`
-	Thick         bool              `json:"thick,omitempty"`
-	Source        *Source           `json:"source,omitempty"`
-	Parameters    map[string]string `json:"parameters,omitempty"`
-	State         State             `json:"state"`
-	CreatedAt     time.Time         `json:"createdAt"`
+	Schema        int     `json:"schema"`
+	ID            string  `json:"id"`
+	Name          string  `json:"name"`
+	Pool          string  `json:"pool"`
+	CapacityBytes int64   `json:"capacityBytes"`
+	Mode          Mode    `json:"mode"`
+	FsType        string  `json:"fsType,omitempty"`
+	Thick         bool    `json:"thick,omitempty"`
+	Source        *Source `json:"source,omitempty"`
+	// Disk is the identity of the whole disk the volume is (disk pools).
+	Disk string `json:"disk,omitempty"`
+	// Problem, never stored, says why the volume's storage cannot be
+	// reached now (its disk gone, its pool's filesystem failed): set by
+	// the node from VolumeChecker when it reads the volume.
+	Problem    string            `json:"-"`
+	Parameters map[string]string `json:"parameters,omitempty"`
+	State      State             `json:"state"`
+	CreatedAt  time.Time         `json:"createdAt"`
 }
 
 // Snapshot is the record of one snapshot, stored beside its data.
@@ -113,6 +119,21 @@ type Stats struct {
 	// ProvisionedBytes is the sum of volume capacities.
 	ProvisionedBytes int64
 	Volumes          int
+	// LargestVolumeBytes, when set, caps what one volume may be given
+	// below AllocatableBytes (a disk pool: the largest free disk).
+	LargestVolumeBytes int64
+	// Degraded says why a healthy pool runs with less redundancy than it
+	// was made with (a raid1 pool missing a disk); "" when it does not.
+	Degraded string
+}
+
+// MaxVolumeBytes is the largest volume the pool can make now.
+func (s Stats) MaxVolumeBytes() int64 {
+	a := s.AllocatableBytes()
+	if s.LargestVolumeBytes > 0 && s.LargestVolumeBytes < a {
+		return s.LargestVolumeBytes
+	}
+	return a
 }
 
 // AllocatableBytes is what a new volume may be given without over-committing.
@@ -189,6 +210,13 @@ type Pool interface {
 	// Usage reports usage for volumes whose size the mounted filesystem
 	// does not show (ok=false where statfs of the mount is right).
 	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)
+}
+
+// VolumeChecker is implemented by pools that can tell that a volume's
+// storage is out of reach (a disk pool whose disk is gone, a pool whose
+// disks or filesystem failed).
+type VolumeChecker interface {
+	CheckVolume(ctx context.Context, id string) error
 }
 
 var idRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)

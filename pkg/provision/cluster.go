@@ -203,7 +203,7 @@ func (c *Cluster) reserve(node, poolName, id string, bytes int64) (giveBack func
 			continue
 		}
 		found = true
-		if free := pi.Stats.AllocatableBytes(); free < bytes {
+		if free := pi.Stats.MaxVolumeBytes(); free < bytes {
 			return nil, fmt.Errorf("%w: pool %s on node %s has %s free, %s requested", pool.ErrNoSpace, poolName, node,
 				volume.FormatBytes(free), volume.FormatBytes(bytes))
 		}
@@ -332,6 +332,7 @@ func (c *Cluster) poolInfos(node string) ([]volume.PoolInfo, error) {
 				TotalBytes: p.TotalBytes, FreeBytes: p.FreeBytes,
 				CommittedBytes:   p.CommittedBytes + c.reservedBytes(node, p.Name),
 				ProvisionedBytes: p.ProvisionedBytes, Volumes: p.Volumes,
+				LargestVolumeBytes: p.LargestVolumeBytes,
 			},
 		})
 	}

@@ -529,9 +529,8 @@ func (c *Controller) Capacity(ctx context.Context, nodes []string, p Params, mod
 			if mode == "" && (p.Pool != "" && pi.Name != p.Pool || p.Backend != "" && pi.Backend != p.Backend) {
 				continue
 			}
-			a := pi.Stats.AllocatableBytes()
-			available += a
-			maximum = max(maximum, a)
+			available += pi.Stats.AllocatableBytes()
+			maximum = max(maximum, pi.Stats.MaxVolumeBytes())
 		}
 	}
 	return available, maximum, nil

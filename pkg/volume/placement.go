@@ -62,10 +62,10 @@ func Place(req CreateRequest, nodes []NodePools) ([]Choice, error) {
 				return nil, err
 			}
 			ch := Choice{Node: n.Node, Pool: pi, Size: size}
-			if pi.Stats.AllocatableBytes() >= size {
+			if pi.Stats.MaxVolumeBytes() >= size {
 				fits = append(fits, ch)
 			}
-			if largest == nil || pi.Stats.AllocatableBytes() > largest.Pool.Stats.AllocatableBytes() {
+			if largest == nil || pi.Stats.MaxVolumeBytes() > largest.Pool.Stats.MaxVolumeBytes() {
 				largest = &ch
 			}
 		}
@@ -73,7 +73,7 @@ func Place(req CreateRequest, nodes []NodePools) ([]Choice, error) {
 			why = append(why, fmt.Sprintf("node %s: no pool serves the request", n.Node))
 		} else {
 			why = append(why, fmt.Sprintf("largest pool %s on node %s has %s allocatable, %s requested", largest.Pool.Name, n.Node,
-				FormatBytes(largest.Pool.Stats.AllocatableBytes()), FormatBytes(largest.Size)))
+				FormatBytes(largest.Pool.Stats.MaxVolumeBytes()), FormatBytes(largest.Size)))
 		}
 	}
 	if len(fits) > 0 {
@@ -88,7 +88,7 @@ func Place(req CreateRequest, nodes []NodePools) ([]Choice, error) {
 			if ra, rb := rank(a.Node), rank(b.Node); ra != rb {
 				return ra < rb
 			}
-			if fa, fb := a.Pool.Stats.AllocatableBytes(), b.Pool.Stats.AllocatableBytes(); fa != fb {
+			if fa, fb := a.Pool.Stats.MaxVolumeBytes(), b.Pool.Stats.MaxVolumeBytes(); fa != fb {
 				return fa < fb
 			}
 			if a.Node != b.Node {

@@ -245,6 +245,10 @@ type NodeStatus struct {
 	Devices []DeviceStatus `json:"devices,omitempty"`
 	// +optional
 	DeviceCount int `json:"deviceCount,omitempty"`
+	// Disks are the node's whole block devices, as plinth last read them
+	// (only when the node has disk rules).
+	// +optional
+	Disks []DiskStatus `json:"disks,omitempty"`
 	// Version of plinth on the node.
 	// +optional
 	Version string `json:"version,omitempty"`
@@ -275,11 +279,45 @@ type PoolStatus struct {
 	AllocatableBytes int64 `json:"allocatableBytes"`
 	// ProvisionedBytes is the sum of the volumes' capacities.
 	ProvisionedBytes int64 `json:"provisionedBytes"`
-	Volumes          int   `json:"volumes"`
+	// LargestVolumeBytes, when set, is the largest volume the pool can
+	// make now, below AllocatableBytes (a disk pool: its largest free
+	// disk).
+	// +optional
+	LargestVolumeBytes int64 `json:"largestVolumeBytes,omitempty"`
+	Volumes            int   `json:"volumes"`
 	// Healthy is false when the pool cannot be read; Message says why.
 	Healthy bool `json:"healthy"`
 	// +optional
 	Message string `json:"message,omitempty"`
+}
+
+// DiskStatus is one of the node's disks: its identity, what it is and
+// what it is to plinth.
+type DiskStatus struct {
+	// ID is the disk's identity across reboots (wwn:, serial:, file: or
+	// path:); Name the kernel's name now.
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// +optional
+	Model string `json:"model,omitempty"`
+	// +optional
+	Serial string `json:"serial,omitempty"`
+	// +optional
+	WWN       string `json:"wwn,omitempty"`
+	SizeBytes int64  `json:"sizeBytes"`
+	Transport string `json:"transport"`
+	// +optional
+	Rotational bool `json:"rotational,omitempty"`
+	// NUMANode is -1 where the platform does not say.
+	NUMANode int `json:"numaNode"`
+	// State is free, plinth (one of a pool's disks), foreign, or missing
+	// (a pool's disk that is not there).
+	State string `json:"state"`
+	// +optional
+	Pool string `json:"pool,omitempty"`
+	// Reason says why a disk is foreign or was not claimed.
+	// +optional
+	Reason string `json:"reason,omitempty"`
 }
 
 // DeviceStatus is one accelerator the node serves.

@@ -1,0 +1,252 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/mount"
+)
+
+// Claimer carries out a Plan: it records, wipes and formats new pools'
+// disks, and mounts filesystem pools by UUID under MountDir/<pool>.
+type Claimer struct {
+	Records Records
+	// MountDir is where filesystem pools are mounted (<root>/disks/mnt).
+	MountDir string
+	Run      mount.Runner
+	Probe    Prober
+	// Mountinfo is the mount table read to tell whether a pool is mounted
+	// already (/proc/self/mountinfo).
+	Mountinfo string
+	Now       func() time.Time
+}
+
+// Ready is one pool as it can be opened now.
+type Ready struct {
+	Name   string
+	Layout Layout
+	FsType string
+	// Dir is where a filesystem pool is mounted.
+	Dir string
+	// Members are the pool's recorded disks that are present.
+	Members []Disk
+	// Recorded are the identities of all the pool's disks, present or
+	// not (a disk pool's volumes each name one).
+	Recorded []string
+	// Degraded says why the pool runs with less redundancy.
+	Degraded string
+	// Err says why the pool cannot be opened (its disks missing, a
+	// format that failed): the pool is unhealthy, never an empty
+	// directory.
+	Err error
+}
+
+// Apply claims what the plan says and returns every pool's state. One
+// pool's failure does not stop the others.
+func (c Claimer) Apply(ctx context.Context, plan Plan) []Ready {
+	var out []Ready
+	for _, pp := range plan.Pools {
+		r := Ready{Name: pp.Name, Layout: pp.Layout, FsType: pp.FsType}
+		if pp.Problem != "" {
+			r.Err = errors.New(pp.Problem)
+			if pp.Claim == nil {
+				continue // a rule that matched nothing: no pool, nothing to report as broken
+			}
+			out = append(out, r)
+			continue
+		}
+		var err error
+		switch pp.Layout {
+		case LayoutDisk:
+			r.Members, r.Recorded, err = c.claimDisks(pp)
+		default:
+			r.Dir, r.Members, err = c.filesystemPool(ctx, pp)
+		}
+		r.Err = err
+		r.Degraded = pp.Degraded()
+		out = append(out, r)
+	}
+	return out
+}
+
+func (c Claimer) now() time.Time {
+	if c.Now != nil {
+		return c.Now()
+	}
+	return time.Now()
+}
+
+// claimDisks records a disk pool's new members (they are not formatted:
+// each becomes one volume, formatted when staged).
+func (c Claimer) claimDisks(pp PoolPlan) ([]Disk, []string, error) {
+	claim := Claim{Pool: pp.Name, Layout: pp.Layout, FsType: pp.FsType, State: ClaimReady, CreatedAt: c.now()}
+	if pp.Claim != nil {
+		claim = *pp.Claim
+	}
+	if len(pp.New) > 0 {
+		for _, d := range pp.New {
+			claim.Disks = append(claim.Disks, memberOf(d))
+		}
+		if err := c.Records.Put(claim); err != nil {
+			return nil, nil, err
+		}
+		for _, d := range pp.New {
+			klog.InfoS("Claimed disk", "pool", pp.Name, "disk", d.ID, "device", d.Device, "size", FormatBytes(d.SizeBytes))
+		}
+	}
+	var ids []string
+	for _, m := range claim.Disks {
+		ids = append(ids, m.ID)
+	}
+	return append(append([]Disk(nil), pp.Present...), pp.New...), ids, nil
+}
+
+// filesystemPool makes (when new) and mounts a file or btrfs pool.
+func (c Claimer) filesystemPool(ctx context.Context, pp PoolPlan) (string, []Disk, error) {
+	members := pp.Present
+	claim := Claim{}
+	if pp.Claim != nil {
+		claim = *pp.Claim
+	}
+	if len(pp.New) > 0 {
+		if pp.Claim == nil {
+			claim = Claim{Pool: pp.Name, Layout: pp.Layout, Raid: pp.Raid, FsType: pp.FsType, CreatedAt: c.now()}
+			for _, d := range pp.New {
+				claim.Disks = append(claim.Disks, memberOf(d))
+			}
+		}
+		claim.State = ClaimFormatting
+		// The record names the disks before anything is written to them:
+		// a crash from here on leaves a claim a restart finishes.
+		if err := c.Records.Put(claim); err != nil {
+			return "", nil, err
+		}
+		uuid, err := c.format(ctx, pp)
+		if err != nil {
+			return "", nil, err
+		}
+		claim.UUID, claim.State = uuid, ClaimReady
+		if err := c.Records.Put(claim); err != nil {
+			return "", nil, err
+		}
+		members = pp.New
+	}
+	dir := filepath.Join(c.MountDir, pp.Name)
+	if err := c.mountPool(ctx, claim, members, pp.Degraded() != "", dir); err != nil {
+		return "", nil, err
+	}
+	return dir, members, nil
+}
+
+// format erases what the plan says to and makes the pool's filesystem;
+// it returns the new filesystem's UUID.
+func (c Claimer) format(ctx context.Context, pp PoolPlan) (string, error) {
+	var devs []string
+	for _, d := range pp.New {
+		devs = append(devs, d.Device)
+	}
+	for _, d := range pp.Wipe {
+		if _, err := c.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
+			return "", fmt.Errorf("pool %s: wipe %s: %w", pp.Name, d.Device, err)
+		}
+		klog.InfoS("Wiped disk named by a rule with wipe", "pool", pp.Name, "disk", d.ID, "device", d.Device, "had", strings.Join(d.Reasons, "; "))
+	}
+	var err error
+	switch pp.Layout {
+	case LayoutFile:
+		_, err = c.Run.Run(ctx, "mkfs.xfs", append([]string{"-f", "-q", "-m", "reflink=1", "-L", "plinth"}, devs...)...)
+	case LayoutBtrfs:
+		args := []string{"-f", "-q", "-L", "plinth-" + pp.Name, "-d", pp.Raid}
+		if pp.Raid != "single" {
+			args = append(args, "-m", pp.Raid)
+		}
+		_, err = c.Run.Run(ctx, "mkfs.btrfs", append(args, devs...)...)
+	default:
+		err = fmt.Errorf("layout %q has no filesystem", pp.Layout)
+	}
+	if err != nil {
+		return "", fmt.Errorf("pool %s: format %s: %w", pp.Name, strings.Join(devs, " "), err)
+	}
+	sig, err := c.Probe.Probe(ctx, devs[0])
+	if err != nil {
+		return "", fmt.Errorf("pool %s: read the new filesystem's UUID: %w", pp.Name, err)
+	}
+	if sig.UUID == "" {
+		return "", fmt.Errorf("pool %s: %s shows no filesystem UUID after formatting", pp.Name, devs[0])
+	}
+	klog.InfoS("Made pool filesystem", "pool", pp.Name, "layout", pp.Layout, "raid", pp.Raid, "devices", devs, "uuid", sig.UUID)
+	return sig.UUID, nil
+}
+
+// mountPool mounts the pool's filesystem at dir unless one of its disks
+// is mounted there already. Each disk's UUID is checked first: a disk
+// found by ID that no longer carries the pool's filesystem is refused.
+func (c Claimer) mountPool(ctx context.Context, claim Claim, members []Disk, degraded bool, dir string) error {
+	if len(members) == 0 {
+		return fmt.Errorf("pool %s: none of its disks is present", claim.Pool)
+	}
+	var devs []string
+	mine := map[string]bool{}
+	for _, d := range members {
+		sig, err := c.Probe.Probe(ctx, d.Device)
+		if err != nil {
+			return fmt.Errorf("pool %s: %w", claim.Pool, err)
+		}
+		if sig.UUID != claim.UUID {
+			return fmt.Errorf("pool %s: disk %s (%s) carries %s, not the pool's filesystem UUID %s; plinth leaves it alone",
+				claim.Pool, d.ID, d.Device, sig.String(), claim.UUID)
+		}
+		devs = append(devs, d.Device)
+		mine[d.MajorMinor] = true
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("pool %s: %w", claim.Pool, err)
+	}
+	mounts, err := readMounts(c.mountinfo())
+	if err != nil {
+		return err
+	}
+	for mm, points := range mounts {
+		for _, p := range points {
+			if p != dir {
+				continue
+			}
+			if mine[mm] {
+				return nil // mounted by an earlier start
+			}
+			return fmt.Errorf("pool %s: something else (device %s) is mounted at %s", claim.Pool, mm, dir)
+		}
+	}
+	fsType, data := "xfs", ""
+	if claim.Layout == LayoutBtrfs {
+		fsType = "btrfs"
+		var opts []string
+		for _, d := range devs {
+			opts = append(opts, "device="+d)
+		}
+		if degraded {
+			opts = append(opts, "degraded")
+		}
+		data = strings.Join(opts, ",")
+	}
+	if err := unix.Mount(devs[0], dir, fsType, unix.MS_NODEV|unix.MS_NOSUID, data); err != nil {
+		return fmt.Errorf("pool %s: mount %s (%s, UUID %s) at %s: %w", claim.Pool, devs[0], fsType, claim.UUID, dir, err)
+	}
+	klog.InfoS("Mounted pool", "pool", claim.Pool, "device", devs[0], "uuid", claim.UUID, "dir", dir, "degraded", degraded)
+	return nil
+}
+
+func (c Claimer) mountinfo() string {
+	if c.Mountinfo != "" {
+		return c.Mountinfo
+	}
+	return "/proc/self/mountinfo"
+}

@@ -1,0 +1,433 @@
+package disk
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Host is where discovery reads: sysfs, the device nodes and procfs (for
+// mounts and swap), each a root that a fixture tree can stand in for.
+type Host struct {
+	Sysfs, Dev, Proc string
+	// OwnDirs hold plinth's own image files: loop devices backed by a file
+	// below one of them are volumes, not disks, and are left out.
+	OwnDirs []string
+}
+
+// Transport is how a disk is attached.
+type Transport string
+
+const (
+	TransportNVMe    Transport = "nvme"
+	TransportSATA    Transport = "sata"
+	TransportSAS     Transport = "sas"
+	TransportSCSI    Transport = "scsi"
+	TransportVirtio  Transport = "virtio"
+	TransportUSB     Transport = "usb"
+	TransportLoop    Transport = "loop"
+	TransportUnknown Transport = "unknown"
+)
+
+// State is what a disk is to plinth.
+type State string
+
+const (
+	// StateFree: no partition, signature, mount, holder or swap: plinth may
+	// format it when a rule selects it.
+	StateFree State = "free"
+	// StatePlinth: recorded as one of plinth's pools' disks.
+	StatePlinth State = "plinth"
+	// StateForeign: something else is on it or uses it (Reasons say what).
+	StateForeign State = "foreign"
+	// StateMissing: one of plinth's pools' disks that is not there.
+	StateMissing State = "missing"
+)
+
+// Disk is one whole block device and what was found on it.
+type Disk struct {
+	// Name is the kernel's name now (sdb, nvme0n1, loop3): it may change
+	// at the next boot; ID does not.
+	Name string `json:"name"`
+	// ID is the disk's identity across reboots: "wwn:<WWN>", else
+	// "serial:<serial>", else for a loop device "file:<backing file>",
+	// else "path:<sysfs device path>" (the slot it sits in).
+	ID                 string    `json:"id"`
+	Device             string    `json:"device"` // the device node, under Host.Dev
+	MajorMinor         string    `json:"majorMinor"`
+	SizeBytes          int64     `json:"sizeBytes"`
+	LogicalBlockBytes  int       `json:"logicalBlockBytes,omitempty"`
+	PhysicalBlockBytes int       `json:"physicalBlockBytes,omitempty"`
+	Rotational         bool      `json:"rotational"`
+	Removable          bool      `json:"removable"`
+	ReadOnly           bool      `json:"readOnly,omitempty"`
+	Model              string    `json:"model,omitempty"`
+	Vendor             string    `json:"vendor,omitempty"`
+	Serial             string    `json:"serial,omitempty"`
+	WWN                string    `json:"wwn,omitempty"`
+	Transport          Transport `json:"transport"`
+	// PCIAddress and PCIPath are the disk's PCI function (an NVMe
+	// controller or the HBA it hangs off) and the bridges above it;
+	// NUMANode is -1 where the platform does not say.
+	PCIAddress  string   `json:"pciAddress,omitempty"`
+	PCIPath     []string `json:"pciPath,omitempty"`
+	NUMANode    int      `json:"numaNode"`
+	BackingFile string   `json:"backingFile,omitempty"` // loop devices
+	Partitions  []string `json:"partitions,omitempty"`
+	Holders     []string `json:"holders,omitempty"`
+	// MountPoints of the disk or any partition of it (from mountinfo).
+	MountPoints []string `json:"mountPoints,omitempty"`
+	Swap        bool     `json:"swap,omitempty"`
+	// Signature is what blkid found on the whole device.
+	Signature Signature `json:"signature"`
+	State     State     `json:"state"`
+	// Pool is the plinth pool the disk belongs to (StatePlinth).
+	Pool string `json:"pool,omitempty"`
+	// Reasons say why a disk is foreign (or, after Plan, why no rule
+	// claimed it).
+	Reasons []string `json:"reasons,omitempty"`
+}
+
+// Signature is what a probe of a device found ("" Type and PTType:
+// nothing).
+type Signature struct {
+	Type   string `json:"type,omitempty"` // filesystem or other signature (xfs, LVM2_member, swap, ...)
+	UUID   string `json:"uuid,omitempty"`
+	Label  string `json:"label,omitempty"`
+	PTType string `json:"ptType,omitempty"` // partition table (gpt, dos)
+}
+
+// Empty reports that nothing was found.
+func (s Signature) Empty() bool { return s.Type == "" && s.PTType == "" }
+
+func (s Signature) String() string {
+	var parts []string
+	if s.PTType != "" {
+		parts = append(parts, s.PTType+" partition table")
+	}
+	if s.Type != "" {
+		t := s.Type + " signature"
+		if s.UUID != "" {
+			t += " (UUID " + s.UUID + ")"
+		}
+		parts = append(parts, t)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Prober reads a device's signatures; blkid on a host (BlkidProber), a
+// table in fixture tests, where no real device stands behind the tree.
+type Prober interface {
+	Probe(ctx context.Context, device string) (Signature, error)
+}
+
+// skip are kernel devices that are never disks: RAM disks, compressed
+// swap, optical and floppy drives, and device-mapper, md and other
+// stacked devices (they are holders of disks, seen through Holders).
+var skip = regexp.MustCompile(`^(ram|zram|sr|fd|dm-|md|nbd|rbd|drbd|bcache)`)
+
+// Scan reads every whole block device under h.Sysfs/block, probes it and
+// judges its state from its partitions, holders, mounts, swap and
+// signatures. Loop devices with no backing file are left out.
+func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
+	entries, err := os.ReadDir(filepath.Join(h.Sysfs, "block"))
+	if err != nil {
+		return nil, fmt.Errorf("list block devices: %w", err)
+	}
+	mounts, err := readMounts(filepath.Join(h.Proc, "self", "mountinfo"))
+	if err != nil {
+		return nil, err
+	}
+	swaps := readSwaps(filepath.Join(h.Proc, "swaps"))
+	var out []Disk
+	for _, e := range entries {
+		name := e.Name()
+		if skip.MatchString(name) {
+			continue
+		}
+		d, ok, err := h.read(name)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		for _, mm := range append([]string{d.MajorMinor}, h.partitionDevs(name, d.Partitions)...) {
+			d.MountPoints = append(d.MountPoints, mounts[mm]...)
+		}
+		for _, n := range append([]string{name}, d.Partitions...) {
+			d.Swap = d.Swap || swaps[filepath.Join(h.Dev, n)] || swaps["/dev/"+n]
+		}
+		if probe != nil {
+			sig, err := probe.Probe(ctx, d.Device)
+			if err != nil {
+				return nil, fmt.Errorf("probe %s: %w", d.Device, err)
+			}
+			d.Signature = sig
+		}
+		d.judge()
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// judge sets State and Reasons from what was read.
+func (d *Disk) judge() {
+	var why []string
+	if len(d.Partitions) > 0 {
+		why = append(why, "has partitions "+strings.Join(d.Partitions, ", "))
+	}
+	if !d.Signature.Empty() {
+		why = append(why, "has a "+d.Signature.String())
+	}
+	if len(d.MountPoints) > 0 {
+		why = append(why, "mounted at "+strings.Join(d.MountPoints, ", "))
+	}
+	if len(d.Holders) > 0 {
+		why = append(why, "held by "+strings.Join(d.Holders, ", "))
+	}
+	if d.Swap {
+		why = append(why, "used as swap")
+	}
+	if d.ReadOnly {
+		why = append(why, "read-only")
+	}
+	if d.SizeBytes == 0 {
+		why = append(why, "has no medium (size 0)")
+	}
+	d.Reasons = why
+	d.State = StateFree
+	if len(why) > 0 {
+		d.State = StateForeign
+	}
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func readInt(path string) int64 {
+	n, _ := strconv.ParseInt(readTrim(path), 10, 64)
+	return n
+}
+
+var bdfRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
+
+// read reads one whole block device's attributes (ok=false: not a disk).
+func (h Host) read(name string) (Disk, bool, error) {
+	dir := filepath.Join(h.Sysfs, "block", name)
+	if _, err := os.Stat(filepath.Join(dir, "partition")); err == nil {
+		return Disk{}, false, nil // a partition listed at the top: not a whole disk
+	}
+	d := Disk{Name: name, Device: filepath.Join(h.Dev, name), NUMANode: -1,
+		MajorMinor:         readTrim(filepath.Join(dir, "dev")),
+		SizeBytes:          readInt(filepath.Join(dir, "size")) * 512,
+		LogicalBlockBytes:  int(readInt(filepath.Join(dir, "queue", "logical_block_size"))),
+		PhysicalBlockBytes: int(readInt(filepath.Join(dir, "queue", "physical_block_size"))),
+		Rotational:         readTrim(filepath.Join(dir, "queue", "rotational")) == "1",
+		Removable:          readTrim(filepath.Join(dir, "removable")) == "1",
+		ReadOnly:           readTrim(filepath.Join(dir, "ro")) == "1",
+	}
+	if d.MajorMinor == "" {
+		return Disk{}, false, nil
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return Disk{}, false, fmt.Errorf("resolve %s: %w", dir, err)
+	}
+	rel, err := filepath.Rel(h.Sysfs, real)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return Disk{}, false, fmt.Errorf("%s resolves outside %s", dir, h.Sysfs)
+	}
+	devPath := "/" + filepath.ToSlash(rel)
+	d.Transport = transport(devPath)
+	if d.Transport == TransportLoop {
+		d.BackingFile = readTrim(filepath.Join(dir, "loop", "backing_file"))
+		if d.BackingFile == "" {
+			return Disk{}, false, nil // an unused loop device
+		}
+		if strings.HasPrefix(d.BackingFile, "/dev/") {
+			return Disk{}, false, nil // a device over another disk (a read-only publish)
+		}
+		for _, own := range h.OwnDirs {
+			if strings.HasPrefix(d.BackingFile, strings.TrimSuffix(own, "/")+"/") {
+				return Disk{}, false, nil // one of plinth's volumes
+			}
+		}
+	}
+	// Model, vendor and serial: the device's (SCSI/ATA, NVMe controller),
+	// or the block device's own (virtio's serial).
+	d.Model = firstOf(filepath.Join(dir, "device", "model"), filepath.Join(dir, "model"))
+	d.Vendor = firstOf(filepath.Join(dir, "device", "vendor"))
+	d.Serial = firstOf(filepath.Join(dir, "device", "serial"), filepath.Join(dir, "serial"))
+	d.WWN = normaliseWWN(firstOf(filepath.Join(dir, "wwid"), filepath.Join(dir, "device", "wwid")))
+	// The PCI function nearest the disk, and the bridges above it.
+	els := strings.Split(devPath, "/")
+	for i, el := range els {
+		if !bdfRE.MatchString(el) {
+			continue
+		}
+		d.PCIPath = append(d.PCIPath, el)
+		d.PCIAddress = el
+		if n, err := strconv.Atoi(readTrim(filepath.Join(h.Sysfs, filepath.Join(els[:i+1]...), "numa_node"))); err == nil && n >= 0 {
+			d.NUMANode = n
+		}
+	}
+	if len(d.PCIPath) > 0 {
+		d.PCIPath = d.PCIPath[:len(d.PCIPath)-1]
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return Disk{}, false, fmt.Errorf("read %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), name) {
+			if _, err := os.Stat(filepath.Join(dir, e.Name(), "partition")); err == nil {
+				d.Partitions = append(d.Partitions, e.Name())
+			}
+		}
+	}
+	for _, n := range append([]string{""}, d.Partitions...) {
+		hs, _ := os.ReadDir(filepath.Join(dir, n, "holders"))
+		for _, e := range hs {
+			d.Holders = append(d.Holders, e.Name())
+		}
+	}
+	switch {
+	case d.WWN != "":
+		d.ID = "wwn:" + d.WWN
+	case d.Serial != "":
+		d.ID = "serial:" + d.Serial
+	case d.BackingFile != "":
+		d.ID = "file:" + d.BackingFile
+	default:
+		d.ID = "path:" + devPath
+	}
+	return d, true, nil
+}
+
+func (h Host) partitionDevs(disk string, parts []string) []string {
+	var out []string
+	for _, p := range parts {
+		if mm := readTrim(filepath.Join(h.Sysfs, "block", disk, p, "dev")); mm != "" {
+			out = append(out, mm)
+		}
+	}
+	return out
+}
+
+func firstOf(paths ...string) string {
+	for _, p := range paths {
+		if v := readTrim(p); v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// normaliseWWN turns the kernel's wwid forms (naa.5000c500a1b2c3d4,
+// eui.0025385b71b0a0a1, t10.ATA ...) into the lower-case identifier after
+// the type; a t10 vendor string (not unique) is dropped.
+func normaliseWWN(w string) string {
+	w = strings.TrimSpace(w)
+	if w == "" || strings.HasPrefix(w, "t10.") {
+		return ""
+	}
+	if _, rest, ok := strings.Cut(w, "."); ok {
+		w = rest
+	}
+	return strings.ToLower(strings.TrimPrefix(w, "0x"))
+}
+
+// transport reads the bus from the device's sysfs path.
+func transport(devPath string) Transport {
+	switch {
+	case strings.HasPrefix(devPath, "/devices/virtual/block/loop"):
+		return TransportLoop
+	case strings.Contains(devPath, "/nvme/") || strings.Contains(devPath, "/nvme-subsystem/"):
+		return TransportNVMe
+	case strings.Contains(devPath, "/usb"):
+		return TransportUSB
+	case strings.Contains(devPath, "/virtio"):
+		return TransportVirtio
+	case strings.Contains(devPath, "/ata"):
+		return TransportSATA
+	case strings.Contains(devPath, "/end_device-") || strings.Contains(devPath, "/sas_"):
+		return TransportSAS
+	case strings.Contains(devPath, "/host") && strings.Contains(devPath, "/target"):
+		return TransportSCSI
+	}
+	return TransportUnknown
+}
+
+// readMounts maps major:minor to the mount points of that device.
+func readMounts(path string) (map[string][]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	out := map[string][]string{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		out[fields[2]] = append(out[fields[2]], unescape(fields[4]))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	return out, nil
+}
+
+// unescape undoes mountinfo's octal escapes (\040 for a space).
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// readSwaps returns the swap devices in use (a missing file: none).
+func readSwaps(path string) map[string]bool {
+	out := map[string]bool{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for i, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); i > 0 && len(f) > 0 {
+			out[f[0]] = true
+		}
+	}
+	return out
+}
+
+// ErrNotFound: no disk with the identity asked for is present.
+var ErrNotFound = errors.New("disk not found")

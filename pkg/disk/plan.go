@@ -1,0 +1,224 @@
+package disk
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Action is what Plan decided for one disk.
+type Action string
+
+const (
+	ActionUse   Action = "use"   // already one of plinth's pools' disks
+	ActionClaim Action = "claim" // free: will be claimed (and formatted)
+	ActionWipe  Action = "wipe"  // named by a rule that wipes: signatures erased, then claimed
+	ActionSkip  Action = "skip"  // left alone
+)
+
+// Decision is what Plan decided for one disk, and why.
+type Decision struct {
+	Disk   Disk   `json:"disk"`
+	Pool   string `json:"pool,omitempty"`
+	Action Action `json:"action"`
+	Why    string `json:"why"`
+}
+
+// PoolPlan is one pool made of disks: from a claim record, a rule, or
+// both.
+type PoolPlan struct {
+	Name   string `json:"name"`
+	Layout Layout `json:"layout"`
+	Raid   string `json:"raid,omitempty"`
+	FsType string `json:"fsType,omitempty"`
+	// Claim is the pool's record (nil: a new pool).
+	Claim *Claim `json:"claim,omitempty"`
+	// Present are the recorded disks found now; New the disks to claim
+	// now (a new pool's, or free disks joining a disk pool); Wipe those
+	// of New whose signatures are erased first.
+	Present []Disk   `json:"present,omitempty"`
+	New     []Disk   `json:"new,omitempty"`
+	Wipe    []Disk   `json:"wipe,omitempty"`
+	Missing []Member `json:"missing,omitempty"`
+	// Problem says why the pool cannot be made or started ("": it can).
+	Problem string `json:"problem,omitempty"`
+}
+
+// Plan is what plinth would do with the node's disks.
+type Plan struct {
+	Pools     []PoolPlan `json:"pools"`
+	Decisions []Decision `json:"disks"`
+}
+
+// MakePlan decides, without touching anything, which disks each pool has
+// and which free disks the rules claim. Recorded pools keep their disks,
+// found by identity (ID, or the pool filesystem's UUID); a disk is claimed
+// by the first rule that selects it; a disk with anything on it is never
+// claimed unless a rule with wipe names it and it is not in use.
+func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
+	var plan Plan
+	owner := map[string]string{} // disk ID -> pool
+	byPool := map[string]int{}
+	for _, c := range claims {
+		pp := PoolPlan{Name: c.Pool, Layout: c.Layout, Raid: c.Raid, FsType: c.FsType, Claim: &c}
+		for _, m := range c.Disks {
+			i := slices.IndexFunc(disks, func(d Disk) bool { return owner[d.ID] == "" && ours(c, m, d) })
+			if i < 0 {
+				pp.Missing = append(pp.Missing, m)
+				continue
+			}
+			owner[disks[i].ID] = c.Pool
+			pp.Present = append(pp.Present, disks[i])
+		}
+		if c.State == ClaimFormatting {
+			// Formatting was interrupted: the recorded disks are formatted
+			// again (they were free or named for wiping when recorded).
+			pp.New, pp.Present = pp.Present, nil
+		}
+		byPool[c.Pool] = len(plan.Pools)
+		plan.Pools = append(plan.Pools, pp)
+	}
+	why := map[string][]string{} // disk ID -> why each rule passed it by
+	for _, r := range cfg.Rules {
+		i, recorded := byPool[r.Pool]
+		if !recorded {
+			i = len(plan.Pools)
+			plan.Pools = append(plan.Pools, PoolPlan{Name: r.Pool, Layout: r.Layout, Raid: r.Raid, FsType: r.FsType})
+		}
+		pp := &plan.Pools[i]
+		if recorded && (pp.Layout != r.Layout || r.Layout == LayoutBtrfs && pp.Raid != r.Raid) {
+			pp.Problem = fmt.Sprintf("the rule says layout %s %s but the pool was made as %s %s; plinth does not convert pools", r.Layout, r.Raid, pp.Layout, pp.Raid)
+			continue
+		}
+		if recorded && r.Layout != LayoutDisk {
+			continue // a filesystem pool keeps the disks it was made with
+		}
+		taken := len(pp.Present) + len(pp.New)
+		for _, d := range disks {
+			if owner[d.ID] != "" {
+				continue
+			}
+			if m := r.Select.mismatch(d); m != "" {
+				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: %s", r.Pool, m))
+				continue
+			}
+			if r.Layout == LayoutDisk && strings.HasPrefix(d.ID, "path:") {
+				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: no WWN or serial to find the disk by after a reboot", r.Pool))
+				continue
+			}
+			wipe := false
+			if d.State != StateFree {
+				if !r.Wipe || !r.Select.names(d) || !wipeable(d) {
+					why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: not free: %s", r.Pool, strings.Join(d.Reasons, "; ")))
+					continue
+				}
+				wipe = true
+			}
+			if r.Select.Count > 0 && taken >= r.Select.Count {
+				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: has its %d disks", r.Pool, r.Select.Count))
+				continue
+			}
+			owner[d.ID] = r.Pool
+			pp.New = append(pp.New, d)
+			if wipe {
+				pp.Wipe = append(pp.Wipe, d)
+			}
+			taken++
+		}
+		if !recorded {
+			switch {
+			case len(pp.New) == 0:
+				pp.Problem = "no disk matches the rule"
+			case r.Layout == LayoutBtrfs && r.Raid != "single" && len(pp.New) < 2:
+				pp.Problem = fmt.Sprintf("%s needs 2 disks, %d match", r.Raid, len(pp.New))
+				for _, d := range pp.New {
+					delete(owner, d.ID)
+					why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: %s", r.Pool, pp.Problem))
+				}
+				pp.New, pp.Wipe = nil, nil
+			}
+		}
+	}
+	for i := range plan.Pools {
+		pp := &plan.Pools[i]
+		if pp.Problem == "" && len(pp.Missing) > 0 {
+			pp.Problem = missingProblem(*pp)
+		}
+	}
+	for _, d := range disks {
+		dec := Decision{Disk: d, Pool: owner[d.ID], Action: ActionSkip}
+		switch {
+		case dec.Pool != "" && slices.ContainsFunc(plan.poolOf(dec.Pool).Wipe, func(x Disk) bool { return x.ID == d.ID }):
+			dec.Action, dec.Why = ActionWipe, "named by the rule, which wipes: "+strings.Join(d.Reasons, "; ")
+		case dec.Pool != "" && slices.ContainsFunc(plan.poolOf(dec.Pool).New, func(x Disk) bool { return x.ID == d.ID }):
+			dec.Action, dec.Why = ActionClaim, "free and selected"
+		case dec.Pool != "":
+			dec.Action, dec.Why = ActionUse, "recorded as the pool's disk"
+			dec.Disk.State, dec.Disk.Pool = StatePlinth, dec.Pool
+		case len(why[d.ID]) > 0:
+			dec.Why = strings.Join(why[d.ID], "; ")
+		case d.State != StateFree:
+			dec.Why = "not free: " + strings.Join(d.Reasons, "; ")
+		default:
+			dec.Why = "no rule selects it"
+		}
+		plan.Decisions = append(plan.Decisions, dec)
+	}
+	return plan
+}
+
+func (p Plan) poolOf(name string) PoolPlan {
+	for _, pp := range p.Pools {
+		if pp.Name == name {
+			return pp
+		}
+	}
+	return PoolPlan{}
+}
+
+// ours reports whether disk d is the recorded member m of claim c: by ID,
+// or, for a filesystem pool, by the filesystem UUID plinth made on it
+// (a disk that has no WWN or serial is known by its UUID after a reboot).
+func ours(c Claim, m Member, d Disk) bool {
+	if d.ID == m.ID && (m.SizeBytes == 0 || d.SizeBytes == m.SizeBytes) {
+		return true
+	}
+	return c.Layout != LayoutDisk && c.UUID != "" && d.Signature.UUID == c.UUID &&
+		(m.WWN == "" || m.WWN == d.WWN) && (m.Serial == "" || m.Serial == d.Serial)
+}
+
+// wipeable: nothing uses the disk now (only signatures are on it).
+func wipeable(d Disk) bool {
+	return len(d.MountPoints) == 0 && len(d.Holders) == 0 && !d.Swap && !d.ReadOnly && d.SizeBytes > 0
+}
+
+func missingProblem(pp PoolPlan) string {
+	var names []string
+	for _, m := range pp.Missing {
+		names = append(names, m.String())
+	}
+	what := fmt.Sprintf("disk %s is missing", strings.Join(names, ", "))
+	if len(pp.Missing) > 1 {
+		what = fmt.Sprintf("disks %s are missing", strings.Join(names, ", "))
+	}
+	switch {
+	case pp.Layout == LayoutDisk:
+		return "" // the other disks serve; the missing disk's volume is unhealthy
+	case pp.Layout == LayoutBtrfs && pp.Raid == "raid1" && len(pp.Present) >= 1 && len(pp.Missing) == 1:
+		return "" // raid1 runs degraded (Degraded says so)
+	}
+	return what
+}
+
+// Degraded says why a pool runs with less redundancy than it was made
+// with ("" when it does not).
+func (pp PoolPlan) Degraded() string {
+	if len(pp.Missing) == 0 || pp.Problem != "" {
+		return ""
+	}
+	var names []string
+	for _, m := range pp.Missing {
+		names = append(names, m.String())
+	}
+	return fmt.Sprintf("disk %s is missing", strings.Join(names, ", "))
+}

@@ -1,0 +1,443 @@
+package whole
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/disk"
+	"github.com/plinth-dev/plinth/pkg/mount"
+	"github.com/plinth-dev/plinth/pkg/pool"
+)
+
+// Disks finds the node's disks as last read (disk.Watcher).
+type Disks interface {
+	Find(id string) (disk.Disk, bool)
+}
+
+// Loops makes and releases the read-only devices of read-only block
+// publishes (a loop device over the disk, which refuses writes).
+type Loops interface {
+	FindAll(file string) ([]mount.Device, error)
+	Attach(file string, readOnly bool) (string, error)
+	DetachDevice(file, dev string) error
+}
+
+// Config of a disk pool.
+type Config struct {
+	Name string
+	// Dir holds the pool's records (on plinth's root, not on the disks).
+	Dir string
+	// Members are the identities of the pool's claimed disks.
+	Members []string
+	// FsType is put on filesystem volumes that ask for none (ext4).
+	FsType string
+	Disks  Disks
+	Loops  Loops
+	Run    mount.Runner
+	// Mountinfo is read to tell whether a disk is in use
+	// (/proc/self/mountinfo).
+	Mountinfo string
+	// SysfsRoot is where a disk's holders are read (/sys).
+	SysfsRoot string
+	// Rescan, when set, reads the disks again after one is wiped, so
+	// that it is free at once.
+	Rescan func(context.Context) error
+}
+
+// Pool is a disk pool.
+type Pool struct {
+	cfg   Config
+	index *pool.Index
+	// mu makes choosing a free disk and recording it one step.
+	mu sync.Mutex
+}
+
+var _ pool.Pool = (*Pool)(nil)
+
+// New opens the pool's records in cfg.Dir.
+func New(cfg Config) (*Pool, error) {
+	if err := pool.ValidateName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.FsType == "" {
+		cfg.FsType = pool.FsTypes()[0]
+	}
+	if err := pool.CheckFsType(cfg.FsType); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", cfg.Name, err)
+	}
+	if cfg.Mountinfo == "" {
+		cfg.Mountinfo = "/proc/self/mountinfo"
+	}
+	idx, err := pool.OpenIndex(filepath.Join(cfg.Dir, "volumes"), filepath.Join(cfg.Dir, "snapshots"))
+	if err != nil {
+		return nil, fmt.Errorf("open pool %s: %w", cfg.Name, err)
+	}
+	p := &Pool{cfg: cfg, index: idx}
+	idx.LogLoaded(cfg.Name, p.Backend(), cfg.Dir)
+	return p, nil
+}
+
+func (p *Pool) Name() string    { return p.cfg.Name }
+func (p *Pool) Backend() string { return "disk" }
+
+// Capabilities: block, or any filesystem plinth makes, on a whole disk.
+func (p *Pool) Capabilities() pool.Capabilities {
+	fs := []string{p.cfg.FsType}
+	for _, f := range pool.FsTypes() {
+		if f != p.cfg.FsType {
+			fs = append(fs, f)
+		}
+	}
+	return pool.Capabilities{Block: true, FsTypes: fs}
+}
+
+// used maps disk ID to the volume on it.
+func (p *Pool) used() map[string]string {
+	out := map[string]string{}
+	for _, v := range p.index.Volumes() {
+		out[v.Disk] = v.ID
+	}
+	return out
+}
+
+// free lists the pool's present disks that hold no volume and nothing
+// else, smallest first.
+func (p *Pool) free() []disk.Disk {
+	used := p.used()
+	var out []disk.Disk
+	for _, id := range p.cfg.Members {
+		d, ok := p.cfg.Disks.Find(id)
+		if !ok || used[id] != "" || len(d.MountPoints) > 0 || len(d.Holders) > 0 || !d.Signature.Empty() {
+			continue
+		}
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].SizeBytes != out[j].SizeBytes {
+			return out[i].SizeBytes < out[j].SizeBytes
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Stats: the disks present; free is the free disks' sum, and one volume
+// may be at most the largest free disk.
+func (p *Pool) Stats(ctx context.Context) (pool.Stats, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var st pool.Stats
+	present := 0
+	for _, id := range p.cfg.Members {
+		if d, ok := p.cfg.Disks.Find(id); ok {
+			st.TotalBytes += d.SizeBytes
+			present++
+		}
+	}
+	for _, d := range p.free() {
+		st.FreeBytes += d.SizeBytes
+		st.LargestVolumeBytes = max(st.LargestVolumeBytes, d.SizeBytes)
+	}
+	for _, v := range p.index.Volumes() {
+		st.ProvisionedBytes += v.CapacityBytes
+		st.Volumes++
+	}
+	if present == 0 && len(p.cfg.Members) > 0 {
+		return pool.Stats{}, fmt.Errorf("%w: pool %s: none of its %d disks is present", pool.ErrNotReady, p.cfg.Name, len(p.cfg.Members))
+	}
+	if st.FreeBytes == 0 {
+		st.LargestVolumeBytes = 0
+	}
+	if missing := len(p.cfg.Members) - present; missing > 0 {
+		st.Degraded = fmt.Sprintf("%d of its %d disks missing", missing, len(p.cfg.Members))
+	}
+	return st, nil
+}
+
+// CreateVolume gives the volume the smallest free disk that holds the
+// requested capacity; the volume's capacity is that disk's size.
+func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, error) {
+	if err := pool.ValidateID("volume ID", v.ID); err != nil {
+		return pool.Volume{}, err
+	}
+	if v.Source != nil {
+		return pool.Volume{}, fmt.Errorf("%w: a disk pool's volumes are whole disks: no snapshots or clones", pool.ErrUnsupported)
+	}
+	if v.Mode == pool.ModeFilesystem && v.FsType == "" {
+		v.FsType = p.cfg.FsType
+	}
+	if v.Mode == pool.ModeFilesystem {
+		if err := pool.CheckFsType(v.FsType); err != nil {
+			return pool.Volume{}, err
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if have, err := p.index.Volume(v.ID); err == nil {
+		if have.State == pool.StateDeleting {
+			return pool.Volume{}, fmt.Errorf("volume %s: %w", v.ID, pool.ErrDeleting)
+		}
+		if have.Mode != v.Mode || have.FsType != v.FsType || have.CapacityBytes < v.CapacityBytes || have.Name != v.Name {
+			return pool.Volume{}, fmt.Errorf("volume %s: %w", v.ID, pool.ErrExists)
+		}
+		return have, nil
+	}
+	free := p.free()
+	i := slices.IndexFunc(free, func(d disk.Disk) bool { return d.SizeBytes >= v.CapacityBytes })
+	if i < 0 {
+		largest := int64(0)
+		if len(free) > 0 {
+			largest = free[len(free)-1].SizeBytes
+		}
+		return pool.Volume{}, fmt.Errorf("%w: pool %s: no free disk holds %d bytes (%d free disks, the largest %d bytes)",
+			pool.ErrNoSpace, p.cfg.Name, v.CapacityBytes, len(free), largest)
+	}
+	d := free[i]
+	v.Schema, v.Pool, v.Disk, v.CapacityBytes, v.Thick = pool.SchemaVersion, p.cfg.Name, d.ID, d.SizeBytes, false
+	v.State, v.CreatedAt = pool.StateReady, time.Now().UTC()
+	if err := p.index.PutVolume(v); err != nil {
+		return pool.Volume{}, err
+	}
+	klog.InfoS("Gave a whole disk to a volume", "pool", p.cfg.Name, "volumeID", v.ID, "disk", d.ID, "device", d.Device, "sizeBytes", d.SizeBytes)
+	return v, nil
+}
+
+// inUse reads, now, whether anything has the disk (or a partition of it)
+// mounted or held.
+func (p *Pool) inUse(d disk.Disk) error {
+	b, err := os.ReadFile(p.cfg.Mountinfo)
+	if err != nil {
+		return fmt.Errorf("read mounts: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[2] == d.MajorMinor {
+			return fmt.Errorf("%w: disk %s (%s) is mounted at %s", pool.ErrInUse, d.ID, d.Device, f[4])
+		}
+	}
+	if p.cfg.SysfsRoot != "" {
+		if hs, _ := os.ReadDir(filepath.Join(p.cfg.SysfsRoot, "block", d.Name, "holders")); len(hs) > 0 {
+			return fmt.Errorf("%w: disk %s (%s) is held by %s", pool.ErrInUse, d.ID, d.Device, hs[0].Name())
+		}
+	}
+	if p.cfg.Loops != nil {
+		if devs, _ := p.cfg.Loops.FindAll(d.Device); len(devs) > 0 {
+			return fmt.Errorf("%w: disk %s (%s) has read-only device %s", pool.ErrInUse, d.ID, d.Device, devs[0].Path)
+		}
+	}
+	return nil
+}
+
+// DeleteVolume erases the disk's signatures (and discards its blocks where
+// the disk supports it) before the disk is free again, so nothing of the
+// volume reaches the next one. A disk that is gone keeps its volume's
+// record, deleting, until it is back.
+func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.index.Volume(id)
+	if errors.Is(err, pool.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	d, ok := p.cfg.Disks.Find(v.Disk)
+	if !ok {
+		if err := p.index.MarkDeleting(id); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: volume %s: its disk %s is not present; it is wiped and freed when it is back", pool.ErrNotReady, id, v.Disk)
+	}
+	if err := p.inUse(d); err != nil {
+		return fmt.Errorf("delete volume %s: %w", id, err)
+	}
+	if err := p.index.MarkDeleting(id); err != nil {
+		return err
+	}
+	if _, err := p.cfg.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
+		return fmt.Errorf("delete volume %s: wipe disk %s (%s): %w", id, d.ID, d.Device, err)
+	}
+	// Discard, where the disk supports it, so that a raw block volume's
+	// data does not reach the next volume on this disk; zero the start
+	// where it does not (signatures live there; wipefs erased them).
+	if _, err := p.cfg.Run.Run(ctx, "blkdiscard", "--force", d.Device); err != nil {
+		klog.V(2).InfoS("Disk does not discard; its signatures were erased", "disk", d.ID, "device", d.Device, "err", err)
+	}
+	if err := p.index.DropVolume(id); err != nil {
+		return err
+	}
+	if p.cfg.Rescan != nil {
+		if err := p.cfg.Rescan(ctx); err != nil {
+			klog.ErrorS(err, "Read the disks again after a wipe", "pool", p.cfg.Name)
+		}
+	}
+	klog.InfoS("Wiped and freed disk", "pool", p.cfg.Name, "volumeID", id, "disk", d.ID, "device", d.Device)
+	return nil
+}
+
+// ExpandVolume: a whole disk does not grow; a size it already has is
+// answered with its size.
+func (p *Pool) ExpandVolume(ctx context.Context, id string, capacityBytes int64) (pool.Volume, error) {
+	v, err := p.GetVolume(ctx, id)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	if capacityBytes > v.CapacityBytes {
+		return pool.Volume{}, fmt.Errorf("%w: volume %s is a whole disk of %d bytes; it cannot grow to %d", pool.ErrOutOfRange, id, v.CapacityBytes, capacityBytes)
+	}
+	return v, nil
+}
+
+func (p *Pool) GetVolume(ctx context.Context, id string) (pool.Volume, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return pool.Volume{}, err
+	}
+	return p.index.Volume(id)
+}
+
+func (p *Pool) ListVolumes(ctx context.Context) ([]pool.Volume, error) { return p.index.Volumes(), nil }
+
+func (p *Pool) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
+	return pool.Snapshot{}, fmt.Errorf("%w: a disk pool's volumes are whole disks: no snapshots", pool.ErrUnsupported)
+}
+func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error { return nil }
+func (p *Pool) GetSnapshot(ctx context.Context, id string) (pool.Snapshot, error) {
+	return pool.Snapshot{}, pool.ErrNotFound
+}
+func (p *Pool) ListSnapshots(ctx context.Context) ([]pool.Snapshot, error) { return nil, nil }
+
+// disk returns the present disk of a ready volume.
+func (p *Pool) disk(id string) (disk.Disk, error) {
+	v, err := p.GetVolume(context.Background(), id)
+	if err != nil {
+		return disk.Disk{}, err
+	}
+	if v.State != pool.StateReady {
+		return disk.Disk{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotReady)
+	}
+	d, ok := p.cfg.Disks.Find(v.Disk)
+	if !ok {
+		return disk.Disk{}, fmt.Errorf("%w: volume %s: its disk %s is not present", pool.ErrNotReady, id, v.Disk)
+	}
+	return d, nil
+}
+
+// CheckVolume: a volume whose disk is gone is out of reach.
+func (p *Pool) CheckVolume(ctx context.Context, id string) error {
+	_, err := p.disk(id)
+	return err
+}
+
+var _ pool.VolumeChecker = (*Pool)(nil)
+
+// Attach: the disk is the volume's device.
+func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
+	d, err := p.disk(id)
+	if err != nil {
+		return pool.Attachment{}, err
+	}
+	a, _, err := p.Attached(ctx, id)
+	if err != nil {
+		return pool.Attachment{}, err
+	}
+	a.Device = d.Device
+	return a, nil
+}
+
+// Detach has nothing to release but the read-only devices.
+func (p *Pool) Detach(ctx context.Context, id string) error {
+	d, err := p.disk(id)
+	if errors.Is(err, pool.ErrNotFound) || errors.Is(err, pool.ErrNotReady) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if p.cfg.Loops == nil {
+		return nil
+	}
+	devs, err := p.cfg.Loops.FindAll(d.Device)
+	if err != nil {
+		return err
+	}
+	for _, ro := range devs {
+		if err := p.cfg.Loops.DetachDevice(d.Device, ro.Path); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Pool) Attached(ctx context.Context, id string) (pool.Attachment, bool, error) {
+	d, err := p.disk(id)
+	if errors.Is(err, pool.ErrNotReady) {
+		return pool.Attachment{}, false, nil
+	}
+	if err != nil {
+		return pool.Attachment{}, false, err
+	}
+	a := pool.Attachment{Device: d.Device}
+	if p.cfg.Loops != nil {
+		devs, err := p.cfg.Loops.FindAll(d.Device)
+		if err != nil {
+			return pool.Attachment{}, false, err
+		}
+		for _, ro := range devs {
+			if ro.ReadOnly {
+				a.ReadOnly = append(a.ReadOnly, ro.Path)
+			}
+		}
+	}
+	return a, true, nil
+}
+
+// AttachReadOnly makes a loop device over the disk that refuses writes.
+func (p *Pool) AttachReadOnly(ctx context.Context, id string) (string, error) {
+	d, err := p.disk(id)
+	if err != nil {
+		return "", err
+	}
+	if p.cfg.Loops == nil {
+		return "", fmt.Errorf("attach %s: %w: no loop device support configured", id, pool.ErrUnsupported)
+	}
+	dev, err := p.cfg.Loops.Attach(d.Device, true)
+	if err != nil {
+		return "", fmt.Errorf("attach read-only device over disk %s for %s: %w", d.ID, id, err)
+	}
+	return dev, nil
+}
+
+// ReleaseDevice releases dev if it is a read-only device over the
+// volume's disk.
+func (p *Pool) ReleaseDevice(ctx context.Context, id, dev string) error {
+	d, err := p.disk(id)
+	if err != nil || p.cfg.Loops == nil || dev == "" {
+		return err
+	}
+	if err := p.cfg.Loops.DetachDevice(d.Device, dev); err != nil {
+		if errors.Is(err, mount.ErrBusy) {
+			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// Usage: the mounted filesystem tells.
+func (p *Pool) Usage(ctx context.Context, id string) (pool.VolumeUsage, bool, error) {
+	return pool.VolumeUsage{}, false, nil
+}
