@@ -21,6 +21,7 @@ Usage:
   kubectl plinth nodes                  pools (size, allocatable, volumes) and devices (health) per node
   kubectl plinth volumes                every volume: claim, node, pool, capacity, phase, pods using it
   kubectl plinth devices                devices per node and resource, and the pods holding them
+  kubectl plinth disks                  every node's disks: identity, size, transport, NUMA node, free/plinth/foreign/missing, pool
   kubectl plinth why pvc|pod NAME       why a PVC or a pod is (not) pending, in plinth's terms
 
 Flags:
@@ -92,6 +93,8 @@ func run(args []string, output, namespace, kubeconfig, driver string) error {
 		v, err = c.Volumes(ctx)
 	case "devices":
 		v, err = c.Devices(ctx)
+	case "disks":
+		v, err = c.Disks(ctx)
 	case "why":
 		if len(args) != 3 {
 			return fmt.Errorf("why pvc NAME | why pod NAME")
@@ -109,7 +112,7 @@ func run(args []string, output, namespace, kubeconfig, driver string) error {
 			return fmt.Errorf("why %s: explain a pvc or a pod", args[1])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (nodes, volumes, devices, why)", args[0])
+		return fmt.Errorf("unknown command %q (nodes, volumes, devices, disks, why)", args[0])
 	}
 	if err != nil {
 		return err

@@ -164,13 +164,13 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 	var local *node.Local
 	var devices func() []v1alpha1.DeviceStatus
 	var disks func() []v1alpha1.DiskStatus
+	var watcher *disk.Watcher
 	if c.CSI {
 		lock, err := claimRoot(c.CSIConfig)
 		if err != nil {
 			return err
 		}
 		defer lock.Unlock()
-		var watcher *disk.Watcher
 		if local, watcher, err = openLocal(ctx, c.CSIConfig); err != nil {
 			return err
 		}
@@ -263,6 +263,15 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 			return err
 		}
 		defer stop()
+		if watcher != nil {
+			// A disk that comes or goes is published at once, not at the
+			// next heartbeat.
+			watcher.OnChange = func(ctx context.Context) {
+				if err := status.Publish(ctx, false); err != nil {
+					klog.ErrorS(err, "Publish node status after a disk change")
+				}
+			}
+		}
 		parts["volume objects"] = rec.Run
 		parts["node status"] = status.Run
 	}

@@ -165,14 +165,17 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 		for _, n := range append([]string{name}, d.Partitions...) {
 			d.Swap = d.Swap || swaps[filepath.Join(h.Dev, n)] || swaps["/dev/"+n]
 		}
+		var probeErr error
 		if probe != nil {
-			sig, err := probe.Probe(ctx, d.Device)
-			if err != nil {
-				return nil, fmt.Errorf("probe %s: %w", d.Device, err)
-			}
-			d.Signature = sig
+			d.Signature, probeErr = probe.Probe(ctx, d.Device)
 		}
 		d.judge()
+		if probeErr != nil {
+			// What cannot be read is never free (a device going away as
+			// it is read, a medium error): plinth leaves it alone.
+			d.State = StateForeign
+			d.Reasons = append(d.Reasons, "cannot be probed: "+probeErr.Error())
+		}
 		out = append(out, d)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })

@@ -1,6 +1,8 @@
 package disk
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -58,6 +60,32 @@ func TestNormaliseWWN(t *testing.T) {
 	} {
 		if got := normaliseWWN(in); got != want {
 			t.Errorf("normaliseWWN(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+type failing struct{ table }
+
+func (f failing) Probe(ctx context.Context, dev string) (Signature, error) {
+	if dev == "/dev/sdc" {
+		return Signature{}, errors.New("no medium")
+	}
+	return f.table.Probe(ctx, dev)
+}
+
+// A disk that cannot be probed is never free, and the others are still read.
+func TestScanProbeFailure(t *testing.T) {
+	h := writeMachine(t, machine(), machineMountinfo, machineSwaps)
+	disks, err := Scan(context.Background(), h, failing{machineSignatures()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks {
+		if d.Name == "sdc" && (d.State != StateForeign || !strings.Contains(strings.Join(d.Reasons, ";"), "cannot be probed: no medium")) {
+			t.Errorf("sdc: %s %v", d.State, d.Reasons)
+		}
+		if d.Name == "nvme0n1" && d.State != StateFree {
+			t.Errorf("nvme0n1: %s", d.State)
 		}
 	}
 }

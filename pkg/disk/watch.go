@@ -2,7 +2,9 @@ package disk
 
 import (
 	"context"
+	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +18,9 @@ type Watcher struct {
 	Host     Host
 	Probe    Prober
 	Interval time.Duration
+	// OnChange, when set, hears that a rescan found disks come or go (the
+	// node publishes its status at once). Set it before Run.
+	OnChange func(context.Context)
 
 	mu     sync.Mutex
 	disks  []Disk
@@ -67,11 +72,21 @@ func (w *Watcher) mark() {
 // Rescan reads the disks now.
 func (w *Watcher) Rescan(ctx context.Context) error {
 	disks, err := Scan(ctx, w.Host, w.Probe)
+	changed, err := w.update(disks, err)
+	if changed && w.OnChange != nil {
+		w.OnChange(ctx)
+	}
+	return err
+}
+
+// update takes a rescan's result; changed: a disk came, went or changed
+// state.
+func (w *Watcher) update(disks []Disk, err error) (changed bool, _ error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.err = err
 	if err != nil {
-		return err
+		return false, err
 	}
 	gone := map[string]bool{}
 	for _, d := range w.disks {
@@ -85,9 +100,17 @@ func (w *Watcher) Rescan(ctx context.Context) error {
 			klog.InfoS("Disk of a pool is gone", "disk", id, "pool", w.owners[id])
 		}
 	}
+	state := func(ds []Disk) string {
+		var b strings.Builder
+		for _, d := range ds {
+			fmt.Fprintf(&b, "%s=%s:%s;", d.ID, d.Name, d.State)
+		}
+		return b.String()
+	}
+	before := state(w.disks)
 	w.disks = disks
 	w.mark()
-	return nil
+	return before != state(w.disks), nil
 }
 
 // Run rescans every Interval until ctx ends.

@@ -316,6 +316,28 @@ func (c *Client) Devices(ctx context.Context) ([]DeviceReport, error) {
 	return out, nil
 }
 
+// DiskReport is one disk of one node.
+type DiskReport struct {
+	Node string `json:"node"`
+	v1alpha1.DiskStatus
+}
+
+// Disks reports every node's disks: identity, size, transport, NUMA node,
+// state and pool (nodes with disk rules publish them).
+func (c *Client) Disks(ctx context.Context) ([]DiskReport, error) {
+	pns, err := c.plinthNodes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []DiskReport
+	for _, pn := range pns {
+		for _, d := range pn.Status.Disks {
+			out = append(out, DiskReport{Node: pn.Name, DiskStatus: d})
+		}
+	}
+	return out, nil
+}
+
 // Explanation says why something is (or is not) pending, in plinth's terms.
 type Explanation struct {
 	Object  string   `json:"object"`

@@ -69,6 +69,16 @@ func Print(w io.Writer, format string, v any) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", r.Node, r.Resource, len(r.Devices), len(r.Unhealthy), r.Free, h)
 		}
+	case []DiskReport:
+		fmt.Fprintln(tw, "NODE\tDISK\tID\tSIZE\tTRANSPORT\tNUMA\tSTATE\tPOOL\tREASON")
+		for _, d := range v {
+			numa := "-"
+			if d.NUMANode >= 0 {
+				numa = fmt.Sprint(d.NUMANode)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Node, d.Name, d.ID, quantity(d.SizeBytes), d.Transport, numa, d.State,
+				orDash(d.Pool), orDash(d.Reason))
+		}
 	case Explanation:
 		fmt.Fprintf(tw, "%s: %s\n", v.Object, v.Status)
 		for _, r := range v.Reasons {
@@ -78,4 +88,11 @@ func Print(w io.Writer, format string, v any) error {
 		return fmt.Errorf("no table for %T", v)
 	}
 	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

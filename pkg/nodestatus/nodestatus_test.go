@@ -14,6 +14,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 	plinthfake "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/fake"
 	"github.com/plinth-dev/plinth/pkg/node"
+	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
 
@@ -82,5 +83,33 @@ func TestUnreadablePool(t *testing.T) {
 	}
 	if ev := <-rec.Events; !strings.Contains(ev, "PoolUnhealthy") || !strings.Contains(ev, "pool bad") {
 		t.Fatalf("event %q", ev)
+	}
+}
+
+// The node's disks are published with its pools; a degraded pool stays
+// healthy and says why.
+func TestDisksAndDegradedPool(t *testing.T) {
+	plinth := plinthfake.NewSimpleClientset()
+	disks := []v1alpha1.DiskStatus{
+		{ID: "wwn:a", Name: "sdb", SizeBytes: 1 << 40, Transport: "sata", NUMANode: -1, State: "plinth", Pool: "mirror"},
+		{ID: "wwn:b", Name: "sdc", SizeBytes: 1 << 40, Transport: "sata", NUMANode: -1, State: "missing", Pool: "mirror", Reason: "not present: last seen as sdc"},
+	}
+	pools := func(context.Context) []node.PoolHealth {
+		return []node.PoolHealth{{Name: "mirror", Backend: "btrfs", Stats: pool.Stats{TotalBytes: 1 << 40, FreeBytes: 1 << 39, Degraded: "disk wwn:b (was sdc) is missing"}}}
+	}
+	r := &Publisher{NodeName: "n1", Pools: pools, Disks: func() []v1alpha1.DiskStatus { return disks }, Plinth: plinth,
+		Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
+	if err := r.Publish(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(context.Background(), "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n.Status.Disks) != 2 || n.Status.Disks[1].State != "missing" {
+		t.Errorf("disks %+v", n.Status.Disks)
+	}
+	if p := n.Status.Pools[0]; !p.Healthy || p.Message != "degraded: disk wwn:b (was sdc) is missing" {
+		t.Errorf("pool %+v: want healthy, degraded message", p)
 	}
 }

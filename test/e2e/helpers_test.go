@@ -45,7 +45,7 @@ func (e *env) waitPlinth(ctx context.Context) error {
 		if err != nil {
 			return false, nil
 		}
-		return registered && gpus.Value() == 8 && len(pn.Status.Pools) == 4, nil
+		return registered && gpus.Value() == 8 && len(pn.Status.Pools) == 7, nil
 	})
 }
 

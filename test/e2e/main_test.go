@@ -43,6 +43,8 @@ type env struct {
 	keepKubeletDir bool
 	kubectlPlinth  string // the kubectl plugin, built for the tests
 	plinthBin      string // the plinth binary the images hold
+	// disks are the loop "disks" of the disk rules: name -> image file.
+	disks map[string]string
 }
 
 var e *env
@@ -207,6 +209,9 @@ func (e *env) prepareHost(ctx context.Context, dir string) error {
 			return fmt.Errorf("mount %s: %w", mnt, err)
 		}
 	}
+	if err := e.prepareDisks(ctx, dir); err != nil {
+		return err
+	}
 	// Devices: the nvidia-8gpu fixture, its device files made real
 	// character devices (1:3, like /dev/null) so the runtime can create them
 	// in containers.
@@ -227,6 +232,51 @@ func (e *env) prepareHost(ctx context.Context, dir string) error {
 		return err
 	}
 	return os.MkdirAll(filepath.Join(hostRoot, "cdi"), 0o755)
+}
+
+// diskImages are the loop devices that stand in for the node's disks, and
+// the disk rules (hostRoot/disks.yaml, which deploy/overlays/e2e names)
+// that make a file pool of one, a btrfs raid1 pool of two and a disk pool
+// of two; a disk with someone else's filesystem is named by no rule.
+var diskImages = []struct {
+	name string
+	size int64
+}{{"dfast", 512 << 20}, {"dm1", 320 << 20}, {"dm2", 320 << 20}, {"dw1", 64 << 20}, {"dw2", 96 << 20}, {"dforeign", 64 << 20}}
+
+func (e *env) prepareDisks(ctx context.Context, dir string) error {
+	e.disks = map[string]string{}
+	for _, d := range diskImages {
+		img := filepath.Join(dir, d.name+".img")
+		if err := os.WriteFile(img, nil, 0o600); err != nil {
+			return err
+		}
+		if err := os.Truncate(img, d.size); err != nil {
+			return err
+		}
+		if d.name == "dforeign" {
+			if _, err := run(ctx, "mkfs.ext4", "-q", "-F", "-L", "theirs", img); err != nil {
+				return err
+			}
+		}
+		if _, err := run(ctx, "losetup", "-f", img); err != nil {
+			return err
+		}
+		e.disks[d.name] = img
+	}
+	id := func(names ...string) string {
+		var q []string
+		for _, n := range names {
+			q = append(q, fmt.Sprintf("%q", "file:"+e.disks[n]))
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	rules := fmt.Sprintf(`scanInterval: 1s
+rules:
+- {pool: dfast, layout: file, fsType: xfs, select: {transports: [loop], ids: %s}}
+- {pool: dmirror, layout: btrfs, raid: raid1, select: {transports: [loop], ids: %s}}
+- {pool: dwhole, layout: disk, fsType: ext4, select: {transports: [loop], ids: %s}}
+`, id("dfast"), id("dm1", "dm2"), id("dw1", "dw2"))
+	return os.WriteFile(filepath.Join(hostRoot, "disks.yaml"), []byte(rules), 0o644)
 }
 
 // cleanHost removes what this or an earlier run left: mounts under hostRoot

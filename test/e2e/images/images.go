@@ -24,10 +24,11 @@ import (
 )
 
 // NodeTools are the programs plinth node runs (mkfs, fsck and grow tools
-// for ext4, xfs and btrfs; mount and blkid for k8s.io/mount-utils).
+// for ext4, xfs and btrfs; mount and blkid for k8s.io/mount-utils; blkid,
+// wipefs and blkdiscard for the disks it claims).
 var NodeTools = []string{
 	"mount", "umount", "blkid", "findmnt", "fsck", "e2fsck", "mkfs.ext4", "mke2fs", "resize2fs", "dumpe2fs",
-	"mkfs.xfs", "xfs_growfs", "xfs_repair", "xfs_io", "mkfs.btrfs", "btrfs",
+	"mkfs.xfs", "xfs_growfs", "xfs_repair", "xfs_io", "mkfs.btrfs", "btrfs", "wipefs", "blkdiscard",
 }
 
 // File is one entry of a layer.
