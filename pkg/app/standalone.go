@@ -438,6 +438,19 @@ func openLocal(ctx context.Context, c CSIConfig) (*node.Local, *disk.Watcher, er
 		return nil, nil, err
 	}
 	var w *disk.Watcher
+	if c.disks == nil {
+		// Pools made from disks stay plinth's when their rules are gone:
+		// their disks hold volumes. They open from their records.
+		claims, err := c.claimRecords().Load()
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(claims) > 0 {
+			empty := disk.Config{}
+			empty.Defaults()
+			c.disks = &empty
+		}
+	}
 	if c.disks != nil {
 		var more []pool.Pool
 		if more, w, err = openDiskPools(ctx, c, loops, mount.Exec{}); err != nil {
