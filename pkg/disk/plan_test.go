@@ -199,3 +199,19 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// The example the docs point to parses and, on the fixture machine, claims
+// the SAS disk whole and nothing of the NVMe drive in use as swap.
+func TestExampleConfig(t *testing.T) {
+	cfg, err := LoadConfig("../../deploy/examples/disk-config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, pools := outcome(MakePlan(cfg, scanMachine(t), nil))
+	if got["sdc"] != "claim hdd" || got["nvme1n1"] != "skip" || got["sda"] != "skip" {
+		t.Errorf("disks %v", got)
+	}
+	if pools["nvme"] != "raid1 needs 2 disks, 1 match" {
+		t.Errorf("pools %v", pools)
+	}
+}

@@ -12,7 +12,7 @@ import (
 // StorageClass parameters plinth understands.
 const (
 	ParamPool         = "pool"         // name of the pool to carve from
-	ParamBackend      = "backend"      // file | btrfs: any pool of this backend
+	ParamBackend      = "backend"      // file | btrfs | disk: any pool of this backend
 	ParamProvisioning = "provisioning" // thin (default) | thick
 )
 
@@ -36,8 +36,8 @@ func ParseParams(in map[string]string) (Params, error) {
 			}
 			p.Pool = v
 		case k == ParamBackend:
-			if v != "file" && v != "btrfs" {
-				return Params{}, fmt.Errorf("%w: parameter %q: %q is not a backend (file, btrfs)", pool.ErrInvalid, k, v)
+			if v != "file" && v != "btrfs" && v != "disk" {
+				return Params{}, fmt.Errorf("%w: parameter %q: %q is not a backend (file, btrfs, disk)", pool.ErrInvalid, k, v)
 			}
 			p.Backend = v
 		case k == ParamProvisioning:
