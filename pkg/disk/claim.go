@@ -162,7 +162,7 @@ func (c Claimer) format(ctx context.Context, pp PoolPlan) (string, error) {
 	var err error
 	switch pp.Layout {
 	case LayoutFile:
-		_, err = c.Run.Run(ctx, "mkfs.xfs", append([]string{"-f", "-q", "-m", "reflink=1", "-L", "plinth"}, devs...)...)
+		_, err = c.Run.Run(ctx, "mkfs.xfs", append([]string{"-f", "-q", "-m", "reflink=1", "-L", "plinth"}, devs...)...) // xfs labels are at most 12 bytes
 	case LayoutBtrfs:
 		args := []string{"-f", "-q", "-L", "plinth-" + pp.Name, "-d", pp.Raid}
 		if pp.Raid != "single" {

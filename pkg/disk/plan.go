@@ -72,7 +72,16 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 		}
 		if c.State == ClaimFormatting {
 			// Formatting was interrupted: the recorded disks are formatted
-			// again (they were free or named for wiping when recorded).
+			// again (they were free or named for wiping when recorded) if
+			// they hold nothing, or only what plinth's mkfs began. One that
+			// holds anything else now is another disk in its place: the
+			// pool stops there.
+			for _, d := range pp.Present {
+				if d.State != StateFree && (!wipeable(d) || len(d.Partitions) > 0 || !plinthLabel(d.Signature.Label, c.Pool)) {
+					pp.Problem = fmt.Sprintf("formatting was interrupted, and disk %s (%s) now holds what plinth did not write (%s); it is left alone",
+						d.ID, d.Name, strings.Join(d.Reasons, "; "))
+				}
+			}
 			pp.New, pp.Present = pp.Present, nil
 		}
 		byPool[c.Pool] = len(plan.Pools)
@@ -221,4 +230,9 @@ func (pp PoolPlan) Degraded() string {
 		names = append(names, m.String())
 	}
 	return fmt.Sprintf("disk %s is missing", strings.Join(names, ", "))
+}
+
+// plinthLabel: the filesystem label plinth gives a pool's filesystem.
+func plinthLabel(label, poolName string) bool {
+	return label == "plinth" || label == "plinth-"+poolName
 }

@@ -215,3 +215,37 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("pools %v", pools)
 	}
 }
+
+// After a crash while formatting, the recorded disk is formatted again
+// only if it holds nothing or what plinth's mkfs began.
+func TestMakePlanInterruptedFormat(t *testing.T) {
+	base := scanMachine(t)
+	claim := Claim{Schema: ClaimSchema, Pool: "fast", Layout: LayoutFile, State: ClaimFormatting,
+		Disks: []Member{{ID: "wwn:5000c500b0c0d0e0", SizeBytes: 23437770752 * 512}}}
+	for name, tc := range map[string]struct {
+		sig     Signature
+		problem bool
+	}{
+		"nothing written yet":     {Signature{}, false},
+		"plinth's mkfs began":     {Signature{Type: "xfs", UUID: "half", Label: "plinth"}, false},
+		"another disk in its bay": {Signature{Type: "ext4", UUID: "x", Label: "data"}, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			disks := append([]Disk(nil), base...)
+			for i := range disks {
+				if disks[i].Name == "sdc" {
+					disks[i].Signature = tc.sig
+					disks[i].judge()
+				}
+			}
+			plan := MakePlan(Config{}, disks, []Claim{claim})
+			pp := plan.Pools[0]
+			if (pp.Problem != "") != tc.problem {
+				t.Errorf("problem %q, want one: %t", pp.Problem, tc.problem)
+			}
+			if len(pp.New) != 1 {
+				t.Errorf("new %v", pp.New)
+			}
+		})
+	}
+}
