@@ -101,10 +101,11 @@ func (u Unavailable) ExpandVolume(context.Context, string, int64) (pool.Volume, 
 	return pool.Volume{}, u.err()
 }
 
-// GetVolume: the pool's records are on its missing disks, so no volume is
-// known here (ErrNotFound lets the node look in its other pools).
+// GetVolume: the pool's records are on its missing disks, so whether it
+// holds a volume cannot be told (ErrNotReady: a delete is retried, not
+// taken as done).
 func (u Unavailable) GetVolume(context.Context, string) (pool.Volume, error) {
-	return pool.Volume{}, pool.ErrNotFound
+	return pool.Volume{}, u.err()
 }
 func (u Unavailable) ListVolumes(context.Context) ([]pool.Volume, error) { return nil, nil }
 func (u Unavailable) CreateSnapshot(context.Context, pool.Snapshot) (pool.Snapshot, error) {
@@ -112,7 +113,7 @@ func (u Unavailable) CreateSnapshot(context.Context, pool.Snapshot) (pool.Snapsh
 }
 func (u Unavailable) DeleteSnapshot(context.Context, string) error { return u.err() }
 func (u Unavailable) GetSnapshot(context.Context, string) (pool.Snapshot, error) {
-	return pool.Snapshot{}, pool.ErrNotFound
+	return pool.Snapshot{}, u.err()
 }
 func (u Unavailable) ListSnapshots(context.Context) ([]pool.Snapshot, error) { return nil, nil }
 func (u Unavailable) Attach(context.Context, string) (pool.Attachment, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sort"
 
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -59,12 +60,27 @@ func (n *Local) PoolOfVolume(ctx context.Context, id string) (pool.Pool, pool.Vo
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return nil, pool.Volume{}, err
 	}
+	var unreadable []string
 	for _, p := range n.pools {
-		if v, err := p.GetVolume(ctx, id); err == nil {
+		v, err := p.GetVolume(ctx, id)
+		if err == nil {
 			return p, checked(ctx, p, v), nil
 		}
+		if !errors.Is(err, pool.ErrNotFound) {
+			unreadable = append(unreadable, p.Name())
+		}
 	}
-	return nil, pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+	return nil, pool.Volume{}, notFound("volume", id, unreadable)
+}
+
+// notFound: an ID no pool knows is ErrNotFound, unless a pool that cannot
+// be read (its disks gone) may hold it: then nobody can tell, and a delete
+// must not take "not found" for "gone".
+func notFound(kind, id string, unreadable []string) error {
+	if len(unreadable) > 0 {
+		return fmt.Errorf("%w: %s %s is in none of the readable pools, and pool %s cannot be read", pool.ErrNotReady, kind, id, strings.Join(unreadable, ", "))
+	}
+	return fmt.Errorf("%s %s: %w", kind, id, pool.ErrNotFound)
 }
 
 // checked sets v.Problem where the pool says the volume is out of reach.
@@ -81,12 +97,17 @@ func (n *Local) poolOfSnapshot(ctx context.Context, id string) (pool.Pool, error
 	if err := pool.ValidateID("snapshot ID", id); err != nil {
 		return nil, err
 	}
+	var unreadable []string
 	for _, p := range n.pools {
-		if _, err := p.GetSnapshot(ctx, id); err == nil {
+		_, err := p.GetSnapshot(ctx, id)
+		if err == nil {
 			return p, nil
 		}
+		if !errors.Is(err, pool.ErrNotFound) {
+			unreadable = append(unreadable, p.Name())
+		}
 	}
-	return nil, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
+	return nil, notFound("snapshot", id, unreadable)
 }
 
 // A pool that cannot be read (its disk gone, its filesystem failed) is left
