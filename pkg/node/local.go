@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sort"
+	"strings"
 
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
