@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 
@@ -88,6 +89,51 @@ func (p *Publisher) poolEvents(pools []v1alpha1.PoolStatus) {
 			well: fmt.Sprintf("pool %s is readable again", p.Name)})
 	}
 	p.healthEvents("Pool", before, now)
+	// A pool that loses redundancy (raid1 or a disk pool short of a disk)
+	// stays healthy; it gets an event of its own.
+	was := map[string]string{}
+	if p.lastStatus != nil {
+		for _, q := range p.lastStatus.Pools {
+			was[q.Name] = q.Message
+		}
+	}
+	for _, q := range pools {
+		if q.Healthy && strings.HasPrefix(q.Message, "degraded") && was[q.Name] != q.Message {
+			p.event(v1.EventTypeWarning, "PoolDegraded", fmt.Sprintf("pool %s is %s", q.Name, q.Message))
+		}
+	}
+}
+
+// diskEvents records, on the Node and the PlinthNode, every disk of a pool
+// that went missing or came back since the last status.
+func (p *Publisher) diskEvents(disks []v1alpha1.DiskStatus) {
+	was := map[string]string{}
+	if p.lastStatus != nil {
+		for _, d := range p.lastStatus.Disks {
+			was[d.ID] = d.State
+		}
+	}
+	for _, d := range disks {
+		if d.Pool == "" {
+			continue
+		}
+		switch prev, seen := was[d.ID]; {
+		case d.State == "missing" && prev != "missing":
+			p.event(v1.EventTypeWarning, "DiskMissing", fmt.Sprintf("disk %s of pool %s (last seen as %s) is missing", d.ID, d.Pool, d.Name))
+		case seen && prev == "missing" && d.State != "missing":
+			p.event(v1.EventTypeNormal, "DiskBack", fmt.Sprintf("disk %s of pool %s is back as %s", d.ID, d.Pool, d.Name))
+		}
+	}
+}
+
+// event records an event about the node's storage on both the Node and
+// its PlinthNode.
+func (p *Publisher) event(kind, reason, msg string) {
+	if p.Events == nil {
+		return
+	}
+	p.Events.Event(&v1.ObjectReference{Kind: "Node", Name: p.NodeName, UID: types.UID(p.NodeName)}, kind, reason, msg)
+	p.Events.Event(&v1.ObjectReference{APIVersion: v1alpha1.SchemeGroupVersion.String(), Kind: "PlinthNode", Name: p.NodeName}, kind, reason, msg)
 }
 
 // deviceEvents records an event on the Node for every device whose health
@@ -118,13 +164,20 @@ func (p *Publisher) healthEvents(kind string, before, now []health) {
 		was[h.key] = h.healthy
 	}
 	ref := &v1.ObjectReference{Kind: "Node", Name: p.NodeName, UID: types.UID(p.NodeName)}
+	record := func(typ, reason, msg string) {
+		if kind == "Pool" {
+			p.event(typ, reason, msg) // storage: on the PlinthNode too
+			return
+		}
+		p.Events.Event(ref, typ, reason, msg)
+	}
 	for _, h := range now {
 		prev, seen := was[h.key]
 		switch {
 		case !h.healthy && (!seen || prev):
-			p.Events.Event(ref, v1.EventTypeWarning, kind+"Unhealthy", h.sick)
+			record(v1.EventTypeWarning, kind+"Unhealthy", h.sick)
 		case h.healthy && seen && !prev:
-			p.Events.Event(ref, v1.EventTypeNormal, kind+"Healthy", h.well)
+			record(v1.EventTypeNormal, kind+"Healthy", h.well)
 		}
 	}
 }
@@ -174,6 +227,7 @@ func (p *Publisher) Publish(ctx context.Context, force bool) error {
 	p.poolEvents(st.Pools)
 	if p.Disks != nil {
 		st.Disks = p.Disks()
+		p.diskEvents(st.Disks)
 	}
 	st.PoolCount = len(st.Pools)
 	if p.Devices != nil {

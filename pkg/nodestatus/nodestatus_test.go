@@ -97,8 +97,9 @@ func TestDisksAndDegradedPool(t *testing.T) {
 	pools := func(context.Context) []node.PoolHealth {
 		return []node.PoolHealth{{Name: "mirror", Backend: "btrfs", Stats: pool.Stats{TotalBytes: 1 << 40, FreeBytes: 1 << 39, Degraded: "disk wwn:b (was sdc) is missing"}}}
 	}
-	r := &Publisher{NodeName: "n1", Pools: pools, Disks: func() []v1alpha1.DiskStatus { return disks }, Plinth: plinth,
-		Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
+	rec := record.NewFakeRecorder(10)
+	r := &Publisher{NodeName: "n1", Pools: pools, Disks: func() []v1alpha1.DiskStatus { return append([]v1alpha1.DiskStatus(nil), disks...) }, Plinth: plinth,
+		Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
 	if err := r.Publish(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -111,5 +112,26 @@ func TestDisksAndDegradedPool(t *testing.T) {
 	}
 	if p := n.Status.Pools[0]; !p.Healthy || p.Message != "degraded: disk wwn:b (was sdc) is missing" {
 		t.Errorf("pool %+v: want healthy, degraded message", p)
+	}
+	// On the Node and on the PlinthNode: the pool degraded, the disk missing.
+	var got []string
+	for len(rec.Events) > 0 {
+		got = append(got, <-rec.Events)
+	}
+	all := strings.Join(got, "\n")
+	if len(got) != 4 || strings.Count(all, "PoolDegraded") != 2 || strings.Count(all, "DiskMissing disk wwn:b of pool mirror") != 2 {
+		t.Errorf("events:\n%s", all)
+	}
+	// The disk is back: one DiskBack on each; nothing else again.
+	disks[1].State, disks[1].Reason = "plinth", ""
+	if err := r.Publish(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for len(rec.Events) > 0 {
+		got = append(got, <-rec.Events)
+	}
+	if len(got) != 2 || !strings.Contains(got[0], "DiskBack") {
+		t.Errorf("events after the disk came back: %v", got)
 	}
 }
