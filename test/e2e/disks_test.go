@@ -121,6 +121,9 @@ func TestDiskPools(t *testing.T) {
 		t.Fatalf("pull %s: %v: %s", dw1, err, out)
 	}
 	waitDisk(t, ctx, e.disks["dw1"], "missing")
+	if ev := events(ctx, "default"); !strings.Contains(ev, "PlinthNode/"+nodeName+" DiskMissing") || !strings.Contains(ev, "Node/"+nodeName+" DiskMissing") {
+		t.Errorf("no DiskMissing event on the Node and the PlinthNode:%s", ev)
+	}
 	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := e.pool(ctx, "dwhole")
 		return err == nil && p.Healthy && strings.Contains(p.Message, "degraded"), nil
