@@ -121,9 +121,7 @@ func TestDiskPools(t *testing.T) {
 		t.Fatalf("pull %s: %v: %s", dw1, err, out)
 	}
 	waitDisk(t, ctx, e.disks["dw1"], "missing")
-	if ev := events(ctx, "default"); !strings.Contains(ev, "PlinthNode/"+nodeName+" DiskMissing") || !strings.Contains(ev, "Node/"+nodeName+" DiskMissing") {
-		t.Errorf("no DiskMissing event on the Node and the PlinthNode:%s", ev)
-	}
+	waitEvents(t, ctx, "PlinthNode/"+nodeName+" DiskMissing", "Node/"+nodeName+" DiskMissing")
 	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := e.pool(ctx, "dwhole")
 		return err == nil && p.Healthy && strings.Contains(p.Message, "degraded"), nil
@@ -180,9 +178,7 @@ func TestDiskPools(t *testing.T) {
 		p, _ := e.pool(ctx, "dfast")
 		t.Errorf("dfast after its filesystem failed: %+v", p)
 	}
-	if ev := events(ctx, "default"); !strings.Contains(ev, "PoolUnhealthy") || !strings.Contains(ev, "pool dfast") {
-		t.Errorf("no PoolUnhealthy event for dfast:%s", ev)
-	}
+	waitEvents(t, ctx, "Node/"+nodeName+" PoolUnhealthy: pool dfast", "PlinthNode/"+nodeName+" PoolUnhealthy: pool dfast")
 	if _, err := e.client.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc("late", "plinth-disk-file", "16Mi", false), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -199,5 +195,24 @@ func TestDiskPools(t *testing.T) {
 
 	if sig := blkidOf(loopOf(t, e.disks["dforeign"])); !strings.Contains(sig, "TYPE=ext4") || !strings.Contains(sig, "LABEL=theirs") {
 		t.Errorf("the foreign disk now holds %q", sig)
+	}
+}
+
+// waitEvents waits until the events about cluster-scoped objects (in
+// "default") say each of want.
+func waitEvents(t *testing.T, ctx context.Context, want ...string) {
+	t.Helper()
+	var ev string
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		ev = events(ctx, "default")
+		for _, w := range want {
+			if !strings.Contains(ev, w) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("events lack %q:%s", want, ev)
 	}
 }
