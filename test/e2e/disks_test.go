@@ -121,7 +121,7 @@ func TestDiskPools(t *testing.T) {
 		t.Fatalf("pull %s: %v: %s", dw1, err, out)
 	}
 	waitDisk(t, ctx, e.disks["dw1"], "missing")
-	waitEvents(t, ctx, "PlinthNode/"+nodeName+" DiskMissing", "Node/"+nodeName+" DiskMissing")
+	waitEvents(t, ctx, " PlinthNode/"+nodeName+" DiskMissing", " Node/"+nodeName+" DiskMissing")
 	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		p, err := e.pool(ctx, "dwhole")
 		return err == nil && p.Healthy && strings.Contains(p.Message, "degraded"), nil
@@ -178,7 +178,7 @@ func TestDiskPools(t *testing.T) {
 		p, _ := e.pool(ctx, "dfast")
 		t.Errorf("dfast after its filesystem failed: %+v", p)
 	}
-	waitEvents(t, ctx, "Node/"+nodeName+" PoolUnhealthy: pool dfast", "PlinthNode/"+nodeName+" PoolUnhealthy: pool dfast")
+	waitEvents(t, ctx, " Node/"+nodeName+" PoolUnhealthy: pool dfast", " PlinthNode/"+nodeName+" PoolUnhealthy: pool dfast")
 	if _, err := e.client.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc("late", "plinth-disk-file", "16Mi", false), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
