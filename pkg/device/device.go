@@ -120,22 +120,38 @@ func linkBase(path string) string {
 	return filepath.Base(t)
 }
 
+// IsPCIAddress reports whether s is a PCI function's address
+// (0000:3b:00.0).
+func IsPCIAddress(s string) bool { return bdfRE.MatchString(s) }
+
+// PCIPlacement reads where the PCI function whose sysfs directory is dir
+// sits: its NUMA node (-1 where the platform does not say) and the PCIe
+// path, the bridges above it, root port first. Accelerators and the disks
+// of pkg/disk (an NVMe controller, an HBA) are placed with it alike.
+func PCIPlacement(dir string) (numa int, pciePath []string, err error) {
+	numa = -1
+	if n, err := strconv.Atoi(readTrim(filepath.Join(dir, "numa_node"))); err == nil && n >= 0 {
+		numa = n
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return -1, nil, fmt.Errorf("resolve %s: %w", dir, err)
+	}
+	for _, el := range strings.Split(filepath.Dir(real), string(filepath.Separator)) {
+		if bdfRE.MatchString(el) {
+			pciePath = append(pciePath, el)
+		}
+	}
+	return numa, pciePath, nil
+}
+
 func (h Host) pciDevice(bdf, dir, class string) (Device, error) {
 	d := Device{ID: bdf, Kind: "pci", Class: class, Vendor: readTrim(filepath.Join(dir, "vendor")),
 		DeviceID: readTrim(filepath.Join(dir, "device")), Driver: linkBase(filepath.Join(dir, "driver")),
 		IOMMUGroup: linkBase(filepath.Join(dir, "iommu_group")), NUMANode: -1, Index: -1}
-	if n, err := strconv.Atoi(readTrim(filepath.Join(dir, "numa_node"))); err == nil && n >= 0 {
-		d.NUMANode = n
-	}
-	// The PCIe path: the BDFs in the resolved sysfs path above the device.
-	real, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		return Device{}, fmt.Errorf("resolve %s: %w", dir, err)
-	}
-	for _, el := range strings.Split(filepath.Dir(real), string(filepath.Separator)) {
-		if bdfRE.MatchString(el) {
-			d.PCIePath = append(d.PCIePath, el)
-		}
+	var err error
+	if d.NUMANode, d.PCIePath, err = PCIPlacement(dir); err != nil {
+		return Device{}, err
 	}
 	// DRM (card, render) and accel nodes named by the device's own sysfs.
 	for _, sub := range []struct{ dir, dev string }{{"drm", "dri"}, {"accel", "accel"}} {

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/plinth-dev/plinth/pkg/device"
 )
 
 // Host is where discovery reads: sysfs, the device nodes and procfs (for
@@ -226,8 +228,6 @@ func readInt(path string) int64 {
 	return n
 }
 
-var bdfRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
-
 // read reads one whole block device's attributes (ok=false: not a disk).
 func (h Host) read(name string) (Disk, bool, error) {
 	dir := filepath.Join(h.Sysfs, "block", name)
@@ -276,20 +276,19 @@ func (h Host) read(name string) (Disk, bool, error) {
 	d.Vendor = firstOf(filepath.Join(dir, "device", "vendor"))
 	d.Serial = firstOf(filepath.Join(dir, "device", "serial"), filepath.Join(dir, "serial"))
 	d.WWN = normaliseWWN(firstOf(filepath.Join(dir, "wwid"), filepath.Join(dir, "device", "wwid")))
-	// The PCI function nearest the disk, and the bridges above it.
+	// The PCI function nearest the disk (an NVMe controller, the HBA or
+	// AHCI controller it hangs off), placed as pkg/device places
+	// accelerators: its NUMA node and the bridges above it.
 	els := strings.Split(devPath, "/")
-	for i, el := range els {
-		if !bdfRE.MatchString(el) {
+	for i := len(els) - 1; i >= 0; i-- {
+		if !device.IsPCIAddress(els[i]) {
 			continue
 		}
-		d.PCIPath = append(d.PCIPath, el)
-		d.PCIAddress = el
-		if n, err := strconv.Atoi(readTrim(filepath.Join(h.Sysfs, filepath.Join(els[:i+1]...), "numa_node"))); err == nil && n >= 0 {
-			d.NUMANode = n
+		d.PCIAddress = els[i]
+		if d.NUMANode, d.PCIPath, err = device.PCIPlacement(filepath.Join(h.Sysfs, filepath.Join(els[:i+1]...))); err != nil {
+			return Disk{}, false, err
 		}
-	}
-	if len(d.PCIPath) > 0 {
-		d.PCIPath = d.PCIPath[:len(d.PCIPath)-1]
+		break
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
