@@ -33,23 +33,8 @@ func (b Blkid) Probe(ctx context.Context, device string) (Signature, error) {
 	default:
 		return Signature{}, fmt.Errorf("blkid %s: %w", device, err)
 	}
-	var s Signature
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "TYPE":
-			s.Type = v
-		case "UUID":
-			s.UUID = v
-		case "LABEL":
-			s.Label = v
-		case "PTTYPE":
-			s.PTType = v
-		}
-	}
+	tags := mount.BlkidTags(out)
+	s := Signature{Type: tags["TYPE"], UUID: tags["UUID"], Label: tags["LABEL"], PTType: tags["PTTYPE"]}
 	if s.Empty() {
 		s.Type = "unknown" // blkid said something is there
 	}

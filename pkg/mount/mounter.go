@@ -70,19 +70,8 @@ func (h *Host) Probe(ctx context.Context, device string) (string, error) {
 		}
 		return "", fmt.Errorf("probe %s: %w", device, err)
 	}
-	var fsType, ptType string
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
-		if !ok {
-			continue
-		}
-		switch k {
-		case "TYPE":
-			fsType = v
-		case "PTTYPE":
-			ptType = v
-		}
-	}
+	tags := BlkidTags(out)
+	fsType, ptType := tags["TYPE"], tags["PTTYPE"]
 	if ptType != "" {
 		return "", fmt.Errorf("%w: %s has a %s partition table", ErrForeignData, device, ptType)
 	}
@@ -466,4 +455,15 @@ func DeviceSize(device string) (int64, error) {
 		return 0, fmt.Errorf("size of %s: %w", device, err)
 	}
 	return int64(size), nil
+}
+
+// BlkidTags reads `blkid -o export` output: one KEY=value per line.
+func BlkidTags(out []byte) map[string]string {
+	tags := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok {
+			tags[k] = v
+		}
+	}
+	return tags
 }
