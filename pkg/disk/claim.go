@@ -33,6 +33,7 @@ type Claimer struct {
 type Ready struct {
 	Name   string
 	Layout Layout
+	Raid   string
 	FsType string
 	// Dir is where a filesystem pool is mounted.
 	Dir string
@@ -54,7 +55,7 @@ type Ready struct {
 func (c Claimer) Apply(ctx context.Context, plan Plan) []Ready {
 	var out []Ready
 	for _, pp := range plan.Pools {
-		r := Ready{Name: pp.Name, Layout: pp.Layout, FsType: pp.FsType}
+		r := Ready{Name: pp.Name, Layout: pp.Layout, Raid: pp.Raid, FsType: pp.FsType}
 		if pp.Problem != "" {
 			r.Err = errors.New(pp.Problem)
 			if pp.Claim == nil {

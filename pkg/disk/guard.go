@@ -20,13 +20,17 @@ type Guarded struct {
 	watch    *Watcher
 	degraded string
 	dir      string
+	// mirrored: the pool keeps every block on two disks (btrfs raid1),
+	// so it serves, degraded, with one of them gone.
+	mirrored bool
 }
 
 var _ pool.Pool = (*Guarded)(nil)
 
 // Guard wraps p, made on members, with the watcher's view of its disks.
 func Guard(p pool.Pool, r Ready, w *Watcher) *Guarded {
-	return &Guarded{Pool: p, members: r.Members, watch: w, degraded: r.Degraded, dir: r.Dir}
+	return &Guarded{Pool: p, members: r.Members, watch: w, degraded: r.Degraded, dir: r.Dir,
+		mirrored: r.Layout == LayoutBtrfs && r.Raid == "raid1"}
 }
 
 // missing lists the members the watcher no longer sees.
@@ -42,7 +46,12 @@ func (g *Guarded) missing() []string {
 
 // Stats fails while a disk is missing; a degraded pool's stats carry why.
 func (g *Guarded) Stats(ctx context.Context) (pool.Stats, error) {
-	if gone := g.missing(); len(gone) > 0 {
+	gone := g.missing()
+	degraded := g.degraded
+	switch {
+	case len(gone) == 1 && g.mirrored && len(g.members) >= 2 && degraded == "":
+		degraded = fmt.Sprintf("disk %s is gone", gone[0])
+	case len(gone) > 0:
 		return pool.Stats{}, fmt.Errorf("%w: pool %s: disk %s is gone", pool.ErrNotReady, g.Name(), strings.Join(gone, ", "))
 	}
 	// statfs answers on a filesystem that has shut down (XFS after an I/O
@@ -54,7 +63,7 @@ func (g *Guarded) Stats(ctx context.Context) (pool.Stats, error) {
 	if err != nil {
 		return st, err
 	}
-	st.Degraded = g.degraded
+	st.Degraded = degraded
 	return st, nil
 }
 
