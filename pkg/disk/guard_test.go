@@ -14,7 +14,9 @@ import (
 // statsPool is a pool whose stats always read.
 type statsPool struct{ Unavailable }
 
-func (statsPool) Stats(context.Context) (pool.Stats, error) { return pool.Stats{TotalBytes: 1 << 30}, nil }
+func (statsPool) Stats(context.Context) (pool.Stats, error) {
+	return pool.Stats{TotalBytes: 1 << 30}, nil
+}
 
 // A disk that goes while plinth runs: a raid1 pool serves on, degraded; a
 // single-disk pool is unhealthy and takes no volume; both say which disk.
