@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -87,6 +88,26 @@ func TestDiskPools(t *testing.T) {
 	}
 	if pools["file:"+e.disks["dm2"]] != "dmirror" || pools["file:"+e.disks["dw1"]] != "dwhole" {
 		t.Errorf("kubectl plinth disks: %s", out)
+	}
+
+	// The scheduler's view of the disk pool: what is free, and the largest
+	// volume one node can make (its largest free disk).
+	var capErr error
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		l, err := e.client.StorageV1().CSIStorageCapacities("plinth-system").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			capErr = err
+			return false, nil
+		}
+		for _, c := range l.Items {
+			if c.StorageClassName == "plinth-whole-disk" && c.MaximumVolumeSize != nil && c.Capacity != nil {
+				capErr = fmt.Errorf("capacity %s, maximum volume size %s", c.Capacity, c.MaximumVolumeSize)
+				return c.MaximumVolumeSize.Value() == 96<<20 && c.Capacity.Value() == 160<<20, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Errorf("CSIStorageCapacity of plinth-whole-disk: %v; want 160Mi free, 96Mi the largest volume", capErr)
 	}
 
 	// A volume from each layout, used by a pod.
