@@ -112,10 +112,10 @@ func (s Signature) Empty() bool { return s.Type == "" && s.PTType == "" }
 func (s Signature) String() string {
 	var parts []string
 	if s.PTType != "" {
-		parts = append(parts, s.PTType+" partition table")
+		parts = append(parts, "partition table "+s.PTType)
 	}
 	if s.Type != "" {
-		t := s.Type + " signature"
+		t := "signature " + s.Type
 		if s.UUID != "" {
 			t += " (UUID " + s.UUID + ")"
 		}
@@ -191,7 +191,7 @@ func (d *Disk) judge() {
 		why = append(why, "has partitions "+strings.Join(d.Partitions, ", "))
 	}
 	if !d.Signature.Empty() {
-		why = append(why, "has a "+d.Signature.String())
+		why = append(why, "has "+d.Signature.String())
 	}
 	if len(d.MountPoints) > 0 {
 		why = append(why, "mounted at "+strings.Join(d.MountPoints, ", "))

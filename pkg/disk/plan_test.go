@@ -41,7 +41,7 @@ func TestMakePlanRules(t *testing.T) {
 			rules: []Rule{{Pool: "bulk", Layout: LayoutDisk, Select: Selector{Rotational: ptr(true), MinSize: qty("1Ti")}}},
 			disks: map[string]string{"sda": "skip", "sdb": "skip", "sdc": "claim bulk", "vda": "skip"},
 			pools: map[string]string{"bulk": ""},
-			why: map[string]string{"sda": "has partitions sda1, sda2; has a gpt partition table; mounted at /boot",
+			why: map[string]string{"sda": "has partitions sda1, sda2; has partition table gpt; mounted at /boot",
 				"sdb": "held by dm-0", "vda": "too small"},
 		},
 		"too large, removable and loop devices need saying": {

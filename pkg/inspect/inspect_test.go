@@ -52,14 +52,14 @@ func TestPrintDisks(t *testing.T) {
 	var b bytes.Buffer
 	disks := []DiskReport{
 		{Node: "n1", DiskStatus: v1alpha1.DiskStatus{ID: "wwn:5000c500a1b2c3d4", Name: "sdb", SizeBytes: 4 << 40, Transport: "sata", NUMANode: -1, State: "plinth", Pool: "bulk"}},
-		{Node: "n1", DiskStatus: v1alpha1.DiskStatus{ID: "serial:S5GX", Name: "nvme0n1", SizeBytes: 1 << 40, Transport: "nvme", NUMANode: 1, State: "foreign", Reason: "has a gpt partition table"}},
+		{Node: "n1", DiskStatus: v1alpha1.DiskStatus{ID: "serial:S5GX", Name: "nvme0n1", SizeBytes: 1 << 40, Transport: "nvme", NUMANode: 1, State: "foreign", Reason: "has partition table gpt"}},
 	}
 	if err := Print(&b, "table", disks); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NODE") || !strings.Contains(lines[1], "4Ti") || !strings.Contains(lines[1], "bulk") ||
-		!strings.Contains(lines[2], "has a gpt partition table") {
+		!strings.Contains(lines[2], "has partition table gpt") {
 		t.Fatalf("table:\n%s", b.String())
 	}
 	b.Reset()
