@@ -208,23 +208,26 @@ func (c Claimer) mountPool(ctx context.Context, claim Claim, members []Disk, deg
 		devs = append(devs, d.Device)
 		mine[d.MajorMinor] = true
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("pool %s: %w", claim.Pool, err)
-	}
-	mounts, err := readMounts(c.mountinfo())
+	// Mounted by an earlier start (plinth restarted, the node did not):
+	// the filesystem there must be the pool's. A btrfs mount shows an
+	// anonymous device number, so the source device's UUID decides.
+	at, err := mountsAt(c.mountinfo(), dir)
 	if err != nil {
 		return err
 	}
-	for mm, points := range mounts {
-		for _, p := range points {
-			if p != dir {
-				continue
-			}
-			if mine[mm] {
-				return nil // mounted by an earlier start
-			}
-			return fmt.Errorf("pool %s: something else (device %s) is mounted at %s", claim.Pool, mm, dir)
+	for _, m := range at {
+		if mine[m.majorMinor] {
+			return nil
 		}
+		if strings.HasPrefix(m.source, "/dev/") {
+			if sig, err := c.Probe.Probe(ctx, m.source); err == nil && sig.UUID == claim.UUID {
+				return nil
+			}
+		}
+		return fmt.Errorf("pool %s: something else (%s %s, device %s) is mounted at %s", claim.Pool, m.fsType, m.source, m.majorMinor, dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("pool %s: %w", claim.Pool, err)
 	}
 	fsType, data := "xfs", ""
 	if claim.Layout == LayoutBtrfs {
@@ -250,4 +253,28 @@ func (c Claimer) mountinfo() string {
 		return c.Mountinfo
 	}
 	return "/proc/self/mountinfo"
+}
+
+// mountAt is one mount at a directory, from mountinfo.
+type mountAt struct {
+	majorMinor, fsType, source string
+}
+
+// mountsAt lists what is mounted at dir.
+func mountsAt(mountinfo, dir string) ([]mountAt, error) {
+	b, err := os.ReadFile(mountinfo)
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	var out []mountAt
+	for _, line := range strings.Split(string(b), "\n") {
+		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 2 || unescape(f[4]) != dir {
+			continue
+		}
+		out = append(out, mountAt{majorMinor: f[2], fsType: g[0], source: unescape(g[1])})
+	}
+	return out, nil
 }

@@ -60,27 +60,36 @@ func (n *Local) PoolOfVolume(ctx context.Context, id string) (pool.Pool, pool.Vo
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return nil, pool.Volume{}, err
 	}
-	var unreadable []string
 	for _, p := range n.pools {
-		v, err := p.GetVolume(ctx, id)
-		if err == nil {
+		if v, err := p.GetVolume(ctx, id); err == nil {
 			return p, checked(ctx, p, v), nil
 		}
-		if !errors.Is(err, pool.ErrNotFound) {
-			unreadable = append(unreadable, p.Name())
-		}
 	}
-	return nil, pool.Volume{}, notFound("volume", id, unreadable)
+	return nil, pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
 }
 
-// notFound: an ID no pool knows is ErrNotFound, unless a pool that cannot
-// be read (its disks gone) may hold it: then nobody can tell, and a delete
-// must not take "not found" for "gone".
-func notFound(kind, id string, unreadable []string) error {
-	if len(unreadable) > 0 {
-		return fmt.Errorf("%w: %s %s is in none of the readable pools, and pool %s cannot be read", pool.ErrNotReady, kind, id, strings.Join(unreadable, ", "))
+// Unopened names the pools whose records cannot be read (their disks gone
+// when plinth started): an ID no other pool knows may be theirs.
+func (n *Local) Unopened(ctx context.Context) []string {
+	var out []string
+	for _, p := range n.pools {
+		if _, err := p.GetVolume(ctx, "unopened-probe"); err != nil && !errors.Is(err, pool.ErrNotFound) {
+			out = append(out, p.Name())
+		}
 	}
-	return fmt.Errorf("%s %s: %w", kind, id, pool.ErrNotFound)
+	return out
+}
+
+// gone turns "not found" into "cannot tell" while a pool cannot be read: a
+// delete must not take an ID that may live on a missing disk for gone.
+func (n *Local) gone(ctx context.Context, kind, id string, err error) error {
+	if !errors.Is(err, pool.ErrNotFound) {
+		return err
+	}
+	if u := n.Unopened(ctx); len(u) > 0 {
+		return fmt.Errorf("%w: %s %s is in none of the readable pools, and pool %s cannot be read", pool.ErrNotReady, kind, id, strings.Join(u, ", "))
+	}
+	return err
 }
 
 // checked sets v.Problem where the pool says the volume is out of reach.
@@ -97,17 +106,12 @@ func (n *Local) poolOfSnapshot(ctx context.Context, id string) (pool.Pool, error
 	if err := pool.ValidateID("snapshot ID", id); err != nil {
 		return nil, err
 	}
-	var unreadable []string
 	for _, p := range n.pools {
-		_, err := p.GetSnapshot(ctx, id)
-		if err == nil {
+		if _, err := p.GetSnapshot(ctx, id); err == nil {
 			return p, nil
 		}
-		if !errors.Is(err, pool.ErrNotFound) {
-			unreadable = append(unreadable, p.Name())
-		}
 	}
-	return nil, notFound("snapshot", id, unreadable)
+	return nil, fmt.Errorf("snapshot %s: %w", id, pool.ErrNotFound)
 }
 
 // A pool that cannot be read (its disk gone, its filesystem failed) is left
@@ -178,7 +182,7 @@ func (n *Local) DeleteVolume(ctx context.Context, id string) error {
 	defer release()
 	p, _, err := n.PoolOfVolume(ctx, id)
 	if err != nil {
-		return err
+		return n.gone(ctx, "volume", id, err)
 	}
 	return p.DeleteVolume(ctx, id)
 }
@@ -247,7 +251,7 @@ func (n *Local) DeleteSnapshot(ctx context.Context, id string) error {
 	defer release()
 	p, err := n.poolOfSnapshot(ctx, id)
 	if err != nil {
-		return err
+		return n.gone(ctx, "snapshot", id, err)
 	}
 	return p.DeleteSnapshot(ctx, id)
 }

@@ -10,8 +10,8 @@ import (
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
 
-// While a pool cannot be read (its disks gone), a volume no readable pool
-// holds is not "not found": a delete is retried, never taken as done; and
+// While a pool cannot be read (its disks gone), a delete of a volume no
+// readable pool holds is not taken as done; lookups answer as before; and
 // new volumes still go to the healthy pools.
 func TestUnreadablePoolIsNotNotFound(t *testing.T) {
 	good, err := file.New(file.Config{Name: "good", Dir: t.TempDir()})
@@ -24,11 +24,20 @@ func TestUnreadablePoolIsNotNotFound(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, _, err := n.PoolOfVolume(ctx, "pv-1"); !errors.Is(err, pool.ErrNotReady) {
-		t.Errorf("lookup with a pool unreadable: %v, want ErrNotReady", err)
+	// The node path answers as for any unknown volume (the kubelet's
+	// clean-up of stale mounts goes on)...
+	if _, _, err := n.PoolOfVolume(ctx, "pv-1"); !errors.Is(err, pool.ErrNotFound) {
+		t.Errorf("lookup with a pool unreadable: %v, want ErrNotFound", err)
 	}
-	if err := n.DeleteVolume(ctx, "pv-1"); err == nil || errors.Is(err, pool.ErrNotFound) {
-		t.Errorf("delete with a pool unreadable: %v, want a retryable error", err)
+	// ...but a delete is not taken as done.
+	if err := n.DeleteVolume(ctx, "pv-1"); !errors.Is(err, pool.ErrNotReady) {
+		t.Errorf("delete with a pool unreadable: %v, want ErrNotReady", err)
+	}
+	if err := n.DeleteSnapshot(ctx, "sn-1"); !errors.Is(err, pool.ErrNotReady) {
+		t.Errorf("snapshot delete with a pool unreadable: %v, want ErrNotReady", err)
+	}
+	if u := n.Unopened(ctx); len(u) != 1 || u[0] != "gone" {
+		t.Errorf("unopened %v", u)
 	}
 	infos, err := n.Pools(ctx)
 	if err != nil || len(infos) != 1 || infos[0].Name != "good" {

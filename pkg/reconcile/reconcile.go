@@ -161,6 +161,9 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		// The storage vanished under a volume that was made: say so, and
 		// never make an empty one in its place.
 		msg := "the volume's storage is missing from pool " + v.Spec.Pool
+		if u, ok := r.Local.(interface{ Unopened(context.Context) []string }); ok && slices.Contains(u.Unopened(ctx), v.Spec.Pool) {
+			msg = "pool " + v.Spec.Pool + " cannot be opened (its disks are missing or its filesystem fails); the volume is kept until it is back"
+		}
 		if v.Status.Message != msg {
 			r.event(v, v1.EventTypeWarning, "StorageMissing", msg)
 			logger.Error(nil, "Storage missing")
@@ -175,7 +178,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		if v.Spec.CapacityBytes > local.CapacityBytes {
 			return r.expand(ctx, v)
 		}
-		if v.Status.CapacityBytes != local.CapacityBytes || v.Status.ObservedGeneration != v.Generation {
+		if v.Status.CapacityBytes != local.CapacityBytes || v.Status.ObservedGeneration != v.Generation || v.Status.Message != "" {
 			v.Status.CapacityBytes, v.Status.ObservedGeneration = local.CapacityBytes, v.Generation
 			v.Status.Reason, v.Status.Message = "", ""
 			return r.writeStatus(ctx, v)

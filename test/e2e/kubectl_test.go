@@ -34,7 +34,7 @@ func checkKubectlPlinth(t *testing.T, ctx context.Context) {
 	t.Helper()
 	var nodes []inspect.NodeReport
 	kubectlPlinthJSON(t, &nodes, "nodes")
-	if len(nodes) != 1 || nodes[0].Name != nodeName || len(nodes[0].Pools) != 4 || len(nodes[0].Resources) != 1 {
+	if len(nodes) != 1 || nodes[0].Name != nodeName || len(nodes[0].Pools) != 7 || len(nodes[0].Resources) != 1 {
 		t.Fatalf("kubectl plinth nodes: %+v", nodes)
 	}
 	if r := nodes[0].Resources[0]; r.Resource != "example.com/gpu" || r.Devices != 8 || r.Healthy != 8 || r.Allocated != 6 {

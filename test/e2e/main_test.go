@@ -181,7 +181,7 @@ func (e *env) prepareHost(ctx context.Context, dir string) error {
 	pools := []struct {
 		name, fs string
 		size     int64
-	}{{"local", "xfs", 6 << 30}, {"small", "ext4", 400 << 20}, {"btr", "btrfs", 3 << 30}, {"ext", "ext4", 3 << 30}}
+	}{{"local", "xfs", 6 << 30}, {"small", "ext4", 400 << 20}, {"btr", "btrfs", 6 << 30}, {"ext", "ext4", 3 << 30}}
 	for _, p := range pools {
 		img := filepath.Join(dir, p.name+".img")
 		if err := os.WriteFile(img, nil, 0o600); err != nil {

@@ -25,7 +25,7 @@ import (
 
 // TestInstalled: plinth is installed from deploy/ and registered: the CSINode
 // carries the driver, the node advertises the fixture's 8 GPUs, and the
-// PlinthNode lists the four pools.
+// PlinthNode lists the seven pools (four declared, three made by disk rules).
 func TestInstalled(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -272,6 +272,22 @@ func TestDiskRules(t *testing.T) {
 		t.Errorf("an 80MiB volume with only a 64MiB disk free: %v, want ResourceExhausted", err)
 	}
 
+	// plinth restarts while the node does not: its pools are mounted
+	// already (a btrfs mount shows an anonymous device, not its disks') and
+	// are taken as they are.
+	stop()
+	sock, stop = testenv.StandaloneStoppable(t, e.cfg)
+	c = testenv.Dial(t, sock)
+	if sh, err := c.NodeGetStorageHealth(ctx, &csi.NodeGetStorageHealthRequest{}); err != nil || len(sh.GetBackendHealth()) != 0 {
+		t.Fatalf("storage health after a restart: %v %v", sh, err)
+	}
+	for _, v := range vols {
+		target := e.stagePublish(t, c, v) // already: answered OK
+		if got := readData(t, v, target, len(payload(v))); !bytes.Equal(got, payload(v)) {
+			t.Errorf("%s after a restart holds %q", v.name, got)
+		}
+	}
+
 	// A reboot: every mount and loop device goes, and the disks come back
 	// under other names.
 	stop()
