@@ -161,7 +161,9 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		// The storage vanished under a volume that was made: say so, and
 		// never make an empty one in its place.
 		msg := "the volume's storage is missing from pool " + v.Spec.Pool
-		if u, ok := r.Local.(interface{ Unopened(context.Context) []string }); ok && slices.Contains(u.Unopened(ctx), v.Spec.Pool) {
+		if u, ok := r.Local.(interface {
+			Unopened(context.Context) []string
+		}); ok && slices.Contains(u.Unopened(ctx), v.Spec.Pool) {
 			msg = "pool " + v.Spec.Pool + " cannot be opened (its disks are missing or its filesystem fails); the volume is kept until it is back"
 		}
 		if v.Status.Message != msg {
