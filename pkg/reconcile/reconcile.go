@@ -137,6 +137,12 @@ func (r *Reconciler) next(ctx context.Context) bool {
 	return true
 }
 
+// unopener is a node that can name its pools whose records cannot be read
+// (node.Local: their disks were missing when plinth started).
+type unopener interface {
+	Unopened(context.Context) []string
+}
+
 func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	cached, err := r.volumes.Get(key)
 	if apierrors.IsNotFound(err) {
@@ -161,9 +167,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		// The storage vanished under a volume that was made: say so, and
 		// never make an empty one in its place.
 		msg := "the volume's storage is missing from pool " + v.Spec.Pool
-		if u, ok := r.Local.(interface {
-			Unopened(context.Context) []string
-		}); ok && slices.Contains(u.Unopened(ctx), v.Spec.Pool) {
+		if u, ok := r.Local.(unopener); ok && slices.Contains(u.Unopened(ctx), v.Spec.Pool) {
 			msg = "pool " + v.Spec.Pool + " cannot be opened (its disks are missing or its filesystem fails); the volume is kept until it is back"
 		}
 		if v.Status.Message != msg {
