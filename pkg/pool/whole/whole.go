@@ -215,20 +215,34 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 
 // inUse reads, now, whether anything has the disk (or a partition of it)
 // mounted or held.
+// A tenant of a raw block volume may have written a partition table, and
+// the kernel made partitions of it: those count too.
 func (p *Pool) inUse(d disk.Disk) error {
 	b, err := os.ReadFile(p.cfg.Mountinfo)
 	if err != nil {
 		return fmt.Errorf("read mounts: %w", err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && f[2] == d.MajorMinor {
-			return fmt.Errorf("%w: disk %s (%s) is mounted at %s", pool.ErrInUse, d.ID, d.Device, f[4])
+	devs := map[string]string{d.MajorMinor: d.Name} // major:minor -> name
+	holders := []string{""}
+	if p.cfg.SysfsRoot != "" {
+		dir := filepath.Join(p.cfg.SysfsRoot, "block", d.Name)
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if mm, err := os.ReadFile(filepath.Join(dir, e.Name(), "dev")); err == nil && strings.HasPrefix(e.Name(), d.Name) {
+				devs[strings.TrimSpace(string(mm))] = e.Name()
+				holders = append(holders, e.Name())
+			}
+		}
+		for _, part := range holders {
+			if hs, _ := os.ReadDir(filepath.Join(dir, part, "holders")); len(hs) > 0 {
+				return fmt.Errorf("%w: disk %s (%s) is held by %s", pool.ErrInUse, d.ID, d.Device, hs[0].Name())
+			}
 		}
 	}
-	if p.cfg.SysfsRoot != "" {
-		if hs, _ := os.ReadDir(filepath.Join(p.cfg.SysfsRoot, "block", d.Name, "holders")); len(hs) > 0 {
-			return fmt.Errorf("%w: disk %s (%s) is held by %s", pool.ErrInUse, d.ID, d.Device, hs[0].Name())
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && devs[f[2]] != "" {
+			return fmt.Errorf("%w: disk %s (%s) is mounted at %s (%s)", pool.ErrInUse, d.ID, d.Device, f[4], devs[f[2]])
 		}
 	}
 	if p.cfg.Loops != nil {

@@ -141,6 +141,24 @@ func TestDeleteWipesOnlyAnIdleDisk(t *testing.T) {
 	if len(r.cmds) != 0 {
 		t.Errorf("ran %v on a mounted disk", r.cmds)
 	}
+	// A partition the tenant made, mounted somewhere: refused too.
+	sys := filepath.Join(filepath.Dir(mi), "sys")
+	os.MkdirAll(filepath.Join(sys, "block", "sda", "sda1"), 0o755)
+	os.WriteFile(filepath.Join(sys, "block", "sda", "sda1", "dev"), []byte("8:1\n"), 0o644)
+	p.cfg.SysfsRoot = sys
+	os.WriteFile(mi, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n41 22 8:1 / /mnt/y rw - ext4 /dev/sda1 rw\n"), 0o600)
+	if err := p.DeleteVolume(ctx, v.ID); !errors.Is(err, pool.ErrInUse) || !strings.Contains(err.Error(), "sda1") {
+		t.Errorf("delete with a partition of the disk mounted: %v, want ErrInUse naming sda1", err)
+	}
+	os.MkdirAll(filepath.Join(sys, "block", "sda", "sda1", "holders", "dm-3"), 0o755)
+	os.WriteFile(mi, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n"), 0o600)
+	if err := p.DeleteVolume(ctx, v.ID); !errors.Is(err, pool.ErrInUse) || !strings.Contains(err.Error(), "dm-3") {
+		t.Errorf("delete with a partition of the disk held: %v, want ErrInUse naming dm-3", err)
+	}
+	if len(r.cmds) != 0 {
+		t.Errorf("ran %v on a disk in use", r.cmds)
+	}
+	os.RemoveAll(filepath.Join(sys, "block", "sda", "sda1"))
 	// A wipe that fails keeps the volume (deleting) and its disk.
 	os.WriteFile(mi, []byte("22 1 254:1 / / rw - ext4 /dev/vda1 rw\n"), 0o600)
 	r.fail = "wipefs"
