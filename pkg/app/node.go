@@ -263,13 +263,16 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 			return err
 		}
 		defer stop()
+		// A pool whose health changes, and a disk that comes or goes, make
+		// the volume objects look again (a volume on a gone disk says so);
+		// a disk change is published at once, not at the next heartbeat.
+		status.OnPoolChange = rec.RequeueVolumes
 		if watcher != nil {
-			// A disk that comes or goes is published at once, not at the
-			// next heartbeat.
 			watcher.OnChange = func(ctx context.Context) {
 				if err := status.Publish(ctx, false); err != nil {
 					klog.ErrorS(err, "Publish node status after a disk change")
 				}
+				rec.RequeueVolumes()
 			}
 		}
 		parts["volume objects"] = rec.Run

@@ -35,10 +35,14 @@ type Publisher struct {
 	// Devices, when set, lists the node's devices.
 	Devices func() []v1alpha1.DeviceStatus
 	// Disks, when set, lists the node's disks (with disk rules).
-	Disks  func() []v1alpha1.DiskStatus
-	Plinth versioned.Interface
-	Core   kubernetes.Interface
-	Events record.EventRecorder
+	Disks func() []v1alpha1.DiskStatus
+	// OnPoolChange, when set, hears that a pool's health or message
+	// changed since the last status (the reconciler looks at the pool's
+	// volumes again).
+	OnPoolChange func()
+	Plinth       versioned.Interface
+	Core         kubernetes.Interface
+	Events       record.EventRecorder
 	// Interval is the heartbeat (default 30s).
 	Interval time.Duration
 
@@ -97,10 +101,15 @@ func (p *Publisher) poolEvents(pools []v1alpha1.PoolStatus) {
 			was[q.Name] = q.Message
 		}
 	}
+	changed := false
 	for _, q := range pools {
 		if q.Healthy && strings.HasPrefix(q.Message, "degraded") && was[q.Name] != q.Message {
 			p.event(v1.EventTypeWarning, "PoolDegraded", fmt.Sprintf("pool %s is %s", q.Name, q.Message))
 		}
+		changed = changed || p.lastStatus != nil && was[q.Name] != q.Message
+	}
+	if changed && p.OnPoolChange != nil {
+		p.OnPoolChange()
 	}
 }
 

@@ -246,3 +246,17 @@ func TestCreateLockNotHeldAcrossTheWrite(t *testing.T) {
 		}
 	}
 }
+
+// The node's word that a Ready volume's storage is out of reach reaches the
+// controller's volume health as the volume's problem.
+func TestToVolumeCarriesUnreachable(t *testing.T) {
+	v := &v1alpha1.PlinthVolume{Spec: v1alpha1.VolumeSpec{Pool: "whole", Mode: v1alpha1.ModeBlock},
+		Status: v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 1 << 30, Reason: v1alpha1.ReasonUnreachable, Message: "its disk wwn:x is not present"}}
+	if got := toVolume(v); got.Problem != "its disk wwn:x is not present" || got.State != pool.StateReady {
+		t.Errorf("toVolume: %+v", got)
+	}
+	v.Status.Reason, v.Status.Message = "", ""
+	if got := toVolume(v); got.Problem != "" {
+		t.Errorf("toVolume of a healthy volume: problem %q", got.Problem)
+	}
+}

@@ -57,6 +57,9 @@ func toVolume(v *v1alpha1.PlinthVolume) pool.Volume {
 	case v.Status.Phase == v1alpha1.VolumeReady:
 		out.State = pool.StateReady
 		out.CapacityBytes = v.Status.CapacityBytes
+		if v.Status.Reason == v1alpha1.ReasonUnreachable || v.Status.Reason == v1alpha1.ReasonError {
+			out.Problem = v.Status.Message // the node says the storage is out of reach
+		}
 	}
 	return out
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -46,6 +47,20 @@ type Reconciler struct {
 	snapshots listers.PlinthSnapshotLister
 	// queue holds volume IDs and, prefixed with snapshotKey, snapshot IDs.
 	queue workqueue.TypedRateLimitingInterface[string]
+	// started: informer and queue are ready for RequeueVolumes.
+	started atomic.Bool
+}
+
+// RequeueVolumes reconciles every volume object of the node again: the
+// node's storage changed under them (a disk came or went, a pool's health
+// changed), so their status may have to say so.
+func (r *Reconciler) RequeueVolumes() {
+	if !r.started.Load() {
+		return
+	}
+	for _, key := range r.informer.GetStore().ListKeys() {
+		r.queue.Add(key)
+	}
 }
 
 // snapshotKey prefixes a snapshot's ID in the queue.
@@ -105,6 +120,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), r.informer.HasSynced, r.snapInf.HasSynced) {
 		return nil
 	}
+	r.started.Store(true)
 	logger.Info("Reconciling volume objects", "node", r.NodeName)
 	for range r.Workers {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) {
@@ -183,6 +199,16 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		}
 		if v.Spec.CapacityBytes > local.CapacityBytes {
 			return r.expand(ctx, v)
+		}
+		if local.Problem != "" {
+			// Its disk is gone or its pool's filesystem fails: the object
+			// says so (ControllerGetVolumeHealth reads it) until it is back.
+			if v.Status.Reason != v1alpha1.ReasonUnreachable || v.Status.Message != local.Problem {
+				r.event(v, v1.EventTypeWarning, "StorageUnreachable", local.Problem)
+				v.Status.Reason, v.Status.Message = v1alpha1.ReasonUnreachable, local.Problem
+				return r.writeStatus(ctx, v)
+			}
+			return nil
 		}
 		if v.Status.CapacityBytes != local.CapacityBytes || v.Status.ObservedGeneration != v.Generation || v.Status.Message != "" {
 			v.Status.CapacityBytes, v.Status.ObservedGeneration = local.CapacityBytes, v.Generation

@@ -2,8 +2,10 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	plinthfake "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/fake"
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
+	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
 
@@ -30,15 +33,32 @@ type testNode struct {
 	local  *node.Local
 	plinth *plinthfake.Clientset
 	ctx    context.Context
+	rec    *Reconciler
+	pool   *reachable
+}
+
+// reachable is the file pool whose volumes the test can put out of reach
+// (as a pulled disk does).
+type reachable struct {
+	pool.Pool
+	problem atomic.Pointer[string]
+}
+
+func (r *reachable) CheckVolume(context.Context, string) error {
+	if p := r.problem.Load(); p != nil {
+		return errors.New(*p)
+	}
+	return nil
 }
 
 func startNode(t *testing.T, objs ...runtime.Object) testNode {
 	t.Helper()
 	dir := t.TempDir()
-	p, err := file.New(file.Config{Name: "fast", Dir: dir})
+	fp, err := file.New(file.Config{Name: "fast", Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := &reachable{Pool: fp}
 	local, err := node.NewLocal(p)
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +70,7 @@ func startNode(t *testing.T, objs ...runtime.Object) testNode {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = r.Run(ctx) }()
-	return testNode{dir: dir, local: local, plinth: plinth, ctx: ctx}
+	return testNode{dir: dir, local: local, plinth: plinth, ctx: ctx, rec: r, pool: p}
 }
 
 // waitFor polls cond for up to 10 s.
@@ -222,4 +242,30 @@ func TestReconcileSnapshots(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(dir, "snapshots", "sn-*")); len(left) != 0 {
 		t.Fatalf("snapshot files left: %v", left)
 	}
+}
+
+// A Ready volume whose storage goes out of reach (its disk pulled) says so
+// in its object, which the controller's volume health reads, and clears
+// when the storage is back.
+func TestReconcileUnreachable(t *testing.T) {
+	labels := map[string]string{v1alpha1.LabelNode: "n1"}
+	n := startNode(t, &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-a", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}}, Spec: spec(8 * mi)})
+	get := func() *v1alpha1.PlinthVolume {
+		v, err := n.plinth.PlinthV1alpha1().PlinthVolumes().Get(n.ctx, "pv-a", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	waitFor(t, "pv-a Ready", func() bool { return get().Status.Phase == v1alpha1.VolumeReady })
+	gone := "volume pv-a: its disk wwn:x is not present"
+	n.pool.problem.Store(&gone)
+	n.rec.RequeueVolumes()
+	waitFor(t, "pv-a unreachable", func() bool {
+		s := get().Status
+		return s.Phase == v1alpha1.VolumeReady && s.Reason == v1alpha1.ReasonUnreachable && s.Message == gone
+	})
+	n.pool.problem.Store(nil)
+	n.rec.RequeueVolumes()
+	waitFor(t, "pv-a reachable again", func() bool { s := get().Status; return s.Reason == "" && s.Message == "" })
 }

@@ -150,6 +150,23 @@ func TestDiskPools(t *testing.T) {
 		p, _ := e.pool(ctx, "dwhole")
 		t.Errorf("dwhole after a disk was pulled: %+v", p)
 	}
+	// The spare's volume object says its storage is out of reach (what the
+	// controller's volume health reads).
+	spareVolume := func() *v1alpha1.PlinthVolume {
+		vols, _ := e.plinthVolumes(ctx)
+		for _, v := range vols {
+			if v.Spec.Claim == ns+"/spare" {
+				return v
+			}
+		}
+		return nil
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		v := spareVolume()
+		return v != nil && v.Status.Reason == v1alpha1.ReasonUnreachable && strings.Contains(v.Status.Message, "not present"), nil
+	}); err != nil {
+		t.Errorf("the pulled disk's volume object: %+v", spareVolume())
+	}
 	pod, err := e.client.CoreV1().Pods(ns).Get(ctx, "whole", metav1.GetOptions{})
 	if err != nil || pod.Status.Phase != corev1.PodRunning || pod.Status.ContainerStatuses[0].RestartCount != 0 {
 		t.Errorf("the pod on the other whole disk: %v %+v", err, pod.Status)
@@ -159,6 +176,12 @@ func TestDiskPools(t *testing.T) {
 		t.Fatalf("reattach: %v: %s", err, out)
 	}
 	waitDisk(t, ctx, e.disks["dw1"], "plinth")
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		v := spareVolume()
+		return v != nil && v.Status.Reason == "", nil
+	}); err != nil {
+		t.Errorf("the volume object after its disk came back: %+v", spareVolume())
+	}
 
 	// Everything deleted: the whole disks are wiped.
 	for _, p := range []string{"fast", "mirror", "whole"} {

@@ -42,6 +42,10 @@ const (
 	// ReasonNotFound: what the object names (a snapshot's source volume, a
 	// restore's snapshot) is not on the node.
 	ReasonNotFound = "NotFound"
+	// ReasonUnreachable: a Ready volume's storage cannot be reached now
+	// (its disk is gone, its pool's filesystem failed); it clears when the
+	// storage is back.
+	ReasonUnreachable = "Unreachable"
 )
 
 // PlinthVolume is one node-local volume: the controller writes the spec,
