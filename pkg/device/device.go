@@ -85,7 +85,7 @@ func (h Host) Discover(globs []string) ([]Device, error) {
 			continue
 		}
 		dir := filepath.Join(devDir, bdf)
-		class := readTrim(filepath.Join(dir, "class"))
+		class := ReadAttr(filepath.Join(dir, "class"))
 		if !isAcceleratorClass(class) {
 			continue
 		}
@@ -104,7 +104,8 @@ func (h Host) Discover(globs []string) ([]Device, error) {
 	return out, nil
 }
 
-func readTrim(path string) string {
+// ReadAttr reads a sysfs attribute, trimmed ("" when it cannot be read).
+func ReadAttr(path string) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
@@ -130,7 +131,7 @@ func IsPCIAddress(s string) bool { return bdfRE.MatchString(s) }
 // of pkg/disk (an NVMe controller, an HBA) are placed with it alike.
 func PCIPlacement(dir string) (numa int, pciePath []string, err error) {
 	numa = -1
-	if n, err := strconv.Atoi(readTrim(filepath.Join(dir, "numa_node"))); err == nil && n >= 0 {
+	if n, err := strconv.Atoi(ReadAttr(filepath.Join(dir, "numa_node"))); err == nil && n >= 0 {
 		numa = n
 	}
 	real, err := filepath.EvalSymlinks(dir)
@@ -146,8 +147,8 @@ func PCIPlacement(dir string) (numa int, pciePath []string, err error) {
 }
 
 func (h Host) pciDevice(bdf, dir, class string) (Device, error) {
-	d := Device{ID: bdf, Kind: "pci", Class: class, Vendor: readTrim(filepath.Join(dir, "vendor")),
-		DeviceID: readTrim(filepath.Join(dir, "device")), Driver: linkBase(filepath.Join(dir, "driver")),
+	d := Device{ID: bdf, Kind: "pci", Class: class, Vendor: ReadAttr(filepath.Join(dir, "vendor")),
+		DeviceID: ReadAttr(filepath.Join(dir, "device")), Driver: linkBase(filepath.Join(dir, "driver")),
 		IOMMUGroup: linkBase(filepath.Join(dir, "iommu_group")), NUMANode: -1, Index: -1}
 	var err error
 	if d.NUMANode, d.PCIePath, err = PCIPlacement(dir); err != nil {

@@ -215,16 +215,8 @@ func (d *Disk) judge() {
 	}
 }
 
-func readTrim(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
 func readInt(path string) int64 {
-	n, _ := strconv.ParseInt(readTrim(path), 10, 64)
+	n, _ := strconv.ParseInt(device.ReadAttr(path), 10, 64)
 	return n
 }
 
@@ -235,13 +227,13 @@ func (h Host) read(name string) (Disk, bool, error) {
 		return Disk{}, false, nil // a partition listed at the top: not a whole disk
 	}
 	d := Disk{Name: name, Device: filepath.Join(h.Dev, name), NUMANode: -1,
-		MajorMinor:         readTrim(filepath.Join(dir, "dev")),
+		MajorMinor:         device.ReadAttr(filepath.Join(dir, "dev")),
 		SizeBytes:          readInt(filepath.Join(dir, "size")) * 512,
 		LogicalBlockBytes:  int(readInt(filepath.Join(dir, "queue", "logical_block_size"))),
 		PhysicalBlockBytes: int(readInt(filepath.Join(dir, "queue", "physical_block_size"))),
-		Rotational:         readTrim(filepath.Join(dir, "queue", "rotational")) == "1",
-		Removable:          readTrim(filepath.Join(dir, "removable")) == "1",
-		ReadOnly:           readTrim(filepath.Join(dir, "ro")) == "1",
+		Rotational:         device.ReadAttr(filepath.Join(dir, "queue", "rotational")) == "1",
+		Removable:          device.ReadAttr(filepath.Join(dir, "removable")) == "1",
+		ReadOnly:           device.ReadAttr(filepath.Join(dir, "ro")) == "1",
 	}
 	if d.MajorMinor == "" {
 		return Disk{}, false, nil
@@ -257,7 +249,7 @@ func (h Host) read(name string) (Disk, bool, error) {
 	devPath := "/" + filepath.ToSlash(rel)
 	d.Transport = transport(devPath)
 	if d.Transport == TransportLoop {
-		d.BackingFile = readTrim(filepath.Join(dir, "loop", "backing_file"))
+		d.BackingFile = device.ReadAttr(filepath.Join(dir, "loop", "backing_file"))
 		if d.BackingFile == "" {
 			return Disk{}, false, nil // an unused loop device
 		}
@@ -323,7 +315,7 @@ func (h Host) read(name string) (Disk, bool, error) {
 func (h Host) partitionDevs(disk string, parts []string) []string {
 	var out []string
 	for _, p := range parts {
-		if mm := readTrim(filepath.Join(h.Sysfs, "block", disk, p, "dev")); mm != "" {
+		if mm := device.ReadAttr(filepath.Join(h.Sysfs, "block", disk, p, "dev")); mm != "" {
 			out = append(out, mm)
 		}
 	}
@@ -332,7 +324,7 @@ func (h Host) partitionDevs(disk string, parts []string) []string {
 
 func firstOf(paths ...string) string {
 	for _, p := range paths {
-		if v := readTrim(p); v != "" {
+		if v := device.ReadAttr(p); v != "" {
 			return v
 		}
 	}

@@ -10,6 +10,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	"github.com/plinth-dev/plinth/pkg/device"
 )
 
 // Layout is what a rule makes of the disks it selects.
@@ -30,24 +32,9 @@ const (
 type Config struct {
 	// ScanInterval is how often the disks are read again for health
 	// (default 10s).
-	ScanInterval Duration `json:"scanInterval,omitempty"`
+	ScanInterval device.Duration `json:"scanInterval,omitempty"`
 	Rules        []Rule   `json:"rules"`
 }
-
-// Duration is a time.Duration written as "10s".
-type Duration struct{ time.Duration }
-
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	s := strings.Trim(string(b), `"`)
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("duration %s: %w", b, err)
-	}
-	d.Duration = v
-	return nil
-}
-
-func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
 
 // Rule selects disks for one pool.
 type Rule struct {
