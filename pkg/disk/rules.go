@@ -33,7 +33,7 @@ type Config struct {
 	// ScanInterval is how often the disks are read again for health
 	// (default 10s).
 	ScanInterval device.Duration `json:"scanInterval,omitempty"`
-	Rules        []Rule   `json:"rules"`
+	Rules        []Rule          `json:"rules"`
 }
 
 // Rule selects disks for one pool.
