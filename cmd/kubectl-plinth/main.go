@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,7 +36,8 @@ Flags:
 
 func main() {
 	fs := flag.NewFlagSet("kubectl-plinth", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	output := fs.String("o", "table", "output format: table, json or yaml")
 	namespace := fs.String("n", "", "namespace")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file")
@@ -42,7 +46,12 @@ func main() {
 	var args []string
 	rest := os.Args[1:]
 	for len(rest) > 0 {
-		if err := fs.Parse(rest); err != nil {
+		switch err := fs.Parse(rest); {
+		case errors.Is(err, flag.ErrHelp):
+			fmt.Print(usage)
+			os.Exit(0)
+		case err != nil:
+			fmt.Fprintf(os.Stderr, "kubectl plinth: %v\nRun \"kubectl plinth --help\" for its commands and flags.\n", err)
 			os.Exit(2)
 		}
 		if fs.NArg() == 0 {
@@ -52,7 +61,17 @@ func main() {
 		rest = fs.Args()[1:]
 	}
 	if len(args) == 0 {
-		fs.Usage()
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if args[0] == "help" {
+		fmt.Print(usage)
+		os.Exit(0)
+	}
+	// A command that does not exist is reported before any kubeconfig is
+	// read (a missing kubeconfig must not hide a typo).
+	if !slices.Contains([]string{"nodes", "volumes", "devices", "disks", "why"}, args[0]) {
+		fmt.Fprintf(os.Stderr, "kubectl plinth: unknown command %q (nodes, volumes, devices, disks, why)\nRun \"kubectl plinth --help\" for its commands and flags.\n", args[0])
 		os.Exit(2)
 	}
 	if err := run(args, *output, *namespace, *kubeconfig, *driver); err != nil {

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	logsapi "k8s.io/component-base/logs/api/v1"
@@ -25,7 +28,8 @@ Usage:
   plinth standalone [flags]   controller and node in one process, no Kubernetes
   plinth controller [flags]   provisions PVCs, publishes capacity, expands volumes (in the cluster)
   plinth node [flags]         a node's CSI Node service, its volume objects and device plugins (--csi=false: devices only)
-  plinth version              print the version
+  plinth version              print the version, commit, Go and the API versions plinth speaks
+  plinth help                 print this
 
 Run "plinth <command> -h" for its flags.
 `
@@ -36,8 +40,10 @@ func main() {
 		os.Exit(2)
 	}
 	switch os.Args[1] {
-	case "version":
-		fmt.Println(version)
+	case "help", "-h", "-help", "--help":
+		fmt.Print(usage)
+	case "version", "-version", "--version":
+		printVersion(os.Stdout)
 	case "standalone":
 		cfg := app.StandaloneConfig{Version: version}
 		command("standalone", app.StandaloneConfigKind, cfg.Flags, func(in app.Inline) { cfg.DiskConfigData = in.Disks }, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
@@ -59,11 +65,25 @@ func main() {
 // set, hears an inline DeviceConfig), validates them (exit 2 naming what is
 // wrong) and runs it until a signal.
 func command(name, kind string, flags func(*flag.FlagSet), inline func(app.Inline), validate func() error, run func(context.Context) error) {
-	fs := flag.NewFlagSet(name, flag.ExitOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	logs := logFlags(fs)
 	flags(fs)
 	configFile := fs.String("config", "", "configuration file (apiVersion "+app.ConfigAPIVersion+", kind "+kind+"); flags given on the command line override it")
-	_ = fs.Parse(os.Args[2:])
+	// A bad flag is one line and a pointer to -h, not every flag's usage.
+	fs.SetOutput(io.Discard)
+	switch err := fs.Parse(os.Args[2:]); {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(os.Stdout)
+		fmt.Printf("Usage: plinth %s [flags]\n\nFlags:\n", name)
+		fs.PrintDefaults()
+		os.Exit(0)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "plinth %s: %v\nRun \"plinth %s -h\" for its flags.\n", name, err, name)
+		os.Exit(2)
+	case fs.NArg() > 0:
+		fmt.Fprintf(os.Stderr, "plinth %s: unexpected argument %q\nRun \"plinth %s -h\" for its flags.\n", name, fs.Arg(0), name)
+		os.Exit(2)
+	}
 	if *configFile != "" {
 		in, err := app.ApplyConfigFile(fs, *configFile, kind)
 		if err != nil {
@@ -104,4 +124,41 @@ func runUntilSignal(f func(context.Context) error) {
 		os.Exit(1)
 	}
 	klog.Flush()
+}
+
+// printVersion prints plinth's version and commit, the Go it was built
+// with, and the versions of the APIs it speaks (from the modules it was
+// built with).
+func printVersion(w io.Writer) {
+	commit, dirty := "unknown", false
+	mods := map[string]string{}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		for _, d := range bi.Deps {
+			mods[d.Path] = d.Version
+		}
+	}
+	if dirty {
+		commit += " (modified)"
+	}
+	or := func(s string) string {
+		if s == "" {
+			return "unknown"
+		}
+		return s
+	}
+	fmt.Fprintf(w, "plinth %s\n", version)
+	fmt.Fprintf(w, "commit: %s\n", commit)
+	fmt.Fprintf(w, "go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(w, "CSI spec: %s\n", or(mods["github.com/container-storage-interface/spec"]))
+	fmt.Fprintf(w, "device plugin API: v1beta1 (k8s.io/kubelet %s)\n", or(mods["k8s.io/kubelet"]))
+	fmt.Fprintf(w, "plugin registration API: v1\n")
+	fmt.Fprintf(w, "configuration and custom resources: %s\n", app.ConfigAPIVersion)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -65,5 +66,62 @@ func TestBadFlagsExit2(t *testing.T) {
 	}
 	if !bytes.Contains(out, []byte("logging-format")) && !bytes.Contains(out, []byte("format")) || !bytes.Contains(out, []byte("--root")) {
 		t.Errorf("errors do not name the flags: %s", out)
+	}
+}
+
+// run runs plinth with args in a child process: its output and exit code.
+func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "PLINTH_RUN_MAIN=1")
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	for _, arg := range []string{"help", "--help", "-h"} {
+		out, errOut, code := run(t, arg)
+		if code != 0 || !strings.Contains(out, "Usage:") || errOut != "" {
+			t.Errorf("plinth %s: exit %d, stdout %q, stderr %q; want the usage on stdout, exit 0", arg, code, out, errOut)
+		}
+	}
+	for _, arg := range []string{"version", "--version"} {
+		out, _, code := run(t, arg)
+		for _, want := range []string{"plinth ", "commit: ", "go: go1.", "CSI spec: v1.", "device plugin API: v1beta1", "plinth.example.com/v1alpha1"} {
+			if code != 0 || !strings.Contains(out, want) {
+				t.Errorf("plinth %s: exit %d, %q lacks %q", arg, code, out, want)
+			}
+		}
+	}
+	if _, errOut, code := run(t, "frobnicate"); code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: exit %d, %q", code, errOut)
+	}
+}
+
+// A bad flag is one line naming it and where to look, not every flag's
+// usage; -h prints the flags with the role's own defaults.
+func TestFlagErrorsAndRoleHelp(t *testing.T) {
+	_, errOut, code := run(t, "node", "--no-such-flag")
+	lines := strings.Split(strings.TrimSpace(errOut), "\n")
+	if code != 2 || len(lines) != 2 || !strings.Contains(lines[0], "no-such-flag") || !strings.Contains(lines[1], `"plinth node -h"`) {
+		t.Errorf("bad flag: exit %d, stderr:\n%s", code, errOut)
+	}
+	if _, errOut, code := run(t, "standalone", "stray"); code != 2 || !strings.Contains(errOut, `unexpected argument "stray"`) {
+		t.Errorf("stray argument: exit %d, %q", code, errOut)
+	}
+	out, _, code := run(t, "node", "-h")
+	if code != 0 || !strings.Contains(out, "unix://<kubelet-dir>/plugins/<driver-name>/csi.sock") || !strings.Contains(out, "default: --kubelet-dir") {
+		t.Errorf("plinth node -h: exit %d, the node's endpoint and allowed-path defaults missing:\n%s", code, out)
+	}
+	out, _, code = run(t, "standalone", "--help")
+	if code != 0 || !strings.Contains(out, "unix://<root>/csi.sock") || !strings.Contains(out, "--disk-config") && !strings.Contains(out, "-disk-config") {
+		t.Errorf("plinth standalone --help: exit %d:\n%s", code, out)
 	}
 }

@@ -77,6 +77,9 @@ func (c *NodeConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CDIDir, "cdi-dir", "/var/run/cdi", "where CDI specs for the devices are written (empty: none)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", 0, "device rescan period; overrides the config file's health.interval (default 5s)")
 	fs.DurationVar(&c.RecoverAfter, "health-recover-after", 0, "steady health before a device is advertised healthy again; overrides health.recoverAfter (default 10s)")
+	// The node's own defaults of the flags it shares with standalone.
+	fs.Lookup("endpoint").Usage = "CSI endpoint, unix://PATH (default unix://<kubelet-dir>/plugins/<driver-name>/csi.sock, where the kubelet looks)"
+	fs.Lookup("allowed-path").Usage = "directory under which staging and target paths may lie (repeatable; default: --kubelet-dir)"
 }
 
 // Validate fills defaults and checks the configuration.
