@@ -201,10 +201,7 @@ current-context: e2e
 	}
 
 	c.Log("starting kube-controller-manager and kube-scheduler")
-	if err := c.run("kube-controller-manager", bin("kube-controller-manager"), "--kubeconfig="+c.Kubeconfig,
-		"--authentication-kubeconfig="+c.Kubeconfig, "--authorization-kubeconfig="+c.Kubeconfig,
-		"--root-ca-file="+filepath.Join(pki, "ca.crt"), "--service-account-private-key-file="+filepath.Join(pki, "sa.key"),
-		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=10257", "--use-service-account-credentials=false"); err != nil {
+	if err := c.startControllerManager(); err != nil {
 		return err
 	}
 	if err := c.run("kube-scheduler", bin("kube-scheduler"), "--kubeconfig="+c.Kubeconfig,
@@ -217,6 +214,25 @@ current-context: e2e
 		return err
 	}
 	return c.StartKubelet(ctx)
+}
+
+// startControllerManager starts kube-controller-manager with extra flags
+// after the cluster's own.
+func (c *Cluster) startControllerManager(extra ...string) error {
+	pki := c.path("pki")
+	args := append([]string{"--kubeconfig=" + c.Kubeconfig,
+		"--authentication-kubeconfig=" + c.Kubeconfig, "--authorization-kubeconfig=" + c.Kubeconfig,
+		"--root-ca-file=" + filepath.Join(pki, "ca.crt"), "--service-account-private-key-file=" + filepath.Join(pki, "sa.key"),
+		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=10257", "--use-service-account-credentials=false"}, extra...)
+	return c.run("kube-controller-manager", filepath.Join(c.Bin, "kube-controller-manager"), args...)
+}
+
+// RestartControllerManager stops kube-controller-manager and starts it
+// again with extra flags (e.g. --kube-api-qps=100); none restores the
+// cluster's own.
+func (c *Cluster) RestartControllerManager(extra ...string) error {
+	c.stop("kube-controller-manager")
+	return c.startControllerManager(extra...)
 }
 
 func (c *Cluster) startContainerd(ctx context.Context) error {
