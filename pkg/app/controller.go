@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -170,8 +171,10 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 // the process's work (a restart campaigns again), so two replicas never act
 // at once.
 func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interface, lead func(context.Context) error) error {
-	host, _ := os.Hostname()
-	id := fmt.Sprintf("%s_%d", host, os.Getpid())
+	id, err := leaderIdentity()
+	if err != nil {
+		return err
+	}
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Name: "plinth-controller-" + leaseSuffix(c.DriverName), Namespace: c.Namespace},
 		Client:     core.CoordinationV1(),
@@ -210,6 +213,22 @@ func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interfa
 	default:
 		return nil
 	}
+}
+
+// leaderIdentity names this process in the Lease: the pod's name
+// ($POD_NAME) or the host's, and a random part. Host and PID are not
+// enough: two replicas with the host's network on one node share the host
+// name, and each is PID 1 of its own PID namespace.
+func leaderIdentity() (string, error) {
+	name := os.Getenv("POD_NAME")
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("leader identity: %w", err)
+	}
+	return fmt.Sprintf("%s_%x", name, b), nil
 }
 
 func leaseSuffix(driver string) string {
