@@ -45,6 +45,11 @@ type Publisher struct {
 	Events       record.EventRecorder
 	// Interval is the heartbeat (default 30s).
 	Interval time.Duration
+	// Poll is how often the pools are read between heartbeats (default
+	// 5s, at most Interval): a change (space taken from outside plinth, a
+	// pool gone bad) is written at once, an unchanged status only at the
+	// heartbeat.
+	Poll time.Duration
 
 	mu         sync.Mutex
 	lastStatus *v1alpha1.NodeStatus
@@ -59,15 +64,23 @@ func (p *Publisher) interval() time.Duration {
 	return p.Interval
 }
 
-// Run publishes the status every interval (and whenever it changed) until
-// ctx ends.
+func (p *Publisher) poll() time.Duration {
+	d := p.Poll
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	return min(d, p.interval())
+}
+
+// Run reads the status every poll period and publishes it when it changed
+// or the heartbeat is due, until ctx ends.
 func (p *Publisher) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("nodestatus")
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		if err := p.Publish(ctx, false); err != nil {
 			logger.Error(err, "Publishing node status")
 		}
-	}, p.interval())
+	}, p.poll())
 	return nil
 }
 

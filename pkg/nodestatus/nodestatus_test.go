@@ -3,11 +3,16 @@ package nodestatus
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	ktesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
@@ -133,5 +138,67 @@ func TestDisksAndDegradedPool(t *testing.T) {
 	}
 	if len(got) != 2 || !strings.Contains(got[0], "DiskBack") {
 		t.Errorf("events after the disk came back: %v", got)
+	}
+}
+
+// Space taken from outside plinth (a file written into the pool's
+// filesystem) reaches the PlinthNode at the next poll, long before the
+// heartbeat; an unchanged status is not written again before it.
+func TestOutsideFillPublishedAtPoll(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: a tmpfs of its own, so that the fill is the only writer")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("tmpfs: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	p, err := file.New(file.Config{Name: "p", Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := node.NewLocal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plinth := plinthfake.NewSimpleClientset()
+	writes := 0
+	plinth.PrependReactor("update", "plinthnodes", func(ktesting.Action) (bool, runtime.Object, error) {
+		writes++
+		return false, nil, nil
+	})
+	r := &Publisher{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(),
+		Events: record.NewFakeRecorder(10), Interval: time.Hour, Poll: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	allocatable := func() int64 {
+		n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
+		if err != nil || len(n.Status.Pools) != 1 {
+			return -1
+		}
+		return n.Status.Pools[0].AllocatableBytes
+	}
+	var before int64
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		before = allocatable()
+		return before > 0, nil
+	}); err != nil {
+		t.Fatal("no status published")
+	}
+	time.Sleep(200 * time.Millisecond)
+	r.mu.Lock()
+	quiet := writes
+	r.mu.Unlock()
+	if quiet > 2 {
+		t.Errorf("an unchanged status was written %d times in 200ms with an hour's heartbeat", quiet)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "outside"), make([]byte, 32<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return allocatable() <= before-30<<20, nil
+	}); err != nil {
+		t.Fatalf("allocatable %d after 32MiB were written from outside (was %d)", allocatable(), before)
 	}
 }
