@@ -60,6 +60,10 @@ type ControllerConfig struct {
 	// KubeAPIQPS and KubeAPIBurst bound the controller's API requests.
 	KubeAPIQPS   float64
 	KubeAPIBurst int
+	// ReleaseVolumesOnLostNodeAfter, when not 0, deletes the PVCs of the
+	// volumes on a node whose Node object has been absent that long, and
+	// lets their PVs go (provision.LostNodes); 0 only reports them.
+	ReleaseVolumesOnLostNodeAfter time.Duration
 }
 
 // Flags registers the controller flags on fs.
@@ -81,6 +85,9 @@ func (c *ControllerConfig) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 200, "API requests in a burst")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9810", "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.CSIEndpoint, "csi-endpoint", "", "unix://PATH: also serve CSI Identity and Controller there while leading (empty: off)")
+	fs.DurationVar(&c.ReleaseVolumesOnLostNodeAfter, "release-volumes-on-lost-node-after", 0,
+		"once a node's Node object has been absent this long (and a live GET confirms it), delete the PVCs of its volumes and let their PVs go; at least "+
+			provision.MinReleaseAfter.String()+" (0: off, volumes on lost nodes are only reported)")
 }
 
 // Validate checks the configuration.
@@ -106,6 +113,13 @@ func (c *ControllerConfig) Validate() error {
 	}
 	if c.CapacityInterval < time.Second || c.NodeWait < time.Second {
 		errs = append(errs, errors.New("--capacity-interval and --node-wait must be at least 1s"))
+	}
+	switch d := c.ReleaseVolumesOnLostNodeAfter; {
+	case d < 0:
+		errs = append(errs, fmt.Errorf("--release-volumes-on-lost-node-after %s: must not be negative (0 turns release off)", d))
+	case d > 0 && d < provision.MinReleaseAfter:
+		errs = append(errs, fmt.Errorf("--release-volumes-on-lost-node-after %s: at least %s (0 turns release off): a shorter delay would race a node that is only re-registering its Node object, and release volumes whose data is still there",
+			d, provision.MinReleaseAfter))
 	}
 	if c.CSIEndpoint != "" {
 		if _, err := csi.ParseEndpoint(c.CSIEndpoint); err != nil {
@@ -261,10 +275,18 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	defer broadcaster.Shutdown()
 	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-controller"})
 
-	claims := factory.Core().V1().PersistentVolumeClaims().Informer()
+	claimInf := factory.Core().V1().PersistentVolumeClaims()
+	claims := claimInf.Informer()
 	pvs := factory.Core().V1().PersistentVolumes()
 	classes := factory.Storage().V1().StorageClasses()
 	_ = nodes.Informer()
+	// Volumes on nodes that left: reported always, released only when
+	// asked to; the Cluster asks it before letting such a PV go.
+	lost := &provision.LostNodes{
+		Client: core, Cluster: cluster, PVs: pvs.Lister(), Claims: claimInf.Lister(), Driver: c.DriverName, Events: events,
+		ReleaseAfter: c.ReleaseVolumesOnLostNodeAfter,
+	}
+	cluster.Lost = lost
 	prov := &provision.Provisioner{
 		Driver: c.DriverName, TopologyKey: c.TopologyKey, Controller: vc, Events: events,
 		Sources: &provision.Sources{Core: core, Snapshots: snaps, Driver: c.DriverName},
@@ -302,6 +324,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		"capacity":    capacity.Run,
 		"resizer":     resizer.Run,
 		"snapshots":   snapshots.Run,
+		"lostNodes":   lost.Run,
 	}
 	if c.CSIEndpoint != "" {
 		sock, _ := csi.ParseEndpoint(c.CSIEndpoint) // checked by Validate

@@ -3,12 +3,14 @@ package inspect
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -47,19 +49,27 @@ type ResourceReport struct {
 
 // NodeReport is what `kubectl plinth nodes` shows of a node.
 type NodeReport struct {
-	Name      string           `json:"name"`
-	Version   string           `json:"version"`
-	Heartbeat string           `json:"heartbeat"`
-	NodeGone  bool             `json:"nodeGone,omitempty"`
-	Pools     []PoolReport     `json:"pools"`
-	Resources []ResourceReport `json:"resources"`
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	Heartbeat string `json:"heartbeat"`
+	// NodeGone: the Kubernetes Node object has left the cluster (the
+	// table says LOST).
+	NodeGone bool `json:"nodeGone,omitempty"`
+	// VolumeObjects counts the volume objects of a lost node that plinth
+	// has no status of any more (its PlinthNode went with the Node).
+	VolumeObjects int              `json:"volumeObjects,omitempty"`
+	Pools         []PoolReport     `json:"pools"`
+	Resources     []ResourceReport `json:"resources"`
 }
 
 // VolumeReport is one volume.
 type VolumeReport struct {
-	ID            string   `json:"id"`
-	Claim         string   `json:"claim"`
-	Node          string   `json:"node"`
+	ID    string `json:"id"`
+	Claim string `json:"claim"`
+	Node  string `json:"node"`
+	// NodeLost: the node's Kubernetes Node object has left the cluster
+	// (the table says LOST): the volume is out of reach.
+	NodeLost      bool     `json:"nodeLost,omitempty"`
 	Pool          string   `json:"pool"`
 	Mode          string   `json:"mode"`
 	CapacityBytes int64    `json:"capacityBytes"`
@@ -177,12 +187,14 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	vols, err := c.plinthVolumes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lost := c.nodeLookup()
 	var out []NodeReport
 	for _, pn := range pns {
-		r := NodeReport{Name: pn.Name, Version: pn.Status.Version, Heartbeat: c.age(pn.Status.HeartbeatTime)}
-		if _, err := c.Core.CoreV1().Nodes().Get(ctx, pn.Name, metav1.GetOptions{}); err != nil {
-			r.NodeGone = true
-		}
+		r := NodeReport{Name: pn.Name, Version: pn.Status.Version, Heartbeat: c.age(pn.Status.HeartbeatTime), NodeGone: lost.gone(ctx, pn.Name)}
 		for _, p := range pn.Status.Pools {
 			r.Pools = append(r.Pools, PoolReport{Name: p.Name, Backend: p.Backend, TotalBytes: p.TotalBytes, AllocatableBytes: p.AllocatableBytes,
 				ProvisionedBytes: p.ProvisionedBytes, Volumes: p.Volumes, Healthy: p.Healthy})
@@ -213,7 +225,42 @@ func (c *Client) Nodes(ctx context.Context) ([]NodeReport, error) {
 		sort.Slice(r.Resources, func(i, j int) bool { return r.Resources[i].Resource < r.Resources[j].Resource })
 		out = append(out, r)
 	}
+	// A node that left takes its PlinthNode with it (owned by the Node),
+	// but not its volumes: name it by them.
+	held := map[string]int{}
+	for _, v := range vols {
+		held[v.Spec.NodeName]++
+	}
+	for name, n := range held {
+		if name == "" || slices.ContainsFunc(pns, func(pn *v1alpha1.PlinthNode) bool { return pn.Name == name }) {
+			continue
+		}
+		out = append(out, NodeReport{Name: name, Heartbeat: "-", NodeGone: lost.gone(ctx, name), VolumeObjects: n})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// nodeLookup asks the API server once per node name whether its Node
+// object has left the cluster.
+func (c *Client) nodeLookup() *nodeLookup {
+	return &nodeLookup{c: c, seen: map[string]bool{}}
+}
+
+type nodeLookup struct {
+	c    *Client
+	seen map[string]bool
+}
+
+// gone reports whether the Node object named name does not exist (an
+// error other than NotFound says nothing).
+func (l *nodeLookup) gone(ctx context.Context, name string) bool {
+	if g, ok := l.seen[name]; ok {
+		return g
+	}
+	_, err := l.c.Core.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	l.seen[name] = apierrors.IsNotFound(err)
+	return l.seen[name]
 }
 
 // Volumes reports every volume and the pods that use its claim.
@@ -250,6 +297,7 @@ func (c *Client) Volumes(ctx context.Context) ([]VolumeReport, error) {
 			}
 		}
 	}
+	lost := c.nodeLookup()
 	var out []VolumeReport
 	for _, v := range vols {
 		capacity := v.Status.CapacityBytes
@@ -263,7 +311,7 @@ func (c *Client) Volumes(ctx context.Context) ([]VolumeReport, error) {
 		if phase == "" {
 			phase = string(v1alpha1.VolumePending)
 		}
-		out = append(out, VolumeReport{ID: v.Name, Claim: v.Spec.Claim, Node: v.Spec.NodeName, Pool: v.Spec.Pool, Mode: v.Spec.Mode,
+		out = append(out, VolumeReport{ID: v.Name, Claim: v.Spec.Claim, Node: v.Spec.NodeName, NodeLost: lost.gone(ctx, v.Spec.NodeName), Pool: v.Spec.Pool, Mode: v.Spec.Mode,
 			CapacityBytes: capacity, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim], Snapshots: snaps[v.Name]})
 	}
 	return out, nil
@@ -357,6 +405,9 @@ func (c *Client) WhyPVC(ctx context.Context, ns, name string) (Explanation, erro
 		add("bound to %s", pvc.Spec.VolumeName)
 		if v, ok := c.volumeOf(ctx, pvc.Spec.VolumeName); ok {
 			add("volume %s on node %s, pool %s, %s (%s)", v.Name, v.Spec.NodeName, v.Spec.Pool, quantity(v.Status.CapacityBytes), v.Status.Phase)
+			if c.nodeLookup().gone(ctx, v.Spec.NodeName) {
+				add("node %s is LOST: its Node object has left the cluster, and the volume is out of reach (docs/troubleshooting.md)", v.Spec.NodeName)
+			}
 		}
 		if st := pvc.Status.AllocatedResourceStatuses[corev1.ResourceStorage]; st != "" {
 			add("resize: %s", st)

@@ -2,13 +2,17 @@ package inspect
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	plinthfake "github.com/plinth-dev/plinth/pkg/generated/clientset/versioned/fake"
 )
 
 func TestRequestedCountsLikeTheScheduler(t *testing.T) {
@@ -64,6 +68,56 @@ func TestPrintDisks(t *testing.T) {
 	}
 	b.Reset()
 	if err := Print(&b, "json", disks); err != nil || !strings.Contains(b.String(), `"node": "n1"`) || !strings.Contains(b.String(), `"transport": "nvme"`) {
+		t.Fatalf("json: %v\n%s", err, b.String())
+	}
+}
+
+// A volume whose node's Node object has left the cluster is shown on a
+// LOST node by `kubectl plinth volumes`, and `kubectl plinth nodes` names
+// that node (its PlinthNode went with the Node) by its volume objects.
+func TestLostNode(t *testing.T) {
+	vol := func(name, node string) *v1alpha1.PlinthVolume {
+		return &v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelNode: node}},
+			Spec:   v1alpha1.VolumeSpec{NodeName: node, Pool: "fast", CapacityBytes: 1 << 30, Mode: v1alpha1.ModeBlock, Claim: "ns/" + name},
+			Status: v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 1 << 30}}
+	}
+	c := &Client{
+		Core: fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}),
+		Plinth: plinthfake.NewSimpleClientset(
+			&v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: v1alpha1.NodeStatus{Pools: []v1alpha1.PoolStatus{{Name: "fast", Healthy: true}}}},
+			vol("pv-1", "n1"), vol("pv-2", "n2"), vol("pv-3", "n2")),
+		Driver: "plinth.example.com",
+	}
+	ctx := context.Background()
+	vols, err := c.Volumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	if err := Print(&b, "table", vols); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 4 || strings.Contains(lines[1], "LOST") || !strings.Contains(lines[2], "n2 (LOST)") || !strings.Contains(lines[3], "n2 (LOST)") {
+		t.Fatalf("volumes:\n%s", b.String())
+	}
+	nodes, err := c.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 2 || nodes[0].NodeGone || !nodes[1].NodeGone || nodes[1].Name != "n2" || nodes[1].VolumeObjects != 2 {
+		t.Fatalf("nodes %+v", nodes)
+	}
+	b.Reset()
+	if err := Print(&b, "table", nodes); err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 || strings.Contains(lines[1], "LOST") || !strings.HasPrefix(lines[2], "n2 (LOST)") || !strings.Contains(lines[2], " 2 ") {
+		t.Fatalf("nodes:\n%s", b.String())
+	}
+	b.Reset()
+	if err := Print(&b, "json", vols); err != nil || strings.Count(b.String(), `"nodeLost": true`) != 2 {
 		t.Fatalf("json: %v\n%s", err, b.String())
 	}
 }

@@ -36,7 +36,10 @@ func Print(w io.Writer, format string, v any) error {
 		for _, n := range v {
 			name := n.Name
 			if n.NodeGone {
-				name += " (node gone)"
+				name += " " + lostMark
+			}
+			if len(n.Pools) == 0 && len(n.Resources) == 0 {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t%d\t-\t%s\n", name, n.VolumeObjects, n.Heartbeat)
 			}
 			for _, p := range n.Pools {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%t\t%s\n", name, p.Name, p.Backend, quantity(p.TotalBytes), quantity(p.AllocatableBytes),
@@ -54,7 +57,11 @@ func Print(w io.Writer, format string, v any) error {
 			if pods == "" {
 				pods = "<none>"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Claim, r.Node, r.Pool, r.Mode, quantity(r.CapacityBytes), r.Phase, len(r.Snapshots), pods)
+			node := r.Node
+			if r.NodeLost {
+				node += " " + lostMark
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Claim, node, r.Pool, r.Mode, quantity(r.CapacityBytes), r.Phase, len(r.Snapshots), pods)
 		}
 	case []DeviceReport:
 		fmt.Fprintln(tw, "NODE\tRESOURCE\tDEVICES\tUNHEALTHY\tFREE\tHELD BY")
@@ -89,6 +96,10 @@ func Print(w io.Writer, format string, v any) error {
 	}
 	return nil
 }
+
+// lostMark follows the name of a node whose Node object has left the
+// cluster.
+const lostMark = "(LOST)"
 
 func orDash(s string) string {
 	if s == "" {

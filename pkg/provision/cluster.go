@@ -47,6 +47,9 @@ type Cluster struct {
 	// Wait is how long a call waits for a node before answering
 	// ErrInProgress.
 	Wait time.Duration
+	// Lost, when set, says when the volumes of a node that has left may
+	// be let go (LostNodes.Releasable); nil keeps them.
+	Lost *LostNodes
 
 	mu        sync.Mutex
 	nodeLocks map[string]*sync.Mutex // node → one capacity check and reservation at a time on it

@@ -192,14 +192,15 @@ func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptio
 }
 
 // Delete implements controller.Provisioner: the volume's node removes the
-// storage; a volume on a node that has left is reported and kept.
+// storage; a volume on a node that has left is reported and kept, unless
+// the Cluster's LostNodes release it.
 func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error {
 	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.Driver {
 		return &controller.IgnoredError{Reason: "not a plinth volume"}
 	}
 	err := p.Controller.DeleteVolume(ctx, pv.Spec.CSI.VolumeHandle)
 	if errors.Is(err, volume.ErrNodeGone) && p.Events != nil {
-		p.Events.Event(pv, v1.EventTypeWarning, "VolumeOnLostNode", err.Error())
+		p.Events.Event(pv, v1.EventTypeWarning, ReasonVolumeOnLostNode, err.Error())
 	}
 	if errors.Is(err, pool.ErrInUse) && p.Events != nil {
 		p.Events.Event(pv, v1.EventTypeWarning, "VolumeInUse", err.Error())

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -140,8 +141,7 @@ func (n *remoteNode) DeleteVolume(ctx context.Context, id string) error {
 		return nil
 	}
 	if n.c.nodeGone(v.Spec.NodeName) {
-		return fmt.Errorf("%w: volume %s is on node %s, which has left the cluster; its storage cannot be removed from here and the volume object is kept",
-			volume.ErrNodeGone, id, v.Spec.NodeName)
+		return n.c.dropOnLostNode(ctx, v)
 	}
 	if v.DeletionTimestamp == nil {
 		if err := n.c.deleteObject(ctx, id); err != nil {
@@ -157,6 +157,30 @@ func (n *remoteNode) DeleteVolume(ctx context.Context, id string) error {
 		}
 		return false, nil
 	})
+}
+
+// dropOnLostNode deletes the object of volume v, whose node has left the
+// cluster, when the Lost policy allows it: the object gets its deletion
+// timestamp and keeps its node's finalizer, a tombstone the node acts on
+// (removing the storage) if it ever comes back. Otherwise the volume is
+// reported (ErrNodeGone) and kept.
+func (c *Cluster) dropOnLostNode(ctx context.Context, v *v1alpha1.PlinthVolume) error {
+	ok, err := c.Lost.Releasable(ctx, v.Spec.NodeName)
+	if err != nil {
+		return fmt.Errorf("volume %s on lost node %s: %w", v.Name, v.Spec.NodeName, err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: volume %s is on node %s, which has left the cluster; its storage cannot be removed from here and the volume object is kept",
+			volume.ErrNodeGone, v.Name, v.Spec.NodeName)
+	}
+	if v.DeletionTimestamp == nil {
+		if err := c.deleteObject(ctx, v.Name); err != nil {
+			return fmt.Errorf("delete volume object %s on lost node %s: %w", v.Name, v.Spec.NodeName, err)
+		}
+	}
+	klog.FromContext(ctx).Info("Let go of a volume on a lost node; its node removes the storage if it comes back",
+		"volumeID", v.Name, "node", v.Spec.NodeName)
+	return nil
 }
 
 func (n *remoteNode) ExpandVolume(ctx context.Context, id string, capacityBytes int64) (pool.Volume, error) {

@@ -53,6 +53,13 @@ func (r *reachable) CheckVolume(context.Context, string) error {
 
 func startNode(t *testing.T, objs ...runtime.Object) testNode {
 	t.Helper()
+	return startNodeWith(t, nil, objs...)
+}
+
+// startNodeWith is startNode, with before run on the node's pools before its
+// reconciler starts (storage left from an earlier life of the node).
+func startNodeWith(t *testing.T, before func(*node.Local), objs ...runtime.Object) testNode {
+	t.Helper()
 	dir := t.TempDir()
 	fp, err := file.New(file.Config{Name: "fast", Dir: dir})
 	if err != nil {
@@ -62,6 +69,9 @@ func startNode(t *testing.T, objs ...runtime.Object) testNode {
 	local, err := node.NewLocal(p)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(local)
 	}
 	plinth := plinthfake.NewSimpleClientset(objs...)
 	core := fake.NewSimpleClientset()
@@ -268,4 +278,50 @@ func TestReconcileUnreachable(t *testing.T) {
 	n.pool.problem.Store(nil)
 	n.rec.RequeueVolumes()
 	waitFor(t, "pv-a reachable again", func() bool { s := get().Status; return s.Reason == "" && s.Message == "" })
+}
+
+// A node that comes back after the controller let go of its volumes (their
+// objects deleted while it was away: --release-volumes-on-lost-node-after)
+// finds the tombstones when it lists on start, removes their storage and
+// then their finalizers; it keeps the storage of a volume whose object
+// still stands, and of one that has no object at all.
+func TestReconcileAfterReturn(t *testing.T) {
+	labels := map[string]string{v1alpha1.LabelNode: "n1"}
+	ctx := context.Background()
+	made := func(local *node.Local, id string) {
+		if _, err := local.CreateVolume(ctx, "fast", pool.Volume{ID: id, Name: id, CapacityBytes: 8 * mi, Mode: pool.ModeBlock}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleted := metav1.Now()
+	ready := v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 8 * mi}
+	n := startNodeWith(t, func(local *node.Local) {
+		for _, id := range []string{"pv-released", "pv-kept", "pv-no-object"} {
+			made(local, id)
+		}
+	},
+		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-released", Labels: labels, Finalizers: []string{v1alpha1.Finalizer},
+			DeletionTimestamp: &deleted}, Spec: spec(8 * mi), Status: ready},
+		&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-kept", Labels: labels, Finalizers: []string{v1alpha1.Finalizer}},
+			Spec: spec(8 * mi), Status: ready},
+	)
+	volumes := n.plinth.PlinthV1alpha1().PlinthVolumes()
+	waitFor(t, "pv-released finalizer dropped", func() bool {
+		v, err := volumes.Get(n.ctx, "pv-released", metav1.GetOptions{})
+		return err != nil || len(v.Finalizers) == 0
+	})
+	if _, err := n.local.Volume(ctx, "pv-released"); err == nil {
+		t.Fatal("pv-released's storage is still there")
+	}
+	waitFor(t, "pv-kept reconciled", func() bool {
+		v, err := volumes.Get(n.ctx, "pv-kept", metav1.GetOptions{})
+		return err == nil && v.Status.ObservedGeneration == v.Generation && v.Status.Phase == v1alpha1.VolumeReady
+	})
+	n.rec.RequeueVolumes()
+	time.Sleep(200 * time.Millisecond) // a pass over every object; nothing may touch the others
+	for _, id := range []string{"pv-kept", "pv-no-object"} {
+		if _, err := n.local.Volume(ctx, id); err != nil {
+			t.Errorf("%s's storage was removed: %v", id, err)
+		}
+	}
 }

@@ -1,0 +1,45 @@
+package app
+
+import (
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+// --release-volumes-on-lost-node-after is off by default, set from the
+// flag or the config file's field of the same name, and refused when
+// negative or so short that it would race a node's re-registration.
+func TestReleaseVolumesOnLostNodeAfter(t *testing.T) {
+	parse := func(t *testing.T, file string, args ...string) (ControllerConfig, error) {
+		t.Helper()
+		fs := flag.NewFlagSet("controller", flag.ContinueOnError)
+		var c ControllerConfig
+		c.Flags(fs)
+		if err := fs.Parse(args); err != nil {
+			return c, err
+		}
+		if file != "" {
+			if _, err := ApplyConfigFile(fs, writeConfig(t, file), ControllerConfigKind); err != nil {
+				return c, err
+			}
+		}
+		return c, c.Validate()
+	}
+	if c, err := parse(t, ""); err != nil || c.ReleaseVolumesOnLostNodeAfter != 0 {
+		t.Fatalf("default: %s, %v; want 0 (off)", c.ReleaseVolumesOnLostNodeAfter, err)
+	}
+	if c, err := parse(t, "", "--release-volumes-on-lost-node-after=10m"); err != nil || c.ReleaseVolumesOnLostNodeAfter != 10*time.Minute {
+		t.Fatalf("flag: %s, %v", c.ReleaseVolumesOnLostNodeAfter, err)
+	}
+	file := "apiVersion: plinth.example.com/v1alpha1\nkind: ControllerConfiguration\nreleaseVolumesOnLostNodeAfter: 1h\n"
+	if c, err := parse(t, file); err != nil || c.ReleaseVolumesOnLostNodeAfter != time.Hour {
+		t.Fatalf("config file: %s, %v", c.ReleaseVolumesOnLostNodeAfter, err)
+	}
+	for value, want := range map[string]string{"-1m": "must not be negative", "10s": "at least 30s"} {
+		_, err := parse(t, "", "--release-volumes-on-lost-node-after="+value)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--release-volumes-on-lost-node-after") {
+			t.Errorf("%s: %v, want an error saying %q", value, err, want)
+		}
+	}
+}
