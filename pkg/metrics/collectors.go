@@ -54,13 +54,27 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(s.FreeBytes), s.Name, s.Backend)
 		ch <- prometheus.MustNewConstMetric(c.alloc, prometheus.GaugeValue, float64(s.AllocatableBytes), s.Name, s.Backend)
 		ch <- prometheus.MustNewConstMetric(c.prov, prometheus.GaugeValue, float64(s.ProvisionedBytes), s.Name, s.Backend)
-		for state, n := range s.Volumes {
+		for state, n := range withStates(s.Volumes) {
 			ch <- prometheus.MustNewConstMetric(c.vols, prometheus.GaugeValue, float64(n), s.Name, s.Backend, state)
 		}
-		for state, n := range s.Snapshots {
+		for state, n := range withStates(s.Snapshots) {
 			ch <- prometheus.MustNewConstMetric(c.snaps, prometheus.GaugeValue, float64(n), s.Name, s.Backend, state)
 		}
 	}
+}
+
+// withStates is counts with a 0 for each record state (creating, ready,
+// deleting) it lacks: an empty pool says 0 rather than nothing, so that
+// sums and alerts see it.
+func withStates(counts map[string]int) map[string]int {
+	out := make(map[string]int, 3+len(counts))
+	for _, st := range []string{"creating", "ready", "deleting"} {
+		out[st] = 0
+	}
+	for st, n := range counts {
+		out[st] = n
+	}
+	return out
 }
 
 // DeviceSample counts one resource's units by health.

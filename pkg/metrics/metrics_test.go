@@ -7,6 +7,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // /healthz runs the live checks and /readyz the ready ones; a failing
@@ -49,5 +51,29 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if code, _ := get("/readyz"); code != 200 {
 		t.Errorf("/readyz after registration: %d", code)
+	}
+}
+
+// An empty pool's volume and snapshot counts are 0 in every state, not
+// missing; a state the pool reports is kept.
+func TestEmptyPoolCountsZero(t *testing.T) {
+	c := NewPoolCollector(func(context.Context) ([]PoolSample, error) {
+		return []PoolSample{{Name: "empty", Backend: "file"}, {Name: "busy", Backend: "btrfs", Volumes: map[string]int{"ready": 2}}}, nil
+	})
+	want := `
+# HELP plinth_pool_volumes Volumes in the pool, by state.
+# TYPE plinth_pool_volumes gauge
+plinth_pool_volumes{backend="btrfs",pool="busy",state="creating"} 0
+plinth_pool_volumes{backend="btrfs",pool="busy",state="deleting"} 0
+plinth_pool_volumes{backend="btrfs",pool="busy",state="ready"} 2
+plinth_pool_volumes{backend="file",pool="empty",state="creating"} 0
+plinth_pool_volumes{backend="file",pool="empty",state="deleting"} 0
+plinth_pool_volumes{backend="file",pool="empty",state="ready"} 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "plinth_pool_volumes"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c, "plinth_pool_snapshots"); n != 6 {
+		t.Errorf("%d snapshot series for two pools, want 3 states each", n)
 	}
 }
