@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -23,9 +24,66 @@ type Params struct {
 	Thick   bool
 }
 
-// ParseParams validates outside parameters. Keys the CO adds
-// (csi.storage.k8s.io/*) are ignored; any other unknown key is an error, so
-// that a typo in a StorageClass is not silently ignored.
+// coPrefix is the prefix of the parameters Kubernetes itself defines.
+const coPrefix = "csi.storage.k8s.io/"
+
+// coKeys are the csi.storage.k8s.io/ parameters Kubernetes and its CSI
+// sidecars define for StorageClasses and VolumeSnapshotClasses: the fs
+// type, the secrets of each call, and the names the sidecars add.
+var coKeys = []string{
+	"fstype",
+	"provisioner-secret-name", "provisioner-secret-namespace",
+	"controller-publish-secret-name", "controller-publish-secret-namespace",
+	"node-stage-secret-name", "node-stage-secret-namespace",
+	"node-publish-secret-name", "node-publish-secret-namespace",
+	"controller-expand-secret-name", "controller-expand-secret-namespace",
+	"node-expand-secret-name", "node-expand-secret-namespace",
+	"snapshotter-secret-name", "snapshotter-secret-namespace",
+	"snapshotter-list-secret-name", "snapshotter-list-secret-namespace",
+	"pvc/name", "pvc/namespace", "pv/name",
+	"volumesnapshot/name", "volumesnapshot/namespace", "volumesnapshotcontent/name",
+}
+
+// didYouMean names the coKeys entry nearest to key (by edit distance, at
+// most 3 edits), or is empty.
+func didYouMean(key string) string {
+	best, bestD := "", 4
+	for _, k := range coKeys {
+		if d := editDistance(key, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", coPrefix+best)
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// ParseParams validates outside parameters. Of the keys Kubernetes defines
+// (csi.storage.k8s.io/*) the known ones are ignored and a misspelt one is an
+// error naming the nearest; any other unknown key is an error too, so that
+// a typo in a StorageClass is not silently ignored.
 func ParseParams(in map[string]string) (Params, error) {
 	var p Params
 	for k, v := range in {
@@ -48,7 +106,10 @@ func ParseParams(in map[string]string) (Params, error) {
 			default:
 				return Params{}, fmt.Errorf("%w: parameter %q: %q is not thin or thick", pool.ErrInvalid, k, v)
 			}
-		case strings.HasPrefix(k, "csi.storage.k8s.io/"):
+		case strings.HasPrefix(k, coPrefix):
+			if rest := strings.TrimPrefix(k, coPrefix); !slices.Contains(coKeys, rest) {
+				return Params{}, fmt.Errorf("%w: parameter %q is not one of the %s keys Kubernetes defines%s", pool.ErrInvalid, k, coPrefix, didYouMean(rest))
+			}
 		default:
 			return Params{}, fmt.Errorf("%w: unknown parameter %q", pool.ErrInvalid, k)
 		}

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -56,7 +57,9 @@ func TestParseParams(t *testing.T) {
 		"empty":                {in: nil, want: Params{}},
 		"pool and thick":       {in: map[string]string{"pool": "fast", "provisioning": "thick"}, want: Params{Pool: "fast", Thick: true}},
 		"backend":              {in: map[string]string{"backend": "btrfs"}, want: Params{Backend: "btrfs"}},
-		"CO keys ignored":      {in: map[string]string{"csi.storage.k8s.io/pvc/name": "x"}, want: Params{}},
+		"CO keys ignored":      {in: map[string]string{"csi.storage.k8s.io/pvc/name": "x", "csi.storage.k8s.io/fstype": "xfs", "csi.storage.k8s.io/node-stage-secret-name": "s"}, want: Params{}},
+		"CO key misspelt":      {in: map[string]string{"csi.storage.k8s.io/fs-type": "xfs"}, bad: true},
+		"CO key unknown":       {in: map[string]string{"csi.storage.k8s.io/anything": "x"}, bad: true},
 		"unknown key":          {in: map[string]string{"pol": "fast"}, bad: true},
 		"pool name traversal":  {in: map[string]string{"pool": "../etc"}, bad: true},
 		"pool name with slash": {in: map[string]string{"pool": "a/b"}, bad: true},
@@ -80,6 +83,23 @@ func TestParseParams(t *testing.T) {
 				t.Errorf("ParseParams() (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// A misspelt Kubernetes key is refused with the key it was probably meant
+// to be.
+func TestMisspeltCOKeyNamesNearest(t *testing.T) {
+	_, err := ParseParams(map[string]string{"csi.storage.k8s.io/fs-type": "xfs"})
+	if err == nil || !strings.Contains(err.Error(), `did you mean "csi.storage.k8s.io/fstype"`) {
+		t.Errorf("error %v: want it to name csi.storage.k8s.io/fstype", err)
+	}
+	_, err = ParseParams(map[string]string{"csi.storage.k8s.io/provisioner-secret-nme": "x"})
+	if err == nil || !strings.Contains(err.Error(), `"csi.storage.k8s.io/provisioner-secret-name"`) {
+		t.Errorf("error %v: want it to name provisioner-secret-name", err)
+	}
+	_, err = ParseParams(map[string]string{"csi.storage.k8s.io/zzzzzzzzzzzz": "x"})
+	if err == nil || strings.Contains(err.Error(), "did you mean") {
+		t.Errorf("error %v: nothing is near, want no suggestion", err)
 	}
 }
 
