@@ -2,6 +2,7 @@ package disk
 
 import (
 	"fmt"
+	"github.com/plinth-dev/plinth/pkg/pool"
 	"os"
 	"path"
 	"slices"
@@ -252,16 +253,5 @@ func (s Selector) mismatch(d Disk) string {
 	return ""
 }
 
-// FormatBytes prints sizes the way a person reads them (1.5GiB).
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// FormatBytes prints a size the way a person reads it (pool.FormatBytes).
+func FormatBytes(n int64) string { return pool.FormatBytes(n) }

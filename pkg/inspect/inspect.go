@@ -11,13 +11,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
 // Client reads the cluster.
@@ -554,4 +554,4 @@ func (c *Client) podsUsing(ctx context.Context, ns, claim string) []string {
 	return out
 }
 
-func quantity(n int64) string { return resource.NewQuantity(n, resource.BinarySI).String() }
+func quantity(n int64) string { return pool.FormatBytes(n) }

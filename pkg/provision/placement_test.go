@@ -107,7 +107,7 @@ func TestImmediateAllowedTopologiesLandsWhereOnePoolFits(t *testing.T) {
 		"several fit: best fit": {size: "25Mi", wantNode: "n2", wantPool: "b", wantState: controller.ProvisioningFinished,
 			old: "n1 (smaller sum), pool a"},
 		"none fits": {size: "95Mi", wantErr: pool.ErrNoSpace, wantState: controller.ProvisioningFinished,
-			errHas: []string{"largest pool a on node n1 has 50Mi allocatable, 95Mi requested", "largest pool a on node n2 has 90Mi allocatable, 95Mi requested"},
+			errHas: []string{"largest pool a on node n1 has 50MiB allocatable, 95MiB requested", "largest pool a on node n2 has 90MiB allocatable, 95MiB requested"},
 			old:    "one pool of n1 only, the node createAmong chose"},
 	}
 	for name, tc := range cases {

@@ -24,6 +24,25 @@ type Params struct {
 	Thick   bool
 }
 
+// String names the parameters as a person reads them: pool "fast",
+// backend file, thick (or "no parameters").
+func (p Params) String() string {
+	var parts []string
+	if p.Pool != "" {
+		parts = append(parts, fmt.Sprintf("pool %q", p.Pool))
+	}
+	if p.Backend != "" {
+		parts = append(parts, "backend "+p.Backend)
+	}
+	if p.Thick {
+		parts = append(parts, "thick")
+	}
+	if len(parts) == 0 {
+		return "no parameters"
+	}
+	return strings.Join(parts, ", ")
+}
+
 // coPrefix is the prefix of the parameters Kubernetes itself defines.
 const coPrefix = "csi.storage.k8s.io/"
 
@@ -173,21 +192,5 @@ func Size(required, limit int64, mode pool.Mode, fsType string) (int64, error) {
 	return size, nil
 }
 
-// FormatBytes writes n the way Kubernetes quantities read: 5Gi, 512Mi, or
-// bytes when it is not a whole number of KiB.
-func FormatBytes(n int64) string {
-	units := []string{"Ei", "Pi", "Ti", "Gi", "Mi", "Ki"}
-	for i, u := range units {
-		shift := uint(10 * (len(units) - i))
-		if n >= 1<<shift && n%(1<<shift) == 0 {
-			return fmt.Sprintf("%d%s", n>>shift, u)
-		}
-	}
-	if n >= 1<<30 {
-		return fmt.Sprintf("%.1fGi", float64(n)/(1<<30))
-	}
-	if n >= 1<<20 {
-		return fmt.Sprintf("%.1fMi", float64(n)/(1<<20))
-	}
-	return fmt.Sprintf("%d", n)
-}
+// FormatBytes prints a size the way a person reads it (pool.FormatBytes).
+func FormatBytes(n int64) string { return pool.FormatBytes(n) }

@@ -106,7 +106,7 @@ func Place(req CreateRequest, nodes []NodePools) ([]Choice, error) {
 		if errs := nodeErrs(nodes); len(errs) > 0 && len(errs) == len(nodes) {
 			return nil, fmt.Errorf("no node's pools could be read: %w", errors.Join(errs...))
 		}
-		return nil, fmt.Errorf("%w: no pool on nodes %v serves %s volumes with parameters %+v", pool.ErrUnsupported, nodeNames(nodes), kind, req.Params)
+		return nil, fmt.Errorf("%w: no pool on nodes %v serves %s volumes with %s", pool.ErrUnsupported, nodeNames(nodes), kind, req.Params)
 	}
 	return nil, fmt.Errorf("%w: no single pool can hold the volume: %s", pool.ErrNoSpace, strings.Join(why, "; "))
 }

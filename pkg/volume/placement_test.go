@@ -152,7 +152,7 @@ func TestPlacement(t *testing.T) {
 			nodes:   nodes{"n1": node(blockPool("a", 30*mib, 0), blockPool("b", 35*mib, 0)), "n2": node(blockPool("a", 100*mib, 80*mib))},
 			req:     req(40, nil, nil),
 			wantErr: pool.ErrNoSpace,
-			errHas:  []string{"largest pool b on node n1 has 35Mi allocatable, 40Mi requested", "largest pool a on node n2 has 20Mi allocatable, 40Mi requested"},
+			errHas:  []string{"largest pool b on node n1 has 35MiB allocatable, 40MiB requested", "largest pool a on node n2 has 20MiB allocatable, 40MiB requested"},
 			old:     "ErrNoSpace naming only the last pool tried",
 		},
 		"nothing serves": {
