@@ -160,6 +160,27 @@ func (inv *Inventory) Transitions() int {
 	return inv.transitions
 }
 
+// logServed says once, after the first scan, how many devices each
+// resource serves; a node with none says so plainly.
+func (inv *Inventory) logServed() {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	per := map[string]int{}
+	for _, t := range inv.devices {
+		if owner := inv.ownerLocked(t.dev); owner != "" {
+			per[owner]++
+		}
+	}
+	total := 0
+	for _, r := range inv.cfg.Resources {
+		total += per[r.Name]
+		klog.InfoS("Devices served", "resource", r.Name, "devices", per[r.Name])
+	}
+	if total == 0 {
+		klog.InfoS("No accelerators found: this node serves 0 devices (the device plugins stay registered and advertise any that appear)", "globs", inv.cfg.Globs())
+	}
+}
+
 // Run scans until ctx ends: every Interval, shortly after any change under
 // the /dev root, and when a recovering device is due.
 func (inv *Inventory) Run(ctx context.Context) error {
@@ -182,6 +203,7 @@ func (inv *Inventory) Run(ctx context.Context) error {
 		}
 	}
 	scan()
+	inv.logServed()
 	var debounce <-chan time.Time
 	for {
 		select {

@@ -168,7 +168,7 @@ func (p *Plugin) Allocate(ctx context.Context, req *dpapi.AllocateRequest) (resp
 			return nil, err
 		}
 		resp.ContainerResponses = append(resp.ContainerResponses, p.containerResponse(units))
-		klog.FromContext(ctx).Info("Allocated", "resource", p.res.Name, "devices", creq.GetDevicesIds())
+		klog.FromContext(ctx).V(4).Info("Allocated", "resource", p.res.Name, "devices", creq.GetDevicesIds())
 	}
 	return resp, nil
 }

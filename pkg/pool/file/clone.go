@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,4 +72,34 @@ func sparseCopy(out, in *os.File) error {
 		off = hole
 	}
 	return out.Truncate(size)
+}
+
+// probePrefix names the files reflinkSupported makes in a pool directory.
+const probePrefix = ".plinth-reflink-probe-"
+
+// reflinkSupported reports whether dir's filesystem shares extents
+// (FICLONE), by cloning a one-block file there; the probe files are removed,
+// and so are any an interrupted probe left.
+func reflinkSupported(dir string) (bool, error) {
+	if old, err := filepath.Glob(filepath.Join(dir, probePrefix+"*")); err == nil {
+		for _, f := range old {
+			_ = os.Remove(f)
+		}
+	}
+	src, err := os.CreateTemp(dir, probePrefix+"*")
+	if err != nil {
+		return false, fmt.Errorf("reflink probe: %w", err)
+	}
+	defer os.Remove(src.Name())
+	defer src.Close()
+	if _, err := src.Write(make([]byte, 4096)); err != nil {
+		return false, fmt.Errorf("reflink probe: %w", err)
+	}
+	dst, err := os.CreateTemp(dir, probePrefix+"*")
+	if err != nil {
+		return false, fmt.Errorf("reflink probe: %w", err)
+	}
+	defer os.Remove(dst.Name())
+	defer dst.Close()
+	return unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())) == nil, nil
 }

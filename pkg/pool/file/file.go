@@ -69,6 +69,11 @@ func New(cfg Config) (*Pool, error) {
 	}
 	p.index = idx
 	idx.LogLoaded(p.name, p.Backend(), p.dir)
+	if ok, err := reflinkSupported(p.dir); err != nil {
+		klog.ErrorS(err, "Could not tell whether the pool's filesystem shares extents", "pool", p.name, "dir", p.dir)
+	} else if !ok {
+		klog.InfoS("The pool's filesystem has no reflink (FICLONE): snapshots and clones of its volumes are full copies, in time and space (xfs with reflink=1 or btrfs share extents)", "pool", p.name, "dir", p.dir)
+	}
 	return p, nil
 }
 
