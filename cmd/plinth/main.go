@@ -84,8 +84,10 @@ func command(name, kind string, flags func(*flag.FlagSet), inline func(app.Inlin
 		fmt.Fprintf(os.Stderr, "plinth %s: unexpected argument %q\nRun \"plinth %s -h\" for its flags.\n", name, fs.Arg(0), name)
 		os.Exit(2)
 	}
+	var in app.Inline
 	if *configFile != "" {
-		in, err := app.ApplyConfigFile(fs, *configFile, kind)
+		var err error
+		in, err = app.ApplyConfigFile(fs, *configFile, kind)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "plinth %s: %v\n", name, err)
 			os.Exit(2)
@@ -98,7 +100,9 @@ func command(name, kind string, flags func(*flag.FlagSet), inline func(app.Inlin
 			inline(in)
 		}
 	}
-	if err := errors.Join(logsapi.ValidateAndApply(logs, nil), validate()); err != nil {
+	// The logging format is checked only here: name the file's field.
+	logErr := in.FieldError(*configFile, "logging-format", logsapi.ValidateAndApply(logs, nil))
+	if err := errors.Join(logErr, in.Explain(*configFile, validate())); err != nil {
 		fmt.Fprintf(os.Stderr, "plinth %s: %v\n", name, err)
 		os.Exit(2)
 	}

@@ -125,3 +125,22 @@ func TestFlagErrorsAndRoleHelp(t *testing.T) {
 		t.Errorf("plinth standalone --help: exit %d:\n%s", code, out)
 	}
 }
+
+// A bad value in a configuration file is reported with the file and the
+// field, also for the values checked only after the file is read (the
+// logging format, the root).
+func TestConfigFileErrorsNameTheField(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("apiVersion: plinth.example.com/v1alpha1\nkind: StandaloneConfiguration\nloggingFormat: jsonx\nroot: relative/dir\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := run(t, "standalone", "--config", path)
+	if code != 2 {
+		t.Fatalf("exit %d, want 2: %s", code, stderr)
+	}
+	for _, want := range []string{`config file ` + path + `: field "loggingFormat"`, `--root is field "root"`} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr %q lacks %q", stderr, want)
+		}
+	}
+}

@@ -39,9 +39,40 @@ func ApplyConfigFile(fs *flag.FlagSet, path, kind string) (Inline, error) {
 	return in, err
 }
 
-// Inline are the sections a configuration file may hold inline.
+// Inline are the sections a configuration file may hold inline, and the
+// file's fields that set flags (flag name → field), so that a later check
+// of a flag's value can name the file and the field.
 type Inline struct {
 	DeviceConfig, Disks []byte
+	Fields              map[string]string
+}
+
+// Explain adds to a validation error that names flags (--root ...) the
+// file's fields that set them: "(config file F: --root is field \"root\")".
+func (in Inline) Explain(path string, err error) error {
+	if err == nil || len(in.Fields) == 0 {
+		return err
+	}
+	var notes []string
+	for flag, field := range in.Fields {
+		if strings.Contains(err.Error(), "--"+flag+" ") || strings.Contains(err.Error(), "--"+flag+":") || strings.Contains(err.Error(), "--"+flag+"=") {
+			notes = append(notes, fmt.Sprintf("--%s is field %q", flag, field))
+		}
+	}
+	if len(notes) == 0 {
+		return err
+	}
+	sort.Strings(notes)
+	return fmt.Errorf("%w (config file %s: %s)", err, path, strings.Join(notes, ", "))
+}
+
+// FieldError names the file and field that set flag, when the file set it:
+// "config file F: field \"loggingFormat\": err"; otherwise err as it is.
+func (in Inline) FieldError(path, flag string, err error) error {
+	if field, ok := in.Fields[flag]; ok && err != nil {
+		return fmt.Errorf("config file %s: field %q: %w", path, field, err)
+	}
+	return err
 }
 
 func applyConfigFile(fs *flag.FlagSet, path, kind string, in *Inline) (deviceConfig []byte, err error) {
@@ -110,6 +141,10 @@ func applyConfigFile(fs *flag.FlagSet, path, kind string, in *Inline) (deviceCon
 		if err != nil {
 			return nil, fail(key, "%v", err)
 		}
+		if in.Fields == nil {
+			in.Fields = map[string]string{}
+		}
+		in.Fields[name] = key
 		for i, v := range values {
 			if err := fs.Set(name, v); err != nil {
 				field := key
