@@ -6,13 +6,31 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build run test reliability kubelet e2e conformance chart generate verify-generated unit sanity bench lint deps clean
+.PHONY: all build image push run test reliability kubelet e2e bench-nodes conformance chart generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/plinth ./cmd/plinth
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-plinth ./cmd/kubectl-plinth
+
+# plinth's OCI image without a Docker engine (hack/image, pkg/image): bin/plinth and the
+# filesystem tools plinth node runs, with their libraries, from this Debian machine (what the
+# Dockerfile installs), tagged $(IMAGE):$(VERSION), written to $(IMAGE_TAR) for
+# `ctr -n k8s.io images import` or `docker load`. `make push IMAGE=registry/repo` pushes it with
+# the credentials of ~/.docker/config.json. docs/install.md says how to point kustomize or Helm at it.
+IMAGE       ?= plinth.example.com/plinth
+IMAGE_TAR   ?= $(CURDIR)/_out/plinth-image.tar
+IMAGE_TAGS  ?=
+REVISION    := $(shell git rev-parse HEAD 2>/dev/null)
+image: build
+	mkdir -p $(dir $(IMAGE_TAR))
+	$(GO) run ./hack/image --plinth bin/plinth --tag $(IMAGE):$(VERSION) $(foreach t,$(IMAGE_TAGS),--tag $(t)) \
+	  --version $(VERSION) --revision '$(REVISION)' --out $(IMAGE_TAR)
+
+push: build
+	$(GO) run ./hack/image --plinth bin/plinth --tag $(IMAGE):$(VERSION) $(foreach t,$(IMAGE_TAGS),--tag $(t)) \
+	  --version $(VERSION) --revision '$(REVISION)' --push
 
 # Runs plinth standalone for real: a file pool in $(RUN_ROOT)/pools/default,
 # CSI on unix://$(RUN_ROOT)/csi.sock. Ctrl-C stops it.
@@ -52,9 +70,24 @@ kubelet:
 # server and compares the chart's default render with deploy/base.
 CHART_OUT ?= $(CURDIR)/_out/chart-renders
 e2e: chart
+	$(MAKE) image IMAGE_TAGS=plinth.example.com/plinth:dev
 	bin=$$(./test/e2e/build-cluster.sh) && cbin=$$(./test/conformance/build.sh) && cd test/e2e && \
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CONFORMANCE_BIN=$$cbin PLINTH_CONFORMANCE=quick PLINTH_CHART_RENDERS=$(CHART_OUT) \
+	  PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
 	  $(GO) test -trimpath -count=1 -v -timeout 60m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+
+# Scale in the e2e cluster (issue 14): 50 simulated nodes (`plinth node` processes on the host,
+# each with a Node object and a file pool on a tmpfs of its own, no kubelet), 1000 PVCs created at
+# once (Immediate binding, 70% of all pools): PVC->PV latency and throughput, placement per node,
+# the CSIStorageCapacity count, plinth controller's CPU seconds and peak RSS; then 500 PVCs bound
+# at kube-controller-manager's default API QPS and at --kube-api-qps=100. Prints tables; fails on
+# an over-committed pool, a missing or duplicate PV, or a timeout, never on a time. Root. make e2e
+# runs the same test at 10 nodes, 100 PVCs and 100 (PLINTH_SIM_NODES, PLINTH_SIM_PVCS and
+# PLINTH_SIM_QPS_PVCS set the sizes).
+bench-nodes:
+	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && \
+	  PLINTH_CLUSTER_BIN=$$bin PLINTH_SIM_NODES=50 PLINTH_SIM_PVCS=1000 PLINTH_SIM_QPS_PVCS=500 \
+	  $(GO) test -trimpath -count=1 -v -timeout 60m -run '^TestSimulatedNodes$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
 # Kubernetes' external storage suite (k8s.io/kubernetes/test/e2e/storage/external, built by
 # test/conformance/build.sh and cached by version) against plinth in the e2e cluster, with

@@ -16,6 +16,8 @@ fail=0
 diff -r "$chart/crds" deploy/base/crds || { echo "chart CRDs differ from deploy/base/crds: run make generate"; fail=1; }
 "$helm" lint --strict --kube-version 1.37.2 "$chart" >/dev/null || { "$helm" lint --strict --kube-version 1.37.2 "$chart"; fail=1; }
 "$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system --include-crds >"$out/default.yaml"
+# As a new user runs it: no --kube-version, no values.
+"$helm" template "$chart" >/dev/null || { echo "FAIL helm template without --kube-version"; fail=1; }
 echo "ok   default: $(grep -c '^kind:' "$out/default.yaml") objects"
 for v in "$chart"/ci/*-values.yaml; do
 	name=$(basename "$v" -values.yaml)

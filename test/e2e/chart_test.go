@@ -88,6 +88,7 @@ func TestChartAgreesWithKustomize(t *testing.T) {
 		"StorageClass/plinth-local":                                 {{"provisioner"}, {"parameters"}, {"volumeBindingMode"}, {"allowVolumeExpansion"}, {"reclaimPolicy"}},
 		"Deployment/plinth-controller": {{"spec", "replicas"}, {"spec", "template", "spec", "securityContext"},
 			{"spec", "template", "spec", "serviceAccountName"}, {"spec", "template", "spec", "priorityClassName"}},
+		"PodDisruptionBudget/plinth-controller": {{"spec", "minAvailable"}},
 		"DaemonSet/plinth-node": {{"spec", "template", "spec", "volumes"}, {"spec", "template", "spec", "serviceAccountName"},
 			{"spec", "template", "spec", "priorityClassName"}, {"spec", "template", "spec", "tolerations"}},
 	}

@@ -18,7 +18,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/plinth-dev/plinth/test/e2e/images"
+	images "github.com/plinth-dev/plinth/pkg/image"
+	testimages "github.com/plinth-dev/plinth/test/e2e/images"
 )
 
 // conformanceBin is the directory test/conformance/build.sh filled (the external storage suite,
@@ -71,7 +72,7 @@ var selections = map[string]selection{
 // nginx and glibc-dns-testing as a busybox userland (the specs give them commands), agnhost with
 // that userland, and the pause image.
 func conformanceImages(bin, pause string) ([]images.Spec, error) {
-	shell, err := images.Shell()
+	shell, err := testimages.Shell()
 	if err != nil {
 		return nil, err
 	}

@@ -20,8 +20,8 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	images "github.com/plinth-dev/plinth/pkg/image"
 	"github.com/plinth-dev/plinth/test/e2e/cluster"
-	"github.com/plinth-dev/plinth/test/e2e/images"
 )
 
 const (
@@ -147,6 +147,8 @@ func setUp(ctx context.Context, bin string) (*env, error) {
 			return e, err
 		}
 	}
+	// Workers (TestZNodes) get plinth's, the test app's and the pause image.
+	e.c.SetWorkerImages(tars[:3])
 	manifests, err := render(filepath.Join(repo, "deploy/overlays/e2e"))
 	if err != nil {
 		return e, fmt.Errorf("render deploy/overlays/e2e: %w", err)
@@ -348,24 +350,33 @@ func (e *env) buildImages(ctx context.Context, dir string) ([]string, error) {
 	if err := build(e.kubectlPlinth, "./cmd/kubectl-plinth", e.repo); err != nil {
 		return nil, err
 	}
-	tools, err := images.HostTools(images.NodeTools)
-	if err != nil {
-		return nil, err
-	}
-	pf, err := images.Binary(plinthBin, "/usr/bin/plinth")
-	if err != nil {
-		return nil, err
-	}
 	af, err := images.Binary(appBin, "/e2e-app")
 	if err != nil {
 		return nil, err
 	}
-	labels := map[string]string{"org.opencontainers.image.title": "plinth", "org.opencontainers.image.source": "https://github.com/plinth-dev/plinth"}
-	specs := []images.Spec{
-		{Ref: "plinth.example.com/plinth:dev", Entrypoint: []string{"/usr/bin/plinth"}, Files: append(tools, pf), Labels: labels},
-		{Ref: "plinth.example.com/e2e-app:dev", Entrypoint: []string{"/e2e-app"}, Files: []images.File{af}},
-		{Ref: "registry.k8s.io/pause:3.10", Entrypoint: []string{"/e2e-app", "pause"}, Files: []images.File{af}},
+	// plinth's image is make image's (PLINTH_IMAGE_TAR, tagged
+	// plinth.example.com/plinth:dev as the manifests name it); run alone,
+	// the suite assembles the same with pkg/image.
+	var tars []string
+	var specs []images.Spec
+	if tar := os.Getenv("PLINTH_IMAGE_TAR"); tar != "" {
+		tars = append(tars, tar)
+	} else {
+		tools, err := images.HostTools(images.NodeTools)
+		if err != nil {
+			return nil, err
+		}
+		pf, err := images.Binary(plinthBin, "/usr/bin/plinth")
+		if err != nil {
+			return nil, err
+		}
+		labels := map[string]string{"org.opencontainers.image.title": "plinth", "org.opencontainers.image.source": "https://github.com/plinth-dev/plinth"}
+		specs = append(specs, images.Spec{Ref: "plinth.example.com/plinth:dev", Entrypoint: []string{"/usr/bin/plinth"}, Files: append(tools, pf), Labels: labels})
 	}
+	specs = append(specs,
+		images.Spec{Ref: "plinth.example.com/e2e-app:dev", Entrypoint: []string{"/e2e-app"}, Files: []images.File{af}},
+		images.Spec{Ref: "registry.k8s.io/pause:3.10", Entrypoint: []string{"/e2e-app", "pause"}, Files: []images.File{af}},
+	)
 	if bin := conformanceBin(); bin != "" {
 		more, err := conformanceImages(bin, appBin)
 		if err != nil {
@@ -373,7 +384,6 @@ func (e *env) buildImages(ctx context.Context, dir string) ([]string, error) {
 		}
 		specs = append(specs, more...)
 	}
-	var tars []string
 	for i, s := range specs {
 		p := filepath.Join(dir, fmt.Sprintf("image-%d.tar", i))
 		if err := images.Write(s, p); err != nil {

@@ -63,7 +63,15 @@ type Cluster struct {
 	procs   map[string]*exec.Cmd
 	sysctls map[string]string
 	iptSave []byte
+	workers []*Worker
+	// workerImages are the image tarballs every worker's containerd
+	// imports (SetWorkerImages).
+	workerImages []string
 }
+
+// SetWorkerImages names the image tarballs each worker's containerd
+// imports when it starts.
+func (c *Cluster) SetWorkerImages(tars []string) { c.workerImages = tars }
 
 const token = "plinth-e2e-admin-token"
 
@@ -243,7 +251,23 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	if err := os.WriteFile(c.path("cni", "10-plinth-e2e.conflist"), []byte(cni), 0o600); err != nil {
 		return err
 	}
-	conf := fmt.Sprintf(`version = 2
+	conf := containerdConfig(c.path("containerd", "root"), c.path("containerd", "state"), c.Containerd, c.RuncWrapper, c.path("cni"))
+	if err := os.WriteFile(c.path("containerd", "config.toml"), []byte(conf), 0o600); err != nil {
+		return err
+	}
+	c.Log("starting containerd")
+	if err := c.run("containerd", "containerd", "--config", c.path("containerd", "config.toml")); err != nil {
+		return err
+	}
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		return exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "version").Run() == nil, nil
+	})
+}
+
+// containerdConfig is a containerd configuration with its own root, state
+// and socket, runc through the wrapper, CNI from cniDir.
+func containerdConfig(root, state, sock, runc, cniDir string) string {
+	return fmt.Sprintf(`version = 2
 root = %q
 state = %q
 disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
@@ -262,25 +286,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = %q
-`, c.path("containerd", "root"), c.path("containerd", "state"), c.Containerd, c.RuncWrapper, c.path("cni"))
-	if err := os.WriteFile(c.path("containerd", "config.toml"), []byte(conf), 0o600); err != nil {
-		return err
-	}
-	c.Log("starting containerd")
-	if err := c.run("containerd", "containerd", "--config", c.path("containerd", "config.toml")); err != nil {
-		return err
-	}
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		return exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "version").Run() == nil, nil
-	})
+`, root, state, sock, runc, cniDir)
 }
 
 // ImportImage loads an image tarball into containerd's Kubernetes namespace.
 func (c *Cluster) ImportImage(ctx context.Context, tarPath string) error {
-	out, err := exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "-n", "k8s.io", "images", "import", "--no-unpack=false", tarPath).CombinedOutput()
+	return importImage(ctx, c.Containerd, tarPath)
+}
+
+func importImage(ctx context.Context, sock, tarPath string) error {
+	out, err := exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", "--no-unpack=false", tarPath).CombinedOutput()
 	if err != nil {
 		// Older ctr has no --no-unpack flag.
-		out, err = exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "-n", "k8s.io", "images", "import", tarPath).CombinedOutput()
+		out, err = exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", tarPath).CombinedOutput()
 	}
 	if err != nil {
 		return fmt.Errorf("ctr images import %s: %w: %s", tarPath, err, out)
@@ -290,7 +308,23 @@ func (c *Cluster) ImportImage(ctx context.Context, tarPath string) error {
 
 // StartKubelet starts the kubelet and waits for the node to be Ready.
 func (c *Cluster) StartKubelet(ctx context.Context) error {
-	conf := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+	conf := kubeletConfig(c.Containerd, NodeIP, filepath.Join(c.path("pki"), "ca.crt"), "")
+	if err := os.WriteFile(c.path("kubelet", "config.yaml"), []byte(conf), 0o600); err != nil {
+		return err
+	}
+	c.Log("starting kubelet")
+	if err := c.run("kubelet", filepath.Join(c.Bin, "kubelet"), "--config="+c.path("kubelet", "config.yaml"),
+		"--kubeconfig="+c.Kubeconfig, "--hostname-override="+c.NodeName, "--node-ip="+NodeIP,
+		"--root-dir="+KubeletDir, "--v=2"); err != nil {
+		return err
+	}
+	return c.WaitNodeReady(ctx, 2*time.Minute)
+}
+
+// kubeletConfig is the kubelet's configuration: its runtime, its address,
+// the CA of client certificates, and its cgroupRoot (empty: "/").
+func kubeletConfig(containerd, ip, ca, cgroupRoot string) string {
+	s := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failSwapOn: false
 failCgroupV1: false
@@ -308,17 +342,11 @@ serializeImagePulls: false
 syncFrequency: 10s
 fileCheckFrequency: 5s
 volumeStatsAggPeriod: 5s
-`, c.Containerd, NodeIP, filepath.Join(c.path("pki"), "ca.crt"))
-	if err := os.WriteFile(c.path("kubelet", "config.yaml"), []byte(conf), 0o600); err != nil {
-		return err
+`, containerd, ip, ca)
+	if cgroupRoot != "" {
+		s += "cgroupRoot: " + cgroupRoot + "\n"
 	}
-	c.Log("starting kubelet")
-	if err := c.run("kubelet", filepath.Join(c.Bin, "kubelet"), "--config="+c.path("kubelet", "config.yaml"),
-		"--kubeconfig="+c.Kubeconfig, "--hostname-override="+c.NodeName, "--node-ip="+NodeIP,
-		"--root-dir="+KubeletDir, "--v=2"); err != nil {
-		return err
-	}
-	return c.WaitNodeReady(ctx, 2*time.Minute)
+	return s
 }
 
 // snapshotCRDs are the v1 CRDs the snapshot controller serves, as
@@ -365,8 +393,12 @@ func (c *Cluster) StopKubelet() { c.stop("kubelet") }
 
 // WaitNodeReady waits until the node reports Ready.
 func (c *Cluster) WaitNodeReady(ctx context.Context, timeout time.Duration) error {
+	return c.waitReady(ctx, c.NodeName, timeout, c.path("logs", "kubelet.log"))
+}
+
+func (c *Cluster) waitReady(ctx context.Context, name string, timeout time.Duration, log string) error {
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		n, err := c.Client.CoreV1().Nodes().Get(ctx, c.NodeName, metav1.GetOptions{})
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
@@ -378,17 +410,20 @@ func (c *Cluster) WaitNodeReady(ctx context.Context, timeout time.Duration) erro
 		return false, nil
 	})
 	if err != nil {
-		return fmt.Errorf("node %s not Ready: %w (see %s)", c.NodeName, err, c.path("logs", "kubelet.log"))
+		return fmt.Errorf("node %s not Ready: %w (see %s)", name, err, log)
 	}
 	return nil
 }
 
-func (c *Cluster) stop(name string) {
-	cmd, ok := c.procs[name]
+func (c *Cluster) stop(name string) { stopProc(c.procs, name) }
+
+// stopProc stops procs[name] (SIGTERM, then SIGKILL) and forgets it.
+func stopProc(procs map[string]*exec.Cmd, name string) {
+	cmd, ok := procs[name]
 	if !ok || cmd.Process == nil {
 		return
 	}
-	delete(c.procs, name)
+	delete(procs, name)
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
@@ -403,8 +438,12 @@ func (c *Cluster) stop(name string) {
 
 // Stop stops everything Start started and restores the host.
 func (c *Cluster) Stop() {
+	for _, w := range c.workers {
+		w.Remove()
+	}
+	c.workers = nil
 	c.stop("kubelet")
-	c.killContainers()
+	killContainers(c.Containerd)
 	for _, n := range []string{"containerd", "snapshot-controller", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 		c.stop(n)
 	}
@@ -426,13 +465,13 @@ func (c *Cluster) Stop() {
 
 // killContainers kills every container task and the shims containerd
 // started for this cluster (they outlive containerd otherwise).
-func (c *Cluster) killContainers() {
-	if c.Containerd == "" {
+func killContainers(sock string) {
+	if sock == "" {
 		return
 	}
-	out, _ := exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "ls", "-q").Output()
+	out, _ := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "tasks", "ls", "-q").Output()
 	for _, id := range strings.Fields(string(out)) {
-		_ = exec.Command("ctr", "--address", c.Containerd, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+		_ = exec.Command("ctr", "--address", sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
 	}
 	time.Sleep(time.Second)
 	entries, _ := os.ReadDir("/proc")
@@ -442,7 +481,7 @@ func (c *Cluster) killContainers() {
 			continue
 		}
 		s := string(cmdline)
-		if strings.Contains(s, "containerd-shim") && strings.Contains(s, c.Containerd) {
+		if strings.Contains(s, "containerd-shim") && strings.Contains(s, sock) {
 			var pid int
 			if _, err := fmt.Sscan(e.Name(), &pid); err == nil {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -483,6 +522,10 @@ func ReapLeftovers() int {
 		time.Sleep(time.Second)
 	}
 	unmountUnder(KubeletDir)
+	// Workers' cgroups (their processes are gone now).
+	if dirs, _ := filepath.Glob("/sys/fs/cgroup/*/plinth-e2e-*"); len(dirs) > 0 {
+		removeCgroupTrees(dirs)
+	}
 	if dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "plinth-e2e-*")); len(dirs) > 0 {
 		for _, d := range dirs {
 			unmountUnder(d)

@@ -1,13 +1,15 @@
-// Package images assembles plinth's OCI images without a Docker engine:
-// a static plinth binary and, for the node, the filesystem tools it runs
-// (with their shared libraries) taken from this Debian machine, the same
-// set the Dockerfile installs. Images are written as tarballs that
-// `ctr images import` takes.
-package images
+// Package image assembles plinth's OCI image without a Docker engine (make
+// image, make push, and the end-to-end suite): the static plinth binary
+// and the filesystem tools plinth node runs (with their shared libraries)
+// taken from this Debian machine, the same set the Dockerfile installs.
+// Images are written as tarballs that `ctr images import` and `docker
+// load` take, or pushed to a registry.
+package image
 
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -17,9 +19,12 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -50,25 +55,25 @@ type Spec struct {
 	User       string
 }
 
-// Write writes spec as a docker-archive tarball at path.
-func Write(spec Spec, path string) error {
-	layerTar, err := tarOf(spec.Files)
+// Image builds spec's image: one layer of its files, for linux/amd64.
+func Image(spec Spec) (v1.Image, error) {
+	layerTar, err := LayerTar(spec.Files)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	img, err := mutate.AppendLayers(empty.Image, layer)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg, err := img.ConfigFile()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg = cfg.DeepCopy()
 	cfg.Architecture, cfg.OS = "amd64", "linux"
@@ -77,17 +82,49 @@ func Write(spec Spec, path string) error {
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	cfg.Config.Labels = spec.Labels
 	cfg.Config.User = spec.User
-	if img, err = mutate.ConfigFile(img, cfg); err != nil {
-		return err
-	}
-	ref, err := name.NewTag(spec.Ref)
+	return mutate.ConfigFile(img, cfg)
+}
+
+// Write writes spec as a docker-archive tarball at path (what `ctr images
+// import` and `docker load` take), tagged spec.Ref and each of more.
+func Write(spec Spec, path string, more ...string) error {
+	img, err := Image(spec)
 	if err != nil {
 		return err
 	}
-	return tarball.WriteToFile(path, ref, img)
+	refs := map[name.Reference]v1.Image{}
+	for _, r := range append([]string{spec.Ref}, more...) {
+		tag, err := name.NewTag(r)
+		if err != nil {
+			return fmt.Errorf("image tag %q: %w", r, err)
+		}
+		refs[tag] = img
+	}
+	return tarball.MultiRefWriteToFile(path, refs)
 }
 
-func tarOf(files []File) ([]byte, error) {
+// Push pushes spec's image to its Ref in a registry, with the credentials
+// of the Docker configuration (~/.docker/config.json) unless opts say
+// otherwise.
+func Push(ctx context.Context, spec Spec, opts ...remote.Option) error {
+	img, err := Image(spec)
+	if err != nil {
+		return err
+	}
+	ref, err := name.ParseReference(spec.Ref)
+	if err != nil {
+		return fmt.Errorf("image reference %q: %w", spec.Ref, err)
+	}
+	opts = append([]remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}, opts...)
+	if err := remote.Write(ref, img, opts...); err != nil {
+		return fmt.Errorf("push %s: %w", ref, err)
+	}
+	return nil
+}
+
+// LayerTar is files as one layer (a tar stream), sorted by path, with the
+// parent directories each needs.
+func LayerTar(files []File) ([]byte, error) {
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -210,72 +247,4 @@ func HostTools(names []string) ([]File, error) {
 		}
 	}
 	return files, nil
-}
-
-// busyboxDD stands in for dd: Debian 12's busybox (1.35) has no oflag=nocache, which the storage
-// suite's block specs write with; conv=fsync also puts the data on the device before dd returns.
-const busyboxDD = `#!/bin/busybox sh
-n=0
-for a in "$@"; do
-	[ $n = 0 ] && set --
-	n=1
-	case $a in
-	oflag=nocache) set -- "$@" conv=fsync ;;
-	*) set -- "$@" "$a" ;;
-	esac
-done
-exec /bin/busybox dd "$@"
-`
-
-// Shell is a small userland for test images: this machine's static busybox
-// (Debian's busybox-static) at /bin/busybox with a link per applet in /bin,
-// Debian's bash as /bin/sh (with the libraries it loads), /tmp, and the users
-// root and nobody. The shell is not busybox's: busybox's shell runs its own
-// applets before anything in PATH, so `sh -c "... | dd oflag=nocache"` (the
-// storage suite's block writes) would never reach the dd stand-in. Nor dash:
-// the suite's scripts use `let`.
-func Shell() ([]File, error) {
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		return nil, fmt.Errorf("busybox (install busybox-static): %w", err)
-	}
-	out, err := exec.Command(bb, "--list").Output()
-	if err != nil {
-		return nil, fmt.Errorf("busybox --list: %w", err)
-	}
-	f, err := Binary(bb, "/bin/busybox")
-	if err != nil {
-		return nil, err
-	}
-	files := []File{f,
-		{Path: "/bin/dd", Mode: 0o755, Content: []byte(busyboxDD)},
-		{Path: "/tmp", Mode: 0o1777, Dir: true},
-		{Path: "/etc/passwd", Mode: 0o644, Content: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
-		{Path: "/etc/group", Mode: 0o644, Content: []byte("root:x:0:\nnogroup:x:65534:\n")},
-	}
-	for _, a := range strings.Fields(string(out)) {
-		if a != "busybox" && a != "dd" && a != "sh" {
-			files = append(files, File{Path: "/bin/" + a, Link: "busybox"})
-		}
-	}
-	shell, err := HostTools([]string{"bash"})
-	if err != nil {
-		return nil, err
-	}
-	for _, f := range shell {
-		// bash and its libraries under /usr, and the /lib, /lib64 links its
-		// loader path goes through; /bin stays the busybox directory.
-		if f.Path == "/lib" || f.Path == "/lib64" || strings.HasPrefix(f.Path, "/usr/") {
-			files = append(files, f)
-		}
-	}
-	p, err := exec.LookPath("bash")
-	if err != nil {
-		return nil, err
-	}
-	real, err := filepath.EvalSymlinks(p)
-	if err != nil {
-		return nil, err
-	}
-	return append(files, File{Path: "/bin/sh", Link: ".." + real}), nil
 }

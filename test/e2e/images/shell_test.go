@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/plinth-dev/plinth/pkg/image"
 )
 
 func TestShell(t *testing.T) {
@@ -19,7 +21,7 @@ func TestShell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarOf(files)
+	layer, err := image.LayerTar(files)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +89,7 @@ func TestShellPipelineReachesDDStandIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarOf(files)
+	layer, err := image.LayerTar(files)
 	if err != nil {
 		t.Fatal(err)
 	}
