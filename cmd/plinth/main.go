@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"syscall"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/app"
+	"github.com/plinth-dev/plinth/pkg/csiclient"
 )
 
 // version is set at build time: -ldflags "-X main.version=...".
@@ -28,6 +30,8 @@ Usage:
   plinth standalone [flags]   controller and node in one process, no Kubernetes
   plinth controller [flags]   provisions PVCs, publishes capacity, expands volumes (in the cluster)
   plinth node [flags]         a node's CSI Node service, its volume objects and device plugins (--csi=false: devices only)
+  plinth volume COMMAND       create, list, get, expand, delete volumes over a plinth standalone's CSI socket
+  plinth snapshot COMMAND     create, list, delete its snapshots (no Kubernetes needed; see docs/cli.md)
   plinth version              print the version, commit, Go and the API versions plinth speaks
   plinth help                 print this
 
@@ -47,6 +51,12 @@ func main() {
 	case "standalone":
 		cfg := app.StandaloneConfig{Version: version}
 		command("standalone", app.StandaloneConfigKind, cfg.Flags, func(in app.Inline) { cfg.DiskConfigData = in.Disks }, cfg.Validate, func(ctx context.Context) error { return app.RunStandalone(ctx, cfg) })
+	case "volume", "snapshot":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := csiclient.Main(ctx, os.Args[1:], csiclient.Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv,
+			DefaultEndpoint: "unix://" + filepath.Join(app.DefaultRoot, "csi.sock")})
+		stop()
+		os.Exit(code)
 	case "controller":
 		cfg := app.ControllerConfig{Version: version}
 		command("controller", app.ControllerConfigKind, cfg.Flags, nil, cfg.Validate, func(ctx context.Context) error { return app.RunController(ctx, cfg) })

@@ -144,3 +144,30 @@ func TestConfigFileErrorsNameTheField(t *testing.T) {
 		}
 	}
 }
+
+// plinth volume and plinth snapshot are dispatched to the CSI client with
+// plinth standalone's default endpoint, which $CSI_ENDPOINT overrides; a
+// bad command line exits 2, a failed call 1 (pkg/csiclient tests the
+// commands against a real plinth).
+func TestVolumeAndSnapshotCommands(t *testing.T) {
+	out, _, _ := run(t, "help")
+	for _, want := range []string{"plinth volume COMMAND", "plinth snapshot COMMAND"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("plinth help lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code := run(t, "volume", "-h")
+	if code != 0 || !strings.Contains(out, "plinth volume expand ID --size SIZE") || !strings.Contains(out, "unix:///var/lib/plinth/csi.sock") {
+		t.Errorf("plinth volume -h: exit %d:\n%s", code, out)
+	}
+	if _, errOut, code := run(t, "snapshot", "create", "s"); code != 2 || errOut != "plinth snapshot create: --volume is required\nRun \"plinth snapshot create -h\" for its flags.\n" {
+		t.Errorf("snapshot create without --volume: exit %d, %q", code, errOut)
+	}
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	cmd := exec.Command(os.Args[0], "volume", "get", "pv-x")
+	cmd.Env = append(os.Environ(), "PLINTH_RUN_MAIN=1", "CSI_ENDPOINT=unix://"+sock)
+	b, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.HasPrefix(string(b), "plinth volume get: cannot reach unix://"+sock+" ") {
+		t.Errorf("volume get on $CSI_ENDPOINT with nothing there: %v: %s", err, b)
+	}
+}

@@ -98,6 +98,10 @@ func (p PoolSpec) Validate() error {
 	return nil
 }
 
+// DefaultRoot is --root's default; plinth standalone serves CSI on
+// unix://<root>/csi.sock unless --endpoint says otherwise.
+const DefaultRoot = "/var/lib/plinth"
+
 // StandaloneConfig configures `plinth standalone`.
 type StandaloneConfig struct {
 	CSIConfig
@@ -138,7 +142,7 @@ func (l listFlag) Set(s string) error { return l.add(s) }
 func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 	host, _ := os.Hostname()
 	fs.StringVar(&c.Endpoint, "endpoint", "", "CSI endpoint, unix://PATH (default unix://<root>/csi.sock)")
-	fs.StringVar(&c.Root, "root", "/var/lib/plinth", "directory for plinth's state and the default pool")
+	fs.StringVar(&c.Root, "root", DefaultRoot, "directory for plinth's state and the default pool")
 	fs.StringVar(&c.NodeID, "node-id", host, "this node's ID, reported as topology")
 	fs.StringVar(&c.DriverName, "driver-name", "plinth.example.com", "CSI driver name")
 	fs.StringVar(&c.TopologyKey, "topology-key", "topology.plinth.example.com/node", "topology key whose value is the node ID")
