@@ -65,6 +65,9 @@ type Cluster struct {
 type reservation struct {
 	node, pool string
 	bytes      int64
+	// seen: the volume object has been in the cache; once it is gone
+	// again the reservation goes too (nothing is being created any more).
+	seen bool
 }
 
 // NewCluster watches the volume, snapshot and node objects through
@@ -180,6 +183,30 @@ func (c *Cluster) VolumeNode(id string) (string, bool) {
 }
 
 // reservedFor reports whether a create of volume id holds a reservation.
+// release gives back id's in-memory reservation, if any.
+func (c *Cluster) release(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.reserved, id)
+}
+
+// waitGone waits up to limit for volume object id to leave the cache.
+func (c *Cluster) waitGone(ctx context.Context, id string, limit time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		ch := c.Changed()
+		if _, ok := c.Volume(id); !ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 func (c *Cluster) reservedFor(id string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -303,8 +330,16 @@ func (c *Cluster) reservedBytes(node, poolName string) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for id, r := range c.reserved {
-		if v, ok := c.Volume(id); ok && !pending(v) {
+		v, ok := c.Volume(id)
+		switch {
+		case ok && !pending(v):
 			delete(c.reserved, id) // the node has answered: its status counts it
+			continue
+		case ok && !r.seen:
+			r.seen = true
+			c.reserved[id] = r
+		case !ok && r.seen:
+			delete(c.reserved, id) // the object came and went
 			continue
 		}
 		if r.node == node && r.pool == poolName && !counted[id] {

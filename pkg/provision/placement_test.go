@@ -260,3 +260,42 @@ func TestToVolumeCarriesUnreachable(t *testing.T) {
 		t.Errorf("toVolume of a healthy volume: problem %q", got.Problem)
 	}
 }
+
+// A node that refuses (its pool filled since it last said) hands the
+// volume to the next node within the same call, and its reservation is
+// given back even though the refused object leaves the cache at once.
+// old: the refused object, still cached, read as the same volume on
+// another node (ErrExists) at the handover, and its in-memory reservation
+// was never given back once the object was gone: every later try answered
+// "in progress" and the node's pool counted one volume too many for good.
+func TestRefusalHandsOverAndGivesBack(t *testing.T) {
+	const key = "topology.plinth.example.com/node"
+	nodes := []runtime.Object{plinthNode("n1", poolStatus("a", 50*mi)), plinthNode("n2", poolStatus("a", 40*mi))}
+	refuse := func(v *v1alpha1.PlinthVolume) {
+		if v.Spec.NodeName == "n2" {
+			v.Status.Phase, v.Status.Reason, v.Status.Message = v1alpha1.VolumeFailed, v1alpha1.ReasonNoSpace, "pool a has 1MiB free"
+			return
+		}
+		markReady(v)
+	}
+	c, _ := fakeClusterOf(t, nodes, withHook(refuse), nil)
+	p := &Provisioner{Driver: "plinth.example.com", TopologyKey: key, Controller: volume.NewControllerOver(c)}
+	immediate := storagev1.VolumeBindingImmediate
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "sc"}, Provisioner: "plinth.example.com", VolumeBindingMode: &immediate}
+	block := v1.PersistentVolumeBlock
+	claim := claimOf("30Mi")
+	claim.Spec.VolumeMode = &block
+	pv, _, err := p.Provision(context.Background(), controller.ProvisionOptions{StorageClass: sc, PVName: "pvc-handover", PVC: claim})
+	if err != nil {
+		t.Fatalf("refused on n2, not handed to n1: %v", err)
+	}
+	if node := pv.Spec.NodeAffinity.Required.NodeSelectorTerms[0].MatchExpressions[0].Values[0]; node != "n1" {
+		t.Errorf("placed on %s, want n1 (n2, the best fit, refused)", node)
+	}
+	if got := c.reservedBytes("n2", "a"); got != 0 {
+		t.Errorf("n2 still holds %d reserved bytes for the volume it refused", got)
+	}
+	if c.reservedFor(volume.VolumeID("pvc-handover")) && c.reservedBytes("n1", "a") == 0 {
+		t.Error("a reservation is left for a volume no node is creating")
+	}
+}

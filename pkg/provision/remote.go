@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
@@ -70,6 +71,7 @@ func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want poo
 		return pool.Volume{}, err
 	}
 	var out pool.Volume
+	refused := false
 	err := n.c.waitVolume(ctx, want.ID, func(v *v1alpha1.PlinthVolume, ok bool) (bool, error) {
 		if !ok {
 			return false, nil // our create is not in the cache yet
@@ -79,8 +81,9 @@ func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want poo
 			out = toVolume(v)
 			return true, nil
 		case v1alpha1.VolumeFailed:
-			// The node refused: drop the object (and its reservation) so
-			// that a retry starts afresh, and say why.
+			// The node refused: drop the object so that a retry starts
+			// afresh, and say why.
+			refused = true
 			failure := errorOf(v)
 			if err := n.c.deleteObject(ctx, v.Name); err != nil {
 				return true, fmt.Errorf("%w (and removing the failed volume object: %v)", failure, err)
@@ -89,6 +92,14 @@ func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want poo
 		}
 		return false, nil
 	})
+	if refused {
+		// Its reservation goes with it (the object may leave the cache
+		// before anything sees it answered), and the next node or the
+		// next try must not find the refused object still cached (it would
+		// read as the same volume elsewhere): wait briefly for it to go.
+		n.c.release(want.ID)
+		n.c.waitGone(ctx, want.ID, 10*time.Second)
+	}
 	return out, err
 }
 
@@ -98,6 +109,10 @@ func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want poo
 // restart); a failed write gives the reservation back.
 func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want pool.Volume) error {
 	c := n.c
+	if v, ok := c.Volume(want.ID); ok && v.DeletionTimestamp != nil && v.Status.Phase != v1alpha1.VolumeReady {
+		// A refused or abandoned earlier try whose object is still going.
+		return fmt.Errorf("volume %s: the volume object of an earlier try is being removed: %w", want.ID, ErrInProgress)
+	}
 	if v, ok := c.Volume(want.ID); ok || c.reservedFor(want.ID) {
 		if ok && (v.Spec.NodeName != n.name || v.Spec.Pool != poolName || v.Spec.CapacityBytes != want.CapacityBytes ||
 			v.Spec.Mode != objectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick ||
