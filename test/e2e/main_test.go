@@ -409,6 +409,11 @@ func (e *env) tearDown() {
 		_ = os.MkdirAll(art, 0o755)
 		_, _ = run(context.Background(), "cp", "-rL", "/var/log/pods", filepath.Join(art, "pods"))
 		_, _ = run(context.Background(), "cp", "-r", filepath.Join(e.c.Dir, "logs"), filepath.Join(art, "cluster"))
+		for _, w := range e.c.Workers() { // their pods' logs and their kubelet's and containerd's
+			_ = os.MkdirAll(filepath.Join(art, "nodes", w.Name), 0o755)
+			_, _ = run(context.Background(), "cp", "-rL", filepath.Join(w.Dir, "pods-log"), filepath.Join(art, "nodes", w.Name, "pods"))
+			_, _ = run(context.Background(), "cp", "-r", filepath.Join(w.Dir, "logs"), filepath.Join(art, "nodes", w.Name, "logs"))
+		}
 		e.c.Stop()
 		// What the kubelet left on the host: pod logs, its containers' logs.
 		if !e.keepLogDirs {

@@ -70,8 +70,8 @@ func TestZNodes(t *testing.T) {
 
 	t.Run("immediate-allowed-topologies", func(t *testing.T) { immediateAcrossNodes(t, ctx, ws) })
 	t.Run("outside-fill-and-spread", func(t *testing.T) { fillAndSpread(t, ctx, ws) })
-	t.Run("controller-failover", func(t *testing.T) { controllerFailover(t, ctx) })
-	t.Run("node-loss", func(t *testing.T) { nodeLoss(t, ctx, ws[1]) })
+	t.Run("controller-failover", func(t *testing.T) { controllerFailover(t, ctx, ws) })
+	t.Run("node-loss", func(t *testing.T) { nodeLoss(t, ctx, lossTarget(t, ctx, ws)) })
 }
 
 // addWorker makes a worker whose plinth host directory (hostRoot inside
@@ -88,6 +88,10 @@ func (e *env) addWorker(t *testing.T, ctx context.Context, name string, index in
 		if err := os.MkdirAll(filepath.Join(dir, "pools", p.name), 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The kustomize install names a disk-rules file; a worker has no rules.
+	if err := os.WriteFile(filepath.Join(dir, "disks.yaml"), []byte("rules: []\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	w, err := e.c.NewWorker(ctx, name, index, map[string]string{dir: hostRoot})
 	if err != nil {
@@ -381,7 +385,30 @@ func fillAndSpread(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 // Scenario 3: two controller replicas; the leader is killed (SIGKILL)
 // while a burst of claims is being provisioned; the other takes over and
 // every claim is bound exactly once.
-func controllerFailover(t *testing.T, ctx context.Context) {
+// stopKubeletOf stops the kubelet of node (the host's or a worker's) and
+// returns what starts it again.
+func stopKubeletOf(t *testing.T, ws []*cluster.Worker, node string) func() {
+	t.Helper()
+	start := func(f func(context.Context) error) func() {
+		return func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if err := f(ctx); err != nil {
+				t.Errorf("kubelet of %s back: %v", node, err)
+			}
+		}
+	}
+	for _, w := range ws {
+		if w.Name == node {
+			w.StopKubelet()
+			return start(w.StartKubelet)
+		}
+	}
+	e.c.StopKubelet()
+	return start(e.c.StartKubelet)
+}
+
+func controllerFailover(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	deps := e.client.AppsV1().Deployments("plinth-system")
 	scale := func(n int32) {
 		t.Helper()
@@ -401,10 +428,11 @@ func controllerFailover(t *testing.T, ctx context.Context) {
 	if len(pods) != 2 {
 		t.Fatalf("%d controller pods, want 2: %s", len(pods), podsOn(ctx, "plinth-system"))
 	}
-	leader, lease := leaderPod(t, ctx, pods)
+	leader, lease, holder := leaderPod(t, ctx, pods)
 	logf("nodes: controller pods %s on %s and %s on %s; leader %s (Lease %s)", pods[0].Name, pods[0].Spec.NodeName, pods[1].Name, pods[1].Spec.NodeName, leader.Name, lease)
 
 	ns := namespace(t, ctx, "nodes-failover")
+	defer deleteClaims(t, ctx, ns)
 	const n = 40
 	done := make(chan struct{})
 	var bound, pvMade []time.Duration
@@ -413,8 +441,13 @@ func controllerFailover(t *testing.T, ctx context.Context) {
 		bound, pvMade = createClaimsPV(t, ctx, ns, "f", n, "plinth-local-immediate", "16Mi", n, 3*time.Minute)
 	}()
 	time.Sleep(500 * time.Millisecond)
+	// The leader's node stops restarting containers (its kubelet is
+	// stopped, as when a node dies), then the leader is killed: only the
+	// standby can take over.
+	restart := stopKubeletOf(t, ws, leader.Spec.NodeName)
 	killed := time.Now()
 	if !killPod(t, leader, "controller") {
+		restart()
 		t.Fatalf("no plinth controller process of pod %s found", leader.Name)
 	}
 	var next string
@@ -424,11 +457,17 @@ func controllerFailover(t *testing.T, ctx context.Context) {
 			return false, nil
 		}
 		next = *l.Spec.HolderIdentity
-		return !strings.HasPrefix(next, leader.Name+"_"), nil
+		return next != holder, nil
 	}); err != nil {
-		t.Fatalf("no other replica took the Lease after the leader was killed: %v", err)
+		t.Fatalf("no other process took the Lease after the leader %s was killed: %v", holder, err)
 	}
 	took := time.Since(killed)
+	restart()
+	who := "the standby replica"
+	if strings.HasPrefix(next, leader.Name+"_") {
+		who = "the killed pod's restarted container"
+		t.Errorf("the killed leader's pod %s took the Lease again (%s) while its kubelet was stopped", leader.Name, next)
+	}
 	<-done
 	if t.Failed() {
 		return
@@ -463,9 +502,8 @@ func controllerFailover(t *testing.T, ctx context.Context) {
 	if len(handles) != n || objs != n {
 		t.Errorf("%d claims: %d PVs, %d volume objects", n, len(handles), objs)
 	}
-	logf("nodes: leader %s killed mid-burst; %s took the Lease %s later (lease duration 6s); %d claims bound, PV made p50 %s max %s, Bound max %s",
-		leader.Name, next, took.Round(time.Millisecond), n, pvMade[len(pvMade)/2].Round(time.Millisecond), pvMade[len(pvMade)-1].Round(time.Millisecond), bound[len(bound)-1].Round(time.Millisecond))
-	deleteClaims(t, ctx, ns)
+	logf("nodes: leader %s killed mid-burst; %s (%s) took the Lease %s later (lease duration 6s); %d claims bound once each, PV made p50 %s max %s, Bound max %s",
+		holder, next, who, took.Round(time.Millisecond), n, pvMade[len(pvMade)/2].Round(time.Millisecond), pvMade[len(pvMade)-1].Round(time.Millisecond), bound[len(bound)-1].Round(time.Millisecond))
 }
 
 func controllerPods(t *testing.T, ctx context.Context) []corev1.Pod {
@@ -484,11 +522,12 @@ func controllerPods(t *testing.T, ctx context.Context) []corev1.Pod {
 	return out
 }
 
-// leaderPod waits until one of pods holds the controller's Lease.
-func leaderPod(t *testing.T, ctx context.Context, pods []corev1.Pod) (corev1.Pod, string) {
+// leaderPod waits until one of pods holds the controller's Lease: the pod,
+// the Lease and the holder's identity.
+func leaderPod(t *testing.T, ctx context.Context, pods []corev1.Pod) (corev1.Pod, string, string) {
 	t.Helper()
 	var leader corev1.Pod
-	var lease string
+	var lease, holder string
 	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		l, err := e.client.CoordinationV1().Leases("plinth-system").List(ctx, metav1.ListOptions{})
 		if err != nil {
@@ -500,7 +539,7 @@ func leaderPod(t *testing.T, ctx context.Context, pods []corev1.Pod) (corev1.Pod
 			}
 			for _, p := range pods {
 				if strings.HasPrefix(*le.Spec.HolderIdentity, p.Name+"_") {
-					leader, lease = p, le.Name
+					leader, lease, holder = p, le.Name, *le.Spec.HolderIdentity
 					return true, nil
 				}
 			}
@@ -509,7 +548,7 @@ func leaderPod(t *testing.T, ctx context.Context, pods []corev1.Pod) (corev1.Pod
 	}); err != nil {
 		t.Fatalf("no controller pod holds the Lease: %v", err)
 	}
-	return leader, lease
+	return leader, lease, holder
 }
 
 // killPod sends SIGKILL to the "plinth <role>" process of pod (found by the
@@ -574,7 +613,13 @@ func nodeLoss(t *testing.T, ctx context.Context, w *cluster.Worker) {
 	if _, err := sts.Create(ctx, statefulSet("db", "plinth-local", w.Name), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	stopped := false
 	defer func() {
+		if stopped { // a failure left the node off: its volumes go only with it
+			if err := w.Start(ctx); err != nil {
+				t.Errorf("%s back: %v", w.Name, err)
+			}
+		}
 		_ = sts.Delete(context.Background(), "db", metav1.DeleteOptions{})
 		deleteClaims(t, ctx, ns)
 	}()
@@ -592,6 +637,7 @@ func nodeLoss(t *testing.T, ctx context.Context, w *cluster.Worker) {
 
 	lost := time.Now()
 	w.Stop()
+	stopped = true
 	if err := e.client.CoreV1().Nodes().Delete(ctx, w.Name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -604,7 +650,7 @@ func nodeLoss(t *testing.T, ctx context.Context, w *cluster.Worker) {
 		return l.Items[0].Message
 	}
 	var msg string
-	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		msg = onLost(oldPV.Name)
 		return msg != "", nil
 	}); err != nil {
@@ -667,6 +713,7 @@ func nodeLoss(t *testing.T, ctx context.Context, w *cluster.Worker) {
 	// The node comes back: its plinth removes the released volume's
 	// storage, then the object goes.
 	back := time.Now()
+	stopped = false
 	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -680,6 +727,24 @@ func nodeLoss(t *testing.T, ctx context.Context, w *cluster.Worker) {
 		t.Errorf("images left in %s's pool local after it came back: %v", w.Name, left)
 	}
 	logf("nodes: %s back: the released volume's storage removed %s after its kubelet started", w.Name, time.Since(back).Round(time.Millisecond))
+}
+
+// lossTarget is the worker the node-loss scenario loses: one that runs no
+// plinth controller (with the one replica the chart runs here, losing its
+// node would leave no controller until the pod is made again elsewhere,
+// which is Kubernetes' pod garbage collection, not plinth).
+func lossTarget(t *testing.T, ctx context.Context, ws []*cluster.Worker) *cluster.Worker {
+	t.Helper()
+	busy := map[string]bool{}
+	for _, p := range controllerPods(t, ctx) {
+		busy[p.Spec.NodeName] = true
+	}
+	for i := len(ws) - 1; i >= 0; i-- {
+		if !busy[ws[i].Name] {
+			return ws[i]
+		}
+	}
+	return ws[len(ws)-1]
 }
 
 // controllerArgs adds args to the controller Deployment's container and

@@ -32,8 +32,10 @@ import (
 //     on every node. The API server dials the worker's kubelet on its
 //     address. Host-network pods (plinth) share the worker's namespace; the
 //     others get a CNI bridge inside it (10.244.(index).0/24).
-//   - Mounts: the namespace is a slave copy of the host's; the worker's own
-//     directories are bound over /var/lib/kubelet (the device-plugin and
+//   - Mounts: the namespace is a slave copy of the host's; the host's
+//     mounts at and below /var/lib/kubelet and the other bound paths are
+//     unmounted in it, and the worker's own directories bound there instead:
+//     /var/lib/kubelet (the device-plugin and
 //     plugin-registration paths are fixed inside the kubelet),
 //     /var/log/pods, /var/log/containers and the directories the caller
 //     names (plinth's host paths), each made shared for the kubelet's
@@ -143,6 +145,18 @@ func (w *Worker) setUp(ctx context.Context, binds map[string]string) error {
 	}
 	sort.Strings(dsts) // parents first
 	for _, dst := range dsts {
+		// What the host has mounted there (its copy in this namespace) goes
+		// first: a bind stacked on it would leave two mounts at one path, and
+		// the runtime's check that a Bidirectional source is shared reads
+		// the lower one. Unmounting in a slave copy leaves the host's alone.
+		for range 8 {
+			if _, err := w.Exec(ctx, "mountpoint", "-q", dst); err != nil {
+				break
+			}
+			if _, err := w.Exec(ctx, "umount", "-l", dst); err != nil { // with what is below it
+				return err
+			}
+		}
 		if _, err := w.Exec(ctx, "mount", "--bind", srcOf[dst], dst); err != nil {
 			return err
 		}
@@ -356,7 +370,13 @@ func (w *Worker) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	conf = kubeletConfig(w.Containerd, w.IP, filepath.Join(w.c.path("pki"), "ca.crt"), w.cgroup)
+	return w.StartKubelet(ctx)
+}
+
+// StartKubelet starts the worker's kubelet (again, after StopKubelet) and
+// waits until its node is Ready.
+func (w *Worker) StartKubelet(ctx context.Context) error {
+	conf := kubeletConfig(w.Containerd, w.IP, filepath.Join(w.c.path("pki"), "ca.crt"), w.cgroup)
 	if err := os.WriteFile(w.path("kubelet.yaml"), []byte(conf), 0o600); err != nil {
 		return err
 	}
@@ -367,6 +387,9 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	return w.c.waitReady(ctx, w.Name, 2*time.Minute, w.path("logs", "kubelet.log"))
 }
+
+// StopKubelet stops the worker's kubelet only: its containers run on.
+func (w *Worker) StopKubelet() { stopProc(w.procs, "kubelet") }
 
 // Stop stops the worker's kubelet, its containers and containerd, as a node
 // that is switched off: its namespaces, mounts and files stay, and Start
