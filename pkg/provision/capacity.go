@@ -17,6 +17,7 @@ import (
 	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
@@ -98,6 +99,12 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 			continue // the provisioner reports a bad class on each PVC
 		}
 		for _, n := range p.Cluster.PlinthNodes() {
+			if !hasPoolFor(n, parsed) {
+				// No object rather than a zero one: the scheduler treats a
+				// node without one as having no room, and the objects stay
+				// classes × nodes that can serve them, not classes × nodes.
+				continue
+			}
 			avail, maxVol, err := p.Controller.Capacity(ctx, []string{n.Name}, parsed, "", "")
 			if err != nil {
 				errs = append(errs, fmt.Errorf("capacity of node %s: %w", n.Name, err))
@@ -145,4 +152,15 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hasPoolFor reports whether node has a pool (healthy or not) that a class
+// with these parameters may use: its pool name and backend, when given.
+func hasPoolFor(n *v1alpha1.PlinthNode, p volume.Params) bool {
+	for _, pl := range n.Status.Pools {
+		if (p.Pool == "" || pl.Name == p.Pool) && (p.Backend == "" || pl.Backend == p.Backend) {
+			return true
+		}
+	}
+	return false
 }
