@@ -55,6 +55,8 @@ type Publisher struct {
 	lastStatus *v1alpha1.NodeStatus
 	lastWrite  time.Time
 	lastRead   time.Time // when the last written status read the pools
+	// lastSequence is the last written status's sequence.
+	lastSequence int64
 }
 
 func (p *Publisher) interval() time.Duration {
@@ -204,16 +206,21 @@ func (p *Publisher) healthEvents(kind string, before, now []health) {
 	}
 }
 
-// PublishAfter makes sure a status that read the pools after t is out:
-// creates finishing together share one write.
-func (p *Publisher) PublishAfter(ctx context.Context, t time.Time) error {
+// PublishAfter makes sure a status that read the pools after t is out
+// (creates finishing together share one write) and returns its sequence.
+func (p *Publisher) PublishAfter(ctx context.Context, t time.Time) (sequence int64, err error) {
 	p.mu.Lock()
-	done := p.lastRead.After(t)
+	done, seq := p.lastRead.After(t), p.lastSequence
 	p.mu.Unlock()
 	if done {
-		return nil
+		return seq, nil
 	}
-	return p.Publish(ctx, true)
+	if err := p.Publish(ctx, true); err != nil {
+		return 0, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastSequence, nil
 }
 
 // Publish writes the node's pools and devices to its PlinthNode; unless
@@ -279,11 +286,13 @@ func (p *Publisher) Publish(ctx context.Context, force bool) error {
 	if err != nil {
 		return fmt.Errorf("read PlinthNode %s: %w", p.NodeName, err)
 	}
+	st.Sequence = n.Status.Sequence + 1
 	n.Status = st
 	if _, err := api.UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("write PlinthNode %s status: %w", p.NodeName, err)
 	}
-	st.HeartbeatTime = metav1.Time{}
+	p.lastSequence = st.Sequence
+	st.HeartbeatTime, st.Sequence = metav1.Time{}, 0
 	p.lastStatus, p.lastWrite, p.lastRead = &st, time.Now(), read
 	return nil
 }

@@ -202,3 +202,55 @@ func TestOutsideFillPublishedAtPoll(t *testing.T) {
 		t.Fatalf("allocatable %d after 32MiB were written from outside (was %d)", allocatable(), before)
 	}
 }
+
+// Each written status has the next sequence, also after a restart (a new
+// Publisher over the same object); PublishAfter returns the sequence of a
+// status that read the pools after the time asked, writing one only when
+// needed; an unchanged status is not rewritten for a new sequence.
+func TestSequence(t *testing.T) {
+	p1, err := file.New(file.Config{Name: "p", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := node.NewLocal(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plinth := plinthfake.NewSimpleClientset()
+	newPublisher := func() *Publisher {
+		return &Publisher{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
+	}
+	ctx := context.Background()
+	seq := func() int64 {
+		n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Status.Sequence
+	}
+	r := newPublisher()
+	if err := r.Publish(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Publish(ctx, false); err != nil { // unchanged: no write
+		t.Fatal(err)
+	}
+	if s := seq(); s != 1 {
+		t.Fatalf("sequence %d after one write, want 1", s)
+	}
+	before := time.Now()
+	got, err := r.PublishAfter(ctx, before)
+	if err != nil || got != 2 || seq() != 2 {
+		t.Fatalf("PublishAfter after the last read: %d %v (object %d), want a new status 2", got, err, seq())
+	}
+	if got, err := r.PublishAfter(ctx, before); err != nil || got != 2 || seq() != 2 {
+		t.Fatalf("PublishAfter already answered: %d %v (object %d), want 2 without a write", got, err, seq())
+	}
+	restarted := newPublisher()
+	if err := restarted.Publish(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if s := seq(); s != 3 {
+		t.Errorf("sequence %d after a restart's first write, want 3", s)
+	}
+}

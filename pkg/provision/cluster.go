@@ -311,6 +311,12 @@ func (c *Cluster) Volumes() []*v1alpha1.PlinthVolume {
 
 // pending reports whether a volume object still holds a reservation the
 // node has not counted: it is neither made (Ready) nor refused (Failed).
+// uncounted: a Ready volume whose node's pool numbers, as far as this
+// controller has them (status sequence seen), do not include it yet.
+func uncounted(v *v1alpha1.PlinthVolume, seen int64) bool {
+	return v.DeletionTimestamp == nil && v.Status.Phase == v1alpha1.VolumeReady && v.Status.CountedIn > seen
+}
+
 func pending(v *v1alpha1.PlinthVolume) bool {
 	return v.DeletionTimestamp == nil && (v.Status.Phase == "" || v.Status.Phase == v1alpha1.VolumePending)
 }
@@ -321,8 +327,12 @@ func pending(v *v1alpha1.PlinthVolume) bool {
 func (c *Cluster) reservedBytes(node, poolName string) int64 {
 	var total int64
 	counted := map[string]bool{}
+	var seen int64 // the node's status this controller has
+	if n, err := c.nodeStore.Get(node); err == nil {
+		seen = n.Status.Sequence
+	}
 	for _, v := range c.nodeVolumes(node) {
-		if v.Spec.NodeName == node && v.Spec.Pool == poolName && pending(v) {
+		if v.Spec.NodeName == node && v.Spec.Pool == poolName && (pending(v) || uncounted(v, seen)) {
 			total += v.Spec.CapacityBytes
 			counted[v.Name] = true
 		}

@@ -299,3 +299,31 @@ func TestRefusalHandsOverAndGivesBack(t *testing.T) {
 		t.Error("a reservation is left for a volume no node is creating")
 	}
 }
+
+// A Ready volume stays reserved until the node status the controller has
+// counts it (status.countedIn against the PlinthNode's status.sequence):
+// the volume and the node's new numbers come on separate watches, and
+// when the volume comes first it was in neither count (old: the
+// reservation went as soon as the volume read Ready, so a full pool could
+// be promised again).
+func TestReadyVolumeReservedUntilCounted(t *testing.T) {
+	node := &v1alpha1.PlinthNode{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: v1alpha1.NodeStatus{Pools: []v1alpha1.PoolStatus{poolStatus("fast", 100*mi)}, Sequence: 5}}
+	vol := func(name string, counted int64) *v1alpha1.PlinthVolume {
+		return &v1alpha1.PlinthVolume{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelNode: "n1", v1alpha1.LabelPool: "fast"}},
+			Spec:       v1alpha1.VolumeSpec{NodeName: "n1", Pool: "fast", CapacityBytes: 30 * mi, Mode: v1alpha1.ModeBlock},
+			Status:     v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 30 * mi, CountedIn: counted},
+		}
+	}
+	c, _ := fakeClusterOf(t, []runtime.Object{node}, nil, nil, vol("pv-counted", 5), vol("pv-ahead", 6), vol("pv-old-node", 0))
+	if got := c.reservedBytes("n1", "fast"); got != 30*mi {
+		t.Errorf("reserved %d, want 30MiB: only the volume counted in status 6 (the controller has 5)", got)
+	}
+	infos, err := c.poolInfos("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := infos[0].Stats.MaxVolumeBytes(); got != 70*mi {
+		t.Errorf("allocatable %d, want 70MiB", got)
+	}
+}

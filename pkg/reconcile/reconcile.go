@@ -70,8 +70,9 @@ const snapshotKey = "snapshot/"
 type Status interface {
 	// Publish writes the node's status now (force) or when it changed.
 	Publish(ctx context.Context, force bool) error
-	// PublishAfter makes sure a status that read the pools after t is out.
-	PublishAfter(ctx context.Context, t time.Time) error
+	// PublishAfter makes sure a status that read the pools after t is out,
+	// and returns its sequence (the volume's status.countedIn).
+	PublishAfter(ctx context.Context, t time.Time) (int64, error)
 }
 
 // Run reconciles until ctx ends.
@@ -246,10 +247,11 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	}
 	// The pool's new numbers go out before the volume is called Ready, so
 	// the controller never counts the volume in neither place.
-	if err := r.Status.PublishAfter(ctx, made.CreatedAt); err != nil {
+	counted, err := r.Status.PublishAfter(ctx, made.CreatedAt)
+	if err != nil {
 		return err
 	}
-	v.Status = v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: made.CapacityBytes, ObservedGeneration: v.Generation}
+	v.Status = v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: made.CapacityBytes, ObservedGeneration: v.Generation, CountedIn: counted}
 	logger.V(2).Info("Volume made", "capacity", made.CapacityBytes)
 	return r.writeStatus(ctx, v)
 }

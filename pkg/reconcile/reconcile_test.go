@@ -119,6 +119,12 @@ func TestReconcile(t *testing.T) {
 	if v := get("pv-a"); v.Status.CapacityBytes != 8*mi {
 		t.Fatalf("pv-a status %+v", v.Status)
 	}
+	// Ready names the node status that counts it, already written.
+	if v := get("pv-a"); v.Status.CountedIn == 0 {
+		t.Errorf("pv-a Ready without countedIn: %+v", v.Status)
+	} else if pn, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{}); err != nil || pn.Status.Sequence < v.Status.CountedIn {
+		t.Errorf("pv-a counted in node status %d, the node's status is at %d (%v)", v.Status.CountedIn, pn.Status.Sequence, err)
+	}
 	if _, err := local.Volume(ctx, "pv-a"); err != nil {
 		t.Fatalf("no storage for pv-a: %v", err)
 	}

@@ -81,7 +81,7 @@ func (r *Reconciler) reconcileSnapshot(ctx context.Context, id string) error {
 		return fmt.Errorf("snapshot %s is not ready yet", s.Name)
 	}
 	// A copy (no reflink) takes the pool's space: its numbers go out first.
-	if err := r.Status.PublishAfter(ctx, made.CreatedAt); err != nil {
+	if _, err := r.Status.PublishAfter(ctx, made.CreatedAt); err != nil {
 		return err
 	}
 	at := metav1.NewTime(made.CreatedAt)

@@ -135,6 +135,13 @@ type VolumeStatus struct {
 	// ObservedGeneration is the spec generation the status answers.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// CountedIn is the sequence of the node's status (PlinthNode
+	// status.sequence) whose pool numbers first include this Ready volume:
+	// until the controller has seen that status it still holds the
+	// volume's bytes reserved (the two objects reach it on separate
+	// watches, in either order).
+	// +optional
+	CountedIn int64 `json:"countedIn,omitempty"`
 }
 
 // PlinthVolumeList is a list of PlinthVolume.
@@ -259,6 +266,11 @@ type NodeStatus struct {
 	// HeartbeatTime is when the node last wrote this status.
 	// +optional
 	HeartbeatTime metav1.Time `json:"heartbeatTime,omitempty"`
+	// Sequence grows by one with every status the node writes (across its
+	// restarts); a volume's status.countedIn names the first whose pool
+	// numbers include that volume.
+	// +optional
+	Sequence int64 `json:"sequence,omitempty"`
 }
 
 // PoolStatus is one pool's capabilities and capacity.
