@@ -82,7 +82,7 @@ e2e: chart
 # the CSIStorageCapacity count, plinth controller's CPU seconds and peak RSS; then 500 PVCs bound
 # at kube-controller-manager's default API QPS and at --kube-api-qps=100. Prints tables; fails on
 # an over-committed pool, a missing or duplicate PV, or a timeout, never on a time. Root. make e2e
-# runs the same test at 10 nodes, 100 PVCs and 100 (PLINTH_SIM_NODES, PLINTH_SIM_PVCS and
+# runs the same test at 10 nodes and 100 PVCs, without the QPS batch (PLINTH_SIM_NODES, PLINTH_SIM_PVCS and
 # PLINTH_SIM_QPS_PVCS set the sizes).
 bench-nodes:
 	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && \

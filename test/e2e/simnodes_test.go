@@ -62,10 +62,10 @@ const (
 // of the cluster directory if the test binary dies.
 //
 // Sizes: PLINTH_SIM_NODES (10), PLINTH_SIM_PVCS (100), PLINTH_SIM_QPS_PVCS
-// (100); `make bench-nodes` runs 50, 1000 and 500.
+// (0: no batch); `make bench-nodes` runs 50, 1000 and 500.
 func TestSimulatedNodes(t *testing.T) {
 	need(t)
-	n, m, q := envInt(t, "PLINTH_SIM_NODES", 10), envInt(t, "PLINTH_SIM_PVCS", 100), envInt(t, "PLINTH_SIM_QPS_PVCS", 100)
+	n, m, q := envInt(t, "PLINTH_SIM_NODES", 10, 1), envInt(t, "PLINTH_SIM_PVCS", 100, 1), envInt(t, "PLINTH_SIM_QPS_PVCS", 0, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute+time.Duration(m+2*q)*700*time.Millisecond)
 	defer cancel()
 	// Each pool holds its share of the larger batch at simFill, in whole
@@ -120,7 +120,11 @@ func TestSimulatedNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// PVC→Bound at kube-controller-manager's default QPS, then raised.
+	// PVC→Bound at kube-controller-manager's default QPS, then raised
+	// (make bench-nodes; make test leaves it out to keep CI short).
+	if q == 0 {
+		return
+	}
 	tab.Reset()
 	w = tabwriter.NewWriter(&tab, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "kube-controller-manager\tPVCs\tPVC->PV made p50/p99/max\tPVC->Bound p50/p99/max\tBound/s\tProvisioningFailed\n")
@@ -160,15 +164,15 @@ func TestSimulatedNodes(t *testing.T) {
 	waitControllerManager(t, ctx)
 }
 
-func envInt(t *testing.T, name string, def int) int {
+func envInt(t *testing.T, name string, def, least int) int {
 	t.Helper()
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		t.Fatalf("%s=%q: want a positive number", name, v)
+	if err != nil || n < least {
+		t.Fatalf("%s=%q: want a number, at least %d", name, v, least)
 	}
 	return n
 }
