@@ -109,11 +109,12 @@ func (n *remoteNode) CreateVolume(ctx context.Context, poolName string, want poo
 // restart); a failed write gives the reservation back.
 func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want pool.Volume) error {
 	c := n.c
-	if v, ok := c.Volume(want.ID); ok && v.DeletionTimestamp != nil && v.Status.Phase != v1alpha1.VolumeReady {
+	v, ok := c.Volume(want.ID)
+	if ok && v.DeletionTimestamp != nil && v.Status.Phase != v1alpha1.VolumeReady {
 		// A refused or abandoned earlier try whose object is still going.
 		return fmt.Errorf("volume %s: the volume object of an earlier try is being removed: %w", want.ID, ErrInProgress)
 	}
-	if v, ok := c.Volume(want.ID); ok || c.reservedFor(want.ID) {
+	if ok || c.reservedFor(want.ID) {
 		if ok && (v.Spec.NodeName != n.name || v.Spec.Pool != poolName || v.Spec.CapacityBytes != want.CapacityBytes ||
 			v.Spec.Mode != objectMode(want.Mode) || v.Spec.FsType != want.FsType || v.Spec.Thick != want.Thick ||
 			!sameSource(v.Spec.Source, want.Source)) {

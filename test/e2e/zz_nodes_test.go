@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -141,7 +142,7 @@ func (e *env) waitPlinthOn(t *testing.T, ctx context.Context, node string, pools
 		}
 		registered := false
 		for _, d := range csn.Spec.Drivers {
-			registered = registered || (d.Name == driver && slicesContain(d.TopologyKeys, topologyKey))
+			registered = registered || (d.Name == driver && slices.Contains(d.TopologyKeys, topologyKey))
 		}
 		pn, err := e.plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
@@ -159,15 +160,6 @@ func (e *env) waitPlinthOn(t *testing.T, ctx context.Context, node string, pools
 	}); err != nil {
 		t.Fatalf("plinth on %s: %v (%s); plinth pods: %s", node, err, last, podsOn(ctx, "plinth-system"))
 	}
-}
-
-func slicesContain(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // podsOn lists a namespace's pods with their node and phase.
