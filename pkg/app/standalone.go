@@ -473,7 +473,9 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	if err != nil {
 		return err
 	}
-	run := mount.Exec{}
+	// The node service's programs (mkfs, blkid, resize tools) are counted
+	// (plinth_programs_launched_total).
+	run := mount.Exec{Launches: &mount.Launches{}}
 	owned := []string{c.Root}
 	for _, p := range c.Pools {
 		owned = append(owned, p.Dir)
@@ -495,6 +497,9 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	if m != nil {
 		svcs.Observer = m
 		if err := m.Register(metrics.NewPoolCollector(poolSamples(local))); err != nil {
+			return err
+		}
+		if err := m.Register(metrics.NewProgramCollector(run.Launches.Counts)); err != nil {
 			return err
 		}
 		m.AddReadyCheck("pools", ready)

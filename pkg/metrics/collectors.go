@@ -107,3 +107,23 @@ func (c *deviceCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.tr, prometheus.CounterValue, float64(c.transitions()))
 }
+
+type programCollector struct {
+	counts func() map[string]uint64
+	desc   *prometheus.Desc
+}
+
+// NewProgramCollector reports the programs the node started (mkfs, blkid,
+// resize tools), by name: what volume operations cost in processes.
+func NewProgramCollector(counts func() map[string]uint64) prometheus.Collector {
+	return &programCollector{counts: counts, desc: prometheus.NewDesc("plinth_programs_launched_total",
+		"Programs the node service started (mkfs, blkid, e2fsck, resize2fs, ...), by program.", []string{"program"}, nil)}
+}
+
+func (c *programCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *programCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, n := range c.counts() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), name)
+	}
+}
