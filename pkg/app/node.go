@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	restclient "k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
 	"github.com/plinth-dev/plinth/pkg/disk"
+	"github.com/plinth-dev/plinth/pkg/dra"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
@@ -120,8 +122,38 @@ func (c *NodeConfig) Validate() error {
 		errs = append(errs, err)
 	} else {
 		c.devices = &cfg
+		if draRes := draResources(cfg); c.Devices && len(draRes) > 0 {
+			if !c.Cluster {
+				errs = append(errs, fmt.Errorf("resources %s are configured api: dra, which publishes ResourceSlices through the API server: it needs --cluster", dra.Names(draRes)))
+			}
+			if c.CDIDir == "" {
+				errs = append(errs, fmt.Errorf("resources %s are configured api: dra, whose devices reach containers through CDI: --cdi-dir must not be empty", dra.Names(draRes)))
+			}
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// draResources are the resources served through DRA; pluginResources the
+// ones served by device plugins. Each resource is in exactly one.
+func draResources(cfg device.Config) []device.Resource {
+	var out []device.Resource
+	for _, r := range cfg.Resources {
+		if r.DRA() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func pluginResources(cfg device.Config) []device.Resource {
+	var out []device.Resource
+	for _, r := range cfg.Resources {
+		if !r.DRA() {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // deviceConfig is the file's configuration (or the default) with the
@@ -168,6 +200,29 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 	var devices func() []v1alpha1.DeviceStatus
 	var disks func() []v1alpha1.DiskStatus
 	var watcher *disk.Watcher
+	var draRes []device.Resource
+	if c.Devices && c.devices != nil {
+		draRes = draResources(*c.devices)
+	}
+	var rest *restclient.Config
+	var core kubernetes.Interface
+	if c.Cluster {
+		var err error
+		if rest, err = restConfig(c.Kubeconfig, 50, 100); err != nil {
+			return err
+		}
+		if core, err = kubernetes.NewForConfig(rest); err != nil {
+			return err
+		}
+	}
+	if !c.CSI && len(draRes) > 0 {
+		// The DRA checkpoint lives in --root: one process per root.
+		lock, err := LockRoot(c.Root)
+		if err != nil {
+			return err
+		}
+		defer lock.Unlock()
+	}
 	if c.CSI {
 		lock, err := claimRoot(c.CSIConfig)
 		if err != nil {
@@ -240,7 +295,8 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 				return err
 			}
 		}
-		mgr, err := deviceplugin.NewManager(dpc, cfg.Resources, inv)
+		plugins := pluginResources(cfg)
+		mgr, err := deviceplugin.NewManager(dpc, plugins, inv)
 		if err != nil {
 			return err
 		}
@@ -259,9 +315,31 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		}
 		parts["device inventory"] = inv.Run
 		parts["device plugins"] = mgr.Run
+		if core != nil && len(plugins) > 0 {
+			// No plugin registers while a ResourceSlice of this node still
+			// offers its resource through DRA (a resource switched back).
+			parts["device plugins"] = func(ctx context.Context) error {
+				if err := dra.Withdraw(ctx, core, c.DriverName, c.NodeID, plugins, len(draRes) > 0); err != nil {
+					return err
+				}
+				return mgr.Run(ctx)
+			}
+		}
+		if len(draRes) > 0 {
+			dc := dra.Config{DriverName: c.DriverName, NodeName: c.NodeID, KubeletDir: c.KubeletDir, StateDir: c.Root,
+				CDIDir: c.CDIDir, DevRoot: dev, Resources: draRes, Inventory: inv, Client: core}
+			if m != nil {
+				dc.ObservePrepare = m.ObservePrepare
+			}
+			driver, err := dra.New(dc)
+			if err != nil {
+				return err
+			}
+			parts["DRA"] = driver.Run
+		}
 	}
 	if c.Cluster {
-		rec, status, stop, err := newReconciler(c, local, devices, disks)
+		rec, status, stop, err := newReconciler(c, rest, core, local, devices, disks)
 		if err != nil {
 			return err
 		}
@@ -288,15 +366,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 // newReconciler connects to the API server for the node's volume objects
 // and its PlinthNode: the volume reconciler and the node-status publisher,
 // two runners; stop shuts the event broadcaster down.
-func newReconciler(c NodeConfig, local *node.Local, devices func() []v1alpha1.DeviceStatus, disks func() []v1alpha1.DiskStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
-	cfg, err := restConfig(c.Kubeconfig, 50, 100)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	core, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, nil, nil, err
-	}
+func newReconciler(c NodeConfig, cfg *restclient.Config, core kubernetes.Interface, local *node.Local, devices func() []v1alpha1.DeviceStatus, disks func() []v1alpha1.DiskStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
 	plinth, err := versioned.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, nil, err

@@ -38,6 +38,28 @@ type Resource struct {
 	Env map[string]string `json:"env,omitempty"`
 	// CDI: Allocate names CDI devices and the spec is written (default true).
 	CDI *bool `json:"cdi,omitempty"`
+	// API says how the kubelet learns of the resource: "devicePlugin" (the
+	// default) or "dra" (ResourceSlices of plinth's DRA driver, a DeviceClass
+	// named by DeviceClassName, pods asking by claim or by this name). A
+	// resource is served through one of them, never both: the kubelet and
+	// the scheduler would count the same devices twice.
+	API string `json:"api,omitempty"`
+}
+
+// The values of Resource.API.
+const (
+	APIDevicePlugin = "devicePlugin"
+	APIDRA          = "dra"
+)
+
+// DRA reports whether r is served through Dynamic Resource Allocation.
+func (r Resource) DRA() bool { return r.API == APIDRA }
+
+// DeviceClassName is the DeviceClass of r under DRA: the resource name's
+// last part before its domain ("example.com/gpu" → "gpu.example.com").
+func DeviceClassName(r Resource) string {
+	domain, name, _ := strings.Cut(r.Name, "/")
+	return name + "." + domain
 }
 
 // Selector picks devices; every non-empty field must match.
@@ -131,6 +153,9 @@ func (c *Config) Defaults() {
 		if c.Resources[i].Sharing.Replicas == 0 {
 			c.Resources[i].Sharing.Replicas = 1
 		}
+		if c.Resources[i].API == "" {
+			c.Resources[i].API = APIDevicePlugin
+		}
 	}
 }
 
@@ -141,6 +166,9 @@ var (
 	classRE    = regexp.MustCompile(`^0x[0-9a-f]{2}([0-9a-f]{2}){0,2}$`)
 	envRE      = regexp.MustCompile(`^[A-Z_][A-Z0-9_]{0,127}$`)
 	driverRE   = regexp.MustCompile(`^[a-z0-9_-]{1,64}$`)
+	// dnsLabelRE: the name part of a DRA resource becomes a DeviceClass
+	// name's first label.
+	dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 )
 
 // Validate checks every field; errors name the field.
@@ -205,6 +233,18 @@ func (c Config) Validate() error {
 		}
 		if r.Sharing.Replicas < 1 || r.Sharing.Replicas > 64 {
 			bad(f+".sharing.replicas", "%d is outside 1..64", r.Sharing.Replicas)
+		}
+		switch r.API {
+		case APIDevicePlugin:
+		case APIDRA:
+			if r.Sharing.Replicas != 1 {
+				bad(f+".sharing.replicas", "%d: replicas apply to the device plugin; under api: dra pods share a device by sharing one ResourceClaim", r.Sharing.Replicas)
+			}
+			if _, name, _ := strings.Cut(r.Name, "/"); !dnsLabelRE.MatchString(name) {
+				bad(f+".name", "%q: under api: dra the part after the slash names the DeviceClass (%s) and must be a lower-case DNS label", r.Name, DeviceClassName(r))
+			}
+		default:
+			bad(f+".api", "%q is not %s or %s", r.API, APIDevicePlugin, APIDRA)
 		}
 		for k, v := range r.Env {
 			if !envRE.MatchString(k) {

@@ -32,8 +32,12 @@ type Device struct {
 	// NUMANode is -1 where the platform does not say.
 	NUMANode int `json:"numaNode"`
 	// PCIePath is the chain of bridges above the device, root port first.
-	PCIePath   []string `json:"pciePath,omitempty"`
-	IOMMUGroup string   `json:"iommuGroup,omitempty"`
+	PCIePath []string `json:"pciePath,omitempty"`
+	// PCIeRoot is the PCI host bridge (root complex) the device hangs
+	// under, as the kernel names it ("pci0000:15"): the value of
+	// Kubernetes' resource.kubernetes.io/pcieRoot attribute.
+	PCIeRoot   string `json:"pcieRoot,omitempty"`
+	IOMMUGroup string `json:"iommuGroup,omitempty"`
 	// Index is the driver's number for the device where it has one (the
 	// NVIDIA minor), -1 otherwise.
 	Index int `json:"index"`
@@ -146,6 +150,24 @@ func PCIPlacement(dir string) (numa int, pciePath []string, err error) {
 	return numa, pciePath, nil
 }
 
+var hostBridgeRE = regexp.MustCompile(`^pci[0-9a-f]{4}:[0-9a-f]{2}$`)
+
+// pcieRoot is the host bridge in the resolved sysfs path of the PCI
+// function at dir ("" when there is none, as for a virtual function's
+// fixture without one).
+func pcieRoot(dir string) string {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return ""
+	}
+	for _, el := range strings.Split(real, string(filepath.Separator)) {
+		if hostBridgeRE.MatchString(el) {
+			return el
+		}
+	}
+	return ""
+}
+
 func (h Host) pciDevice(bdf, dir, class string) (Device, error) {
 	d := Device{ID: bdf, Kind: "pci", Class: class, Vendor: ReadAttr(filepath.Join(dir, "vendor")),
 		DeviceID: ReadAttr(filepath.Join(dir, "device")), Driver: linkBase(filepath.Join(dir, "driver")),
@@ -154,6 +176,7 @@ func (h Host) pciDevice(bdf, dir, class string) (Device, error) {
 	if d.NUMANode, d.PCIePath, err = PCIPlacement(dir); err != nil {
 		return Device{}, err
 	}
+	d.PCIeRoot = pcieRoot(dir)
 	// DRM (card, render) and accel nodes named by the device's own sysfs.
 	for _, sub := range []struct{ dir, dev string }{{"drm", "dri"}, {"accel", "accel"}} {
 		names, _ := os.ReadDir(filepath.Join(dir, sub.dir))

@@ -26,6 +26,7 @@ type Metrics struct {
 	allocations  *prometheus.CounterVec
 	allocLatency *prometheus.HistogramVec
 	registered   *prometheus.CounterVec
+	draPrepare   prometheus.Histogram
 
 	mu     sync.Mutex
 	checks map[string]func(context.Context) error
@@ -52,7 +53,11 @@ func New() *Metrics {
 	m.registered = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "plinth_kubelet_registrations_total", Help: "Successful registrations with the kubelet, by kind (csi, device plugin resource).",
 	}, []string{"kind"})
-	m.reg.MustRegister(m.csiCalls, m.csiDuration, m.allocations, m.allocLatency, m.registered,
+	m.draPrepare = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "plinth_dra_claim_prepare_duration_seconds", Help: "Duration of preparing one ResourceClaim (its CDI spec and checkpoint written); claims answered from the checkpoint are not counted.",
+		Buckets: prometheus.ExponentialBuckets(0.00005, 2.5, 12),
+	})
+	m.reg.MustRegister(m.csiCalls, m.csiDuration, m.allocations, m.allocLatency, m.registered, m.draPrepare,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -75,6 +80,9 @@ func (m *Metrics) ObserveAllocate(resource string, err error, d time.Duration) {
 	m.allocations.WithLabelValues(resource, result).Inc()
 	m.allocLatency.WithLabelValues(resource).Observe(d.Seconds())
 }
+
+// ObservePrepare records one ResourceClaim prepared by the DRA driver.
+func (m *Metrics) ObservePrepare(_ int, d time.Duration) { m.draPrepare.Observe(d.Seconds()) }
 
 // Registered records a successful registration with the kubelet.
 func (m *Metrics) Registered(kind string) { m.registered.WithLabelValues(kind).Inc() }

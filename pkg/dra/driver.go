@@ -1,0 +1,409 @@
+package dra
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/device"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
+)
+
+// Config wires a Driver.
+type Config struct {
+	DriverName string
+	NodeName   string
+	KubeletDir string
+	// StateDir holds the checkpoint of prepared claims.
+	StateDir string
+	CDIDir   string
+	// DevRoot is where the device nodes are on the host.
+	DevRoot string
+	// Resources are the DeviceConfig's resources configured `api: dra`.
+	Resources []device.Resource
+	Inventory *device.Inventory
+	Client    kubernetes.Interface
+	// HandoverPoll is how often the start checks that the kubelet no longer
+	// counts a resource's device-plugin devices (default 2s).
+	HandoverPoll time.Duration
+	// ObservePrepare, when set, hears every claim prepared (not the
+	// answers from the checkpoint) and how long it took.
+	ObservePrepare func(devices int, d time.Duration)
+}
+
+// Driver is plinth node's DRA kubelet plugin.
+type Driver struct {
+	cfg  Config
+	cp   checkpoint
+	cdi  cdiSpecs
+	plug *kubeletplugin.Helper
+
+	mu       sync.Mutex
+	prepared map[types.UID]PreparedClaim
+	// unhealthy is when each device was first seen unhealthy (the taint's
+	// timeAdded); a device leaves it when it is healthy again.
+	unhealthy map[string]time.Time
+	// preparations counts claims actually prepared (not answered from the
+	// checkpoint), for tests.
+	preparations int
+}
+
+var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
+
+// New loads the checkpoint and removes the CDI specs of claims it does not
+// list (a crash between writing one and recording the claim).
+func New(cfg Config) (*Driver, error) {
+	if cfg.HandoverPoll == 0 {
+		cfg.HandoverPoll = 2 * time.Second
+	}
+	if cfg.CDIDir == "" {
+		return nil, errors.New("DRA needs a CDI directory (--cdi-dir): devices reach containers through CDI")
+	}
+	d := &Driver{
+		cfg:       cfg,
+		cp:        checkpoint{path: filepath.Join(cfg.StateDir, "dra", "prepared.json")},
+		cdi:       cdiSpecs{dir: cfg.CDIDir, driver: cfg.DriverName, devRoot: cfg.DevRoot},
+		unhealthy: map[string]time.Time{},
+	}
+	var err error
+	if d.prepared, err = d.cp.load(); err != nil {
+		return nil, err
+	}
+	orphans, err := d.cdi.orphans(d.prepared)
+	if err != nil {
+		return nil, fmt.Errorf("list CDI specs: %w", err)
+	}
+	for _, uid := range orphans {
+		if err := d.cdi.remove(uid); err != nil {
+			return nil, err
+		}
+		klog.InfoS("Removed the CDI spec of a claim that was never recorded as prepared", "claim", uid)
+	}
+	return d, nil
+}
+
+// Preparations is how many claims this driver prepared (answers from the
+// checkpoint do not count).
+func (d *Driver) Preparations() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.preparations
+}
+
+// Prepared is the claims prepared now.
+func (d *Driver) Prepared() map[types.UID]PreparedClaim {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[types.UID]PreparedClaim, len(d.prepared))
+	for k, v := range d.prepared {
+		out[k] = v
+	}
+	return out
+}
+
+// Run waits until the kubelet no longer counts any of the resources as a
+// device plugin's, registers with the kubelet, publishes the node's
+// ResourceSlice and keeps it current until ctx ends.
+func (d *Driver) Run(ctx context.Context) error {
+	if err := d.awaitHandover(ctx); err != nil {
+		return err
+	}
+	dataDir := filepath.Join(d.cfg.KubeletDir, "plugins", d.cfg.DriverName+"-dra")
+	if err := os.MkdirAll(dataDir, 0o750); err != nil {
+		return fmt.Errorf("DRA plugin directory: %w", err)
+	}
+	listen := func(_ context.Context, path string) (net.Listener, error) { return unixsock.Listen(path, 0o600) }
+	plug, err := kubeletplugin.Start(ctx, d,
+		kubeletplugin.DriverName(d.cfg.DriverName),
+		kubeletplugin.NodeName(d.cfg.NodeName),
+		kubeletplugin.KubeClient(d.cfg.Client),
+		kubeletplugin.RegistrarDirectoryPath(filepath.Join(d.cfg.KubeletDir, "plugins_registry")),
+		// <driver>-reg.sock is the CSI driver's registration socket.
+		kubeletplugin.RegistrarSocketFilename(d.cfg.DriverName+"-dra-reg.sock"),
+		kubeletplugin.RegistrarListener(listen),
+		kubeletplugin.PluginDataDirectoryPath(dataDir),
+		kubeletplugin.PluginListener(listen),
+	)
+	if err != nil {
+		return fmt.Errorf("start the DRA kubelet plugin: %w", err)
+	}
+	d.mu.Lock()
+	d.plug = plug
+	d.mu.Unlock()
+	defer plug.Stop()
+	names := make([]string, 0, len(d.cfg.Resources))
+	for _, r := range d.cfg.Resources {
+		names = append(names, r.Name)
+	}
+	klog.InfoS("Serving devices through DRA", "driver", d.cfg.DriverName, "resources", names, "socket", filepath.Join(dataDir, "dra.sock"))
+	for {
+		changed := d.cfg.Inventory.Changed()
+		if err := plug.PublishResources(ctx, d.resources()); err != nil {
+			klog.ErrorS(err, "Publish ResourceSlices")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// resources is the node's pool: every unit of the DRA resources, 64 to a
+// slice (the most a slice with taints may hold).
+func (d *Driver) resources() resourceslice.DriverResources {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var devs []resourceapi.Device
+	seen := map[string]bool{}
+	for _, r := range d.cfg.Resources {
+		units := d.cfg.Inventory.Units(r)
+		for _, u := range units {
+			name := DeviceName(u.Device)
+			seen[name] = true
+			if u.Healthy {
+				delete(d.unhealthy, name)
+			} else if _, ok := d.unhealthy[name]; !ok {
+				d.unhealthy[name] = now
+				klog.InfoS("Device tainted in its ResourceSlice", "device", name, "taint", TaintKey, "reason", TaintReason)
+			}
+		}
+		devs = append(devs, Devices(r, units, func(name string) time.Time { return d.unhealthy[name] })...)
+	}
+	for name := range d.unhealthy {
+		if !seen[name] {
+			delete(d.unhealthy, name)
+		}
+	}
+	sort.Slice(devs, func(i, j int) bool { return devs[i].Name < devs[j].Name })
+	var slices []resourceslice.Slice
+	for len(devs) > 0 {
+		n := min(len(devs), resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures)
+		slices = append(slices, resourceslice.Slice{Devices: devs[:n]})
+		devs = devs[n:]
+	}
+	if len(slices) == 0 {
+		slices = []resourceslice.Slice{{}} // an empty pool says "none here", not "unknown"
+	}
+	return resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{d.cfg.NodeName: {Slices: slices}}}
+}
+
+// unit finds the unit behind a slice's device name among the DRA resources.
+func (d *Driver) unit(name string) (device.Resource, device.UnitStatus, bool) {
+	for _, r := range d.cfg.Resources {
+		for _, u := range d.cfg.Inventory.Units(r) {
+			if DeviceName(u.Device) == name {
+				return r, u, true
+			}
+		}
+	}
+	return device.Resource{}, device.UnitStatus{}, false
+}
+
+// PrepareResourceClaims writes each claim's CDI spec and records the
+// claim before answering; a claim already recorded is answered from the
+// record (the kubelet asks again after its own restart).
+func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
+	for _, c := range claims {
+		out[c.UID] = d.prepare(ctx, c)
+	}
+	return out, nil
+}
+
+func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kubeletplugin.PrepareResult {
+	start := time.Now()
+	logger := klog.FromContext(ctx).WithValues("claim", klog.KObj(c), "uid", c.UID)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p, ok := d.prepared[c.UID]; ok {
+		if !d.cdi.exists(c.UID) {
+			// The spec went (a cleared /var/run/cdi) while the claim stayed:
+			// write it again from the record.
+			if err := d.rewriteLocked(c.UID, p); err != nil {
+				return kubeletplugin.PrepareResult{Err: err}
+			}
+		}
+		logger.V(4).Info("Claim already prepared")
+		return result(p)
+	}
+	if c.Status.Allocation == nil {
+		return kubeletplugin.PrepareResult{Err: fmt.Errorf("claim %s is not allocated", klog.KObj(c))}
+	}
+	var devs []claimDevice
+	byName := map[string]int{}
+	for _, r := range c.Status.Allocation.Devices.Results {
+		if r.Driver != d.cfg.DriverName {
+			continue
+		}
+		if r.Pool != d.cfg.NodeName {
+			return kubeletplugin.PrepareResult{Err: fmt.Errorf("device %s/%s of claim %s is in another node's pool", r.Pool, r.Device, klog.KObj(c))}
+		}
+		if i, ok := byName[r.Device]; ok {
+			devs[i].requests = append(devs[i].requests, r.Request)
+			continue
+		}
+		res, u, ok := d.unit(r.Device)
+		if !ok {
+			return kubeletplugin.PrepareResult{Err: fmt.Errorf("device %s of claim %s is not a device of this node", r.Device, klog.KObj(c))}
+		}
+		if !u.Healthy {
+			return kubeletplugin.PrepareResult{Err: fmt.Errorf("device %s of claim %s is unhealthy (%s)", r.Device, klog.KObj(c), TaintReason)}
+		}
+		if r.AdminAccess == nil || !*r.AdminAccess {
+			if other, ok := d.holderLocked(r.Device); ok {
+				return kubeletplugin.PrepareResult{Err: fmt.Errorf("device %s of claim %s is in use by claim %s", r.Device, klog.KObj(c), other)}
+			}
+		}
+		byName[r.Device] = len(devs)
+		devs = append(devs, claimDevice{res: res, dev: u.Device, name: r.Device, requests: []string{r.Request}})
+	}
+	if err := d.cdi.write(c.UID, devs); err != nil {
+		return kubeletplugin.PrepareResult{Err: err}
+	}
+	p := PreparedClaim{Namespace: c.Namespace, Name: c.Name}
+	for _, cd := range devs {
+		p.Devices = append(p.Devices, PreparedDevice{Requests: cd.requests, Pool: d.cfg.NodeName, Device: cd.name,
+			Resource: cd.res.Name, ID: cd.dev.ID, CDIIDs: []string{d.cdi.deviceID(c.UID, cd.name)}})
+	}
+	d.prepared[c.UID] = p
+	if err := d.cp.save(d.prepared); err != nil {
+		delete(d.prepared, c.UID)
+		_ = d.cdi.remove(c.UID)
+		return kubeletplugin.PrepareResult{Err: err}
+	}
+	d.preparations++
+	if d.cfg.ObservePrepare != nil {
+		d.cfg.ObservePrepare(len(devs), time.Since(start))
+	}
+	logger.V(2).Info("Claim prepared", "devices", len(devs))
+	return result(p)
+}
+
+// holderLocked is the prepared claim that holds device name, if any.
+func (d *Driver) holderLocked(name string) (string, bool) {
+	for uid, p := range d.prepared {
+		for _, pd := range p.Devices {
+			if pd.Device == name {
+				return p.Namespace + "/" + p.Name + " (" + string(uid) + ")", true
+			}
+		}
+	}
+	return "", false
+}
+
+// rewriteLocked writes a recorded claim's CDI spec again.
+func (d *Driver) rewriteLocked(uid types.UID, p PreparedClaim) error {
+	var devs []claimDevice
+	for _, pd := range p.Devices {
+		res, u, ok := d.unit(pd.Device)
+		if !ok {
+			return fmt.Errorf("device %s of prepared claim %s/%s is gone", pd.Device, p.Namespace, p.Name)
+		}
+		devs = append(devs, claimDevice{res: res, dev: u.Device, name: pd.Device, requests: pd.Requests})
+	}
+	return d.cdi.write(uid, devs)
+}
+
+func result(p PreparedClaim) kubeletplugin.PrepareResult {
+	var r kubeletplugin.PrepareResult
+	for _, pd := range p.Devices {
+		r.Devices = append(r.Devices, kubeletplugin.Device{Requests: pd.Requests, PoolName: pd.Pool, DeviceName: pd.Device, CDIDeviceIDs: pd.CDIIDs})
+	}
+	return r
+}
+
+// UnprepareResourceClaims removes each claim's CDI spec, then its record.
+// A claim that is not prepared is not an error.
+func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out := make(map[types.UID]error, len(claims))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, c := range claims {
+		if _, ok := d.prepared[c.UID]; !ok {
+			out[c.UID] = d.cdi.remove(c.UID)
+			continue
+		}
+		if err := d.cdi.remove(c.UID); err != nil {
+			out[c.UID] = err
+			continue
+		}
+		p := d.prepared[c.UID]
+		delete(d.prepared, c.UID)
+		if err := d.cp.save(d.prepared); err != nil {
+			d.prepared[c.UID] = p
+			out[c.UID] = err
+			continue
+		}
+		out[c.UID] = nil
+		klog.FromContext(ctx).V(2).Info("Claim unprepared", "claim", c.String(), "uid", c.UID)
+	}
+	return out, nil
+}
+
+// HandleError logs errors of the background work (publishing slices);
+// the helper retries them.
+func (d *Driver) HandleError(ctx context.Context, err error, msg string) {
+	klog.FromContext(ctx).Error(err, msg)
+}
+
+// WatchHealthStatus tells the kubelet each device's health: at once, on
+// every change, and every 10 s (the kubelet calls a device whose health
+// was not refreshed within 30 s unknown).
+func (d *Driver) WatchHealthStatus(ctx context.Context, reports chan<- kubeletplugin.DeviceHealthReport) error {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		changed := d.cfg.Inventory.Changed()
+		select {
+		case <-ctx.Done():
+			return nil
+		case reports <- d.health():
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-tick.C:
+		}
+	}
+}
+
+func (d *Driver) health() kubeletplugin.DeviceHealthReport {
+	now := time.Now()
+	var rep kubeletplugin.DeviceHealthReport
+	for _, r := range d.cfg.Resources {
+		for _, u := range d.cfg.Inventory.Units(r) {
+			h := kubeletplugin.DeviceHealth{PoolName: d.cfg.NodeName, DeviceName: DeviceName(u.Device), Health: kubeletplugin.HealthStatusHealthy, LastUpdated: now}
+			if !u.Healthy {
+				h.Health, h.Message = kubeletplugin.HealthStatusUnhealthy, "a device node of "+u.Device.ID+" is missing"
+			}
+			rep.Devices = append(rep.Devices, h)
+		}
+	}
+	return rep
+}
+
+// Names lists resources by name, for messages.
+func Names(rs []device.Resource) string {
+	var n []string
+	for _, r := range rs {
+		n = append(n, r.Name)
+	}
+	return strings.Join(n, ", ")
+}
