@@ -81,6 +81,17 @@ func TestNodeConfig(t *testing.T) {
 			t.Errorf("%s: accepted %v", name, args)
 		}
 	}
+	// api: dra publishes through the API server and injects through CDI.
+	draFile := filepath.Join(t.TempDir(), "dra.yaml")
+	os.WriteFile(draFile, []byte("apiVersion: plinth.example.com/v1alpha1\nkind: DeviceConfig\nresources: [{name: example.com/gpu, api: dra, selector: {drivers: [nvidia]}}]\n"), 0o644)
+	for flags, want := range map[string]string{"--cluster=false": "needs --cluster", "--cdi-dir=": "--cdi-dir must not be empty"} {
+		if _, err := parseNode(t, "--device-config", draFile, flags); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("api: dra with %s: %v, want %q", flags, err, want)
+		}
+	}
+	if _, err := parseNode(t, "--device-config", draFile, "--devices=false", "--cluster=false"); err != nil {
+		t.Errorf("api: dra with --devices=false (no devices served) refused: %v", err)
+	}
 	bad := filepath.Join(t.TempDir(), "bad.yaml")
 	os.WriteFile(bad, []byte("apiVersion: plinth.example.com/v1alpha1\nkind: DeviceConfig\nresources: [{name: example.com/gpu, selector: {vendors: [nvidia]}}]\n"), 0o644)
 	if _, err := parseNode(t, "--device-config", bad); err == nil || !strings.Contains(err.Error(), "resources[0].selector.vendors[0]") {

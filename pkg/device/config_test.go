@@ -27,6 +27,9 @@ resources:
 	if c.Resources[0].Sharing.Replicas != 4 || c.Resources[1].Sharing.Replicas != 1 || c.Health.RecoverAfter.Duration != 5*time.Second {
 		t.Errorf("parsed %+v", c)
 	}
+	if c.Resources[0].API != APIDevicePlugin || c.Resources[0].DRA() {
+		t.Errorf("api defaults to %q", c.Resources[0].API)
+	}
 	if c.Resources[1].CDIEnabled() || !c.Resources[0].CDIEnabled() {
 		t.Error("cdi flags")
 	}
@@ -50,6 +53,9 @@ resources:
 		"bad env value":       {head + "resources: [{name: example.com/gpu, selector: {drivers: [nvidia]}, env: {GPUS: uuids}}]", "resources[0].env.GPUS"},
 		"bad health interval": {head + "health: {interval: 1ms}\nresources: [{name: example.com/gpu, selector: {drivers: [nvidia]}}]", "health.interval"},
 		"not yaml":            {"{{{", "device config"},
+		"unknown api":         {head + "resources: [{name: example.com/gpu, api: nvml, selector: {drivers: [nvidia]}}]", "resources[0].api"},
+		"dra with replicas":   {head + "resources: [{name: example.com/gpu, api: dra, selector: {drivers: [nvidia]}, sharing: {replicas: 2}}]", "resources[0].sharing.replicas"},
+		"dra class name":      {head + "resources: [{name: example.com/GPU_big, api: dra, selector: {drivers: [nvidia]}}]", "resources[0].name"},
 	}
 	for name, tc := range bad {
 		t.Run(name, func(t *testing.T) {

@@ -12,11 +12,13 @@ import (
 	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/cel"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/plinth-dev/plinth/pkg/device"
@@ -384,5 +386,30 @@ func TestCheckpointVersion(t *testing.T) {
 	_, err := New(Config{DriverName: driver, NodeName: "n", StateDir: state, CDIDir: t.TempDir(), DevRoot: dev, Resources: cfg.Resources, Inventory: inv})
 	if err == nil || !strings.Contains(err.Error(), "version 9") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// The shipped DRA overlay's DeviceClass is the one DeviceClass makes for
+// the resource its DeviceConfig serves through DRA.
+func TestShippedDeviceClass(t *testing.T) {
+	dir := filepath.Join("..", "..", "deploy", "overlays", "dra")
+	cfg, err := device.LoadConfig(filepath.Join(dir, "devices.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "deviceclass.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var shipped resourceapi.DeviceClass
+	if err := yaml.UnmarshalStrict(b, &shipped); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Resources) != 1 || !cfg.Resources[0].DRA() {
+		t.Fatalf("devices.yaml: %+v, want one resource with api: dra", cfg.Resources)
+	}
+	want := DeviceClass(driver, cfg.Resources[0])
+	if shipped.Name != want.Name || !equality.Semantic.DeepEqual(shipped.Spec, want.Spec) {
+		t.Errorf("deviceclass.yaml:\n%+v\nwant\n%+v", shipped, *want)
 	}
 }

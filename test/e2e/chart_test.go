@@ -124,14 +124,14 @@ func TestChartAgreesWithKustomize(t *testing.T) {
 	}
 }
 
-// TestKustomizeOverlays: deploy/base and its storage-only and devices-only
+// TestKustomizeOverlays: deploy/base and its storage-only, devices-only and DRA
 // overlays render and pass the API server's validation (dry run).
 func TestKustomizeOverlays(t *testing.T) {
 	need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	ns := namespace(t, ctx, "plinth-kustomize-check")
-	for _, dir := range []string{"deploy/base", "deploy/overlays/storage", "deploy/overlays/devices"} {
+	for _, dir := range []string{"deploy/base", "deploy/overlays/storage", "deploy/overlays/devices", "deploy/overlays/dra"} {
 		b, err := render(filepath.Join(e.repo, dir))
 		if err != nil {
 			t.Fatalf("%s: %v", dir, err)
