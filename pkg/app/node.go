@@ -315,27 +315,42 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		}
 		parts["device inventory"] = inv.Run
 		parts["device plugins"] = mgr.Run
-		if core != nil && len(plugins) > 0 {
-			// No plugin registers while a ResourceSlice of this node still
-			// offers its resource through DRA (a resource switched back).
-			parts["device plugins"] = func(ctx context.Context) error {
-				if err := dra.Withdraw(ctx, core, c.DriverName, c.NodeID, plugins, len(draRes) > 0); err != nil {
-					return err
-				}
-				return mgr.Run(ctx)
-			}
-		}
-		if len(draRes) > 0 {
+		// The DRA driver runs for the resources configured api: dra, and
+		// also, with none, while claims it prepared before are still
+		// prepared (the kubelet must be able to unprepare them).
+		var driver *dra.Driver
+		if core != nil && c.CDIDir != "" {
 			dc := dra.Config{DriverName: c.DriverName, NodeName: c.NodeID, KubeletDir: c.KubeletDir, StateDir: c.Root,
 				CDIDir: c.CDIDir, DevRoot: dev, Resources: draRes, Inventory: inv, Client: core}
 			if m != nil {
 				dc.ObservePrepare = m.ObservePrepare
 			}
-			driver, err := dra.New(dc)
-			if err != nil {
+			if driver, err = dra.New(dc); err != nil {
 				return err
 			}
-			parts["DRA"] = driver.Run
+			if driver.Needed() {
+				parts["DRA"] = driver.Run
+			} else {
+				driver = nil
+			}
+		}
+		if core != nil && len(plugins) > 0 {
+			// No plugin registers while DRA still offers or holds its
+			// resource's devices (a resource switched back).
+			var names []string
+			for _, r := range plugins {
+				names = append(names, r.Name)
+			}
+			var held func() []string
+			if driver != nil {
+				held = func() []string { return driver.Held(names) }
+			}
+			parts["device plugins"] = func(ctx context.Context) error {
+				if err := dra.Withdraw(ctx, core, c.DriverName, c.NodeID, plugins, driver != nil, held); err != nil {
+					return err
+				}
+				return mgr.Run(ctx)
+			}
 		}
 	}
 	if c.Cluster {

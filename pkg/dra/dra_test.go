@@ -284,6 +284,14 @@ func TestPrepareUnprepare(t *testing.T) {
 	if !slices.Contains(spec.ContainerEdits.Env, "PLINTH_GPU_DEVICES=0000:18:00.0,0000:1a:00.0") {
 		t.Errorf("env %v", spec.ContainerEdits.Env)
 	}
+	if h := d.Held([]string{"example.com/gpu", "example.com/accel"}); !slices.Equal(h, []string{"example.com/gpu"}) {
+		t.Errorf("Held = %v", h)
+	}
+	// A driver of a node whose resource went back to the device plugin
+	// still runs while its claim is prepared.
+	if off, err := New(Config{DriverName: driver, NodeName: "node-a", StateDir: state, CDIDir: cdiDir, DevRoot: dev, Inventory: inv}); err != nil || !off.Needed() {
+		t.Errorf("with a claim prepared and no DRA resource: Needed %v, %v", off != nil && off.Needed(), err)
+	}
 	// Asked again (a kubelet restart), and by a new process: the same answer, nothing prepared.
 	again, _ := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
 	d2 := newDriver(t, inv, cfg, state, cdiDir, dev)
@@ -307,6 +315,9 @@ func TestPrepareUnprepare(t *testing.T) {
 	}
 	if d3 := newDriver(t, inv, cfg, state, cdiDir, dev); len(d3.Prepared()) != 0 {
 		t.Errorf("checkpoint still lists %v", d3.Prepared())
+	}
+	if off, _ := New(Config{DriverName: driver, NodeName: "node-a", StateDir: state, CDIDir: cdiDir, DevRoot: dev, Inventory: inv}); off.Needed() {
+		t.Error("Needed with no DRA resource and nothing prepared")
 	}
 }
 

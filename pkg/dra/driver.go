@@ -96,6 +96,34 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
+// Needed reports whether the driver has work on this node: resources to
+// serve, or claims it prepared that the kubelet has yet to unprepare (a
+// resource switched back to the device plugin while pods held its devices).
+func (d *Driver) Needed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.cfg.Resources) > 0 || len(d.prepared) > 0
+}
+
+// Held lists the resources, among names, that prepared claims hold devices of.
+func (d *Driver) Held(names []string) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for _, n := range names {
+	claims:
+		for _, p := range d.prepared {
+			for _, pd := range p.Devices {
+				if pd.Resource == n {
+					out = append(out, n)
+					break claims
+				}
+			}
+		}
+	}
+	return out
+}
+
 // Preparations is how many claims this driver prepared (answers from the
 // checkpoint do not count).
 func (d *Driver) Preparations() int {

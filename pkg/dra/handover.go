@@ -59,13 +59,16 @@ func deviceAllocatable(n *v1.Node, rs []device.Resource) []string {
 	return out
 }
 
-// Withdraw makes sure that no ResourceSlice of driver on node lists a
-// device of the device-plugin resources, before their plugins register:
-// with no DRA resource on the node it deletes the node's slices of the
-// driver (a previous start may have published them), otherwise it waits
-// until the driver's own publication (which lists only DRA resources) has
-// replaced them.
-func Withdraw(ctx context.Context, client kubernetes.Interface, driver, node string, pluginResources []device.Resource, draOn bool) error {
+// Withdraw makes sure, before the device plugins of pluginResources
+// register, that DRA offers and holds none of their devices: no
+// ResourceSlice of driver on node lists one (with the driver not running it
+// deletes the node's slices of the driver, which a previous start may have
+// published; otherwise it waits until the driver's own publication, which
+// lists only DRA resources, has replaced them), and no claim prepared
+// through DRA still holds one (held, when set, names such resources: a
+// resource switched back to the device plugin waits until the pods that
+// got its devices through DRA are gone).
+func Withdraw(ctx context.Context, client kubernetes.Interface, driver, node string, pluginResources []device.Resource, draOn bool, held func() []string) error {
 	if len(pluginResources) == 0 {
 		return nil
 	}
@@ -83,6 +86,15 @@ func Withdraw(ctx context.Context, client kubernetes.Interface, driver, node str
 			}
 			klog.ErrorS(err, "List this node's ResourceSlices before registering device plugins")
 			return false, nil
+		}
+		if held != nil {
+			if busy := held(); len(busy) > 0 {
+				if !logged {
+					klog.InfoS("Waiting for the claims prepared through DRA to be unprepared before their resources' device plugins register", "resources", busy)
+					logged = true
+				}
+				return false, nil
+			}
 		}
 		var stale []string
 		for _, s := range list.Items {
