@@ -324,12 +324,16 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 				CDIDir: c.CDIDir, DevRoot: dev, Resources: draRes, Inventory: inv, Client: core}
 			if m != nil {
 				dc.ObservePrepare = m.ObservePrepare
+				dc.OnRegistered = func() { m.Registered("dra") }
 			}
 			if driver, err = dra.New(dc); err != nil {
 				return err
 			}
 			if driver.Needed() {
 				parts["DRA"] = driver.Run
+				if m != nil {
+					m.AddReadyCheck("kubelet-dra-registration", func(context.Context) error { return driver.Registered() })
+				}
 			} else {
 				driver = nil
 			}

@@ -12,12 +12,14 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/unixsock"
@@ -40,6 +42,9 @@ type Config struct {
 	// HandoverPoll is how often the start checks that the kubelet no longer
 	// counts a resource's device-plugin devices (default 2s).
 	HandoverPoll time.Duration
+	// OnRegistered, when set, hears every registration the kubelet
+	// confirms (at start and after each kubelet restart).
+	OnRegistered func()
 	// ObservePrepare, when set, hears every claim prepared (not the
 	// answers from the checkpoint) and how long it took.
 	ObservePrepare func(devices int, d time.Duration)
@@ -56,7 +61,8 @@ type Driver struct {
 	prepared map[types.UID]PreparedClaim
 	// unhealthy is when each device was first seen unhealthy (the taint's
 	// timeAdded); a device leaves it when it is healthy again.
-	unhealthy map[string]time.Time
+	unhealthy  map[string]time.Time
+	registered bool
 	// preparations counts claims actually prepared (not answered from the
 	// checkpoint), for tests.
 	preparations int
@@ -165,6 +171,7 @@ func (d *Driver) Run(ctx context.Context) error {
 		kubeletplugin.RegistrarListener(listen),
 		kubeletplugin.PluginDataDirectoryPath(dataDir),
 		kubeletplugin.PluginListener(listen),
+		kubeletplugin.GRPCInterceptor(d.watchRegistration),
 	)
 	if err != nil {
 		return fmt.Errorf("start the DRA kubelet plugin: %w", err)
@@ -189,6 +196,37 @@ func (d *Driver) Run(ctx context.Context) error {
 		case <-changed:
 		}
 	}
+}
+
+// watchRegistration hears the kubelet's answer to the registration (the
+// interceptor sees the registrar's calls too).
+func (d *Driver) watchRegistration(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	resp, err := handler(ctx, req)
+	if st, ok := req.(*registerapi.RegistrationStatus); ok {
+		d.mu.Lock()
+		d.registered = st.PluginRegistered && err == nil
+		d.mu.Unlock()
+		if st.PluginRegistered {
+			klog.InfoS("The kubelet registered the DRA driver", "driver", d.cfg.DriverName)
+			if d.cfg.OnRegistered != nil {
+				d.cfg.OnRegistered()
+			}
+		} else {
+			klog.ErrorS(nil, "The kubelet refused the DRA driver", "driver", d.cfg.DriverName, "error", st.Error)
+		}
+	}
+	return resp, err
+}
+
+// Registered reports whether the kubelet has registered the driver
+// (readiness).
+func (d *Driver) Registered() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.registered {
+		return errors.New("the kubelet has not registered the DRA driver")
+	}
+	return nil
 }
 
 // resources is the node's pool: every unit of the DRA resources, 64 to a
