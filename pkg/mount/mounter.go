@@ -30,9 +30,17 @@ type Mounter interface {
 	// FormatAndMount probes device once: it makes a filesystem of fsType
 	// when there is none, grows an ext2/3/4 filesystem offline when its
 	// device has grown (see GrowFs), refuses another filesystem or a
-	// partition table (ErrForeignData), then mounts it at target with
-	// mount(2).
+	// partition table (ErrForeignData), then mounts it at target (see
+	// Mount).
 	FormatAndMount(ctx context.Context, device, target, fsType string, options []string) error
+	// FormatBlank makes a filesystem of fsType on device without probing
+	// it, and tells mkfs that the device reads as zeros (nothing to zero
+	// or discard). Only for a device its volume's record proves blank:
+	// made of zeros, and no mkfs started on it since (pool.Volume.Blank).
+	FormatBlank(ctx context.Context, device, fsType string) error
+	// Mount mounts the filesystem of fsType on device at target with
+	// mount(2), probing nothing; options are translated by ParseOptions.
+	Mount(device, target, fsType string, options []string) error
 	// Bind bind-mounts source (a directory or a device file) at target,
 	// then applies o with a remount; when the remount fails, the bind is
 	// undone.
@@ -79,12 +87,21 @@ func (h *Host) Probe(ctx context.Context, device string) (string, error) {
 }
 
 // mkfsArgs: fast and safe on a fresh loop device: no discard pass (the
-// image is sparse already), no reserved blocks on ext4, lazy inode table
-// initialisation (ext4's default).
-func mkfsArgs(fsType, device string) ([]string, error) {
+// image is sparse or preallocated already, and a discard would punch the
+// preallocation out), no reserved blocks on ext4, lazy inode table
+// initialisation (ext4's default). With blank (the device is known to read
+// as zeros) ext4 also skips zeroing its journal and inode tables and marks
+// them zeroed, so that the kernel's lazy init has nothing to write after
+// the mount (assume_storage_prezeroed, e2fsprogs 1.47). mkfs.xfs and
+// mkfs.btrfs write only their metadata either way (-K: no discard).
+func mkfsArgs(fsType, device string, blank bool) ([]string, error) {
 	switch fsType {
 	case "ext4":
-		return []string{"-F", "-q", "-m0", "-E", "nodiscard", device}, nil
+		ext := "nodiscard"
+		if blank {
+			ext += ",assume_storage_prezeroed=1"
+		}
+		return []string{"-F", "-q", "-m0", "-E", ext, device}, nil
 	case "xfs":
 		return []string{"-f", "-q", "-K", device}, nil
 	case "btrfs":
@@ -94,19 +111,39 @@ func mkfsArgs(fsType, device string) ([]string, error) {
 	return nil, fmt.Errorf("make filesystem on %s: %q is not ext4, xfs or btrfs", device, fsType)
 }
 
+func (h *Host) mkfs(ctx context.Context, device, fsType string, blank bool) error {
+	args, err := mkfsArgs(fsType, device, blank)
+	if err != nil {
+		return err
+	}
+	_, err = h.run.Run(ctx, "mkfs."+fsType, args...)
+	if err != nil && blank && fsType == "ext4" && strings.Contains(err.Error(), "assume_storage_prezeroed") {
+		// An mke2fs older than 1.47 does not know the option: zero as usual.
+		args, _ = mkfsArgs(fsType, device, false)
+		_, err = h.run.Run(ctx, "mkfs."+fsType, args...)
+	}
+	if err != nil {
+		return fmt.Errorf("format %s as %s: %w", device, fsType, err)
+	}
+	return nil
+}
+
+func (h *Host) FormatBlank(ctx context.Context, device, fsType string) error {
+	return h.mkfs(ctx, device, fsType, true)
+}
+
 func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string, options []string) error {
+	if _, _, err := ParseOptions(options); err != nil {
+		return err
+	}
 	existing, err := h.Probe(ctx, device)
 	if err != nil {
 		return err
 	}
 	switch {
 	case existing == "":
-		args, err := mkfsArgs(fsType, device)
-		if err != nil {
+		if err := h.mkfs(ctx, device, fsType, false); err != nil {
 			return err
-		}
-		if _, err := h.run.Run(ctx, "mkfs."+fsType, args...); err != nil {
-			return fmt.Errorf("format %s as %s: %w", device, fsType, err)
 		}
 	case existing != fsType:
 		return fmt.Errorf("%w: %s holds %s, the volume is %s", ErrForeignData, device, existing, fsType)
@@ -115,7 +152,14 @@ func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string
 			return err
 		}
 	}
-	flags, data := splitOptions(options)
+	return h.Mount(device, target, fsType, options)
+}
+
+func (h *Host) Mount(device, target, fsType string, options []string) error {
+	flags, data, err := ParseOptions(options)
+	if err != nil {
+		return err
+	}
 	if fsType == "xfs" && !slices.Contains(strings.Split(data, ","), "nouuid") {
 		// A clone or restore is a copy of its source's blocks, UUID and
 		// all, and XFS refuses to mount a second filesystem whose UUID is
@@ -134,26 +178,80 @@ func (h *Host) FormatAndMount(ctx context.Context, device, target, fsType string
 	return nil
 }
 
-// splitOptions turns mount options into mount(2) flags and the
-// filesystem's own options (passed as data, which the filesystem checks).
-// The per-mount flags are BindOptions' (one table for both kinds of mount).
-func splitOptions(options []string) (uintptr, string) {
+// ErrBadOption: a mount option mount(2) cannot be given as asked: one only
+// mount(8) understands (noauto, user, nofail, _netdev, ...), one that
+// changes what is mounted or how it propagates (bind, remount, shared,
+// ...), or one that contradicts another in the same list (exec with
+// noexec, dev with nodev). Refused rather than guessed at.
+var ErrBadOption = errors.New("mount option cannot be applied")
+
+// mountOnly are options of mount(8) or fstab that mount(2) has no flag
+// for, and options that change what is mounted, where, or how it
+// propagates.
+var mountOnly = map[string]bool{
+	"auto": true, "noauto": true, "user": true, "nouser": true, "users": true, "owner": true, "group": true,
+	"nofail": true, "_netdev": true, "comment": true, "defaults": true, "loop": true, "offset": true, "sizelimit": true,
+	"bind": true, "rbind": true, "remount": true, "move": true,
+	"shared": true, "rshared": true, "slave": true, "rslave": true, "private": true, "rprivate": true,
+	"unbindable": true, "runbindable": true,
+	// Not carried by the binds that publish the volume (each is remounted
+	// with BindOptions only), or no longer honoured by the kernel.
+	"nosymfollow": true, "mand": true,
+}
+
+// undo are options that only clear a flag another option sets: the
+// kernel's default without it, a contradiction with it.
+var undo = map[string][]string{
+	"exec": {"noexec"}, "suid": {"nosuid"}, "dev": {"nodev"}, "diratime": {"nodiratime"},
+	"atime": {"noatime", "strictatime"}, "norelatime": {"relatime"}, "nostrictatime": {"strictatime"},
+	"nolazytime": {"lazytime"}, "loud": {"silent"}, "async": {"sync"}, "nomand": nil,
+}
+
+// ParseOptions translates mount options (a CSI volume's mount flags, with
+// nodev and nosuid) into mount(2) flags and the data string that carries
+// the filesystem's own options (the filesystem checks those and refuses
+// what it does not know). The per-mount flags are BindOptions' (one table
+// for both kinds of mount): "ro" can only make the mount read-only, "rw"
+// never undoes it. What mount(2) cannot take as asked is ErrBadOption.
+func ParseOptions(options []string) (uintptr, string, error) {
 	var extra uintptr
 	var data []string
+	atime := map[string]bool{}
 	for _, o := range options {
+		name, _, _ := strings.Cut(o, "=")
+		if mountOnly[name] || strings.HasPrefix(name, "x-") {
+			return 0, "", fmt.Errorf("%w: %q is not an option mount(2) takes for a volume", ErrBadOption, o)
+		}
+		if against, ok := undo[o]; ok {
+			for _, a := range against {
+				if slices.Contains(options, a) {
+					return 0, "", fmt.Errorf("%w: %q contradicts %q", ErrBadOption, o, a)
+				}
+			}
+			continue // the kernel's default
+		}
 		switch o {
-		case "ro", "nosuid", "nodev", "noexec", "nodiratime", "noatime", "relatime", "strictatime", "rw", "async", "defaults":
+		case "noatime", "relatime", "strictatime":
+			atime[o] = true
+		case "ro", "rw", "nosuid", "nodev", "noexec", "nodiratime":
 		case "sync":
 			extra |= unix.MS_SYNCHRONOUS
 		case "dirsync":
 			extra |= unix.MS_DIRSYNC
 		case "lazytime":
 			extra |= unix.MS_LAZYTIME
+		case "silent":
+			extra |= unix.MS_SILENT
+		case "iversion":
+			extra |= unix.MS_I_VERSION
 		default:
 			data = append(data, o)
 		}
 	}
-	return BindOptions{}.WithFlags(options).flags() | extra, strings.Join(data, ",")
+	if len(atime) > 1 {
+		return 0, "", fmt.Errorf("%w: more than one of noatime, relatime, strictatime", ErrBadOption)
+	}
+	return BindOptions{}.WithFlags(options).flags() | extra, strings.Join(data, ","), nil
 }
 
 func (h *Host) Bind(source, target string, o BindOptions) error {

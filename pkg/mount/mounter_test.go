@@ -2,6 +2,7 @@ package mount
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,11 +65,45 @@ func TestSymlinkTargetsAreNotFollowed(t *testing.T) {
 	}
 }
 
-func TestSplitOptions(t *testing.T) {
-	flags, data := splitOptions([]string{"nodev", "nosuid", "ro", "noatime", "sync", "discard", "rw", "errors=remount-ro"})
-	want := uintptr(unix.MS_NODEV | unix.MS_NOSUID | unix.MS_RDONLY | unix.MS_NOATIME | unix.MS_SYNCHRONOUS)
-	if flags != want || data != "discard,errors=remount-ro" {
-		t.Fatalf("splitOptions = %#x, %q; want %#x, %q", flags, data, want, "discard,errors=remount-ro")
+func TestParseOptions(t *testing.T) {
+	for name, c := range map[string]struct {
+		options []string
+		flags   uintptr
+		data    string
+		bad     bool
+	}{
+		"flags and data": {
+			options: []string{"nodev", "nosuid", "ro", "noatime", "sync", "discard", "rw", "errors=remount-ro"},
+			flags:   unix.MS_NODEV | unix.MS_NOSUID | unix.MS_RDONLY | unix.MS_NOATIME | unix.MS_SYNCHRONOUS,
+			data:    "discard,errors=remount-ro",
+		},
+		"more flags":          {options: []string{"noexec", "nodiratime", "dirsync", "lazytime", "strictatime"}, flags: unix.MS_NOEXEC | unix.MS_NODIRATIME | unix.MS_DIRSYNC | unix.MS_LAZYTIME | unix.MS_STRICTATIME},
+		"defaults are no-op":  {options: []string{"exec", "async", "atime", "diratime", "nodev"}, flags: unix.MS_NODEV},
+		"fs data only":        {options: []string{"data=ordered", "commit=30"}, data: "data=ordered,commit=30"},
+		"none":                {},
+		"mount(8) only":       {options: []string{"noauto"}, bad: true},
+		"fstab user":          {options: []string{"user"}, bad: true},
+		"netdev":              {options: []string{"_netdev"}, bad: true},
+		"bind":                {options: []string{"bind"}, bad: true},
+		"propagation":         {options: []string{"rshared"}, bad: true},
+		"x- option":           {options: []string{"x-systemd.automount"}, bad: true},
+		"dev against nodev":   {options: []string{"nodev", "dev"}, bad: true},
+		"exec against noexec": {options: []string{"exec", "noexec"}, bad: true},
+		"two atime modes":     {options: []string{"noatime", "relatime"}, bad: true},
+		"same atime twice":    {options: []string{"noatime", "noatime"}, flags: unix.MS_NOATIME},
+	} {
+		t.Run(name, func(t *testing.T) {
+			flags, data, err := ParseOptions(c.options)
+			if c.bad {
+				if !errors.Is(err, ErrBadOption) {
+					t.Fatalf("ParseOptions(%q) = %#x, %q, %v; want ErrBadOption", c.options, flags, data, err)
+				}
+				return
+			}
+			if err != nil || flags != c.flags || data != c.data {
+				t.Fatalf("ParseOptions(%q) = %#x, %q, %v; want %#x, %q", c.options, flags, data, err, c.flags, c.data)
+			}
+		})
 	}
 }
 

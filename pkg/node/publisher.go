@@ -85,6 +85,11 @@ func (p *Publisher) lookup(ctx context.Context, id string, a Access) (pool.Pool,
 	if !a.Block && a.FsType != "" && a.FsType != v.FsType {
 		return nil, pool.Volume{}, fmt.Errorf("%w: volume %s holds %s, not %s", pool.ErrInvalid, id, v.FsType, a.FsType)
 	}
+	if !a.Block {
+		if err := checkOptions(a.MountFlags); err != nil {
+			return nil, pool.Volume{}, err
+		}
+	}
 	return pl, v, nil
 }
 
@@ -333,8 +338,7 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		}
 	})
 	if att.Device != "" {
-		// ext4 that could not grow online (see GrowFs) grows here, offline.
-		if err := p.mounter.FormatAndMount(ctx, att.Device, stagingPath, v.FsType, stageFlags(a.MountFlags)); err != nil {
+		if err := p.formatAndMount(ctx, pl, v, att.Device, stagingPath, stageFlags(a.MountFlags)); err != nil {
 			return err
 		}
 		logger.Info("Volume staged", "device", att.Device, "fsType", v.FsType)
@@ -350,6 +354,37 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 		}
 	}
 	return p.staged.put(id, stagingPath)
+}
+
+// formatAndMount mounts the volume's filesystem on device at path. A
+// volume whose record says it is blank is formatted without a probe: the
+// record says first, durably, that it is blank no more, then mkfs runs. A
+// crash or a failure anywhere after that leaves a record that makes the
+// next stage probe (FormatAndMount), and find nothing (mkfs never wrote a
+// superblock) or the filesystem. Anything else is probed once: formatted
+// when it holds nothing, and ext4 that could not grow online (see GrowFs)
+// grows here, offline.
+func (p *Publisher) formatAndMount(ctx context.Context, pl pool.Pool, v pool.Volume, device, path string, options []string) error {
+	br, ok := pl.(pool.BlankRecorder)
+	if !ok || !v.Blank {
+		return p.mounter.FormatAndMount(ctx, device, path, v.FsType, options)
+	}
+	if err := br.MarkFormatted(ctx, v.ID); err != nil {
+		return err
+	}
+	if err := p.mounter.FormatBlank(ctx, device, v.FsType); err != nil {
+		return err
+	}
+	return p.mounter.Mount(device, path, v.FsType, options)
+}
+
+// checkOptions refuses mount flags mount(2) cannot take as asked
+// (mount.ParseOptions), before anything is done.
+func checkOptions(flags []string) error {
+	if _, _, err := mount.ParseOptions(stageFlags(flags)); err != nil {
+		return fmt.Errorf("%w: %w", pool.ErrInvalid, err)
+	}
+	return nil
 }
 
 // insideVolume refuses a path whose directory lies inside a volume's

@@ -78,6 +78,12 @@ type Volume struct {
 	FsType        string  `json:"fsType,omitempty"`
 	Thick         bool    `json:"thick,omitempty"`
 	Source        *Source `json:"source,omitempty"`
+	// Blank: the volume's storage was made of zeros (no source) and no
+	// mkfs has been started on it since. Only a pool that implements
+	// BlankRecorder sets it, and the node clears it (MarkFormatted)
+	// before it formats: a blank volume is formatted without a probe,
+	// anything else is probed first. Records without it are not blank.
+	Blank bool `json:"blank,omitempty"`
 	// Disk is the identity of the whole disk the volume is (disk pools).
 	Disk string `json:"disk,omitempty"`
 	// Problem, never stored, says why the volume's storage cannot be
@@ -210,6 +216,16 @@ type Pool interface {
 	// Usage reports usage for volumes whose size the mounted filesystem
 	// does not show (ok=false where statfs of the mount is right).
 	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)
+}
+
+// BlankRecorder is implemented by pools that record which volumes are
+// blank (Volume.Blank).
+type BlankRecorder interface {
+	// MarkFormatted records durably that the volume is no longer blank;
+	// the node calls it before mkfs writes anything, so that a crash
+	// during mkfs leads to a probe at the next stage, never to a second
+	// mkfs that takes what the first left for zeros.
+	MarkFormatted(ctx context.Context, id string) error
 }
 
 // VolumeChecker is implemented by pools that can tell that a volume's

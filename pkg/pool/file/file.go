@@ -45,7 +45,10 @@ type Pool struct {
 	index  *pool.Index
 }
 
-var _ pool.Pool = (*Pool)(nil)
+var (
+	_ pool.Pool          = (*Pool)(nil)
+	_ pool.BlankRecorder = (*Pool)(nil)
+)
 
 // New opens (creating if needed) the pool in cfg.Dir and rebuilds its index
 // from the records on disk.
@@ -171,6 +174,10 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 		return pool.Volume{}, err
 	}
 	v.State = pool.StateReady
+	// A new image without a source reads as zeros (sparse or
+	// preallocated) and was never attached: its first stage formats it
+	// without a probe.
+	v.Blank = v.Source == nil && v.Mode == pool.ModeFilesystem
 	if err := p.index.PutVolume(v); err != nil {
 		return pool.Volume{}, err
 	}
@@ -478,6 +485,16 @@ func (p *Pool) ReleaseDevice(ctx context.Context, id, dev string) error {
 		return err
 	}
 	return nil
+}
+
+// MarkFormatted records that the volume's image is no longer blank.
+func (p *Pool) MarkFormatted(ctx context.Context, id string) error {
+	v, err := p.index.Volume(id)
+	if err != nil || !v.Blank {
+		return err
+	}
+	v.Blank = false
+	return p.index.PutVolume(v)
 }
 
 // Usage: the mounted filesystem (or the device size) tells the truth.

@@ -1,0 +1,134 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/pkg/mount"
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/pool/file"
+)
+
+// A new filesystem volume is formatted at its first stage without a
+// probe; its record says it is blank no more before mkfs runs, and every
+// later stage probes once and formats nothing over what is there. A
+// record cleared with no mkfs after it (a crash between the two) leads to
+// a probe, then a format. Mount flags mount(2) cannot take are refused
+// before anything is attached.
+func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices and mounts")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skip("needs loop devices")
+	}
+	for _, p := range []string{"mkfs.ext4", "blkid"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+	dir := t.TempDir()
+	pl, err := file.New(file.Config{Name: "p", Dir: filepath.Join(dir, "pool"), Loops: mount.NewLoop("/sys", "/dev")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := NewLocal(pl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := mount.Exec{Launches: &mount.Launches{}}
+	p := NewPublisher(local, mount.NewHost(run), filepath.Join(dir, "state"))
+	ctx := context.Background()
+	a := Access{FsType: "ext4"}
+	launched := func() map[string]uint64 { return run.Launches.Counts() }
+	since := func(before map[string]uint64) map[string]uint64 {
+		out := map[string]uint64{}
+		for k, v := range launched() {
+			if d := v - before[k]; d > 0 {
+				out[k] = d
+			}
+		}
+		return out
+	}
+	stage := func(id string) map[string]uint64 {
+		t.Helper()
+		before := launched()
+		staging := filepath.Join(dir, id+"-staging")
+		if err := p.Stage(ctx, id, staging, a); err != nil {
+			t.Fatalf("stage %s: %v", id, err)
+		}
+		t.Cleanup(func() { _ = p.Unstage(ctx, id, staging) })
+		return since(before)
+	}
+	unstage := func(id string) {
+		t.Helper()
+		if err := p.Unstage(ctx, id, filepath.Join(dir, id+"-staging")); err != nil {
+			t.Fatalf("unstage %s: %v", id, err)
+		}
+	}
+	blank := func(id string) bool {
+		t.Helper()
+		v, err := pl.GetVolume(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Blank
+	}
+	for _, id := range []string{"pv-a", "pv-b", "pv-c"} {
+		if _, err := local.CreateVolume(ctx, "p", pool.Volume{ID: id, Name: id, CapacityBytes: 64 << 20, Mode: pool.ModeFilesystem, FsType: "ext4"}); err != nil {
+			t.Fatal(err)
+		}
+		if !blank(id) {
+			t.Fatalf("new volume %s is not recorded blank", id)
+		}
+	}
+
+	if got := stage("pv-a"); got["blkid"] != 0 || got["mkfs.ext4"] != 1 {
+		t.Errorf("first stage of a blank volume launched %v, want mkfs.ext4 once and no blkid", got)
+	}
+	if blank("pv-a") {
+		t.Error("a formatted volume is still recorded blank")
+	}
+	staging := filepath.Join(dir, "pv-a-staging")
+	if err := os.WriteFile(filepath.Join(staging, "data"), []byte("kept"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(staging, &st); err != nil || st.Type != unix.EXT4_SUPER_MAGIC {
+		t.Fatalf("staging mount is not ext4: %x %v", st.Type, err)
+	}
+	unstage("pv-a")
+	if got := stage("pv-a"); got["blkid"] != 1 || got["mkfs.ext4"] != 0 {
+		t.Errorf("second stage launched %v, want one blkid and no mkfs", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(staging, "data")); err != nil || string(b) != "kept" {
+		t.Errorf("data after a second stage: %q %v", b, err)
+	}
+
+	// A crash after the record was cleared, before mkfs: probed, then
+	// formatted.
+	if err := pl.MarkFormatted(ctx, "pv-b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := stage("pv-b"); got["blkid"] != 1 || got["mkfs.ext4"] != 1 {
+		t.Errorf("stage after a cleared record launched %v, want one blkid and one mkfs", got)
+	}
+
+	// Options mount(2) cannot take are refused before anything is done.
+	bad := Access{FsType: "ext4", MountFlags: []string{"noauto"}}
+	if err := p.Stage(ctx, "pv-c", filepath.Join(dir, "pv-c-staging"), bad); !errors.Is(err, pool.ErrInvalid) {
+		t.Errorf("stage with noauto: %v, want ErrInvalid", err)
+	}
+	if _, attached, err := pl.Attached(ctx, "pv-c"); err != nil || attached {
+		t.Errorf("a refused stage attached the volume (%v)", err)
+	}
+	if !blank("pv-c") {
+		t.Error("a refused stage cleared the blank record")
+	}
+}
