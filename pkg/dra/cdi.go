@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,7 +16,6 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/plinth-dev/plinth/pkg/device"
-	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
 // claimDevice is a device being prepared for a claim, with its resource.
@@ -24,6 +24,7 @@ type claimDevice struct {
 	dev      device.Device
 	name     string // in the slice
 	requests []string
+	admin    bool
 }
 
 // cdiSpecs writes and removes the CDI spec of each prepared claim: one
@@ -37,6 +38,18 @@ type cdiSpecs struct {
 func (c cdiSpecs) kind() string { return c.driver + "/claim" }
 
 func (c cdiSpecs) prefix() string { return strings.ReplaceAll(c.kind(), "/", "-") + "_" }
+
+// uidRE is what a claim UID may look like before it becomes part of a
+// file name: the API server's UIDs are UUIDs; anything with a separator or
+// a dot is refused.
+var uidRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,127}$`)
+
+func checkUID(uid types.UID) error {
+	if !uidRE.MatchString(string(uid)) {
+		return fmt.Errorf("claim UID %q is not a UID", uid)
+	}
+	return nil
+}
 
 func (c cdiSpecs) path(uid types.UID) string {
 	return filepath.Join(c.dir, c.prefix()+string(uid)+".json")
@@ -106,7 +119,14 @@ func (c cdiSpecs) node(n device.Node) *cdispec.DeviceNode {
 	return &cdispec.DeviceNode{Path: "/dev/" + n.Path, HostPath: filepath.Join(c.devRoot, n.Path), Permissions: n.Permissions}
 }
 
+// write puts the claim's spec in place with a rename, so that a runtime
+// never reads half a spec. It is not fsynced: the checkpoint written next
+// is the durable record, and a spec a crash lost or truncated is written
+// again from it (valid) when the kubelet prepares the claim again.
 func (c cdiSpecs) write(uid types.UID, devs []claimDevice) error {
+	if err := checkUID(uid); err != nil {
+		return err
+	}
 	b, err := json.Marshal(c.spec(uid, devs))
 	if err != nil {
 		return err
@@ -114,16 +134,42 @@ func (c cdiSpecs) write(uid types.UID, devs []claimDevice) error {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return fmt.Errorf("CDI directory: %w", err)
 	}
-	// Readable by the runtime, which may not run as root.
-	return pool.WriteFileAtomic(c.path(uid), b, 0o644)
+	tmp, err := os.CreateTemp(c.dir, ".claim-*.tmp")
+	if err != nil {
+		return fmt.Errorf("CDI spec of claim %s: %w", uid, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	_, err = tmp.Write(b)
+	if err == nil {
+		// Readable by the runtime, which may not run as root.
+		err = tmp.Chmod(0o644)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), c.path(uid))
+	}
+	if err != nil {
+		return fmt.Errorf("CDI spec of claim %s: %w", uid, err)
+	}
+	return nil
 }
 
-func (c cdiSpecs) exists(uid types.UID) bool {
-	_, err := os.Stat(c.path(uid))
-	return err == nil
+// valid reports whether the claim's spec is in place and whole.
+func (c cdiSpecs) valid(uid types.UID) bool {
+	b, err := os.ReadFile(c.path(uid))
+	if err != nil {
+		return false
+	}
+	var s cdispec.Spec
+	return json.Unmarshal(b, &s) == nil && s.Kind == c.kind() && len(s.Devices) > 0
 }
 
 func (c cdiSpecs) remove(uid types.UID) error {
+	if err := checkUID(uid); err != nil {
+		return err
+	}
 	if err := os.Remove(c.path(uid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove CDI spec of claim %s: %w", uid, err)
 	}
@@ -147,6 +193,9 @@ func (c cdiSpecs) orphans(prepared map[types.UID]PreparedClaim) ([]types.UID, er
 			continue
 		}
 		uid := types.UID(strings.TrimSuffix(strings.TrimPrefix(name, c.prefix()), ".json"))
+		if checkUID(uid) != nil {
+			continue // not a name plinth writes
+		}
 		if _, ok := prepared[uid]; !ok {
 			out = append(out, uid)
 		}

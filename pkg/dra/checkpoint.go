@@ -28,6 +28,9 @@ type PreparedDevice struct {
 	// ID is plinth's device ID (the PCI address).
 	ID     string   `json:"id"`
 	CDIIDs []string `json:"cdiIDs"`
+	// AdminAccess: prepared for a claim with admin access, which does not
+	// hold the device against other claims.
+	AdminAccess bool `json:"adminAccess,omitempty"`
 }
 
 // PreparedClaim is what Prepare did for one claim, kept until Unprepare.

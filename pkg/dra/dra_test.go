@@ -375,12 +375,16 @@ func TestOrphanSpecsRemoved(t *testing.T) {
 	cdiDir := t.TempDir()
 	orphan := filepath.Join(cdiDir, "plinth.example.com-claim_lost.json")
 	other := filepath.Join(cdiDir, "vendor.com-gpu.json")
-	for _, p := range []string{orphan, other} {
+	odd := filepath.Join(cdiDir, "plinth.example.com-claim_a.b.json")
+	for _, p := range []string{orphan, other, odd} {
 		os.WriteFile(p, []byte("{}"), 0o644)
 	}
 	newDriver(t, inv, cfg, t.TempDir(), cdiDir, dev)
 	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
 		t.Errorf("orphan spec kept")
+	}
+	if _, err := os.Stat(odd); err != nil {
+		t.Errorf("a file plinth never writes removed: %v", err)
 	}
 	if _, err := os.Stat(other); err != nil {
 		t.Errorf("another driver's spec removed: %v", err)
@@ -422,5 +426,71 @@ func TestShippedDeviceClass(t *testing.T) {
 	want := DeviceClass(driver, cfg.Resources[0])
 	if shipped.Name != want.Name || !equality.Semantic.DeepEqual(shipped.Spec, want.Spec) {
 		t.Errorf("deviceclass.yaml:\n%+v\nwant\n%+v", shipped, *want)
+	}
+}
+
+// A claim UID that is not a UID never becomes a path: Unprepare of
+// "../../victim" removes nothing and says why.
+func TestUnprepareRefusesPathUIDs(t *testing.T) {
+	cfg := gpuConfig()
+	inv, dev := inventory(t, "nvidia-8gpu", cfg)
+	base := t.TempDir()
+	cdiDir := filepath.Join(base, "a", "cdi")
+	os.MkdirAll(cdiDir, 0o755)
+	victim := filepath.Join(base, "victim.json")
+	os.WriteFile(victim, []byte("{}"), 0o644)
+	d := newDriver(t, inv, cfg, t.TempDir(), cdiDir, dev)
+	for _, uid := range []types.UID{"../../victim", "a/b", "..", ""} {
+		out, err := d.UnprepareResourceClaims(context.Background(), []kubeletplugin.NamespacedObject{{UID: uid}})
+		if err != nil || out[uid] == nil {
+			t.Errorf("unprepare %q: %v %v, want a per-claim error", uid, err, out[uid])
+		}
+		r, _ := d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{claim(string(uid), "x", "pci-0000-18-00-0")})
+		if r[uid].Err == nil {
+			t.Errorf("prepare %q accepted", uid)
+		}
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Errorf("a file outside the CDI directory went: %v", err)
+	}
+}
+
+// Admin access holds nothing: a normal claim may take a device an admin
+// claim was prepared with, in either order.
+func TestAdminAccessHoldsNothing(t *testing.T) {
+	cfg := gpuConfig()
+	inv, dev := inventory(t, "nvidia-8gpu", cfg)
+	d := newDriver(t, inv, cfg, t.TempDir(), t.TempDir(), dev)
+	admin := claim("adm", "adm", "pci-0000-18-00-0")
+	admin.Status.Allocation.Devices.Results[0].AdminAccess = ptr.To(true)
+	ctx := context.Background()
+	for _, c := range []*resourceapi.ResourceClaim{admin, claim("n1", "n1", "pci-0000-18-00-0")} {
+		if r, _ := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c}); r[c.UID].Err != nil {
+			t.Errorf("claim %s: %v", c.Name, r[c.UID].Err)
+		}
+	}
+	if r, _ := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{claim("n2", "n2", "pci-0000-18-00-0")}); r["n2"].Err == nil {
+		t.Error("a second normal claim got the device n1 holds")
+	}
+}
+
+// A spec a crash truncated is written again when the kubelet prepares the
+// recorded claim again.
+func TestTruncatedSpecRewritten(t *testing.T) {
+	cfg := gpuConfig()
+	inv, dev := inventory(t, "nvidia-8gpu", cfg)
+	state, cdiDir := t.TempDir(), t.TempDir()
+	d := newDriver(t, inv, cfg, state, cdiDir, dev)
+	c := claim("uid-t", "t", "pci-0000-18-00-0")
+	ctx := context.Background()
+	d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
+	path := filepath.Join(cdiDir, "plinth.example.com-claim_uid-t.json")
+	os.WriteFile(path, nil, 0o644)
+	d2 := newDriver(t, inv, cfg, state, cdiDir, dev)
+	if r, _ := d2.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c}); r["uid-t"].Err != nil {
+		t.Fatal(r["uid-t"].Err)
+	}
+	if s := readSpec(t, path); len(s.Devices) != 1 || d2.Preparations() != 0 {
+		t.Errorf("spec %+v, preparations %d", s, d2.Preparations())
 	}
 }

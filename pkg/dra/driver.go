@@ -298,7 +298,7 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if p, ok := d.prepared[c.UID]; ok {
-		if !d.cdi.exists(c.UID) {
+		if !d.cdi.valid(c.UID) {
 			// The spec went (a cleared /var/run/cdi) while the claim stayed:
 			// write it again from the record.
 			if err := d.rewriteLocked(c.UID, p); err != nil {
@@ -307,6 +307,9 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 		}
 		logger.V(4).Info("Claim already prepared")
 		return result(p)
+	}
+	if err := checkUID(c.UID); err != nil {
+		return kubeletplugin.PrepareResult{Err: err}
 	}
 	if c.Status.Allocation == nil {
 		return kubeletplugin.PrepareResult{Err: fmt.Errorf("claim %s is not allocated", klog.KObj(c))}
@@ -331,13 +334,14 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 		if !u.Healthy {
 			return kubeletplugin.PrepareResult{Err: fmt.Errorf("device %s of claim %s is unhealthy (%s)", r.Device, klog.KObj(c), TaintReason)}
 		}
-		if r.AdminAccess == nil || !*r.AdminAccess {
+		admin := r.AdminAccess != nil && *r.AdminAccess
+		if !admin {
 			if other, ok := d.holderLocked(r.Device); ok {
 				return kubeletplugin.PrepareResult{Err: fmt.Errorf("device %s of claim %s is in use by claim %s", r.Device, klog.KObj(c), other)}
 			}
 		}
 		byName[r.Device] = len(devs)
-		devs = append(devs, claimDevice{res: res, dev: u.Device, name: r.Device, requests: []string{r.Request}})
+		devs = append(devs, claimDevice{res: res, dev: u.Device, name: r.Device, requests: []string{r.Request}, admin: admin})
 	}
 	if err := d.cdi.write(c.UID, devs); err != nil {
 		return kubeletplugin.PrepareResult{Err: err}
@@ -345,7 +349,7 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 	p := PreparedClaim{Namespace: c.Namespace, Name: c.Name}
 	for _, cd := range devs {
 		p.Devices = append(p.Devices, PreparedDevice{Requests: cd.requests, Pool: d.cfg.NodeName, Device: cd.name,
-			Resource: cd.res.Name, ID: cd.dev.ID, CDIIDs: []string{d.cdi.deviceID(c.UID, cd.name)}})
+			Resource: cd.res.Name, ID: cd.dev.ID, CDIIDs: []string{d.cdi.deviceID(c.UID, cd.name)}, AdminAccess: cd.admin})
 	}
 	d.prepared[c.UID] = p
 	if err := d.cp.save(d.prepared); err != nil {
@@ -361,11 +365,12 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 	return result(p)
 }
 
-// holderLocked is the prepared claim that holds device name, if any.
+// holderLocked is the prepared claim that holds device name, if any (a
+// claim with admin access holds nothing).
 func (d *Driver) holderLocked(name string) (string, bool) {
 	for uid, p := range d.prepared {
 		for _, pd := range p.Devices {
-			if pd.Device == name {
+			if pd.Device == name && !pd.AdminAccess {
 				return p.Namespace + "/" + p.Name + " (" + string(uid) + ")", true
 			}
 		}
@@ -381,7 +386,7 @@ func (d *Driver) rewriteLocked(uid types.UID, p PreparedClaim) error {
 		if !ok {
 			return fmt.Errorf("device %s of prepared claim %s/%s is gone", pd.Device, p.Namespace, p.Name)
 		}
-		devs = append(devs, claimDevice{res: res, dev: u.Device, name: pd.Device, requests: pd.Requests})
+		devs = append(devs, claimDevice{res: res, dev: u.Device, name: pd.Device, requests: pd.Requests, admin: pd.AdminAccess})
 	}
 	return d.cdi.write(uid, devs)
 }
@@ -401,6 +406,10 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, c := range claims {
+		if err := checkUID(c.UID); err != nil {
+			out[c.UID] = err
+			continue
+		}
 		if _, ok := d.prepared[c.UID]; !ok {
 			out[c.UID] = d.cdi.remove(c.UID)
 			continue
