@@ -404,10 +404,17 @@ func (p *Publisher) insideVolume(path string) error {
 		if _, ok, err := p.mounter.MountOf(at); err != nil || !ok {
 			continue // a record from before a reboot: nothing mounted there
 		}
-		var st unix.Stat_t
-		if err := unix.Stat(at, &st); err == nil && st.Dev == parent.Dev {
-			return fmt.Errorf("%w: %s lies inside volume %s (staged at %s)", pool.ErrInvalid, path, id, at)
+		// A staging mount undone since MountOf (another volume's unstage
+		// runs meanwhile) shows the directory below it, whose device is its
+		// parent's: that is no volume.
+		var st, below unix.Stat_t
+		if err := unix.Stat(at, &st); err != nil || st.Dev != parent.Dev {
+			continue
 		}
+		if err := unix.Stat(filepath.Dir(at), &below); err == nil && below.Dev == st.Dev {
+			continue
+		}
+		return fmt.Errorf("%w: %s lies inside volume %s (staged at %s)", pool.ErrInvalid, path, id, at)
 	}
 	return nil
 }
