@@ -156,12 +156,17 @@ unit:
 sanity:
 	$(GO) test -count=1 -v -run '^TestSanity$$' ./test/sanity/
 
-# Volume cycle throughput and latency, and fio on a volume vs the raw file.
-# Also: PV creation rate for 200 PVCs through the provisioner with the old
-# global create lock vs the per-node one, interleaved in one run (API writes
-# delayed by PLINTH_BENCH_API_MS, default 5 ms, against a fake API server).
-bench:
-	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 30m -run '^TestBench' ./test/bench/ -args $(BENCH_FLAGS) 2>&1 | grep -v '^I[0-9]'
+# Volume cycles of bin/plinth standalone side by side with another CSI driver
+# (BENCH_FLAGS='-against unix:///path/csi.sock'; by default the stand-in for
+# csi-driver-host-path in test/bench/refdriver), in interleaved rounds, block and
+# filesystem at 1 and 8 workers: cycles/s, the median of the per-round ratios,
+# step latency, the programs plinth started per step, and its peak RSS; then fio
+# (interleaved rounds) on thin and thick volumes vs the raw file. Also: PV
+# creation rate for 200 PVCs through the provisioner with the old global create
+# lock vs the per-node one, interleaved in one run (API writes delayed by
+# PLINTH_BENCH_API_MS, default 5 ms, against a fake API server).
+bench: build
+	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 30m -run '^TestBench' ./test/bench/ -args -plinth $(CURDIR)/bin/plinth $(BENCH_FLAGS) 2>&1 | grep -v '^I[0-9]'
 	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 10m -run '^TestBenchProvisionLock$$' ./pkg/provision/ 2>&1 | grep -v '^I[0-9]'
 
 lint:
