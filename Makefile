@@ -61,11 +61,11 @@ kubelet:
 	cd test/kubelet && $(GO) test -count=1 -timeout 20m ./...
 
 # A real single-node cluster (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet built from Go modules and cached by version;
-# containerd and runc from Debian), plinth installed from deploy/overlays/e2e,
+# kube-scheduler, kubelet and containerd v2 with CDI built from Go modules and
+# cached by version; runc from Debian), plinth installed from deploy/overlays/e2e,
 # the in-cluster scenarios, and Kubernetes' external storage suite's bounded
 # selection (no [Slow] or [Serial] specs; test/conformance, built and cached by
-# version). Root. About 6 minutes more on a cold cache, 10 more for the suite.
+# version). Root. About 7.5 minutes more on a cold cache, 10 more for the suite.
 # The suite also dry-runs every render of the Helm chart against the real API
 # server and compares the chart's default render with deploy/base.
 CHART_OUT ?= $(CURDIR)/_out/chart-renders

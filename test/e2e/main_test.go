@@ -120,7 +120,8 @@ func setUp(ctx context.Context, bin string) (*env, error) {
 	logf("images built (%s)", time.Since(start).Round(time.Millisecond))
 	e.c, err = cluster.Start(ctx, cluster.Options{
 		Bin: bin, Dir: dir, NodeName: nodeName, RuncWrapper: filepath.Join(repo, "test/e2e/runc-wrapper.sh"),
-		Log: func(f string, a ...any) { logf(f, a...) },
+		CDIDir: filepath.Join(hostRoot, "cdi"), // plinth node's --cdi-dir in deploy/overlays/e2e and the chart's e2e values
+		Log:    func(f string, a ...any) { logf(f, a...) },
 	})
 	if err != nil {
 		return e, err

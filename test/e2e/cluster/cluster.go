@@ -1,8 +1,9 @@
 // Package cluster starts a single-node Kubernetes cluster on loopback from
 // binaries built by test/e2e/build-cluster.sh: etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler, containerd (Debian's, with a
-// runc wrapper, see runc-wrapper.sh) and the kubelet; and, once the caller
-// has applied its CRDs, the CSI snapshot controller. The node's address is
+// kube-controller-manager, kube-scheduler, containerd v2 (its shim and ctr
+// from the same build; Debian's runc through a wrapper, see
+// runc-wrapper.sh; CDI specs read from Options.CDIDir) and the kubelet;
+// and, once the caller has applied its CRDs, the CSI snapshot controller. The node's address is
 // NodeIP on a bridge of its own (the kubelet refuses a loopback node IP, and
 // the API server reaches the kubelet there for exec, logs and port-forward,
 // with a client certificate). Stop undoes what it and the kubelet changed on
@@ -49,7 +50,11 @@ type Options struct {
 	NodeName string
 	// RuncWrapper is the script containerd runs as runc.
 	RuncWrapper string
-	Log         func(format string, args ...any)
+	// CDIDir is the directory containerd reads CDI specs from: where the
+	// node's plinth writes them. A worker reads the same path in its own
+	// mount namespace, where it is a directory of the worker's own.
+	CDIDir string
+	Log    func(format string, args ...any)
 }
 
 // Cluster is a running cluster.
@@ -82,6 +87,14 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	c := &Cluster{Options: o, procs: map[string]*exec.Cmd{}, sysctls: map[string]string{}}
 	if c.Log == nil {
 		c.Log = func(string, ...any) {}
+	}
+	if c.CDIDir == "" || !filepath.IsAbs(c.CDIDir) {
+		return nil, fmt.Errorf("cluster: CDIDir %q must be an absolute path", c.CDIDir)
+	}
+	for _, n := range []string{"containerd", "containerd-shim-runc-v2", "ctr"} {
+		if _, err := os.Stat(c.containerdBin(n)); err != nil {
+			return nil, fmt.Errorf("containerd (run test/e2e/build-cluster.sh): %w", err)
+		}
 	}
 	if n := ReapLeftovers(); n > 0 {
 		c.Log("killed %d processes an earlier run left behind", n)
@@ -126,16 +139,40 @@ func (c *Cluster) addNodeLink(ctx context.Context) error {
 	return nil
 }
 
+// containerdBin is a program of the containerd build-cluster.sh built
+// (containerd, containerd-shim-runc-v2, ctr), through the link that names
+// the version test/e2e/containerd pins.
+func (c *Cluster) containerdBin(name string) string {
+	return filepath.Join(c.Bin, "containerd", name)
+}
+
+// ctr is the ctr of that build, for every ctr command.
+func (c *Cluster) ctr() string { return c.containerdBin("ctr") }
+
+// containerdCmd is containerd with its configuration file, the shim of
+// its own build first on PATH (containerd looks the shim up there before
+// beside itself; Debian's containerd package has one in /usr/bin).
+func (c *Cluster) containerdCmd(conf string) (string, []string, []string) {
+	env := append(os.Environ(), "PATH="+filepath.Join(c.Bin, "containerd")+":"+os.Getenv("PATH"))
+	return c.containerdBin("containerd"), []string{"--config", conf}, env
+}
+
 func (c *Cluster) path(parts ...string) string {
 	return filepath.Join(append([]string{c.Dir}, parts...)...)
 }
 
 func (c *Cluster) run(name string, bin string, args ...string) error {
+	return c.runEnv(name, nil, bin, args...)
+}
+
+// runEnv is run with the environment env (nil: this process's).
+func (c *Cluster) runEnv(name string, env []string, bin string, args ...string) error {
 	logf, err := os.OpenFile(c.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -251,59 +288,99 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	if err := os.WriteFile(c.path("cni", "10-plinth-e2e.conflist"), []byte(cni), 0o600); err != nil {
 		return err
 	}
-	conf := containerdConfig(c.path("containerd", "root"), c.path("containerd", "state"), c.Containerd, c.RuncWrapper, c.path("cni"))
+	conf := c.containerdConfig(c.path("containerd", "root"), c.path("containerd", "state"), c.Containerd, c.path("cni"))
 	if err := os.WriteFile(c.path("containerd", "config.toml"), []byte(conf), 0o600); err != nil {
 		return err
 	}
-	c.Log("starting containerd")
-	if err := c.run("containerd", "containerd", "--config", c.path("containerd", "config.toml")); err != nil {
+	bin, args, env := c.containerdCmd(c.path("containerd", "config.toml"))
+	c.Log("starting containerd %s (CDI specs from %s)", bin, c.CDIDir)
+	if err := c.runEnv("containerd", env, bin, args...); err != nil {
 		return err
 	}
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		return exec.CommandContext(ctx, "ctr", "--address", c.Containerd, "version").Run() == nil, nil
-	})
+	v, err := c.waitContainerd(ctx, c.Containerd)
+	if err != nil {
+		return fmt.Errorf("containerd: %w (see %s)", err, c.path("logs", "containerd.log"))
+	}
+	c.Log("containerd %s up", v)
+	return nil
 }
 
-// containerdConfig is a containerd configuration with its own root, state
-// and socket, runc through the wrapper, CNI from cniDir.
-func containerdConfig(root, state, sock, runc, cniDir string) string {
-	return fmt.Sprintf(`version = 2
+// waitContainerd waits until the containerd at sock answers ctr version,
+// and returns the server's version.
+func (c *Cluster) waitContainerd(ctx context.Context, sock string) (string, error) {
+	var out []byte
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		var err error
+		out, err = exec.CommandContext(ctx, c.ctr(), "--address", sock, "version").Output()
+		return err == nil, nil
+	})
+	if err != nil {
+		return "", err
+	}
+	_, server, _ := strings.Cut(string(out), "Server:")
+	for _, l := range strings.Split(server, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "Version:"); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return strings.TrimSpace(server), nil
+}
+
+// containerdConfig is a containerd v2 configuration (version 3: the CRI
+// plugin split into runtime, images and the gRPC service) with its own
+// root, state and socket, the shim of its build, runc through the
+// wrapper, CNI from cniDir and CDI specs from CDIDir. CDI injection is
+// always on in containerd 2.4 (enable_cdi is gone); the kubelet passes a
+// device plugin's CDI device names and containerd applies their specs.
+func (c *Cluster) containerdConfig(root, state, sock, cniDir string) string {
+	return fmt.Sprintf(`version = 3
 root = %q
 state = %q
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs"]
 [grpc]
   address = %q
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "registry.k8s.io/pause:3.10"
+[plugins.'io.containerd.cri.v1.runtime']
+  cdi_spec_dirs = [%q]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      runtime_path = %q
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = %q
         SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = %q
-`, root, state, sock, runc, cniDir)
+`, root, state, sock, c.CDIDir, c.containerdBin("containerd-shim-runc-v2"), c.RuncWrapper, cniDir)
 }
 
 // ImportImage loads an image tarball into containerd's Kubernetes namespace.
 func (c *Cluster) ImportImage(ctx context.Context, tarPath string) error {
-	return importImage(ctx, c.Containerd, tarPath)
+	return c.importImage(ctx, c.Containerd, tarPath)
 }
 
-func importImage(ctx context.Context, sock, tarPath string) error {
-	out, err := exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", "--no-unpack=false", tarPath).CombinedOutput()
-	if err != nil {
-		// Older ctr has no --no-unpack flag.
-		out, err = exec.CommandContext(ctx, "ctr", "--address", sock, "-n", "k8s.io", "images", "import", tarPath).CombinedOutput()
-	}
+func (c *Cluster) importImage(ctx context.Context, sock, tarPath string) error {
+	out, err := exec.CommandContext(ctx, c.ctr(), "--address", sock, "-n", "k8s.io", "images", "import", tarPath).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ctr images import %s: %w: %s", tarPath, err, out)
 	}
 	return nil
+}
+
+// ContainerSpec returns the OCI runtime spec (JSON) containerd holds for a
+// container on the host node: id as the pod's status names it, without its
+// containerd:// prefix.
+func (c *Cluster) ContainerSpec(ctx context.Context, id string) ([]byte, error) {
+	out, err := exec.CommandContext(ctx, c.ctr(), "--address", c.Containerd, "-n", "k8s.io", "containers", "info", "--spec", id).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ctr containers info %s: %w", id, err)
+	}
+	return out, nil
 }
 
 // StartKubelet starts the kubelet and waits for the node to be Ready.
@@ -443,7 +520,7 @@ func (c *Cluster) Stop() {
 	}
 	c.workers = nil
 	c.stop("kubelet")
-	killContainers(c.Containerd)
+	c.killContainers(c.Containerd)
 	for _, n := range []string{"containerd", "snapshot-controller", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"} {
 		c.stop(n)
 	}
@@ -465,13 +542,13 @@ func (c *Cluster) Stop() {
 
 // killContainers kills every container task and the shims containerd
 // started for this cluster (they outlive containerd otherwise).
-func killContainers(sock string) {
+func (c *Cluster) killContainers(sock string) {
 	if sock == "" {
 		return
 	}
-	out, _ := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "tasks", "ls", "-q").Output()
+	out, _ := exec.Command(c.ctr(), "--address", sock, "-n", "k8s.io", "tasks", "ls", "-q").Output()
 	for _, id := range strings.Fields(string(out)) {
-		_ = exec.Command("ctr", "--address", sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
+		_ = exec.Command(c.ctr(), "--address", sock, "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id).Run()
 	}
 	time.Sleep(time.Second)
 	entries, _ := os.ReadDir("/proc")

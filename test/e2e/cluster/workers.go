@@ -37,8 +37,11 @@ import (
 //     unmounted in it, and the worker's own directories bound there instead:
 //     /var/lib/kubelet (the device-plugin and
 //     plugin-registration paths are fixed inside the kubelet),
-//     /var/log/pods, /var/log/containers and the directories the caller
-//     names (plinth's host paths), each made shared for the kubelet's
+//     /var/log/pods, /var/log/containers, the CDI directory (Options.CDIDir,
+//     unless a directory the caller names holds it: the worker's plinth
+//     writes its specs there and the worker's containerd reads them, so two
+//     nodes' specs never mix) and the directories the caller names
+//     (plinth's host paths), each made shared for the kubelet's
 //     Bidirectional mounts. What the worker mounts stays in its namespace.
 //   - containerd: one per worker, started inside the namespaces. The
 //     kubelet and the runtime must see the same mounts (the runtime binds
@@ -128,8 +131,13 @@ func (w *Worker) setUp(ctx context.Context, binds map[string]string) error {
 		return fmt.Errorf("worker %s: the namespaces did not appear: %w", w.Name, err)
 	}
 	all := map[string]string{w.path("kubelet"): KubeletDir, w.path("pods-log"): "/var/log/pods", w.path("containers-log"): "/var/log/containers"}
+	cdiBound := false
 	for src, dst := range binds {
 		all[src] = dst
+		cdiBound = cdiBound || dst == w.c.CDIDir || strings.HasPrefix(w.c.CDIDir, dst+"/")
+	}
+	if !cdiBound {
+		all[w.path("cdi")] = w.c.CDIDir
 	}
 	dsts := make([]string, 0, len(all))
 	srcOf := map[string]string{}
@@ -326,12 +334,19 @@ func forward(l net.Listener, addr string) {
 // run starts a program inside the worker's namespaces, logging to
 // Dir/logs/name.log.
 func (w *Worker) run(name string, bin string, args ...string) error {
+	return w.runEnv(name, nil, bin, args...)
+}
+
+// runEnv is run with the environment env (nil: this process's); nsenter
+// passes it on.
+func (w *Worker) runEnv(name string, env []string, bin string, args ...string) error {
 	logf, err := os.OpenFile(w.path("logs", name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	full := append([]string{"-t", strconv.Itoa(w.holder.Process.Pid), "-n", "-m", "--", bin}, args...)
 	cmd := exec.Command("nsenter", full...)
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -353,20 +368,21 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := os.WriteFile(w.path("cni", "10-plinth-e2e.conflist"), []byte(cni), 0o600); err != nil {
 		return err
 	}
-	conf := containerdConfig(w.path("containerd", "root"), w.path("containerd", "state"), w.Containerd, w.c.RuncWrapper, w.path("cni"))
+	conf := w.c.containerdConfig(w.path("containerd", "root"), w.path("containerd", "state"), w.Containerd, w.path("cni"))
 	if err := os.WriteFile(w.path("containerd", "config.toml"), []byte(conf), 0o600); err != nil {
 		return err
 	}
-	if err := w.run("containerd", "containerd", "--config", w.path("containerd", "config.toml")); err != nil {
+	bin, args, env := w.c.containerdCmd(w.path("containerd", "config.toml"))
+	if err := w.runEnv("containerd", env, bin, args...); err != nil {
 		return err
 	}
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		return exec.CommandContext(ctx, "ctr", "--address", w.Containerd, "version").Run() == nil, nil
-	}); err != nil {
+	v, err := w.c.waitContainerd(ctx, w.Containerd)
+	if err != nil {
 		return fmt.Errorf("containerd on %s: %w (see %s)", w.Name, err, w.path("logs", "containerd.log"))
 	}
+	w.c.Log("containerd %s on %s up: %s (CDI specs from its own %s)", v, w.Name, bin, w.c.CDIDir)
 	for _, t := range w.c.workerImages {
-		if err := importImage(ctx, w.Containerd, t); err != nil {
+		if err := w.c.importImage(ctx, w.Containerd, t); err != nil {
 			return err
 		}
 	}
@@ -397,7 +413,7 @@ func (w *Worker) StopKubelet() { stopProc(w.procs, "kubelet") }
 // that is gone).
 func (w *Worker) Stop() {
 	stopProc(w.procs, "kubelet")
-	killContainers(w.Containerd)
+	w.c.killContainers(w.Containerd)
 	stopProc(w.procs, "containerd")
 }
 
