@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -400,8 +401,9 @@ func TestGPUPods(t *testing.T) {
 		}
 	}
 	for name, n := range map[string]int{"two": 2, "four": 4} {
-		waitPodRunning(t, ctx, ns, name, 2*time.Minute)
+		pod := waitPodRunning(t, ctx, ns, name, 2*time.Minute)
 		log := waitLog(t, ctx, ns, name, "ready", time.Minute)
+		checkOCIDevices(t, ctx, pod, n)
 		if got := strings.Count(log, "chardev=/dev/nvidia") - strings.Count(log, "chardev=/dev/nvidiactl") - strings.Count(log, "chardev=/dev/nvidia-uvm"); got != n {
 			t.Errorf("pod %s sees %d GPU device nodes, want %d:\n%s", name, got, n, log)
 		}
@@ -448,6 +450,62 @@ func TestGPUPods(t *testing.T) {
 	for _, n := range []string{"two", "four", "three"} {
 		deletePod(t, ctx, ns, n)
 	}
+}
+
+// checkOCIDevices checks that the OCI spec containerd made for the pod's
+// container names each device node once, and n GPUs: the device plugin
+// answers both device nodes and CDI names, and the runtime applies both
+// (containerd v2 applies the CDI edits last, replacing a node of the same
+// path, so the shared nodes of the spec come first).
+func checkOCIDevices(t *testing.T, ctx context.Context, pod *corev1.Pod, n int) {
+	t.Helper()
+	if len(pod.Status.ContainerStatuses) == 0 {
+		t.Errorf("pod %s: no container status", pod.Name)
+		return
+	}
+	id, ok := strings.CutPrefix(pod.Status.ContainerStatuses[0].ContainerID, "containerd://")
+	if !ok {
+		t.Errorf("pod %s: container ID %q is not containerd's", pod.Name, pod.Status.ContainerStatuses[0].ContainerID)
+		return
+	}
+	b, err := e.c.ContainerSpec(ctx, id)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	var spec struct {
+		Linux struct {
+			Devices []struct {
+				Path string `json:"path"`
+			} `json:"devices"`
+			Resources struct {
+				Devices []json.RawMessage `json:"devices"`
+			} `json:"resources"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		t.Errorf("pod %s: OCI spec: %v", pod.Name, err)
+		return
+	}
+	count := map[string]int{}
+	var paths []string
+	gpus := 0
+	for _, d := range spec.Linux.Devices {
+		count[d.Path]++
+		paths = append(paths, d.Path)
+		if num, ok := strings.CutPrefix(d.Path, "/dev/nvidia"); ok && count[d.Path] == 1 && num != "" && strings.Trim(num, "0123456789") == "" {
+			gpus++
+		}
+	}
+	for p, c := range count {
+		if c != 1 {
+			t.Errorf("pod %s: the OCI spec names %s %d times: %v", pod.Name, p, c, paths)
+		}
+	}
+	if gpus != n {
+		t.Errorf("pod %s: the OCI spec names %d GPU device nodes, want %d: %v", pod.Name, gpus, n, paths)
+	}
+	logf("pod %s: OCI spec devices %v, %d device cgroup rules", pod.Name, paths, len(spec.Linux.Resources.Devices))
 }
 
 // Scenario 6: restart the kubelet; plinth registers again, allocatable
