@@ -84,6 +84,12 @@ func Withdraw(ctx context.Context, client kubernetes.Interface, driver, node str
 			if apierrors.IsNotFound(err) || apierrors.IsMethodNotSupported(err) {
 				return true, nil // no resource.k8s.io/v1 in this cluster: nothing published
 			}
+			if apierrors.IsForbidden(err) {
+				// This service account may not read slices, so it cannot
+				// have published any (RBAC of a release without DRA).
+				klog.InfoS("Not allowed to list ResourceSlices: assuming this node publishes none", "err", err)
+				return true, nil
+			}
 			klog.ErrorS(err, "List this node's ResourceSlices before registering device plugins")
 			return false, nil
 		}

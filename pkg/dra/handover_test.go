@@ -7,10 +7,13 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	clienttesting "k8s.io/client-go/testing"
 	"k8s.io/utils/ptr"
 
 	"github.com/plinth-dev/plinth/pkg/device"
@@ -84,6 +87,20 @@ func TestAwaitHandover(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A service account that may not read ResourceSlices cannot have published
+// any: the device plugins register instead of waiting forever.
+func TestWithdrawForbidden(t *testing.T) {
+	client := fake.NewClientset()
+	client.PrependReactor("list", "resourceslices", func(clienttesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(resourceapi.Resource("resourceslices"), "", nil)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := Withdraw(ctx, client, driver, "node-a", gpu, false, nil); err != nil {
 		t.Fatal(err)
 	}
 }
