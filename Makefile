@@ -83,11 +83,11 @@ e2e: chart
 # at kube-controller-manager's default API QPS and at --kube-api-qps=100. Prints tables; fails on
 # an over-committed pool, a missing or duplicate PV, or a timeout, never on a time. Root. make e2e
 # runs the same test at 10 nodes and 100 PVCs, without the QPS batch (PLINTH_SIM_NODES, PLINTH_SIM_PVCS and
-# PLINTH_SIM_QPS_PVCS set the sizes).
+# PLINTH_SIM_QPS_PVCS set the sizes), and TestBindLatency's burst of 200 PVCs (make e2e: 1 and 50; PLINTH_BIND_BURSTS).
 bench-nodes:
 	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && \
-	  PLINTH_CLUSTER_BIN=$$bin PLINTH_SIM_NODES=50 PLINTH_SIM_PVCS=1000 PLINTH_SIM_QPS_PVCS=500 \
-	  $(GO) test -trimpath -count=1 -v -timeout 60m -run '^TestSimulatedNodes$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+	  PLINTH_CLUSTER_BIN=$$bin PLINTH_SIM_NODES=50 PLINTH_SIM_PVCS=1000 PLINTH_SIM_QPS_PVCS=500 PLINTH_BIND_BURSTS=1,50,200 \
+	  $(GO) test -trimpath -count=1 -v -timeout 60m -run '^(TestBindLatency|TestSimulatedNodes)$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
 # Kubernetes' external storage suite (k8s.io/kubernetes/test/e2e/storage/external, built by
 # test/conformance/build.sh and cached by version) against plinth in the e2e cluster, with
