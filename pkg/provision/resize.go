@@ -96,8 +96,25 @@ func (r *Resizer) sync(ctx context.Context, key string) error {
 	}
 	want := pvc.Spec.Resources.Requests[v1.ResourceStorage]
 	have := pv.Spec.Capacity[v1.ResourceStorage]
-	if want.Cmp(have) <= 0 {
+	// A resize this resizer began and did not finish (its PV or PVC update
+	// failed after the volume grew) is finished even though the PV may
+	// already say the new size; expanding again is a no-op on the node.
+	unfinished := pvc.Status.AllocatedResourceStatuses[v1.ResourceStorage] == v1.PersistentVolumeClaimControllerResizeInProgress
+	if want.Cmp(have) <= 0 && !unfinished {
 		return nil
+	}
+	if want.Cmp(have) > 0 {
+		// The PV lister can lag this resizer's own PV update: a PVC event
+		// right after a finished resize would otherwise start it again and
+		// leave the PVC marked Resizing when the stale PV update conflicts.
+		live, err := r.Client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		pv, have = live, live.Spec.Capacity[v1.ResourceStorage]
+		if want.Cmp(have) <= 0 && !unfinished {
+			return nil
+		}
 	}
 	logger := klog.FromContext(ctx).WithValues("pvc", klog.KObj(pvc), "pv", pv.Name)
 	pvc = pvc.DeepCopy()
@@ -121,10 +138,12 @@ func (r *Resizer) sync(ctx context.Context, key string) error {
 		return err
 	}
 	newCap := *resource.NewQuantity(placed.Volume.CapacityBytes, resource.BinarySI)
-	pv = pv.DeepCopy()
-	pv.Spec.Capacity[v1.ResourceStorage] = newCap
-	if _, err := r.Client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
-		return err
+	if have.Cmp(newCap) != 0 {
+		pv = pv.DeepCopy()
+		pv.Spec.Capacity[v1.ResourceStorage] = newCap
+		if _, err := r.Client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
 	}
 	if placed.NodeExpansion {
 		// The kubelet grows the filesystem (NodeExpandVolume) and then sets
