@@ -60,6 +60,7 @@ func TestBenchDRAPrepare(t *testing.T) {
 
 	// The baseline: plinth's device plugin for the same GPUs.
 	dpCfg := device.DefaultConfig()
+	dpCfg.Health.RecoverAfter.Duration = 200 * time.Millisecond // the health rounds below
 	dpCfg.Defaults()
 	dp, stream := servePlugin(t, host, dpCfg)
 	if _, err := stream.Recv(); err != nil {
@@ -67,6 +68,7 @@ func TestBenchDRAPrepare(t *testing.T) {
 	}
 	draCfg := device.DefaultConfig()
 	draCfg.Resources[0].API = device.APIDRA
+	draCfg.Health.RecoverAfter.Duration = 200 * time.Millisecond
 	draCfg.Defaults()
 	b := serveDRA(t, dir, host, draCfg)
 
@@ -150,15 +152,91 @@ func TestBenchDRAPrepare(t *testing.T) {
 		row(fmt.Sprintf("NodePrepareResources again, %d GPU(s)", n), s.again)
 		row(fmt.Sprintf("NodeUnprepareResources, %d GPU(s)", n), s.unprepare)
 	}
+	healthRounds(t, &out, b, host, stream)
 	fmt.Print(out.String())
+}
+
+// healthRounds times a device's loss of health until the DRA driver's taint
+// is in the (fake) API's ResourceSlice, against the device plugin's
+// ListAndWatch sending it Unhealthy (the base); both inventories watch the
+// same /dev, rounds interleaved by construction.
+func healthRounds(t *testing.T, out *strings.Builder, b *draBench, host device.Host, stream dpapi.DevicePlugin_ListAndWatchClient) {
+	t.Helper()
+	ctx := context.Background()
+	dev := filepath.Join(host.Dev, "nvidia3")
+	id, name := b.ids[3], b.names[3]
+	tainted := func() bool {
+		l, err := b.client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, sl := range l.Items {
+			for _, d := range sl.Spec.Devices {
+				if d.Name == name {
+					return len(d.Taints) > 0
+				}
+			}
+		}
+		return false
+	}
+	dpHealthy := func(want bool) time.Duration { // waits for the plugin's list to say so
+		t0 := time.Now()
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range resp.Devices {
+				if d.ID == id && (d.Health == dpapi.Healthy) == want {
+					return time.Since(t0)
+				}
+			}
+		}
+	}
+	waitTaint := func(want bool) {
+		for deadline := time.Now().Add(30 * time.Second); tainted() != want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("taint on %s not %t after 30s", name, want)
+			}
+		}
+	}
+	var dpLat, taintLat []time.Duration
+	for i := 0; i < 10; i++ {
+		t0 := time.Now()
+		if err := os.Rename(dev, dev+".gone"); err != nil {
+			t.Fatal(err)
+		}
+		dpDone := make(chan time.Duration, 1)
+		go func() { dpHealthy(false); dpDone <- time.Since(t0) }()
+		waitTaint(true)
+		taintLat = append(taintLat, time.Since(t0))
+		dpLat = append(dpLat, <-dpDone)
+		if err := os.Rename(dev+".gone", dev); err != nil {
+			t.Fatal(err)
+		}
+		dpHealthy(true)
+		waitTaint(false)
+	}
+	base := pct(dpLat, 0.5)
+	fmt.Fprintf(out, "\nHealth loss (a device node removed) until it shows, 10 rounds; /dev watched with inotify\n")
+	fmt.Fprintf(out, "%-50s %8s %10s %10s %12s\n", "case", "samples", "p50", "p99", "p50 vs base")
+	for _, r := range []struct {
+		name string
+		d    []time.Duration
+	}{{"device plugin ListAndWatch says Unhealthy (base)", dpLat}, {"DRA taint in the ResourceSlice (fake API)", taintLat}} {
+		fmt.Fprintf(out, "%-50s %8d %10s %10s %11.1fx\n", r.name, len(r.d), pct(r.d, 0.5).Round(time.Microsecond),
+			pct(r.d, 0.99).Round(time.Microsecond), float64(pct(r.d, 0.5))/float64(base))
+	}
 }
 
 // draBench is a started DRA driver: a client on its DRA socket, a claim per
 // size in its API, and the prepare times its ObservePrepare heard.
 type draBench struct {
 	c      drapb.DRAPluginClient
+	client *fake.Clientset
 	claims map[int]*resourceapi.ResourceClaim // by number of devices
 	ids    []string                           // the GPUs' PCI addresses, the device plugin's device IDs
+	names  []string                           // the same GPUs' names in the ResourceSlice
 
 	mu       sync.Mutex
 	observed []time.Duration
@@ -197,9 +275,11 @@ func serveDRA(t *testing.T, dir string, host device.Host, cfg device.Config) *dr
 	if len(names) != 8 {
 		t.Fatalf("the fixture has %d GPUs, want 8", len(names))
 	}
+	b.names = names
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: draBenchNode, UID: "node-a-uid"}}
 	node.Status.Allocatable = v1.ResourceList{v1.ResourceCPU: resource.MustParse("64")}
 	client := fake.NewClientset(node)
+	b.client = client
 	for _, n := range []int{1, 8} {
 		c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("gpus-%d", n),
 			UID: types.UID(fmt.Sprintf("0d1b0c4e-0000-4000-8000-%012d", n))}}
