@@ -495,7 +495,7 @@ func TestZDRA(t *testing.T) {
 	}
 	untainted := waitTaint(t, ctx, free, false, back)
 	avoid := checkPodGPUs(t, ctx, ns, "avoid")
-	logf("DRA scenario 3: device node of %s removed: tainted in the API after %s; a claim for it stayed Pending; pod status: %s; restored: untainted after %s (recoverAfter), and the waiting pod got %v",
+	logf("DRA scenario 3: device node of %s removed: tainted in the API after %s; a claim for it stayed Pending; pod status: %s; restored: untainted after %s (recoverAfter 2s), and the waiting pod got %v",
 		free, tainted.Round(time.Millisecond), health, untainted.Round(time.Millisecond), avoid)
 	deletePod(t, ctx, ns, "avoid")
 
