@@ -41,6 +41,10 @@ type Device struct {
 	// Index is the driver's number for the device where it has one (the
 	// NVIDIA minor), -1 otherwise.
 	Index int `json:"index"`
+	// Model and UUID, where the driver says (NVIDIA's
+	// /proc/driver/nvidia/gpus/<bdf>/information).
+	Model string `json:"model,omitempty"`
+	UUID  string `json:"uuid,omitempty"`
 	// Nodes belong to this device alone; SharedNodes are needed by every
 	// device of its driver (nvidiactl, kfd, vfio/vfio).
 	Nodes       []Node `json:"nodes,omitempty"`
@@ -193,11 +197,12 @@ func (h Host) pciDevice(bdf, dir, class string) (Device, error) {
 	}
 	switch d.Driver {
 	case "nvidia":
-		minor, err := h.nvidiaMinor(bdf)
+		info, err := h.nvidiaInfo(bdf)
 		if err != nil {
 			return Device{}, err
 		}
-		d.Index = minor
+		minor := info.minor
+		d.Index, d.Model, d.UUID = minor, info.model, info.uuid
 		d.Nodes = h.addNode(d.Nodes, "nvidia"+strconv.Itoa(minor))
 		for _, s := range []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"} {
 			d.SharedNodes = h.addNode(d.SharedNodes, s)
@@ -222,23 +227,44 @@ func (h Host) addNode(nodes []Node, rel string) []Node {
 	return append(nodes, Node{Path: rel, Permissions: "rw"})
 }
 
-// nvidiaMinor reads the device minor the NVIDIA driver gave a GPU from
-// /proc/driver/nvidia/gpus/<bdf>/information.
-func (h Host) nvidiaMinor(bdf string) (int, error) {
+type nvidiaGPU struct {
+	minor       int
+	model, uuid string
+}
+
+// nvidiaInfo reads what the NVIDIA driver says of a GPU in
+// /proc/driver/nvidia/gpus/<bdf>/information: its device minor (required),
+// model and UUID.
+func (h Host) nvidiaInfo(bdf string) (nvidiaGPU, error) {
 	path := filepath.Join(h.Proc, "driver", "nvidia", "gpus", bdf, "information")
 	f, err := os.Open(path)
 	if err != nil {
-		return -1, fmt.Errorf("nvidia device minor: %w", err)
+		return nvidiaGPU{}, fmt.Errorf("nvidia device minor: %w", err)
 	}
 	defer f.Close()
+	g := nvidiaGPU{minor: -1}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == "Device Minor" {
-			return strconv.Atoi(strings.TrimSpace(v))
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		switch strings.TrimSpace(k) {
+		case "Device Minor":
+			if g.minor, err = strconv.Atoi(v); err != nil {
+				return nvidiaGPU{}, fmt.Errorf("nvidia device minor in %s: %w", path, err)
+			}
+		case "Model":
+			g.model = v
+		case "GPU UUID":
+			g.uuid = v
 		}
 	}
-	return -1, fmt.Errorf("nvidia device minor: no \"Device Minor\" in %s", path)
+	if g.minor < 0 {
+		return nvidiaGPU{}, fmt.Errorf("nvidia device minor: no \"Device Minor\" in %s", path)
+	}
+	return g, nil
 }
 
 // globDevices turns every node matching a glob (relative to the /dev root)

@@ -93,7 +93,7 @@ func TestSliceContents(t *testing.T) {
 			t.Errorf("device name %q is not a DNS label", x.Name)
 		}
 		a := x.Attributes
-		for _, k := range []resourceapi.QualifiedName{AttrResource, AttrVendor, AttrDeviceID, AttrClass, AttrDriver, AttrIndex, AttrPCIeSwitch,
+		for _, k := range []resourceapi.QualifiedName{AttrResource, AttrVendor, AttrDeviceID, AttrClass, AttrDriver, AttrIndex, AttrPCIeSwitch, AttrModel, AttrUUID,
 			"resource.kubernetes.io/pciBusID", "resource.kubernetes.io/pcieRoot", "resource.kubernetes.io/numaNode"} {
 			if _, ok := a[k]; !ok {
 				t.Errorf("%s: no attribute %s", x.Name, k)

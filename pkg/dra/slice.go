@@ -33,6 +33,8 @@ const (
 	AttrIndex      = "index"      // the driver's number (NVIDIA minor)
 	AttrPCIeSwitch = "pcieSwitch" // the switch port above the device
 	AttrIOMMUGroup = "iommuGroup"
+	AttrModel      = "model" // the driver's model name, "NVIDIA H100 80GB HBM3"
+	AttrUUID       = "uuid"  // the driver's UUID, "GPU-…"
 )
 
 var notDNS = regexp.MustCompile(`[^a-z0-9]+`)
@@ -87,6 +89,8 @@ func Attributes(res device.Resource, d device.Device) map[resourceapi.QualifiedN
 	str(AttrDriver, d.Driver)
 	str(AttrPCIeSwitch, d.Switch())
 	str(AttrIOMMUGroup, d.IOMMUGroup)
+	str(AttrModel, truncate(d.Model, resourceapi.DeviceAttributeMaxValueLength))
+	str(AttrUUID, truncate(d.UUID, resourceapi.DeviceAttributeMaxValueLength))
 	if d.Index >= 0 {
 		a[AttrIndex] = resourceapi.DeviceAttribute{IntValue: ptr.To(int64(d.Index))}
 	}
@@ -118,4 +122,12 @@ func DeviceClass(driver string, res device.Resource) *resourceapi.DeviceClass {
 			ExtendedResourceName: ptr.To(res.Name),
 		},
 	}
+}
+
+// truncate cuts s to n bytes (a slice's string attribute holds at most 64).
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
