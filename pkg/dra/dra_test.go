@@ -494,3 +494,21 @@ func TestTruncatedSpecRewritten(t *testing.T) {
 		t.Errorf("spec %+v, preparations %d", s, d2.Preparations())
 	}
 }
+
+// A claim with none of this driver's devices is answered empty, with no
+// spec and no record.
+func TestPrepareOtherDriversClaim(t *testing.T) {
+	cfg := gpuConfig()
+	inv, dev := inventory(t, "nvidia-8gpu", cfg)
+	cdiDir := t.TempDir()
+	d := newDriver(t, inv, cfg, t.TempDir(), cdiDir, dev)
+	c := claim("o", "o", "pci-0000-18-00-0")
+	c.Status.Allocation.Devices.Results[0].Driver = "gpu.vendor.example"
+	r, _ := d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{c})
+	if r["o"].Err != nil || len(r["o"].Devices) != 0 || len(d.Prepared()) != 0 {
+		t.Errorf("got %+v, prepared %v", r["o"], d.Prepared())
+	}
+	if entries, _ := os.ReadDir(cdiDir); len(entries) != 0 {
+		t.Errorf("CDI dir holds %v", entries)
+	}
+}

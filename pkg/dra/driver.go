@@ -343,6 +343,9 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 		byName[r.Device] = len(devs)
 		devs = append(devs, claimDevice{res: res, dev: u.Device, name: r.Device, requests: []string{r.Request}, admin: admin})
 	}
+	if len(devs) == 0 {
+		return kubeletplugin.PrepareResult{} // none of this driver's devices: nothing to prepare
+	}
 	if err := d.cdi.write(c.UID, devs); err != nil {
 		return kubeletplugin.PrepareResult{Err: err}
 	}
