@@ -322,6 +322,13 @@ func cleanHost() {
 	}
 	_ = os.RemoveAll(hostRoot)
 	_ = os.RemoveAll("/var/lib/plinth")
+	// plinth's registration sockets a killed plinth node left: the next
+	// kubelet would try them, fail, and back off from that path for up to
+	// a minute, delaying the real registration made there later.
+	socks, _ := filepath.Glob("/var/lib/kubelet/plugins_registry/plinth.example.com*-reg.sock")
+	for _, s := range socks {
+		_ = os.Remove(s)
+	}
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "plinth-e2e-[0-9]*"))
 	for _, d := range dirs {
 		_ = os.RemoveAll(d)

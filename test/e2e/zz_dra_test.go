@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -133,6 +134,30 @@ func nodeMetric(ctx context.Context, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// waitPrepared waits until plinth node's DRA checkpoint (under the chart's
+// stateDir) lists n prepared claims.
+func waitPrepared(t *testing.T, ctx context.Context, n int) {
+	t.Helper()
+	path := filepath.Join(hostRoot, "state", "dra", "prepared.json")
+	got := -1
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false, nil
+		}
+		var cp struct {
+			Claims map[string]json.RawMessage `json:"claims"`
+		}
+		if json.Unmarshal(b, &cp) != nil {
+			return false, nil
+		}
+		got = len(cp.Claims)
+		return got == n, nil
+	}); err != nil {
+		t.Fatalf("plinth's DRA checkpoint lists %d prepared claims, want %d", got, n)
+	}
 }
 
 // hostPlinthPod is the chart's plinth node pod on the host node.
@@ -498,6 +523,9 @@ func TestZDRA(t *testing.T) {
 	logf("DRA scenario 3: device node of %s removed: tainted in the API after %s; a claim for it stayed Pending; pod status: %s; restored: untainted after %s (recoverAfter 2s), and the waiting pod got %v",
 		free, tainted.Round(time.Millisecond), health, untainted.Round(time.Millisecond), avoid)
 	deletePod(t, ctx, ns, "avoid")
+	// The pod object goes at once (grace 0); the kubelet unprepares its
+	// claim after, and until then plinth refuses its device to another claim.
+	waitPrepared(t, ctx, 2)
 
 	// Scenario 4: restart plinth node and the kubelet while claims are prepared.
 	before := map[string]*corev1.Pod{}
