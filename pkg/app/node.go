@@ -351,6 +351,9 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 			}
 			parts["device plugins"] = func(ctx context.Context) error {
 				if err := dra.Withdraw(ctx, core, c.DriverName, c.NodeID, plugins, driver != nil, held); err != nil {
+					if ctx.Err() != nil {
+						return nil // stopped while waiting
+					}
 					return err
 				}
 				return mgr.Run(ctx)

@@ -52,10 +52,9 @@ type Config struct {
 
 // Driver is plinth node's DRA kubelet plugin.
 type Driver struct {
-	cfg  Config
-	cp   checkpoint
-	cdi  cdiSpecs
-	plug *kubeletplugin.Helper
+	cfg Config
+	cp  checkpoint
+	cdi cdiSpecs
 
 	mu       sync.Mutex
 	prepared map[types.UID]PreparedClaim
@@ -154,6 +153,9 @@ func (d *Driver) Prepared() map[types.UID]PreparedClaim {
 // ResourceSlice and keeps it current until ctx ends.
 func (d *Driver) Run(ctx context.Context) error {
 	if err := d.awaitHandover(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while waiting
+		}
 		return err
 	}
 	dataDir := filepath.Join(d.cfg.KubeletDir, "plugins", d.cfg.DriverName+"-dra")
@@ -176,9 +178,6 @@ func (d *Driver) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start the DRA kubelet plugin: %w", err)
 	}
-	d.mu.Lock()
-	d.plug = plug
-	d.mu.Unlock()
 	defer plug.Stop()
 	names := make([]string, 0, len(d.cfg.Resources))
 	for _, r := range d.cfg.Resources {
