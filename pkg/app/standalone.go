@@ -21,6 +21,7 @@ import (
 
 	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/disk"
+	"github.com/plinth-dev/plinth/pkg/fsimage"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/node"
@@ -476,6 +477,9 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	// The node service's programs (mkfs, blkid, resize tools) are counted
 	// (plinth_programs_launched_total).
 	run := mount.Exec{Launches: &mount.Launches{}}
+	host := mount.NewHost(run)
+	// New ext4 volumes are copies of a filesystem made once per size.
+	host.Templates = fsimage.New(filepath.Join(c.Root, "templates"), run)
 	owned := []string{c.Root}
 	for _, p := range c.Pools {
 		owned = append(owned, p.Dir)
@@ -486,7 +490,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	}
 	svcs := csi.Services{
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
-		Node: csi.NewNodeServer(node.NewPublisher(local, mount.NewHost(run), c.Root), csi.NodeConfig{
+		Node: csi.NewNodeServer(node.NewPublisher(local, host, c.Root), csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
 			Paths: csi.Paths{Allowed: c.AllowedPaths, Owned: owned},
 		}),

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +25,33 @@ type Loop struct {
 	// out (a number a consumer still holds); a fresh device is added for
 	// the attach instead.
 	Avoid func(dev string) bool
+
+	// attached remembers the read-write device each file was last found
+	// at or attached to, so that Find checks one device instead of
+	// scanning them all.
+	attached struct {
+		mu sync.Mutex
+		m  map[string]string
+	}
+}
+
+func (l *Loop) remember(file, dev string) {
+	l.attached.mu.Lock()
+	defer l.attached.mu.Unlock()
+	if l.attached.m == nil {
+		l.attached.m = map[string]string{}
+	}
+	if dev == "" {
+		delete(l.attached.m, file)
+		return
+	}
+	l.attached.m[file] = dev
+}
+
+func (l *Loop) remembered(file string) string {
+	l.attached.mu.Lock()
+	defer l.attached.mu.Unlock()
+	return l.attached.m[file]
 }
 
 // NewLoop returns a Loop for the host rooted at sysfsRoot and devRoot.
@@ -32,13 +60,27 @@ func NewLoop(sysfsRoot, devRoot string) *Loop {
 }
 
 // Find returns the read-write loop device backed by file, or "" when none is.
+// The device it found or attached last for file is checked first
+// (LOOP_GET_STATUS64: still backed by that file's inode, read-write); only
+// when it is not are all loop devices scanned.
 func (l *Loop) Find(file string) (string, error) {
+	if dev := l.remembered(file); dev != "" {
+		var st unix.Stat_t
+		if err := unix.Stat(file, &st); err != nil {
+			return "", fmt.Errorf("stat %s: %w", file, err)
+		}
+		if ro, same, err := sameBacking(dev, st); err == nil && same && !ro {
+			return dev, nil
+		}
+		l.remember(file, "")
+	}
 	devs, err := l.FindAll(file)
 	if err != nil {
 		return "", err
 	}
 	for _, d := range devs {
 		if !d.ReadOnly {
+			l.remember(file, d.Path)
 			return d.Path, nil
 		}
 	}
@@ -60,7 +102,7 @@ func (l *Loop) FindAll(file string) ([]Device, error) {
 	}
 	// One directory read and one read per loop device: a glob of
 	// block/loop*/loop/backing_file reads every loop device's directory,
-	// three times slower, and this runs several times per node call.
+	// three times slower.
 	entries, err := os.ReadDir(filepath.Join(l.SysfsRoot, "block"))
 	if err != nil {
 		return nil, err
@@ -144,6 +186,9 @@ func (l *Loop) Attach(file string, readOnly bool) (string, error) {
 		if err != nil {
 			return "", err
 		}
+		if !readOnly {
+			l.remember(file, dev)
+		}
 		return dev, nil
 	}
 	return "", fmt.Errorf("attach %s: no free loop device after retries", file)
@@ -220,6 +265,7 @@ func (l *Loop) DetachDevice(file, dev string) error {
 }
 
 func (l *Loop) detach(file, only string) error {
+	l.remember(file, "")
 	remaining := func() ([]Device, error) {
 		devs, err := l.FindAll(file)
 		if errors.Is(err, os.ErrNotExist) {

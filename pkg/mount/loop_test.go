@@ -69,3 +69,52 @@ func TestLoopLifecycle(t *testing.T) {
 		t.Fatalf("Detach of a missing file: %v", err)
 	}
 }
+
+// TestFindAfterRebind: a loop device freed and bound again to another
+// file (the kernel hands out the lowest free number, so the same device)
+// is found for the new file and no longer for the old one, though the
+// device each file was found at is remembered: the rebinding is done by
+// another Loop (another process), which this one hears nothing of.
+func TestFindAfterRebind(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices")
+	}
+	l, other := NewLoop("/sys", "/dev"), NewLoop("/sys", "/dev")
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	for _, f := range []string{a, b} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Truncate(f, 8<<20)
+	}
+	for i := 0; i < 5; i++ {
+		first, second := a, b
+		if i%2 == 1 {
+			first, second = b, a
+		}
+		dev, err := l.Attach(first, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := l.Find(first); err != nil || got != dev {
+			t.Fatalf("round %d: Find(%s) = %q, %v; want %s", i, first, got, err, dev)
+		}
+		if err := other.Detach(first); err != nil {
+			t.Fatal(err)
+		}
+		dev2, err := other.Attach(second, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := l.Find(second); err != nil || got != dev2 {
+			t.Fatalf("round %d: Find(%s) = %q, %v; want %s (%s before)", i, second, got, err, dev2, dev)
+		}
+		if got, err := l.Find(first); err != nil || got != "" {
+			t.Fatalf("round %d: Find(%s) after it was freed = %q, %v", i, first, got, err)
+		}
+		if err := l.Detach(second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

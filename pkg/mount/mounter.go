@@ -14,6 +14,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // ErrOnlineResizeRefused is returned when the kernel refuses to grow a
@@ -53,11 +54,26 @@ type Mounter interface {
 	GrowFs(ctx context.Context, device, mountPath string) error
 }
 
+// ErrNoTemplate: a Templater cannot format this device (a filesystem type
+// it does not make, or no template to be had); nothing was written to it.
+var ErrNoTemplate = errors.New("no filesystem template")
+
+// Templater formats a blank device (one that reads as zeros) with a copy
+// of a filesystem made once per type and size (pkg/fsimage), instead of
+// running mkfs for it. An error wrapping ErrNoTemplate means the device is
+// untouched and mkfs may run.
+type Templater interface {
+	Format(ctx context.Context, device, fsType string) error
+}
+
 // Host is the Mounter of the machine plinth runs on. Every program it runs
 // (blkid, mkfs, e2fsck, resize2fs, xfs_growfs, btrfs) runs through run,
 // with the caller's context: a hung program ends with the request.
 type Host struct {
 	run Runner
+	// Templates, when set, formats blank devices (FormatBlank) where it
+	// can; mkfs does the rest.
+	Templates Templater
 }
 
 var _ Mounter = (*Host)(nil)
@@ -129,6 +145,13 @@ func (h *Host) mkfs(ctx context.Context, device, fsType string, blank bool) erro
 }
 
 func (h *Host) FormatBlank(ctx context.Context, device, fsType string) error {
+	if h.Templates != nil {
+		err := h.Templates.Format(ctx, device, fsType)
+		if !errors.Is(err, ErrNoTemplate) {
+			return err
+		}
+		klog.V(4).InfoS("Formatting with mkfs", "device", device, "reason", err)
+	}
 	return h.mkfs(ctx, device, fsType, true)
 }
 

@@ -48,6 +48,20 @@ func NewPublisher(node *Local, m mount.Mounter, stateDir string) *Publisher {
 	if stateDir != "" {
 		p.targets.dir = filepath.Join(stateDir, "targets")
 		p.staged.dir = filepath.Join(stateDir, "staged")
+		// Stage and publish records describe mounts and loop devices,
+		// which no reboot keeps: those of an earlier boot are dropped
+		// unread (they are not fsynced, and a crash may have torn them).
+		if err := pool.NewBoot(stateDir, func() error {
+			for _, dir := range []string{p.targets.dir, p.staged.dir} {
+				if err := os.RemoveAll(dir); err != nil {
+					return fmt.Errorf("drop records of an earlier boot: %w", err)
+				}
+			}
+			klog.InfoS("Dropped stage and publish records of an earlier boot", "dir", stateDir)
+			return nil
+		}); err != nil {
+			klog.ErrorS(err, "Records of an earlier boot are kept")
+		}
 	}
 	return p
 }

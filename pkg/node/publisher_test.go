@@ -10,18 +10,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/pkg/fsimage"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
 
-// A new filesystem volume is formatted at its first stage without a
-// probe; its record says it is blank no more before mkfs runs, and every
-// later stage probes once and formats nothing over what is there. A
-// record cleared with no mkfs after it (a crash between the two) leads to
-// a probe, then a format. Mount flags mount(2) cannot take are refused
-// before anything is attached.
-func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
+// filePool skips t unless real loop devices, mkfs.ext4 and blkid are at
+// hand, and returns a temp dir with a file pool "p" in it.
+func filePool(t *testing.T) (string, *file.Pool, *Local) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: loop devices and mounts")
 	}
@@ -42,6 +40,17 @@ func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, pl, local
+}
+
+// A new filesystem volume is formatted at its first stage without a
+// probe; its record says it is blank no more before mkfs runs, and every
+// later stage probes once and formats nothing over what is there. A
+// record cleared with no mkfs after it (a crash between the two) leads to
+// a probe, then a format. Mount flags mount(2) cannot take are refused
+// before anything is attached.
+func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
+	dir, pl, local := filePool(t)
 	run := mount.Exec{Launches: &mount.Launches{}}
 	p := NewPublisher(local, mount.NewHost(run), filepath.Join(dir, "state"))
 	ctx := context.Background()
@@ -130,5 +139,85 @@ func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
 	}
 	if !blank("pv-c") {
 		t.Error("a refused stage cleared the blank record")
+	}
+}
+
+// TestRecordsOfEarlierBootDropped: stage and publish records (written
+// without fsync) of an earlier boot are gone once a publisher starts;
+// those of the running boot stay.
+func TestRecordsOfEarlierBootDropped(t *testing.T) {
+	cur, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		t.Skip("no boot ID here:", err)
+	}
+	for _, c := range []struct {
+		boot string
+		kept bool
+	}{{string(cur), true}, {"0f0e0d0c-0000-4000-8000-000000000000\n", false}} {
+		state := t.TempDir()
+		p := NewPublisher(nil, nil, state)
+		if err := p.staged.put("pv-a", "/var/lib/kubelet/x/globalmount"); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.targets.put(targetRecord{VolumeID: "pv-a", Target: "/var/lib/kubelet/pods/p/mount"}); err != nil {
+			t.Fatal(err)
+		}
+		// A torn record, as a crash may leave one.
+		if err := os.WriteFile(filepath.Join(state, "staged", "pv-b.json"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(state, "boot_id"), []byte(c.boot), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p = NewPublisher(nil, nil, state)
+		at, err := p.staged.stagedAt("pv-a")
+		_, published, terr := p.targets.get("/var/lib/kubelet/pods/p/mount")
+		if c.kept {
+			if err != nil || at == "" || terr != nil || !published {
+				t.Errorf("this boot's records: staged at %q (%v), published %v (%v)", at, err, published, terr)
+			}
+			continue
+		}
+		if err != nil || at != "" || terr != nil || published {
+			t.Errorf("an earlier boot's records: staged at %q (%v), published %v (%v)", at, err, published, terr)
+		}
+		if _, err := os.Stat(filepath.Join(state, "staged", "pv-b.json")); !os.IsNotExist(err) {
+			t.Errorf("torn record of an earlier boot kept: %v", err)
+		}
+	}
+}
+
+// TestBlankVolumesFromTemplate: with templates, blank ext4 volumes of one
+// size are staged with a single mkfs between them (the template's), no
+// probe, and each gets a filesystem of its own (its own UUID).
+func TestBlankVolumesFromTemplate(t *testing.T) {
+	dir, _, local := filePool(t)
+	run := mount.Exec{Launches: &mount.Launches{}}
+	host := mount.NewHost(run)
+	host.Templates = fsimage.New(filepath.Join(dir, "templates"), run)
+	p := NewPublisher(local, host, filepath.Join(dir, "state"))
+	ctx := context.Background()
+	uuids := map[string]bool{}
+	for _, id := range []string{"pv-a", "pv-b", "pv-c"} {
+		if _, err := local.CreateVolume(ctx, "p", pool.Volume{ID: id, Name: id, CapacityBytes: 64 << 20, Mode: pool.ModeFilesystem, FsType: "ext4"}); err != nil {
+			t.Fatal(err)
+		}
+		staging := filepath.Join(dir, id+"-staging")
+		if err := p.Stage(ctx, id, staging, Access{FsType: "ext4"}); err != nil {
+			t.Fatalf("stage %s: %v", id, err)
+		}
+		t.Cleanup(func() { _ = p.Unstage(ctx, id, staging) })
+		m, ok, err := host.MountOf(staging)
+		if err != nil || !ok || m.FSType != "ext4" {
+			t.Fatalf("%s: staging mount %+v, %v, %v", id, m, ok, err)
+		}
+		out, err := exec.Command("blkid", "-p", "-s", "UUID", "-o", "value", m.Source).Output()
+		if err != nil || uuids[string(out)] {
+			t.Errorf("%s: UUID %q (%v) not its own", id, out, err)
+		}
+		uuids[string(out)] = true
+	}
+	if got := run.Launches.Counts(); got["mkfs.ext4"] != 1 || got["blkid"] != 0 {
+		t.Errorf("three first stages launched %v, want mkfs.ext4 once (the template) and no blkid", got)
 	}
 }

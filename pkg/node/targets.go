@@ -34,7 +34,8 @@ type targetRecord struct {
 }
 
 // targetRecords keeps one record per published target in dir, written
-// temp → fsync → rename before the target is made. With dir "" nothing is
+// temp → rename before the target is made: a boot record
+// (pool.WriteBootRecord), since no mount outlives the boot. With dir "" nothing is
 // recorded and unpublish removes nothing.
 type targetRecords struct{ dir string }
 
@@ -69,14 +70,14 @@ func (t targetRecords) put(r targetRecord) error {
 		return fmt.Errorf("create target records dir: %w", err)
 	}
 	r.Schema = pool.SchemaVersion
-	return pool.WriteRecord(t.path(r.Target), r)
+	return pool.WriteBootRecord(t.path(r.Target), r)
 }
 
 func (t targetRecords) drop(target string) error {
 	if t.dir == "" {
 		return nil
 	}
-	return pool.RemoveDurably(t.path(target))
+	return pool.RemoveBootRecord(t.path(target))
 }
 
 // stagedRecord says where a volume is staged (filesystem volumes), so that
@@ -89,7 +90,7 @@ type stagedRecord struct {
 }
 
 // stagedRecords keeps one record per staged volume in dir ("" records
-// nothing).
+// nothing), as boot records (pool.WriteBootRecord).
 type stagedRecords struct{ dir string }
 
 func (s stagedRecords) path(id string) string { return filepath.Join(s.dir, id+".json") }
@@ -116,17 +117,14 @@ func (s stagedRecords) put(id, path string) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create staged records dir: %w", err)
 	}
-	return pool.WriteRecord(s.path(id), stagedRecord{Schema: pool.SchemaVersion, VolumeID: id, Path: path})
+	return pool.WriteBootRecord(s.path(id), stagedRecord{Schema: pool.SchemaVersion, VolumeID: id, Path: path})
 }
 
 func (s stagedRecords) drop(id string) error {
 	if s.dir == "" {
 		return nil
 	}
-	if _, err := os.Stat(s.path(id)); errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return pool.RemoveDurably(s.path(id))
+	return pool.RemoveBootRecord(s.path(id))
 }
 
 // all returns every staged record (volume ID → staging path).

@@ -13,6 +13,12 @@ import (
 // WriteFileAtomic writes data to path so that a crash at any point leaves
 // either the old content or the new: temp file, fsync, rename, fsync dir.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeFile(path, data, perm, true)
+}
+
+// writeFile writes data to a temp file renamed to path; with durable it
+// fsyncs the file before the rename and the directory after it.
+func writeFile(path string, data []byte, perm os.FileMode, durable bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -28,15 +34,20 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 		tmp.Close()
 		return fmt.Errorf("chmod %s: %w", tmpName, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmpName, err)
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return fmt.Errorf("fsync %s: %w", tmpName, err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmpName, err)
 	}
 	if err := os.Rename(tmpName, path); err != nil {
 		return fmt.Errorf("rename %s to %s: %w", tmpName, path, err)
+	}
+	if !durable {
+		return nil
 	}
 	return SyncDir(dir)
 }
@@ -54,13 +65,67 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// WriteRecord stores v as JSON at path atomically.
+// WriteRecord stores v as JSON at path atomically and durably.
 func WriteRecord(path string, v any) error {
+	return writeRecord(path, v, true)
+}
+
+// WriteBootRecord stores v as JSON at path atomically (temp → rename), for
+// a record of kernel state that no reboot keeps (a mount, a loop device):
+// a process that crashes leaves it whole in the page cache, and after a
+// machine crash what it describes is gone, so it is not fsynced. Whoever
+// keeps such records must drop those of an earlier boot unread (a crash
+// may have left them torn): see SameBoot.
+func WriteBootRecord(path string, v any) error {
+	return writeRecord(path, v, false)
+}
+
+func writeRecord(path string, v any, durable bool) error {
 	data, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", path, err)
 	}
-	return WriteFileAtomic(path, append(data, '\n'), 0o600)
+	return writeFile(path, append(data, '\n'), 0o600, durable)
+}
+
+// RemoveBootRecord removes a record written by WriteBootRecord (missing
+// is fine), without an fsync.
+func RemoveBootRecord(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
+
+// bootIDFile is the kernel's ID of the running boot.
+const bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// NewBoot keeps the boot records of dir (WriteBootRecord) to the running
+// boot: when dir/boot_id names an earlier boot, forget runs (it drops
+// those records, which may be torn); then dir/boot_id names this boot,
+// durably. A dir without boot_id is taken for this boot's (records made
+// before it was kept were fsynced).
+func NewBoot(dir string, forget func() error) error {
+	cur, err := os.ReadFile(bootIDFile)
+	if err != nil {
+		return fmt.Errorf("read boot ID: %w", err)
+	}
+	p := filepath.Join(dir, "boot_id")
+	prev, err := os.ReadFile(p)
+	switch {
+	case err == nil && string(prev) == string(cur):
+		return nil
+	case err == nil:
+		if err := forget(); err != nil {
+			return err
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("read %s: %w", p, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	return WriteFileAtomic(p, cur, 0o600)
 }
 
 // ReadRecord loads JSON from path into v, checking the schema version.

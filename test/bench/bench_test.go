@@ -25,6 +25,7 @@ import (
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/app"
 	"github.com/plinth-dev/plinth/test/testenv"
@@ -170,6 +171,7 @@ func startPeer(t *testing.T, root, backing string) *driver {
 			t.Fatalf("-against %q: only unix:// endpoints", *against)
 		}
 		d.name = *against
+		d.pid = peerPID(t, sock) // for its memory
 	} else {
 		sock = filepath.Join(root, "ref.sock")
 		logf, err := os.Create(filepath.Join(root, "ref.log"))
@@ -198,6 +200,27 @@ func startPeer(t *testing.T, root, backing string) *driver {
 		}
 	}
 	return d
+}
+
+// peerPID is the process listening on the unix socket sock, from the
+// kernel's credentials of a connection to it (SO_PEERCRED); 0 if unknown.
+func peerPID(t *testing.T, sock string) int {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("dial %s: %v", sock, err)
+	}
+	defer c.Close()
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		return 0
+	}
+	pid := 0
+	_ = raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
 }
 
 func capability(mode string) *csi.VolumeCapability {

@@ -1,0 +1,20 @@
+// Package fsimage formats a blank volume by copying a filesystem made once
+// per filesystem type and size (a template) instead of running mkfs for
+// every volume, and gives each copy an identity of its own.
+//
+// A template is made by mkfs on a sparse file under the node's state root,
+// with the options a blank loop device of that size would get (4 KiB
+// blocks; for ext4 also metadata_csum_seed, so that the checksums of its
+// metadata do not depend on the UUID). Formatting a device then writes the
+// template's allocated extents (about 140 KiB for 64 MiB, 660 KiB for
+// 1 GiB) onto the device, which must read as zeros, with a new UUID and
+// directory hash seed in every superblock: byte for byte what
+// `tune2fs -U` would have made of the copy. The block that holds the
+// primary superblock is written last, after an fsync of everything else,
+// so that an interrupted copy leaves no filesystem a probe would mount
+// (the mount that follows flushes that block: ext4 writes its superblock
+// when mounted).
+//
+// Only ext4 is made this way; other types return ErrUnsupported and the
+// caller runs mkfs.
+package fsimage

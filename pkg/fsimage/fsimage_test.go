@@ -1,0 +1,403 @@
+package fsimage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/pkg/mount"
+)
+
+// requireHost skips t unless it runs as root with loop devices, mkfs.ext4
+// and the given programs. (test/testenv cannot be imported here: it
+// imports pkg/app, which imports this package.)
+func requireHost(t *testing.T, programs ...string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices and mounts")
+	}
+	for _, p := range append([]string{"mkfs.ext4", "blkid", "/dev/loop-control"}, programs...) {
+		if _, err := exec.LookPath(p); err != nil && !strings.HasPrefix(p, "/") {
+			t.Skipf("needs %s (e2fsprogs)", p)
+		} else if _, err := os.Stat(p); strings.HasPrefix(p, "/") && err != nil {
+			t.Skipf("needs %s", p)
+		}
+	}
+}
+
+// blankDevice attaches a sparse file of size as a loop device the way the
+// file pool does (4 KiB logical blocks) and returns its path.
+func blankDevice(t *testing.T, size int64) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "vol.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	loops := mount.NewLoop("/sys", "/dev")
+	dev, err := loops.Attach(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { loops.Detach(img) })
+	return dev
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// header is dumpe2fs' superblock listing without what differs between two
+// filesystems made alike: identity, times, checksums.
+func header(t *testing.T, dev string) string {
+	var keep []string
+	for _, l := range strings.Split(run(t, "dumpe2fs", "-h", dev), "\n") {
+		if strings.Contains(l, "UUID") || strings.Contains(l, "time") || strings.Contains(l, "Hash Seed") ||
+			strings.Contains(l, "hecksum") || strings.HasPrefix(l, "Lifetime") || strings.HasPrefix(l, "Filesystem features") {
+			continue
+		}
+		keep = append(keep, l)
+	}
+	return strings.Join(keep, "\n")
+}
+
+func blkid(t *testing.T, dev, tag string) string {
+	return strings.TrimSpace(run(t, "blkid", "-p", "-s", tag, "-o", "value", dev))
+}
+
+// TestFormatLikeMkfs: for sizes with no, some and many backup superblocks,
+// a device formatted from a template passes e2fsck, carries the layout
+// mkfs gives the same device, its own UUID (in every superblock: e2fsck
+// compares them) and hash seed, and mounts and holds data.
+func TestFormatLikeMkfs(t *testing.T) {
+	requireHost(t, "e2fsck", "dumpe2fs")
+	launches := &mount.Launches{}
+	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{Launches: launches})
+	for _, size := range []int64{64 << 20, 1 << 30, 20 << 30} {
+		dev, ref := blankDevice(t, size), blankDevice(t, size)
+		if err := c.Format(context.Background(), dev, "ext4"); err != nil {
+			t.Fatalf("%d: %v", size, err)
+		}
+		run(t, "e2fsck", "-fn", dev)
+		if err := mount.NewHost(mount.Exec{}).FormatBlank(context.Background(), ref, "ext4"); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := header(t, dev), header(t, ref); got != want {
+			t.Errorf("%d: layout differs from mkfs on the same device:\n%s\nwant\n%s", size, got, want)
+		}
+		tmplUUID := blkid(t, c.path("ext4", size), "UUID")
+		if u := blkid(t, dev, "UUID"); u == "" || u == tmplUUID {
+			t.Errorf("%d: UUID %q, template's %q", size, u, tmplUUID)
+		}
+		if size > 128<<20 { // the backup in group 1 says the same (e2fsck -n does not look)
+			backup := run(t, "dumpe2fs", "-h", "-o", "superblock=32768", "-o", "blocksize=4096", dev)
+			if u := blkid(t, dev, "UUID"); !strings.Contains(backup, "Filesystem UUID:          "+u) {
+				t.Errorf("%d: backup superblock does not carry UUID %s:\n%s", size, u, backup)
+			}
+		}
+		seed := func(p string) string {
+			for _, l := range strings.Split(run(t, "dumpe2fs", "-h", p), "\n") {
+				if strings.HasPrefix(l, "Directory Hash Seed:") {
+					return l
+				}
+			}
+			return ""
+		}
+		if s := seed(dev); s == "" || s == seed(c.path("ext4", size)) {
+			t.Errorf("%d: hash seed %q is the template's", size, s)
+		}
+		mnt := t.TempDir()
+		if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(mnt, "data"), bytes.Repeat([]byte("x"), 1<<20), 0o600); err != nil {
+			t.Error(err)
+		}
+		if err := unix.Unmount(mnt, 0); err != nil {
+			t.Fatal(err)
+		}
+		run(t, "e2fsck", "-fn", dev)
+	}
+	if n := launches.Counts()["mkfs.ext4"]; n != 3 {
+		t.Errorf("mkfs.ext4 ran %d times for 3 sizes", n)
+	}
+}
+
+// TestReidentifyIsTune2fs: the new identity is written exactly as
+// e2fsprogs' own `tune2fs -U` writes a UUID: every superblock, nothing
+// else.
+func TestReidentifyIsTune2fs(t *testing.T) {
+	requireHost(t, "tune2fs")
+	dir := t.TempDir()
+	c := New(filepath.Join(dir, "templates"), mount.Exec{})
+	const size = 4 << 30 // 32 groups: backups in 1, 3, 5, 7, 9, 25, 27
+	tmpl, err := c.template(context.Background(), "ext4", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, ours := filepath.Join(dir, "tune2fs.img"), filepath.Join(dir, "ours.img")
+	run(t, "cp", "--sparse=always", tmpl, theirs)
+	run(t, "cp", "--sparse=always", tmpl, ours)
+	run(t, "tune2fs", "-U", "3d2c1b0a-4f5e-4a7b-8c9d-aabbccddeeff", theirs)
+	uuid := [16]byte{0x3d, 0x2c, 0x1b, 0x0a, 0x4f, 0x5e, 0x4a, 0x7b, 0x8c, 0x9d, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff}
+	f, err := os.OpenFile(ours, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sb := make([]byte, ext4SuperSize)
+	if _, err := f.ReadAt(sb, ext4SuperOffset); err != nil {
+		t.Fatal(err)
+	}
+	g, err := parseExt4(sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seed [16]byte
+	copy(seed[:], sb[offHashSeed:])
+	offs := g.superOffsets()
+	if len(offs) != 8 {
+		t.Errorf("%d superblocks, want 8", len(offs))
+	}
+	tf, err := os.Open(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tf.Close()
+	tsb := make([]byte, ext4SuperSize)
+	for _, off := range offs {
+		if _, err := f.ReadAt(sb, off); err != nil {
+			t.Fatal(err)
+		}
+		// tune2fs also stamps the write time (s_wtime, s_wtime_hi): a
+		// second may have passed since mkfs.
+		if _, err := tf.ReadAt(tsb, off); err != nil {
+			t.Fatal(err)
+		}
+		copy(sb[0x30:0x34], tsb[0x30:0x34])
+		sb[0x274] = tsb[0x274]
+		if err := reidentify(sb, uuid, seed); err != nil {
+			t.Fatalf("at %d: %v", off, err)
+		}
+		if _, err := f.WriteAt(sb, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a, b := dataOf(t, theirs), dataOf(t, ours); !bytes.Equal(a, b) {
+		t.Errorf("differs from tune2fs -U (%d and %d bytes of data)", len(a), len(b))
+	}
+}
+
+// dataOf is every data extent of the sparse file p, each with its offset
+// (reading gigabytes of holes is what cmp would do).
+func dataOf(t *testing.T, p string) []byte {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	ext, err := dataExtents(f, st.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for _, e := range ext {
+		b := make([]byte, e.end-e.off)
+		f.ReadAt(b, e.off)
+		out = append(out, []byte(fmt.Sprintf("@%d:", e.off))...)
+		out = append(out, b...)
+	}
+	return out
+}
+
+// TestFormatRefusesMounted: a device that is mounted is refused before
+// anything is written, and not handed to mkfs either (the error is not
+// ErrUnsupported).
+func TestFormatRefusesMounted(t *testing.T) {
+	requireHost(t)
+	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{})
+	dev := blankDevice(t, 64<<20)
+	if err := c.Format(context.Background(), dev, "ext4"); err != nil {
+		t.Fatal(err)
+	}
+	uuid := blkid(t, dev, "UUID")
+	mnt := t.TempDir()
+	if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(mnt, 0)
+	err := c.Format(context.Background(), dev, "ext4")
+	if err == nil || errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Format of a mounted device = %v", err)
+	}
+	if u := blkid(t, dev, "UUID"); u != uuid {
+		t.Errorf("UUID changed from %s to %s", uuid, u)
+	}
+}
+
+// TestUnsupportedLeavesDevice: a type without templates is ErrUnsupported
+// and the device stays all zeros.
+func TestUnsupportedLeavesDevice(t *testing.T) {
+	requireHost(t)
+	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{})
+	dev := blankDevice(t, 64<<20)
+	for _, fs := range []string{"xfs", "btrfs", "ext3", ""} {
+		if err := c.Format(context.Background(), dev, fs); !errors.Is(err, ErrUnsupported) {
+			t.Errorf("%q: %v", fs, err)
+		}
+	}
+	b, err := os.ReadFile(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, make([]byte, len(b))) {
+		t.Error("device was written")
+	}
+}
+
+// TestInterruptedCopyLeavesNoSuperblock: a copy that fails half-way (the
+// destination runs out of space) has not written the primary superblock,
+// so no probe finds a filesystem to mount.
+func TestInterruptedCopyLeavesNoSuperblock(t *testing.T) {
+	requireHost(t)
+	dir := t.TempDir()
+	c := New(filepath.Join(dir, "templates"), mount.Exec{})
+	const size = 1 << 30 // 660 KiB of data
+	tmpl, err := c.template(context.Background(), "ext4", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := filepath.Join(dir, "small")
+	os.Mkdir(small, 0o700)
+	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(small, 0)
+	dst := filepath.Join(small, "dev.img")
+	if err := os.WriteFile(dst, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(dst, size)
+	if err := copyExt4(tmpl, dst, size); err == nil || errors.Is(err, ErrUnsupported) {
+		t.Fatalf("copy onto a full filesystem = %v", err)
+	}
+	f, _ := os.Open(dst)
+	defer f.Close()
+	sb := make([]byte, ext4SuperSize)
+	f.ReadAt(sb, ext4SuperOffset)
+	if !bytes.Equal(sb, make([]byte, len(sb))) {
+		t.Error("the primary superblock was written by a copy that failed")
+	}
+}
+
+// TestTemplateRemadeWhenDamaged: a template that is cut short, or whose
+// superblock no longer checks out, is made again rather than copied.
+func TestTemplateRemadeWhenDamaged(t *testing.T) {
+	requireHost(t, "e2fsck")
+	launches := &mount.Launches{}
+	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{Launches: launches})
+	const size = 64 << 20
+	p, err := c.template(context.Background(), "ext4", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damage := []func(){
+		func() { os.Truncate(p, size-4096) },
+		func() {
+			f, _ := os.OpenFile(p, os.O_RDWR, 0)
+			f.WriteAt([]byte{0xff}, ext4SuperOffset+offBlocksCount)
+			f.Close()
+		},
+		func() { os.Remove(p) },
+	}
+	for i, d := range damage {
+		d()
+		dev := blankDevice(t, size)
+		if err := c.Format(context.Background(), dev, "ext4"); err != nil {
+			t.Fatalf("damage %d: %v", i, err)
+		}
+		run(t, "e2fsck", "-fn", dev)
+	}
+	if n := launches.Counts()["mkfs.ext4"]; n != 4 {
+		t.Errorf("mkfs.ext4 ran %d times, want 4 (once, then once per damage)", n)
+	}
+}
+
+// TestConcurrentFormats: many devices of a new size formatted at once, by
+// two Caches on one directory (two processes on one root), make the
+// template at most once per Cache and give every device its own UUID.
+func TestConcurrentFormats(t *testing.T) {
+	requireHost(t, "e2fsck")
+	dir := filepath.Join(t.TempDir(), "templates")
+	la, lb := &mount.Launches{}, &mount.Launches{}
+	caches := []*Cache{New(dir, mount.Exec{Launches: la}), New(dir, mount.Exec{Launches: lb})}
+	const n, size = 8, 128 << 20
+	devs := make([]string, n)
+	for i := range devs {
+		devs[i] = blankDevice(t, size)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, dev := range devs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = caches[i%2].Format(context.Background(), dev, "ext4")
+		}()
+	}
+	wg.Wait()
+	seen := map[string]bool{}
+	for i, dev := range devs {
+		if errs[i] != nil {
+			t.Fatalf("%s: %v", dev, errs[i])
+		}
+		run(t, "e2fsck", "-fn", dev)
+		u := blkid(t, dev, "UUID")
+		if seen[u] {
+			t.Errorf("UUID %s given twice", u)
+		}
+		seen[u] = true
+	}
+	if a, b := la.Counts()["mkfs.ext4"], lb.Counts()["mkfs.ext4"]; a > 1 || b > 1 {
+		t.Errorf("template made %d and %d times", a, b)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".*")); len(m) != 0 {
+		t.Errorf("temp files left: %v", m)
+	}
+}
+
+// TestEviction keeps the most recently used MaxTemplates.
+func TestEviction(t *testing.T) {
+	requireHost(t)
+	dir := filepath.Join(t.TempDir(), "templates")
+	c := New(dir, mount.Exec{})
+	for i := 0; i < MaxTemplates+2; i++ {
+		if _, err := c.template(context.Background(), "ext4", int64(16+i)<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "*.img"))
+	if len(m) != MaxTemplates {
+		t.Errorf("%d templates kept, want %d", len(m), MaxTemplates)
+	}
+	if _, err := os.Stat(c.path("ext4", 16<<20)); !os.IsNotExist(err) {
+		t.Errorf("the oldest template is still there: %v", err)
+	}
+}
