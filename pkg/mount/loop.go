@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,32 +27,62 @@ type Loop struct {
 	// the attach instead.
 	Avoid func(dev string) bool
 
-	// attached remembers the read-write device each file was last found
-	// at or attached to, so that Find checks one device instead of
-	// scanning them all.
-	attached struct {
-		mu sync.Mutex
-		m  map[string]string
-	}
+	index loopIndex
 }
 
-func (l *Loop) remember(file, dev string) {
-	l.attached.mu.Lock()
-	defer l.attached.mu.Unlock()
-	if l.attached.m == nil {
-		l.attached.m = map[string]string{}
-	}
-	if dev == "" {
-		delete(l.attached.m, file)
-		return
-	}
-	l.attached.m[file] = dev
+// loopIndex is what a Loop knows of which loop devices back which files:
+// the result of its last full scan for a file, plus what it attached and
+// minus what it detached since. Known checks each entry against the
+// kernel before answering, so a stale entry costs a device check, not a
+// wrong answer; what it cannot see is a device bound to the file by
+// another process after the scan (see Known).
+type loopIndex struct {
+	mu sync.Mutex
+	m  map[string]map[string]bool // file → device path
 }
 
-func (l *Loop) remembered(file string) string {
-	l.attached.mu.Lock()
-	defer l.attached.mu.Unlock()
-	return l.attached.m[file]
+// maxIndexed bounds the index: past it, it starts afresh (and files are
+// scanned again as they come).
+const maxIndexed = 4096
+
+func (x *loopIndex) set(file string, devs []Device) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.m == nil || len(x.m) >= maxIndexed {
+		x.m = map[string]map[string]bool{}
+	}
+	set := map[string]bool{}
+	for _, d := range devs {
+		set[d.Path] = true
+	}
+	x.m[file] = set
+}
+
+func (x *loopIndex) add(file, dev string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if set, ok := x.m[file]; ok {
+		set[dev] = true
+	}
+	// Not indexed yet: the next Known scans, and finds it.
+}
+
+func (x *loopIndex) drop(file, dev string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.m[file], dev)
+}
+
+func (x *loopIndex) get(file string) ([]string, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	set, ok := x.m[file]
+	var out []string
+	for d := range set {
+		out = append(out, d)
+	}
+	sort.Strings(out)
+	return out, ok
 }
 
 // NewLoop returns a Loop for the host rooted at sysfsRoot and devRoot.
@@ -59,32 +90,67 @@ func NewLoop(sysfsRoot, devRoot string) *Loop {
 	return &Loop{SysfsRoot: sysfsRoot, DevRoot: devRoot, BlockSize: 4096}
 }
 
-// Find returns the read-write loop device backed by file, or "" when none is.
-// The device it found or attached last for file is checked first
-// (LOOP_GET_STATUS64: still backed by that file's inode, read-write); only
-// when it is not are all loop devices scanned.
+// Find returns the read-write loop device backed by file, or "" when none
+// is: the one Known names, else what a full scan finds (a second
+// read-write device for a file is never attached because this Loop did
+// not know of the first).
 func (l *Loop) Find(file string) (string, error) {
-	if dev := l.remembered(file); dev != "" {
-		var st unix.Stat_t
-		if err := unix.Stat(file, &st); err != nil {
-			return "", fmt.Errorf("stat %s: %w", file, err)
-		}
-		if ro, same, err := sameBacking(dev, st); err == nil && same && !ro {
-			return dev, nil
-		}
-		l.remember(file, "")
-	}
-	devs, err := l.FindAll(file)
+	devs, scanned, err := l.known(file)
 	if err != nil {
 		return "", err
 	}
 	for _, d := range devs {
 		if !d.ReadOnly {
-			l.remember(file, d.Path)
+			return d.Path, nil
+		}
+	}
+	if scanned {
+		return "", nil
+	}
+	if devs, err = l.FindAll(file); err != nil {
+		return "", err
+	}
+	for _, d := range devs {
+		if !d.ReadOnly {
 			return d.Path, nil
 		}
 	}
 	return "", nil
+}
+
+// Known returns the loop devices backed by file that this Loop found in
+// its last scan for file or attached since, each checked with
+// LOOP_GET_STATUS64 to be still backed by the file's inode; a file it has
+// not scanned for yet is scanned (FindAll). It scans no device per call
+// but the ones it names: a device bound to the file by another process
+// after the scan is not among them, so what must see every device (a
+// delete's in-use check) calls FindAll.
+func (l *Loop) Known(file string) ([]Device, error) {
+	devs, _, err := l.known(file)
+	return devs, err
+}
+
+// known is Known, and whether it scanned.
+func (l *Loop) known(file string) ([]Device, bool, error) {
+	devs, ok := l.index.get(file)
+	if !ok {
+		all, err := l.FindAll(file)
+		return all, true, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		return nil, false, fmt.Errorf("stat %s: %w", file, err)
+	}
+	var out []Device
+	for _, dev := range devs {
+		ro, same, err := sameBacking(dev, st)
+		if err != nil || !same {
+			l.index.drop(file, dev)
+			continue
+		}
+		out = append(out, Device{Path: dev, ReadOnly: ro})
+	}
+	return out, false, nil
 }
 
 // Device is a loop device and whether it refuses writes.
@@ -127,6 +193,7 @@ func (l *Loop) FindAll(file string) ([]Device, error) {
 		}
 		out = append(out, Device{Path: dev, ReadOnly: ro})
 	}
+	l.index.set(file, out)
 	return out, nil
 }
 
@@ -186,9 +253,7 @@ func (l *Loop) Attach(file string, readOnly bool) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		if !readOnly {
-			l.remember(file, dev)
-		}
+		l.index.add(file, dev)
 		return dev, nil
 	}
 	return "", fmt.Errorf("attach %s: no free loop device after retries", file)
@@ -265,9 +330,8 @@ func (l *Loop) DetachDevice(file, dev string) error {
 }
 
 func (l *Loop) detach(file, only string) error {
-	l.remember(file, "")
 	remaining := func() ([]Device, error) {
-		devs, err := l.FindAll(file)
+		devs, err := l.Known(file)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil
 		}

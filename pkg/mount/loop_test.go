@@ -118,3 +118,62 @@ func TestFindAfterRebind(t *testing.T) {
 		}
 	}
 }
+
+// TestKnown: Known names the devices a Loop attached (read-write and
+// read-only), drops one freed behind its back, and a Loop that has seen
+// nothing yet (a restarted process) scans and finds them all.
+func TestKnown(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices")
+	}
+	l := NewLoop("/sys", "/dev")
+	img := filepath.Join(t.TempDir(), "v.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 8<<20)
+	t.Cleanup(func() { NewLoop("/sys", "/dev").Detach(img) })
+	if devs, err := l.Known(img); err != nil || len(devs) != 0 {
+		t.Fatalf("Known before attach = %v, %v", devs, err)
+	}
+	rw, err := l.Attach(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := l.Attach(img, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{rw: false, ro: true}
+	check := func(who *Loop, want map[string]bool) {
+		t.Helper()
+		devs, err := who.Known(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, d := range devs {
+			got[d.Path] = d.ReadOnly
+		}
+		if len(got) != len(want) {
+			t.Fatalf("Known = %v, want %v", got, want)
+		}
+		for d, r := range want {
+			if g, ok := got[d]; !ok || g != r {
+				t.Fatalf("Known = %v, want %v", got, want)
+			}
+		}
+	}
+	check(l, want)
+	check(NewLoop("/sys", "/dev"), want) // a fresh process scans
+	if err := NewLoop("/sys", "/dev").DetachDevice(img, ro); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, ro)
+	check(l, want)
+	if err := l.Detach(img); err != nil {
+		t.Fatal(err)
+	}
+	check(l, map[string]bool{})
+	check(NewLoop("/sys", "/dev"), map[string]bool{})
+}

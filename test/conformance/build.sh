@@ -13,6 +13,10 @@ cache=${PLINTH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/plinth}
 sum=$(cd "$here" && cat go.mod go.sum *_test.go | sha256sum | cut -c1-12)
 bin=$cache/conformance-k8s-$k8s-$sum
 mkdir -p "$bin"
+# One build at a time: a second call (CI starts one early, in the background) waits for the
+# first and then finds everything built.
+exec 9>"$bin/.build.lock"
+flock 9
 ldflags="-X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
 build() { # name, package, go command...
 	local name=$1 pkg=$2

@@ -17,6 +17,10 @@ etcd=v3.7.3
 cache=${PLINTH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/plinth}
 bin=$cache/cluster-k8s-$k8s-etcd-$etcd
 mkdir -p "$bin"
+# One build at a time: a second call (CI starts one early, in the background) waits for the
+# first and then finds everything built.
+exec 9>"$bin/.build.lock"
+flock 9
 if [[ ! -x $bin/etcd ]]; then
 	(cd "$here/etcd" && go build -trimpath -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3) >&2
 	mv "$bin/etcd.tmp" "$bin/etcd"

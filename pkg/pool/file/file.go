@@ -18,6 +18,7 @@ import (
 type Loops interface {
 	Find(file string) (string, error)
 	FindAll(file string) ([]mount.Device, error)
+	Known(file string) ([]mount.Device, error)
 	Attach(file string, readOnly bool) (string, error)
 	Detach(file string) error
 	DetachDevice(file, dev string) error
@@ -428,7 +429,9 @@ func (p *Pool) Attached(ctx context.Context, id string) (pool.Attachment, bool, 
 	if p.loops == nil {
 		return pool.Attachment{}, false, nil
 	}
-	devs, err := p.loops.FindAll(p.volImage(id))
+	// The devices this process attached or found (checked, not scanned):
+	// what it checks mounts against before it unmounts or detaches.
+	devs, err := p.loops.Known(p.volImage(id))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return pool.Attachment{}, false, nil
