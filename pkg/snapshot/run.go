@@ -72,7 +72,11 @@ func (r *Runner) Run(ctx context.Context) error {
 		"snapshot", -1, // the sidecar's default names: snapshot-<VolumeSnapshot UID>
 		"groupsnapshot", -1,
 		false, // no extra create metadata: plinth takes no snapshot parameters
-		workqueue.NewTypedItemExponentialFailureRateLimiter[string](time.Second, 5*time.Minute),
+		// A failed snapshot is retried within 30 seconds at most: the call
+		// goes to a plinth node, cheap to ask again, and a node that was
+		// restarting is back in seconds (the sidecar's default, 5 minutes,
+		// suits cloud APIs that throttle).
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 30*time.Second),
 		false, nil, nil, nil,
 	)
 	factory.Start(ctx.Done())
