@@ -330,8 +330,11 @@ func (l *Loop) DetachDevice(file, dev string) error {
 }
 
 func (l *Loop) detach(file, only string) error {
-	remaining := func() ([]Device, error) {
-		devs, err := l.Known(file)
+	// Every device backed by file is released (a full scan), then the
+	// ones released are watched until the kernel lets them go (Known,
+	// which now names just those).
+	remaining := func(find func(string) ([]Device, error)) ([]Device, error) {
+		devs, err := find(file)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil
 		}
@@ -343,7 +346,7 @@ func (l *Loop) detach(file, only string) error {
 		}
 		return out, err
 	}
-	devs, err := remaining()
+	devs, err := remaining(l.FindAll)
 	if err != nil {
 		return err
 	}
@@ -353,7 +356,7 @@ func (l *Loop) detach(file, only string) error {
 		}
 	}
 	for deadline := time.Now().Add(5 * time.Second); len(devs) > 0; {
-		if devs, err = remaining(); err != nil || len(devs) == 0 {
+		if devs, err = remaining(l.Known); err != nil || len(devs) == 0 {
 			return err
 		}
 		if time.Now().After(deadline) {

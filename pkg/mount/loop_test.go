@@ -87,6 +87,7 @@ func TestFindAfterRebind(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.Truncate(f, 8<<20)
+		t.Cleanup(func() { NewLoop("/sys", "/dev").Detach(f) })
 	}
 	for i := 0; i < 5; i++ {
 		first, second := a, b

@@ -519,6 +519,13 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 	}
 	// Detaching a device still mounted anywhere would only mark it to go
 	// at its last close: refuse instead, whatever path the caller named.
+	// Every device of the volume counts here, one bound by something else
+	// too, since Detach releases them all.
+	if fa, ok := pl.(pool.FullAttacher); ok {
+		if att, attached, err = fa.AttachedAll(ctx, id); err != nil {
+			return err
+		}
+	}
 	if attached {
 		if in, err := deviceMounts(att); err != nil {
 			return err

@@ -221,3 +221,59 @@ func TestBlankVolumesFromTemplate(t *testing.T) {
 		t.Errorf("three first stages launched %v, want mkfs.ext4 once (the template) and no blkid", got)
 	}
 }
+
+// TestUnstageSeesDevicesBoundByOthers: a loop device that something else
+// bound to the volume's image after the stage (so the pool never attached
+// or found it), mounted elsewhere, stops the unstage before it releases
+// any device; the foreign mount and device stay as they were.
+func TestUnstageSeesDevicesBoundByOthers(t *testing.T) {
+	dir, pl, local := filePool(t)
+	run := mount.Exec{}
+	host := mount.NewHost(run)
+	host.Templates = fsimage.New(filepath.Join(dir, "templates"), run)
+	p := NewPublisher(local, host, filepath.Join(dir, "state"))
+	ctx := context.Background()
+	if _, err := local.CreateVolume(ctx, "p", pool.Volume{ID: "pv-a", Name: "pv-a", CapacityBytes: 64 << 20, Mode: pool.ModeFilesystem, FsType: "ext4"}); err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(dir, "staging")
+	if err := p.Stage(ctx, "pv-a", staging, Access{FsType: "ext4"}); err != nil {
+		t.Fatal(err)
+	}
+	att, _, err := pl.Attached(ctx, "pv-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "pool", "volumes", "pv-a.img")
+	if _, err := os.Stat(img); err != nil {
+		t.Skipf("image not where this test looks: %v", err)
+	}
+	foreign := mount.NewLoop("/sys", "/dev") // another process
+	dev, err := foreign.Attach(img, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { foreign.DetachDevice(img, dev) })
+	elsewhere := filepath.Join(dir, "elsewhere")
+	os.Mkdir(elsewhere, 0o700)
+	if err := unix.Mount(dev, elsewhere, "ext4", unix.MS_RDONLY, "noload"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(elsewhere, 0) })
+	if known, _, _ := pl.Attached(ctx, "pv-a"); len(known.ReadOnly) != 0 {
+		t.Fatalf("the pool knew of the foreign device: %+v", known)
+	}
+	if err := p.Unstage(ctx, "pv-a", staging); !errors.Is(err, pool.ErrInUse) {
+		t.Fatalf("unstage with a foreign mount of the volume = %v, want ErrInUse", err)
+	}
+	if m, ok, _ := host.MountOf(elsewhere); !ok || m.Source != dev {
+		t.Errorf("the foreign mount is gone: %+v %v", m, ok)
+	}
+	if got, err := foreign.Known(img); err != nil || len(got) != 2 {
+		t.Errorf("devices after the refused unstage: %v, %v; want %s and %s", got, err, att.Device, dev)
+	}
+	unix.Unmount(elsewhere, 0)
+	if err := p.Unstage(ctx, "pv-a", staging); err != nil {
+		t.Fatalf("unstage once the foreign mount went: %v", err)
+	}
+}

@@ -218,6 +218,15 @@ type Pool interface {
 	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)
 }
 
+// FullAttacher is a pool whose Attached may leave out devices something
+// else bound to a volume since the pool last looked (the file pool's
+// answers come from the loop devices it attached or found); AttachedAll
+// looks at every device. The node calls it where a device left out would
+// be acted on: before it releases the volume's devices.
+type FullAttacher interface {
+	AttachedAll(ctx context.Context, id string) (a Attachment, ok bool, err error)
+}
+
 // BlankRecorder is implemented by pools that record which volumes are
 // blank (Volume.Blank).
 type BlankRecorder interface {

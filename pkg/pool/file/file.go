@@ -49,6 +49,7 @@ type Pool struct {
 var (
 	_ pool.Pool          = (*Pool)(nil)
 	_ pool.BlankRecorder = (*Pool)(nil)
+	_ pool.FullAttacher  = (*Pool)(nil)
 )
 
 // New opens (creating if needed) the pool in cfg.Dir and rebuilds its index
@@ -421,17 +422,27 @@ func (p *Pool) Detach(ctx context.Context, id string) error {
 	return nil
 }
 
-// Attached lists the volume's loop devices without attaching any.
+// Attached lists the volume's loop devices without attaching any: the ones
+// this process attached or found, each checked, none scanned for
+// (mount.Loop.Known).
 func (p *Pool) Attached(ctx context.Context, id string) (pool.Attachment, bool, error) {
+	return p.attached(id, p.loops.Known)
+}
+
+// AttachedAll lists every loop device backed by the volume's image (a scan
+// of all loop devices).
+func (p *Pool) AttachedAll(ctx context.Context, id string) (pool.Attachment, bool, error) {
+	return p.attached(id, p.loops.FindAll)
+}
+
+func (p *Pool) attached(id string, find func(string) ([]mount.Device, error)) (pool.Attachment, bool, error) {
 	if _, err := p.index.Volume(id); err != nil {
 		return pool.Attachment{}, false, err
 	}
 	if p.loops == nil {
 		return pool.Attachment{}, false, nil
 	}
-	// The devices this process attached or found (checked, not scanned):
-	// what it checks mounts against before it unmounts or detaches.
-	devs, err := p.loops.Known(p.volImage(id))
+	devs, err := find(p.volImage(id))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return pool.Attachment{}, false, nil
