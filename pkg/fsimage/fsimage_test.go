@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -69,7 +70,8 @@ func header(t *testing.T, dev string) string {
 	var keep []string
 	for _, l := range strings.Split(run(t, "dumpe2fs", "-h", dev), "\n") {
 		if strings.Contains(l, "UUID") || strings.Contains(l, "time") || strings.Contains(l, "Hash Seed") ||
-			strings.Contains(l, "hecksum") || strings.HasPrefix(l, "Lifetime") || strings.HasPrefix(l, "Filesystem features") {
+			strings.Contains(l, "hecksum") || strings.HasPrefix(l, "Lifetime") || strings.HasPrefix(l, "Filesystem features") ||
+			strings.HasPrefix(l, "Filesystem created") || strings.HasPrefix(l, "Last checked") {
 			continue
 		}
 		keep = append(keep, l)
@@ -99,7 +101,12 @@ func TestFormatLikeMkfs(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got, want := header(t, dev), header(t, ref); got != want {
-			t.Errorf("%d: layout differs from mkfs on the same device:\n%s\nwant\n%s", size, got, want)
+			g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+			for i := range min(len(g), len(w)) {
+				if g[i] != w[i] {
+					t.Errorf("%d: layout differs from mkfs on the same device: %q, mkfs: %q", size, g[i], w[i])
+				}
+			}
 		}
 		tmplUUID := blkid(t, c.path("ext4", size), "UUID")
 		if u := blkid(t, dev, "UUID"); u == "" || u == tmplUUID {
@@ -388,10 +395,16 @@ func TestEviction(t *testing.T) {
 	requireHost(t)
 	dir := filepath.Join(t.TempDir(), "templates")
 	c := New(dir, mount.Exec{})
+	base := time.Now().Add(-time.Hour)
 	for i := 0; i < MaxTemplates+2; i++ {
-		if _, err := c.template(context.Background(), "ext4", int64(16+i)<<20); err != nil {
+		p, err := c.template(context.Background(), "ext4", int64(16+i)<<20)
+		if err != nil {
 			t.Fatal(err)
 		}
+		// One second apart: files made within one clock tick share an
+		// mtime.
+		at := base.Add(time.Duration(i) * time.Second)
+		os.Chtimes(p, at, at)
 	}
 	m, _ := filepath.Glob(filepath.Join(dir, "*.img"))
 	if len(m) != MaxTemplates {
@@ -399,5 +412,20 @@ func TestEviction(t *testing.T) {
 	}
 	if _, err := os.Stat(c.path("ext4", 16<<20)); !os.IsNotExist(err) {
 		t.Errorf("the oldest template is still there: %v", err)
+	}
+}
+
+// TestTooLargeForTemplate: a device over MaxSize is left to mkfs, untouched
+// and without a template made for it.
+func TestTooLargeForTemplate(t *testing.T) {
+	requireHost(t)
+	dir := filepath.Join(t.TempDir(), "templates")
+	c := New(dir, mount.Exec{})
+	dev := blankDevice(t, MaxSize+1<<20)
+	if err := c.Format(context.Background(), dev, "ext4"); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Format of %d bytes = %v", int64(MaxSize+1<<20), err)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "*")); len(m) != 0 {
+		t.Errorf("made %v", m)
 	}
 }

@@ -30,9 +30,14 @@ var ErrUnsupported = mount.ErrNoTemplate
 const templateVersion = "v1"
 
 // MaxTemplates is how many templates a Cache keeps; the least recently
-// used go first. Each is a sparse file of under a megabyte allocated for
-// volumes up to a terabyte or so.
-const MaxTemplates = 16
+// used go first.
+const MaxTemplates = 8
+
+// MaxSize is the largest device formatted from a template. A template is
+// a sparse file whose allocated part grows with the filesystem (140 KiB
+// for 64 MiB, 5 MiB for 100 GiB, 15 MiB for 1 TiB): past this, the
+// templates would weigh on the node's root disk more than mkfs costs.
+const MaxSize = 1 << 40
 
 // Cache makes templates in dir and formats devices from them. Safe for
 // concurrent use, and by several processes on one dir: a template is
@@ -67,6 +72,9 @@ func (c *Cache) Format(ctx context.Context, device, fsType string) error {
 	size, err := mount.DeviceSize(device)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	if size > MaxSize {
+		return fmt.Errorf("%w for a device of %d bytes (more than %d)", ErrUnsupported, size, int64(MaxSize))
 	}
 	tmpl, err := c.template(ctx, fsType, size)
 	if err != nil {
