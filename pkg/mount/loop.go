@@ -316,9 +316,10 @@ func (l *Loop) configure(dev string, backing int, readOnly bool) error {
 // ErrBusy: a loop device stays attached because something holds it open.
 var ErrBusy = errors.New("loop device busy")
 
-// Detach releases every loop device backed by file, if any, and waits
-// until the kernel has let them go: LOOP_CLR_FD only marks a device to be
-// cleared at its last close, which can come a moment later.
+// Detach releases the loop devices backed by file that Known names (all of
+// them, when the last look was a full scan), and waits until the kernel
+// has let them go: LOOP_CLR_FD only marks a device to be cleared at its
+// last close, which can come a moment later.
 func (l *Loop) Detach(file string) error {
 	return l.detach(file, "")
 }
@@ -330,11 +331,11 @@ func (l *Loop) DetachDevice(file, dev string) error {
 }
 
 func (l *Loop) detach(file, only string) error {
-	// Every device backed by file is released (a full scan), then the
-	// ones released are watched until the kernel lets them go (Known,
-	// which now names just those).
-	remaining := func(find func(string) ([]Device, error)) ([]Device, error) {
-		devs, err := find(file)
+	// The devices Known names are released, then watched until the
+	// kernel lets them go. (The node's unstage has just refreshed what is
+	// known with a full scan, pool.FullAttacher, under the volume's lock.)
+	remaining := func() ([]Device, error) {
+		devs, err := l.Known(file)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil
 		}
@@ -346,7 +347,7 @@ func (l *Loop) detach(file, only string) error {
 		}
 		return out, err
 	}
-	devs, err := remaining(l.FindAll)
+	devs, err := remaining()
 	if err != nil {
 		return err
 	}
@@ -356,7 +357,7 @@ func (l *Loop) detach(file, only string) error {
 		}
 	}
 	for deadline := time.Now().Add(5 * time.Second); len(devs) > 0; {
-		if devs, err = remaining(l.Known); err != nil || len(devs) == 0 {
+		if devs, err = remaining(); err != nil || len(devs) == 0 {
 			return err
 		}
 		if time.Now().After(deadline) {

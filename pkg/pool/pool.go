@@ -201,7 +201,8 @@ type Pool interface {
 
 	// Attach makes the volume's storage reachable on this node (a loop
 	// device for an image file); Detach undoes it. Both are idempotent.
-	// Detach releases every device of the volume, read-only ones too.
+	// Detach releases every device of the volume, read-only ones too (a
+	// FullAttacher: the ones AttachedAll or Attached last named).
 	Attach(ctx context.Context, id string) (Attachment, error)
 	Detach(ctx context.Context, id string) error
 	// Attached reports how the volume is reachable now, without making
