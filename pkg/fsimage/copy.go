@@ -51,22 +51,11 @@ func dataExtents(f *os.File, size int64) ([]extent, error) {
 // is written before the template checks out; everything but the block of
 // the primary superblock is written and flushed first, that block last.
 func copyExt4(tmpl, device string, size int64) error {
-	src, err := os.Open(tmpl)
+	src, g, err := openTemplate(tmpl, size)
 	if err != nil {
-		return fmt.Errorf("%w: open template: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
 	defer src.Close()
-	primary := make([]byte, ext4SuperSize)
-	if _, err := src.ReadAt(primary, ext4SuperOffset); err != nil {
-		return fmt.Errorf("%w: read template %s: %w", ErrUnsupported, tmpl, err)
-	}
-	g, err := parseExt4(primary)
-	if err != nil {
-		return fmt.Errorf("%w: template %s: %w", ErrUnsupported, tmpl, err)
-	}
-	if int64(g.blocks)*g.blockSize != size {
-		return fmt.Errorf("%w: template %s is not of %d bytes", ErrUnsupported, tmpl, size)
-	}
 	extents, err := dataExtents(src, size)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)

@@ -170,33 +170,48 @@ func (c *Cache) make(ctx context.Context, fsType string, size int64, p string) e
 	return nil
 }
 
-// checkTemplate opens the template at p and checks its size and primary
-// superblock.
+// checkTemplate checks the template at p (openTemplate).
 func checkTemplate(p string, size int64) error {
+	f, _, err := openTemplate(p, size)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// openTemplate opens the template at p: a regular file of size bytes whose
+// primary superblock checks out and describes a filesystem of that size.
+func openTemplate(p string, size int64) (*os.File, ext4Geometry, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return err
+		return nil, ext4Geometry{}, err
 	}
-	defer f.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
-		return fmt.Errorf("template %s: not a regular file of %d bytes", p, size)
-	}
-	sb := make([]byte, ext4SuperSize)
-	if _, err := f.ReadAt(sb, ext4SuperOffset); err != nil {
-		return fmt.Errorf("read template %s: %w", p, err)
-	}
-	g, err := parseExt4(sb)
+	g, err := func() (ext4Geometry, error) {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return ext4Geometry{}, err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
+			return ext4Geometry{}, fmt.Errorf("template %s: not a regular file of %d bytes", p, size)
+		}
+		sb := make([]byte, ext4SuperSize)
+		if _, err := f.ReadAt(sb, ext4SuperOffset); err != nil {
+			return ext4Geometry{}, fmt.Errorf("read template %s: %w", p, err)
+		}
+		g, err := parseExt4(sb)
+		if err != nil {
+			return ext4Geometry{}, fmt.Errorf("template %s: %w", p, err)
+		}
+		if int64(g.blocks)*g.blockSize != size {
+			return ext4Geometry{}, fmt.Errorf("template %s: a filesystem of %d bytes, not %d", p, int64(g.blocks)*g.blockSize, size)
+		}
+		return g, nil
+	}()
 	if err != nil {
-		return fmt.Errorf("template %s: %w", p, err)
+		f.Close()
+		return nil, ext4Geometry{}, err
 	}
-	if int64(g.blocks)*g.blockSize != size {
-		return fmt.Errorf("template %s: a filesystem of %d bytes, not %d", p, int64(g.blocks)*g.blockSize, size)
-	}
-	return nil
+	return f, g, nil
 }
 
 // evict removes the least recently used templates beyond MaxTemplates,

@@ -75,7 +75,7 @@ func WriteRecord(path string, v any) error {
 // a process that crashes leaves it whole in the page cache, and after a
 // machine crash what it describes is gone, so it is not fsynced. Whoever
 // keeps such records must drop those of an earlier boot unread (a crash
-// may have left them torn): see SameBoot.
+// may have left them torn): see NewBoot.
 func WriteBootRecord(path string, v any) error {
 	return writeRecord(path, v, false)
 }
