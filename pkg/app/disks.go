@@ -54,7 +54,7 @@ func (c CSIConfig) claimRecords() disk.Records {
 // planDisks reads the node's disks and decides what the rules make of
 // them; it changes nothing.
 func planDisks(ctx context.Context, c CSIConfig, run mount.Runner) (disk.Plan, error) {
-	disks, err := disk.Scan(ctx, c.diskHost(), disk.Blkid{Run: run})
+	disks, err := disk.Scan(ctx, c.diskHost(), disk.Wipefs{Run: run})
 	if err != nil {
 		return disk.Plan{}, err
 	}
@@ -123,7 +123,7 @@ func openDiskPools(ctx context.Context, c CSIConfig, loops *mount.Loop, run moun
 	if err != nil {
 		return nil, nil, err
 	}
-	probe := disk.Blkid{Run: run}
+	probe := disk.Wipefs{Run: run}
 	claimer := disk.Claimer{Records: c.claimRecords(), MountDir: filepath.Join(c.Root, "disks", "mnt"), Run: run, Probe: probe}
 	ready := claimer.Apply(ctx, plan)
 	w := disk.NewWatcher(c.diskHost(), probe, c.disks.ScanInterval.Duration, plan)

@@ -59,7 +59,7 @@ func TestClaimSurvivesACrashBeforeFormatting(t *testing.T) {
 		t.Fatal(err)
 	}
 	host := disk.Host{Sysfs: "/sys", Dev: "/dev", Proc: "/proc"}
-	probe := disk.Blkid{Run: mount.Exec{}}
+	probe := disk.Wipefs{Run: mount.Exec{}}
 	records := disk.Records{Dir: filepath.Join(dir, "state", "claims")}
 	start := func(run mount.Runner) []disk.Ready {
 		t.Helper()

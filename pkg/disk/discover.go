@@ -8,9 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/device"
 )
@@ -87,6 +90,10 @@ type Disk struct {
 	// MountPoints of the disk or any partition of it (from mountinfo).
 	MountPoints []string `json:"mountPoints,omitempty"`
 	Swap        bool     `json:"swap,omitempty"`
+	// Held says why the kernel refuses an exclusive open of the disk
+	// (ErrHeld): in use by something mountinfo, holders and swap may not
+	// show.
+	Held string `json:"held,omitempty"`
 	// Signature is what blkid found on the whole device.
 	Signature Signature `json:"signature"`
 	State     State     `json:"state"`
@@ -95,21 +102,45 @@ type Disk struct {
 	// Reasons say why a disk is foreign (or, after Plan, why no rule
 	// claimed it).
 	Reasons []string `json:"reasons,omitempty"`
+	// btrfs lists the mounted btrfs filesystems (fsid) the disk or a
+	// partition of it belongs to.
+	btrfs []string
 }
 
-// Signature is what a probe of a device found ("" Type and PTType:
-// nothing).
+// Signature is what a probe of a device found (Empty: nothing).
 type Signature struct {
 	Type   string `json:"type,omitempty"` // filesystem or other signature (xfs, LVM2_member, swap, ...)
 	UUID   string `json:"uuid,omitempty"`
 	Label  string `json:"label,omitempty"`
 	PTType string `json:"ptType,omitempty"` // partition table (gpt, dos)
+	// Found lists every signature the probe saw, with its offset
+	// ("gpt at offset 0xffffe00"): a backup partition table, a second
+	// filesystem's superblock, one with a bad checksum.
+	Found []string `json:"found,omitempty"`
+	// Ambivalent: more than one filesystem-like signature.
+	Ambivalent bool `json:"ambivalent,omitempty"`
 }
 
 // Empty reports that nothing was found.
-func (s Signature) Empty() bool { return s.Type == "" && s.PTType == "" }
+func (s Signature) Empty() bool { return s.Type == "" && s.PTType == "" && len(s.Found) == 0 }
+
+// Only reports that the device holds one filesystem-like signature with
+// this UUID and nothing else (no partition table, no second signature).
+func (s Signature) Only(uuid string) bool {
+	return uuid != "" && s.UUID == uuid && s.PTType == "" && !s.Ambivalent && len(s.Found) <= 1
+}
 
 func (s Signature) String() string {
+	if len(s.Found) > 0 {
+		t := "signatures " + strings.Join(s.Found, ", ")
+		if len(s.Found) == 1 {
+			t = "signature " + s.Found[0]
+		}
+		if s.UUID != "" {
+			t += " (UUID " + s.UUID + ")"
+		}
+		return t
+	}
 	var parts []string
 	if s.PTType != "" {
 		parts = append(parts, "partition table "+s.PTType)
@@ -124,10 +155,14 @@ func (s Signature) String() string {
 	return strings.Join(parts, ", ")
 }
 
-// Prober reads a device's signatures; blkid on a host (BlkidProber), a
-// table in fixture tests, where no real device stands behind the tree.
+// Prober reads a device's signatures and asks the kernel whether anything
+// holds it: Wipefs on a host, a table in fixture tests, where no real
+// device stands behind the tree.
 type Prober interface {
 	Probe(ctx context.Context, device string) (Signature, error)
+	// Exclusive is nil when the kernel grants an exclusive open of
+	// device now, ErrHeld when it refuses.
+	Exclusive(device string) error
 }
 
 // skip are kernel devices that are never disks: RAM disks, compressed
@@ -143,10 +178,11 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list block devices: %w", err)
 	}
-	mounts, err := readMounts(filepath.Join(h.Proc, "self", "mountinfo"))
+	mounts, err := h.readMounts()
 	if err != nil {
 		return nil, err
 	}
+	btrfsOf := h.mountedBtrfs()
 	swaps := readSwaps(filepath.Join(h.Proc, "swaps"))
 	var out []Disk
 	for _, e := range entries {
@@ -162,14 +198,27 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 			continue
 		}
 		for _, mm := range append([]string{d.MajorMinor}, h.partitionDevs(name, d.Partitions)...) {
-			d.MountPoints = append(d.MountPoints, mounts[mm]...)
+			d.MountPoints = appendNew(d.MountPoints, mounts["dev:"+mm]...)
 		}
 		for _, n := range append([]string{name}, d.Partitions...) {
 			d.Swap = d.Swap || swaps[filepath.Join(h.Dev, n)] || swaps["/dev/"+n]
+			// A btrfs mount shows an anonymous device number in
+			// mountinfo: its source names the device, and sysfs lists
+			// every device of a mounted btrfs (a raid1's second disk is
+			// in no mountinfo line at all).
+			d.MountPoints = appendNew(d.MountPoints, mounts["name:"+n]...)
+			if fsid := btrfsOf[n]; fsid != "" {
+				d.btrfs = append(d.btrfs, fsid)
+			}
 		}
 		var probeErr error
 		if probe != nil {
 			d.Signature, probeErr = probe.Probe(ctx, d.Device)
+			if err := probe.Exclusive(d.Device); errors.Is(err, ErrHeld) {
+				d.Held = "the kernel refuses an exclusive open (a mounted filesystem, swap, RAID or LVM, or a program holds it)"
+			} else if err != nil && probeErr == nil {
+				probeErr = err
+			}
 		}
 		d.judge()
 		if probeErr != nil {
@@ -195,6 +244,12 @@ func (d *Disk) judge() {
 	}
 	if len(d.MountPoints) > 0 {
 		why = append(why, "mounted at "+strings.Join(d.MountPoints, ", "))
+	}
+	for _, fsid := range d.btrfs {
+		why = append(why, "a device of mounted btrfs "+fsid)
+	}
+	if d.Held != "" {
+		why = append(why, "in use: "+d.Held)
 	}
 	if len(d.Holders) > 0 {
 		why = append(why, "held by "+strings.Join(d.Holders, ", "))
@@ -366,9 +421,11 @@ func transport(devPath string) Transport {
 	return TransportUnknown
 }
 
-// readMounts maps major:minor to the mount points of that device.
-func readMounts(path string) (map[string][]string, error) {
-	f, err := os.Open(path)
+// readMounts maps "dev:<major:minor>" and "name:<device name under
+// /dev>" to the mount points of that device. The source names the device
+// where the device number does not (btrfs shows an anonymous one).
+func (h Host) readMounts() (map[string][]string, error) {
+	f, err := os.Open(filepath.Join(h.Proc, "self", "mountinfo"))
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
@@ -377,16 +434,60 @@ func readMounts(path string) (map[string][]string, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		pre, post, _ := strings.Cut(sc.Text(), " - ")
+		fields := strings.Fields(pre)
 		if len(fields) < 5 {
 			continue
 		}
-		out[fields[2]] = append(out[fields[2]], unescape(fields[4]))
+		at := unescape(fields[4])
+		out["dev:"+fields[2]] = append(out["dev:"+fields[2]], at)
+		g := strings.Fields(post)
+		if len(g) < 2 || !strings.HasPrefix(g[1], "/dev/") {
+			continue
+		}
+		src := unescape(g[1])
+		name := strings.TrimPrefix(filepath.Clean(src), "/dev/")
+		// The source may be a link (/dev/disk/by-uuid/...): its device
+		// number decides where the node is a block device.
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(h.Dev, name), &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			mm := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+			if mm != fields[2] {
+				out["dev:"+mm] = append(out["dev:"+mm], at)
+			}
+		}
+		out["name:"+name] = append(out["name:"+name], at)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
 	return out, nil
+}
+
+// mountedBtrfs maps a device name to the mounted btrfs filesystem it is a
+// device of (sysfs lists them under fs/btrfs/<fsid>/devices while the
+// filesystem is mounted).
+func (h Host) mountedBtrfs() map[string]string {
+	out := map[string]string{}
+	fss, _ := os.ReadDir(filepath.Join(h.Sysfs, "fs", "btrfs"))
+	for _, fs := range fss {
+		devs, _ := os.ReadDir(filepath.Join(h.Sysfs, "fs", "btrfs", fs.Name(), "devices"))
+		for _, d := range devs {
+			out[d.Name()] = fs.Name()
+		}
+	}
+	return out
+}
+
+// appendNew appends what to has that has not already.
+func appendNew(has []string, what ...string) []string {
+	for _, w := range what {
+		if !slices.Contains(has, w) {
+			has = append(has, w)
+		}
+	}
+	return has
 }
 
 // unescape undoes mountinfo's octal escapes (\040 for a space).

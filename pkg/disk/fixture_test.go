@@ -124,6 +124,9 @@ type table map[string]Signature
 
 func (tb table) Probe(_ context.Context, dev string) (Signature, error) { return tb[dev], nil }
 
+// Exclusive: nothing holds a fixture's devices.
+func (tb table) Exclusive(string) error { return nil }
+
 func machineSignatures() table {
 	return table{
 		"/dev/sda":     {PTType: "gpt"},

@@ -198,7 +198,7 @@ func ours(c Claim, m Member, d Disk) bool {
 
 // wipeable: nothing uses the disk now (only signatures are on it).
 func wipeable(d Disk) bool {
-	return len(d.MountPoints) == 0 && len(d.Holders) == 0 && !d.Swap && !d.ReadOnly && d.SizeBytes > 0
+	return len(d.MountPoints) == 0 && len(d.btrfs) == 0 && d.Held == "" && len(d.Holders) == 0 && !d.Swap && !d.ReadOnly && d.SizeBytes > 0
 }
 
 func missingProblem(pp PoolPlan) string {
