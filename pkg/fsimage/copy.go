@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,10 +47,11 @@ func dataExtents(f *os.File, size int64) ([]extent, error) {
 }
 
 // copyExt4 writes the ext4 template at tmpl onto device (size bytes, read
-// as zeros) with a new identity. The device is opened O_EXCL: one mounted
-// or held open exclusively is refused before anything is written. Nothing
-// is written before the template checks out; everything but the block of
-// the primary superblock is written and flushed first, that block last.
+// as zeros) with a new identity. Every write goes through a descriptor that
+// holds the device exclusively (writeExcl): one mounted or held open
+// exclusively by another is refused before anything is written. Nothing is
+// written before the template checks out; everything but the block of the
+// primary superblock is written and flushed first, that block last.
 func copyExt4(tmpl, device string, size int64) error {
 	src, g, err := openTemplate(tmpl, size)
 	if err != nil {
@@ -70,11 +72,17 @@ func copyExt4(tmpl, device string, size int64) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)
 	}
-	dst, err := os.OpenFile(device, os.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	// Open from the first write to the last, read-only and shared: the
+	// flush between them goes through it, and the device's last close
+	// (which flushes its page cache) is this one, not one under ForkLock
+	// in writeExcl. A child that inherits it cannot make a mount fail:
+	// mount(2) is refused only by another exclusive holder (or, where the
+	// kernel blocks writes to mounted devices, by a writer).
+	keep, err := unix.Open(device, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", device, err) // mounted, or held by another
+		return fmt.Errorf("open %s: %w", device, err)
 	}
-	defer dst.Close()
+	defer unix.Close(keep)
 
 	var first []byte // the block of the primary superblock, written last
 	patched := 0
@@ -93,33 +101,74 @@ func copyExt4(tmpl, device string, size int64) error {
 					patched++
 				}
 			}
+			at := off
 			if off == 0 {
 				first = append([]byte(nil), b[:min(len(b), 4096)]...)
-				b = b[len(first):]
-				if len(b) == 0 {
-					continue
-				}
-				if _, err := dst.WriteAt(b, off+int64(len(first))); err != nil {
-					return fmt.Errorf("write %s: %w", device, err)
-				}
+				b, at = b[len(first):], int64(len(first))
+			}
+			if len(b) == 0 {
 				continue
 			}
-			if _, err := dst.WriteAt(b, off); err != nil {
-				return fmt.Errorf("write %s: %w", device, err)
+			if err := writeExcl(device, b, at); err != nil {
+				return err
 			}
 		}
 	}
 	if patched != len(supers) || first == nil {
 		return fmt.Errorf("template %s: %d of its %d superblocks hold data", tmpl, patched, len(supers))
 	}
-	if err := dst.Sync(); err != nil {
+	if err := unix.Fsync(keep); err != nil {
 		return fmt.Errorf("flush %s: %w", device, err)
 	}
 	// Not flushed here: the mount that follows writes this superblock
-	// again and flushes it. Lost to a crash before that, it leaves a
-	// device with no filesystem, which the next stage formats.
-	if _, err := dst.WriteAt(first, 0); err != nil {
-		return fmt.Errorf("write superblock of %s: %w", device, err)
+	// again and flushes it (and so does the last close of keep). Lost to
+	// a crash before that, it leaves a device with no filesystem, which
+	// the next stage formats.
+	return writeExcl(device, first, 0)
+}
+
+// writeExcl writes b at off of device through a descriptor of its own that
+// holds the device exclusively (O_EXCL: refused while the device is mounted
+// or held exclusively by another) and that exists only while
+// syscall.ForkLock is held for reading.
+//
+// Why the lock: a child forked by another goroutine of this process (any
+// exec.Command) gets a copy of every descriptor the process holds at that
+// moment, and keeps it until it execs. Close-on-exec does not help in
+// between: the clone copies the table, and the kernel lets the forking
+// thread go on (the vfork wait ends in exec_mmap) before the child closes
+// its close-on-exec descriptors. An exclusive descriptor copied into such
+// a child keeps the device claimed after this process closed its own, and
+// the mount that follows the copy fails with EBUSY. syscall.forkExec holds
+// ForkLock for writing from before the clone until it returns, so while
+// this function holds it for reading no child is forked, and a child forked
+// before it took the lock was forked before the descriptor existed: no
+// child ever holds it. (Only os/exec and syscall fork in a Go process, and
+// both take the lock; plinth has no cgo.) The lock is held for one
+// open, write and close: at most chunk bytes into the page cache.
+func writeExcl(device string, b []byte, off int64) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	fd, err := unix.Open(device, unix.O_WRONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", device, err) // mounted, or held by another
 	}
-	return dst.Close()
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, off)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err == nil && n == 0 {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("write %s at %d: %w", device, off, err)
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	if err := unix.Close(fd); err != nil {
+		return fmt.Errorf("close %s: %w", device, err)
+	}
+	return nil
 }

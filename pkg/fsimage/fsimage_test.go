@@ -429,3 +429,88 @@ func TestTooLargeForTemplate(t *testing.T) {
 		t.Errorf("made %v", m)
 	}
 }
+
+// forkWhile runs programs in n goroutines of this process until the test
+// ends: each fork copies the process's descriptor table into the child,
+// which holds it until it execs.
+func forkWhile(t *testing.T, n int) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_ = exec.Command("true").Run()
+			}
+		}()
+	}
+	t.Cleanup(func() { close(stop); wg.Wait() })
+}
+
+// TestFormatThenMountWhileForking: bursts of devices formatted from a
+// template and mounted at once, while other goroutines of the process fork
+// and exec programs without pause, never find the device busy: no child
+// forked during a copy keeps a descriptor that holds the device.
+func TestFormatThenMountWhileForking(t *testing.T) {
+	requireHost(t)
+	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{})
+	const rounds, n, size = 20, 16, 64 << 20
+	if _, err := c.template(context.Background(), "ext4", size); err != nil {
+		t.Fatal(err)
+	}
+	forkWhile(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	busy, total := 0, 0
+	for round := 0; round < rounds && ctx.Err() == nil; round++ {
+		devs := make([]string, n)
+		for i := range devs {
+			devs[i] = blankDevice(t, size)
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, dev := range devs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := c.Format(ctx, dev, "ext4"); err != nil {
+					errs[i] = err
+					return
+				}
+				mnt := filepath.Join(t.TempDir(), "mnt")
+				if err := os.Mkdir(mnt, 0o700); err != nil {
+					errs[i] = err
+					return
+				}
+				if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+					errs[i] = fmt.Errorf("mount %s right after its copy: %w", dev, err)
+					return
+				}
+				errs[i] = unix.Unmount(mnt, 0)
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			total++
+			if errors.Is(err, unix.EBUSY) {
+				busy++
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		t.Errorf("ran past its deadline: %d formats", total)
+	}
+	if busy != 0 {
+		t.Errorf("%d of %d devices were busy when mounted right after their copy", busy, total)
+	}
+	t.Logf("%d formats, %d busy", total, busy)
+}
