@@ -149,7 +149,7 @@ func openDiskPools(ctx context.Context, c CSIConfig, loops *mount.Loop, run moun
 			p, err = btrfs.New(ctx, btrfs.Config{Name: r.Name, Dir: r.Dir, Run: run})
 		case disk.LayoutDisk:
 			p, err = whole.New(whole.Config{Name: r.Name, Dir: filepath.Join(c.Root, "disks", "pools", r.Name), Members: r.Recorded,
-				FsType: r.FsType, Disks: w, Loops: loops, Run: run, SysfsRoot: c.SysfsRoot, Rescan: w.Rescan})
+				FsType: r.FsType, Disks: w, Loops: loops, Run: run, Probe: probe, SysfsRoot: c.SysfsRoot, Rescan: w.Rescan})
 		}
 		if err != nil {
 			klog.ErrorS(err, "Disk pool cannot be opened; it is listed unhealthy", "pool", r.Name, "layout", r.Layout)

@@ -13,8 +13,6 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/plinth-dev/plinth/pkg/device"
 )
 
@@ -203,10 +201,7 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 		for _, n := range append([]string{name}, d.Partitions...) {
 			d.Swap = d.Swap || swaps[filepath.Join(h.Dev, n)] || swaps["/dev/"+n]
 			// A btrfs mount shows an anonymous device number in
-			// mountinfo: its source names the device, and sysfs lists
-			// every device of a mounted btrfs (a raid1's second disk is
-			// in no mountinfo line at all).
-			d.MountPoints = appendNew(d.MountPoints, mounts["name:"+n]...)
+			// mountinfo; sysfs lists every device of a mounted btrfs.
 			if fsid := btrfsOf[n]; fsid != "" {
 				d.btrfs = append(d.btrfs, fsid)
 			}
@@ -246,7 +241,7 @@ func (d *Disk) judge() {
 		why = append(why, "mounted at "+strings.Join(d.MountPoints, ", "))
 	}
 	for _, fsid := range d.btrfs {
-		why = append(why, "a device of mounted btrfs "+fsid)
+		why = append(why, "a device of mounted btrfs "+fsid+" (findmnt --source UUID="+fsid+")")
 	}
 	if d.Held != "" {
 		why = append(why, "in use: "+d.Held)
@@ -421,9 +416,10 @@ func transport(devPath string) Transport {
 	return TransportUnknown
 }
 
-// readMounts maps "dev:<major:minor>" and "name:<device name under
-// /dev>" to the mount points of that device. The source names the device
-// where the device number does not (btrfs shows an anonymous one).
+// readMounts maps "dev:<major:minor>" to the mount points of that device.
+// A btrfs mount shows an anonymous device number, and its source is the
+// name the device had when it was mounted (another device's, after a
+// rename): sysfs names a mounted btrfs's devices (mountedBtrfs).
 func (h Host) readMounts() (map[string][]string, error) {
 	f, err := os.Open(filepath.Join(h.Proc, "self", "mountinfo"))
 	if err != nil {
@@ -434,30 +430,11 @@ func (h Host) readMounts() (map[string][]string, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		pre, post, _ := strings.Cut(sc.Text(), " - ")
-		fields := strings.Fields(pre)
+		fields := strings.Fields(sc.Text())
 		if len(fields) < 5 {
 			continue
 		}
-		at := unescape(fields[4])
-		out["dev:"+fields[2]] = append(out["dev:"+fields[2]], at)
-		g := strings.Fields(post)
-		if len(g) < 2 || !strings.HasPrefix(g[1], "/dev/") {
-			continue
-		}
-		src := unescape(g[1])
-		name := strings.TrimPrefix(filepath.Clean(src), "/dev/")
-		// The source may be a link (/dev/disk/by-uuid/...): its device
-		// number decides where the node is a block device.
-		var st unix.Stat_t
-		if err := unix.Stat(filepath.Join(h.Dev, name), &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
-			mm := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
-			if mm != fields[2] {
-				out["dev:"+mm] = append(out["dev:"+mm], at)
-			}
-		}
-		out["name:"+name] = append(out["name:"+name], at)
+		out["dev:"+fields[2]] = append(out["dev:"+fields[2]], unescape(fields[4]))
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)

@@ -135,12 +135,9 @@ func TestMountedBtrfsIsNeverWiped(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(mnt, "precious.txt"), []byte("mine"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d := scanOne(t, img)
-	if !strings.Contains(strings.Join(d.MountPoints, " "), mnt) {
-		t.Errorf("mount points %q, want %s", d.MountPoints, mnt)
-	}
 	dec, touched := planAndApply(t, img, dev, "file")
-	wantLeftAlone(t, dec, touched, "mounted at "+mnt)
+	wantLeftAlone(t, dec, touched, "a device of mounted btrfs")
+	wantLeftAlone(t, dec, touched, "in use")
 	if b, err := os.ReadFile(filepath.Join(mnt, "precious.txt")); err != nil || string(b) != "mine" {
 		t.Errorf("precious.txt: %q, %v", b, err)
 	}

@@ -381,7 +381,15 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 func (p *Publisher) formatAndMount(ctx context.Context, pl pool.Pool, v pool.Volume, device, path string, options []string) error {
 	br, ok := pl.(pool.BlankRecorder)
 	if !ok || !v.Blank {
-		return p.mounter.FormatAndMount(ctx, device, path, v.FsType, options)
+		if err := p.mounter.FormatAndMount(ctx, device, path, v.FsType, options); err != nil {
+			return err
+		}
+		// A whole disk's pool records the filesystem now on it as the
+		// volume's: a later stage mounts that one only.
+		if fr, ok := pl.(pool.FilesystemRecorder); ok {
+			return fr.RecordFilesystem(ctx, v.ID, device)
+		}
+		return nil
 	}
 	if err := br.MarkFormatted(ctx, v.ID); err != nil {
 		return err

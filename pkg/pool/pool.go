@@ -86,6 +86,14 @@ type Volume struct {
 	Blank bool `json:"blank,omitempty"`
 	// Disk is the identity of the whole disk the volume is (disk pools).
 	Disk string `json:"disk,omitempty"`
+	// DiskHanded: the whole disk was found empty and unheld when it was
+	// first attached, and went to the volume's consumer then; from here
+	// on what is on it is the volume's (disk pools).
+	DiskHanded bool `json:"diskHanded,omitempty"`
+	// DiskFsUUID is the filesystem the node made on the whole disk of a
+	// filesystem volume: a later stage mounts that one and no other, and
+	// a delete wipes that one and no other (disk pools).
+	DiskFsUUID string `json:"diskFsUUID,omitempty"`
 	// Problem, never stored, says why the volume's storage cannot be
 	// reached now (its disk gone, its pool's filesystem failed): set by
 	// the node from VolumeChecker when it reads the volume.
@@ -160,6 +168,11 @@ type Attachment struct {
 	// ReadOnly are the devices of the volume that refuse writes, each made
 	// by AttachReadOnly for one read-only publish of a block volume.
 	ReadOnly []string
+	// Made is set by Attach when this very call made Device (bound a loop
+	// device that was not bound to the volume before): the one thing a
+	// failed stage may release (ReleaseDevice). A device that was there
+	// before, whoever bound it, is never the undo's to release.
+	Made bool
 }
 
 // VolumeUsage is what a volume holds, for NodeGetVolumeStats where the
@@ -226,6 +239,13 @@ type Pool interface {
 // be acted on: before it releases the volume's devices.
 type FullAttacher interface {
 	AttachedAll(ctx context.Context, id string) (a Attachment, ok bool, err error)
+}
+
+// FilesystemRecorder is implemented by pools whose storage others can
+// reach (whole disks): the node tells it, after it formatted a volume's
+// device, that the filesystem there is the volume's.
+type FilesystemRecorder interface {
+	RecordFilesystem(ctx context.Context, id, device string) error
 }
 
 // BlankRecorder is implemented by pools that record which volumes are

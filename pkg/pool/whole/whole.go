@@ -11,7 +11,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/disk"
@@ -44,6 +46,11 @@ type Config struct {
 	Disks  Disks
 	Loops  Loops
 	Run    mount.Runner
+	// Probe reads a disk's signatures and asks the kernel whether
+	// anything holds it, right before a disk is handed out, attached
+	// for the first time, mounted again or wiped: the watcher's last scan
+	// may be seconds old.
+	Probe disk.Prober
 	// Mountinfo is read to tell whether a disk is in use
 	// (/proc/self/mountinfo).
 	Mountinfo string
@@ -77,6 +84,9 @@ func New(cfg Config) (*Pool, error) {
 	}
 	if cfg.Mountinfo == "" {
 		cfg.Mountinfo = "/proc/self/mountinfo"
+	}
+	if cfg.Probe == nil {
+		return nil, fmt.Errorf("pool %s: no disk probe configured", cfg.Name)
 	}
 	idx, err := pool.OpenIndex(filepath.Join(cfg.Dir, "volumes"), filepath.Join(cfg.Dir, "snapshots"))
 	if err != nil {
@@ -202,7 +212,23 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 		return pool.Volume{}, fmt.Errorf("%w: pool %s: no free disk holds %d bytes (%d free disks, the largest %d bytes)",
 			pool.ErrNoSpace, p.cfg.Name, v.CapacityBytes, len(free), largest)
 	}
-	d := free[i]
+	// The watcher's view may be a scan old: each candidate is read again
+	// now, and one that someone formatted or opened since is passed over.
+	var d disk.Disk
+	var passed []string
+	for _, c := range free[i:] {
+		err := p.verifyEmpty(ctx, c)
+		if err == nil {
+			d = c
+			break
+		}
+		klog.InfoS("Free disk is no longer free; not handed out", "pool", p.cfg.Name, "disk", c.ID, "device", c.Device, "err", err)
+		passed = append(passed, err.Error())
+	}
+	if d.ID == "" {
+		return pool.Volume{}, fmt.Errorf("%w: pool %s: no free disk holds %d bytes: %s",
+			pool.ErrNoSpace, p.cfg.Name, v.CapacityBytes, strings.Join(passed, "; "))
+	}
 	// Thin or thick as asked: a whole disk is both.
 	v.Schema, v.Pool, v.Disk, v.CapacityBytes = pool.SchemaVersion, p.cfg.Name, d.ID, d.SizeBytes
 	v.State, v.CreatedAt = pool.StateReady, time.Now().UTC()
@@ -211,6 +237,25 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 	}
 	klog.InfoS("Gave a whole disk to a volume", "pool", p.cfg.Name, "volumeID", v.ID, "disk", d.ID, "device", d.Device, "sizeBytes", d.SizeBytes)
 	return v, nil
+}
+
+// verifyEmpty reads the disk now: nothing mounts or holds it, the kernel
+// grants an exclusive open, and no signature of any kind is on it.
+func (p *Pool) verifyEmpty(ctx context.Context, d disk.Disk) error {
+	if err := p.inUse(d); err != nil {
+		return err
+	}
+	if err := p.cfg.Probe.Exclusive(d.Device); err != nil {
+		return fmt.Errorf("%w: disk %s: %w", pool.ErrInUse, d.ID, err)
+	}
+	sig, err := p.cfg.Probe.Probe(ctx, d.Device)
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", d.ID, err)
+	}
+	if !sig.Empty() {
+		return fmt.Errorf("%w: disk %s (%s) holds %s now", pool.ErrInUse, d.ID, d.Device, sig)
+	}
+	return nil
 }
 
 // inUse reads, now, whether anything has the disk (or a partition of it)
@@ -239,6 +284,10 @@ func (p *Pool) inUse(d disk.Disk) error {
 			}
 		}
 	}
+	// A btrfs mount shows an anonymous device number, and its source is
+	// the name the device had when it was mounted (another device's
+	// since, after a rename): the kernel's exclusive hold tells for it
+	// (verifyEmpty, DeleteVolume).
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
 		if len(f) > 4 && devs[f[2]] != "" {
@@ -280,16 +329,37 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if err := p.inUse(d); err != nil {
 		return fmt.Errorf("delete volume %s: %w", id, err)
 	}
+	if err := p.cfg.Probe.Exclusive(d.Device); err != nil {
+		return fmt.Errorf("delete volume %s: %w: disk %s: %w", id, pool.ErrInUse, d.ID, err)
+	}
+	if v.State != pool.StateDeleting {
+		// What is on the disk now must be what the volume put there: a
+		// disk someone formatted after it was handed out, or before its
+		// consumer ever had it, is not plinth's to wipe.
+		sig, err := p.cfg.Probe.Probe(ctx, d.Device)
+		if err != nil {
+			return fmt.Errorf("delete volume %s: %w", id, err)
+		}
+		if err := owned(v, sig); err != nil {
+			return fmt.Errorf("delete volume %s: %w: disk %s (%s) %w; plinth does not wipe what it did not put there: "+
+				"erase it yourself (wipefs --all %s) or take the disk out of the pool, and the delete goes on", id, pool.ErrInUse, d.ID, d.Device, err, d.Device)
+		}
+	}
 	if err := p.index.MarkDeleting(id); err != nil {
 		return err
 	}
+	// wipefs opens the disk exclusively: it fails, and erases nothing,
+	// if something mounted or opened the disk since the checks above.
 	if _, err := p.cfg.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
 		return fmt.Errorf("delete volume %s: wipe disk %s (%s): %w", id, d.ID, d.Device, err)
 	}
 	// Discard, where the disk supports it, so that a raw block volume's
-	// data does not reach the next volume on this disk; zero the start
-	// where it does not (signatures live there; wipefs erased them).
-	if _, err := p.cfg.Run.Run(ctx, "blkdiscard", "--force", d.Device); err != nil {
+	// data does not reach the next volume on this disk. Where it does
+	// not, only the signatures are gone (docs/limitations.md).
+	if err := discard(d.Device); err != nil {
+		if errors.Is(err, disk.ErrHeld) {
+			return fmt.Errorf("delete volume %s: %w: %w", id, pool.ErrInUse, err)
+		}
 		klog.V(2).InfoS("Disk does not discard; its signatures were erased", "disk", d.ID, "device", d.Device, "err", err)
 	}
 	if err := p.index.DropVolume(id); err != nil {
@@ -301,6 +371,45 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 		}
 	}
 	klog.InfoS("Wiped and freed disk", "pool", p.cfg.Name, "volumeID", id, "disk", d.ID, "device", d.Device)
+	return nil
+}
+
+// owned says whether sig is what the volume may have put on its disk.
+func owned(v pool.Volume, sig disk.Signature) error {
+	switch {
+	case sig.Empty():
+		return nil
+	case !v.DiskHanded:
+		return fmt.Errorf("holds %s, and was never attached for the volume", sig)
+	case v.Mode == pool.ModeBlock:
+		return nil // its consumer wrote what it liked
+	case v.DiskFsUUID != "" && sig.Only(v.DiskFsUUID):
+		return nil
+	case v.DiskFsUUID != "":
+		return fmt.Errorf("holds %s, not the volume's filesystem (UUID %s)", sig, v.DiskFsUUID)
+	}
+	return fmt.Errorf("holds %s, and plinth recorded no filesystem of its own there", sig)
+}
+
+// discard discards every block of dev, on a descriptor that holds it
+// exclusively (disk.ErrHeld: something opened it since).
+func discard(dev string) error {
+	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("discard %s: %w", dev, disk.ErrHeld)
+	}
+	if err != nil {
+		return fmt.Errorf("discard %s: %w", dev, err)
+	}
+	defer unix.Close(fd)
+	var size uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return fmt.Errorf("size of %s: %w", dev, errno)
+	}
+	r := [2]uint64{0, size}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKDISCARD, uintptr(unsafe.Pointer(&r[0]))); errno != 0 {
+		return fmt.Errorf("discard %s: %w", dev, errno)
+	}
 	return nil
 }
 
@@ -359,10 +468,16 @@ func (p *Pool) CheckVolume(ctx context.Context, id string) error {
 
 var _ pool.VolumeChecker = (*Pool)(nil)
 
-// Attach: the disk is the volume's device.
+// Attach: the disk is the volume's device. The first attach reads the
+// disk once more and hands it over only if it is still empty and unheld;
+// a later one of a filesystem volume only if it holds nothing or the
+// filesystem the node made there.
 func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
 	d, err := p.disk(id)
 	if err != nil {
+		return pool.Attachment{}, err
+	}
+	if err := p.checkHandover(ctx, id, d); err != nil {
 		return pool.Attachment{}, err
 	}
 	a, _, err := p.Attached(ctx, id)
@@ -372,6 +487,70 @@ func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
 	a.Device = d.Device
 	return a, nil
 }
+
+// checkHandover is Attach's check of what is on the disk.
+func (p *Pool) checkHandover(ctx context.Context, id string, d disk.Disk) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return err
+	}
+	if !v.DiskHanded {
+		if err := p.verifyEmpty(ctx, d); err != nil {
+			return fmt.Errorf("volume %s: its disk is not as it was when plinth chose it: %w", id, err)
+		}
+		v.DiskHanded = true
+		return p.index.PutVolume(v)
+	}
+	if v.Mode != pool.ModeFilesystem {
+		return nil
+	}
+	sig, err := p.cfg.Probe.Probe(ctx, d.Device)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", id, err)
+	}
+	switch {
+	case sig.Empty(), v.DiskFsUUID != "" && sig.Only(v.DiskFsUUID):
+		return nil
+	case v.DiskFsUUID == "" && sig.Type == v.FsType && sig.Only(sig.UUID):
+		// The node formatted the disk and stopped before it said so
+		// (RecordFilesystem): the volume's own filesystem type, alone on
+		// a disk that was empty when it was handed over.
+		v.DiskFsUUID = sig.UUID
+		return p.index.PutVolume(v)
+	}
+	what := "no filesystem plinth made"
+	if v.DiskFsUUID != "" {
+		what = "not the volume's filesystem (UUID " + v.DiskFsUUID + ")"
+	}
+	return fmt.Errorf("%w: volume %s: disk %s (%s) holds %s, %s; plinth does not mount it", pool.ErrInUse, id, d.ID, d.Device, sig, what)
+}
+
+// RecordFilesystem records the filesystem the node made on the volume's
+// disk.
+func (p *Pool) RecordFilesystem(ctx context.Context, id, device string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return err
+	}
+	sig, err := p.cfg.Probe.Probe(ctx, device)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", id, err)
+	}
+	if v.DiskFsUUID == sig.UUID || !sig.Only(sig.UUID) {
+		return nil
+	}
+	if v.DiskFsUUID != "" {
+		return fmt.Errorf("%w: volume %s: disk holds %s, not the volume's filesystem (UUID %s)", pool.ErrInUse, id, sig, v.DiskFsUUID)
+	}
+	v.DiskFsUUID = sig.UUID
+	return p.index.PutVolume(v)
+}
+
+var _ pool.FilesystemRecorder = (*Pool)(nil)
 
 // Detach has nothing to release but the read-only devices.
 func (p *Pool) Detach(ctx context.Context, id string) error {

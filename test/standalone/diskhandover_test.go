@@ -1,0 +1,230 @@
+package standalone
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+
+	"github.com/plinth-dev/plinth/pkg/app"
+	"github.com/plinth-dev/plinth/test/testenv"
+)
+
+// A disk pool's disks as an outsider finds them between two scans (the
+// scan interval is an hour here, so plinth's view is as stale as it can
+// be): formatted by someone, held open by a program, formatted again
+// after plinth handed the disk over. plinth hands out, mounts and wipes
+// only what it can see right then is empty or the volume's own.
+
+type handoverEnv struct {
+	root  string // kubelet-ish root for staging paths
+	disks map[string]*loopDisk
+	c     *testenv.Client
+}
+
+func newHandoverEnv(t *testing.T, names ...string) *handoverEnv {
+	t.Helper()
+	testenv.RequireHost(t, "losetup", "wipefs", "mkfs.ext4")
+	dir := t.TempDir()
+	e := &handoverEnv{root: filepath.Join(dir, "kubelet"), disks: map[string]*loopDisk{}}
+	os.MkdirAll(e.root, 0o750)
+	var ids []string
+	for _, n := range names {
+		d := &loopDisk{name: n, file: filepath.Join(dir, n+".img"), size: 64 << 20}
+		if err := os.WriteFile(d.file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(d.file, d.size); err != nil {
+			t.Fatal(err)
+		}
+		d.attach(t)
+		e.disks[n] = d
+		ids = append(ids, fmt.Sprintf("%q", d.id()))
+	}
+	state := filepath.Join(dir, "state")
+	t.Cleanup(func() {
+		testenv.Reboot(t, e.root)
+		testenv.Reboot(t, state)
+		for _, d := range e.disks {
+			d.detach(t)
+		}
+	})
+	rules := fmt.Sprintf("scanInterval: 1h\nrules:\n- {pool: whole, layout: disk, fsType: ext4, select: {transports: [loop], ids: [%s]}}\n", strings.Join(ids, ", "))
+	cfg := app.StandaloneConfig{CSIConfig: app.CSIConfig{
+		Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), Root: state, NodeID: "node-1",
+		DiskConfigData: []byte(rules), AllowedPaths: []string{e.root}, SysfsRoot: "/sys", DevRoot: "/dev",
+	}}
+	e.c = testenv.Dial(t, testenv.Standalone(t, cfg))
+	return e
+}
+
+// outsiderFormats makes an ext4 with a file on it, as an administrator
+// would on a disk they took for unused.
+func outsiderFormats(t *testing.T, dev string) {
+	t.Helper()
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "theirs", dev).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	mnt := t.TempDir()
+	if err := unix.Mount(dev, mnt, "ext4", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	err := os.WriteFile(filepath.Join(mnt, "precious.txt"), []byte("not the tenant's"), 0o600)
+	unix.Unmount(mnt, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *handoverEnv) create(t *testing.T, name string, block bool) (*csi.CreateVolumeResponse, error) {
+	cap := testenv.MountCap("ext4")
+	if block {
+		cap = testenv.BlockCap()
+	}
+	return e.c.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name,
+		CapacityRange:      &csi.CapacityRange{RequiredBytes: 16 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{cap}})
+}
+
+func (e *handoverEnv) stage(id string, block bool) error {
+	cap := testenv.MountCap("ext4")
+	if block {
+		cap = testenv.BlockCap()
+	}
+	_, err := e.c.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: id,
+		StagingTargetPath: filepath.Join(e.root, "stage-"+id), VolumeCapability: cap})
+	return err
+}
+
+func (e *handoverEnv) unstage(t *testing.T, id string) {
+	t.Helper()
+	if _, err := e.c.NodeUnstageVolume(context.Background(), &csi.NodeUnstageVolumeRequest{VolumeId: id,
+		StagingTargetPath: filepath.Join(e.root, "stage-"+id)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Trial findings 2 and 3: a claimed free disk that someone formats, and
+// one a program holds open exclusively, are not handed out while plinth's
+// last scan still calls them free.
+func TestWholeDiskHandedOutOnlyIfEmptyNow(t *testing.T) {
+	e := newHandoverEnv(t, "a", "b")
+	outsiderFormats(t, e.disks["a"].device(t))
+	sumA := e.disks["a"].sum(t)
+	fd, err := unix.Open(e.disks["b"].device(t), unix.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.create(t, "v1", true)
+	wantCode(t, "create with one disk formatted and one held", err, codes.ResourceExhausted)
+	unix.Close(fd)
+	v, err := e.create(t, "v1", true)
+	if err != nil {
+		t.Fatalf("create once the hold is gone: %v", err)
+	}
+	if err := e.stage(v.Volume.VolumeId, true); err != nil {
+		t.Fatalf("stage: %v", err)
+	}
+	e.unstage(t, v.Volume.VolumeId)
+	if _, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.Volume.VolumeId}); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if e.disks["a"].sum(t) != sumA {
+		t.Error("the formatted disk changed")
+	}
+}
+
+// A disk formatted by someone after it was handed to a volume, before the
+// volume's first stage: the stage does not mount it (the tenant would see
+// someone else's files) and the delete does not wipe it.
+func TestWholeDiskFormattedBeforeFirstStage(t *testing.T) {
+	for _, block := range []bool{false, true} {
+		t.Run(fmt.Sprintf("block=%v", block), func(t *testing.T) {
+			e := newHandoverEnv(t, "a")
+			v, err := e.create(t, "v1", block)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outsiderFormats(t, e.disks["a"].device(t))
+			sum := e.disks["a"].sum(t)
+			wantCode(t, "stage of a disk someone formatted", e.stage(v.Volume.VolumeId, block), codes.FailedPrecondition)
+			_, err = e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.Volume.VolumeId})
+			wantCode(t, "delete of a volume whose disk someone formatted", err, codes.FailedPrecondition)
+			if e.disks["a"].sum(t) != sum {
+				t.Error("the outsider's filesystem changed")
+			}
+			if err == nil || !strings.Contains(err.Error(), "wipefs --all") {
+				t.Errorf("the refusal %v does not say how to go on", err)
+			}
+			// The administrator erases it: the delete goes through.
+			if out, err := exec.Command("wipefs", "--all", "--quiet", e.disks["a"].device(t)).CombinedOutput(); err != nil {
+				t.Fatalf("wipefs: %v: %s", err, out)
+			}
+			if _, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.Volume.VolumeId}); err != nil {
+				t.Errorf("delete after the administrator erased the disk: %v", err)
+			}
+		})
+	}
+}
+
+// A filesystem volume's disk reformatted by someone between two stages:
+// the second stage mounts nothing, the delete wipes nothing. The
+// volume's own filesystem is wiped by its delete.
+func TestWholeDiskReformattedBetweenStages(t *testing.T) {
+	e := newHandoverEnv(t, "a", "b")
+	v, err := e.create(t, "v1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := v.Volume.VolumeId
+	if err := e.stage(id, false); err != nil {
+		t.Fatalf("first stage: %v", err)
+	}
+	e.unstage(t, id)
+	if err := e.stage(id, false); err != nil {
+		t.Fatalf("stage of the volume's own filesystem: %v", err)
+	}
+	e.unstage(t, id)
+	var d *loopDisk
+	for _, x := range e.disks {
+		if blkidType(t, x.device(t)) == "ext4" {
+			d = x
+		}
+	}
+	if d == nil {
+		t.Fatal("no disk holds the volume's ext4")
+	}
+	outsiderFormats(t, d.device(t))
+	sum := d.sum(t)
+	wantCode(t, "stage of a reformatted disk", e.stage(id, false), codes.FailedPrecondition)
+	_, err = e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, "delete of a reformatted disk's volume", err, codes.FailedPrecondition)
+	if d.sum(t) != sum {
+		t.Error("the outsider's filesystem changed")
+	}
+
+	// A volume's own filesystem goes with it.
+	w, err := e.create(t, "v2", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(w.Volume.VolumeId, false); err != nil {
+		t.Fatal(err)
+	}
+	e.unstage(t, w.Volume.VolumeId)
+	if _, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: w.Volume.VolumeId}); err != nil {
+		t.Fatalf("delete of a volume with its own filesystem: %v", err)
+	}
+	for name, x := range e.disks {
+		if x != d && blkidType(t, x.device(t)) != "" {
+			t.Errorf("disk %s still holds %s after its volume's delete", name, blkidType(t, x.device(t)))
+		}
+	}
+}
