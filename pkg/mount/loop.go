@@ -28,6 +28,10 @@ type Loop struct {
 	Avoid func(dev string) bool
 
 	index loopIndex
+	// beforeClear, when set (by tests), runs after a device was chosen to
+	// be released and before it is opened to be cleared: where another
+	// process may free it and bind it to another file.
+	beforeClear func(dev string)
 }
 
 // loopIndex is what a Loop knows of which loop devices back which files:
@@ -120,7 +124,7 @@ func (l *Loop) Find(file string) (string, error) {
 
 // Known returns the loop devices backed by file that this Loop found in
 // its last scan for file or attached since, each checked with
-// LOOP_GET_STATUS64 to be still backed by the file's inode; a file it has
+// LOOP_GET_STATUS64 to be still backed by the file (backs); a file it has
 // not scanned for yet is scanned (FindAll). It scans no device per call
 // but the ones it names: a device bound to the file by another process
 // after the scan is not among them, so what must see every device (a
@@ -161,14 +165,18 @@ type Device struct {
 
 // FindAll returns every loop device backed by file: the read-write one a
 // stage attaches and the read-only ones read-only block publishes use.
+// Each bound loop device is asked which file backs it (LOOP_GET_STATUS64):
+// the path sysfs prints is not compared, since the kernel prints the one
+// it resolved (through a symlinked directory, the target's; through a bind
+// mount, the bind's), not the one file was given by.
 func (l *Loop) FindAll(file string) ([]Device, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(file, &st); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", file, err)
 	}
-	// One directory read and one read per loop device: a glob of
-	// block/loop*/loop/backing_file reads every loop device's directory,
-	// three times slower.
+	// One directory read, and per loop device one stat and, for a bound
+	// one, one ioctl: a glob of block/loop*/loop reads every loop device's
+	// directory, three times slower.
 	entries, err := os.ReadDir(filepath.Join(l.SysfsRoot, "block"))
 	if err != nil {
 		return nil, err
@@ -179,12 +187,8 @@ func (l *Loop) FindAll(file string) ([]Device, error) {
 		if !strings.HasPrefix(name, "loop") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(l.SysfsRoot, "block", name, "loop", "backing_file"))
-		if err != nil {
+		if _, err := os.Stat(filepath.Join(l.SysfsRoot, "block", name, "loop")); err != nil {
 			continue // not bound, or detached meanwhile
-		}
-		if strings.TrimSpace(string(b)) != file {
-			continue
 		}
 		dev := filepath.Join(l.DevRoot, name)
 		ro, ok, err := sameBacking(dev, st)
@@ -207,7 +211,18 @@ func sameBacking(dev string, st unix.Stat_t) (readOnly, ok bool, err error) {
 	if err != nil {
 		return false, false, err
 	}
-	return info.Flags&unix.LO_FLAGS_READ_ONLY != 0, info.Inode == st.Ino && info.Device == st.Dev, nil
+	return info.Flags&unix.LO_FLAGS_READ_ONLY != 0, backs(info, st), nil
+}
+
+// backs reports whether the loop device whose status is info is backed by
+// the file st describes: the same inode of the same filesystem, or, for a
+// block device (a disk under a read-only publish), the same device number,
+// through whichever device node it was opened. Paths are never compared.
+func backs(info *unix.LoopInfo64, st unix.Stat_t) bool {
+	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+		return info.Rdevice == st.Rdev
+	}
+	return info.Inode == st.Ino && info.Device == st.Dev
 }
 
 // Attach returns the read-write loop device backed by file, attaching a
@@ -216,11 +231,25 @@ func sameBacking(dev string, st unix.Stat_t) (readOnly, ok bool, err error) {
 // its own. Direct I/O is asked for so that the page cache is not filled
 // twice; the kernel falls back to buffered I/O where it cannot.
 func (l *Loop) Attach(file string, readOnly bool) (string, error) {
+	dev, _, err := l.AttachMade(file, readOnly)
+	return dev, err
+}
+
+// AttachMade is Attach, and whether this call bound the device (false: it
+// was bound to file already, by this process or another): what a caller
+// that undoes its work may release, and nothing else.
+func (l *Loop) AttachMade(file string, readOnly bool) (dev string, made bool, err error) {
 	if !readOnly {
 		if dev, err := l.Find(file); err != nil || dev != "" {
-			return dev, err
+			return dev, false, err
 		}
 	}
+	dev, err = l.bindFree(file, readOnly)
+	return dev, err == nil, err
+}
+
+// bindFree binds a free loop device to file.
+func (l *Loop) bindFree(file string, readOnly bool) (string, error) {
 	backing, err := unix.Open(file, openMode(readOnly)|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("open backing file %s: %w", file, err)
@@ -331,27 +360,38 @@ func (l *Loop) DetachDevice(file, dev string) error {
 }
 
 func (l *Loop) detach(file, only string) error {
-	// The devices Known names are released, then watched until the
-	// kernel lets them go. (The node's unstage has just refreshed what is
-	// known with a full scan, pool.FullAttacher, under the volume's lock.)
+	// The devices Known names (or only, while it is backed by file) are
+	// released, then watched until the kernel lets them go. (The node's
+	// unstage has just refreshed what is known with a full scan,
+	// pool.FullAttacher, under the volume's lock.)
 	remaining := func() ([]Device, error) {
+		if only != "" {
+			var st unix.Stat_t
+			if err := unix.Stat(file, &st); err != nil {
+				if errors.Is(err, os.ErrNotExist) {
+					return nil, nil
+				}
+				return nil, fmt.Errorf("stat %s: %w", file, err)
+			}
+			if ro, same, err := sameBacking(only, st); err == nil && same {
+				return []Device{{Path: only, ReadOnly: ro}}, nil
+			}
+			return nil, nil // unbound, gone, or another file's
+		}
 		devs, err := l.Known(file)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil
 		}
-		var out []Device
-		for _, d := range devs {
-			if only == "" || d.Path == only {
-				out = append(out, d)
-			}
-		}
-		return out, err
+		return devs, err
 	}
 	devs, err := remaining()
 	if err != nil {
 		return err
 	}
 	for _, d := range devs {
+		if l.beforeClear != nil {
+			l.beforeClear(d.Path)
+		}
 		if err := clearDevice(d.Path, file); err != nil {
 			return err
 		}
@@ -368,12 +408,38 @@ func (l *Loop) detach(file, only string) error {
 	return nil
 }
 
+// clearDevice releases dev if it is backed by file: it asks which file
+// backs it and clears it through one descriptor. A device freed since it
+// was found and bound to another file meanwhile is that file's now, and
+// is left alone; while the descriptor is open the device cannot be freed
+// and bound again (LOOP_CLR_FD of an open device only marks it to go at
+// its last close).
 func clearDevice(dev, file string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("stat %s: %w", file, err)
+	}
 	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // the device node went: nothing bound there
+	}
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dev, err)
 	}
 	defer unix.Close(fd)
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if errors.Is(err, unix.ENXIO) {
+		return nil // freed meanwhile
+	}
+	if err != nil {
+		return fmt.Errorf("status of %s: %w", dev, err)
+	}
+	if !backs(info, st) {
+		return nil // another file's now
+	}
 	if err := unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0); err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("detach %s from %s: %w", dev, file, err)
 	}

@@ -5,6 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestLoopLifecycle(t *testing.T) {
@@ -101,6 +104,13 @@ func TestFindAfterRebind(t *testing.T) {
 		if got, err := l.Find(first); err != nil || got != dev {
 			t.Fatalf("round %d: Find(%s) = %q, %v; want %s", i, first, got, err, dev)
 		}
+		// Another process's detach sees every device of the file (the
+		// node's unstage scans before it detaches, pool.FullAttacher):
+		// with other tests binding devices meanwhile, this one's may not
+		// be the number other attached last.
+		if _, err := other.FindAll(first); err != nil {
+			t.Fatal(err)
+		}
 		if err := other.Detach(first); err != nil {
 			t.Fatal(err)
 		}
@@ -177,4 +187,153 @@ func TestKnown(t *testing.T) {
 	}
 	check(l, map[string]bool{})
 	check(NewLoop("/sys", "/dev"), map[string]bool{})
+}
+
+// TestFindAllByIdentity: the devices of a file are found whatever path
+// names it: through a symlinked directory, or through a bind mount of the
+// directory (sysfs prints one path of the kernel's choosing); a file of
+// the same name and contents elsewhere is not the same file.
+func TestFindAllByIdentity(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices")
+	}
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	os.Mkdir(real, 0o700)
+	img := filepath.Join(real, "v.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 8<<20)
+	dev, err := NewLoop("/sys", "/dev").Attach(img, false) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { NewLoop("/sys", "/dev").Detach(img) })
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	bind := filepath.Join(dir, "bind")
+	os.Mkdir(bind, 0o700)
+	if err := unix.Mount(real, bind, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(bind, unix.MNT_DETACH) })
+	for _, path := range []string{filepath.Join(link, "v.img"), filepath.Join(bind, "v.img")} {
+		l := NewLoop("/sys", "/dev")
+		devs, err := l.FindAll(path)
+		if err != nil || len(devs) != 1 || devs[0].Path != dev {
+			t.Errorf("FindAll(%s) = %v, %v; want %s", path, devs, err, dev)
+		}
+		if got, err := l.Attach(path, false); err != nil || got != dev {
+			t.Errorf("Attach(%s) = %q, %v; want the device already bound, %s", path, got, err, dev)
+			if got != "" && got != dev {
+				t.Cleanup(func() { clearRaw(got) })
+			}
+		}
+	}
+	other := filepath.Join(dir, "other")
+	os.Mkdir(other, 0o700)
+	if err := os.WriteFile(filepath.Join(other, "v.img"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if devs, err := NewLoop("/sys", "/dev").FindAll(filepath.Join(other, "v.img")); err != nil || len(devs) != 0 {
+		t.Errorf("FindAll of another file of the same name = %v, %v", devs, err)
+	}
+}
+
+// TestDetachLeavesReboundDevice: a device found bound to a file, then
+// freed and bound to another file by another process before the detach
+// reaches it, is left bound to that other file, by Detach and by
+// DetachDevice.
+func TestDetachLeavesReboundDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices")
+	}
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	for _, f := range []string{a, b} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Truncate(f, 8<<20)
+		t.Cleanup(func() { NewLoop("/sys", "/dev").Detach(f) })
+	}
+	var bst unix.Stat_t
+	if err := unix.Stat(b, &bst); err != nil {
+		t.Fatal(err)
+	}
+	// rebind frees dev and binds b to it, as another process would: raw
+	// ioctls, nothing of this package.
+	rebind := func(dev string) {
+		fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatalf("free %s: %v", dev, err)
+		}
+		for i := 0; ; i++ {
+			if _, err := os.Stat(filepath.Join("/sys/block", filepath.Base(dev), "loop")); errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if i == 1000 {
+				t.Fatalf("%s not freed", dev)
+			}
+			time.Sleep(time.Millisecond)
+		}
+		back, err := unix.Open(b, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(back)
+		fd, err = unix.Open(dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := unix.IoctlLoopConfigure(fd, &unix.LoopConfig{Fd: uint32(back)}); err != nil {
+			t.Fatalf("bind %s to %s: %v", dev, b, err)
+		}
+	}
+	for name, detach := range map[string]func(l *Loop, dev string) error{
+		"Detach":       func(l *Loop, dev string) error { return l.Detach(a) },
+		"DetachDevice": func(l *Loop, dev string) error { return l.DetachDevice(a, dev) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			l := NewLoop("/sys", "/dev")
+			dev, err := l.Attach(a, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.beforeClear = func(d string) {
+				l.beforeClear = nil
+				rebind(d)
+			}
+			if err := detach(l, dev); err != nil {
+				t.Errorf("%s of a device rebound meanwhile: %v", name, err)
+			}
+			fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(fd)
+			info, err := unix.IoctlLoopGetStatus64(fd)
+			if err != nil || info.Device != bst.Dev || info.Inode != bst.Ino {
+				t.Errorf("%s of %s cleared %s, which another process had bound to %s meanwhile (status now %v)", name, a, dev, b, err)
+			}
+			unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+		})
+	}
+}
+
+// clearRaw frees dev with a bare LOOP_CLR_FD.
+func clearRaw(dev string) {
+	if fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+		unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+		unix.Close(fd)
+	}
 }

@@ -20,6 +20,7 @@ type Loops interface {
 	FindAll(file string) ([]mount.Device, error)
 	Known(file string) ([]mount.Device, error)
 	Attach(file string, readOnly bool) (string, error)
+	AttachMade(file string, readOnly bool) (dev string, made bool, err error)
 	Detach(file string) error
 	DetachDevice(file, dev string) error
 	Refresh(file string) error
@@ -67,7 +68,14 @@ func New(cfg Config) (*Pool, error) {
 	if err := pool.CheckFsType(cfg.FsType); err != nil {
 		return nil, fmt.Errorf("pool %s: %w", cfg.Name, err)
 	}
-	p := &Pool{name: cfg.Name, dir: filepath.Clean(cfg.Dir), loops: cfg.Loops, fsType: cfg.FsType}
+	// The directory is resolved once, here: every image path the pool
+	// names is then the one the kernel prints for its loop device, and a
+	// symlink changed while the pool is open changes nothing.
+	dir, err := resolveDir(filepath.Clean(cfg.Dir))
+	if err != nil {
+		return nil, fmt.Errorf("open pool %s: %w", cfg.Name, err)
+	}
+	p := &Pool{name: cfg.Name, dir: dir, loops: cfg.Loops, fsType: cfg.FsType}
 	idx, err := pool.OpenIndex(p.volDir(), p.snapDir())
 	if err != nil {
 		return nil, fmt.Errorf("open pool %s: %w", cfg.Name, err)
@@ -80,6 +88,28 @@ func New(cfg Config) (*Pool, error) {
 		klog.InfoS("The pool's filesystem has no reflink (FICLONE): snapshots and clones of its volumes are full copies, in time and space (xfs with reflink=1 or btrfs share extents)", "pool", p.name, "dir", p.dir)
 	}
 	return p, nil
+}
+
+// resolveDir resolves the symlinks of dir; a part of it that does not
+// exist yet (a pool below the root, created on open) is kept as written
+// below the resolved part that does.
+func resolveDir(dir string) (string, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		return real, nil
+	}
+	parent := filepath.Dir(dir)
+	if !errors.Is(err, os.ErrNotExist) || parent == dir {
+		return "", fmt.Errorf("resolve %s: %w", dir, err)
+	}
+	if _, lerr := os.Lstat(dir); lerr == nil {
+		return "", fmt.Errorf("resolve %s: %w", dir, err) // a dangling symlink
+	}
+	real, err = resolveDir(parent)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(real, filepath.Base(dir)), nil
 }
 
 func (p *Pool) volDir() string  { return filepath.Join(p.dir, "volumes") }
@@ -397,11 +427,11 @@ func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
 	if p.loops == nil {
 		return pool.Attachment{}, fmt.Errorf("attach %s: %w: no loop device support configured", id, pool.ErrUnsupported)
 	}
-	dev, err := p.loops.Attach(p.volImage(id), false)
+	dev, made, err := p.loops.AttachMade(p.volImage(id), false)
 	if err != nil {
 		return pool.Attachment{}, fmt.Errorf("attach loop device for %s: %w", id, err)
 	}
-	return pool.Attachment{Device: dev}, nil
+	return pool.Attachment{Device: dev, Made: made}, nil
 }
 
 // Detach releases the volume's loop device.

@@ -341,3 +341,68 @@ func TestAttachedVolumeIsNotDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSymlinkedDirAfterReopen: a pool opened through a symlink (to its
+// directory, or to a directory above it) knows its volumes' loop devices
+// when opened again (a restarted plinth): the delete of an attached
+// volume is refused with its image kept, and a detach releases its device.
+func TestSymlinkedDirAfterReopen(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices")
+	}
+	ctx := context.Background()
+	top := t.TempDir()
+	os.MkdirAll(filepath.Join(top, "real", "pool"), 0o700)
+	for _, link := range []string{filepath.Join(top, "link"), filepath.Join(top, "up")} {
+		to := filepath.Join(top, "real", "pool")
+		dir := link
+		if filepath.Base(link) == "up" {
+			to, dir = filepath.Join(top, "real"), filepath.Join(link, "pool")
+		}
+		if err := os.Symlink(to, link); err != nil {
+			t.Fatal(err)
+		}
+		t.Run(filepath.Base(link), func(t *testing.T) {
+			id := "v-" + filepath.Base(link)
+			img := filepath.Join(top, "real", "pool", "volumes", id+".img")
+			if _, err := newPool(t, dir).CreateVolume(ctx, vol(id, 8<<20)); err != nil {
+				t.Fatal(err)
+			}
+			att, err := newPool(t, dir).Attach(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(img, &st); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { // whatever happened to the image meanwhile
+				if fd, err := unix.Open(att.Device, unix.O_RDONLY|unix.O_CLOEXEC, 0); err == nil {
+					if info, err := unix.IoctlLoopGetStatus64(fd); err == nil && info.Device == st.Dev && info.Inode == st.Ino {
+						unix.IoctlSetInt(fd, unix.LOOP_CLR_FD, 0)
+					}
+					unix.Close(fd)
+				}
+			})
+			p := newPool(t, dir) // a new process
+			if got, ok, err := p.Attached(ctx, id); err != nil || !ok || got.Device != att.Device {
+				t.Errorf("Attached after reopening = %+v, %v, %v; want %s", got, ok, err, att.Device)
+			}
+			if err := p.DeleteVolume(ctx, id); !errors.Is(err, pool.ErrInUse) {
+				t.Errorf("delete while attached, after reopening: %v, want ErrInUse", err)
+			}
+			if _, err := os.Stat(img); err != nil {
+				t.Fatalf("image after the delete: %v", err)
+			}
+			if err := p.Detach(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if devs, err := mount.NewLoop("/sys", "/dev").FindAll(img); err != nil || len(devs) != 0 {
+				t.Errorf("devices of the image after detach: %v, %v", devs, err)
+			}
+			if err := p.DeleteVolume(ctx, id); err != nil {
+				t.Errorf("delete once detached: %v", err)
+			}
+		})
+	}
+}
