@@ -254,8 +254,9 @@ func stageFlags(flags []string) []string {
 }
 
 // Stage makes the volume ready for publishing at stagingPath. A failure
-// undoes what this call did: a mount it made, a device it attached, a
-// directory it created.
+// undoes what this call did, and only that: a mount it made, a device it
+// bound itself (pool.Attachment.Made; a device bound before, by plinth or
+// another process, stays), a directory it created.
 func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access) (err error) {
 	release, err := p.lock(id, stagingPath)
 	if err != nil {
@@ -331,10 +332,10 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 	if err != nil {
 		return err
 	}
-	if before.Device == "" && att.Device != "" {
+	if att.Made && att.Device != "" {
 		undo = append(undo, func() {
-			if derr := pl.Detach(ctx, id); derr != nil {
-				logger.Error(derr, "Undo attach after failed stage")
+			if derr := pl.ReleaseDevice(ctx, id, att.Device); derr != nil {
+				logger.Error(derr, "Undo attach after failed stage", "device", att.Device)
 			}
 		})
 	}
@@ -488,7 +489,8 @@ func applyMountGroup(root, group string) error {
 
 // Unstage undoes Stage: unmount the staging path (only the volume's own
 // mounts there), release the device. A volume still published elsewhere,
-// or a staging path that holds another mount, is refused untouched.
+// a device of it mounted anywhere but by the staging mount itself, or a
+// staging path that holds another mount, is refused untouched.
 func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 	release, err := p.lock(id, stagingPath)
 	if err != nil {
@@ -520,26 +522,34 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 			return fmt.Errorf("%w: volume %s is still published at %s: unpublish it first", pool.ErrInUse, id, strings.Join(others, ", "))
 		}
 	}
+	// Detaching a device still mounted anywhere would only mark it to go
+	// at its last close: refuse instead, whatever path the caller named,
+	// and before the staging mount is touched (a bind of a directory in
+	// it, or a mount through another device of the image, keeps the
+	// volume in use). Every device of the volume counts here, one bound by
+	// something else too, since Detach releases them all.
+	all, allAttached := att, attached
+	if fa, ok := pl.(pool.FullAttacher); ok {
+		if all, allAttached, err = fa.AttachedAll(ctx, id); err != nil {
+			return err
+		}
+	}
+	own := pool.Attachment{}
+	if !block && attached {
+		own = att // the staging mount is the volume's when it is of att's device
+	}
+	if err := notMountedElsewhere(id, all, allAttached, own, stagingPath); err != nil {
+		return err
+	}
 	if !block { // a block volume mounts nothing at its staging path
 		if err := p.unmountOwn(ctx, pl, id, att, attached, "staging path", stagingPath, false); err != nil {
 			return err
 		}
 	}
-	// Detaching a device still mounted anywhere would only mark it to go
-	// at its last close: refuse instead, whatever path the caller named.
-	// Every device of the volume counts here, one bound by something else
-	// too, since Detach releases them all.
-	if fa, ok := pl.(pool.FullAttacher); ok {
-		if att, attached, err = fa.AttachedAll(ctx, id); err != nil {
-			return err
-		}
-	}
-	if attached {
-		if in, err := deviceMounts(att); err != nil {
-			return err
-		} else if len(in) > 0 {
-			return fmt.Errorf("%w: volume %s is still mounted at %s", pool.ErrInUse, id, strings.Join(in, ", "))
-		}
+	// Again, now that the staging mount is gone: something may have
+	// mounted a device meanwhile.
+	if err := notMountedElsewhere(id, all, allAttached, pool.Attachment{}, ""); err != nil {
+		return err
 	}
 	if err := pl.Detach(ctx, id); err != nil {
 		return err
@@ -548,6 +558,36 @@ func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
 		return err
 	}
 	klog.FromContext(ctx).Info("Volume unstaged", "volumeID", id, "stagingPath", stagingPath)
+	return nil
+}
+
+// notMountedElsewhere refuses (ErrInUse) while a device of all is mounted
+// anywhere, but for the filesystem staging mounts at stagingPath that are
+// own's (none when own has no device).
+func notMountedElsewhere(id string, all pool.Attachment, attached bool, own pool.Attachment, stagingPath string) error {
+	if !attached {
+		return nil
+	}
+	mounts, err := deviceMounts(all)
+	if err != nil {
+		return err
+	}
+	var in []string
+	for _, m := range mounts {
+		if own.Device != "" && m.Mountpoint == stagingPath {
+			if ours, _, err := owns(own, true, m, stagingPath, false); err != nil {
+				return err
+			} else if ours {
+				continue
+			}
+		}
+		if !slices.Contains(in, m.Mountpoint) {
+			in = append(in, m.Mountpoint)
+		}
+	}
+	if len(in) > 0 {
+		return fmt.Errorf("%w: volume %s is still mounted at %s", pool.ErrInUse, id, strings.Join(in, ", "))
+	}
 	return nil
 }
 
@@ -974,7 +1014,7 @@ func (p *Publisher) Expand(ctx context.Context, id, path string) (int64, error) 
 
 // deviceMounts lists every mount of the volume's devices: filesystems on
 // them and binds of their device nodes.
-func deviceMounts(att pool.Attachment) ([]string, error) {
+func deviceMounts(att pool.Attachment) ([]*mountinfo.Info, error) {
 	devs := append([]string{att.Device}, att.ReadOnly...)
 	type majmin struct{ major, minor int }
 	nums := map[majmin]bool{}
@@ -993,15 +1033,14 @@ func deviceMounts(att pool.Attachment) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
-	var out []string
+	var out []*mountinfo.Info
 	for _, m := range mounts {
+		of := nums[majmin{m.Major, m.Minor}]
 		for _, d := range devs {
-			if d != "" && (m.Source == d || m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(d)) {
-				out = append(out, m.Mountpoint)
-			}
+			of = of || d != "" && (m.Source == d || m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(d))
 		}
-		if nums[majmin{m.Major, m.Minor}] && !slices.Contains(out, m.Mountpoint) {
-			out = append(out, m.Mountpoint)
+		if of {
+			out = append(out, m)
 		}
 	}
 	return out, nil

@@ -224,8 +224,9 @@ func TestBlankVolumesFromTemplate(t *testing.T) {
 
 // TestUnstageSeesDevicesBoundByOthers: a loop device that something else
 // bound to the volume's image after the stage (so the pool never attached
-// or found it), mounted elsewhere, stops the unstage before it releases
-// any device; the foreign mount and device stay as they were.
+// or found it), mounted elsewhere, stops the unstage before it touches
+// anything; the staging mount, the foreign mount and the devices stay as
+// they were.
 func TestUnstageSeesDevicesBoundByOthers(t *testing.T) {
 	dir, pl, local := filePool(t)
 	run := mount.Exec{}
@@ -268,6 +269,9 @@ func TestUnstageSeesDevicesBoundByOthers(t *testing.T) {
 	}
 	if m, ok, _ := host.MountOf(elsewhere); !ok || m.Source != dev {
 		t.Errorf("the foreign mount is gone: %+v %v", m, ok)
+	}
+	if m, ok, _ := host.MountOf(staging); !ok || m.Source != att.Device {
+		t.Errorf("the refused unstage unmounted the staging path (now %+v %v)", m, ok)
 	}
 	if got, err := foreign.Known(img); err != nil || len(got) != 2 {
 		t.Errorf("devices after the refused unstage: %v, %v; want %s and %s", got, err, att.Device, dev)
