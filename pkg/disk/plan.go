@@ -59,10 +59,21 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 	var plan Plan
 	owner := map[string]string{} // disk ID -> pool
 	byPool := map[string]int{}
+	// A disk some record names by identity is that record's, never
+	// another pool's by filesystem UUID: a tenant of a whole-disk volume
+	// can write any UUID on its disk.
+	recorded := map[string]bool{}
+	for _, c := range claims {
+		for _, m := range c.Disks {
+			recorded[m.ID] = true
+		}
+	}
 	for _, c := range claims {
 		pp := PoolPlan{Name: c.Pool, Layout: c.Layout, Raid: c.Raid, FsType: c.FsType, Claim: &c}
 		for _, m := range c.Disks {
-			i := slices.IndexFunc(disks, func(d Disk) bool { return owner[d.ID] == "" && ours(c, m, d) })
+			i := slices.IndexFunc(disks, func(d Disk) bool {
+				return owner[d.ID] == "" && (d.ID == m.ID || !recorded[d.ID]) && ours(c, m, d)
+			})
 			if i < 0 {
 				pp.Missing = append(pp.Missing, m)
 				continue
@@ -193,6 +204,7 @@ func ours(c Claim, m Member, d Disk) bool {
 		return true
 	}
 	return c.Layout != LayoutDisk && c.UUID != "" && d.Signature.UUID == c.UUID &&
+		(m.SizeBytes == 0 || d.SizeBytes == m.SizeBytes) &&
 		(m.WWN == "" || m.WWN == d.WWN) && (m.Serial == "" || m.Serial == d.Serial)
 }
 

@@ -249,3 +249,42 @@ func TestMakePlanInterruptedFormat(t *testing.T) {
 		})
 	}
 }
+
+// A tenant of a whole-disk volume writes a filesystem with the UUID of a
+// filesystem pool whose own disk is gone (the UUID is in no secret place:
+// `kubectl plinth` lists pools). The tenant's disk stays the disk pool's;
+// the filesystem pool stays missing its disk.
+func TestTenantDiskIsNotAdoptedByUUID(t *testing.T) {
+	disks := scanMachine(t)
+	var tenant Disk
+	for i := range disks {
+		if disks[i].Name == "nvme0n1" {
+			disks[i].Signature = Signature{Type: "xfs", UUID: "u-1", Label: "plinth", Found: []string{"xfs at offset 0x0"}}
+			disks[i].judge()
+			tenant = disks[i]
+		}
+	}
+	claims := []Claim{
+		{Schema: ClaimSchema, Pool: "fast", Layout: LayoutFile, State: ClaimReady, UUID: "u-1",
+			Disks: []Member{{ID: "path:/devices/gone", Name: "vdz"}}},
+		{Schema: ClaimSchema, Pool: "whole", Layout: LayoutDisk, State: ClaimReady,
+			Disks: []Member{{ID: tenant.ID, Name: tenant.Name, SizeBytes: tenant.SizeBytes}}},
+	}
+	plan := MakePlan(Config{}, disks, claims)
+	for _, pp := range plan.Pools {
+		var present []string
+		for _, d := range pp.Present {
+			present = append(present, d.Name)
+		}
+		switch pp.Name {
+		case "fast":
+			if len(present) != 0 || len(pp.Missing) != 1 {
+				t.Errorf("pool fast: present %v, missing %v; want its disk missing, nothing adopted", present, pp.Missing)
+			}
+		case "whole":
+			if len(present) != 1 || present[0] != "nvme0n1" {
+				t.Errorf("pool whole: present %v, want nvme0n1", present)
+			}
+		}
+	}
+}
