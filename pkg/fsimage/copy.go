@@ -46,18 +46,15 @@ func dataExtents(f *os.File, size int64) ([]extent, error) {
 	return out, nil
 }
 
-// copyExt4 writes the ext4 template at tmpl onto device (size bytes, read
-// as zeros) with a new identity. Every write goes through a descriptor that
-// holds the device exclusively (writeExcl): one mounted or held open
-// exclusively by another is refused before anything is written. Nothing is
-// written before the template checks out; everything but the block of the
-// primary superblock is written and flushed first, that block last.
-func copyExt4(tmpl, device string, size int64) error {
-	src, g, err := openTemplate(tmpl, size)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
-	}
-	defer src.Close()
+// copyExt4 writes the ext4 template src (of geometry g: openTemplate)
+// onto device (size bytes, read as zeros) with a new identity. Every write
+// goes through a descriptor that holds the device exclusively (writeExcl):
+// one mounted or held open exclusively by another is refused before
+// anything is written. Nothing is written before the template checks out;
+// everything but the block of the primary superblock is written and
+// flushed first, that block last.
+func copyExt4(src *os.File, g ext4Geometry, device string, size int64) error {
+	tmpl := src.Name()
 	extents, err := dataExtents(src, size)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnsupported, err)

@@ -15,6 +15,20 @@
 // (the mount that follows flushes that block: ext4 writes its superblock
 // when mounted).
 //
+// Templates live in one directory (<root>/templates) that plinth reaches
+// without following a symlink; a template is copied only if it is a
+// regular file there, owned by plinth's user, writable by no one else and
+// with one link. Anything else at a template's name (a symlink, a hard
+// link, a FIFO, a file of another size or owner) is replaced by a new
+// template, never opened through or copied. The temp files of templates a
+// killed plinth was making are removed when the cache opens (New); a temp
+// file is locked by its maker, so another process's is left alone.
+//
+// Each write of a copy goes through its own exclusive descriptor that lives
+// only while syscall.ForkLock is held (writeExcl): a child forked meanwhile
+// by another goroutine never holds the device, so the mount that follows
+// the copy never finds it busy.
+//
 // Only ext4 is made this way; other types return ErrUnsupported and the
 // caller runs mkfs.
 package fsimage

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,17 @@ func blankDevice(t *testing.T, size int64) string {
 	}
 	t.Cleanup(func() { loops.Detach(img) })
 	return dev
+}
+
+// makeTemplate makes the ext4 template of size in c and returns its path.
+func makeTemplate(t *testing.T, c *Cache, size int64) string {
+	t.Helper()
+	f, _, err := c.template(context.Background(), "ext4", size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return c.path("ext4", size)
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -154,10 +166,7 @@ func TestReidentifyIsTune2fs(t *testing.T) {
 	dir := t.TempDir()
 	c := New(filepath.Join(dir, "templates"), mount.Exec{})
 	const size = 4 << 30 // 32 groups: backups in 1, 3, 5, 7, 9, 25, 27
-	tmpl, err := c.template(context.Background(), "ext4", size)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tmpl := makeTemplate(t, c, size)
 	theirs, ours := filepath.Join(dir, "tune2fs.img"), filepath.Join(dir, "ours.img")
 	run(t, "cp", "--sparse=always", tmpl, theirs)
 	run(t, "cp", "--sparse=always", tmpl, ours)
@@ -287,10 +296,11 @@ func TestInterruptedCopyLeavesNoSuperblock(t *testing.T) {
 	dir := t.TempDir()
 	c := New(filepath.Join(dir, "templates"), mount.Exec{})
 	const size = 1 << 30 // 660 KiB of data
-	tmpl, err := c.template(context.Background(), "ext4", size)
+	src, g, err := c.template(context.Background(), "ext4", size)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer src.Close()
 	small := filepath.Join(dir, "small")
 	os.Mkdir(small, 0o700)
 	if err := unix.Mount("tmpfs", small, "tmpfs", 0, "size=256k"); err != nil {
@@ -302,7 +312,7 @@ func TestInterruptedCopyLeavesNoSuperblock(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Truncate(dst, size)
-	if err := copyExt4(tmpl, dst, size); err == nil || errors.Is(err, ErrUnsupported) {
+	if err := copyExt4(src, g, dst, size); err == nil || errors.Is(err, ErrUnsupported) {
 		t.Fatalf("copy onto a full filesystem = %v", err)
 	}
 	f, _ := os.Open(dst)
@@ -321,10 +331,7 @@ func TestTemplateRemadeWhenDamaged(t *testing.T) {
 	launches := &mount.Launches{}
 	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{Launches: launches})
 	const size = 64 << 20
-	p, err := c.template(context.Background(), "ext4", size)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := makeTemplate(t, c, size)
 	damage := []func(){
 		func() { os.Truncate(p, size-4096) },
 		func() {
@@ -397,10 +404,7 @@ func TestEviction(t *testing.T) {
 	c := New(dir, mount.Exec{})
 	base := time.Now().Add(-time.Hour)
 	for i := 0; i < MaxTemplates+2; i++ {
-		p, err := c.template(context.Background(), "ext4", int64(16+i)<<20)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := makeTemplate(t, c, int64(16+i)<<20)
 		// One second apart: files made within one clock tick share an
 		// mtime.
 		at := base.Add(time.Duration(i) * time.Second)
@@ -462,9 +466,7 @@ func TestFormatThenMountWhileForking(t *testing.T) {
 	requireHost(t)
 	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{})
 	const rounds, n, size = 20, 16, 64 << 20
-	if _, err := c.template(context.Background(), "ext4", size); err != nil {
-		t.Fatal(err)
-	}
+	makeTemplate(t, c, size)
 	forkWhile(t, 4)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -513,4 +515,240 @@ func TestFormatThenMountWhileForking(t *testing.T) {
 		t.Errorf("%d of %d devices were busy when mounted right after their copy", busy, total)
 	}
 	t.Logf("%d formats, %d busy", total, busy)
+}
+
+// plantedTemplate makes at p what passes for a template of size: a real
+// ext4 made with plinth's options, holding a directory "planted". It is
+// what an attacker would like copied onto a tenant's new volume.
+func plantedTemplate(t *testing.T, p string, size int64) {
+	t.Helper()
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, size); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mkfs.ext4", mkfsArgs(p)...)
+	run(t, "debugfs", "-w", "-R", "mkdir planted", p)
+}
+
+// holdsPlanted reports whether the filesystem on dev has the planted
+// directory.
+func holdsPlanted(t *testing.T, dev string) bool {
+	t.Helper()
+	mnt := t.TempDir()
+	if err := unix.Mount(dev, mnt, "ext4", unix.MS_RDONLY, ""); err != nil {
+		t.Fatalf("mount %s: %v", dev, err)
+	}
+	defer unix.Unmount(mnt, 0)
+	_, err := os.Lstat(filepath.Join(mnt, "planted"))
+	return err == nil
+}
+
+func sumOf(t *testing.T, p string) string {
+	t.Helper()
+	return run(t, "sha256sum", p)
+}
+
+// TestTemplateNotPlinthsNeverCopied: a template that plinth did not make
+// (a symlink or a hard link to a file elsewhere, a file owned by another
+// user or writable by others, a FIFO, a file of another size, a templates
+// directory that is a symlink) is never copied onto a volume, the format
+// never blocks, and what the attacker pointed at is left unchanged.
+func TestTemplateNotPlinthsNeverCopied(t *testing.T) {
+	requireHost(t, "debugfs", "sha256sum")
+	const size = 64 << 20
+	cases := map[string]func(t *testing.T, dir, tmpl, outside string){
+		"template is a symlink to a file elsewhere": func(t *testing.T, dir, tmpl, outside string) {
+			if err := os.Symlink(outside, tmpl); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"template is a hard link to a file elsewhere": func(t *testing.T, dir, tmpl, outside string) {
+			if err := os.Link(outside, tmpl); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"template owned by another user": func(t *testing.T, dir, tmpl, outside string) {
+			plantedTemplate(t, tmpl, size)
+			if err := os.Chown(tmpl, 4242, 4242); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"template writable by others": func(t *testing.T, dir, tmpl, outside string) {
+			plantedTemplate(t, tmpl, size)
+			if err := os.Chmod(tmpl, 0o666); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"template is a FIFO": func(t *testing.T, dir, tmpl, outside string) {
+			if err := unix.Mkfifo(tmpl, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"template of another size": func(t *testing.T, dir, tmpl, outside string) {
+			plantedTemplate(t, tmpl, size/2)
+			if err := os.Truncate(tmpl, size); err != nil {
+				t.Fatal(err)
+			}
+		},
+		"templates directory is a symlink": func(t *testing.T, dir, tmpl, outside string) {
+			elsewhere := filepath.Join(filepath.Dir(outside), "attacker-templates")
+			if err := os.Mkdir(elsewhere, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			plantedTemplate(t, filepath.Join(elsewhere, filepath.Base(tmpl)), size)
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(elsewhere, dir); err != nil {
+				t.Fatal(err)
+			}
+		},
+	}
+	for name, plant := range cases {
+		t.Run(name, func(t *testing.T) {
+			base := t.TempDir()
+			dir := filepath.Join(base, "templates")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			outside := filepath.Join(base, "outside.img")
+			plantedTemplate(t, outside, size)
+			c := New(dir, mount.Exec{})
+			tmpl := c.path("ext4", size)
+			plant(t, dir, tmpl, outside)
+			outsideSum := sumOf(t, outside)
+			var listing []string
+			if fi, err := os.Lstat(dir); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				listing, _ = filepath.Glob(filepath.Join(dir, "*"))
+			}
+
+			dev := blankDevice(t, size)
+			done := make(chan error, 1)
+			go func() { done <- c.Format(context.Background(), dev, "ext4") }()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				// Let the blocked open go: a writer opens the FIFO.
+				if w, oerr := os.OpenFile(tmpl, os.O_WRONLY, 0); oerr == nil {
+					w.Close()
+				}
+				<-done
+				t.Fatal("Format blocked on what is at the template's path")
+			}
+			switch {
+			case errors.Is(err, ErrUnsupported):
+				// Left to mkfs: nothing may have been written.
+				if b, rerr := os.ReadFile(dev); rerr != nil || !bytes.Equal(b, make([]byte, len(b))) {
+					t.Errorf("Format wrote to the device and said it did not (%v)", rerr)
+				}
+			case err != nil:
+				t.Fatalf("Format: %v", err)
+			case holdsPlanted(t, dev):
+				t.Errorf("the volume holds what was planted at the template's path")
+			}
+			if s := sumOf(t, outside); s != outsideSum {
+				t.Errorf("the file outside changed")
+			}
+			if listing != nil {
+				if after, _ := filepath.Glob(filepath.Join(dir, "*")); !slices.Equal(after, listing) {
+					t.Errorf("the directory the templates link points at changed: %v, was %v", after, listing)
+				}
+			}
+		})
+	}
+}
+
+// TestHalfMadeTemplatesCleanedAtOpen: the temp files of templates a killed
+// plinth was making are removed when the cache opens; a symlink named like
+// one (and what it points at), a FIFO, a directory and files of other names
+// are left alone, and so is a temp file another process is making now (it
+// holds a lock on it). A templates directory that is a symlink is not
+// cleaned at all.
+func TestHalfMadeTemplatesCleanedAtOpen(t *testing.T) {
+	requireHost(t)
+	base := t.TempDir()
+	dir := filepath.Join(base, "templates")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	outside := filepath.Join(base, "outside")
+	if err := os.WriteFile(outside, []byte("not plinth's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("half a template"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	gone := []string{write(".ext4-67108864.v1.img.tmp-1234567"), write(".ext4-1073741824.v1.img.tmp-99"), write(".ext4-1048576.v0.img.tmp-5")}
+	kept := []string{write("notes.txt"), write(".ext4-67108864.v1.img"), write("ext4-67108864.v1.img.tmp-1"), write(".ext4-67108864.v1.img.tmp-12x")}
+	live := write(".ext4-134217728.v1.img.tmp-42")
+	lf, err := os.Open(live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	kept = append(kept, live)
+	link := filepath.Join(dir, ".ext4-67108864.v1.img.tmp-777")
+	if err := os.Symlink(outside, link); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, ".ext4-2097152.v1.img.tmp-3")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, ".ext4-4194304.v1.img.tmp-8")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kept = append(kept, link, fifo, sub)
+	// A templates directory that is a symlink to a directory of files
+	// named like temp files.
+	elsewhere := filepath.Join(base, "elsewhere")
+	if err := os.Mkdir(elsewhere, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	foreign := filepath.Join(elsewhere, ".ext4-67108864.v1.img.tmp-5")
+	if err := os.WriteFile(foreign, []byte("someone else's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(base, "templates-link")); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan struct{})
+	go func() {
+		New(dir, mount.Exec{})
+		New(filepath.Join(base, "templates-link"), mount.Exec{})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		if w, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			w.Close()
+		}
+		t.Fatal("opening the cache blocked")
+	}
+	for _, p := range gone {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("half-made template %s left: %v", filepath.Base(p), err)
+		}
+	}
+	for _, p := range append(kept, foreign) {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("%s removed: %v", p, err)
+		}
+	}
+	if b, err := os.ReadFile(outside); err != nil || string(b) != "not plinth's" {
+		t.Errorf("the symlink's target changed: %q, %v", b, err)
+	}
 }
