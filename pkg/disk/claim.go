@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -153,6 +154,19 @@ func (c Claimer) format(ctx context.Context, pp PoolPlan) (string, error) {
 	var devs []string
 	for _, d := range pp.New {
 		devs = append(devs, d.Device)
+		// Read again right before anything is written: the plan may be
+		// seconds old, and a disk someone formatted or opened since is
+		// not the disk the plan judged.
+		if err := c.Probe.Exclusive(d.Device); err != nil {
+			return "", fmt.Errorf("pool %s: disk %s: %w; plinth leaves it alone", pp.Name, d.ID, err)
+		}
+		sig, err := c.Probe.Probe(ctx, d.Device)
+		if err != nil {
+			return "", fmt.Errorf("pool %s: disk %s: %w", pp.Name, d.ID, err)
+		}
+		if !sig.Empty() && !slices.ContainsFunc(pp.Wipe, func(w Disk) bool { return w.ID == d.ID }) && !plinthLabel(sig.Label, pp.Name) {
+			return "", fmt.Errorf("pool %s: disk %s (%s) holds %s since it was judged free; plinth leaves it alone", pp.Name, d.ID, d.Device, sig)
+		}
 	}
 	for _, d := range pp.Wipe {
 		if _, err := c.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {

@@ -221,3 +221,28 @@ func TestMountedThroughLinkIsInUse(t *testing.T) {
 	dec, touched := planAndApply(t, img, dev, "disk")
 	wantLeftAlone(t, dec, touched, "mounted at "+mnt)
 }
+
+// A disk judged free when the plan was made, formatted by someone before
+// the plan is carried out: the pool is not made on it.
+func TestFormattedAfterThePlanIsLeftAlone(t *testing.T) {
+	dev, img := loopDisk(t, 64<<20)
+	cfg, err := disk.ParseConfig([]byte(`rules: [{pool: p, layout: file, select: {transports: [loop], ids: ["file:` + img + `"]}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := disk.MakePlan(cfg, []disk.Disk{scanOne(t, img)}, nil)
+	if plan.Decisions[0].Action != disk.ActionClaim {
+		t.Fatalf("plan: %+v", plan.Decisions[0])
+	}
+	run(t, "mkfs.ext4", "-q", "-F", "-L", "theirs", dev)
+	dir := t.TempDir()
+	rec := &recorder{}
+	c := disk.Claimer{Records: disk.Records{Dir: filepath.Join(dir, "claims")}, MountDir: filepath.Join(dir, "mnt"), Run: rec, Probe: disk.Wipefs{Run: rec}}
+	ready := c.Apply(context.Background(), plan)
+	if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "ext4") {
+		t.Errorf("pool: %+v, want it failed naming the ext4", ready)
+	}
+	if touched := rec.touched(dev); len(touched) > 0 {
+		t.Errorf("programs ran on the disk: %q", touched)
+	}
+}
