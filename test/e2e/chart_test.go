@@ -54,7 +54,8 @@ func TestChartRenders(t *testing.T) {
 
 // TestChartAgreesWithKustomize: the chart's default render and deploy/base
 // install the same thing where they must agree: the CRDs, the CSIDriver,
-// the RBAC rules, the StorageClass, and the pods' privileges and host paths.
+// the RBAC rules, the node agents' admission policy, the StorageClass, and
+// the pods' privileges and host paths.
 func TestChartAgreesWithKustomize(t *testing.T) {
 	dir := chartRenders(t)
 	chartYAML, err := os.ReadFile(filepath.Join(dir, "default.yaml"))
@@ -85,6 +86,8 @@ func TestChartAgreesWithKustomize(t *testing.T) {
 		"ClusterRole/plinth-controller":                             {{"rules"}},
 		"ClusterRole/plinth-node":                                   {{"rules"}},
 		"Role/plinth-controller":                                    {{"rules"}},
+		"ValidatingAdmissionPolicy/plinth-node":                     {{"spec"}},
+		"ValidatingAdmissionPolicyBinding/plinth-node":              {{"spec"}},
 		"StorageClass/plinth-local":                                 {{"provisioner"}, {"parameters"}, {"volumeBindingMode"}, {"allowVolumeExpansion"}, {"reclaimPolicy"}},
 		"Deployment/plinth-controller": {{"spec", "replicas"}, {"spec", "template", "spec", "securityContext"},
 			{"spec", "template", "spec", "serviceAccountName"}, {"spec", "template", "spec", "priorityClassName"}},

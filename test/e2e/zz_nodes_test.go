@@ -45,7 +45,8 @@ var workerSpecs = []struct {
 // TestZNodes runs last (after the chart install, whose plinth it uses):
 // two more nodes join the cluster, each a kubelet and a containerd in
 // network and mount namespaces of their own (test/e2e/cluster.Worker), and
-// the chart's DaemonSet runs plinth node on each with its own pools.
+// the chart's DaemonSet runs plinth node on each with its own pools. Each
+// node's plinth writes only its own node's objects (node-scoped-writes).
 func TestZNodes(t *testing.T) {
 	need(t)
 	defer timed(t, "three nodes")()
@@ -69,6 +70,7 @@ func TestZNodes(t *testing.T) {
 	logf("nodes: plinth node serves on both workers %s after their kubelets were Ready", time.Since(start).Round(time.Millisecond))
 	logf("nodes: kubectl plinth nodes:\n%s", kubectlPlinth(t, "nodes"))
 
+	t.Run("node-scoped-writes", func(t *testing.T) { nodeScopedWrites(t, ctx, ws) })
 	t.Run("immediate-allowed-topologies", func(t *testing.T) { immediateAcrossNodes(t, ctx, ws) })
 	t.Run("outside-fill-and-spread", func(t *testing.T) { fillAndSpread(t, ctx, ws) })
 	t.Run("controller-failover", func(t *testing.T) { controllerFailover(t, ctx, ws) })
