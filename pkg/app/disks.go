@@ -40,9 +40,15 @@ func (c *CSIConfig) diskConfig() (*disk.Config, error) {
 // diskHost is where the disks are read; loop devices of plinth's own
 // images (under the root and the declared pools) are not disks.
 func (c CSIConfig) diskHost() disk.Host {
-	own := []string{c.Root}
-	for _, p := range c.Pools {
-		own = append(own, p.Dir)
+	// A loop device's backing_file is the path the kernel resolved: the
+	// directories are compared resolved too (a symlinked pool directory
+	// would otherwise make plinth's own volumes look like disks).
+	var own []string
+	for _, d := range append([]string{c.Root}, poolDirs(c.Pools)...) {
+		own = append(own, d)
+		if real, err := pool.ResolveDir(d); err == nil && real != d {
+			own = append(own, real)
+		}
 	}
 	return disk.Host{Sysfs: c.SysfsRoot, Dev: c.DevRoot, Proc: "/proc", OwnDirs: own}
 }
@@ -176,6 +182,14 @@ func diskStatuses(w *disk.Watcher) []v1alpha1.DiskStatus {
 			Transport: string(d.Transport), Rotational: d.Rotational, NUMANode: d.NUMANode, State: string(d.State),
 			Pool: d.Pool, Reason: strings.Join(d.Reasons, "; "),
 		})
+	}
+	return out
+}
+
+func poolDirs(pools []PoolSpec) []string {
+	var out []string
+	for _, p := range pools {
+		out = append(out, p.Dir)
 	}
 	return out
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -283,4 +285,26 @@ func ValidateName(name string) error {
 		return fmt.Errorf("%w: pool name %q longer than 32 characters", ErrInvalid, name)
 	}
 	return ValidateID("pool name", name)
+}
+
+// ResolveDir resolves the symlinks of dir; a part of it that does not
+// exist yet (a pool below the root, created on open) is kept as written
+// below the resolved part that does.
+func ResolveDir(dir string) (string, error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err == nil {
+		return real, nil
+	}
+	parent := filepath.Dir(dir)
+	if !errors.Is(err, os.ErrNotExist) || parent == dir {
+		return "", fmt.Errorf("resolve %s: %w", dir, err)
+	}
+	if _, lerr := os.Lstat(dir); lerr == nil {
+		return "", fmt.Errorf("resolve %s: %w", dir, err) // a dangling symlink
+	}
+	real, err = ResolveDir(parent)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(real, filepath.Base(dir)), nil
 }

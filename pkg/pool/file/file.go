@@ -71,7 +71,7 @@ func New(cfg Config) (*Pool, error) {
 	// The directory is resolved once, here: every image path the pool
 	// names is then the one the kernel prints for its loop device, and a
 	// symlink changed while the pool is open changes nothing.
-	dir, err := resolveDir(filepath.Clean(cfg.Dir))
+	dir, err := pool.ResolveDir(filepath.Clean(cfg.Dir))
 	if err != nil {
 		return nil, fmt.Errorf("open pool %s: %w", cfg.Name, err)
 	}
@@ -88,28 +88,6 @@ func New(cfg Config) (*Pool, error) {
 		klog.InfoS("The pool's filesystem has no reflink (FICLONE): snapshots and clones of its volumes are full copies, in time and space (xfs with reflink=1 or btrfs share extents)", "pool", p.name, "dir", p.dir)
 	}
 	return p, nil
-}
-
-// resolveDir resolves the symlinks of dir; a part of it that does not
-// exist yet (a pool below the root, created on open) is kept as written
-// below the resolved part that does.
-func resolveDir(dir string) (string, error) {
-	real, err := filepath.EvalSymlinks(dir)
-	if err == nil {
-		return real, nil
-	}
-	parent := filepath.Dir(dir)
-	if !errors.Is(err, os.ErrNotExist) || parent == dir {
-		return "", fmt.Errorf("resolve %s: %w", dir, err)
-	}
-	if _, lerr := os.Lstat(dir); lerr == nil {
-		return "", fmt.Errorf("resolve %s: %w", dir, err) // a dangling symlink
-	}
-	real, err = resolveDir(parent)
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(real, filepath.Base(dir)), nil
 }
 
 func (p *Pool) volDir() string  { return filepath.Join(p.dir, "volumes") }
