@@ -174,10 +174,23 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, err
 	}
 	target, err := s.checkPath("target path", req.GetTargetPath())
+	if status.Code(err) == codes.NotFound {
+		// The target's parent does not exist, so neither does the target:
+		// nothing is published there (OK, whether the volume exists or
+		// not), once the path as given passes the checks.
+		noParent := func(dir string) (string, error) { return dir, nil }
+		if _, err := s.paths.Resolve("target path", req.GetTargetPath(), lstatLink, noParent); err != nil {
+			return nil, toStatus(err)
+		}
+		return &csi.NodeUnpublishVolumeResponse{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := s.pub.Unpublish(ctx, req.GetVolumeId(), target); err != nil {
+	// Below an allowed root (there is one): an empty directory left at the
+	// target of a volume that is gone may be removed (node.Publisher).
+	underAllowedRoot := len(s.paths.Allowed) > 0
+	if err := s.pub.Unpublish(ctx, req.GetVolumeId(), target, underAllowedRoot); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil

@@ -781,8 +781,10 @@ func createTarget(target string, block bool) error {
 
 // Unpublish unmounts the volume's own mounts at target and removes what
 // Publish made there; another mount at target is refused untouched, and a
-// file or directory publish did not make is left where it is.
-func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
+// file or directory publish did not make is left where it is. A volume
+// this node does not know is unpublishGone's; underAllowedRoot says that
+// target lies strictly below a root the CO may use (csi.Paths.Allowed).
+func (p *Publisher) Unpublish(ctx context.Context, id, target string, underAllowedRoot bool) error {
 	release, err := p.lock(id, target)
 	if err != nil {
 		return err
@@ -792,6 +794,9 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 		return err
 	}
 	pl, v, err := p.node.PoolOfVolume(ctx, id)
+	if errors.Is(err, pool.ErrNotFound) {
+		return p.unpublishGone(ctx, id, target, underAllowedRoot)
+	}
 	if err != nil {
 		return err
 	}
@@ -829,6 +834,62 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string) error {
 		}
 	}
 	klog.FromContext(ctx).Info("Volume unpublished", "volumeID", id, "targetPath", target)
+	return nil
+}
+
+// unpublishGone unpublishes volume id, which this node does not know
+// (deleted, or never here), from target.
+//
+// The kubelet asks for this after a restart, for every volume directory a
+// pod directory still holds, deleted volumes included, and retries any
+// error for ever (csi_mounter.go TearDownAt treats NOT_FOUND like any other
+// failure), so the spec's NOT_FOUND is no answer here. The spec's own rule
+// for an unpublish that finds nothing to undo is OK, and so it is: when
+// nothing is mounted at target, the volume is published there by no one.
+// An empty directory there (the kubelet made it for the publish) is removed
+// when it lies below an allowed root: it holds nothing, and the spec says
+// the plugin removes the target. Anything else there is left as it is, and
+// the answer is still OK: a directory with something in it, a file or a
+// FIFO is no publish of a volume that does not exist, and it is the
+// kubelet's to clean (removeMountDir removes a file and fails on a
+// non-empty directory: nothing is lost either way). A symlink at target
+// never gets here (csi.Paths refuses it). A mount at target cannot be told
+// to be this volume's, there being no volume to compare it with: refused
+// and left alone, as a foreign mount at the target of a known volume is.
+func (p *Publisher) unpublishGone(ctx context.Context, id, target string, underAllowedRoot bool) error {
+	logger := klog.FromContext(ctx).WithValues("volumeID", id, "targetPath", target)
+	at, err := p.look(target)
+	if err != nil {
+		return err
+	}
+	if at.mount != nil {
+		return fmt.Errorf("%w: target %s is %s, and volume %s is not on this node: left alone", ErrPathInUse, target, at.describe(), id)
+	}
+	if underAllowedRoot && at.fi != nil && at.fi.IsDir() {
+		// rmdir(2): only an empty directory, never through a symlink
+		// (ENOTDIR), never a mount point (EBUSY).
+		switch err := unix.Rmdir(target); {
+		case err == nil:
+			logger.Info("Removed the empty target of a volume not on this node")
+		case errors.Is(err, unix.EBUSY):
+			return fmt.Errorf("%w: target %s was mounted meanwhile: left alone", ErrPathInUse, target)
+		case errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST), errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+			// Not empty (or gone, or replaced): left as it is.
+		default:
+			return fmt.Errorf("remove target %s: %w", target, err)
+		}
+	}
+	// A record of this volume's publish here is dropped (the publish is
+	// undone: nothing is mounted), unless it names a read-only device
+	// made for it, which only the volume's pool could release.
+	if rec, had, err := p.targets.get(target); err != nil {
+		return err
+	} else if had && rec.VolumeID == id && rec.Device == "" {
+		if err := p.targets.drop(target); err != nil {
+			return err
+		}
+	}
+	logger.Info("Volume not on this node; nothing mounted at the target", "found", at.describe())
 	return nil
 }
 
