@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -100,8 +101,13 @@ func (w Wipefs) Exclusive(device string) error {
 	return Exclusive(device)
 }
 
-// Exclusive is Wipefs.Exclusive for any caller.
+// Exclusive is Wipefs.Exclusive for any caller. The descriptor exists
+// only while syscall.ForkLock is held for reading: a child forked by
+// another goroutine would otherwise keep a copy of it, and the disk
+// claimed, until it execs (see fsimage's writeExcl).
 func Exclusive(device string) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
 	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if errors.Is(err, unix.EBUSY) {
 		return fmt.Errorf("%s: %w (by a mounted filesystem, swap, RAID or LVM, or a program)", device, ErrHeld)

@@ -1,6 +1,7 @@
 package standalone
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -132,9 +133,31 @@ func TestWholeDiskHandedOutOnlyIfEmptyNow(t *testing.T) {
 	if err := e.stage(v.Volume.VolumeId, true); err != nil {
 		t.Fatalf("stage: %v", err)
 	}
+	// The tenant writes at both ends of its disk; the delete discards it
+	// all (a loop device punches holes in its file), so the next tenant
+	// reads zeros.
+	b := e.disks["b"]
+	f, err := os.OpenFile(b.device(t), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("the tenant's secret")
+	for _, off := range []int64{1 << 20, b.size - 4096} {
+		if _, err := f.WriteAt(secret, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
 	e.unstage(t, v.Volume.VolumeId)
 	if _, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.Volume.VolumeId}); err != nil {
 		t.Fatalf("delete: %v", err)
+	}
+	data, err := os.ReadFile(b.file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, secret) {
+		t.Error("the deleted block volume's data is still on its disk")
 	}
 	if e.disks["a"].sum(t) != sumA {
 		t.Error("the formatted disk changed")

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -391,26 +392,50 @@ func owned(v pool.Volume, sig disk.Signature) error {
 	return fmt.Errorf("holds %s, and plinth recorded no filesystem of its own there", sig)
 }
 
-// discard discards every block of dev, on a descriptor that holds it
-// exclusively (disk.ErrHeld: something opened it since).
+// discardChunk is how much one exclusive descriptor discards.
+const discardChunk = 1 << 30
+
+// discard discards every block of dev, a chunk at a time, each through a
+// descriptor that holds the disk exclusively and exists only while
+// syscall.ForkLock is held for reading (a child forked meanwhile would
+// keep the disk claimed until it execs; see fsimage's writeExcl). Between
+// two chunks nothing is held: something that opens or mounts the disk
+// meanwhile stops the discard (disk.ErrHeld), and nothing of it is
+// discarded.
 func discard(dev string) error {
+	for off, size := uint64(0), uint64(1); off < size; off += discardChunk {
+		var err error
+		if size, err = discardAt(dev, off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// discardAt discards one chunk from off and returns the disk's size.
+func discardAt(dev string, off uint64) (uint64, error) {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
 	fd, err := unix.Open(dev, unix.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.EBUSY) {
-		return fmt.Errorf("discard %s: %w", dev, disk.ErrHeld)
+		return 0, fmt.Errorf("discard %s: %w", dev, disk.ErrHeld)
 	}
 	if err != nil {
-		return fmt.Errorf("discard %s: %w", dev, err)
+		return 0, fmt.Errorf("discard %s: %w", dev, err)
 	}
 	defer unix.Close(fd)
 	var size uint64
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
-		return fmt.Errorf("size of %s: %w", dev, errno)
+		return 0, fmt.Errorf("size of %s: %w", dev, errno)
 	}
-	r := [2]uint64{0, size}
+	if off >= size {
+		return size, nil
+	}
+	r := [2]uint64{off, min(discardChunk, size-off)}
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.BLKDISCARD, uintptr(unsafe.Pointer(&r[0]))); errno != 0 {
-		return fmt.Errorf("discard %s: %w", dev, errno)
+		return 0, fmt.Errorf("discard %s at %d: %w", dev, off, errno)
 	}
-	return nil
+	return size, nil
 }
 
 // ExpandVolume: a whole disk does not grow; a size it already has is
