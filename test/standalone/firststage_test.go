@@ -3,7 +3,9 @@ package standalone
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,7 +25,12 @@ import (
 func TestFirstStagesWhileForking(t *testing.T) {
 	e := newEnv(t)
 	c := testenv.Dial(t, testenv.Standalone(t, e.cfg))
-	const rounds, n = 20, 16
+	// Bounded in make test; PLINTH_FIRST_STAGE_ROUNDS=20 for a longer run
+	// (on 947a769 about one first stage in six failed).
+	rounds, n := 5, 16
+	if r, err := strconv.Atoi(os.Getenv("PLINTH_FIRST_STAGE_ROUNDS")); err == nil && r > 0 {
+		rounds = r
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
