@@ -195,16 +195,24 @@ func (c *CSIConfig) Validate() error {
 			names[r.Pool] = true
 		}
 	}
+	// Places are compared as given and with their symlinks resolved: a
+	// pool given through a link to another pool's directory, or to
+	// plinth's own state, is the same place.
+	roots := spellings(c.Root)
+	pools := make([][]string, len(c.Pools))
+	for i, p := range c.Pools {
+		pools[i] = spellings(p.Dir)
+	}
 	for i, p := range c.Pools {
 		if names[p.Name] {
 			errs = append(errs, fmt.Errorf("--pool: %q declared twice (or also made by a disk rule)", p.Name))
 		}
-		if within(p.Dir, filepath.Join(c.Root, "disks")) {
-			errs = append(errs, fmt.Errorf("--pool %s: %s lies in %s, where plinth keeps its disk pools", p.Name, p.Dir, filepath.Join(c.Root, "disks")))
-		}
 		names[p.Name] = true
-		for _, q := range c.Pools[:i] {
-			if within(p.Dir, q.Dir) || within(q.Dir, p.Dir) {
+		if err := poolInRoot(p, pools[i], roots); err != nil {
+			errs = append(errs, err)
+		}
+		for j, q := range c.Pools[:i] {
+			if overlap(pools[i], pools[j]) {
 				errs = append(errs, fmt.Errorf("--pool: pools %s and %s overlap (%s and %s): each pool needs a directory of its own, neither inside the other", q.Name, p.Name, q.Dir, p.Dir))
 			}
 		}
@@ -221,6 +229,50 @@ func (c *CSIConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("--max-volumes must not be negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// spellings are dir as given and, where it differs, with its symlinks
+// resolved (as far as it exists).
+func spellings(dir string) []string {
+	out := []string{filepath.Clean(dir)}
+	if real, err := pool.ResolveDir(out[0]); err == nil && real != out[0] {
+		out = append(out, real)
+	}
+	return out
+}
+
+// overlap reports whether any spelling of a is, or lies in or above, any
+// spelling of b.
+func overlap(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if within(x, y) || within(y, x) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// poolInRoot refuses a pool directory that is, contains or lies in
+// plinth's root, except below <root>/pools (where the default pool and
+// the manifests' pools live): elsewhere in the root are plinth's records,
+// which a start after a reboot clears (targets, staged) or rewrites.
+func poolInRoot(p PoolSpec, dirs, roots []string) error {
+	for _, d := range dirs {
+		for _, r := range roots {
+			switch {
+			case within(r, d):
+				return fmt.Errorf("--pool %s: %s is or contains plinth's root %s", p.Name, p.Dir, r)
+			case within(d, filepath.Join(r, "pools")) && d != filepath.Join(r, "pools"):
+				// plinth's own place for pools
+			case within(d, r):
+				return fmt.Errorf("--pool %s: %s lies in plinth's root %s, where it keeps its records; a pool in the root goes below %s",
+					p.Name, p.Dir, r, filepath.Join(r, "pools"))
+			}
+		}
+	}
+	return nil
 }
 
 // within reports whether path is dir or lies below it (both clean).
@@ -249,6 +301,10 @@ func CheckPoolDirs(root string, specs []PoolSpec) error {
 			continue
 		case !fi.IsDir():
 			errs = append(errs, fmt.Errorf("pool %s: %s is not a directory", s.Name, s.Dir))
+			continue
+		}
+		if err := privateDir(fi); err != nil {
+			errs = append(errs, fmt.Errorf("pool %s: %s %w", s.Name, s.Dir, err))
 			continue
 		}
 		if !s.MountPoint {
@@ -419,13 +475,24 @@ func poolSamples(local *node.Local) func(context.Context) ([]metrics.PoolSample,
 	}
 }
 
-// claimRoot checks the pools' directories, then takes the root's lock:
-// a refused start changes nothing on disk.
+// claimRoot checks the pools' directories, then takes the root's lock
+// and each existing pool directory's: a refused start changes nothing on
+// disk.
 func claimRoot(c CSIConfig) (*RootLock, error) {
 	if err := CheckPoolDirs(c.Root, c.Pools); err != nil {
 		return nil, err
 	}
-	return LockRoot(c.Root)
+	lock, err := LockRoot(c.Root)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range c.Pools {
+		if err := lock.LockDir("pool "+p.Name, p.Dir); err != nil {
+			lock.Unlock()
+			return nil, err
+		}
+	}
+	return lock, nil
 }
 
 // openLocal opens the configured pools as this node's LocalNode; the
@@ -480,9 +547,16 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	host := mount.NewHost(run)
 	// New ext4 volumes are copies of a filesystem made once per size.
 	host.Templates = fsimage.New(filepath.Join(c.Root, "templates"), run)
-	owned := []string{c.Root}
+	// Both spellings of each place: a path is checked as given and
+	// resolved, and a root, pool or allowed directory given through a
+	// symlink is the same place as its target.
+	owned := spellings(c.Root)
 	for _, p := range c.Pools {
-		owned = append(owned, p.Dir)
+		owned = append(owned, spellings(p.Dir)...)
+	}
+	var allowed []string
+	for _, a := range c.AllowedPaths {
+		allowed = append(allowed, spellings(a)...)
 	}
 	ready := func(ctx context.Context) error {
 		_, err := local.Pools(ctx)
@@ -492,7 +566,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
 		Node: csi.NewNodeServer(node.NewPublisher(local, host, c.Root), csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
-			Paths: csi.Paths{Allowed: c.AllowedPaths, Owned: owned},
+			Paths: csi.Paths{Allowed: allowed, Owned: owned},
 		}),
 	}
 	if withController {

@@ -250,11 +250,20 @@ func (l *Loop) AttachMade(file string, readOnly bool) (dev string, made bool, er
 
 // bindFree binds a free loop device to file.
 func (l *Loop) bindFree(file string, readOnly bool) (string, error) {
-	backing, err := unix.Open(file, openMode(readOnly)|unix.O_CLOEXEC, 0)
+	// Never through a symlink, never a FIFO or a character device: an
+	// image file, or a disk (a read-only device over a whole disk).
+	backing, err := unix.Open(file, openMode(readOnly)|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("open backing file %s: %w", file, err)
 	}
 	defer unix.Close(backing)
+	var st unix.Stat_t
+	if err := unix.Fstat(backing, &st); err != nil {
+		return "", fmt.Errorf("stat backing file %s: %w", file, err)
+	}
+	if t := st.Mode & unix.S_IFMT; t != unix.S_IFREG && t != unix.S_IFBLK {
+		return "", fmt.Errorf("backing file %s is not a regular file or a block device (mode %o)", file, st.Mode)
+	}
 	ctl, err := unix.Open(filepath.Join(l.DevRoot, "loop-control"), unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("open loop-control: %w", err)

@@ -337,3 +337,30 @@ func clearRaw(dev string) {
 		unix.Close(fd)
 	}
 }
+
+// An image path that is a symlink (to a file plinth must not hand out), a
+// FIFO or a character device is never bound to a loop device, and a FIFO
+// does not block the attach.
+func TestAttachRefusesWhatIsNotAnImage(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real loop devices")
+	}
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.img")
+	os.Symlink(secret, link)
+	fifo := filepath.Join(dir, "fifo.img")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := NewLoop("/sys", "/dev")
+	for _, p := range []string{link, fifo, "/dev/null"} {
+		if dev, err := l.Attach(p, false); err == nil {
+			l.DetachDevice(p, dev)
+			t.Errorf("%s was bound to %s", p, dev)
+		}
+	}
+}
