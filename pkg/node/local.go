@@ -18,6 +18,10 @@ import (
 type Local struct {
 	pools []pool.Pool // sorted by name
 	locks *volume.Locks
+	// inUse, set by the Publisher, refuses the delete of a volume this
+	// node has staged or published (a whole disk's raw block volume leaves
+	// no mount or loop device a pool could see).
+	inUse func(id string) error
 }
 
 var _ volume.Node = (*Local)(nil)
@@ -183,6 +187,11 @@ func (n *Local) DeleteVolume(ctx context.Context, id string) error {
 	p, _, err := n.PoolOfVolume(ctx, id)
 	if err != nil {
 		return n.gone(ctx, "volume", id, err)
+	}
+	if n.inUse != nil {
+		if err := n.inUse(id); err != nil {
+			return fmt.Errorf("delete volume %s: %w", id, err)
+		}
 	}
 	return p.DeleteVolume(ctx, id)
 }

@@ -45,6 +45,9 @@ type Publisher struct {
 // unpublish removes no target).
 func NewPublisher(node *Local, m mount.Mounter, stateDir string) *Publisher {
 	p := &Publisher{node: node, mounter: m}
+	if node != nil {
+		node.inUse = p.stagedOrPublished
+	}
 	if stateDir != "" {
 		p.targets.dir = filepath.Join(stateDir, "targets")
 		p.staged.dir = filepath.Join(stateDir, "staged")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/moby/sys/mountinfo"
 
@@ -78,6 +79,45 @@ func (t targetRecords) drop(target string) error {
 		return nil
 	}
 	return pool.RemoveBootRecord(t.path(target))
+}
+
+// of returns the targets volume id is published at.
+func (t targetRecords) of(id string) ([]string, error) {
+	if t.dir == "" {
+		return nil, nil
+	}
+	files, err := filepath.Glob(filepath.Join(t.dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, f := range files {
+		var r targetRecord
+		if err := pool.ReadRecord(f, &r); err == nil && r.VolumeID == id {
+			out = append(out, r.Target)
+		}
+	}
+	return out, nil
+}
+
+// stagedOrPublished refuses (pool.ErrInUse) while this node's records say
+// volume id is staged or published: its consumer still has it.
+func (p *Publisher) stagedOrPublished(id string) error {
+	at, err := p.staged.stagedAt(id)
+	if err != nil {
+		return err
+	}
+	if at != "" {
+		return fmt.Errorf("%w: volume %s is staged at %s: unstage it first", pool.ErrInUse, id, at)
+	}
+	targets, err := p.targets.of(id)
+	if err != nil {
+		return err
+	}
+	if len(targets) > 0 {
+		return fmt.Errorf("%w: volume %s is published at %s: unpublish it first", pool.ErrInUse, id, strings.Join(targets, ", "))
+	}
+	return nil
 }
 
 // stagedRecord says where a volume is staged (filesystem volumes), so that

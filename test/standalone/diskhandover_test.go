@@ -251,3 +251,38 @@ func TestWholeDiskReformattedBetweenStages(t *testing.T) {
 		}
 	}
 }
+
+// Trial finding F1: a whole disk's raw block volume, staged or published,
+// leaves no mount or loop device of the disk: its delete must still be
+// refused, or the disk goes to the next tenant while the first still
+// writes to it.
+func TestWholeDiskBlockVolumeInUseIsNotDeleted(t *testing.T) {
+	e := newHandoverEnv(t, "a", "b")
+	ctx := context.Background()
+	v, err := e.create(t, "v1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := v.Volume.VolumeId
+	if err := e.stage(id, true); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, "delete of a staged whole-disk block volume", err, codes.FailedPrecondition)
+	target := filepath.Join(e.root, "target-"+id)
+	if _, err := e.c.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: filepath.Join(e.root, "stage-"+id),
+		TargetPath: target, VolumeCapability: testenv.BlockCap()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, "delete of a published whole-disk block volume", err, codes.FailedPrecondition)
+	if _, err := e.c.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, "delete of a staged (no longer published) whole-disk block volume", err, codes.FailedPrecondition)
+	e.unstage(t, id)
+	if _, err := e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Errorf("delete after unstage: %v", err)
+	}
+}
