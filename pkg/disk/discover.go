@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/plinth-dev/plinth/pkg/device"
 )
 
@@ -181,6 +183,7 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 		return nil, err
 	}
 	btrfsOf := h.mountedBtrfs()
+	loopsOver := h.loopsOverDevices(entries)
 	swaps := readSwaps(filepath.Join(h.Proc, "swaps"))
 	var out []Disk
 	for _, e := range entries {
@@ -197,6 +200,12 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 		}
 		for _, mm := range append([]string{d.MajorMinor}, h.partitionDevs(name, d.Partitions)...) {
 			d.MountPoints = appendNew(d.MountPoints, mounts["dev:"+mm]...)
+			// A loop device over the disk (losetup /dev/sdb, with an
+			// offset or not) uses it as much as a mount does, and shows
+			// in no holders directory.
+			for _, l := range loopsOver[mm] {
+				d.Holders = appendNew(d.Holders, l+" (a loop device over it)")
+			}
 		}
 		for _, n := range append([]string{name}, d.Partitions...) {
 			d.Swap = d.Swap || swaps[filepath.Join(h.Dev, n)] || swaps["/dev/"+n]
@@ -440,6 +449,29 @@ func (h Host) readMounts() (map[string][]string, error) {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
 	return out, nil
+}
+
+// loopsOverDevices maps a block device's major:minor to the loop devices
+// whose backing file is that device.
+func (h Host) loopsOverDevices(entries []os.DirEntry) map[string][]string {
+	out := map[string][]string{}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "loop") {
+			continue
+		}
+		bf := device.ReadAttr(filepath.Join(h.Sysfs, "block", e.Name(), "loop", "backing_file"))
+		rel, ok := strings.CutPrefix(bf, "/dev/")
+		if !ok {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(h.Dev, rel), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+			continue
+		}
+		mm := fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		out[mm] = append(out[mm], e.Name())
+	}
+	return out
 }
 
 // mountedBtrfs maps a device name to the mounted btrfs filesystem it is a

@@ -246,3 +246,22 @@ func TestFormattedAfterThePlanIsLeftAlone(t *testing.T) {
 		t.Errorf("programs ran on the disk: %q", touched)
 	}
 }
+
+// Trial finding F11: a loop device over the disk (at an offset), with a
+// filesystem on it mounted: no holder, no signature at the disk's start,
+// an exclusive open granted, and yet in use.
+func TestDiskUnderALoopDeviceIsInUse(t *testing.T) {
+	dev, img := loopDisk(t, 64<<20)
+	out, err := exec.Command("losetup", "-f", "--show", "-o", "1048576", dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup over %s: %v: %s", dev, err, out)
+	}
+	over := strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", over).Run() })
+	run(t, "mkfs.ext4", "-q", "-F", over)
+	mnt := t.TempDir()
+	run(t, "mount", over, mnt)
+	t.Cleanup(func() { _ = unix.Unmount(mnt, 0) })
+	dec, touched := planAndApply(t, img, dev, "file")
+	wantLeftAlone(t, dec, touched, "a loop device over it")
+}
