@@ -28,6 +28,8 @@ type handoverEnv struct {
 	root  string // kubelet-ish root for staging paths
 	disks map[string]*loopDisk
 	c     *testenv.Client
+	cfg   app.StandaloneConfig
+	stop  func()
 }
 
 func newHandoverEnv(t *testing.T, names ...string) *handoverEnv {
@@ -62,8 +64,20 @@ func newHandoverEnv(t *testing.T, names ...string) *handoverEnv {
 		Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), Root: state, NodeID: "node-1",
 		DiskConfigData: []byte(rules), AllowedPaths: []string{e.root}, SysfsRoot: "/sys", DevRoot: "/dev",
 	}}
-	e.c = testenv.Dial(t, testenv.Standalone(t, cfg))
+	e.cfg = cfg
+	var sock string
+	sock, e.stop = testenv.StandaloneStoppable(t, cfg)
+	e.c = testenv.Dial(t, sock)
 	return e
+}
+
+// restart stops plinth and starts it again on the same root.
+func (e *handoverEnv) restart(t *testing.T) {
+	t.Helper()
+	e.stop()
+	var sock string
+	sock, e.stop = testenv.StandaloneStoppable(t, e.cfg)
+	e.c = testenv.Dial(t, sock)
 }
 
 // outsiderFormats makes an ext4 with a file on it, as an administrator
@@ -285,4 +299,119 @@ func TestWholeDiskBlockVolumeInUseIsNotDeleted(t *testing.T) {
 	if _, err := e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Errorf("delete after unstage: %v", err)
 	}
+}
+
+// Trial finding F4: a disk whose previous owner only erased the
+// signatures (wipefs) is free; its first raw block tenant must not read
+// what is behind them.
+func TestWholeDiskFirstTenantReadsNoPreviousData(t *testing.T) {
+	e := newHandoverEnv(t, "a")
+	dev := e.disks["a"].device(t)
+	outsiderFormats(t, dev)
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", name, err, out)
+		}
+	}
+	run("wipefs", "--all", "--quiet", dev)
+	v, err := e.create(t, "v1", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(v.Volume.VolumeId, true); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(e.disks["a"].file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(data, []byte("not the tenant's")) {
+		t.Error("the first tenant's disk still holds the previous owner's file")
+	}
+}
+
+// Trial finding F3: a filesystem volume's disk emptied behind plinth's back
+// is not silently given a new, empty filesystem.
+func TestWholeDiskEmptiedFilesystemVolumeIsNotReformatted(t *testing.T) {
+	e := newHandoverEnv(t, "a")
+	v, err := e.create(t, "v1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := v.Volume.VolumeId
+	if err := e.stage(id, false); err != nil {
+		t.Fatal(err)
+	}
+	e.unstage(t, id)
+	dev := e.disks["a"].device(t)
+	if out, err := exec.Command("wipefs", "--all", "--quiet", dev).CombinedOutput(); err != nil {
+		t.Fatalf("wipefs: %v: %s", err, out)
+	}
+	err = e.stage(id, false)
+	wantCode(t, "stage of a volume whose filesystem is gone", err, codes.FailedPrecondition)
+	if err == nil || !strings.Contains(err.Error(), "gone") {
+		t.Errorf("the refusal %v does not say the filesystem is gone", err)
+	}
+	if typ := blkidType(t, dev); typ != "" {
+		t.Errorf("plinth made a new %s on the emptied disk", typ)
+	}
+	if _, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Errorf("delete of the emptied volume: %v", err)
+	}
+}
+
+// Trial finding F8: a disk set read-only is not handed out.
+func TestWholeDiskReadOnlyIsNotHandedOut(t *testing.T) {
+	e := newHandoverEnv(t, "a")
+	dev := e.disks["a"].device(t)
+	if out, err := exec.Command("blockdev", "--setro", dev).CombinedOutput(); err != nil {
+		t.Fatalf("blockdev: %v: %s", err, out)
+	}
+	defer exec.Command("blockdev", "--setrw", dev).Run()
+	_, err := e.create(t, "v1", true)
+	wantCode(t, "create with the only disk read-only", err, codes.ResourceExhausted)
+	if err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("the refusal %v does not say read-only", err)
+	}
+}
+
+// Trial finding F2: two disks trade identities (two disks with one serial;
+// here the images are renamed while detached): a volume is never staged
+// on, or wiped off, the disk that carries another volume's filesystem.
+func TestWholeDiskCarryingAnotherVolumesFilesystem(t *testing.T) {
+	e := newHandoverEnv(t, "a", "b")
+	fsv, err := e.create(t, "fs", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(fsv.Volume.VolumeId, false); err != nil {
+		t.Fatal(err)
+	}
+	e.unstage(t, fsv.Volume.VolumeId)
+	bv, err := e.create(t, "blk", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(bv.Volume.VolumeId, true); err != nil {
+		t.Fatal(err)
+	}
+	e.unstage(t, bv.Volume.VolumeId)
+	e.stop()
+	a, b := e.disks["a"], e.disks["b"]
+	a.detach(t)
+	b.detach(t)
+	tmp := a.file + ".swap"
+	for _, mv := range [][2]string{{a.file, tmp}, {b.file, a.file}, {tmp, b.file}} {
+		if err := os.Rename(mv[0], mv[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.attach(t)
+	b.attach(t)
+	e.restart(t)
+	err = e.stage(bv.Volume.VolumeId, true)
+	wantCode(t, "stage of the block volume on the disk with the other volume's filesystem", err, codes.FailedPrecondition)
+	_, err = e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: bv.Volume.VolumeId})
+	wantCode(t, "delete of the block volume on the disk with the other volume's filesystem", err, codes.FailedPrecondition)
 }

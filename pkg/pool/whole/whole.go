@@ -246,6 +246,9 @@ func (p *Pool) verifyEmpty(ctx context.Context, d disk.Disk) error {
 	if err := p.inUse(d); err != nil {
 		return err
 	}
+	if p.cfg.SysfsRoot != "" && strings.TrimSpace(readAttr(filepath.Join(p.cfg.SysfsRoot, "block", d.Name, "ro"))) == "1" {
+		return fmt.Errorf("%w: disk %s (%s) is read-only", pool.ErrInUse, d.ID, d.Device)
+	}
 	if err := p.cfg.Probe.Exclusive(d.Device); err != nil {
 		return fmt.Errorf("%w: disk %s: %w", pool.ErrInUse, d.ID, err)
 	}
@@ -257,6 +260,27 @@ func (p *Pool) verifyEmpty(ctx context.Context, d disk.Disk) error {
 		return fmt.Errorf("%w: disk %s (%s) holds %s now", pool.ErrInUse, d.ID, d.Device, sig)
 	}
 	return nil
+}
+
+func readAttr(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// otherVolumeOwns names the volume of this pool, other than id, whose
+// recorded filesystem has this UUID ("" when none): a disk carrying it is
+// that volume's disk, whatever identity it shows now (two disks with one
+// serial, an image renamed).
+func (p *Pool) otherVolumeOwns(id, uuid string) string {
+	if uuid == "" {
+		return ""
+	}
+	for _, v := range p.index.Volumes() {
+		if v.ID != id && v.DiskFsUUID == uuid {
+			return v.ID
+		}
+	}
+	return ""
 }
 
 // inUse reads, now, whether anything has the disk (or a partition of it)
@@ -297,7 +321,7 @@ func (p *Pool) inUse(d disk.Disk) error {
 	}
 	if p.cfg.Loops != nil {
 		if devs, _ := p.cfg.Loops.FindAll(d.Device); len(devs) > 0 {
-			return fmt.Errorf("%w: disk %s (%s) has read-only device %s", pool.ErrInUse, d.ID, d.Device, devs[0].Path)
+			return fmt.Errorf("%w: disk %s (%s) has loop device %s over it", pool.ErrInUse, d.ID, d.Device, devs[0].Path)
 		}
 	}
 	return nil
@@ -340,6 +364,10 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 		sig, err := p.cfg.Probe.Probe(ctx, d.Device)
 		if err != nil {
 			return fmt.Errorf("delete volume %s: %w", id, err)
+		}
+		if other := p.otherVolumeOwns(id, sig.UUID); other != "" {
+			return fmt.Errorf("delete volume %s: %w: disk %s (%s) carries the filesystem of volume %s (UUID %s); plinth does not wipe another volume's disk",
+				id, pool.ErrInUse, d.ID, d.Device, other, sig.UUID)
 		}
 		if err := owned(v, sig); err != nil {
 			return fmt.Errorf("delete volume %s: %w: disk %s (%s) %w; plinth does not wipe what it did not put there: "+
@@ -525,17 +553,32 @@ func (p *Pool) checkHandover(ctx context.Context, id string, d disk.Disk) error 
 		if err := p.verifyEmpty(ctx, d); err != nil {
 			return fmt.Errorf("volume %s: its disk is not as it was when plinth chose it: %w", id, err)
 		}
+		// No signature is not no data: what a previous owner left behind
+		// erased signatures (wipefs) goes before the first consumer
+		// reads it, where the disk discards.
+		if err := discard(d.Device); errors.Is(err, disk.ErrHeld) {
+			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
+		} else if err != nil {
+			klog.V(2).InfoS("Disk does not discard; handed over as it is", "disk", d.ID, "device", d.Device, "err", err)
+		}
 		v.DiskHanded = true
 		return p.index.PutVolume(v)
-	}
-	if v.Mode != pool.ModeFilesystem {
-		return nil
 	}
 	sig, err := p.cfg.Probe.Probe(ctx, d.Device)
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", id, err)
 	}
+	if other := p.otherVolumeOwns(id, sig.UUID); other != "" {
+		return fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s (UUID %s): it is that volume's disk; plinth does not hand it to this one",
+			pool.ErrInUse, id, d.ID, d.Device, other, sig.UUID)
+	}
+	if v.Mode != pool.ModeFilesystem {
+		return nil
+	}
 	switch {
+	case sig.Empty() && v.DiskFsUUID != "":
+		return fmt.Errorf("%w: volume %s: disk %s (%s) is empty: the volume's filesystem (UUID %s) is gone from it; plinth does not make a new, empty one in its place",
+			pool.ErrInUse, id, d.ID, d.Device, v.DiskFsUUID)
 	case sig.Empty(), v.DiskFsUUID != "" && sig.Only(v.DiskFsUUID):
 		return nil
 	case v.DiskFsUUID == "" && sig.Type == v.FsType && sig.Only(sig.UUID):
