@@ -68,7 +68,18 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 			recorded[m.ID] = true
 		}
 	}
+	// A record that cannot be read may name any disk: while one is, no
+	// disk is claimed for any pool.
+	unreadable := ""
 	for _, c := range claims {
+		if c.Unreadable != "" {
+			byPool[c.Pool] = len(plan.Pools)
+			plan.Pools = append(plan.Pools, PoolPlan{Name: c.Pool, Claim: &c, Problem: c.Unreadable})
+			if unreadable == "" {
+				unreadable = c.Pool
+			}
+			continue
+		}
 		pp := PoolPlan{Name: c.Pool, Layout: c.Layout, Raid: c.Raid, FsType: c.FsType, Claim: &c}
 		for _, m := range c.Disks {
 			i := slices.IndexFunc(disks, func(d Disk) bool {
@@ -106,6 +117,10 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 			plan.Pools = append(plan.Pools, PoolPlan{Name: r.Pool, Layout: r.Layout, Raid: r.Raid, FsType: r.FsType})
 		}
 		pp := &plan.Pools[i]
+		if recorded && pp.Claim.Unreadable != "" {
+			pp.Layout, pp.Raid, pp.FsType = r.Layout, r.Raid, r.FsType // how it is listed; its record decides nothing
+			continue
+		}
 		if recorded && (pp.Layout != r.Layout || r.Layout == LayoutBtrfs && pp.Raid != r.Raid) {
 			pp.Problem = fmt.Sprintf("the rule says layout %s %s but the pool was made as %s %s; plinth does not convert pools", r.Layout, r.Raid, pp.Layout, pp.Raid)
 			continue
@@ -114,6 +129,7 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 			continue // a filesystem pool keeps the disks it was made with
 		}
 		taken := len(pp.Present) + len(pp.New)
+		blocked := false
 		for _, d := range disks {
 			if owner[d.ID] != "" {
 				continue
@@ -138,6 +154,11 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: has its %d disks", r.Pool, r.Select.Count))
 				continue
 			}
+			if unreadable != "" {
+				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: no disk is claimed while the claim record of pool %s cannot be read", r.Pool, unreadable))
+				blocked = true
+				continue
+			}
 			owner[d.ID] = r.Pool
 			pp.New = append(pp.New, d)
 			if wipe {
@@ -147,6 +168,8 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 		}
 		if !recorded {
 			switch {
+			case len(pp.New) == 0 && blocked:
+				pp.Problem = fmt.Sprintf("not made while the claim record of pool %s cannot be read", unreadable)
 			case len(pp.New) == 0:
 				pp.Problem = "no disk matches the rule"
 			case r.Layout == LayoutBtrfs && r.Raid != "single" && len(pp.New) < 2:

@@ -288,3 +288,35 @@ func TestTenantDiskIsNotAdoptedByUUID(t *testing.T) {
 		}
 	}
 }
+
+// A claim record that cannot be read (trial finding 7: a FIFO) makes its
+// pool unhealthy with the reason; no disk is claimed meanwhile (the
+// unreadable record may name any of them), and the rule for that pool
+// does not make it again.
+func TestMakePlanUnreadableClaim(t *testing.T) {
+	disks := scanMachine(t)
+	claims := []Claim{{Pool: "whole", Unreadable: "claim record /x/whole.json: not a regular file (a FIFO)"}}
+	cfg := Config{Rules: []Rule{
+		{Pool: "whole", Layout: LayoutDisk, Select: Selector{Transports: []Transport{TransportSAS}}},
+		{Pool: "fresh", Layout: LayoutDisk, Select: Selector{Transports: []Transport{TransportVirtio}}},
+	}}
+	cfg.Defaults()
+	plan := MakePlan(cfg, disks, claims)
+	gotDisks, gotPools := outcome(plan)
+	if !strings.Contains(gotPools["whole"], "not a regular file") {
+		t.Errorf("pool whole: problem %q, want the record's", gotPools["whole"])
+	}
+	if gotDisks["sdc"] != "skip" || gotDisks["vda"] != "skip" {
+		t.Errorf("disks %v: want nothing claimed while a record is unreadable", gotDisks)
+	}
+	for _, dec := range plan.Decisions {
+		if dec.Disk.Name == "vda" && !strings.Contains(dec.Why, "whole") {
+			t.Errorf("vda: why %q, want it to name the unreadable record", dec.Why)
+		}
+	}
+	for _, pp := range plan.Pools {
+		if pp.Name == "whole" && (pp.Claim == nil || pp.Layout != LayoutDisk) {
+			t.Errorf("pool whole: %+v, want its claim kept and the rule's layout", pp)
+		}
+	}
+}

@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -40,6 +43,10 @@ type Claim struct {
 	UUID      string    `json:"uuid,omitempty"`
 	Disks     []Member  `json:"disks"`
 	CreatedAt time.Time `json:"createdAt"`
+	// Unreadable says why the record file could not be read (it is not
+	// a regular file, or not one this plinth wrote); only Pool is known
+	// then, and the pool is unhealthy with this reason.
+	Unreadable string `json:"-"`
 }
 
 // Member is one claimed disk as it was when claimed.
@@ -76,12 +83,22 @@ func (r Records) path(poolName string) (string, error) {
 	return filepath.Join(r.Dir, poolName+".json"), nil
 }
 
-// Load reads every claim record (none when Dir does not exist).
+// Load reads every claim record (none when Dir does not exist). Dir must
+// be a directory, not a symlink to one. A record that is not a regular
+// file (a FIFO would block the open for ever, a symlink points anywhere)
+// or not one this plinth wrote is returned with only Pool and Unreadable
+// set: that pool is unhealthy, the others load.
 func (r Records) Load() ([]Claim, error) {
-	entries, err := os.ReadDir(r.Dir)
+	dirFd, err := r.openDir()
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
+	if err != nil {
+		return nil, err
+	}
+	dir := os.NewFile(uintptr(dirFd), r.Dir)
+	defer dir.Close()
+	entries, err := dir.ReadDir(-1)
 	if err != nil {
 		return nil, fmt.Errorf("read claim records: %w", err)
 	}
@@ -91,21 +108,87 @@ func (r Records) Load() ([]Claim, error) {
 		if !ok || !poolNameOK(name) {
 			continue // temp files of an interrupted write, and strangers
 		}
-		b, err := os.ReadFile(filepath.Join(r.Dir, e.Name()))
+		c, err := readRecord(dirFd, filepath.Join(r.Dir, e.Name()), name)
 		if err != nil {
-			return nil, fmt.Errorf("read claim record: %w", err)
-		}
-		var c Claim
-		if err := json.Unmarshal(b, &c); err != nil {
-			return nil, fmt.Errorf("claim record %s: %w", e.Name(), err)
-		}
-		if c.Schema != ClaimSchema || c.Pool != name {
-			return nil, fmt.Errorf("claim record %s: schema %d, pool %q: not one this plinth wrote", e.Name(), c.Schema, c.Pool)
+			c = Claim{Pool: name, Unreadable: err.Error()}
 		}
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Pool < out[j].Pool })
 	return out, nil
+}
+
+// openDir opens Dir without following a symlink in its last component.
+func (r Records) openDir() (int, error) {
+	fd, err := unix.Open(r.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return -1, os.ErrNotExist
+	case errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
+		return -1, fmt.Errorf("claim records: %s is not a directory (a symlink or a file); plinth reads its records only from a directory of its own", r.Dir)
+	case err != nil:
+		return -1, fmt.Errorf("claim records: open %s: %w", r.Dir, err)
+	}
+	return fd, nil
+}
+
+// readRecord reads one record: opened relative to the directory, without
+// following a symlink and without blocking (a FIFO), and only if it is a
+// regular file.
+func readRecord(dirFd int, path, poolName string) (Claim, error) {
+	fd, err := unix.Openat(dirFd, filepath.Base(path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return Claim{}, fmt.Errorf("claim record %s is a symlink, not a regular file; plinth does not follow it (remove it, or put the pool's record there)", path)
+	}
+	if err != nil {
+		return Claim{}, fmt.Errorf("open claim record %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Claim{}, fmt.Errorf("claim record %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return Claim{}, fmt.Errorf("claim record %s is not a regular file (%s); plinth does not read it (remove it, or put the pool's record there)", path, fileKind(fi.Mode()))
+	}
+	// A regular file never blocks; reads go on as usual.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		return Claim{}, fmt.Errorf("claim record %s: %w", path, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxRecordBytes+1))
+	if err != nil {
+		return Claim{}, fmt.Errorf("read claim record %s: %w", path, err)
+	}
+	if len(b) > maxRecordBytes {
+		return Claim{}, fmt.Errorf("claim record %s is over %d bytes: not one this plinth wrote", path, maxRecordBytes)
+	}
+	var c Claim
+	if err := json.Unmarshal(b, &c); err != nil {
+		return Claim{}, fmt.Errorf("claim record %s: %w", path, err)
+	}
+	if c.Schema != ClaimSchema || c.Pool != poolName {
+		return Claim{}, fmt.Errorf("claim record %s: schema %d, pool %q: not one this plinth wrote", path, c.Schema, c.Pool)
+	}
+	c.Unreadable = ""
+	return c, nil
+}
+
+// maxRecordBytes bounds a claim record (a few hundred bytes a disk).
+const maxRecordBytes = 1 << 20
+
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeDevice != 0:
+		return "a device"
+	case m.IsDir():
+		return "a directory"
+	}
+	return m.Type().String()
 }
 
 // Put writes c durably (temp, fsync, rename, fsync of the directory).
@@ -114,9 +197,17 @@ func (r Records) Put(c Claim) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(r.Dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(r.Dir), 0o700); err != nil {
 		return fmt.Errorf("claim records: %w", err)
 	}
+	if err := os.Mkdir(r.Dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("claim records: %w", err)
+	}
+	fd, err := r.openDir()
+	if err != nil {
+		return err
+	}
+	unix.Close(fd)
 	c.Schema = ClaimSchema
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {
