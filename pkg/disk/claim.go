@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -222,26 +223,52 @@ func (c Claimer) mountPool(ctx context.Context, claim Claim, members []Disk, deg
 		devs = append(devs, d.Device)
 		mine[d.MajorMinor] = true
 	}
+	// The mount directory is plinth's own: a real directory, never a
+	// symlink (the pool would be mounted over its target, anywhere).
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return fmt.Errorf("pool %s: %w", claim.Pool, err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("pool %s: %w", claim.Pool, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("pool %s: %w", claim.Pool, err)
+	}
+	if fi.Mode()&os.ModeSymlink != 0 {
+		target, _ := os.Readlink(dir)
+		return fmt.Errorf("pool %s: its mount directory %s is a symlink (to %s), not a directory; plinth mounts a pool only on a directory of its own and follows no symlink there (remove it)", claim.Pool, dir, target)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("pool %s: its mount directory %s is not a directory (%s); remove it", claim.Pool, dir, fi.Mode().Type())
+	}
 	// Mounted by an earlier start (plinth restarted, the node did not):
-	// the filesystem there must be the pool's. A btrfs mount shows an
-	// anonymous device number, so the source device's UUID decides.
+	// what is seen there (the last mount at dir, on top of any other)
+	// must be the pool's filesystem from its root, as plinth mounts it
+	// (xfs, or btrfs's default subvolume, the top one); a bind mount of
+	// a directory in it is the same device but not the pool. A btrfs
+	// mount shows an anonymous device number, so the source device's
+	// UUID decides.
 	at, err := mountsAt(c.mountinfo(), dir)
 	if err != nil {
 		return err
 	}
-	for _, m := range at {
-		if mine[m.majorMinor] {
-			return nil
-		}
-		if strings.HasPrefix(m.source, "/dev/") {
+	if len(at) > 0 {
+		m := at[len(at)-1]
+		what := fmt.Sprintf("%s %s (device %s, its directory %s)", m.fsType, m.source, m.majorMinor, m.root)
+		ours := mine[m.majorMinor]
+		if !ours && strings.HasPrefix(m.source, "/dev/") {
 			if sig, err := c.Probe.Probe(ctx, m.source); err == nil && sig.UUID == claim.UUID {
-				return nil
+				ours = true
 			}
 		}
-		return fmt.Errorf("pool %s: something else (%s %s, device %s) is mounted at %s", claim.Pool, m.fsType, m.source, m.majorMinor, dir)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("pool %s: %w", claim.Pool, err)
+		switch {
+		case ours && m.root == "/":
+			return nil
+		case ours:
+			return fmt.Errorf("pool %s: %s is mounted at %s: the pool's filesystem, but a directory in it, not its root; plinth does not take it for the pool (unmount it: umount %s)", claim.Pool, what, dir, dir)
+		}
+		return fmt.Errorf("pool %s: something else (%s) is mounted at %s; plinth does not mount over it", claim.Pool, what, dir)
 	}
 	fsType, data := "xfs", ""
 	if claim.Layout == LayoutBtrfs {
@@ -255,11 +282,30 @@ func (c Claimer) mountPool(ctx context.Context, claim Claim, members []Disk, deg
 		}
 		data = strings.Join(opts, ",")
 	}
-	if err := unix.Mount(devs[0], dir, fsType, unix.MS_NODEV|unix.MS_NOSUID, data); err != nil {
+	if err := mountOnDir(devs[0], dir, fi, fsType, data); err != nil {
 		return fmt.Errorf("pool %s: mount %s (%s, UUID %s) at %s: %w", claim.Pool, devs[0], fsType, claim.UUID, dir, err)
 	}
 	klog.InfoS("Mounted pool", "pool", claim.Pool, "device", devs[0], "uuid", claim.UUID, "dir", dir, "degraded", degraded)
 	return nil
+}
+
+// mountOnDir mounts at the directory dir that Lstat found (fi), through a
+// descriptor opened without following a symlink: a symlink put there since
+// the check is refused, never followed.
+func mountOnDir(dev, dir string, fi os.FileInfo, fsType, data string) error {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w (a directory, not a symlink, is mounted on)", dir, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", dir, err)
+	}
+	if was, ok := fi.Sys().(*syscall.Stat_t); !ok || uint64(was.Dev) != uint64(st.Dev) || uint64(was.Ino) != uint64(st.Ino) {
+		return fmt.Errorf("%s changed while it was checked", dir)
+	}
+	return unix.Mount(dev, fmt.Sprintf("/proc/self/fd/%d", fd), fsType, unix.MS_NODEV|unix.MS_NOSUID, data)
 }
 
 func (c Claimer) mountinfo() string {
@@ -272,9 +318,13 @@ func (c Claimer) mountinfo() string {
 // mountAt is one mount at a directory, from mountinfo.
 type mountAt struct {
 	majorMinor, fsType, source string
+	// root is the directory of the filesystem mounted there ("/": its
+	// root; a bind mount of a directory in it shows that directory).
+	root string
 }
 
-// mountsAt lists what is mounted at dir.
+// mountsAt lists what is mounted at dir, in the order mounted (the last is
+// on top, the one seen).
 func mountsAt(mountinfo, dir string) ([]mountAt, error) {
 	b, err := os.ReadFile(mountinfo)
 	if err != nil {
@@ -288,7 +338,7 @@ func mountsAt(mountinfo, dir string) ([]mountAt, error) {
 		if !ok || len(f) < 5 || len(g) < 2 || unescape(f[4]) != dir {
 			continue
 		}
-		out = append(out, mountAt{majorMinor: f[2], fsType: g[0], source: unescape(g[1])})
+		out = append(out, mountAt{majorMinor: f[2], fsType: g[0], source: unescape(g[1]), root: unescape(f[3])})
 	}
 	return out, nil
 }

@@ -99,3 +99,115 @@ func TestClaimSurvivesACrashBeforeFormatting(t *testing.T) {
 		t.Errorf("third start: %v", ready[0].Err)
 	}
 }
+
+// filePool makes a file pool "p" on a new loop disk with a Claimer, as a
+// start does, and returns a start that plans from the records and applies
+// again, and the pool's mount directory (unmounted at the test's end).
+func filePool(t *testing.T) (start func() []disk.Ready, dev, mnt string) {
+	t.Helper()
+	testenv.RequireHost(t, "mkfs.xfs")
+	dev, img := loopDisk(t, 320<<20)
+	dir := t.TempDir()
+	mnt = filepath.Join(dir, "mnt", "p")
+	t.Cleanup(func() {
+		for unix.Unmount(mnt, 0) == nil {
+		}
+	})
+	cfg, err := disk.ParseConfig([]byte(`rules: [{pool: p, layout: file, select: {transports: [loop], ids: ["file:` + img + `"]}}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := disk.Wipefs{Run: mount.Exec{}}
+	records := disk.Records{Dir: filepath.Join(dir, "claims")}
+	start = func() []disk.Ready {
+		t.Helper()
+		claims, err := records.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := disk.Claimer{Records: records, MountDir: filepath.Dir(mnt), Run: mount.Exec{}, Probe: probe}
+		return c.Apply(context.Background(), disk.MakePlan(cfg, []disk.Disk{scanOne(t, img)}, claims))
+	}
+	if ready := start(); len(ready) != 1 || ready[0].Err != nil || ready[0].Dir != mnt {
+		t.Fatalf("first start: %+v", ready)
+	}
+	if err := unix.Unmount(mnt, 0); err != nil {
+		t.Fatal(err)
+	}
+	return start, dev, mnt
+}
+
+// mounted reports whether dir is a mount point.
+func mounted(t *testing.T, dir string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// Trial finding 6a: a symlink at the pool's mount directory. The pool
+// filesystem was mounted over the symlink's target (any directory).
+func TestPoolMountDirSymlinkIsRefused(t *testing.T) {
+	start, _, mnt := filePool(t)
+	victim := t.TempDir()
+	if err := os.Remove(mnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, mnt); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for unix.Unmount(victim, 0) == nil {
+		}
+	})
+	ready := start()
+	if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "symlink") {
+		t.Errorf("start: %+v, want the pool failed, the symlink named", ready)
+	}
+	if mounted(t, victim) {
+		t.Errorf("the pool was mounted at the symlink's target %s", victim)
+	}
+}
+
+// Trial finding 6b: a bind mount of a subdirectory of the pool's own
+// filesystem at the mount directory: the same device, but not the pool's
+// root. The pool loaded with no volumes.
+func TestPoolMountDirBindOfSubdirectoryIsRefused(t *testing.T) {
+	start, dev, mnt := filePool(t)
+	tmp := t.TempDir()
+	run(t, "mount", dev, tmp)
+	if err := os.Mkdir(filepath.Join(tmp, "sub"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "--bind", filepath.Join(tmp, "sub"), mnt)
+	run(t, "umount", tmp)
+	ready := start()
+	if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "/sub") {
+		t.Fatalf("start: %+v, want the pool failed, naming the subdirectory /sub mounted there", ready)
+	}
+	t.Log(ready[0].Err)
+	// The pool's own mount (plinth restarted, the node did not) is taken.
+	run(t, "umount", mnt)
+	run(t, "mount", dev, mnt)
+	if ready := start(); ready[0].Err != nil {
+		t.Errorf("with the pool's filesystem mounted at its root: %v", ready[0].Err)
+	}
+}
+
+// Another mount over the pool's own: what is seen there is judged.
+func TestPoolMountDirOvermountedIsRefused(t *testing.T) {
+	start, dev, mnt := filePool(t)
+	run(t, "mount", dev, mnt)
+	run(t, "mount", "-t", "tmpfs", "over", mnt)
+	ready := start()
+	if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "tmpfs") {
+		t.Errorf("start: %+v, want the pool failed, naming the tmpfs on top", ready)
+	}
+}
