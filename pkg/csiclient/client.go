@@ -13,8 +13,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/plinth-dev/plinth/pkg/bytesize"
 	plinthcsi "github.com/plinth-dev/plinth/pkg/csi"
-	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
 var (
@@ -257,7 +257,7 @@ func (c *Client) ExpandVolume(ctx context.Context, id string, sizeBytes int64) (
 		return Expansion{}, err
 	}
 	if sizeBytes < v.CapacityBytes {
-		return Expansion{}, fmt.Errorf("volume %s is %s, more than the %s asked: %w", id, pool.FormatBytes(v.CapacityBytes), pool.FormatBytes(sizeBytes), ErrShrink)
+		return Expansion{}, fmt.Errorf("volume %s is %s, more than the %s asked: %w", id, bytesize.Format(v.CapacityBytes), bytesize.Format(sizeBytes), ErrShrink)
 	}
 	resp, err := c.ctrl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id, CapacityRange: &csi.CapacityRange{RequiredBytes: sizeBytes}})
 	if err != nil {

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/bytesize"
 )
 
 // write prints v as json (the value itself: Volume, []Volume, Snapshot,
@@ -37,7 +37,7 @@ func write(w io.Writer, format string, v any) error {
 			need = "required"
 		}
 		fmt.Fprintln(tw, "ID\tCAPACITY\tNODE EXPANSION")
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.VolumeID, pool.FormatBytes(v.CapacityBytes), need)
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.VolumeID, bytesize.Format(v.CapacityBytes), need)
 	case Deleted:
 		fmt.Fprintf(tw, "%s %s deleted\n", v.Kind, v.ID)
 	default:
@@ -62,7 +62,7 @@ func volumeTable(w io.Writer, vs []Volume) {
 		case v.SourceVolumeID != "":
 			source = "volume " + v.SourceVolumeID
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, pool.FormatBytes(v.CapacityBytes), orDash(strings.Join(nodes, ",")),
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, bytesize.Format(v.CapacityBytes), orDash(strings.Join(nodes, ",")),
 			orDash(v.Context["pool"]), orDash(v.Context["mode"]), orDash(v.Context["fsType"]), source)
 	}
 }
@@ -74,7 +74,7 @@ func snapshotTable(w io.Writer, ss []Snapshot) {
 		if !s.CreationTime.IsZero() {
 			created = s.CreationTime.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%t\t%s\n", s.ID, s.SourceVolumeID, pool.FormatBytes(s.SizeBytes), s.ReadyToUse, created)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%t\t%s\n", s.ID, s.SourceVolumeID, bytesize.Format(s.SizeBytes), s.ReadyToUse, created)
 	}
 }
 

@@ -2,7 +2,6 @@ package disk
 
 import (
 	"fmt"
-	"github.com/plinth-dev/plinth/pkg/pool"
 	"os"
 	"path"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
+	"github.com/plinth-dev/plinth/pkg/bytesize"
 	"github.com/plinth-dev/plinth/pkg/device"
 )
 
@@ -253,5 +253,5 @@ func (s Selector) mismatch(d Disk) string {
 	return ""
 }
 
-// FormatBytes prints a size the way a person reads it (pool.FormatBytes).
-func FormatBytes(n int64) string { return pool.FormatBytes(n) }
+// FormatBytes prints a size the way a person reads it (bytesize.Format).
+func FormatBytes(n int64) string { return bytesize.Format(n) }

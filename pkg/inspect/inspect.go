@@ -16,8 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/bytesize"
 	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
-	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
 // Client reads the cluster.
@@ -554,4 +554,4 @@ func (c *Client) podsUsing(ctx context.Context, ns, claim string) []string {
 	return out
 }
 
-func quantity(n int64) string { return pool.FormatBytes(n) }
+func quantity(n int64) string { return bytesize.Format(n) }

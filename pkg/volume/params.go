@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/plinth-dev/plinth/pkg/bytesize"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
@@ -192,5 +193,5 @@ func Size(required, limit int64, mode pool.Mode, fsType string) (int64, error) {
 	return size, nil
 }
 
-// FormatBytes prints a size the way a person reads it (pool.FormatBytes).
-func FormatBytes(n int64) string { return pool.FormatBytes(n) }
+// FormatBytes prints a size the way a person reads it (bytesize.Format).
+func FormatBytes(n int64) string { return bytesize.Format(n) }

@@ -1,11 +1,11 @@
-package pool
+package bytesize
 
 import "fmt"
 
-// FormatBytes prints a size the way a person reads it, in the largest
+// Format prints a size the way a person reads it, in the largest
 // binary unit it reaches: whole when it is a whole number of that unit
 // (512MiB, 2GiB), else to one decimal (67.7GiB); bytes below 1KiB (512B).
-func FormatBytes(n int64) string {
+func Format(n int64) string {
 	if n < 1024 && n > -1024 {
 		return fmt.Sprintf("%dB", n)
 	}
