@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
@@ -213,7 +214,7 @@ func (r Records) Put(c Claim) error {
 	if err != nil {
 		return err
 	}
-	if err := pool.WriteFileAtomic(p, b, 0o600); err != nil {
+	if err := durable.WriteFile(p, b, 0o600); err != nil {
 		return fmt.Errorf("write claim record of pool %s: %w", c.Pool, err)
 	}
 	return nil

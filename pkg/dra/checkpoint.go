@@ -10,7 +10,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/durable"
 )
 
 // checkpointVersion is the format of the checkpoint file; a file of
@@ -78,5 +78,5 @@ func (c checkpoint) save(claims map[types.UID]PreparedClaim) error {
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("DRA checkpoint directory: %w", err)
 	}
-	return pool.WriteFileAtomic(c.path, b, 0o600)
+	return durable.WriteFile(c.path, b, 0o600)
 }

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -54,7 +55,7 @@ func NewPublisher(node *Local, m mount.Mounter, stateDir string) *Publisher {
 		// Stage and publish records describe mounts and loop devices,
 		// which no reboot keeps: those of an earlier boot are dropped
 		// unread (they are not fsynced, and a crash may have torn them).
-		if err := pool.NewBoot(stateDir, func() error {
+		if err := durable.NewBoot(stateDir, func() error {
 			for _, dir := range []string{p.targets.dir, p.staged.dir} {
 				if err := os.RemoveAll(dir); err != nil {
 					return fmt.Errorf("drop records of an earlier boot: %w", err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
@@ -36,7 +37,7 @@ type targetRecord struct {
 
 // targetRecords keeps one record per published target in dir, written
 // temp → rename before the target is made: a boot record
-// (pool.WriteBootRecord), since no mount outlives the boot. With dir "" nothing is
+// (durable.WriteBootRecord), since no mount outlives the boot. With dir "" nothing is
 // recorded and unpublish removes nothing.
 type targetRecords struct{ dir string }
 
@@ -71,14 +72,14 @@ func (t targetRecords) put(r targetRecord) error {
 		return fmt.Errorf("create target records dir: %w", err)
 	}
 	r.Schema = pool.SchemaVersion
-	return pool.WriteBootRecord(t.path(r.Target), r)
+	return durable.WriteBootRecord(t.path(r.Target), r)
 }
 
 func (t targetRecords) drop(target string) error {
 	if t.dir == "" {
 		return nil
 	}
-	return pool.RemoveBootRecord(t.path(target))
+	return durable.RemoveBootRecord(t.path(target))
 }
 
 // of returns the targets volume id is published at.
@@ -130,7 +131,7 @@ type stagedRecord struct {
 }
 
 // stagedRecords keeps one record per staged volume in dir ("" records
-// nothing), as boot records (pool.WriteBootRecord).
+// nothing), as boot records (durable.WriteBootRecord).
 type stagedRecords struct{ dir string }
 
 func (s stagedRecords) path(id string) string { return filepath.Join(s.dir, id+".json") }
@@ -157,14 +158,14 @@ func (s stagedRecords) put(id, path string) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create staged records dir: %w", err)
 	}
-	return pool.WriteBootRecord(s.path(id), stagedRecord{Schema: pool.SchemaVersion, VolumeID: id, Path: path})
+	return durable.WriteBootRecord(s.path(id), stagedRecord{Schema: pool.SchemaVersion, VolumeID: id, Path: path})
 }
 
 func (s stagedRecords) drop(id string) error {
 	if s.dir == "" {
 		return nil
 	}
-	return pool.RemoveBootRecord(s.path(id))
+	return durable.RemoveBootRecord(s.path(id))
 }
 
 // all returns every staged record (volume ID → staging path).

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"k8s.io/klog/v2"
 )
 
@@ -34,7 +35,7 @@ func OpenIndex(volDir, snapDir string) (*Index, error) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
 		}
-		if err := CleanTemp(d); err != nil {
+		if err := durable.CleanTemp(d); err != nil {
 			return nil, err
 		}
 	}
@@ -73,7 +74,7 @@ func (x *Index) inheritModes() {
 			continue
 		}
 		x.snapshots[id] = s
-		if err := WriteRecord(x.snapRecord(id), s); err != nil {
+		if err := durable.WriteRecord(x.snapRecord(id), s); err != nil {
 			klog.ErrorS(err, "Record the mode of a snapshot made before modes were recorded", "snapshotID", id)
 			continue
 		}
@@ -160,7 +161,7 @@ func (x *Index) Snapshots() []Snapshot {
 
 // PutVolume writes v's record and indexes it.
 func (x *Index) PutVolume(v Volume) error {
-	if err := WriteRecord(x.volRecord(v.ID), v); err != nil {
+	if err := durable.WriteRecord(x.volRecord(v.ID), v); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -171,7 +172,7 @@ func (x *Index) PutVolume(v Volume) error {
 
 // PutSnapshot writes s's record and indexes it.
 func (x *Index) PutSnapshot(s Snapshot) error {
-	if err := WriteRecord(x.snapRecord(s.ID), s); err != nil {
+	if err := durable.WriteRecord(x.snapRecord(s.ID), s); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -195,7 +196,7 @@ func (x *Index) MarkDeleting(id string) error {
 
 // DropVolume removes v's record durably.
 func (x *Index) DropVolume(id string) error {
-	if err := RemoveDurably(x.volRecord(id)); err != nil {
+	if err := durable.Remove(x.volRecord(id)); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -206,7 +207,7 @@ func (x *Index) DropVolume(id string) error {
 
 // DropSnapshot removes s's record durably.
 func (x *Index) DropSnapshot(id string) error {
-	if err := RemoveDurably(x.snapRecord(id)); err != nil {
+	if err := durable.Remove(x.snapRecord(id)); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -257,7 +258,7 @@ func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume,
 	v.Schema, v.Pool, v.State, v.CreatedAt = SchemaVersion, poolName, StateCreating, time.Now().UTC()
 	x.volumes[v.ID] = v
 	x.mu.Unlock()
-	if err := WriteRecord(x.volRecord(v.ID), v); err != nil {
+	if err := durable.WriteRecord(x.volRecord(v.ID), v); err != nil {
 		x.mu.Lock()
 		delete(x.volumes, v.ID)
 		x.mu.Unlock()
@@ -303,7 +304,7 @@ func (x *Index) BeginSnapshot(poolName string, s Snapshot) (Snapshot, bool, erro
 	}
 	s.Schema, s.Pool, s.SizeBytes, s.State, s.CreatedAt = SchemaVersion, poolName, src.CapacityBytes, StateCreating, time.Now().UTC()
 	s.Mode, s.FsType = src.Mode, src.FsType
-	if err := WriteRecord(x.snapRecord(s.ID), s); err != nil {
+	if err := durable.WriteRecord(x.snapRecord(s.ID), s); err != nil {
 		return Snapshot{}, false, err
 	}
 	x.snapshots[s.ID] = s

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/plinth-dev/plinth/pkg/durable"
 )
 
 func TestValidateID(t *testing.T) {
@@ -31,7 +33,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	v := Volume{Schema: SchemaVersion, ID: "pv-1", Name: "n", Pool: "p", CapacityBytes: 4096, Mode: ModeFilesystem,
 		FsType: "xfs", Source: &Source{SnapshotID: "sn-1"}, State: StateReady, CreatedAt: time.Unix(1700000000, 0).UTC()}
 	path := filepath.Join(dir, "pv-1.json")
-	if err := WriteRecord(path, v); err != nil {
+	if err := durable.WriteRecord(path, v); err != nil {
 		t.Fatal(err)
 	}
 	var got Volume
@@ -251,48 +253,5 @@ func TestOldSnapshotRecordsGetTheirSourcesMode(t *testing.T) {
 	v.Source = &Source{SnapshotID: "of-gone"}
 	if _, _, err := x2.Source(v); err != nil {
 		t.Errorf("restore of an unknown-mode snapshot at the pool: %v", err)
-	}
-}
-
-// TestNewBoot: boot records of an earlier boot are forgotten before the
-// running boot is recorded; those of this boot, or of a root that never
-// recorded a boot (records fsynced by an older plinth), are kept.
-func TestNewBoot(t *testing.T) {
-	cur, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		t.Skip("no boot ID here:", err)
-	}
-	dir := t.TempDir()
-	forgot := 0
-	forget := func() error { forgot++; return nil }
-	for _, c := range []struct {
-		name   string
-		before []byte // nil: no boot_id file
-		forget int
-	}{{"no boot recorded", nil, 0}, {"this boot", cur, 0}, {"an earlier boot", []byte("0f0e0d0c-0000-4000-8000-000000000000\n"), 1}} {
-		forgot = 0
-		os.Remove(filepath.Join(dir, "boot_id"))
-		if c.before != nil {
-			os.WriteFile(filepath.Join(dir, "boot_id"), c.before, 0o600)
-		}
-		if err := NewBoot(dir, forget); err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		if forgot != c.forget {
-			t.Errorf("%s: forgot %d times, want %d", c.name, forgot, c.forget)
-		}
-		if b, _ := os.ReadFile(filepath.Join(dir, "boot_id")); string(b) != string(cur) {
-			t.Errorf("%s: boot_id %q after, want %q", c.name, b, cur)
-		}
-	}
-	// A forget that fails leaves the earlier boot recorded: the next start
-	// tries again.
-	old := []byte("0f0e0d0c-0000-4000-8000-000000000000\n")
-	os.WriteFile(filepath.Join(dir, "boot_id"), old, 0o600)
-	if err := NewBoot(dir, func() error { return os.ErrPermission }); err == nil {
-		t.Error("a failed forget was not an error")
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, "boot_id")); string(b) != string(old) {
-		t.Errorf("boot_id %q after a failed forget", b)
 	}
 }

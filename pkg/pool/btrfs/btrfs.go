@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -215,7 +216,7 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 		if err := os.Rename(tmp, final); err != nil {
 			return fmt.Errorf("rename subvolume: %w", err)
 		}
-		return pool.SyncDir(p.volDir())
+		return durable.SyncDir(p.volDir())
 	}()
 	if err == nil {
 		var id uint64
@@ -333,7 +334,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapsh
 			err = os.Rename(tmp, final)
 		}
 		if err == nil {
-			err = pool.SyncDir(p.snapDir())
+			err = durable.SyncDir(p.snapDir())
 		}
 		if err != nil {
 			_ = p.deleteSubvolume(ctx, tmp)

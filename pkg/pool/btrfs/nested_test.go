@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
@@ -376,7 +377,7 @@ func TestDeleteFinishesStuckRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.State = pool.StateDeleting
-	if err := pool.WriteRecord(record, v); err != nil {
+	if err := durable.WriteRecord(record, v); err != nil {
 		t.Fatal(err)
 	}
 	unmount(dir)

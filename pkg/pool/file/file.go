@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -226,7 +227,7 @@ func (p *Pool) buildImage(v pool.Volume, srcImage string) error {
 	if err := os.Rename(tmp, final); err != nil {
 		return fmt.Errorf("rename image %s: %w", tmp, err)
 	}
-	return pool.SyncDir(p.volDir())
+	return durable.SyncDir(p.volDir())
 }
 
 // sizeImage grows f to size: preallocated when thick, sparse otherwise.
@@ -257,7 +258,7 @@ func removeFiles(dir string, paths ...string) error {
 			return fmt.Errorf("remove %s: %w", f, err)
 		}
 	}
-	return pool.SyncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // DeleteVolume removes the image, then the record; a volume still attached
@@ -358,7 +359,7 @@ func (p *Pool) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapsh
 			if err := os.Rename(tmp, final); err != nil {
 				return fmt.Errorf("rename snapshot image: %w", err)
 			}
-			return pool.SyncDir(p.snapDir())
+			return durable.SyncDir(p.snapDir())
 		}()
 		if err != nil {
 			_ = os.Remove(tmp)

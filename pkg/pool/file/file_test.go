@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -300,7 +301,7 @@ func TestCrashStates(t *testing.T) {
 func writeRecord(t *testing.T, dir, id string, st pool.State) {
 	v := vol(id, 16<<20)
 	v.Schema, v.Pool, v.State = pool.SchemaVersion, "p", st
-	if err := pool.WriteRecord(filepath.Join(dir, "volumes", id+".json"), v); err != nil {
+	if err := durable.WriteRecord(filepath.Join(dir, "volumes", id+".json"), v); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,4 +1,4 @@
-package pool
+package durable
 
 import (
 	"encoding/json"
@@ -10,9 +10,9 @@ import (
 	"strings"
 )
 
-// WriteFileAtomic writes data to path so that a crash at any point leaves
+// WriteFile writes data to path so that a crash at any point leaves
 // either the old content or the new: temp file, fsync, rename, fsync dir.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+func WriteFile(path string, data []byte, perm os.FileMode) error {
 	return writeFile(path, data, perm, true)
 }
 
@@ -125,16 +125,14 @@ func NewBoot(dir string, forget func() error) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	return WriteFileAtomic(p, cur, 0o600)
+	return WriteFile(p, cur, 0o600)
 }
 
-// ReadRecord loads JSON from path into v, checking the schema version.
-// A missing file is ErrNotFound.
-func ReadRecord(path string, v any) error {
+// ReadRecord loads the JSON record at path into v, checking that its
+// "schema" field is schema. A missing file is an error that wraps
+// fs.ErrNotExist.
+func ReadRecord(path string, schema int, v any) error {
 	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%s: %w", path, ErrNotFound)
-	}
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
@@ -144,8 +142,8 @@ func ReadRecord(path string, v any) error {
 	if err := json.Unmarshal(data, &head); err != nil {
 		return fmt.Errorf("decode %s: %w", path, err)
 	}
-	if head.Schema != SchemaVersion {
-		return fmt.Errorf("%s: schema %d, this plinth reads %d", path, head.Schema, SchemaVersion)
+	if head.Schema != schema {
+		return fmt.Errorf("%s: schema %d, this plinth reads %d", path, head.Schema, schema)
 	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decode %s: %w", path, err)
@@ -153,17 +151,17 @@ func ReadRecord(path string, v any) error {
 	return nil
 }
 
-// RemoveDurably removes path (missing is fine) and fsyncs its directory.
-func RemoveDurably(path string) error {
+// Remove removes path (missing is fine) and fsyncs its directory.
+func Remove(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	return SyncDir(filepath.Dir(path))
 }
 
-// RecordIDs lists the IDs of the *.json records in dir, skipping temp files
-// and names that are not valid IDs.
-func RecordIDs(dir string) ([]string, error) {
+// RecordIDs lists the IDs of the *.json records in dir, skipping
+// directories, temp files and names that valid refuses.
+func RecordIDs(dir string, valid func(id string) error) ([]string, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", dir, err)
@@ -172,7 +170,7 @@ func RecordIDs(dir string) ([]string, error) {
 	for _, e := range entries {
 		name := e.Name()
 		id, ok := strings.CutSuffix(name, ".json")
-		if !ok || e.IsDir() || ValidateID("id", id) != nil {
+		if !ok || e.IsDir() || valid(id) != nil {
 			continue
 		}
 		ids = append(ids, id)
@@ -180,7 +178,7 @@ func RecordIDs(dir string) ([]string, error) {
 	return ids, nil
 }
 
-// CleanTemp removes leftover temp files of WriteFileAtomic in dir (from a
+// CleanTemp removes leftover temp files of WriteFile in dir (from a
 // crash between create and rename).
 func CleanTemp(dir string) error {
 	entries, err := os.ReadDir(dir)
