@@ -132,9 +132,13 @@ func (c Claimer) filesystemPool(ctx context.Context, pp PoolPlan) (string, []Dis
 		if err := c.Records.Put(claim); err != nil {
 			return "", nil, err
 		}
-		uuid, err := c.format(ctx, pp)
+		uuid, wrote, err := c.format(ctx, pp)
 		if err != nil {
-			return "", nil, err
+			if kept := c.release(ctx, pp, wrote); kept != nil {
+				return "", nil, fmt.Errorf("%w; the claim record is kept (state formatting, the next start formats again): %v", err, kept)
+			}
+			klog.ErrorS(err, "Formatting a pool failed; its claim is dropped", "pool", pp.Name)
+			return "", nil, fmt.Errorf("%w; the claim is dropped, the disks are not the pool's (the next start claims them again if a rule still selects them)", err)
 		}
 		claim.UUID, claim.State = uuid, ClaimReady
 		if err := c.Records.Put(claim); err != nil {
@@ -149,12 +153,60 @@ func (c Claimer) filesystemPool(ctx context.Context, pp PoolPlan) (string, []Dis
 	return dir, members, nil
 }
 
+// release drops the claim of a pool whose formatting failed, so that its
+// disks are not the pool's for ever. A new claim that failed before
+// anything was written is dropped as it is. Otherwise (wipefs or mkfs ran,
+// or formatting resumed after a crash) each disk must hold nothing or
+// only what plinth's mkfs began (erased here); a disk that holds anything
+// else, or is held, keeps the record (the error says why).
+func (c Claimer) release(ctx context.Context, pp PoolPlan, wrote bool) error {
+	if wrote || pp.Claim != nil {
+		var began []Disk
+		for _, d := range pp.New {
+			if err := c.Probe.Exclusive(d.Device); err != nil {
+				return fmt.Errorf("disk %s: %w", d.ID, err)
+			}
+			sig, err := c.Probe.Probe(ctx, d.Device)
+			switch {
+			case err != nil:
+				return fmt.Errorf("disk %s: %w", d.ID, err)
+			case sig.Empty():
+			case plinthLabel(sig.Label, pp.Name) && sig.PTType == "" && !sig.Ambivalent:
+				began = append(began, d)
+			default:
+				return fmt.Errorf("disk %s (%s) holds %s", d.ID, d.Device, sig)
+			}
+		}
+		for _, d := range began {
+			if _, err := c.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
+				return fmt.Errorf("erase what mkfs began on %s: %w", d.Device, err)
+			}
+			klog.InfoS("Erased what a failed mkfs began", "pool", pp.Name, "disk", d.ID, "device", d.Device)
+		}
+	}
+	if err := c.Records.Drop(pp.Name); err != nil {
+		return err
+	}
+	return nil
+}
+
 // format erases what the plan says to and makes the pool's filesystem;
-// it returns the new filesystem's UUID.
-func (c Claimer) format(ctx context.Context, pp PoolPlan) (string, error) {
+// it returns the new filesystem's UUID, and whether anything was written
+// to the disks (wipefs or mkfs ran) when it fails.
+func (c Claimer) format(ctx context.Context, pp PoolPlan) (uuid string, wrote bool, err error) {
+	uuid, err = c.formatDisks(ctx, pp, &wrote)
+	return uuid, wrote, err
+}
+
+func (c Claimer) formatDisks(ctx context.Context, pp PoolPlan, wrote *bool) (string, error) {
 	var devs []string
 	for _, d := range pp.New {
 		devs = append(devs, d.Device)
+		// A disk mkfs cannot format (a record that an older plinth wrote
+		// for one) is not handed to it.
+		if m := tooSmall(pp.Layout, d.SizeBytes); m != "" {
+			return "", fmt.Errorf("pool %s: disk %s (%s): %s", pp.Name, d.ID, d.Device, m)
+		}
 		// Read again right before anything is written: the plan may be
 		// seconds old, and a disk someone formatted or opened since is
 		// not the disk the plan judged.
@@ -170,12 +222,14 @@ func (c Claimer) format(ctx context.Context, pp PoolPlan) (string, error) {
 		}
 	}
 	for _, d := range pp.Wipe {
+		*wrote = true
 		if _, err := c.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
 			return "", fmt.Errorf("pool %s: wipe %s: %w", pp.Name, d.Device, err)
 		}
 		klog.InfoS("Wiped disk named by a rule with wipe", "pool", pp.Name, "disk", d.ID, "device", d.Device, "had", strings.Join(d.Reasons, "; "))
 	}
 	var err error
+	*wrote = true
 	switch pp.Layout {
 	case LayoutFile:
 		_, err = c.Run.Run(ctx, "mkfs.xfs", append([]string{"-f", "-q", "-m", "reflink=1", "-L", "plinth"}, devs...)...) // xfs labels are at most 12 bytes
@@ -189,7 +243,9 @@ func (c Claimer) format(ctx context.Context, pp PoolPlan) (string, error) {
 		err = fmt.Errorf("layout %q has no filesystem", pp.Layout)
 	}
 	if err != nil {
-		return "", fmt.Errorf("pool %s: format %s: %w", pp.Name, strings.Join(devs, " "), err)
+		// mkfs's first line says why; the usage text after it does not.
+		msg, _, _ := strings.Cut(err.Error(), "\n")
+		return "", fmt.Errorf("pool %s: format %s: %s", pp.Name, strings.Join(devs, " "), msg)
 	}
 	sig, err := c.Probe.Probe(ctx, devs[0])
 	if err != nil {

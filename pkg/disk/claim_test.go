@@ -16,20 +16,43 @@ import (
 	"github.com/plinth-dev/plinth/test/testenv"
 )
 
-// crashAt fails the first run of one program, as a crash there would leave
-// things (the program did not run).
+// crashAt stops the start at the first run of one program, as a crash
+// there would leave things (the program did not run, and nothing after it
+// did): it panics, and the test recovers.
 type crashAt struct {
 	mount.Runner
 	program string
 	done    bool
 }
 
+type crash struct{ program string }
+
 func (c *crashAt) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
 	if name == c.program && !c.done {
 		c.done = true
-		return nil, errors.New("crash before " + name)
+		panic(crash{name})
 	}
 	return c.Runner.Run(ctx, name, args...)
+}
+
+// failAt makes the first run of one program fail: before it runs (after:
+// false), or after it ran (what it began stays on the disk).
+type failAt struct {
+	mount.Runner
+	program string
+	after   bool
+	done    bool
+}
+
+func (f *failAt) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if name == f.program && !f.done {
+		f.done = true
+		if f.after {
+			_, _ = f.Runner.Run(ctx, name, args...)
+		}
+		return nil, errors.New(name + " failed")
+	}
+	return f.Runner.Run(ctx, name, args...)
 }
 
 // A crash between recording a pool's disks and formatting them leaves a
@@ -74,15 +97,19 @@ func TestClaimSurvivesACrashBeforeFormatting(t *testing.T) {
 		c := disk.Claimer{Records: records, MountDir: mnt, Run: run, Probe: probe}
 		return c.Apply(context.Background(), disk.MakePlan(cfg, disks, claims))
 	}
-	ready := start(&crashAt{Runner: mount.Exec{}, program: "mkfs.xfs"})
-	if len(ready) != 1 || ready[0].Err == nil {
-		t.Fatalf("first start: %+v, want the pool failed", ready)
-	}
+	func() {
+		defer func() {
+			if r := recover(); r != (crash{"mkfs.xfs"}) {
+				t.Fatalf("first start: %v, want a crash before mkfs.xfs", r)
+			}
+		}()
+		start(&crashAt{Runner: mount.Exec{}, program: "mkfs.xfs"})
+	}()
 	claims, _ := records.Load()
 	if len(claims) != 1 || claims[0].State != disk.ClaimFormatting || claims[0].Disks[0].ID != "file:"+img {
 		t.Fatalf("records after the crash: %+v", claims)
 	}
-	ready = start(mount.Exec{})
+	ready := start(mount.Exec{})
 	if len(ready) != 1 || ready[0].Err != nil || ready[0].Dir != filepath.Join(mnt, "fast") {
 		t.Fatalf("second start: %+v", ready)
 	}
@@ -209,5 +236,110 @@ func TestPoolMountDirOvermountedIsRefused(t *testing.T) {
 	ready := start()
 	if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "tmpfs") {
 		t.Errorf("start: %+v, want the pool failed, naming the tmpfs on top", ready)
+	}
+}
+
+// claimStart is a start over one loop disk with one rule: it plans from
+// the records and applies with run.
+func claimStart(t *testing.T, img, rules string) (start func(mount.Runner) (disk.Plan, []disk.Ready), records disk.Records) {
+	t.Helper()
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	t.Cleanup(func() {
+		entries, _ := os.ReadDir(mnt)
+		for _, e := range entries {
+			_ = unix.Unmount(filepath.Join(mnt, e.Name()), 0)
+		}
+	})
+	cfg, err := disk.ParseConfig([]byte(rules))
+	if err != nil {
+		t.Fatal(err)
+	}
+	records = disk.Records{Dir: filepath.Join(dir, "claims")}
+	start = func(run mount.Runner) (disk.Plan, []disk.Ready) {
+		t.Helper()
+		claims, err := records.Load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		plan := disk.MakePlan(cfg, []disk.Disk{scanOne(t, img)}, claims)
+		c := disk.Claimer{Records: records, MountDir: mnt, Run: run, Probe: disk.Wipefs{Run: mount.Exec{}}}
+		return plan, c.Apply(context.Background(), plan)
+	}
+	return start, records
+}
+
+// Trial finding 12: a file rule selecting a disk under mkfs.xfs's minimum.
+// The plan said claim, mkfs.xfs failed with its usage text, and the record
+// stayed formatting for ever. Now the disk is passed over with the reason,
+// nothing is recorded and nothing runs on it.
+func TestFileRuleOnADiskTooSmallForXFS(t *testing.T) {
+	dev, img := loopDisk(t, 200<<20)
+	start, records := claimStart(t, img, `rules: [{pool: fp, layout: file, select: {transports: [loop], ids: ["file:`+img+`"]}}]`)
+	rec := &recorder{}
+	plan, ready := start(rec)
+	if dec := plan.Decisions[0]; dec.Action != disk.ActionSkip || !strings.Contains(dec.Why, "pool fp: too small for an xfs file pool (200MiB, at least 300MiB)") {
+		t.Errorf("decision %s (%s), want skip, too small", dec.Action, dec.Why)
+	}
+	if len(ready) != 0 {
+		t.Errorf("pools %+v, want none", ready)
+	}
+	if claims, err := records.Load(); len(claims) != 0 || err != nil {
+		t.Errorf("records %+v, %v; want none", claims, err)
+	}
+	if touched := rec.touched(dev); len(touched) > 0 {
+		t.Errorf("programs ran on the disk: %q", touched)
+	}
+}
+
+// What the trial's start left (a record in state formatting on a disk too
+// small) is dropped at the next start, and the disk is not the pool's.
+func TestFormattingRecordOnADiskTooSmallIsDropped(t *testing.T) {
+	dev, img := loopDisk(t, 200<<20)
+	start, records := claimStart(t, img, `rules: [{pool: fp, layout: file, select: {transports: [loop], ids: ["file:`+img+`"]}}]`)
+	d := scanOne(t, img)
+	if err := records.Put(disk.Claim{Pool: "fp", Layout: disk.LayoutFile, State: disk.ClaimFormatting,
+		Disks: []disk.Member{{ID: d.ID, Name: d.Name, SizeBytes: d.SizeBytes}}}); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	_, ready := start(rec)
+	if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "too small") || !strings.Contains(ready[0].Err.Error(), "dropped") {
+		t.Errorf("start: %+v, want the pool failed, too small, the claim dropped", ready)
+	}
+	if claims, err := records.Load(); len(claims) != 0 || err != nil {
+		t.Errorf("records %+v, %v; want the claim dropped", claims, err)
+	}
+	if touched := rec.touched(dev); len(touched) > 0 {
+		t.Errorf("programs ran on the disk: %q", touched)
+	}
+	if plan, _ := start(rec); plan.Decisions[0].Action != disk.ActionSkip || !strings.Contains(plan.Decisions[0].Why, "too small") {
+		t.Errorf("next start: %+v, want the disk skipped, too small", plan.Decisions[0])
+	}
+}
+
+// A first format that fails does not leave the disk claimed for ever: the
+// record is dropped when the disk holds nothing, or only what plinth's mkfs
+// began (erased); the next start claims it again.
+func TestFailedFirstFormatDropsTheClaim(t *testing.T) {
+	testenv.RequireHost(t, "mkfs.xfs")
+	for name, after := range map[string]bool{"mkfs wrote nothing": false, "mkfs began": true} {
+		t.Run(name, func(t *testing.T) {
+			_, img := loopDisk(t, 320<<20)
+			start, records := claimStart(t, img, `rules: [{pool: fp, layout: file, select: {transports: [loop], ids: ["file:`+img+`"]}}]`)
+			_, ready := start(&failAt{Runner: mount.Exec{}, program: "mkfs.xfs", after: after})
+			if len(ready) != 1 || ready[0].Err == nil || !strings.Contains(ready[0].Err.Error(), "dropped") {
+				t.Fatalf("first start: %+v, want the pool failed, the claim dropped", ready)
+			}
+			if claims, err := records.Load(); len(claims) != 0 || err != nil {
+				t.Errorf("records %+v, %v; want the claim dropped", claims, err)
+			}
+			if d := scanOne(t, img); d.State != disk.StateFree {
+				t.Errorf("disk: %s (%v), want free again", d.State, d.Reasons)
+			}
+			if _, ready := start(mount.Exec{}); len(ready) != 1 || ready[0].Err != nil {
+				t.Errorf("next start: %+v", ready)
+			}
+		})
 	}
 }

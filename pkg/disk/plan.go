@@ -150,6 +150,10 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 				}
 				wipe = true
 			}
+			if m := tooSmall(r.Layout, d.SizeBytes); m != "" {
+				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: %s", r.Pool, m))
+				continue
+			}
 			if r.Select.Count > 0 && taken >= r.Select.Count {
 				why[d.ID] = append(why[d.ID], fmt.Sprintf("pool %s: has its %d disks", r.Pool, r.Select.Count))
 				continue
@@ -229,6 +233,28 @@ func ours(c Claim, m Member, d Disk) bool {
 	return c.Layout != LayoutDisk && c.UUID != "" && d.Signature.UUID == c.UUID &&
 		(m.SizeBytes == 0 || d.SizeBytes == m.SizeBytes) &&
 		(m.WWN == "" || m.WWN == d.WWN) && (m.Serial == "" || m.Serial == d.Serial)
+}
+
+// The smallest disks mkfs makes a pool's filesystem on (mkfs.xfs 6.1:
+// "Filesystem must be larger than 300MB", 300 MiB exactly passes;
+// mkfs.btrfs 6.2: 109 MiB for one disk, "minimum size for each btrfs
+// device is 131072000" with two: the larger is asked of every disk).
+// A disk under them is passed over, never claimed and failed at mkfs.
+const (
+	xfsMinBytes         = 300 << 20
+	btrfsMinDeviceBytes = 125 << 20
+)
+
+// tooSmall says why a disk of size bytes cannot hold layout's filesystem
+// ("" when it can).
+func tooSmall(layout Layout, size int64) string {
+	switch {
+	case layout == LayoutFile && size < xfsMinBytes:
+		return fmt.Sprintf("too small for an xfs file pool (%s, at least %s)", FormatBytes(size), FormatBytes(xfsMinBytes))
+	case layout == LayoutBtrfs && size < btrfsMinDeviceBytes:
+		return fmt.Sprintf("too small for a btrfs pool (%s, at least %s a disk)", FormatBytes(size), FormatBytes(btrfsMinDeviceBytes))
+	}
+	return ""
 }
 
 // wipeable: nothing uses the disk now (only signatures are on it).

@@ -320,3 +320,47 @@ func TestMakePlanUnreadableClaim(t *testing.T) {
 		}
 	}
 }
+
+// Trial finding 12: a disk under mkfs's minimum is passed over with the
+// reason, not claimed and left formatting for ever.
+func TestMakePlanTooSmallForTheFilesystem(t *testing.T) {
+	for name, tc := range map[string]struct {
+		rule Rule
+		size int64
+		want string // "" claimed
+	}{
+		"xfs under 300 MiB":  {Rule{Pool: "f", Layout: LayoutFile}, 200 << 20, "pool f: too small for an xfs file pool (200MiB, at least 300MiB)"},
+		"xfs at 300 MiB":     {Rule{Pool: "f", Layout: LayoutFile}, 300 << 20, ""},
+		"btrfs under 125MiB": {Rule{Pool: "b", Layout: LayoutBtrfs}, 100 << 20, "pool b: too small for a btrfs pool (100MiB, at least 125MiB a disk)"},
+		"btrfs at 125 MiB":   {Rule{Pool: "b", Layout: LayoutBtrfs}, 125 << 20, ""},
+		"a small whole disk": {Rule{Pool: "d", Layout: LayoutDisk}, 1 << 20, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			disks := scanMachine(t)
+			for i := range disks {
+				if disks[i].Name == "vda" {
+					disks[i].SizeBytes = tc.size
+				}
+			}
+			tc.rule.Select = Selector{Transports: []Transport{TransportVirtio}}
+			cfg := Config{Rules: []Rule{tc.rule}}
+			cfg.Defaults()
+			plan := MakePlan(cfg, disks, nil)
+			got, pools := outcome(plan)
+			if tc.want == "" {
+				if got["vda"] != "claim "+tc.rule.Pool {
+					t.Errorf("vda: %q, want it claimed", got["vda"])
+				}
+				return
+			}
+			if got["vda"] != "skip" || pools[tc.rule.Pool] != "no disk matches the rule" {
+				t.Errorf("vda: %q, pool: %q; want skipped, no pool", got["vda"], pools[tc.rule.Pool])
+			}
+			for _, dec := range plan.Decisions {
+				if dec.Disk.Name == "vda" && !strings.Contains(dec.Why, tc.want) {
+					t.Errorf("why %q, want %q", dec.Why, tc.want)
+				}
+			}
+		})
+	}
+}

@@ -219,3 +219,24 @@ func (r Records) Put(c Claim) error {
 	}
 	return nil
 }
+
+// Drop removes a pool's record durably (the directory is synced); a
+// record that is not there is no error.
+func (r Records) Drop(poolName string) error {
+	p, err := r.path(poolName)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove claim record of pool %s: %w", poolName, err)
+	}
+	d, err := os.Open(r.Dir)
+	if err != nil {
+		return fmt.Errorf("claim records: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("claim records: fsync %s: %w", r.Dir, err)
+	}
+	return nil
+}

@@ -225,7 +225,7 @@ func TestMountedThroughLinkIsInUse(t *testing.T) {
 // A disk judged free when the plan was made, formatted by someone before
 // the plan is carried out: the pool is not made on it.
 func TestFormattedAfterThePlanIsLeftAlone(t *testing.T) {
-	dev, img := loopDisk(t, 64<<20)
+	dev, img := loopDisk(t, 320<<20) // at least the 300 MiB mkfs.xfs needs
 	cfg, err := disk.ParseConfig([]byte(`rules: [{pool: p, layout: file, select: {transports: [loop], ids: ["file:` + img + `"]}}]`))
 	if err != nil {
 		t.Fatal(err)
