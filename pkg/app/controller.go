@@ -33,6 +33,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/provision"
 	"github.com/plinth-dev/plinth/pkg/snapshot"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
@@ -122,7 +123,7 @@ func (c *ControllerConfig) Validate() error {
 			d, provision.MinReleaseAfter))
 	}
 	if c.CSIEndpoint != "" {
-		if _, err := csi.ParseEndpoint(c.CSIEndpoint); err != nil {
+		if _, err := unixsock.ParseEndpoint(c.CSIEndpoint); err != nil {
 			errs = append(errs, fmt.Errorf("--csi-endpoint: %w", err))
 		}
 	}
@@ -327,7 +328,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		"lostNodes":   lost.Run,
 	}
 	if c.CSIEndpoint != "" {
-		sock, _ := csi.ParseEndpoint(c.CSIEndpoint) // checked by Validate
+		sock, _ := unixsock.ParseEndpoint(c.CSIEndpoint) // checked by Validate
 		svcs := csi.Services{
 			Identity:   csi.NewIdentityServer(c.DriverName, c.Version, true, func(context.Context) error { return nil }),
 			Controller: csiController,

@@ -22,7 +22,6 @@ import (
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/reconcile"
 
-	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
 	"github.com/plinth-dev/plinth/pkg/disk"
@@ -30,6 +29,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 // NodeConfig configures `plinth node`: the CSI Node service over this
@@ -237,7 +237,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 			disks = func() []v1alpha1.DiskStatus { return diskStatuses(watcher) }
 		}
 		parts["CSI"] = func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, false, m) }
-		sock, err := csi.ParseEndpoint(c.Endpoint)
+		sock, err := unixsock.ParseEndpoint(c.Endpoint)
 		if err != nil {
 			return err
 		}

@@ -28,6 +28,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
@@ -175,7 +176,7 @@ func (c *CSIConfig) Validate() error {
 	if c.Endpoint == "" {
 		c.Endpoint = "unix://" + filepath.Join(c.Root, "csi.sock")
 	}
-	if _, err := csi.ParseEndpoint(c.Endpoint); err != nil {
+	if _, err := unixsock.ParseEndpoint(c.Endpoint); err != nil {
 		errs = append(errs, fmt.Errorf("--endpoint: %w", err))
 	}
 	if c.NodeID == "" || len(c.NodeID) > 128 {
@@ -537,7 +538,7 @@ func openLocal(ctx context.Context, c CSIConfig) (*node.Local, *disk.Watcher, er
 // serveCSI serves Identity and Node (and Controller when withController)
 // over local until ctx ends; with m, it also feeds metrics and readiness.
 func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Local, withController bool, m *metrics.Metrics) error {
-	sock, err := csi.ParseEndpoint(c.Endpoint)
+	sock, err := unixsock.ParseEndpoint(c.Endpoint)
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/plinth-dev/plinth/pkg/bytesize"
-	plinthcsi "github.com/plinth-dev/plinth/pkg/csi"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 var (
@@ -104,7 +104,7 @@ type Client struct {
 // controller's capabilities: an endpoint nobody answers on fails here with
 // ErrUnreachable, as soon as the connection fails or ctx ends.
 func Dial(ctx context.Context, endpoint string) (*Client, error) {
-	path, err := plinthcsi.ParseEndpoint(endpoint)
+	path, err := unixsock.ParseEndpoint(endpoint)
 	if err != nil {
 		return nil, err
 	}

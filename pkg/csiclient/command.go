@@ -14,7 +14,7 @@ import (
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	plinthcsi "github.com/plinth-dev/plinth/pkg/csi"
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 // EndpointEnv names the environment variable that, when set, is the
@@ -136,7 +136,7 @@ func parse(fs *flag.FlagSet, cmd command, args []string, endpoint string) (call,
 	case opts.timeout <= 0:
 		return nil, opts, fmt.Errorf("--timeout must be positive")
 	}
-	if _, err := plinthcsi.ParseEndpoint(opts.endpoint); err != nil {
+	if _, err := unixsock.ParseEndpoint(opts.endpoint); err != nil {
 		return nil, opts, fmt.Errorf("--endpoint: %w", err)
 	}
 	run, err := build(pos)
