@@ -17,7 +17,7 @@ import (
 // codeOf is the one place where plinth's errors become gRPC codes.
 func codeOf(err error) codes.Code {
 	switch {
-	case errors.Is(err, volume.ErrBusy), errors.Is(err, volume.ErrInProgress):
+	case errors.Is(err, volume.ErrLocked), errors.Is(err, volume.ErrInProgress):
 		return codes.Aborted
 	case errors.Is(err, pool.ErrInvalid), errors.Is(err, pool.ErrUnsupported):
 		return codes.InvalidArgument

@@ -57,17 +57,17 @@ func copyExt4(src *os.File, g ext4Geometry, device string, size int64) error {
 	tmpl := src.Name()
 	extents, err := dataExtents(src, size)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrNoTemplate, err)
 	}
 	supers := g.superOffsets()
 	for _, s := range supers {
 		if !slices.ContainsFunc(extents, func(e extent) bool { return s >= e.off && s+ext4SuperSize <= e.end }) {
-			return fmt.Errorf("%w: template %s holds no superblock at %d", ErrUnsupported, tmpl, s)
+			return fmt.Errorf("%w: template %s holds no superblock at %d", ErrNoTemplate, tmpl, s)
 		}
 	}
 	uuid, seed, err := newIdentity()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrNoTemplate, err)
 	}
 	// Open from the first write to the last, read-only and shared: the
 	// flush between them goes through it, and the device's last close

@@ -29,6 +29,6 @@
 // by another goroutine never holds the device, so the mount that follows
 // the copy never finds it busy.
 //
-// Only ext4 is made this way; other types return ErrUnsupported and the
+// Only ext4 is made this way; other types return ErrNoTemplate and the
 // caller runs mkfs.
 package fsimage

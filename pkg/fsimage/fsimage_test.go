@@ -245,7 +245,7 @@ func dataOf(t *testing.T, p string) []byte {
 
 // TestFormatRefusesMounted: a device that is mounted is refused before
 // anything is written, and not handed to mkfs either (the error is not
-// ErrUnsupported).
+// ErrNoTemplate).
 func TestFormatRefusesMounted(t *testing.T) {
 	requireHost(t)
 	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{})
@@ -260,7 +260,7 @@ func TestFormatRefusesMounted(t *testing.T) {
 	}
 	defer unix.Unmount(mnt, 0)
 	err := c.Format(context.Background(), dev, "ext4")
-	if err == nil || errors.Is(err, ErrUnsupported) {
+	if err == nil || errors.Is(err, ErrNoTemplate) {
 		t.Fatalf("Format of a mounted device = %v", err)
 	}
 	if u := blkid(t, dev, "UUID"); u != uuid {
@@ -268,14 +268,14 @@ func TestFormatRefusesMounted(t *testing.T) {
 	}
 }
 
-// TestUnsupportedLeavesDevice: a type without templates is ErrUnsupported
+// TestNoTemplateLeavesDevice: a type without templates is ErrNoTemplate
 // and the device stays all zeros.
-func TestUnsupportedLeavesDevice(t *testing.T) {
+func TestNoTemplateLeavesDevice(t *testing.T) {
 	requireHost(t)
 	c := New(filepath.Join(t.TempDir(), "templates"), mount.Exec{})
 	dev := blankDevice(t, 64<<20)
 	for _, fs := range []string{"xfs", "btrfs", "ext3", ""} {
-		if err := c.Format(context.Background(), dev, fs); !errors.Is(err, ErrUnsupported) {
+		if err := c.Format(context.Background(), dev, fs); !errors.Is(err, ErrNoTemplate) {
 			t.Errorf("%q: %v", fs, err)
 		}
 	}
@@ -312,7 +312,7 @@ func TestInterruptedCopyLeavesNoSuperblock(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Truncate(dst, size)
-	if err := copyExt4(src, g, dst, size); err == nil || errors.Is(err, ErrUnsupported) {
+	if err := copyExt4(src, g, dst, size); err == nil || errors.Is(err, ErrNoTemplate) {
 		t.Fatalf("copy onto a full filesystem = %v", err)
 	}
 	f, _ := os.Open(dst)
@@ -426,7 +426,7 @@ func TestTooLargeForTemplate(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "templates")
 	c := New(dir, mount.Exec{})
 	dev := blankDevice(t, MaxSize+1<<20)
-	if err := c.Format(context.Background(), dev, "ext4"); !errors.Is(err, ErrUnsupported) {
+	if err := c.Format(context.Background(), dev, "ext4"); !errors.Is(err, ErrNoTemplate) {
 		t.Fatalf("Format of %d bytes = %v", int64(MaxSize+1<<20), err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(dir, "*")); len(m) != 0 {
@@ -639,7 +639,7 @@ func TestTemplateNotPlinthsNeverCopied(t *testing.T) {
 				t.Fatal("Format blocked on what is at the template's path")
 			}
 			switch {
-			case errors.Is(err, ErrUnsupported):
+			case errors.Is(err, ErrNoTemplate):
 				// Left to mkfs: nothing may have been written.
 				if b, rerr := os.ReadFile(dev); rerr != nil || !bytes.Equal(b, make([]byte, len(b))) {
 					t.Errorf("Format wrote to the device and said it did not (%v)", rerr)

@@ -21,10 +21,10 @@ import (
 	"github.com/plinth-dev/plinth/pkg/mount"
 )
 
-// ErrUnsupported: no template can format this device (a filesystem type
+// ErrNoTemplate: no template can format this device (a filesystem type
 // made only by mkfs, or a template that could not be made); nothing was
 // written to the device, and the caller runs mkfs.
-var ErrUnsupported = mount.ErrNoTemplate
+var ErrNoTemplate = mount.ErrNoTemplate
 
 // templateVersion names the mkfs options below: templates made with other
 // options are never used.
@@ -77,21 +77,21 @@ var _ mount.Templater = (*Cache)(nil)
 
 // Format makes a filesystem of fsType on device, which must read as zeros
 // (a blank volume), by copying the template of its size onto it. An error
-// that wraps ErrUnsupported means nothing was written to device.
+// that wraps ErrNoTemplate means nothing was written to device.
 func (c *Cache) Format(ctx context.Context, device, fsType string) error {
 	if fsType != "ext4" {
-		return fmt.Errorf("%w for %s", ErrUnsupported, fsType)
+		return fmt.Errorf("%w for %s", ErrNoTemplate, fsType)
 	}
 	size, err := mount.DeviceSize(device)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrNoTemplate, err)
 	}
 	if size > MaxSize {
-		return fmt.Errorf("%w for a device of %d bytes (more than %d)", ErrUnsupported, size, int64(MaxSize))
+		return fmt.Errorf("%w for a device of %d bytes (more than %d)", ErrNoTemplate, size, int64(MaxSize))
 	}
 	src, g, err := c.template(ctx, fsType, size)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+		return fmt.Errorf("%w: %w", ErrNoTemplate, err)
 	}
 	defer src.Close()
 	return copyExt4(src, g, device, size)

@@ -351,8 +351,8 @@ func (l *Loop) configure(dev string, backing int, readOnly bool) error {
 	return nil
 }
 
-// ErrBusy: a loop device stays attached because something holds it open.
-var ErrBusy = errors.New("loop device busy")
+// ErrLoopBusy: a loop device stays attached because something holds it open.
+var ErrLoopBusy = errors.New("loop device busy")
 
 // Detach releases the loop devices backed by file that Known names (all of
 // them, when the last look was a full scan), and waits until the kernel
@@ -410,7 +410,7 @@ func (l *Loop) detach(file, only string) error {
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("detach %s from %s: %w: still attached after 5s (open elsewhere?)", devs[0].Path, file, ErrBusy)
+			return fmt.Errorf("detach %s from %s: %w: still attached after 5s (open elsewhere?)", devs[0].Path, file, ErrLoopBusy)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -44,7 +44,7 @@ func volumeKey(id string) string   { return "volume/" + id }
 func snapshotKey(id string) string { return "snapshot/" + id }
 
 // lockVolume takes the per-volume lock of id (and of its source volume
-// for a clone); it fails at once with ErrBusy when another operation holds one.
+// for a clone); it fails at once with volume.ErrLocked when another operation holds one.
 func (n *Local) lock(keys ...string) (func(), error) {
 	return n.locks.TryAcquire(keys...)
 }

@@ -150,7 +150,7 @@ func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptio
 		// the claim with backoff (no failure threshold) and every retry
 		// places afresh from the nodes' current numbers.
 		return nil, controller.ProvisioningFinished, err
-	case errors.Is(err, volume.ErrBusy):
+	case errors.Is(err, volume.ErrLocked):
 		return nil, controller.ProvisioningInBackground, err
 	default:
 		return nil, controller.ProvisioningFinished, err

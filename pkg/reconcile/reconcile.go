@@ -350,7 +350,7 @@ func eventObject(kind string, m metav1.ObjectMeta) *metav1.PartialObjectMetadata
 // retryable errors are worth another try as they are; the rest are the
 // node's answer.
 func retryable(err error) bool {
-	return errors.Is(err, volume.ErrBusy) || errors.Is(err, pool.ErrDeleting) || errors.Is(err, context.Canceled) ||
+	return errors.Is(err, volume.ErrLocked) || errors.Is(err, pool.ErrDeleting) || errors.Is(err, context.Canceled) ||
 		errors.Is(err, context.DeadlineExceeded)
 }
 

@@ -5,8 +5,9 @@ import (
 	"sync"
 )
 
-// ErrBusy: another operation on the same volume or snapshot is in progress.
-var ErrBusy = errors.New("an operation on this ID is already in progress")
+// ErrLocked: another operation on the same volume or snapshot holds its
+// lock (TryAcquire) and is in progress; this one did nothing.
+var ErrLocked = errors.New("an operation on this ID is already in progress")
 
 // ErrInProgress: the volume's node has not finished the operation yet; the
 // same call again later gets its answer.
@@ -22,14 +23,14 @@ type Locks struct {
 // NewLocks returns an empty lock set.
 func NewLocks() *Locks { return &Locks{held: map[string]struct{}{}} }
 
-// TryAcquire takes every key or none; it fails with ErrBusy when any is held.
+// TryAcquire takes every key or none; it fails with ErrLocked when any is held.
 // The returned func releases them.
 func (l *Locks) TryAcquire(keys ...string) (func(), error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range keys {
 		if _, ok := l.held[k]; ok {
-			return nil, ErrBusy
+			return nil, ErrLocked
 		}
 	}
 	for _, k := range keys {

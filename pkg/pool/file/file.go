@@ -423,7 +423,7 @@ func (p *Pool) Detach(ctx context.Context, id string) error {
 		return nil
 	}
 	if err := p.loops.Detach(img); err != nil {
-		if errors.Is(err, mount.ErrBusy) {
+		if errors.Is(err, mount.ErrLoopBusy) {
 			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
 		}
 		return err
@@ -499,7 +499,7 @@ func (p *Pool) ReleaseDevice(ctx context.Context, id, dev string) error {
 		return nil
 	}
 	if err := p.loops.DetachDevice(p.volImage(id), dev); err != nil {
-		if errors.Is(err, mount.ErrBusy) {
+		if errors.Is(err, mount.ErrLoopBusy) {
 			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
 		}
 		if errors.Is(err, os.ErrNotExist) {

@@ -691,7 +691,7 @@ func (p *Pool) ReleaseDevice(ctx context.Context, id, dev string) error {
 		return err
 	}
 	if err := p.cfg.Loops.DetachDevice(d.Device, dev); err != nil {
-		if errors.Is(err, mount.ErrBusy) {
+		if errors.Is(err, mount.ErrLoopBusy) {
 			return fmt.Errorf("volume %s: %w: %w", id, pool.ErrInUse, err)
 		}
 		return err
