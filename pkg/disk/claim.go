@@ -69,7 +69,7 @@ func (c Claimer) Apply(ctx context.Context, plan Plan) []Ready {
 		var err error
 		switch pp.Layout {
 		case LayoutDisk:
-			r.Members, r.Recorded, err = c.claimDisks(pp)
+			r.Members, r.Recorded, err = c.claimDisks(ctx, pp)
 		default:
 			r.Dir, r.Members, err = c.filesystemPool(ctx, pp)
 		}
@@ -88,21 +88,48 @@ func (c Claimer) now() time.Time {
 }
 
 // claimDisks records a disk pool's new members (they are not formatted:
-// each becomes one volume, formatted when staged).
-func (c Claimer) claimDisks(pp PoolPlan) ([]Disk, []string, error) {
+// each becomes one volume, formatted when staged) and erases the
+// signatures of those a rule with wipe names. The record names a disk to
+// wipe (its wipe owed) before anything is written to it: a start that
+// stops in between wipes it next time, before the pool serves.
+func (c Claimer) claimDisks(ctx context.Context, pp PoolPlan) ([]Disk, []string, error) {
 	claim := Claim{Pool: pp.Name, Layout: pp.Layout, FsType: pp.FsType, State: ClaimReady, CreatedAt: c.now()}
 	if pp.Claim != nil {
 		claim = *pp.Claim
+		claim.Disks = slices.Clone(claim.Disks)
+	}
+	wipe := map[string]bool{}
+	for _, d := range pp.Wipe {
+		wipe[d.ID] = true
 	}
 	if len(pp.New) > 0 {
 		for _, d := range pp.New {
-			claim.Disks = append(claim.Disks, memberOf(d))
+			m := memberOf(d)
+			m.Wipe = wipe[d.ID]
+			claim.Disks = append(claim.Disks, m)
 		}
 		if err := c.Records.Put(claim); err != nil {
 			return nil, nil, err
 		}
 		for _, d := range pp.New {
-			klog.InfoS("Claimed disk", "pool", pp.Name, "disk", d.ID, "device", d.Device, "size", FormatBytes(d.SizeBytes))
+			klog.InfoS("Claimed disk", "pool", pp.Name, "disk", d.ID, "device", d.Device, "size", FormatBytes(d.SizeBytes), "wipe", wipe[d.ID])
+		}
+	}
+	wiped := false
+	for _, d := range pp.Wipe {
+		if err := c.wipeDisk(ctx, pp.Name, d); err != nil {
+			klog.ErrorS(err, "Disk named by a rule with wipe is not wiped; it is the pool's, not free, and wiped at the next start", "pool", pp.Name, "disk", d.ID, "device", d.Device)
+			continue
+		}
+		for i := range claim.Disks {
+			if claim.Disks[i].ID == d.ID {
+				claim.Disks[i].Wipe, wiped = false, true
+			}
+		}
+	}
+	if wiped {
+		if err := c.Records.Put(claim); err != nil {
+			return nil, nil, err
 		}
 	}
 	var ids []string
@@ -110,6 +137,30 @@ func (c Claimer) claimDisks(pp PoolPlan) ([]Disk, []string, error) {
 		ids = append(ids, m.ID)
 	}
 	return append(append([]Disk(nil), pp.Present...), pp.New...), ids, nil
+}
+
+// wipeDisk erases every signature on a disk a rule with wipe named, read
+// again right before: the kernel must grant an exclusive open (nothing
+// mounted or opened it since the plan), and wipefs opens it exclusively
+// itself, so it erases nothing if something took the disk meanwhile.
+func (c Claimer) wipeDisk(ctx context.Context, poolName string, d Disk) error {
+	if err := c.Probe.Exclusive(d.Device); err != nil {
+		return fmt.Errorf("pool %s: disk %s: %w; plinth leaves it alone", poolName, d.ID, err)
+	}
+	sig, err := c.Probe.Probe(ctx, d.Device)
+	if err != nil {
+		return fmt.Errorf("pool %s: disk %s: %w", poolName, d.ID, err)
+	}
+	if !sig.Empty() {
+		if _, err := c.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
+			return fmt.Errorf("pool %s: wipe %s: %w", poolName, d.Device, err)
+		}
+		if after, err := c.Probe.Probe(ctx, d.Device); err != nil || !after.Empty() {
+			return fmt.Errorf("pool %s: %s still holds %s after wipefs --all (%v)", poolName, d.Device, after, err)
+		}
+	}
+	klog.InfoS("Wiped disk named by a rule with wipe", "pool", poolName, "disk", d.ID, "device", d.Device, "had", sig.String())
+	return nil
 }
 
 // filesystemPool makes (when new) and mounts a file or btrfs pool.

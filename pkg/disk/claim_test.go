@@ -3,6 +3,7 @@ package disk_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -241,7 +242,7 @@ func TestPoolMountDirOvermountedIsRefused(t *testing.T) {
 
 // claimStart is a start over one loop disk with one rule: it plans from
 // the records and applies with run.
-func claimStart(t *testing.T, img, rules string) (start func(mount.Runner) (disk.Plan, []disk.Ready), records disk.Records) {
+func claimStart(t *testing.T, img, rules string) (start func(run mount.Runner, between ...func()) (disk.Plan, []disk.Ready), records disk.Records) {
 	t.Helper()
 	dir := t.TempDir()
 	mnt := filepath.Join(dir, "mnt")
@@ -256,13 +257,16 @@ func claimStart(t *testing.T, img, rules string) (start func(mount.Runner) (disk
 		t.Fatal(err)
 	}
 	records = disk.Records{Dir: filepath.Join(dir, "claims")}
-	start = func(run mount.Runner) (disk.Plan, []disk.Ready) {
+	start = func(run mount.Runner, between ...func()) (disk.Plan, []disk.Ready) {
 		t.Helper()
 		claims, err := records.Load()
 		if err != nil {
 			t.Fatal(err)
 		}
 		plan := disk.MakePlan(cfg, []disk.Disk{scanOne(t, img)}, claims)
+		for _, f := range between {
+			f() // after the plan, before it is carried out
+		}
 		c := disk.Claimer{Records: records, MountDir: mnt, Run: run, Probe: disk.Wipefs{Run: mount.Exec{}}}
 		return plan, c.Apply(context.Background(), plan)
 	}
@@ -341,5 +345,108 @@ func TestFailedFirstFormatDropsTheClaim(t *testing.T) {
 				t.Errorf("next start: %+v", ready)
 			}
 		})
+	}
+}
+
+// gptDisk is a loop disk with a GPT and one partition on it (not in use).
+func gptDisk(t *testing.T) (dev, img string) {
+	t.Helper()
+	testenv.RequireHost(t, "sfdisk")
+	dev, img = loopDisk(t, 64<<20)
+	cmd := exec.Command("sfdisk", "-q", dev)
+	cmd.Stdin = strings.NewReader("label: gpt\n,16M\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	return dev, img
+}
+
+const wipeDiskRule = `rules: [{pool: pw, layout: disk, wipe: true, select: {transports: [loop], ids: ["file:%s"]}}]`
+
+// Trial finding 5: wipe: true on a layout: disk rule. The plan said wipe,
+// the start recorded the disk and never wiped it: never free, nothing
+// logged. It is wiped (after the record names it), and free afterwards.
+func TestWipeRuleOnDiskLayoutWipes(t *testing.T) {
+	dev, img := gptDisk(t)
+	start, records := claimStart(t, img, fmt.Sprintf(wipeDiskRule, img))
+	rec := &recorder{}
+	plan, ready := start(rec)
+	if dec := plan.Decisions[0]; dec.Action != disk.ActionWipe {
+		t.Fatalf("decision %s (%s), want wipe", dec.Action, dec.Why)
+	}
+	if len(ready) != 1 || ready[0].Err != nil || len(ready[0].Members) != 1 {
+		t.Fatalf("start: %+v", ready)
+	}
+	if touched := rec.touched(dev); len(touched) != 1 || touched[0] != "wipefs --all --quiet "+dev {
+		t.Errorf("ran on the disk: %q, want one wipefs --all", touched)
+	}
+	if d := scanOne(t, img); !d.Signature.Empty() || len(d.Partitions) > 0 {
+		t.Errorf("disk after the start: %v, want it empty", d.Reasons)
+	}
+	claims, _ := records.Load()
+	if len(claims) != 1 || len(claims[0].Disks) != 1 || claims[0].Disks[0].ID != "file:"+img || claims[0].Disks[0].Wipe {
+		t.Errorf("record %+v, want the disk, its wipe done", claims)
+	}
+	// The next start uses it; nothing more is wiped.
+	rec = &recorder{}
+	if plan, _ := start(rec); plan.Decisions[0].Action != disk.ActionUse || len(rec.touched(dev)) > 0 {
+		t.Errorf("next start: %s, ran %q; want use, nothing run", plan.Decisions[0].Action, rec.touched(dev))
+	}
+}
+
+// A crash between recording the disk and wiping it: the record says the
+// wipe is owed, and the next start does it.
+func TestWipeOwedAfterACrashIsDone(t *testing.T) {
+	dev, img := gptDisk(t)
+	start, records := claimStart(t, img, fmt.Sprintf(wipeDiskRule, img))
+	func() {
+		defer func() {
+			if r := recover(); r != (crash{"wipefs"}) {
+				t.Fatalf("first start: %v, want a crash before wipefs", r)
+			}
+		}()
+		start(&crashAt{Runner: mount.Exec{}, program: "wipefs"})
+	}()
+	claims, _ := records.Load()
+	if len(claims) != 1 || len(claims[0].Disks) != 1 || !claims[0].Disks[0].Wipe {
+		t.Fatalf("record after the crash %+v, want the disk with its wipe owed", claims)
+	}
+	rec := &recorder{}
+	plan, ready := start(rec)
+	if dec := plan.Decisions[0]; dec.Action != disk.ActionWipe || len(ready) != 1 || ready[0].Err != nil {
+		t.Fatalf("second start: %s (%s), %+v", dec.Action, dec.Why, ready)
+	}
+	if touched := rec.touched(dev); len(touched) != 1 {
+		t.Errorf("ran on the disk: %q, want one wipefs --all", touched)
+	}
+	if d := scanOne(t, img); !d.Signature.Empty() {
+		t.Errorf("disk after the second start: %v, want it empty", d.Reasons)
+	}
+	if claims, _ := records.Load(); claims[0].Disks[0].Wipe {
+		t.Errorf("record %+v, want the wipe done", claims[0])
+	}
+}
+
+// A disk held open when the wipe would run is not wiped (wipefs is not
+// run); the pool serves, the wipe stays owed.
+func TestWipeOfAHeldDiskWaits(t *testing.T) {
+	dev, img := gptDisk(t)
+	start, records := claimStart(t, img, fmt.Sprintf(wipeDiskRule, img))
+	rec := &recorder{}
+	plan, ready := start(rec, func() {
+		fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+	})
+	if plan.Decisions[0].Action != disk.ActionWipe || len(ready) != 1 || ready[0].Err != nil {
+		t.Fatalf("start: %s, %+v", plan.Decisions[0].Action, ready)
+	}
+	if touched := rec.touched(dev); len(touched) > 0 {
+		t.Errorf("ran on the held disk: %q", touched)
+	}
+	if claims, _ := records.Load(); len(claims) != 1 || !claims[0].Disks[0].Wipe {
+		t.Errorf("record %+v, want the wipe owed", claims)
 	}
 }

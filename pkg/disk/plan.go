@@ -91,6 +91,11 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 			}
 			owner[disks[i].ID] = c.Pool
 			pp.Present = append(pp.Present, disks[i])
+			// A disk pool's wipe owed since a start that stopped before it
+			// (the pool has not served the disk: it was never free).
+			if c.Layout == LayoutDisk && m.Wipe && disks[i].State != StateFree && wipeable(disks[i]) {
+				pp.Wipe = append(pp.Wipe, disks[i])
+			}
 		}
 		if c.State == ClaimFormatting {
 			// Formatting was interrupted: the recorded disks are formatted

@@ -58,6 +58,10 @@ type Member struct {
 	Model     string `json:"model,omitempty"`
 	Serial    string `json:"serial,omitempty"`
 	WWN       string `json:"wwn,omitempty"`
+	// Wipe: a rule with wipe named the disk, and its signatures are not
+	// erased yet (a start that stopped between recording and wiping);
+	// the next start erases them before the pool serves.
+	Wipe bool `json:"wipe,omitempty"`
 }
 
 func memberOf(d Disk) Member {
