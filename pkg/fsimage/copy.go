@@ -11,8 +11,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// chunk is how much of a template is read and written at once; a multiple
-// of every block size, so that no superblock straddles two chunks.
+// chunk is how much of a template is read and written at once. No
+// superblock straddles two chunks, because chunks are counted from the
+// start of each extent and both are multiples of 4 KiB (dataExtents widens
+// extents to 4 KiB; copyExt4 checks that each superblock lies inside one
+// extent), while a superblock is 1024 bytes at a multiple of 1024 (the
+// primary at 1024, a backup at the start of a block) and so never crosses a
+// 4 KiB boundary. (Were one to straddle, copyExt4's count of the
+// superblocks it rewrote would fail the copy before the primary's block is
+// written.)
 const chunk = 1 << 20
 
 // extent is a range of a template that holds data.

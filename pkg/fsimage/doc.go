@@ -7,13 +7,16 @@
 // blocks; for ext4 also metadata_csum_seed, so that the checksums of its
 // metadata do not depend on the UUID). Formatting a device then writes the
 // template's allocated extents (about 140 KiB for 64 MiB, 660 KiB for
-// 1 GiB) onto the device, which must read as zeros, with a new UUID and
-// directory hash seed in every superblock: byte for byte what
-// `tune2fs -U` would have made of the copy. The block that holds the
-// primary superblock is written last, after an fsync of everything else,
-// so that an interrupted copy leaves no filesystem a probe would mount
-// (the mount that follows flushes that block: ext4 writes its superblock
-// when mounted).
+// 1 GiB) onto the device, which must read as zeros, with a new random UUID
+// and directory hash seed in every superblock (the primary and each
+// backup), whose checksum is computed again; no other byte changes. The
+// UUID is written where and as `tune2fs -U` writes it, but tune2fs keeps
+// the hash seed and stamps the superblocks' write time (s_wtime), while a
+// copy gets a hash seed of its own and keeps the template's write time.
+// The block that holds the primary superblock is written last, after an
+// fsync of everything else, so that an interrupted copy leaves no
+// filesystem a probe would mount (the mount that follows flushes that
+// block: ext4 writes its superblock when mounted).
 //
 // Templates live in one directory (<root>/templates) that plinth reaches
 // without following a symlink; a template is copied only if it is a

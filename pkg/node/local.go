@@ -43,8 +43,10 @@ func NewLocal(pools ...pool.Pool) (*Local, error) {
 func volumeKey(id string) string   { return "volume/" + id }
 func snapshotKey(id string) string { return "snapshot/" + id }
 
-// lockVolume takes the per-volume lock of id (and of its source volume
-// for a clone); it fails at once with volume.ErrLocked when another operation holds one.
+// lock takes the locks of keys, all or none: volumeKey and snapshotKey
+// of the volume or snapshot at hand and of its source (a clone, a restore,
+// a snapshot), and the Publisher's path keys (Publisher.lock). It fails at
+// once with volume.ErrLocked when another operation holds one.
 func (n *Local) lock(keys ...string) (func(), error) {
 	return n.locks.TryAcquire(keys...)
 }
