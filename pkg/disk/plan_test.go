@@ -3,6 +3,7 @@ package disk
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -197,6 +198,17 @@ func TestConfigValidate(t *testing.T) {
 				t.Errorf("error %v, want one saying %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// scanInterval 0 is the default, as documented (like every duration the
+// configuration leaves at zero); under 1s otherwise is refused.
+func TestScanIntervalZeroIsTheDefault(t *testing.T) {
+	for _, y := range []string{"rules: []", "scanInterval: 0s\nrules: []", "scanInterval: \"0\"\nrules: []"} {
+		c, err := ParseConfig([]byte(y))
+		if err != nil || c.ScanInterval.Duration != 10*time.Second {
+			t.Errorf("%q: %v, %v; want 10s", y, c.ScanInterval, err)
+		}
 	}
 }
 

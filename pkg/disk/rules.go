@@ -32,7 +32,7 @@ const (
 // which disks plinth may claim and what to make of them.
 type Config struct {
 	// ScanInterval is how often the disks are read again for health
-	// (default 10s).
+	// (absent or 0: the default, 10s; otherwise at least 1s).
 	ScanInterval device.Duration `json:"scanInterval,omitempty"`
 	Rules        []Rule          `json:"rules"`
 }
