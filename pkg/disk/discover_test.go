@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -87,5 +88,42 @@ func TestScanProbeFailure(t *testing.T) {
 		if d.Name == "nvme0n1" && d.State != StateFree {
 			t.Errorf("nvme0n1: %s", d.State)
 		}
+	}
+}
+
+// counting counts exclusive opens.
+type counting struct {
+	table
+	n int
+}
+
+func (c *counting) Exclusive(string) error { c.n++; return nil }
+
+// The kernel's exclusive hold is asked at planning only of disks that look
+// unused, and never by the watcher's rescans: the open itself makes another
+// program's mount of the disk fail in that instant.
+func TestExclusiveOpensOnlyWhereTheyDecide(t *testing.T) {
+	h := writeMachine(t, machine(), machineMountinfo, machineSwaps)
+	c := &counting{table: machineSignatures()}
+	disks, err := Scan(context.Background(), h, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unused := 0
+	for _, d := range disks {
+		if len(d.MountPoints) == 0 && len(d.Holders) == 0 && !d.Swap {
+			unused++
+		}
+	}
+	if c.n != unused {
+		t.Errorf("%d exclusive opens for %d disks that look unused", c.n, unused)
+	}
+	c.n = 0
+	w := NewWatcher(h, c, time.Hour, Plan{})
+	if err := w.Rescan(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if c.n != 0 {
+		t.Errorf("a rescan opened %d disks exclusively", c.n)
 	}
 }

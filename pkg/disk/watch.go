@@ -71,7 +71,7 @@ func (w *Watcher) mark() {
 
 // Rescan reads the disks now.
 func (w *Watcher) Rescan(ctx context.Context) error {
-	disks, err := Scan(ctx, w.Host, w.Probe)
+	disks, err := Scan(ctx, w.Host, noHoldCheck{w.Probe})
 	changed, err := w.update(disks, err)
 	if changed && w.OnChange != nil {
 		w.OnChange(ctx)
@@ -169,3 +169,13 @@ func (w *Watcher) Status() []Disk {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
+
+// noHoldCheck is a Prober that does not ask the kernel for an exclusive
+// open: the watcher's rescans serve health and the pools' view, and each
+// step that acts on a disk (a claim, a hand-over, a wipe) asks right
+// before it acts. Opening every unused disk exclusively every
+// scanInterval would make another program's mount of it fail now and
+// then.
+type noHoldCheck struct{ Prober }
+
+func (noHoldCheck) Exclusive(string) error { return nil }
