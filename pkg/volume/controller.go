@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 
 	"k8s.io/klog/v2"
 
@@ -417,6 +418,16 @@ func (c *Controller) DeleteVolume(ctx context.Context, id string) error {
 	defer release()
 	placed, err := c.GetVolume(ctx, id)
 	if errors.Is(err, pool.ErrNotFound) {
+		// Not found is gone only where every pool could be read: a
+		// volume on a pool whose disk is missing comes back with it.
+		for _, n := range c.nodes.NodeIDs() {
+			if u, ok := c.node(n).(interface{ Unopened(context.Context) []string }); ok {
+				if pools := u.Unopened(ctx); len(pools) > 0 {
+					return fmt.Errorf("%w: volume %s is in none of the readable pools of node %s, and pool %s cannot be read: it may be there",
+						pool.ErrNotReady, id, n, strings.Join(pools, ", "))
+				}
+			}
+		}
 		return nil
 	}
 	if err != nil {

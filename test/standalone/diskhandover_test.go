@@ -415,3 +415,53 @@ func TestWholeDiskCarryingAnotherVolumesFilesystem(t *testing.T) {
 	_, err = e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: bv.Volume.VolumeId})
 	wantCode(t, "delete of the block volume on the disk with the other volume's filesystem", err, codes.FailedPrecondition)
 }
+
+// A re-trial finding: a volume of a file pool made on a disk whose disk is
+// missing at start is not "gone": its delete must not succeed, or the
+// volume comes back with its data, orphaned, when the disk does.
+func TestDeleteWhilePoolDiskMissingIsRefused(t *testing.T) {
+	testenv.RequireHost(t, "losetup", "wipefs")
+	dir := t.TempDir()
+	d := &loopDisk{name: "f", file: filepath.Join(dir, "f.img"), size: 320 << 20}
+	if err := os.WriteFile(d.file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(d.file, d.size); err != nil {
+		t.Fatal(err)
+	}
+	d.attach(t)
+	state, kubelet := filepath.Join(dir, "state"), filepath.Join(dir, "kubelet")
+	os.MkdirAll(kubelet, 0o750)
+	t.Cleanup(func() {
+		testenv.Reboot(t, kubelet)
+		testenv.Reboot(t, state, filepath.Join(state, "disks", "mnt", "fp"))
+		d.detach(t)
+	})
+	rules := fmt.Sprintf("rules:\n- {pool: fp, layout: file, select: {transports: [loop], ids: [%q]}}\n", d.id())
+	cfg := app.StandaloneConfig{CSIConfig: app.CSIConfig{
+		Endpoint: "unix://" + filepath.Join(dir, "csi.sock"), Root: state, NodeID: "node-1",
+		DiskConfigData: []byte(rules), AllowedPaths: []string{kubelet}, SysfsRoot: "/sys", DevRoot: "/dev",
+	}}
+	sock, stop := testenv.StandaloneStoppable(t, cfg)
+	c := testenv.Dial(t, sock)
+	v, err := c.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: "v", CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{testenv.MountCap("ext4")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	testenv.Reboot(t, state, filepath.Join(state, "disks", "mnt", "fp"))
+	d.detach(t)
+	sock, stop = testenv.StandaloneStoppable(t, cfg)
+	c = testenv.Dial(t, sock)
+	if _, err := c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.Volume.VolumeId}); err == nil {
+		t.Error("the delete of a volume on a pool whose disk is missing succeeded")
+	}
+	stop()
+	d.attach(t)
+	sock, _ = testenv.StandaloneStoppable(t, cfg)
+	c = testenv.Dial(t, sock)
+	if _, err := c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: v.Volume.VolumeId}); err != nil {
+		t.Errorf("the delete once the disk is back: %v", err)
+	}
+}
