@@ -106,6 +106,9 @@ func (c Claimer) claimDisks(ctx context.Context, pp PoolPlan) ([]Disk, []string,
 		for _, d := range pp.New {
 			m := memberOf(d)
 			m.Wipe = wipe[d.ID]
+			if m.Wipe {
+				m.WipeSaw = d.Signature.Found
+			}
 			claim.Disks = append(claim.Disks, m)
 		}
 		if err := c.Records.Put(claim); err != nil {
@@ -117,13 +120,19 @@ func (c Claimer) claimDisks(ctx context.Context, pp PoolPlan) ([]Disk, []string,
 	}
 	wiped := false
 	for _, d := range pp.Wipe {
-		if err := c.wipeDisk(ctx, pp.Name, d); err != nil {
+		var saw []string
+		for _, m := range claim.Disks {
+			if m.ID == d.ID {
+				saw = m.WipeSaw
+			}
+		}
+		if err := c.wipeDisk(ctx, pp.Name, d, saw); err != nil {
 			klog.ErrorS(err, "Disk named by a rule with wipe is not wiped; it is the pool's, not free, and wiped at the next start", "pool", pp.Name, "disk", d.ID, "device", d.Device)
 			continue
 		}
 		for i := range claim.Disks {
 			if claim.Disks[i].ID == d.ID {
-				claim.Disks[i].Wipe, wiped = false, true
+				claim.Disks[i].Wipe, claim.Disks[i].WipeSaw, wiped = false, nil, true
 			}
 		}
 	}
@@ -143,13 +152,20 @@ func (c Claimer) claimDisks(ctx context.Context, pp PoolPlan) ([]Disk, []string,
 // again right before: the kernel must grant an exclusive open (nothing
 // mounted or opened it since the plan), and wipefs opens it exclusively
 // itself, so it erases nothing if something took the disk meanwhile.
-func (c Claimer) wipeDisk(ctx context.Context, poolName string, d Disk) error {
+func (c Claimer) wipeDisk(ctx context.Context, poolName string, d Disk, saw []string) error {
 	if err := c.Probe.Exclusive(d.Device); err != nil {
 		return fmt.Errorf("pool %s: disk %s: %w; plinth leaves it alone", poolName, d.ID, err)
 	}
 	sig, err := c.Probe.Probe(ctx, d.Device)
 	if err != nil {
 		return fmt.Errorf("pool %s: disk %s: %w", poolName, d.ID, err)
+	}
+	// What the rule's wipe was decided on, and nothing else: a disk
+	// someone wrote since (between a start that stopped and this one) is
+	// not erased.
+	if !sig.Empty() && !sameSignatures(sig.Found, saw) {
+		return fmt.Errorf("pool %s: disk %s (%s) holds %s now, not what the wipe was decided on (%s); plinth wipes only that",
+			poolName, d.ID, d.Device, sig, strings.Join(saw, ", "))
 	}
 	if !sig.Empty() {
 		if _, err := c.Run.Run(ctx, "wipefs", "--all", "--quiet", d.Device); err != nil {
@@ -448,4 +464,16 @@ func mountsAt(mountinfo, dir string) ([]mountAt, error) {
 		out = append(out, mountAt{majorMinor: f[2], fsType: g[0], source: unescape(g[1]), root: unescape(f[3])})
 	}
 	return out, nil
+}
+
+// sameSignatures reports whether two lists of found signatures hold the
+// same entries.
+func sameSignatures(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

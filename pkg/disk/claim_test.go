@@ -450,3 +450,43 @@ func TestWipeOfAHeldDiskWaits(t *testing.T) {
 		t.Errorf("record %+v, want the wipe owed", claims)
 	}
 }
+
+// A re-trial finding: a wipe owed by a start that stopped goes on only for
+// what the rule's wipe was decided on. A filesystem someone made on the
+// disk between the two starts is not erased, with the rule kept or taken
+// out.
+func TestOwedWipeErasesOnlyWhatWasDecided(t *testing.T) {
+	for _, keepRule := range []bool{true, false} {
+		t.Run(fmt.Sprintf("rule kept %v", keepRule), func(t *testing.T) {
+			dev, img := gptDisk(t)
+			start, records := claimStart(t, img, fmt.Sprintf(wipeDiskRule, img))
+			func() {
+				defer func() { _ = recover() }()
+				start(&crashAt{Runner: mount.Exec{}, program: "wipefs"})
+			}()
+			if claims, _ := records.Load(); len(claims) != 1 || !claims[0].Disks[0].Wipe {
+				t.Fatalf("record after the crash %+v, want the wipe owed", claims)
+			}
+			run(t, "mkfs.ext4", "-q", "-F", "-L", "theirs", dev)
+			rules := fmt.Sprintf(wipeDiskRule, img)
+			if !keepRule {
+				rules = `rules: []`
+			}
+			cfg, err := disk.ParseConfig([]byte(rules))
+			if err != nil {
+				t.Fatal(err)
+			}
+			claims, _ := records.Load()
+			plan := disk.MakePlan(cfg, []disk.Disk{scanOne(t, img)}, claims)
+			rec := &recorder{}
+			c := disk.Claimer{Records: records, MountDir: t.TempDir(), Run: rec, Probe: disk.Wipefs{Run: mount.Exec{}}}
+			c.Apply(context.Background(), plan)
+			if touched := rec.touched(dev); len(touched) != 0 {
+				t.Errorf("ran on the disk: %q", touched)
+			}
+			if d := scanOne(t, img); d.Signature.Type != "ext4" {
+				t.Errorf("the disk holds %v, want the ext4 made since", d.Signature)
+			}
+		})
+	}
+}

@@ -68,6 +68,16 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 			recorded[m.ID] = true
 		}
 	}
+	// Disks a rule with wipe names now: an owed wipe goes on only for
+	// those (a rule taken out of the configuration wipes nothing more).
+	wipeNamed := map[string]bool{}
+	for _, r := range cfg.Rules {
+		for _, d := range disks {
+			if r.Wipe && r.Select.names(d) && r.Select.mismatch(d) == "" {
+				wipeNamed[d.ID] = true
+			}
+		}
+	}
 	// A record that cannot be read may name any disk: while one is, no
 	// disk is claimed for any pool.
 	unreadable := ""
@@ -93,7 +103,7 @@ func MakePlan(cfg Config, disks []Disk, claims []Claim) Plan {
 			pp.Present = append(pp.Present, disks[i])
 			// A disk pool's wipe owed since a start that stopped before it
 			// (the pool has not served the disk: it was never free).
-			if c.Layout == LayoutDisk && m.Wipe && disks[i].State != StateFree && wipeable(disks[i]) {
+			if c.Layout == LayoutDisk && m.Wipe && wipeNamed[disks[i].ID] && disks[i].State != StateFree && wipeable(disks[i]) {
 				pp.Wipe = append(pp.Wipe, disks[i])
 			}
 		}

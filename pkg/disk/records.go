@@ -62,6 +62,9 @@ type Member struct {
 	// erased yet (a start that stopped between recording and wiping);
 	// the next start erases them before the pool serves.
 	Wipe bool `json:"wipe,omitempty"`
+	// WipeSaw are the signatures the disk held when the wipe was
+	// decided: an owed wipe erases those and nothing written since.
+	WipeSaw []string `json:"wipeSaw,omitempty"`
 }
 
 func memberOf(d Disk) Member {
