@@ -687,6 +687,14 @@ func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string,
 		if !attached || att.Device == "" {
 			return fmt.Errorf("%w: block volume %s has no device attached", ErrNotStaged, id)
 		}
+		// A whole disk is reached by its identity at each step: the disk
+		// that has it now must still be the volume's (two disks that
+		// traded identities since the stage).
+		if dc, ok := pl.(pool.DeviceChecker); ok {
+			if err := dc.CheckDevice(ctx, id); err != nil {
+				return err
+			}
+		}
 		source = att.Device
 	} else {
 		sm, err := p.look(stagingPath)

@@ -250,6 +250,13 @@ type FilesystemRecorder interface {
 	RecordFilesystem(ctx context.Context, id, device string) error
 }
 
+// DeviceChecker is implemented by pools whose volumes' devices can turn
+// into another volume's behind plinth's back (whole disks that trade
+// identities): the node asks before it hands the device to a consumer.
+type DeviceChecker interface {
+	CheckDevice(ctx context.Context, id string) error
+}
+
 // BlankRecorder is implemented by pools that record which volumes are
 // blank (Volume.Blank).
 type BlankRecorder interface {

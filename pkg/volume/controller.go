@@ -421,7 +421,9 @@ func (c *Controller) DeleteVolume(ctx context.Context, id string) error {
 		// Not found is gone only where every pool could be read: a
 		// volume on a pool whose disk is missing comes back with it.
 		for _, n := range c.nodes.NodeIDs() {
-			if u, ok := c.node(n).(interface{ Unopened(context.Context) []string }); ok {
+			if u, ok := c.node(n).(interface {
+				Unopened(context.Context) []string
+			}); ok {
 				if pools := u.Unopened(ctx); len(pools) > 0 {
 					return fmt.Errorf("%w: volume %s is in none of the readable pools of node %s, and pool %s cannot be read: it may be there",
 						pool.ErrNotReady, id, n, strings.Join(pools, ", "))

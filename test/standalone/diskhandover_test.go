@@ -396,7 +396,6 @@ func TestWholeDiskCarryingAnotherVolumesFilesystem(t *testing.T) {
 	if err := e.stage(bv.Volume.VolumeId, true); err != nil {
 		t.Fatal(err)
 	}
-	e.unstage(t, bv.Volume.VolumeId)
 	e.stop()
 	a, b := e.disks["a"], e.disks["b"]
 	a.detach(t)
@@ -410,6 +409,13 @@ func TestWholeDiskCarryingAnotherVolumesFilesystem(t *testing.T) {
 	a.attach(t)
 	b.attach(t)
 	e.restart(t)
+	// Staged before the swap: a new pod's publish must not get the disk
+	// that now carries the other volume's filesystem.
+	_, err = e.c.NodePublishVolume(context.Background(), &csi.NodePublishVolumeRequest{VolumeId: bv.Volume.VolumeId,
+		StagingTargetPath: filepath.Join(e.root, "stage-"+bv.Volume.VolumeId), TargetPath: filepath.Join(e.root, "target-blk"),
+		VolumeCapability: testenv.BlockCap()})
+	wantCode(t, "publish of the block volume on the disk with the other volume's filesystem", err, codes.FailedPrecondition)
+	e.unstage(t, bv.Volume.VolumeId)
 	err = e.stage(bv.Volume.VolumeId, true)
 	wantCode(t, "stage of the block volume on the disk with the other volume's filesystem", err, codes.FailedPrecondition)
 	_, err = e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: bv.Volume.VolumeId})

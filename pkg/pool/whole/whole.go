@@ -595,6 +595,28 @@ func (p *Pool) checkHandover(ctx context.Context, id string, d disk.Disk) error 
 	return fmt.Errorf("%w: volume %s: disk %s (%s) holds %s, %s; plinth does not mount it", pool.ErrInUse, id, d.ID, d.Device, sig, what)
 }
 
+// CheckDevice refuses while the volume's disk carries another volume's
+// recorded filesystem.
+func (p *Pool) CheckDevice(ctx context.Context, id string) error {
+	d, err := p.disk(id)
+	if err != nil {
+		return err
+	}
+	sig, err := p.cfg.Probe.Probe(ctx, d.Device)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", id, err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if other := p.otherVolumeOwns(id, sig.UUID); other != "" {
+		return fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s (UUID %s): it is that volume's disk, not this one's",
+			pool.ErrInUse, id, d.ID, d.Device, other, sig.UUID)
+	}
+	return nil
+}
+
+var _ pool.DeviceChecker = (*Pool)(nil)
+
 // RecordFilesystem records the filesystem the node made on the volume's
 // disk.
 func (p *Pool) RecordFilesystem(ctx context.Context, id, device string) error {
