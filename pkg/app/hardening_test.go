@@ -111,3 +111,22 @@ func TestRootAndPoolMustBePlinths(t *testing.T) {
 		t.Error("a second plinth took the root after its lock file was renamed")
 	}
 }
+
+// A pool below the root that did not exist before the first start (the
+// default pool) is locked from that start on.
+func TestNewPoolBelowRootIsLocked(t *testing.T) {
+	tmp := t.TempDir()
+	rootA := filepath.Join(tmp, "ra")
+	a := CSIConfig{Root: rootA, NodeID: "n", Pools: []PoolSpec{{Name: "default", Backend: "file", Dir: filepath.Join(rootA, "pools", "default")}}}
+	la, err := claimRoot(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer la.Unlock()
+	os.MkdirAll(filepath.Join(rootA, "pools", "default"), 0o750) // what the pool's open does
+	b := CSIConfig{Root: filepath.Join(tmp, "rb"), NodeID: "n", Pools: []PoolSpec{{Name: "p", Backend: "file", Dir: filepath.Join(rootA, "pools", "default")}}}
+	if lb, err := claimRoot(b); err == nil {
+		lb.Unlock()
+		t.Error("a second plinth took the first's default pool directory")
+	}
+}

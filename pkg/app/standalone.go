@@ -488,6 +488,14 @@ func claimRoot(c CSIConfig) (*RootLock, error) {
 		return nil, err
 	}
 	for _, p := range c.Pools {
+		// A pool below the root is made now, not when it opens, so that
+		// its directory is locked from this start on.
+		if within(p.Dir, c.Root) {
+			if err := os.MkdirAll(p.Dir, 0o750); err != nil {
+				lock.Unlock()
+				return nil, fmt.Errorf("pool %s: %w", p.Name, err)
+			}
+		}
 		if err := lock.LockDir("pool "+p.Name, p.Dir); err != nil {
 			lock.Unlock()
 			return nil, err

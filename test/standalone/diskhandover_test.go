@@ -471,3 +471,54 @@ func TestDeleteWhilePoolDiskMissingIsRefused(t *testing.T) {
 		t.Errorf("the delete once the disk is back: %v", err)
 	}
 }
+
+// A re-trial finding: a tenant copies a sibling filesystem volume's disk
+// into its own block volume (a backup, a dd). The copy is the tenant's
+// data: its volume stages and deletes as before, and the sibling's disk is
+// untouched.
+func TestWholeDiskCopyOfSiblingFilesystemIsTheCopiersData(t *testing.T) {
+	e := newHandoverEnv(t, "a", "b")
+	fsv, err := e.create(t, "fs", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.stage(fsv.Volume.VolumeId, false); err != nil {
+		t.Fatal(err)
+	}
+	e.unstage(t, fsv.Volume.VolumeId)
+	bv, err := e.create(t, "blk", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := bv.Volume.VolumeId
+	if err := e.stage(id, true); err != nil {
+		t.Fatal(err)
+	}
+	var src, dst *loopDisk
+	for _, d := range e.disks {
+		if blkidType(t, d.device(t)) == "ext4" {
+			src = d
+		} else {
+			dst = d
+		}
+	}
+	if src == nil || dst == nil {
+		t.Fatal("no disk holds the filesystem volume")
+	}
+	if out, err := exec.Command("dd", "if="+src.device(t), "of="+dst.device(t), "bs=1M", "oflag=direct").CombinedOutput(); err != nil {
+		t.Fatalf("dd: %v: %s", err, out)
+	}
+	srcSum := src.sum(t)
+	e.unstage(t, id)
+	if err := e.stage(id, true); err != nil {
+		t.Errorf("stage of the block volume holding a copy: %v", err)
+	} else {
+		e.unstage(t, id)
+	}
+	if _, err := e.c.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
+		t.Errorf("delete of the block volume holding a copy: %v", err)
+	}
+	if src.sum(t) != srcSum {
+		t.Error("the sibling's disk changed")
+	}
+}

@@ -268,17 +268,25 @@ func readAttr(path string) string {
 }
 
 // otherVolumeOwns names the volume of this pool, other than id, whose
-// recorded filesystem has this UUID ("" when none): a disk carrying it is
-// that volume's disk, whatever identity it shows now (two disks with one
-// serial, an image renamed).
-func (p *Pool) otherVolumeOwns(id, uuid string) string {
+// recorded filesystem has this UUID and whose own disk does not carry it
+// now ("" when none): the disk at hand is then that volume's disk,
+// whatever identity it shows (two disks with one serial, an image
+// renamed). A copy of another volume's filesystem, its own disk carrying
+// it still (a tenant's dd into its block volume), is the copier's data.
+func (p *Pool) otherVolumeOwns(ctx context.Context, id, uuid string) string {
 	if uuid == "" {
 		return ""
 	}
 	for _, v := range p.index.Volumes() {
-		if v.ID != id && v.DiskFsUUID == uuid {
-			return v.ID
+		if v.ID == id || v.DiskFsUUID != uuid {
+			continue
 		}
+		if od, ok := p.cfg.Disks.Find(v.Disk); ok {
+			if sig, err := p.cfg.Probe.Probe(ctx, od.Device); err == nil && sig.UUID == uuid {
+				continue
+			}
+		}
+		return v.ID
 	}
 	return ""
 }
@@ -365,7 +373,7 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 		if err != nil {
 			return fmt.Errorf("delete volume %s: %w", id, err)
 		}
-		if other := p.otherVolumeOwns(id, sig.UUID); other != "" {
+		if other := p.otherVolumeOwns(ctx, id, sig.UUID); other != "" {
 			return fmt.Errorf("delete volume %s: %w: disk %s (%s) carries the filesystem of volume %s (UUID %s); plinth does not wipe another volume's disk",
 				id, pool.ErrInUse, d.ID, d.Device, other, sig.UUID)
 		}
@@ -568,7 +576,7 @@ func (p *Pool) checkHandover(ctx context.Context, id string, d disk.Disk) error 
 	if err != nil {
 		return fmt.Errorf("volume %s: %w", id, err)
 	}
-	if other := p.otherVolumeOwns(id, sig.UUID); other != "" {
+	if other := p.otherVolumeOwns(ctx, id, sig.UUID); other != "" {
 		return fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s (UUID %s): it is that volume's disk; plinth does not hand it to this one",
 			pool.ErrInUse, id, d.ID, d.Device, other, sig.UUID)
 	}
@@ -608,7 +616,7 @@ func (p *Pool) CheckDevice(ctx context.Context, id string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if other := p.otherVolumeOwns(id, sig.UUID); other != "" {
+	if other := p.otherVolumeOwns(ctx, id, sig.UUID); other != "" {
 		return fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s (UUID %s): it is that volume's disk, not this one's",
 			pool.ErrInUse, id, d.ID, d.Device, other, sig.UUID)
 	}
