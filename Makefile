@@ -35,7 +35,7 @@ push: build
 # Runs plinth standalone for real: a file pool in $(RUN_ROOT)/pools/default,
 # CSI on unix://$(RUN_ROOT)/csi.sock. Ctrl-C stops it.
 run: build
-	mkdir -p $(RUN_ROOT)
+	mkdir -p -m 0750 $(RUN_ROOT)
 	./bin/plinth standalone --root $(RUN_ROOT) --endpoint unix://$(RUN_ROOT)/csi.sock --allowed-path /tmp --allowed-path /var/lib/kubelet --v=2
 
 # The whole suite: formatting, vet, generated CRDs, unit tests, csi-sanity
