@@ -343,6 +343,18 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if err := pool.ValidateID("volume ID", id); err != nil {
 		return err
 	}
+	// The disks are read again after the wipe, once mu is released: a
+	// rescan that finds a change publishes the node's status, which
+	// reads this pool's Stats (mu): under mu, the two waited on each
+	// other for ever.
+	rescan := false
+	defer func() {
+		if rescan && p.cfg.Rescan != nil {
+			if err := p.cfg.Rescan(ctx); err != nil {
+				klog.ErrorS(err, "Read the disks again after a wipe", "pool", p.cfg.Name)
+			}
+		}
+	}()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	v, err := p.index.Volume(id)
@@ -402,11 +414,7 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if err := p.index.DropVolume(id); err != nil {
 		return err
 	}
-	if p.cfg.Rescan != nil {
-		if err := p.cfg.Rescan(ctx); err != nil {
-			klog.ErrorS(err, "Read the disks again after a wipe", "pool", p.cfg.Name)
-		}
-	}
+	rescan = true
 	klog.InfoS("Wiped and freed disk", "pool", p.cfg.Name, "volumeID", id, "disk", d.ID, "device", d.Device)
 	return nil
 }

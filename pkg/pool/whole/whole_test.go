@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -202,5 +203,32 @@ func TestDeleteWipesOnlyAnIdleDisk(t *testing.T) {
 	}
 	if vs, _ := q.ListVolumes(ctx); len(vs) != 0 {
 		t.Errorf("after a restart %d volumes", len(vs))
+	}
+}
+
+// The rescan after a wipe publishes the node's status when it finds a
+// change, and publishing reads this pool's Stats: the rescan must not run
+// under the pool's lock (in the e2e cluster the node agent hung there, its
+// health check with it).
+func TestRescanAfterWipeDoesNotHoldThePoolsLock(t *testing.T) {
+	p, _, _, _ := newPool(t)
+	ctx := context.Background()
+	v, err := p.CreateVolume(ctx, pool.Volume{ID: "pv-1", Name: "a", CapacityBytes: 1 << 30, Mode: pool.ModeBlock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.Rescan = func(ctx context.Context) error {
+		_, err := p.Stats(ctx) // what the status publisher reads
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.DeleteVolume(ctx, v.ID) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("DeleteVolume did not return: the rescan after the wipe waits on the pool's lock")
 	}
 }
