@@ -223,7 +223,7 @@ func startSimNodes(t *testing.T, names []string, poolBytes int64) {
 		if err := os.MkdirAll(pool, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := syscall.Mount("tmpfs", pool, "tmpfs", 0, fmt.Sprintf("size=%d", poolBytes)); err != nil {
+		if err := syscall.Mount("tmpfs", pool, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0750", poolBytes)); err != nil {
 			t.Fatalf("mount %s's pool: %v", name, err)
 		}
 		sims = append(sims, s)
