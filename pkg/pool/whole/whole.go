@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -246,7 +247,7 @@ func (p *Pool) verifyEmpty(ctx context.Context, d disk.Disk) error {
 	if err := p.inUse(d); err != nil {
 		return err
 	}
-	if p.cfg.SysfsRoot != "" && strings.TrimSpace(readAttr(filepath.Join(p.cfg.SysfsRoot, "block", d.Name, "ro"))) == "1" {
+	if p.cfg.SysfsRoot != "" && device.ReadAttr(filepath.Join(p.cfg.SysfsRoot, "block", d.Name, "ro")) == "1" {
 		return fmt.Errorf("%w: disk %s (%s) is read-only", pool.ErrInUse, d.ID, d.Device)
 	}
 	if err := p.cfg.Probe.Exclusive(d.Device); err != nil {
@@ -260,11 +261,6 @@ func (p *Pool) verifyEmpty(ctx context.Context, d disk.Disk) error {
 		return fmt.Errorf("%w: disk %s (%s) holds %s now", pool.ErrInUse, d.ID, d.Device, sig)
 	}
 	return nil
-}
-
-func readAttr(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
 }
 
 // otherVolumeOwns names the volume of this pool, other than id, whose
