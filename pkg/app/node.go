@@ -388,7 +388,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 // newReconciler connects to the API server for the node's volume objects
 // and its PlinthNode: the volume reconciler and the node-status publisher,
 // two runners; stop shuts the event broadcaster down.
-func newReconciler(c NodeConfig, cfg *restclient.Config, core kubernetes.Interface, local *node.Local, devices func() []v1alpha1.DeviceStatus, disks func() []v1alpha1.DiskStatus) (*reconcile.Reconciler, *nodestatus.Publisher, func(), error) {
+func newReconciler(c NodeConfig, cfg *restclient.Config, core kubernetes.Interface, local *node.Local, devices func() []v1alpha1.DeviceStatus, disks func() []v1alpha1.DiskStatus) (*reconcile.Reconciler, *nodestatus.Reporter, func(), error) {
 	plinth, err := versioned.NewForConfig(cfg)
 	if err != nil {
 		return nil, nil, nil, err
@@ -401,7 +401,7 @@ func newReconciler(c NodeConfig, cfg *restclient.Config, core kubernetes.Interfa
 	broadcaster := record.NewBroadcaster()
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: core.CoreV1().Events("")})
 	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-node", Host: c.NodeID})
-	status := &nodestatus.Publisher{
+	status := &nodestatus.Reporter{
 		NodeName: c.NodeID, Version: c.Version, Pools: local.PoolHealth, Devices: devices, Disks: disks, Plinth: plinth, Core: core, Events: events,
 	}
 	rec := &reconcile.Reconciler{NodeName: c.NodeID, Local: local, Plinth: plinth, Core: core, Events: events, Status: status}

@@ -573,7 +573,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	}
 	svcs := csi.Services{
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
-		Node: csi.NewNodeServer(node.NewPublisher(local, host, c.Root), csi.NodeConfig{
+		Node: csi.NewNodeServer(node.NewMounts(local, host, c.Root), csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
 			Paths: csi.Paths{Allowed: allowed, Owned: owned},
 		}),

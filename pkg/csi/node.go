@@ -18,7 +18,7 @@ import (
 // NodeServer serves the CSI Node service.
 type NodeServer struct {
 	csi.UnimplementedNodeServer
-	pub         *node.Publisher
+	pub         *node.Mounts
 	nodeID      string
 	topologyKey string
 	maxVolumes  int64
@@ -37,7 +37,7 @@ type NodeConfig struct {
 }
 
 // NewNodeServer returns the Node service over pub.
-func NewNodeServer(pub *node.Publisher, cfg NodeConfig) *NodeServer {
+func NewNodeServer(pub *node.Mounts, cfg NodeConfig) *NodeServer {
 	return &NodeServer{pub: pub, nodeID: cfg.NodeID, topologyKey: cfg.TopologyKey, maxVolumes: cfg.MaxVolumes, paths: cfg.Paths}
 }
 
@@ -188,7 +188,7 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 		return nil, err
 	}
 	// Below an allowed root (there is one): an empty directory left at the
-	// target of a volume that is gone may be removed (node.Publisher).
+	// target of a volume that is gone may be removed (node.Mounts).
 	underAllowedRoot := len(s.paths.Allowed) > 0
 	if err := s.pub.Unpublish(ctx, req.GetVolumeId(), target, underAllowedRoot); err != nil {
 		return nil, toStatus(err)

@@ -18,7 +18,7 @@ import (
 type Local struct {
 	pools []pool.Pool // sorted by name
 	locks *volume.Locks
-	// inUse, set by the Publisher, refuses the delete of a volume this
+	// inUse, set by Mounts, refuses the delete of a volume this
 	// node has staged or published (a whole disk's raw block volume leaves
 	// no mount or loop device a pool could see).
 	inUse func(id string) error
@@ -45,7 +45,7 @@ func snapshotKey(id string) string { return "snapshot/" + id }
 
 // lock takes the locks of keys, all or none: volumeKey and snapshotKey
 // of the volume or snapshot at hand and of its source (a clone, a restore,
-// a snapshot), and the Publisher's path keys (Publisher.lock). It fails at
+// a snapshot), and Mounts' path keys (Mounts.lock). It fails at
 // once with volume.ErrLocked when another operation holds one.
 func (n *Local) lock(keys ...string) (func(), error) {
 	return n.locks.TryAcquire(keys...)

@@ -30,22 +30,22 @@ var ErrPublishedElsewhere = errors.New("volume is published at another target")
 // mount, a non-empty directory, a file of another kind); it is left alone.
 var ErrPathInUse = errors.New("path holds something that is not this volume's")
 
-// Publisher does the node's part for a consumer: stage (attach, format if
+// Mounts does the node's part for a consumer: stage (attach, format if
 // empty, mount), publish (bind mount), and their inverses, stats, expand.
 // Before it unmounts, grows or declares a path done, it checks from the
 // mount table that what is mounted there is this volume's own storage.
-type Publisher struct {
+type Mounts struct {
 	node    *Local
 	mounter mount.Mounter
 	targets targetRecords
 	staged  stagedRecords
 }
 
-// NewPublisher returns a Publisher for the volumes of node; it records
+// NewMounts returns a Mounts for the volumes of node; it records
 // what each publish made in stateDir ("" records nothing, and then
 // unpublish removes no target).
-func NewPublisher(node *Local, m mount.Mounter, stateDir string) *Publisher {
-	p := &Publisher{node: node, mounter: m}
+func NewMounts(node *Local, m mount.Mounter, stateDir string) *Mounts {
+	p := &Mounts{node: node, mounter: m}
 	if node != nil {
 		node.inUse = p.stagedOrPublished
 	}
@@ -84,7 +84,7 @@ type Access struct {
 
 // lock takes the volume's lock and, for each path the call mounts at or
 // unmounts from, the path's: two volumes never work on one path at once.
-func (p *Publisher) lock(id string, paths ...string) (func(), error) {
+func (p *Mounts) lock(id string, paths ...string) (func(), error) {
 	keys := []string{volumeKey(id)}
 	for _, path := range paths {
 		keys = append(keys, "path/"+path)
@@ -92,7 +92,7 @@ func (p *Publisher) lock(id string, paths ...string) (func(), error) {
 	return p.node.lock(keys...)
 }
 
-func (p *Publisher) lookup(ctx context.Context, id string, a Access) (pool.Pool, pool.Volume, error) {
+func (p *Mounts) lookup(ctx context.Context, id string, a Access) (pool.Pool, pool.Volume, error) {
 	pl, v, err := p.node.PoolOfVolume(ctx, id)
 	if err != nil {
 		return nil, pool.Volume{}, err
@@ -117,7 +117,7 @@ type site struct {
 	mount *mountinfo.Info // the top mount at the path, nil when none
 }
 
-func (p *Publisher) look(path string) (site, error) {
+func (p *Mounts) look(path string) (site, error) {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return site{}, nil
@@ -261,7 +261,7 @@ func stageFlags(flags []string) []string {
 // undoes what this call did, and only that: a mount it made, a device it
 // bound itself (pool.Attachment.Made; a device bound before, by plinth or
 // another process, stays), a directory it created.
-func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access) (err error) {
+func (p *Mounts) Stage(ctx context.Context, id, stagingPath string, a Access) (err error) {
 	release, err := p.lock(id, stagingPath)
 	if err != nil {
 		return err
@@ -383,7 +383,7 @@ func (p *Publisher) Stage(ctx context.Context, id, stagingPath string, a Access)
 // superblock) or the filesystem. Anything else is probed once: formatted
 // when it holds nothing, and ext4 that could not grow online (see GrowFs)
 // grows here, offline.
-func (p *Publisher) formatAndMount(ctx context.Context, pl pool.Pool, v pool.Volume, device, path string, options []string) error {
+func (p *Mounts) formatAndMount(ctx context.Context, pl pool.Pool, v pool.Volume, device, path string, options []string) error {
 	br, ok := pl.(pool.BlankRecorder)
 	if !ok || !v.Blank {
 		if err := p.mounter.FormatAndMount(ctx, device, path, v.FsType, options); err != nil {
@@ -418,7 +418,7 @@ func checkOptions(flags []string) error {
 // filesystem (a staging mount, or a publish of one, share its device):
 // mounting there would make a directory in a tenant's volume and show one
 // volume inside another.
-func (p *Publisher) insideVolume(path string) error {
+func (p *Mounts) insideVolume(path string) error {
 	var parent unix.Stat_t
 	if err := unix.Stat(filepath.Dir(path), &parent); err != nil {
 		return nil // the caller finds out soon enough
@@ -449,7 +449,7 @@ func (p *Publisher) insideVolume(path string) error {
 // stagedElsewhere returns the path the volume is staged at, when that is
 // recorded, is not path, and still holds the volume (its device attached
 // for block, its own mount there for a filesystem); "" otherwise.
-func (p *Publisher) stagedElsewhere(id, path string, att pool.Attachment, attached, block bool) (string, error) {
+func (p *Mounts) stagedElsewhere(id, path string, att pool.Attachment, attached, block bool) (string, error) {
 	prev, err := p.staged.stagedAt(id)
 	if err != nil || prev == "" || prev == path || !attached {
 		return "", err
@@ -495,7 +495,7 @@ func applyMountGroup(root, group string) error {
 // mounts there), release the device. A volume still published elsewhere,
 // a device of it mounted anywhere but by the staging mount itself, or a
 // staging path that holds another mount, is refused untouched.
-func (p *Publisher) Unstage(ctx context.Context, id, stagingPath string) error {
+func (p *Mounts) Unstage(ctx context.Context, id, stagingPath string) error {
 	release, err := p.lock(id, stagingPath)
 	if err != nil {
 		return err
@@ -597,7 +597,7 @@ func notMountedElsewhere(id string, all pool.Attachment, attached bool, own pool
 
 // notStagingPath refuses a target that is where the volume is staged: the
 // staging mount is the volume's own, but it is no publish.
-func (p *Publisher) notStagingPath(id, target string) error {
+func (p *Mounts) notStagingPath(id, target string) error {
 	at, err := p.staged.stagedAt(id)
 	if err != nil {
 		return err
@@ -609,7 +609,7 @@ func (p *Publisher) notStagingPath(id, target string) error {
 }
 
 // Publish binds the staged volume (or its device, for block) at target.
-func (p *Publisher) Publish(ctx context.Context, id, stagingPath, target string, a Access) (err error) {
+func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a Access) (err error) {
 	release, err := p.lock(id, target)
 	if err != nil {
 		return err
@@ -796,7 +796,7 @@ func createTarget(target string, block bool) error {
 // file or directory publish did not make is left where it is. A volume
 // this node does not know is unpublishGone's; underAllowedRoot says that
 // target lies strictly below a root the CO may use (csi.Paths.Allowed).
-func (p *Publisher) Unpublish(ctx context.Context, id, target string, underAllowedRoot bool) error {
+func (p *Mounts) Unpublish(ctx context.Context, id, target string, underAllowedRoot bool) error {
 	release, err := p.lock(id, target)
 	if err != nil {
 		return err
@@ -868,7 +868,7 @@ func (p *Publisher) Unpublish(ctx context.Context, id, target string, underAllow
 // never gets here (csi.Paths refuses it). A mount at target cannot be told
 // to be this volume's, there being no volume to compare it with: refused
 // and left alone, as a foreign mount at the target of a known volume is.
-func (p *Publisher) unpublishGone(ctx context.Context, id, target string, underAllowedRoot bool) error {
+func (p *Mounts) unpublishGone(ctx context.Context, id, target string, underAllowedRoot bool) error {
 	logger := klog.FromContext(ctx).WithValues("volumeID", id, "targetPath", target)
 	at, err := p.look(target)
 	if err != nil {
@@ -908,7 +908,7 @@ func (p *Publisher) unpublishGone(ctx context.Context, id, target string, underA
 // unmountOwn unmounts every mount of the volume's own stacked at path (from
 // repeated failed attempts), releasing a read-only device a block publish
 // made; the first mount there that is not the volume's stops it, untouched.
-func (p *Publisher) unmountOwn(ctx context.Context, pl pool.Pool, id string, att pool.Attachment, attached bool, kind, path string, block bool) error {
+func (p *Mounts) unmountOwn(ctx context.Context, pl pool.Pool, id string, att pool.Attachment, attached bool, kind, path string, block bool) error {
 	for i := 0; ; i++ {
 		at, err := p.look(path)
 		if err != nil {
@@ -939,7 +939,7 @@ func (p *Publisher) unmountOwn(ctx context.Context, pl pool.Pool, id string, att
 }
 
 // unmountBind unmounts the binds of device node dev stacked at target.
-func (p *Publisher) unmountBind(target, dev string) error {
+func (p *Mounts) unmountBind(target, dev string) error {
 	for i := 0; i < 8; i++ {
 		m, ok, err := p.mounter.MountOf(target)
 		if err != nil || !ok || m.FSType != "devtmpfs" || m.Root != "/"+filepath.Base(dev) {
@@ -987,7 +987,7 @@ type Stats struct {
 }
 
 // Stats reports usage of the volume at path (a target or staging path).
-func (p *Publisher) Stats(ctx context.Context, id, path string) (Stats, error) {
+func (p *Mounts) Stats(ctx context.Context, id, path string) (Stats, error) {
 	pl, v, err := p.node.PoolOfVolume(ctx, id)
 	if err != nil {
 		return Stats{}, err
@@ -1027,7 +1027,7 @@ func (p *Publisher) Stats(ctx context.Context, id, path string) (Stats, error) {
 
 // mountedAt checks that path is a mount of the volume itself; anything
 // else (nothing, another volume, a foreign filesystem) is ErrNotFound.
-func (p *Publisher) mountedAt(ctx context.Context, pl pool.Pool, id, path string, block bool) error {
+func (p *Mounts) mountedAt(ctx context.Context, pl pool.Pool, id, path string, block bool) error {
 	att, attached, err := pl.Attached(ctx, id)
 	if err != nil {
 		return err
@@ -1052,7 +1052,7 @@ func (p *Publisher) mountedAt(ctx context.Context, pl pool.Pool, id, path string
 // Expand grows the filesystem of the volume at path to its device; it
 // returns the capacity the consumer now sees. It acts only when path is a
 // mount of the volume's own device, and never attaches anything.
-func (p *Publisher) Expand(ctx context.Context, id, path string) (int64, error) {
+func (p *Mounts) Expand(ctx context.Context, id, path string) (int64, error) {
 	release, err := p.lock(id)
 	if err != nil {
 		return 0, err
@@ -1122,7 +1122,7 @@ func deviceMounts(att pool.Attachment) ([]*mountinfo.Info, error) {
 // publishedAt lists where the volume is published now, from the mount
 // table: mounts of the same filesystem and root as the staging mount, or
 // binds of the volume's devices.
-func (p *Publisher) publishedAt(pl pool.Pool, id string, att pool.Attachment, stagingPath string, block bool) ([]string, error) {
+func (p *Mounts) publishedAt(pl pool.Pool, id string, att pool.Attachment, stagingPath string, block bool) ([]string, error) {
 	mounts, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
@@ -1154,9 +1154,9 @@ func (p *Publisher) publishedAt(pl pool.Pool, id string, att pool.Attachment, st
 }
 
 // Lookup returns the pool and record of volume id.
-func (p *Publisher) Lookup(ctx context.Context, id string) (pool.Pool, pool.Volume, error) {
+func (p *Mounts) Lookup(ctx context.Context, id string) (pool.Pool, pool.Volume, error) {
 	return p.node.PoolOfVolume(ctx, id)
 }
 
 // PoolHealth reads every pool of the node.
-func (p *Publisher) PoolHealth(ctx context.Context) []PoolHealth { return p.node.PoolHealth(ctx) }
+func (p *Mounts) PoolHealth(ctx context.Context) []PoolHealth { return p.node.PoolHealth(ctx) }

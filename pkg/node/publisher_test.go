@@ -52,7 +52,7 @@ func filePool(t *testing.T) (string, *file.Pool, *Local) {
 func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
 	dir, pl, local := filePool(t)
 	run := mount.Exec{Launches: &mount.Launches{}}
-	p := NewPublisher(local, mount.NewHost(run), filepath.Join(dir, "state"))
+	p := NewMounts(local, mount.NewHost(run), filepath.Join(dir, "state"))
 	ctx := context.Background()
 	a := Access{FsType: "ext4"}
 	launched := func() map[string]uint64 { return run.Launches.Counts() }
@@ -155,7 +155,7 @@ func TestRecordsOfEarlierBootDropped(t *testing.T) {
 		kept bool
 	}{{string(cur), true}, {"0f0e0d0c-0000-4000-8000-000000000000\n", false}} {
 		state := t.TempDir()
-		p := NewPublisher(nil, nil, state)
+		p := NewMounts(nil, nil, state)
 		if err := p.staged.put("pv-a", "/var/lib/kubelet/x/globalmount"); err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +169,7 @@ func TestRecordsOfEarlierBootDropped(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(state, "boot_id"), []byte(c.boot), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		p = NewPublisher(nil, nil, state)
+		p = NewMounts(nil, nil, state)
 		at, err := p.staged.stagedAt("pv-a")
 		_, published, terr := p.targets.get("/var/lib/kubelet/pods/p/mount")
 		if c.kept {
@@ -195,7 +195,7 @@ func TestBlankVolumesFromTemplate(t *testing.T) {
 	run := mount.Exec{Launches: &mount.Launches{}}
 	host := mount.NewHost(run)
 	host.Templates = fsimage.New(filepath.Join(dir, "templates"), run)
-	p := NewPublisher(local, host, filepath.Join(dir, "state"))
+	p := NewMounts(local, host, filepath.Join(dir, "state"))
 	ctx := context.Background()
 	uuids := map[string]bool{}
 	for _, id := range []string{"pv-a", "pv-b", "pv-c"} {
@@ -232,7 +232,7 @@ func TestUnstageSeesDevicesBoundByOthers(t *testing.T) {
 	run := mount.Exec{}
 	host := mount.NewHost(run)
 	host.Templates = fsimage.New(filepath.Join(dir, "templates"), run)
-	p := NewPublisher(local, host, filepath.Join(dir, "state"))
+	p := NewMounts(local, host, filepath.Join(dir, "state"))
 	ctx := context.Background()
 	if _, err := local.CreateVolume(ctx, "p", pool.Volume{ID: "pv-a", Name: "pv-a", CapacityBytes: 64 << 20, Mode: pool.ModeFilesystem, FsType: "ext4"}); err != nil {
 		t.Fatal(err)

@@ -103,7 +103,7 @@ func (t targetRecords) of(id string) ([]string, error) {
 
 // stagedOrPublished refuses (pool.ErrInUse) while this node's records say
 // volume id is staged or published: its consumer still has it.
-func (p *Publisher) stagedOrPublished(id string) error {
+func (p *Mounts) stagedOrPublished(id string) error {
 	at, err := p.staged.stagedAt(id)
 	if err != nil {
 		return err

@@ -15,7 +15,7 @@ import (
 // lies below an allowed root; either way the answer is OK.
 func TestUnpublishGoneRemovesOnlyBelowAllowedRoot(t *testing.T) {
 	dir, _, local := filePool(t)
-	p := NewPublisher(local, mount.NewHost(mount.Exec{}), filepath.Join(dir, "state"))
+	p := NewMounts(local, mount.NewHost(mount.Exec{}), filepath.Join(dir, "state"))
 	for _, under := range []bool{false, true} {
 		target := filepath.Join(dir, "target")
 		if err := os.Mkdir(target, 0o750); err != nil {

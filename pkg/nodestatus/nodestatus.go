@@ -23,10 +23,10 @@ import (
 	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
-// Publisher writes one node's PlinthNode status: its pools (healthy or
+// Reporter writes one node's PlinthNode status: its pools (healthy or
 // not), its devices, a heartbeat; and records an event on the Node when a
 // pool or a device changes health.
-type Publisher struct {
+type Reporter struct {
 	NodeName string
 	Version  string
 	// Pools reads every pool of the node (node.Local.PoolHealth); a
@@ -59,14 +59,14 @@ type Publisher struct {
 	lastSequence int64
 }
 
-func (p *Publisher) interval() time.Duration {
+func (p *Reporter) interval() time.Duration {
 	if p.Interval <= 0 {
 		return 30 * time.Second
 	}
 	return p.Interval
 }
 
-func (p *Publisher) poll() time.Duration {
+func (p *Reporter) poll() time.Duration {
 	d := p.Poll
 	if d <= 0 {
 		d = 5 * time.Second
@@ -76,7 +76,7 @@ func (p *Publisher) poll() time.Duration {
 
 // Run reads the status every poll period and publishes it when it changed
 // or the heartbeat is due, until ctx ends.
-func (p *Publisher) Run(ctx context.Context) error {
+func (p *Reporter) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithName("nodestatus")
 	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		if err := p.Publish(ctx, false); err != nil {
@@ -95,7 +95,7 @@ type health struct {
 
 // poolEvents records an event on the Node when a pool becomes unreadable
 // or readable again.
-func (p *Publisher) poolEvents(pools []v1alpha1.PoolStatus) {
+func (p *Reporter) poolEvents(pools []v1alpha1.PoolStatus) {
 	var before, now []health
 	if p.lastStatus != nil {
 		for _, p := range p.lastStatus.Pools {
@@ -130,7 +130,7 @@ func (p *Publisher) poolEvents(pools []v1alpha1.PoolStatus) {
 
 // diskEvents records, on the Node and the PlinthNode, every disk of a pool
 // that went missing or came back since the last status.
-func (p *Publisher) diskEvents(disks []v1alpha1.DiskStatus) {
+func (p *Reporter) diskEvents(disks []v1alpha1.DiskStatus) {
 	was := map[string]string{}
 	if p.lastStatus != nil {
 		for _, d := range p.lastStatus.Disks {
@@ -152,7 +152,7 @@ func (p *Publisher) diskEvents(disks []v1alpha1.DiskStatus) {
 
 // event records an event about the node's storage on both the Node and
 // its PlinthNode.
-func (p *Publisher) event(kind, reason, msg string) {
+func (p *Reporter) event(kind, reason, msg string) {
 	if p.Events == nil {
 		return
 	}
@@ -162,7 +162,7 @@ func (p *Publisher) event(kind, reason, msg string) {
 
 // deviceEvents records an event on the Node for every device whose health
 // changed since the last status (and for unhealthy ones at the first).
-func (p *Publisher) deviceEvents(devs []v1alpha1.DeviceStatus) {
+func (p *Reporter) deviceEvents(devs []v1alpha1.DeviceStatus) {
 	var before, now []health
 	if p.lastStatus != nil {
 		for _, d := range p.lastStatus.Devices {
@@ -179,7 +179,7 @@ func (p *Publisher) deviceEvents(devs []v1alpha1.DeviceStatus) {
 
 // healthEvents records <kind>Unhealthy for what is unhealthy now and was
 // healthy (or unknown) before, and <kind>Healthy for what recovered.
-func (p *Publisher) healthEvents(kind string, before, now []health) {
+func (p *Reporter) healthEvents(kind string, before, now []health) {
 	if p.Events == nil {
 		return
 	}
@@ -208,7 +208,7 @@ func (p *Publisher) healthEvents(kind string, before, now []health) {
 
 // PublishAfter makes sure a status that read the pools after t is out
 // (creates finishing together share one write) and returns its sequence.
-func (p *Publisher) PublishAfter(ctx context.Context, t time.Time) (sequence int64, err error) {
+func (p *Reporter) PublishAfter(ctx context.Context, t time.Time) (sequence int64, err error) {
 	p.mu.Lock()
 	done, seq := p.lastRead.After(t), p.lastSequence
 	p.mu.Unlock()
@@ -225,7 +225,7 @@ func (p *Publisher) PublishAfter(ctx context.Context, t time.Time) (sequence int
 
 // Publish writes the node's pools and devices to its PlinthNode; unless
 // force, only when they changed or the heartbeat is due.
-func (p *Publisher) Publish(ctx context.Context, force bool) error {
+func (p *Reporter) Publish(ctx context.Context, force bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	read := time.Now()

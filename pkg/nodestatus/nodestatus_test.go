@@ -26,7 +26,7 @@ import (
 // A device's health changes become events on the Node.
 func TestDeviceEvents(t *testing.T) {
 	rec := record.NewFakeRecorder(10)
-	r := &Publisher{NodeName: "n1", Events: rec}
+	r := &Reporter{NodeName: "n1", Events: rec}
 	gpu := func(healthy bool) []v1alpha1.DeviceStatus {
 		return []v1alpha1.DeviceStatus{{Resource: "example.com/gpu", ID: "0000:18:00.0", Healthy: healthy}, {Resource: "example.com/gpu", ID: "0000:3b:00.0", Healthy: true}}
 	}
@@ -71,7 +71,7 @@ func TestUnreadablePool(t *testing.T) {
 	}
 	plinth := plinthfake.NewSimpleClientset()
 	rec := record.NewFakeRecorder(10)
-	r := &Publisher{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
+	r := &Reporter{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
 	if err := r.Publish(context.Background(), true); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestDisksAndDegradedPool(t *testing.T) {
 		return []node.PoolHealth{{Name: "mirror", Backend: "btrfs", Stats: pool.Stats{TotalBytes: 1 << 40, FreeBytes: 1 << 39, Degraded: "disk wwn:b (was sdc) is missing"}}}
 	}
 	rec := record.NewFakeRecorder(10)
-	r := &Publisher{NodeName: "n1", Pools: pools, Disks: func() []v1alpha1.DiskStatus { return append([]v1alpha1.DiskStatus(nil), disks...) }, Plinth: plinth,
+	r := &Reporter{NodeName: "n1", Pools: pools, Disks: func() []v1alpha1.DiskStatus { return append([]v1alpha1.DiskStatus(nil), disks...) }, Plinth: plinth,
 		Core: fake.NewSimpleClientset(), Events: rec, Interval: time.Hour}
 	if err := r.Publish(context.Background(), true); err != nil {
 		t.Fatal(err)
@@ -167,7 +167,7 @@ func TestOutsideFillPublishedAtPoll(t *testing.T) {
 		writes++
 		return false, nil, nil
 	})
-	r := &Publisher{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(),
+	r := &Reporter{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(),
 		Events: record.NewFakeRecorder(10), Interval: time.Hour, Poll: 20 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -204,7 +204,7 @@ func TestOutsideFillPublishedAtPoll(t *testing.T) {
 }
 
 // Each written status has the next sequence, also after a restart (a new
-// Publisher over the same object); PublishAfter returns the sequence of a
+// Reporter over the same object); PublishAfter returns the sequence of a
 // status that read the pools after the time asked, writing one only when
 // needed; an unchanged status is not rewritten for a new sequence.
 func TestSequence(t *testing.T) {
@@ -217,8 +217,8 @@ func TestSequence(t *testing.T) {
 		t.Fatal(err)
 	}
 	plinth := plinthfake.NewSimpleClientset()
-	newPublisher := func() *Publisher {
-		return &Publisher{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
+	newReporter := func() *Reporter {
+		return &Reporter{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
 	}
 	ctx := context.Background()
 	seq := func() int64 {
@@ -228,7 +228,7 @@ func TestSequence(t *testing.T) {
 		}
 		return n.Status.Sequence
 	}
-	r := newPublisher()
+	r := newReporter()
 	if err := r.Publish(ctx, true); err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestSequence(t *testing.T) {
 	if got, err := r.PublishAfter(ctx, before); err != nil || got != 2 || seq() != 2 {
 		t.Fatalf("PublishAfter already answered: %d %v (object %d), want 2 without a write", got, err, seq())
 	}
-	restarted := newPublisher()
+	restarted := newReporter()
 	if err := restarted.Publish(ctx, true); err != nil {
 		t.Fatal(err)
 	}

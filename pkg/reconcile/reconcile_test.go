@@ -75,7 +75,7 @@ func startNodeWith(t *testing.T, before func(*node.Local), objs ...runtime.Objec
 	}
 	plinth := plinthfake.NewSimpleClientset(objs...)
 	core := fake.NewSimpleClientset()
-	status := &nodestatus.Publisher{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Plinth: plinth, Core: core, Interval: time.Hour}
+	status := &nodestatus.Reporter{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Plinth: plinth, Core: core, Interval: time.Hour}
 	r := &Reconciler{NodeName: "n1", Local: local, Plinth: plinth, Core: core, Status: status}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
