@@ -17,6 +17,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
+	"github.com/plinth-dev/plinth/pkg/pool/guard"
 	"github.com/plinth-dev/plinth/pkg/pool/whole"
 )
 
@@ -141,7 +142,7 @@ func openDiskPools(ctx context.Context, c CSIConfig, loops *mount.Loop, run moun
 		backend := string(r.Layout)
 		if r.Err != nil {
 			klog.ErrorS(r.Err, "Disk pool cannot be opened; it is listed unhealthy", "pool", r.Name, "layout", r.Layout)
-			out = append(out, disk.Unavailable{PoolName: r.Name, PoolBackend: backend, Err: r.Err})
+			out = append(out, pool.Unavailable{PoolName: r.Name, PoolBackend: backend, Err: r.Err})
 			continue
 		}
 		for _, d := range r.Members {
@@ -159,11 +160,11 @@ func openDiskPools(ctx context.Context, c CSIConfig, loops *mount.Loop, run moun
 		}
 		if err != nil {
 			klog.ErrorS(err, "Disk pool cannot be opened; it is listed unhealthy", "pool", r.Name, "layout", r.Layout)
-			out = append(out, disk.Unavailable{PoolName: r.Name, PoolBackend: backend, Err: err})
+			out = append(out, pool.Unavailable{PoolName: r.Name, PoolBackend: backend, Err: err})
 			continue
 		}
 		if r.Layout != disk.LayoutDisk {
-			p = disk.Guard(p, r, w)
+			p = guard.New(p, r, w)
 		}
 		if r.Degraded != "" {
 			klog.InfoS("Disk pool runs degraded", "pool", r.Name, "why", r.Degraded)

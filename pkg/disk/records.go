@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/durable"
-	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
 // ClaimState is how far claiming a pool's disks got.
@@ -86,7 +85,7 @@ type Records struct {
 
 func (r Records) path(poolName string) (string, error) {
 	if !poolNameOK(poolName) {
-		return "", fmt.Errorf("%w: pool name %q", pool.ErrInvalid, poolName)
+		return "", fmt.Errorf("invalid argument: pool name %q", poolName)
 	}
 	return filepath.Join(r.Dir, poolName+".json"), nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
@@ -18,7 +17,7 @@ func TestUnreadablePoolIsNotNotFound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gone := disk.Unavailable{PoolName: "gone", PoolBackend: "file", Err: errors.New("disk wwn:x (was sdb) is missing")}
+	gone := pool.Unavailable{PoolName: "gone", PoolBackend: "file", Err: errors.New("disk wwn:x (was sdb) is missing")}
 	n, err := NewLocal(good, gone)
 	if err != nil {
 		t.Fatal(err)
