@@ -14,7 +14,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/plinth ./cmd/plinth
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-plinth ./cmd/kubectl-plinth
 
-# plinth's OCI image without a Docker engine (hack/image, pkg/image): bin/plinth and the
+# plinth's OCI image without a Docker engine (hack/image, hack/image/oci): bin/plinth and the
 # filesystem tools plinth node runs, with their libraries, from this Debian machine (what the
 # Dockerfile installs), tagged $(IMAGE):$(VERSION), written to $(IMAGE_TAR) for
 # `ctr -n k8s.io images import` or `docker load`. `make push IMAGE=registry/repo` pushes it with

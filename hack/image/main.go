@@ -1,7 +1,7 @@
 // Command image builds plinth's OCI image without a Docker engine (make
 // image, make push): the given plinth binary at /usr/bin/plinth and the
 // filesystem tools plinth node runs, with their libraries, from this Debian
-// machine (pkg/image) — the content the Dockerfile installs. It writes a
+// machine (hack/image/oci) — the content the Dockerfile installs. It writes a
 // tarball that `ctr -n k8s.io images import` and `docker load` take, or
 // pushes to a registry with the credentials of ~/.docker/config.json.
 //
@@ -17,7 +17,7 @@ import (
 	"os/signal"
 	"strings"
 
-	"github.com/plinth-dev/plinth/pkg/image"
+	"github.com/plinth-dev/plinth/hack/image/oci"
 )
 
 type tags []string
@@ -44,11 +44,11 @@ func run(bin string, refs []string, out string, push bool, version, revision str
 	if len(refs) == 0 || (out == "" && !push) {
 		return fmt.Errorf("need --tag and --out or --push")
 	}
-	tools, err := image.HostTools(image.NodeTools)
+	tools, err := oci.HostTools(oci.NodeTools)
 	if err != nil {
 		return err
 	}
-	p, err := image.Binary(bin, "/usr/bin/plinth")
+	p, err := oci.Binary(bin, "/usr/bin/plinth")
 	if err != nil {
 		return err
 	}
@@ -62,9 +62,9 @@ func run(bin string, refs []string, out string, push bool, version, revision str
 	if revision != "" {
 		labels["org.opencontainers.image.revision"] = revision
 	}
-	spec := image.Spec{Ref: refs[0], Entrypoint: []string{"/usr/bin/plinth"}, Files: append(tools, p), Labels: labels}
+	spec := oci.Spec{Ref: refs[0], Entrypoint: []string{"/usr/bin/plinth"}, Files: append(tools, p), Labels: labels}
 	if out != "" {
-		if err := image.Write(spec, out, refs[1:]...); err != nil {
+		if err := oci.Write(spec, out, refs[1:]...); err != nil {
 			return err
 		}
 		fmt.Printf("wrote %s (%s)\n", out, strings.Join(refs, ", "))
@@ -74,7 +74,7 @@ func run(bin string, refs []string, out string, push bool, version, revision str
 		defer stop()
 		for _, r := range refs {
 			spec.Ref = r
-			if err := image.Push(ctx, spec); err != nil {
+			if err := oci.Push(ctx, spec); err != nil {
 				return err
 			}
 			fmt.Printf("pushed %s\n", r)

@@ -18,7 +18,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	images "github.com/plinth-dev/plinth/pkg/image"
+	images "github.com/plinth-dev/plinth/hack/image/oci"
 	testimages "github.com/plinth-dev/plinth/test/e2e/images"
 )
 

@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
-	images "github.com/plinth-dev/plinth/pkg/image"
+	images "github.com/plinth-dev/plinth/hack/image/oci"
 	"github.com/plinth-dev/plinth/test/e2e/cluster"
 )
 
@@ -364,7 +364,7 @@ func (e *env) buildImages(ctx context.Context, dir string) ([]string, error) {
 	}
 	// plinth's image is make image's (PLINTH_IMAGE_TAR, tagged
 	// plinth.example.com/plinth:dev as the manifests name it); run alone,
-	// the suite assembles the same with pkg/image.
+	// the suite assembles the same with hack/image/oci.
 	var tars []string
 	var specs []images.Spec
 	if tar := os.Getenv("PLINTH_IMAGE_TAR"); tar != "" {

@@ -1,5 +1,5 @@
 // Package images holds what the end-to-end suite's test images have
-// beyond plinth's own image (pkg/image): a small shell userland.
+// beyond plinth's own image (hack/image/oci): a small shell userland.
 package images
 
 import (
@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/plinth-dev/plinth/pkg/image"
+	"github.com/plinth-dev/plinth/hack/image/oci"
 )
 
 // busyboxDD stands in for dd: Debian 12's busybox (1.35) has no oflag=nocache, which the storage
@@ -33,7 +33,7 @@ exec /bin/busybox dd "$@"
 // applets before anything in PATH, so `sh -c "... | dd oflag=nocache"` (the
 // storage suite's block writes) would never reach the dd stand-in. Nor dash:
 // the suite's scripts use `let`.
-func Shell() ([]image.File, error) {
+func Shell() ([]oci.File, error) {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		return nil, fmt.Errorf("busybox (install busybox-static): %w", err)
@@ -42,11 +42,11 @@ func Shell() ([]image.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("busybox --list: %w", err)
 	}
-	f, err := image.Binary(bb, "/bin/busybox")
+	f, err := oci.Binary(bb, "/bin/busybox")
 	if err != nil {
 		return nil, err
 	}
-	files := []image.File{f,
+	files := []oci.File{f,
 		{Path: "/bin/dd", Mode: 0o755, Content: []byte(busyboxDD)},
 		{Path: "/tmp", Mode: 0o1777, Dir: true},
 		{Path: "/etc/passwd", Mode: 0o644, Content: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
@@ -54,10 +54,10 @@ func Shell() ([]image.File, error) {
 	}
 	for _, a := range strings.Fields(string(out)) {
 		if a != "busybox" && a != "dd" && a != "sh" {
-			files = append(files, image.File{Path: "/bin/" + a, Link: "busybox"})
+			files = append(files, oci.File{Path: "/bin/" + a, Link: "busybox"})
 		}
 	}
-	shell, err := image.HostTools([]string{"bash"})
+	shell, err := oci.HostTools([]string{"bash"})
 	if err != nil {
 		return nil, err
 	}
@@ -76,5 +76,5 @@ func Shell() ([]image.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(files, image.File{Path: "/bin/sh", Link: ".." + real}), nil
+	return append(files, oci.File{Path: "/bin/sh", Link: ".." + real}), nil
 }

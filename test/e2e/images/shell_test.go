@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/plinth-dev/plinth/pkg/image"
+	"github.com/plinth-dev/plinth/hack/image/oci"
 )
 
 func TestShell(t *testing.T) {
@@ -21,7 +21,7 @@ func TestShell(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, err := image.LayerTar(files)
+	layer, err := oci.LayerTar(files)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestShellPipelineReachesDDStandIn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	layer, err := image.LayerTar(files)
+	layer, err := oci.LayerTar(files)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,4 @@
-// Package image assembles plinth's OCI image without a Docker engine (make
-// image, make push, and the end-to-end suite): the static plinth binary
-// and the filesystem tools plinth node runs (with their shared libraries)
-// taken from this Debian machine, the same set the Dockerfile installs.
-// Images are written as tarballs that `ctr images import` and `docker
-// load` take, or pushed to a registry.
-package image
+package oci
 
 import (
 	"archive/tar"
