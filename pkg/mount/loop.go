@@ -23,8 +23,13 @@ type Loop struct {
 	// 4096 lets direct I/O reach the backing filesystem unbuffered.
 	BlockSize uint32
 	// Avoid, when set, names free loop devices that must not be handed
-	// out (a number a consumer still holds); a fresh device is added for
-	// the attach instead.
+	// out; a fresh device is added for the attach instead. The rule it
+	// carries is the node's, not the allocator's: a loop number that a
+	// consumer still holds (a raw block volume's publish record names it,
+	// or a devtmpfs bind of it is mounted in a pod) is never given to
+	// another volume, since the consumer would then reach that volume's
+	// data through its old device node. plinth sets it to node.DeviceBound
+	// (pkg/node/targets.go) where it wires the node's pools (pkg/app).
 	Avoid func(dev string) bool
 
 	index loopIndex
