@@ -187,35 +187,27 @@ func (c *NodeConfig) deviceConfig() (device.Config, error) {
 // RunNode serves CSI and the device plugins until ctx ends or one fails.
 // With CSI it holds the lock of --root throughout.
 func RunNode(ctx context.Context, c NodeConfig) error {
-	var m *metrics.Metrics
-	parts := map[string]func(context.Context) error{}
-	if c.MetricsAddress != "" {
-		m = metrics.New()
-		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
-	}
 	if c.DisksDryRun {
 		return DisksDryRun(ctx, c.CSIConfig, os.Stdout, "table")
 	}
-	var local *node.Local
-	var devices func() []v1alpha1.DeviceStatus
-	var disks func() []v1alpha1.DiskStatus
-	var watcher *disk.Watcher
-	var draRes []device.Resource
-	if c.Devices && c.devices != nil {
-		draRes = draResources(*c.devices)
+	if c.Devices && c.devices == nil {
+		return errors.New("plinth node: the configuration was not validated (NodeConfig.Validate)")
 	}
-	var rest *restclient.Config
-	var core kubernetes.Interface
+	n := &nodeRun{NodeConfig: c, parts: map[string]func(context.Context) error{}}
+	if c.MetricsAddress != "" {
+		n.metrics = metrics.New()
+		n.parts["metrics"] = func(ctx context.Context) error { return n.metrics.Serve(ctx, c.MetricsAddress) }
+	}
 	if c.Cluster {
 		var err error
-		if rest, err = restConfig(c.Kubeconfig, 50, 100); err != nil {
+		if n.rest, err = restConfig(c.Kubeconfig, 50, 100); err != nil {
 			return err
 		}
-		if core, err = kubernetes.NewForConfig(rest); err != nil {
+		if n.core, err = kubernetes.NewForConfig(n.rest); err != nil {
 			return err
 		}
 	}
-	if !c.CSI && len(draRes) > 0 {
+	if !c.CSI && c.Devices && len(draResources(*c.devices)) > 0 {
 		// The DRA checkpoint lives in --root: one process per root.
 		lock, err := LockRoot(c.Root)
 		if err != nil {
@@ -224,165 +216,230 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		defer lock.Unlock()
 	}
 	if c.CSI {
-		lock, err := claimRoot(c.CSIConfig)
+		unlock, err := n.volumes(ctx)
 		if err != nil {
 			return err
 		}
-		defer lock.Unlock()
-		if local, watcher, err = openLocal(ctx, c.CSIConfig); err != nil {
-			return err
-		}
-		if watcher != nil {
-			parts["disks"] = watcher.Run
-			disks = func() []v1alpha1.DiskStatus { return diskStatuses(watcher) }
-		}
-		parts["CSI"] = func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, false, m) }
-		sock, err := unixsock.ParseEndpoint(c.Endpoint)
-		if err != nil {
-			return err
-		}
-		reg := kubelet.NewCSIRegistration(c.DriverName, sock)
-		reg.OnStatus = func(ok bool, msg string) {
-			if ok && m != nil {
-				m.Registered("csi")
-			}
-			if c.OnKubeletRegistration != nil {
-				c.OnKubeletRegistration(ok, msg)
-			}
-		}
-		if m != nil {
-			m.AddReadyCheck("kubelet-csi-registration", func(context.Context) error {
-				if !reg.Registered() {
-					return errors.New("the kubelet has not registered the CSI driver")
-				}
-				return nil
-			})
-		}
-		parts["kubelet plugin registration"] = func(ctx context.Context) error { return reg.Serve(ctx, c.KubeletDir) }
+		defer unlock()
 	}
 	if c.Devices {
-		if c.devices == nil {
-			return errors.New("plinth node: the configuration was not validated (NodeConfig.Validate)")
-		}
-		cfg, dev := *c.devices, c.DeviceDevRoot
-		host := device.Host{Sysfs: c.DeviceSysfsRoot, Dev: dev, Proc: c.ProcRoot}
-		inv := device.NewInventory(host, cfg)
-		if _, _, err := inv.Scan(); err != nil {
-			return fmt.Errorf("discover devices: %w", err)
-		}
-		for _, r := range cfg.Resources {
-			klog.InfoS("Serving resource", "resource", r.Name, "units", len(inv.Units(r)), "replicas", r.Sharing.Replicas)
-		}
-		dpc := deviceplugin.Config{KubeletDir: c.KubeletDir, CDIDir: c.CDIDir, DevRoot: dev}
-		if m != nil {
-			dpc.ObserveAllocate = m.ObserveAllocate
-			dpc.OnRegistered = func(resource string, _ time.Duration) { m.Registered("device-plugin:" + resource) }
-			if err := m.Register(metrics.NewDeviceCollector(func() []metrics.DeviceSample {
-				var out []metrics.DeviceSample
-				for _, r := range cfg.Resources {
-					s := metrics.DeviceSample{Resource: r.Name}
-					for _, u := range inv.Units(r) {
-						if u.Healthy {
-							s.Healthy++
-						} else {
-							s.Unhealthy++
-						}
-					}
-					out = append(out, s)
-				}
-				return out
-			}, inv.Transitions)); err != nil {
-				return err
-			}
-		}
-		plugins := pluginResources(cfg)
-		mgr, err := deviceplugin.NewManager(dpc, plugins, inv)
-		if err != nil {
+		if err := n.accelerators(); err != nil {
 			return err
-		}
-		if m != nil {
-			m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
-			m.AddLiveCheck("device-plugin-sockets", mgr.Alive)
-		}
-		devices = func() []v1alpha1.DeviceStatus {
-			var out []v1alpha1.DeviceStatus
-			for _, r := range cfg.Resources {
-				for _, u := range inv.Units(r) {
-					out = append(out, v1alpha1.DeviceStatus{Resource: r.Name, ID: u.ID, Healthy: u.Healthy, NUMANode: u.Device.NUMANode})
-				}
-			}
-			return out
-		}
-		parts["device inventory"] = inv.Run
-		parts["device plugins"] = mgr.Run
-		// The DRA driver runs for the resources configured api: dra, and
-		// also, with none, while claims it prepared before are still
-		// prepared (the kubelet must be able to unprepare them).
-		var driver *dra.Driver
-		if core != nil && c.CDIDir != "" {
-			dc := dra.Config{DriverName: c.DriverName, NodeName: c.NodeID, KubeletDir: c.KubeletDir, StateDir: c.Root,
-				CDIDir: c.CDIDir, DevRoot: dev, Resources: draRes, Inventory: inv, Client: core}
-			if m != nil {
-				dc.ObservePrepare = m.ObservePrepare
-				dc.OnRegistered = func() { m.Registered("dra") }
-			}
-			if driver, err = dra.New(dc); err != nil {
-				return err
-			}
-			if driver.Needed() {
-				parts["DRA"] = driver.Run
-				if m != nil {
-					m.AddReadyCheck("kubelet-dra-registration", func(context.Context) error { return driver.Registered() })
-				}
-			} else {
-				driver = nil
-			}
-		}
-		if core != nil && len(plugins) > 0 {
-			// No plugin registers while DRA still offers or holds its
-			// resource's devices (a resource switched back).
-			var names []string
-			for _, r := range plugins {
-				names = append(names, r.Name)
-			}
-			var held func() []string
-			if driver != nil {
-				held = func() []string { return driver.Held(names) }
-			}
-			parts["device plugins"] = func(ctx context.Context) error {
-				if err := dra.Withdraw(ctx, core, c.DriverName, c.NodeID, plugins, driver != nil, held); err != nil {
-					if ctx.Err() != nil {
-						return nil // stopped while waiting
-					}
-					return err
-				}
-				return mgr.Run(ctx)
-			}
 		}
 	}
 	if c.Cluster {
-		rec, status, stop, err := newReconciler(c, rest, core, local, devices, disks)
+		stop, err := n.cluster()
 		if err != nil {
 			return err
 		}
 		defer stop()
-		// A pool whose health changes, and a disk that comes or goes, make
-		// the volume objects look again (a volume on a gone disk says so);
-		// a disk change is published at once, not at the next heartbeat.
-		status.OnPoolChange = rec.RequeueVolumes
-		if watcher != nil {
-			watcher.OnChange = func(ctx context.Context) {
-				if err := status.Publish(ctx, false); err != nil {
-					klog.ErrorS(err, "Publish node status after a disk change")
-				}
-				rec.RequeueVolumes()
-			}
-		}
-		parts["volume objects"] = rec.Run
-		parts["node status"] = status.Run
 	}
 	klog.InfoS("plinth node started", "version", c.Version, "csi", c.CSI, "devices", c.Devices, "kubeletDir", c.KubeletDir)
-	return runAll(ctx, parts)
+	return runAll(ctx, n.parts)
+}
+
+// nodeRun is one `plinth node` being put together: each of its sides
+// (volumes, accelerators, the cluster's objects) adds the parts it runs.
+type nodeRun struct {
+	NodeConfig
+	parts   map[string]func(context.Context) error
+	metrics *metrics.Metrics // nil without --metrics-address
+	rest    *restclient.Config
+	core    kubernetes.Interface // nil without --cluster
+
+	local   *node.Local   // the node's pools (CSI)
+	watcher *disk.Watcher // the node's disks, with disk rules
+	devices func() []v1alpha1.DeviceStatus
+}
+
+// volumes claims the root and opens the node's pools, then serves the
+// CSI Node service and registers it with the kubelet; unlock releases the
+// root when the node stops.
+func (n *nodeRun) volumes(ctx context.Context) (unlock func(), err error) {
+	lock, err := claimRoot(n.CSIConfig)
+	if err != nil {
+		return nil, err
+	}
+	if n.local, n.watcher, err = openLocal(ctx, n.CSIConfig); err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	sock, err := unixsock.ParseEndpoint(n.Endpoint)
+	if err != nil {
+		lock.Unlock()
+		return nil, err
+	}
+	if n.watcher != nil {
+		n.parts["disks"] = n.watcher.Run
+	}
+	n.parts["CSI"] = func(ctx context.Context) error {
+		return serveCSI(ctx, n.CSIConfig, n.Version, n.local, false, n.metrics)
+	}
+	m := n.metrics
+	reg := kubelet.NewCSIRegistration(n.DriverName, sock)
+	reg.OnStatus = func(ok bool, msg string) {
+		if ok && m != nil {
+			m.Registered("csi")
+		}
+		if n.OnKubeletRegistration != nil {
+			n.OnKubeletRegistration(ok, msg)
+		}
+	}
+	if m != nil {
+		m.AddReadyCheck("kubelet-csi-registration", func(context.Context) error {
+			if !reg.Registered() {
+				return errors.New("the kubelet has not registered the CSI driver")
+			}
+			return nil
+		})
+	}
+	n.parts["kubelet plugin registration"] = func(ctx context.Context) error { return reg.Serve(ctx, n.KubeletDir) }
+	return func() { lock.Unlock() }, nil
+}
+
+// accelerators discovers the node's devices and serves them: device
+// plugins for the resources configured so, the DRA driver for those
+// configured api: dra (and while claims it prepared are still prepared).
+func (n *nodeRun) accelerators() error {
+	cfg, dev := *n.NodeConfig.devices, n.DeviceDevRoot
+	host := device.Host{Sysfs: n.DeviceSysfsRoot, Dev: dev, Proc: n.ProcRoot}
+	inv := device.NewInventory(host, cfg)
+	if _, _, err := inv.Scan(); err != nil {
+		return fmt.Errorf("discover devices: %w", err)
+	}
+	for _, r := range cfg.Resources {
+		klog.InfoS("Serving resource", "resource", r.Name, "units", len(inv.Units(r)), "replicas", r.Sharing.Replicas)
+	}
+	m := n.metrics
+	dpc := deviceplugin.Config{KubeletDir: n.KubeletDir, CDIDir: n.CDIDir, DevRoot: dev}
+	if m != nil {
+		dpc.ObserveAllocate = m.ObserveAllocate
+		dpc.OnRegistered = func(resource string, _ time.Duration) { m.Registered("device-plugin:" + resource) }
+		if err := m.Register(metrics.NewDeviceCollector(deviceSamples(cfg, inv), inv.Transitions)); err != nil {
+			return err
+		}
+	}
+	plugins := pluginResources(cfg)
+	mgr, err := deviceplugin.NewManager(dpc, plugins, inv)
+	if err != nil {
+		return err
+	}
+	if m != nil {
+		m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
+		m.AddLiveCheck("device-plugin-sockets", mgr.Alive)
+	}
+	n.devices = func() []v1alpha1.DeviceStatus {
+		var out []v1alpha1.DeviceStatus
+		for _, r := range cfg.Resources {
+			for _, u := range inv.Units(r) {
+				out = append(out, v1alpha1.DeviceStatus{Resource: r.Name, ID: u.ID, Healthy: u.Healthy, NUMANode: u.Device.NUMANode})
+			}
+		}
+		return out
+	}
+	n.parts["device inventory"] = inv.Run
+	n.parts["device plugins"] = mgr.Run
+	driver, err := n.draDriver(cfg, inv)
+	if err != nil {
+		return err
+	}
+	if n.core != nil && len(plugins) > 0 {
+		// No plugin registers while DRA still offers or holds its
+		// resource's devices (a resource switched back).
+		var names []string
+		for _, r := range plugins {
+			names = append(names, r.Name)
+		}
+		var held func() []string
+		if driver != nil {
+			held = func() []string { return driver.Held(names) }
+		}
+		core := n.core
+		n.parts["device plugins"] = func(ctx context.Context) error {
+			if err := dra.Withdraw(ctx, core, n.DriverName, n.NodeID, plugins, driver != nil, held); err != nil {
+				if ctx.Err() != nil {
+					return nil // stopped while waiting
+				}
+				return err
+			}
+			return mgr.Run(ctx)
+		}
+	}
+	return nil
+}
+
+// deviceSamples counts each resource's healthy and unhealthy units for
+// the metrics.
+func deviceSamples(cfg device.Config, inv *device.Inventory) func() []metrics.DeviceSample {
+	return func() []metrics.DeviceSample {
+		var out []metrics.DeviceSample
+		for _, r := range cfg.Resources {
+			s := metrics.DeviceSample{Resource: r.Name}
+			for _, u := range inv.Units(r) {
+				if u.Healthy {
+					s.Healthy++
+				} else {
+					s.Unhealthy++
+				}
+			}
+			out = append(out, s)
+		}
+		return out
+	}
+}
+
+// draDriver is the DRA driver when it has something to do: resources
+// configured api: dra, or claims it prepared before that are still
+// prepared (the kubelet must be able to unprepare them). Nil otherwise,
+// and without the API server or CDI.
+func (n *nodeRun) draDriver(cfg device.Config, inv *device.Inventory) (*dra.Driver, error) {
+	if n.core == nil || n.CDIDir == "" {
+		return nil, nil
+	}
+	m := n.metrics
+	dc := dra.Config{DriverName: n.DriverName, NodeName: n.NodeID, KubeletDir: n.KubeletDir, StateDir: n.Root,
+		CDIDir: n.CDIDir, DevRoot: n.DeviceDevRoot, Resources: draResources(cfg), Inventory: inv, Client: n.core}
+	if m != nil {
+		dc.ObservePrepare = m.ObservePrepare
+		dc.OnRegistered = func() { m.Registered("dra") }
+	}
+	driver, err := dra.New(dc)
+	if err != nil || !driver.Needed() {
+		return nil, err
+	}
+	n.parts["DRA"] = driver.Run
+	if m != nil {
+		m.AddReadyCheck("kubelet-dra-registration", func(context.Context) error { return driver.Registered() })
+	}
+	return driver, nil
+}
+
+// cluster reconciles the node's volume objects and publishes its
+// PlinthNode; stop shuts the event broadcaster down.
+func (n *nodeRun) cluster() (stop func(), err error) {
+	var disks func() []v1alpha1.DiskStatus
+	if w := n.watcher; w != nil {
+		disks = func() []v1alpha1.DiskStatus { return diskStatuses(w) }
+	}
+	rec, status, stop, err := newReconciler(n.NodeConfig, n.rest, n.core, n.local, n.devices, disks)
+	if err != nil {
+		return nil, err
+	}
+	// A pool whose health changes, and a disk that comes or goes, make
+	// the volume objects look again (a volume on a gone disk says so);
+	// a disk change is published at once, not at the next heartbeat.
+	status.OnPoolChange = rec.RequeueVolumes
+	if n.watcher != nil {
+		n.watcher.OnChange = func(ctx context.Context) {
+			if err := status.Publish(ctx, false); err != nil {
+				klog.ErrorS(err, "Publish node status after a disk change")
+			}
+			rec.RequeueVolumes()
+		}
+	}
+	n.parts["volume objects"] = rec.Run
+	n.parts["node status"] = status.Run
+	return stop, nil
 }
 
 // newReconciler connects to the API server for the node's volume objects
