@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/pkg/ext4"
 )
 
 // chunk is how much of a template is read and written at once. No
@@ -68,7 +70,7 @@ func copyExt4(src *os.File, g ext4Geometry, device string, size int64) error {
 	}
 	supers := g.superOffsets()
 	for _, s := range supers {
-		if !slices.ContainsFunc(extents, func(e extent) bool { return s >= e.off && s+ext4SuperSize <= e.end }) {
+		if !slices.ContainsFunc(extents, func(e extent) bool { return s >= e.off && s+ext4.SuperSize <= e.end }) {
 			return fmt.Errorf("%w: template %s holds no superblock at %d", ErrNoTemplate, tmpl, s)
 		}
 	}
@@ -98,8 +100,8 @@ func copyExt4(src *os.File, g ext4Geometry, device string, size int64) error {
 				return fmt.Errorf("read template %s: %w", tmpl, err)
 			}
 			for _, s := range supers {
-				if s >= off && s+ext4SuperSize <= off+int64(len(b)) {
-					if err := reidentify(b[s-off:s-off+ext4SuperSize], uuid, seed); err != nil {
+				if s >= off && s+ext4.SuperSize <= off+int64(len(b)) {
+					if err := reidentify(b[s-off:s-off+ext4.SuperSize], uuid, seed); err != nil {
 						return fmt.Errorf("template %s at %d: %w", tmpl, s, err)
 					}
 					patched++

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/plinth-dev/plinth/pkg/ext4"
 	"github.com/plinth-dev/plinth/pkg/mount"
 )
 
@@ -177,8 +178,8 @@ func TestReidentifyIsTune2fs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	sb := make([]byte, ext4SuperSize)
-	if _, err := f.ReadAt(sb, ext4SuperOffset); err != nil {
+	sb := make([]byte, ext4.SuperSize)
+	if _, err := f.ReadAt(sb, ext4.SuperOffset); err != nil {
 		t.Fatal(err)
 	}
 	g, err := parseExt4(sb)
@@ -186,7 +187,7 @@ func TestReidentifyIsTune2fs(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seed [16]byte
-	copy(seed[:], sb[offHashSeed:])
+	copy(seed[:], sb[ext4.OffHashSeed:])
 	offs := g.superOffsets()
 	if len(offs) != 8 {
 		t.Errorf("%d superblocks, want 8", len(offs))
@@ -196,7 +197,7 @@ func TestReidentifyIsTune2fs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tf.Close()
-	tsb := make([]byte, ext4SuperSize)
+	tsb := make([]byte, ext4.SuperSize)
 	for _, off := range offs {
 		if _, err := f.ReadAt(sb, off); err != nil {
 			t.Fatal(err)
@@ -317,8 +318,8 @@ func TestInterruptedCopyLeavesNoSuperblock(t *testing.T) {
 	}
 	f, _ := os.Open(dst)
 	defer f.Close()
-	sb := make([]byte, ext4SuperSize)
-	f.ReadAt(sb, ext4SuperOffset)
+	sb := make([]byte, ext4.SuperSize)
+	f.ReadAt(sb, ext4.SuperOffset)
 	if !bytes.Equal(sb, make([]byte, len(sb))) {
 		t.Error("the primary superblock was written by a copy that failed")
 	}
@@ -336,7 +337,7 @@ func TestTemplateRemadeWhenDamaged(t *testing.T) {
 		func() { os.Truncate(p, size-4096) },
 		func() {
 			f, _ := os.OpenFile(p, os.O_RDWR, 0)
-			f.WriteAt([]byte{0xff}, ext4SuperOffset+offBlocksCount)
+			f.WriteAt([]byte{0xff}, ext4.SuperOffset+ext4.OffBlocksCount)
 			f.Close()
 		},
 		func() { os.Remove(p) },

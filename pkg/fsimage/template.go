@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/ext4"
 	"github.com/plinth-dev/plinth/pkg/mount"
 )
 
@@ -365,8 +366,8 @@ func checkTemplate(f *os.File, size int64) (ext4Geometry, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != size {
 		return ext4Geometry{}, fmt.Errorf("template %s: not a regular file of %d bytes", f.Name(), size)
 	}
-	sb := make([]byte, ext4SuperSize)
-	if _, err := f.ReadAt(sb, ext4SuperOffset); err != nil {
+	sb := make([]byte, ext4.SuperSize)
+	if _, err := f.ReadAt(sb, ext4.SuperOffset); err != nil {
 		return ext4Geometry{}, fmt.Errorf("read template %s: %w", f.Name(), err)
 	}
 	g, err := parseExt4(sb)

@@ -2,7 +2,6 @@ package mount
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +14,8 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/ext4"
 )
 
 // ErrOnlineResizeRefused is returned when the kernel refuses to grow a
@@ -536,32 +537,26 @@ func (h *Host) growExt4Offline(ctx context.Context, device string) error {
 	return nil
 }
 
-// ext4Bytes reads the size of an ext2/3/4 filesystem from its superblock
-// (1024 bytes in): block count (with the high half on 64-bit filesystems)
-// times the block size.
+// ext4Bytes reads the size of an ext2/3/4 filesystem from its superblock:
+// block count times block size.
 func ext4Bytes(device string) (int64, error) {
 	f, err := os.Open(device)
 	if err != nil {
 		return 0, fmt.Errorf("open %s: %w", device, err)
 	}
 	defer f.Close()
-	sb := make([]byte, 1024)
-	if _, err := f.ReadAt(sb, 1024); err != nil {
+	sb := make(ext4.Super, ext4.SuperSize)
+	if _, err := f.ReadAt(sb, ext4.SuperOffset); err != nil {
 		return 0, fmt.Errorf("read superblock of %s: %w", device, err)
 	}
-	if binary.LittleEndian.Uint16(sb[0x38:]) != 0xEF53 {
+	if !sb.Valid() {
 		return 0, fmt.Errorf("%w: %s has no ext2/3/4 superblock", ErrForeignData, device)
 	}
-	count := uint64(binary.LittleEndian.Uint32(sb[0x4:]))
-	const incompat64bit = 0x80
-	if binary.LittleEndian.Uint32(sb[0x60:])&incompat64bit != 0 {
-		count |= uint64(binary.LittleEndian.Uint32(sb[0x150:])) << 32
-	}
-	logSize := binary.LittleEndian.Uint32(sb[0x18:])
-	if logSize > 6 {
+	logSize := sb.LogBlockSize()
+	if logSize > ext4.MaxLogBlockSize {
 		return 0, fmt.Errorf("%s: ext4 block size 2^(10+%d) is not valid", device, logSize)
 	}
-	return int64(count) << (10 + logSize), nil
+	return int64(sb.Blocks()) << (10 + logSize), nil
 }
 
 // DeviceSize returns the size in bytes of a block device.
