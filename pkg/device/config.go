@@ -302,17 +302,13 @@ func (c Config) Globs() []string {
 	return out
 }
 
-// Assign returns, per resource name, the devices it serves: each device
-// goes to the first resource whose selector matches it.
-func (c Config) Assign(devs []Device) map[string][]Device {
-	out := map[string][]Device{}
-	for _, d := range devs {
-		for _, r := range c.Resources {
-			if r.Selector.Matches(d) {
-				out[r.Name] = append(out[r.Name], d)
-				break
-			}
+// owner is the resource that serves d: the first whose selector matches
+// it ("" when none does).
+func (c Config) owner(d Device) string {
+	for _, r := range c.Resources {
+		if r.Selector.Matches(d) {
+			return r.Name
 		}
 	}
-	return out
+	return ""
 }

@@ -74,12 +74,31 @@ func TestDefaultConfigSelectsGPUsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	for fixture, want := range map[string]int{"nvidia-8gpu": 8, "amd-2gpu": 2, "intel-gpu": 2, "accel-4": 0, "vfio": 1, "none": 0} {
-		devs, err := fixtureHost(fixture).Discover(c.Globs())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := len(c.Assign(devs)["example.com/gpu"]); got != want {
+		if got := len(served(t, fixtureHost(fixture), c, "example.com/gpu")); got != want {
 			t.Errorf("%s: default config exposes %d GPUs, want %d (not the BMC VGA, not vfio-bound)", fixture, got, want)
 		}
 	}
+}
+
+// served is what an Inventory over host serves as resource name (the
+// product's path from discovery to a resource's devices): one entry per
+// device, sorted by ID.
+func served(t *testing.T, host Host, c Config, name string) []Device {
+	t.Helper()
+	inv := NewInventory(host, c)
+	if _, _, err := inv.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range c.Resources {
+		if r.Name == name {
+			r.Sharing.Replicas = 1 // one unit per device
+			var out []Device
+			for _, u := range inv.Units(r) {
+				out = append(out, u.Device)
+			}
+			return out
+		}
+	}
+	t.Fatalf("no resource %s", name)
+	return nil
 }

@@ -8,12 +8,8 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	devs, err := fixtureHost("vfio").Discover(c.Globs())
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := c.Assign(devs)
-	if len(got["example.com/gpu"]) != 1 || len(got["example.com/vfio-gpu"]) != 1 {
-		t.Errorf("vfio fixture assigned %v", got)
+	gpus, vfio := served(t, fixtureHost("vfio"), c, "example.com/gpu"), served(t, fixtureHost("vfio"), c, "example.com/vfio-gpu")
+	if len(gpus) != 1 || len(vfio) != 1 {
+		t.Errorf("vfio fixture serves %v as example.com/gpu and %v as example.com/vfio-gpu", gpus, vfio)
 	}
 }

@@ -60,7 +60,7 @@ func (inv *Inventory) Units(r Resource) []UnitStatus {
 	defer inv.mu.Unlock()
 	var devs []Device
 	for _, t := range inv.devices {
-		if r.Selector.Matches(t.dev) && inv.ownerLocked(t.dev) == r.Name {
+		if r.Selector.Matches(t.dev) && inv.cfg.owner(t.dev) == r.Name {
 			devs = append(devs, t.dev)
 		}
 	}
@@ -70,16 +70,6 @@ func (inv *Inventory) Units(r Resource) []UnitStatus {
 		out = append(out, UnitStatus{Unit: u, Healthy: inv.devices[u.Device.ID].healthy})
 	}
 	return out
-}
-
-// ownerLocked is the first resource whose selector matches d.
-func (inv *Inventory) ownerLocked(d Device) string {
-	for _, r := range inv.cfg.Resources {
-		if r.Selector.Matches(d) {
-			return r.Name
-		}
-	}
-	return ""
 }
 
 // Scan rediscovers devices and updates health; it reports whether anything
@@ -167,7 +157,7 @@ func (inv *Inventory) logServed() {
 	defer inv.mu.Unlock()
 	per := map[string]int{}
 	for _, t := range inv.devices {
-		if owner := inv.ownerLocked(t.dev); owner != "" {
+		if owner := inv.cfg.owner(t.dev); owner != "" {
 			per[owner]++
 		}
 	}

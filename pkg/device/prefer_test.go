@@ -29,12 +29,7 @@ func ids(names string) []string {
 }
 
 func TestPreferOn8GPUs(t *testing.T) {
-	devs, err := fixtureHost("nvidia-8gpu").Discover(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := DefaultConfig()
-	gpuDevs := c.Assign(devs)["example.com/gpu"]
+	gpuDevs := served(t, fixtureHost("nvidia-8gpu"), DefaultConfig(), "example.com/gpu")
 	all := "g0 g1 g2 g3 g4 g5 g6 g7"
 	tests := map[string]struct {
 		available, must string
@@ -73,8 +68,7 @@ func TestPreferOn8GPUs(t *testing.T) {
 }
 
 func TestPreferReplicas(t *testing.T) {
-	devs, _ := fixtureHost("nvidia-8gpu").Discover(nil)
-	gpuDevs := DefaultConfig().Assign(devs)["example.com/gpu"]
+	gpuDevs := served(t, fixtureHost("nvidia-8gpu"), DefaultConfig(), "example.com/gpu")
 	units := Units(gpuDevs, 2)
 	if len(units) != 16 || units[0].ID != "0000:18:00.0::0" {
 		t.Fatalf("units %d, first %s", len(units), units[0].ID)
