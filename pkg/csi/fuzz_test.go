@@ -33,7 +33,7 @@ func FuzzPathsCheck(f *testing.F) {
 	noLink := func(string) (bool, error) { return false, nil }
 	same := func(s string) (string, error) { return s, nil }
 	f.Fuzz(func(t *testing.T, path string) {
-		if p.Check("path", path, noLink, same) != nil {
+		if _, err := p.Resolve("path", path, noLink, same); err != nil {
 			return
 		}
 		if !strings.HasPrefix(path, "/var/lib/kubelet/") || strings.HasPrefix(path+"/", "/var/lib/kubelet/plinth-state/") || filepath.Clean(path) != path {

@@ -144,16 +144,11 @@ func under(path, root string) bool {
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
-// Check validates path: absolute, clean, within Allowed after resolving
-// symlinks in its parent, outside Owned, and not itself a symlink.
-func (p Paths) Check(kind, path string, lstat func(string) (isSymlink bool, err error), evalParent func(string) (string, error)) error {
-	_, err := p.Resolve(kind, path, lstat, evalParent)
-	return err
-}
-
-// Resolve is Check that also returns the path with its parent's symlinks
-// resolved: what the node works on, so that two spellings of one place
-// are one place (mount table lookups, locks, records).
+// Resolve validates path (absolute, clean, within Allowed after resolving
+// symlinks in its parent, outside Owned, and not itself a symlink) and
+// returns it with its parent's symlinks resolved: what the node works on,
+// so that two spellings of one place are one place (mount table lookups,
+// locks, records).
 func (p Paths) Resolve(kind, path string, lstat func(string) (isSymlink bool, err error), evalParent func(string) (string, error)) (string, error) {
 	switch {
 	case path == "":

@@ -115,9 +115,9 @@ func TestPathsCheck(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			err := toStatus(p.Check("target path", tc.path, lstatLink, filepath.EvalSymlinks))
-			if status.Code(err) != tc.code {
-				t.Fatalf("Check(%q) = %v, want %v", tc.path, err, tc.code)
+			_, err := p.Resolve("target path", tc.path, lstatLink, filepath.EvalSymlinks)
+			if status.Code(toStatus(err)) != tc.code {
+				t.Fatalf("Resolve(%q) = %v, want %v", tc.path, err, tc.code)
 			}
 		})
 	}
