@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -335,18 +334,18 @@ func filesystemMountedAt(dir string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != real, false })
+	mounts, err := mount.MountsAt(real)
 	if err != nil {
 		return false, err
 	}
-	var top *mountinfo.Info
+	var top *mount.Info
 	for _, m := range mounts {
 		covered := false
 		for _, n := range mounts {
 			covered = covered || n.Parent == m.ID
 		}
 		if !covered {
-			top = m
+			top = &m
 		}
 	}
 	switch {

@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -49,7 +47,7 @@ type Mounter interface {
 	Bind(source, target string, o BindOptions) error
 	Unmount(target string) error
 	// MountOf returns the mount at exactly path, or ok=false.
-	MountOf(path string) (m *mountinfo.Info, ok bool, err error)
+	MountOf(path string) (m *Info, ok bool, err error)
 	// GrowFs grows the filesystem on device, mounted at mountPath, to the
 	// size of the device.
 	GrowFs(ctx context.Context, device, mountPath string) error
@@ -471,15 +469,18 @@ func (h *Host) Unmount(target string) error {
 	return nil
 }
 
-func (h *Host) MountOf(path string) (*mountinfo.Info, bool, error) {
-	mounts, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(filepath.Clean(path)))
+func (h *Host) MountOf(path string) (*Info, bool, error) {
+	mounts, err := MountsAt(path)
 	if err != nil {
-		return nil, false, fmt.Errorf("read mountinfo: %w", err)
+		return nil, false, err
 	}
 	if len(mounts) == 0 {
 		return nil, false, nil
 	}
-	return mounts[len(mounts)-1], true, nil
+	// The first at path in the table: of mounts stacked there, the
+	// bottom one (as moby/sys/mountinfo's SingleEntryFilter, which
+	// stopped at the first, returned), not the one the path shows.
+	return &mounts[0], true, nil
 }
 
 func (h *Host) GrowFs(ctx context.Context, device, mountPath string) error {

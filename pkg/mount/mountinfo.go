@@ -3,17 +3,114 @@ package mount
 import (
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 
-	"github.com/moby/sys/mountinfo"
+	mountutils "k8s.io/mount-utils"
 )
+
+// Info is one mount of the mount table (/proc/self/mountinfo), with the
+// kernel's octal escapes (\040 for a space) undone in its paths.
+type Info struct {
+	ID, Parent int // the mount's ID and the ID of the mount it sits on
+	// Major and Minor are st_dev of the files on the mounted filesystem.
+	Major, Minor int
+	// Root is the directory of the filesystem that is mounted: "/" for a
+	// whole filesystem, the source's path inside it for a bind.
+	Root       string
+	Mountpoint string
+	// Options are the per-mount options, as the table writes them
+	// ("rw,nosuid,nodev,relatime").
+	Options string
+	FSType  string
+	Source  string
+}
+
+// mountTable is the table Mounts reads: this process's mount namespace.
+const mountTable = "/proc/self/mountinfo"
+
+// Mounts reads the mount table, in its order: a mount stacked on another
+// at the same path comes after it. k8s.io/mount-utils reads it (again and
+// again until two reads agree, on kernels whose reads can tear).
+func Mounts() ([]Info, error) { return readMounts(mountTable) }
+
+// MountsAt returns every mount at exactly path (cleaned), in table order.
+func MountsAt(path string) ([]Info, error) {
+	mounts, err := Mounts()
+	if err != nil {
+		return nil, err
+	}
+	path = filepath.Clean(path)
+	var out []Info
+	for _, m := range mounts {
+		if m.Mountpoint == path {
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// Under reports whether m is mounted at dir or below it (dir absolute and
+// clean).
+func (m Info) Under(dir string) bool { return mountutils.PathWithinBase(m.Mountpoint, dir) }
+
+func readMounts(table string) ([]Info, error) {
+	infos, err := mountutils.ParseMountInfo(table)
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	out := make([]Info, 0, len(infos))
+	for _, mi := range infos {
+		m := Info{
+			ID: mi.ID, Parent: mi.ParentID, Major: mi.Major, Minor: mi.Minor,
+			Options: strings.Join(mi.MountOptions, ","),
+		}
+		// mount-utils leaves the kernel's escapes in place.
+		for _, f := range []struct {
+			to   *string
+			from string
+		}{{&m.Root, mi.Root}, {&m.Mountpoint, mi.MountPoint}, {&m.FSType, mi.FsType}, {&m.Source, mi.Source}} {
+			if *f.to, err = unescape(f.from); err != nil {
+				return nil, fmt.Errorf("read mountinfo: mount %d: %w", mi.ID, err)
+			}
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// unescape undoes the octal escapes the kernel writes in mountinfo's
+// fields: \040 a space, \011 a tab, \012 a newline, \134 a backslash (and
+// \043 a '#' on newer kernels).
+func unescape(s string) (string, error) {
+	if !strings.Contains(s, `\`) {
+		return s, nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+4 > len(s) {
+			return "", fmt.Errorf("bad escape in %q: too short", s)
+		}
+		c, err := strconv.ParseUint(s[i+1:i+4], 8, 8)
+		if err != nil {
+			return "", fmt.Errorf("bad escape in %q: %w", s, err)
+		}
+		b.WriteByte(byte(c))
+		i += 3
+	}
+	return b.String(), nil
+}
 
 // IsMountSource reports whether dir (or anything below it) is the source of
 // a bind mount somewhere, as seen in /proc/self/mountinfo.
 func IsMountSource(dir string) (bool, error) {
-	mounts, err := mountinfo.GetMounts(nil)
+	mounts, err := Mounts()
 	if err != nil {
-		return false, fmt.Errorf("read mountinfo: %w", err)
+		return false, err
 	}
 	dir = filepath.Clean(dir)
 	for _, m := range mounts {

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -113,8 +112,8 @@ func (p *Mounts) lookup(ctx context.Context, id string, a Access) (pool.Pool, po
 
 // site is what a path holds now.
 type site struct {
-	fi    os.FileInfo     // from Lstat (a mount point shows the mounted root); nil when absent
-	mount *mountinfo.Info // the top mount at the path, nil when none
+	fi    os.FileInfo // from Lstat (a mount point shows the mounted root); nil when absent
+	mount *mount.Info // the top mount at the path, nil when none
 }
 
 func (p *Mounts) look(path string) (site, error) {
@@ -160,7 +159,7 @@ func rdev(path string) (uint64, error) {
 // owns reports whether mount m at path is the volume's own: a mount of its
 // read-write device (filesystem), a bind of one of its devices (block;
 // roDevice names a read-only one), or a bind of its directory.
-func owns(att pool.Attachment, attached bool, m *mountinfo.Info, path string, block bool) (own bool, roDevice string, err error) {
+func owns(att pool.Attachment, attached bool, m *mount.Info, path string, block bool) (own bool, roDevice string, err error) {
 	if !attached || m == nil {
 		return false, "", nil
 	}
@@ -211,7 +210,7 @@ func owns(att pool.Attachment, attached bool, m *mountinfo.Info, path string, bl
 	return at.Dev == dir.Dev && at.Ino == dir.Ino, "", nil
 }
 
-func mountReadOnly(m *mountinfo.Info) bool {
+func mountReadOnly(m *mount.Info) bool {
 	return slices.Contains(strings.Split(m.Options, ","), "ro")
 }
 
@@ -579,7 +578,7 @@ func notMountedElsewhere(id string, all pool.Attachment, attached bool, own pool
 	var in []string
 	for _, m := range mounts {
 		if own.Device != "" && m.Mountpoint == stagingPath {
-			if ours, _, err := owns(own, true, m, stagingPath, false); err != nil {
+			if ours, _, err := owns(own, true, &m, stagingPath, false); err != nil {
 				return err
 			} else if ours {
 				continue
@@ -1087,7 +1086,7 @@ func (p *Mounts) Expand(ctx context.Context, id, path string) (int64, error) {
 
 // deviceMounts lists every mount of the volume's devices: filesystems on
 // them and binds of their device nodes.
-func deviceMounts(att pool.Attachment) ([]*mountinfo.Info, error) {
+func deviceMounts(att pool.Attachment) ([]mount.Info, error) {
 	devs := append([]string{att.Device}, att.ReadOnly...)
 	type majmin struct{ major, minor int }
 	nums := map[majmin]bool{}
@@ -1102,11 +1101,11 @@ func deviceMounts(att pool.Attachment) ([]*mountinfo.Info, error) {
 	if len(nums) == 0 {
 		return nil, nil
 	}
-	mounts, err := mountinfo.GetMounts(nil)
+	mounts, err := mount.Mounts()
 	if err != nil {
-		return nil, fmt.Errorf("read mountinfo: %w", err)
+		return nil, err
 	}
-	var out []*mountinfo.Info
+	var out []mount.Info
 	for _, m := range mounts {
 		of := nums[majmin{m.Major, m.Minor}]
 		for _, d := range devs {
@@ -1123,9 +1122,9 @@ func deviceMounts(att pool.Attachment) ([]*mountinfo.Info, error) {
 // table: mounts of the same filesystem and root as the staging mount, or
 // binds of the volume's devices.
 func (p *Mounts) publishedAt(pl pool.Pool, id string, att pool.Attachment, stagingPath string, block bool) ([]string, error) {
-	mounts, err := mountinfo.GetMounts(nil)
+	mounts, err := mount.Mounts()
 	if err != nil {
-		return nil, fmt.Errorf("read mountinfo: %w", err)
+		return nil, err
 	}
 	var out []string
 	if block {

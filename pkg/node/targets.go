@@ -9,9 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/moby/sys/mountinfo"
-
 	"github.com/plinth-dev/plinth/pkg/durable"
+	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
@@ -211,8 +210,14 @@ func DeviceBound(stateDir, dev string) bool {
 			}
 		}
 	}
-	mounts, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return m.FSType != "devtmpfs" || m.Root != "/"+name, false
-	})
-	return err != nil || len(mounts) > 0 // unreadable: be safe
+	mounts, err := mount.Mounts()
+	if err != nil {
+		return true // unreadable: be safe
+	}
+	for _, m := range mounts {
+		if m.FSType == "devtmpfs" && m.Root == "/"+name {
+			return true
+		}
+	}
+	return false
 }

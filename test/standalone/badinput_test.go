@@ -12,10 +12,10 @@ import (
 	"testing"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/moby/sys/mountinfo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/test/testenv"
 )
 
@@ -47,13 +47,15 @@ func fingerprint(t *testing.T, roots ...string) string {
 // mount and unmount elsewhere at the same time).
 func mountsUnder(t *testing.T, roots ...string) string {
 	var out []string
+	m, err := mount.Mounts()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range roots {
-		m, err := mountinfo.GetMounts(mountinfo.PrefixFilter(r))
-		if err != nil {
-			t.Fatal(err)
-		}
 		for _, x := range m {
-			out = append(out, x.Mountpoint)
+			if x.Under(r) {
+				out = append(out, x.Mountpoint)
+			}
 		}
 	}
 	sort.Strings(out)

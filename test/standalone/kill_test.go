@@ -16,10 +16,10 @@ import (
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/moby/sys/mountinfo"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/test/testenv"
 )
 
@@ -335,9 +335,11 @@ func leaksUnder(t *testing.T, e *env) []string {
 			return nil
 		})
 	}
-	mounts, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(e.root))
+	mounts, _ := mount.Mounts()
 	for _, m := range mounts {
-		out = append(out, "mount "+m.Mountpoint)
+		if m.Under(e.root) {
+			out = append(out, "mount "+m.Mountpoint)
+		}
 	}
 	// What the node recorded of publishes and stages goes with them.
 	for _, d := range []string{"targets", "staged"} {

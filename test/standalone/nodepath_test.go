@@ -11,11 +11,11 @@ import (
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/test/testenv"
 )
 
@@ -107,16 +107,16 @@ func wantCode(t *testing.T, what string, err error, want codes.Code) {
 	}
 }
 
-func mountAt(t *testing.T, path string) *mountinfo.Info {
+func mountAt(t *testing.T, path string) *mount.Info {
 	t.Helper()
-	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
+	ms, err := mount.MountsAt(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ms) == 0 {
 		return nil
 	}
-	return ms[len(ms)-1]
+	return &ms[0]
 }
 
 // foreignTmpfs mounts a tmpfs with a marker file at a new dir under root.

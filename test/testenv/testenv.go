@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/app"
@@ -98,7 +97,7 @@ func Filesystem(t testing.TB, fsType string, size int64) string {
 func TearDown(t testing.TB, dir string) {
 	t.Helper()
 	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	mounts, _ := mountinfo.GetMounts(nil)
+	mounts, _ := mount.Mounts()
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
@@ -188,9 +187,15 @@ func StandaloneStoppable(t testing.TB, cfg app.StandaloneConfig) (string, func()
 // under poolDirs is detached.
 func Reboot(t testing.TB, root string, poolDirs ...string) {
 	t.Helper()
-	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(root))
+	all, err := mount.Mounts()
 	if err != nil {
 		t.Fatal(err)
+	}
+	var mounts []mount.Info
+	for _, m := range all {
+		if m.Under(root) {
+			mounts = append(mounts, m)
+		}
 	}
 	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
 	for _, m := range mounts {

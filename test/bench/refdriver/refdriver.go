@@ -36,10 +36,10 @@ import (
 	"sync"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/moby/sys/mountinfo"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	mountutils "k8s.io/mount-utils"
 )
 
 // Driver serves CSI Identity, Controller and Node over volumes in Dir.
@@ -214,8 +214,13 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 }
 
 func mounted(path string) (bool, error) {
-	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
-	return len(ms) > 0, err
+	ms, err := mountutils.ParseMountInfo("/proc/self/mountinfo")
+	for _, m := range ms {
+		if m.MountPoint == path {
+			return true, nil
+		}
+	}
+	return false, err
 }
 
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
