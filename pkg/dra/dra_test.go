@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,17 +58,38 @@ func inventory(t *testing.T, name string, cfg device.Config) (*device.Inventory,
 
 func newDriver(t *testing.T, inv *device.Inventory, cfg device.Config, state, cdi, dev string) *Driver {
 	t.Helper()
+	d, _ := newCountedDriver(t, inv, cfg, state, cdi, dev)
+	return d
+}
+
+// newCountedDriver is newDriver with a count of the claims it prepares, as
+// its metrics hear them (ObservePrepare: answers from the checkpoint do not
+// count).
+func newCountedDriver(t *testing.T, inv *device.Inventory, cfg device.Config, state, cdi, dev string) (*Driver, *atomic.Int64) {
+	t.Helper()
 	var res []device.Resource
 	for _, r := range cfg.Resources {
 		if r.DRA() {
 			res = append(res, r)
 		}
 	}
-	d, err := New(Config{DriverName: driver, NodeName: "node-a", StateDir: state, CDIDir: cdi, DevRoot: dev, Resources: res, Inventory: inv})
+	n := &atomic.Int64{}
+	d, err := New(Config{DriverName: driver, NodeName: "node-a", StateDir: state, CDIDir: cdi, DevRoot: dev, Resources: res, Inventory: inv,
+		ObservePrepare: func(int, time.Duration) { n.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d
+	return d, n
+}
+
+// recorded is what d's checkpoint file lists as prepared.
+func recorded(t *testing.T, d *Driver) map[types.UID]PreparedClaim {
+	t.Helper()
+	claims, err := d.cp.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return claims
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -246,7 +268,7 @@ func TestPrepareUnprepare(t *testing.T) {
 	cfg := gpuConfig()
 	inv, dev := inventory(t, "nvidia-8gpu", cfg)
 	state, cdiDir := t.TempDir(), t.TempDir()
-	d := newDriver(t, inv, cfg, state, cdiDir, dev)
+	d, prepared := newCountedDriver(t, inv, cfg, state, cdiDir, dev)
 	ctx := context.Background()
 	c := claim("uid-1", "two", "pci-0000-18-00-0", "pci-0000-1a-00-0")
 	res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
@@ -294,10 +316,10 @@ func TestPrepareUnprepare(t *testing.T) {
 	}
 	// Asked again (a kubelet restart), and by a new process: the same answer, nothing prepared.
 	again, _ := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
-	d2 := newDriver(t, inv, cfg, state, cdiDir, dev)
+	d2, prepared2 := newCountedDriver(t, inv, cfg, state, cdiDir, dev)
 	third, _ := d2.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
-	if d.Preparations() != 1 || d2.Preparations() != 0 || len(again["uid-1"].Devices) != 2 || len(third["uid-1"].Devices) != 2 {
-		t.Errorf("preparations %d and %d, answers %+v %+v", d.Preparations(), d2.Preparations(), again, third)
+	if prepared.Load() != 1 || prepared2.Load() != 0 || len(again["uid-1"].Devices) != 2 || len(third["uid-1"].Devices) != 2 {
+		t.Errorf("preparations %d and %d, answers %+v %+v", prepared.Load(), prepared2.Load(), again, third)
 	}
 	// The spec file gone (a cleared CDI directory) is written again.
 	os.Remove(filepath.Join(cdiDir, "plinth.example.com-claim_uid-1.json"))
@@ -313,8 +335,8 @@ func TestPrepareUnprepare(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(cdiDir, "plinth.example.com-claim_uid-1.json")); !os.IsNotExist(err) {
 		t.Errorf("spec still there: %v", err)
 	}
-	if d3 := newDriver(t, inv, cfg, state, cdiDir, dev); len(d3.Prepared()) != 0 {
-		t.Errorf("checkpoint still lists %v", d3.Prepared())
+	if p := recorded(t, newDriver(t, inv, cfg, state, cdiDir, dev)); len(p) != 0 {
+		t.Errorf("checkpoint still lists %v", p)
 	}
 	if off, _ := New(Config{DriverName: driver, NodeName: "node-a", StateDir: state, CDIDir: cdiDir, DevRoot: dev, Inventory: inv}); off.Needed() {
 		t.Error("Needed with no DRA resource and nothing prepared")
@@ -356,8 +378,8 @@ func TestPrepareRefuses(t *testing.T) {
 			t.Errorf("claim %s left a spec", c.Name)
 		}
 	}
-	if len(d.Prepared()) != 1 {
-		t.Errorf("prepared %v", d.Prepared())
+	if p := recorded(t, d); len(p) != 1 {
+		t.Errorf("prepared %v", p)
 	}
 	// Admin access may use a device in use.
 	admin := claim("g", "g", "pci-0000-18-00-0")
@@ -486,12 +508,12 @@ func TestTruncatedSpecRewritten(t *testing.T) {
 	d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
 	path := filepath.Join(cdiDir, "plinth.example.com-claim_uid-t.json")
 	os.WriteFile(path, nil, 0o644)
-	d2 := newDriver(t, inv, cfg, state, cdiDir, dev)
+	d2, prepared := newCountedDriver(t, inv, cfg, state, cdiDir, dev)
 	if r, _ := d2.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c}); r["uid-t"].Err != nil {
 		t.Fatal(r["uid-t"].Err)
 	}
-	if s := readSpec(t, path); len(s.Devices) != 1 || d2.Preparations() != 0 {
-		t.Errorf("spec %+v, preparations %d", s, d2.Preparations())
+	if s := readSpec(t, path); len(s.Devices) != 1 || prepared.Load() != 0 {
+		t.Errorf("spec %+v, preparations %d", s, prepared.Load())
 	}
 }
 
@@ -505,8 +527,8 @@ func TestPrepareOtherDriversClaim(t *testing.T) {
 	c := claim("o", "o", "pci-0000-18-00-0")
 	c.Status.Allocation.Devices.Results[0].Driver = "gpu.vendor.example"
 	r, _ := d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{c})
-	if r["o"].Err != nil || len(r["o"].Devices) != 0 || len(d.Prepared()) != 0 {
-		t.Errorf("got %+v, prepared %v", r["o"], d.Prepared())
+	if p := recorded(t, d); r["o"].Err != nil || len(r["o"].Devices) != 0 || len(p) != 0 {
+		t.Errorf("got %+v, prepared %v", r["o"], p)
 	}
 	if entries, _ := os.ReadDir(cdiDir); len(entries) != 0 {
 		t.Errorf("CDI dir holds %v", entries)

@@ -62,9 +62,6 @@ type Driver struct {
 	// timeAdded); a device leaves it when it is healthy again.
 	unhealthy  map[string]time.Time
 	registered bool
-	// preparations counts claims actually prepared (not answered from the
-	// checkpoint), for tests.
-	preparations int
 }
 
 var _ kubeletplugin.DRAPlugin = (*Driver)(nil)
@@ -125,25 +122,6 @@ func (d *Driver) Held(names []string) []string {
 				}
 			}
 		}
-	}
-	return out
-}
-
-// Preparations is how many claims this driver prepared (answers from the
-// checkpoint do not count).
-func (d *Driver) Preparations() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.preparations
-}
-
-// Prepared is the claims prepared now.
-func (d *Driver) Prepared() map[types.UID]PreparedClaim {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make(map[types.UID]PreparedClaim, len(d.prepared))
-	for k, v := range d.prepared {
-		out[k] = v
 	}
 	return out
 }
@@ -359,7 +337,6 @@ func (d *Driver) prepare(ctx context.Context, c *resourceapi.ResourceClaim) kube
 		_ = d.cdi.remove(c.UID)
 		return kubeletplugin.PrepareResult{Err: err}
 	}
-	d.preparations++
 	if d.cfg.ObservePrepare != nil {
 		d.cfg.ObservePrepare(len(devs), time.Since(start))
 	}

@@ -2,12 +2,16 @@ package kubelet
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,6 +225,26 @@ func sliceDevices(t *testing.T, client *fake.Clientset, timeout time.Duration) i
 // to the GPUs' nodes; after a kubelet restart (same checkpoint, and a lost
 // one) plinth prepares nothing again; a claim for a GPU another claim holds
 // is refused; unpreparing removes the spec.
+// draRecorded is what plinth's DRA checkpoint under stateDir lists as
+// prepared (nothing before the first claim).
+func draRecorded(t *testing.T, stateDir string) map[types.UID]dra.PreparedClaim {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(stateDir, "dra", "prepared.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cp struct {
+		Claims map[types.UID]dra.PreparedClaim `json:"claims"`
+	}
+	if err := json.Unmarshal(b, &cp); err != nil {
+		t.Fatalf("plinth's DRA checkpoint: %v", err)
+	}
+	return cp.Claims
+}
+
 func TestKubeletDRA(t *testing.T) {
 	// Short paths: unix socket paths must stay under 108 bytes.
 	dir, err := os.MkdirTemp("", "dra")
@@ -262,8 +286,13 @@ func TestKubeletDRA(t *testing.T) {
 	if _, _, err := inv.Scan(); err != nil {
 		t.Fatal(err)
 	}
-	drv, err := dra.New(dra.Config{DriverName: draDriver, NodeName: draNode, KubeletDir: kubeletDir, StateDir: filepath.Join(dir, "st"),
-		CDIDir: cdiDir, DevRoot: host.Dev, Resources: cfg.Resources, Inventory: inv, Client: client, HandoverPoll: 20 * time.Millisecond})
+	// prepared counts the claims plinth prepares, as its metrics hear them
+	// (answers from its checkpoint do not count).
+	var prepared atomic.Int64
+	plinthState := filepath.Join(dir, "st")
+	drv, err := dra.New(dra.Config{DriverName: draDriver, NodeName: draNode, KubeletDir: kubeletDir, StateDir: plinthState,
+		CDIDir: cdiDir, DevRoot: host.Dev, Resources: cfg.Resources, Inventory: inv, Client: client, HandoverPoll: 20 * time.Millisecond,
+		ObservePrepare: func(int, time.Duration) { prepared.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,10 +353,10 @@ func TestKubeletDRA(t *testing.T) {
 	if got, want := resolve(t, cdiDir, want), []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl"}; !slices.Equal(got, want) {
 		t.Errorf("the CDI IDs resolve to device nodes %v, want %v", got, want)
 	}
-	if n := drv.Preparations(); n != 1 {
+	if n := prepared.Load(); n != 1 {
 		t.Errorf("plinth prepared %d claims, want 1", n)
 	}
-	if p, ok := drv.Prepared()[trainClaim.UID]; !ok || p.Namespace != draNS || p.Name != "train-gpus" || len(p.Devices) != 2 {
+	if p, ok := draRecorded(t, plinthState)[trainClaim.UID]; !ok || p.Namespace != draNS || p.Name != "train-gpus" || len(p.Devices) != 2 {
 		t.Errorf("plinth's record of the claim: %+v", p)
 	}
 	// Asked again by the same kubelet (a container restart): nothing to do.
@@ -361,7 +390,7 @@ func TestKubeletDRA(t *testing.T) {
 	if got := cdiIDs(t, k.m, train, "main"); !slices.Equal(got, want) {
 		t.Errorf("after a kubelet restart without its checkpoint, container main gets %v, want %v", got, want)
 	}
-	if n := drv.Preparations(); n != 1 {
+	if n := prepared.Load(); n != 1 {
 		t.Errorf("after kubelet restarts plinth prepared %d claims, want 1", n)
 	}
 
@@ -377,8 +406,8 @@ func TestKubeletDRA(t *testing.T) {
 	if _, err := os.Stat(thiefSpec); !os.IsNotExist(err) {
 		t.Errorf("the refused claim left a CDI spec: %v", err)
 	}
-	if n := drv.Preparations(); n != 1 || len(drv.Prepared()) != 1 {
-		t.Errorf("after the refusal plinth prepared %d claims and holds %v", n, drv.Prepared())
+	if n, p := prepared.Load(), draRecorded(t, plinthState); n != 1 || len(p) != 1 {
+		t.Errorf("after the refusal plinth prepared %d claims and holds %v", n, p)
 	}
 	// The kubelet unprepares the refused pod (it is deleted): plinth has
 	// nothing of it and says so without touching train's claim.
@@ -398,7 +427,7 @@ func TestKubeletDRA(t *testing.T) {
 	if _, err := os.Stat(spec); !os.IsNotExist(err) {
 		t.Errorf("CDI spec still there after UnprepareResources: %v", err)
 	}
-	if p := drv.Prepared(); len(p) != 0 {
+	if p := draRecorded(t, plinthState); len(p) != 0 {
 		t.Errorf("plinth still holds %v", p)
 	}
 	if k.m.PodMightNeedToUnprepareResources(train.UID) {
