@@ -27,6 +27,9 @@ type Config struct {
 
 // Pool is a btrfs pool. Callers serialise calls per volume ID.
 type Pool struct {
+	// GetVolume, ListVolumes, GetSnapshot, ListSnapshots: from the index.
+	pool.VolumeReads
+	pool.SnapshotReads
 	name  string
 	dir   string
 	run   mount.Runner
@@ -66,7 +69,7 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pool %s: %w", p.name, err)
 	}
-	p.index = idx
+	p.index, p.VolumeReads, p.SnapshotReads = idx, idx.VolumeReads(), idx.SnapshotReads()
 	// Subvolumes left under a temp name by a crash are removed.
 	for _, d := range []string{p.volDir(), p.snapDir()} {
 		tmps, _ := filepath.Glob(filepath.Join(d, "*.tmp"))
@@ -306,14 +309,6 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, capacity int64) (poo
 	return v, nil
 }
 
-func (p *Pool) GetVolume(ctx context.Context, id string) (pool.Volume, error) {
-	return p.index.Volume(id)
-}
-
-func (p *Pool) ListVolumes(ctx context.Context) ([]pool.Volume, error) {
-	return p.index.Volumes(), nil
-}
-
 // CreateSnapshot takes a read-only btrfs snapshot of the volume.
 func (p *Pool) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
 	if err := pool.ValidateID("snapshot ID", s.ID); err != nil {
@@ -360,14 +355,6 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error {
 		}
 	}
 	return p.index.DropSnapshot(id)
-}
-
-func (p *Pool) GetSnapshot(ctx context.Context, id string) (pool.Snapshot, error) {
-	return p.index.Snapshot(id)
-}
-
-func (p *Pool) ListSnapshots(ctx context.Context) ([]pool.Snapshot, error) {
-	return p.index.Snapshots(), nil
 }
 
 // Attach hands out the subvolume's directory to bind mount.

@@ -41,6 +41,9 @@ type Config struct {
 
 // Pool is a file pool. Callers serialise calls per volume ID.
 type Pool struct {
+	// GetVolume, ListVolumes, GetSnapshot, ListSnapshots: from the index.
+	pool.VolumeReads
+	pool.SnapshotReads
 	name   string
 	dir    string
 	loops  Loops
@@ -81,7 +84,7 @@ func New(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pool %s: %w", cfg.Name, err)
 	}
-	p.index = idx
+	p.index, p.VolumeReads, p.SnapshotReads = idx, idx.VolumeReads(), idx.SnapshotReads()
 	idx.LogLoaded(p.name, p.Backend(), p.dir)
 	if ok, err := reflinkSupported(p.dir); err != nil {
 		klog.ErrorS(err, "Could not tell whether the pool's filesystem shares extents", "pool", p.name, "dir", p.dir)
@@ -332,14 +335,6 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, capacity int64) (poo
 	return v, nil
 }
 
-func (p *Pool) GetVolume(ctx context.Context, id string) (pool.Volume, error) {
-	return p.index.Volume(id)
-}
-
-func (p *Pool) ListVolumes(ctx context.Context) ([]pool.Volume, error) {
-	return p.index.Volumes(), nil
-}
-
 // CreateSnapshot copies (reflinks where possible) a volume's image.
 func (p *Pool) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
 	if err := pool.ValidateID("snapshot ID", s.ID); err != nil {
@@ -384,14 +379,6 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error {
 		return err
 	}
 	return p.index.DropSnapshot(id)
-}
-
-func (p *Pool) GetSnapshot(ctx context.Context, id string) (pool.Snapshot, error) {
-	return p.index.Snapshot(id)
-}
-
-func (p *Pool) ListSnapshots(ctx context.Context) ([]pool.Snapshot, error) {
-	return p.index.Snapshots(), nil
 }
 
 // Attach attaches the volume's image as a loop device.

@@ -65,6 +65,9 @@ type Config struct {
 
 // Pool is a disk pool.
 type Pool struct {
+	// GetVolume, ListVolumes: from the index (a disk pool has no
+	// snapshots: GetSnapshot and ListSnapshots are its own).
+	pool.VolumeReads
 	cfg   Config
 	index *pool.Index
 	// mu makes choosing a free disk and recording it one step.
@@ -94,7 +97,7 @@ func New(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pool %s: %w", cfg.Name, err)
 	}
-	p := &Pool{cfg: cfg, index: idx}
+	p := &Pool{VolumeReads: idx.VolumeReads(), cfg: cfg, index: idx}
 	idx.LogLoaded(cfg.Name, p.Backend(), cfg.Dir)
 	return p, nil
 }
@@ -490,15 +493,6 @@ func (p *Pool) ExpandVolume(ctx context.Context, id string, capacityBytes int64)
 	}
 	return v, nil
 }
-
-func (p *Pool) GetVolume(ctx context.Context, id string) (pool.Volume, error) {
-	if err := pool.ValidateID("volume ID", id); err != nil {
-		return pool.Volume{}, err
-	}
-	return p.index.Volume(id)
-}
-
-func (p *Pool) ListVolumes(ctx context.Context) ([]pool.Volume, error) { return p.index.Volumes(), nil }
 
 func (p *Pool) CreateSnapshot(ctx context.Context, s pool.Snapshot) (pool.Snapshot, error) {
 	return pool.Snapshot{}, fmt.Errorf("%w: a disk pool's volumes are whole disks: no snapshots", pool.ErrUnsupported)
