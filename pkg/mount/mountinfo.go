@@ -50,6 +50,13 @@ func MountsAt(path string) ([]Info, error) {
 	return out, nil
 }
 
+// BindsDevice reports whether m is a bind of the device node dev
+// (/dev/loop3): the table shows a bind of a node of /dev as a devtmpfs
+// mount whose root is the node's name.
+func (m Info) BindsDevice(dev string) bool {
+	return m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(dev)
+}
+
 // Under reports whether m is mounted at dir or below it (dir absolute and
 // clean).
 func (m Info) Under(dir string) bool { return mountutils.PathWithinBase(m.Mountpoint, dir) }

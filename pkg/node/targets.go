@@ -215,7 +215,7 @@ func DeviceBound(stateDir, dev string) bool {
 		return true // unreadable: be safe
 	}
 	for _, m := range mounts {
-		if m.FSType == "devtmpfs" && m.Root == "/"+name {
+		if m.BindsDevice(dev) {
 			return true
 		}
 	}

@@ -107,7 +107,7 @@ func TearDown(t testing.TB, dir string) {
 		dev := "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(f)))
 		sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Mountpoint) > len(mounts[j].Mountpoint) })
 		for _, m := range mounts {
-			if m.Source == dev || m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(dev) {
+			if m.Source == dev || m.BindsDevice(dev) {
 				unix.Unmount(m.Mountpoint, unix.MNT_DETACH)
 			}
 		}

@@ -143,7 +143,7 @@ func TestBlankVolumeFormattedOnceWithoutProbe(t *testing.T) {
 }
 
 // TestRecordsOfEarlierBootDropped: stage and publish records (written
-// without fsync) of an earlier boot are gone once a publisher starts;
+// without fsync) of an earlier boot are gone once NewMounts has run;
 // those of the running boot stay.
 func TestRecordsOfEarlierBootDropped(t *testing.T) {
 	cur, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
