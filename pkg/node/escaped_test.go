@@ -59,18 +59,18 @@ func TestOwnershipSeesEscapedPaths(t *testing.T) {
 		if err != nil || at.mount == nil {
 			t.Fatalf("look(%q) = %+v, %v: no mount seen", path, at, err)
 		}
-		if own, _, err := owns(att, true, at.mount, path, false); err != nil || own != want {
+		if own, _, err := p.host.owns(att, true, at.mount, path, false); err != nil || own != want {
 			t.Errorf("owns(%q) = %t, %v; want %t", path, own, err, want)
 		}
 	}
-	if got, err := p.publishedAt(nil, "pv-a", att, staging, false); err != nil || !slices.Equal(got, []string{target}) {
+	if got, err := p.host.publishedAt(att, staging, false); err != nil || !slices.Equal(got, []string{target}) {
 		t.Errorf("publishedAt = %q, %v; want [%q]", got, err, target)
 	}
-	if err := notMountedElsewhere("pv-a", att, true, att, staging); !errors.Is(err, pool.ErrInUse) {
+	if err := p.host.notMountedElsewhere("pv-a", att, true, att, staging); !errors.Is(err, pool.ErrInUse) {
 		t.Errorf("notMountedElsewhere with a publish at %q = %v, want ErrInUse", target, err)
 	}
 	unix.Unmount(target, 0)
-	if err := notMountedElsewhere("pv-a", att, true, att, staging); err != nil {
+	if err := p.host.notMountedElsewhere("pv-a", att, true, att, staging); err != nil {
 		t.Errorf("notMountedElsewhere with only the staging mount = %v, want nil", err)
 	}
 }

@@ -34,6 +34,7 @@ var ErrPathInUse = errors.New("path holds something that is not this volume's")
 type Mounts struct {
 	node    *Local
 	mounter mount.Mounter
+	host    host // what the ownership checks read
 	targets targetRecords
 	staged  stagedRecords
 }
@@ -42,7 +43,7 @@ type Mounts struct {
 // what each publish made in stateDir ("" records nothing, and then
 // unpublish removes no target).
 func NewMounts(node *Local, m mount.Mounter, stateDir string) *Mounts {
-	p := &Mounts{node: node, mounter: m}
+	p := &Mounts{node: node, mounter: m, host: realHost()}
 	if node != nil {
 		node.inUse = p.stagedOrPublished
 	}
@@ -241,7 +242,7 @@ func (p *Mounts) unmountOwn(ctx context.Context, pl pool.Pool, id string, att po
 		if at.mount == nil {
 			return nil
 		}
-		own, roDevice, err := owns(att, attached, at.mount, path, block)
+		own, roDevice, err := p.host.owns(att, attached, at.mount, path, block)
 		if err != nil {
 			return err
 		}

@@ -12,9 +12,25 @@ import (
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
-func rdev(path string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+// host is what the ownership checks read of the machine: stat(2) of a
+// path (following symlinks) and the mount table. The node reads the real
+// ones (realHost); the tests of the decisions give plain data.
+type host struct {
+	stat   func(path string) (unix.Stat_t, error)
+	mounts func() ([]mount.Info, error)
+}
+
+func realHost() host {
+	return host{mounts: mount.Mounts, stat: func(path string) (unix.Stat_t, error) {
+		var st unix.Stat_t
+		err := unix.Stat(path, &st)
+		return st, err
+	}}
+}
+
+func (h host) rdev(path string) (uint64, error) {
+	st, err := h.stat(path)
+	if err != nil {
 		return 0, fmt.Errorf("stat %s: %w", path, err)
 	}
 	return st.Rdev, nil
@@ -23,13 +39,13 @@ func rdev(path string) (uint64, error) {
 // owns reports whether mount m at path is the volume's own: a mount of its
 // read-write device (filesystem), a bind of one of its devices (block;
 // roDevice names a read-only one), or a bind of its directory.
-func owns(att pool.Attachment, attached bool, m *mount.Info, path string, block bool) (own bool, roDevice string, err error) {
+func (h host) owns(att pool.Attachment, attached bool, m *mount.Info, path string, block bool) (own bool, roDevice string, err error) {
 	if !attached || m == nil {
 		return false, "", nil
 	}
 	if block {
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
+		st, err := h.stat(path)
+		if err != nil {
 			return false, "", fmt.Errorf("stat %s: %w", path, err)
 		}
 		if st.Mode&unix.S_IFMT != unix.S_IFBLK {
@@ -39,7 +55,7 @@ func owns(att pool.Attachment, attached bool, m *mount.Info, path string, block 
 			if dev == "" {
 				continue
 			}
-			if r, err := rdev(dev); err == nil && r == st.Rdev {
+			if r, err := h.rdev(dev); err == nil && r == st.Rdev {
 				if i == 0 {
 					return true, "", nil
 				}
@@ -55,7 +71,7 @@ func owns(att pool.Attachment, attached bool, m *mount.Info, path string, block 
 		if m.Source == att.Device {
 			return true, "", nil
 		}
-		r, err := rdev(att.Device)
+		r, err := h.rdev(att.Device)
 		if err != nil {
 			return false, "", err
 		}
@@ -64,11 +80,12 @@ func owns(att pool.Attachment, attached bool, m *mount.Info, path string, block 
 	if att.Dir == "" {
 		return false, "", nil
 	}
-	var at, dir unix.Stat_t
-	if err := unix.Stat(path, &at); err != nil {
+	at, err := h.stat(path)
+	if err != nil {
 		return false, "", fmt.Errorf("stat %s: %w", path, err)
 	}
-	if err := unix.Stat(att.Dir, &dir); err != nil {
+	dir, err := h.stat(att.Dir)
+	if err != nil {
 		return false, "", fmt.Errorf("stat %s: %w", att.Dir, err)
 	}
 	return at.Dev == dir.Dev && at.Ino == dir.Ino, "", nil
@@ -128,7 +145,7 @@ func (p *Mounts) stagedElsewhere(id, path string, att pool.Attachment, attached,
 	if err != nil || !ok {
 		return "", err
 	}
-	own, _, err := owns(att, attached, pm, prev, false)
+	own, _, err := p.host.owns(att, attached, pm, prev, false)
 	if err != nil || !own {
 		return "", err
 	}
@@ -138,18 +155,18 @@ func (p *Mounts) stagedElsewhere(id, path string, att pool.Attachment, attached,
 // notMountedElsewhere refuses (ErrInUse) while a device of all is mounted
 // anywhere, but for the filesystem staging mounts at stagingPath that are
 // own's (none when own has no device).
-func notMountedElsewhere(id string, all pool.Attachment, attached bool, own pool.Attachment, stagingPath string) error {
+func (h host) notMountedElsewhere(id string, all pool.Attachment, attached bool, own pool.Attachment, stagingPath string) error {
 	if !attached {
 		return nil
 	}
-	mounts, err := deviceMounts(all)
+	mounts, err := h.deviceMounts(all)
 	if err != nil {
 		return err
 	}
 	var in []string
 	for _, m := range mounts {
 		if own.Device != "" && m.Mountpoint == stagingPath {
-			if ours, _, err := owns(own, true, &m, stagingPath, false); err != nil {
+			if ours, _, err := h.owns(own, true, &m, stagingPath, false); err != nil {
 				return err
 			} else if ours {
 				continue
@@ -167,7 +184,7 @@ func notMountedElsewhere(id string, all pool.Attachment, attached bool, own pool
 
 // deviceMounts lists every mount of the volume's devices: filesystems on
 // them and binds of their device nodes.
-func deviceMounts(att pool.Attachment) ([]mount.Info, error) {
+func (h host) deviceMounts(att pool.Attachment) ([]mount.Info, error) {
 	devs := append([]string{att.Device}, att.ReadOnly...)
 	type majmin struct{ major, minor int }
 	nums := map[majmin]bool{}
@@ -175,14 +192,14 @@ func deviceMounts(att pool.Attachment) ([]mount.Info, error) {
 		if d == "" {
 			continue
 		}
-		if r, err := rdev(d); err == nil {
+		if r, err := h.rdev(d); err == nil {
 			nums[majmin{int(unix.Major(r)), int(unix.Minor(r))}] = true
 		}
 	}
 	if len(nums) == 0 {
 		return nil, nil
 	}
-	mounts, err := mount.Mounts()
+	mounts, err := h.mounts()
 	if err != nil {
 		return nil, err
 	}
@@ -200,10 +217,11 @@ func deviceMounts(att pool.Attachment) ([]mount.Info, error) {
 }
 
 // publishedAt lists where the volume is published now, from the mount
-// table: mounts of the same filesystem and root as the staging mount, or
-// binds of the volume's devices.
-func (p *Mounts) publishedAt(pl pool.Pool, id string, att pool.Attachment, stagingPath string, block bool) ([]string, error) {
-	mounts, err := mount.Mounts()
+// table: mounts of the same filesystem and root as the staging mount (the
+// first at stagingPath in the table, as Mounter.MountOf has it), or binds
+// of the volume's devices.
+func (h host) publishedAt(att pool.Attachment, stagingPath string, block bool) ([]string, error) {
+	mounts, err := h.mounts()
 	if err != nil {
 		return nil, err
 	}
@@ -218,11 +236,13 @@ func (p *Mounts) publishedAt(pl pool.Pool, id string, att pool.Attachment, stagi
 		}
 		return out, nil
 	}
-	staged, ok, err := p.mounter.MountOf(stagingPath)
-	if err != nil || !ok {
-		return nil, err
+	at := filepath.Clean(stagingPath)
+	i := slices.IndexFunc(mounts, func(m mount.Info) bool { return m.Mountpoint == at })
+	if i < 0 {
+		return nil, nil
 	}
-	if own, _, err := owns(att, true, staged, stagingPath, false); err != nil || !own {
+	staged := &mounts[i]
+	if own, _, err := h.owns(att, true, staged, stagingPath, false); err != nil || !own {
 		return nil, err
 	}
 	for _, m := range mounts {

@@ -51,13 +51,13 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 		return err
 	}
 	if at.mount != nil {
-		return publishedAlready(id, stagingPath, target, a, at, att, attached)
+		return p.host.publishedAlready(id, stagingPath, target, a, at, att, attached)
 	}
 	if err := emptyTarget(target, at, a.Block); err != nil {
 		return err
 	}
 	if a.SingleWriter && attached {
-		if err := p.notPublishedElsewhere(pl, id, att, stagingPath, target, a.Block); err != nil {
+		if err := p.host.notPublishedElsewhere(id, att, stagingPath, target, a.Block); err != nil {
 			return err
 		}
 	}
@@ -73,8 +73,8 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 // per-mount options asked, is published already (the mount group is
 // applied again); another mount there, or the volume's published
 // otherwise, is ErrExists.
-func publishedAlready(id, stagingPath, target string, a Access, at site, att pool.Attachment, attached bool) error {
-	own, roDevice, err := owns(att, attached, at.mount, target, a.Block)
+func (h host) publishedAlready(id, stagingPath, target string, a Access, at site, att pool.Attachment, attached bool) error {
+	own, roDevice, err := h.owns(att, attached, at.mount, target, a.Block)
 	if err != nil {
 		return err
 	}
@@ -122,8 +122,8 @@ func emptyTarget(target string, at site, block bool) error {
 
 // notPublishedElsewhere refuses (ErrPublishedElsewhere) a publish of a
 // single-writer volume the mount table shows published at another target.
-func (p *Mounts) notPublishedElsewhere(pl pool.Pool, id string, att pool.Attachment, stagingPath, target string, block bool) error {
-	others, err := p.publishedAt(pl, id, att, stagingPath, block)
+func (h host) notPublishedElsewhere(id string, att pool.Attachment, stagingPath, target string, block bool) error {
+	others, err := h.publishedAt(att, stagingPath, block)
 	if err != nil {
 		return err
 	}
@@ -160,7 +160,7 @@ func (p *Mounts) publishSource(ctx context.Context, pl pool.Pool, id string, att
 	if sm.mount == nil {
 		return "", fmt.Errorf("%w: nothing mounted at staging path %s", ErrNotStaged, stagingPath)
 	}
-	if own, _, err := owns(att, attached, sm.mount, stagingPath, false); err != nil {
+	if own, _, err := p.host.owns(att, attached, sm.mount, stagingPath, false); err != nil {
 		return "", err
 	} else if !own {
 		return "", fmt.Errorf("%w: staging path %s is %s, not volume %s's staging mount", ErrNotStaged, stagingPath, sm.describe(), id)

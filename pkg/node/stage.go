@@ -78,7 +78,7 @@ func (p *Mounts) Stage(ctx context.Context, id, stagingPath string, a Access) (e
 // mount group is applied again); another mount there, or the volume's
 // with other options, is ErrExists.
 func (p *Mounts) stagedAlready(id, stagingPath string, a Access, at site, att pool.Attachment, attached bool) error {
-	own, _, err := owns(att, attached, at.mount, stagingPath, false)
+	own, _, err := p.host.owns(att, attached, at.mount, stagingPath, false)
 	if err != nil {
 		return err
 	}
@@ -138,7 +138,7 @@ func attach(ctx context.Context, pl pool.Pool, id string, undo *undoList, logger
 func (p *Mounts) mountStaging(ctx context.Context, pl pool.Pool, v pool.Volume, att pool.Attachment, stagingPath string, a Access, undo *undoList, logger klog.Logger) error {
 	undo.add(func() {
 		if m, ok, _ := p.mounter.MountOf(stagingPath); ok {
-			if own, _, _ := owns(att, true, m, stagingPath, false); own {
+			if own, _, _ := p.host.owns(att, true, m, stagingPath, false); own {
 				if uerr := p.mounter.Unmount(stagingPath); uerr != nil {
 					logger.Error(uerr, "Undo mount after failed stage")
 				}
@@ -219,7 +219,7 @@ func (p *Mounts) Unstage(ctx context.Context, id, stagingPath string) error {
 		return nil
 	}
 	if attached {
-		others, err := p.publishedAt(pl, id, att, stagingPath, block)
+		others, err := p.host.publishedAt(att, stagingPath, block)
 		if err != nil {
 			return err
 		}
@@ -243,7 +243,7 @@ func (p *Mounts) Unstage(ctx context.Context, id, stagingPath string) error {
 	if !block && attached {
 		own = att // the staging mount is the volume's when it is of att's device
 	}
-	if err := notMountedElsewhere(id, all, allAttached, own, stagingPath); err != nil {
+	if err := p.host.notMountedElsewhere(id, all, allAttached, own, stagingPath); err != nil {
 		return err
 	}
 	if !block { // a block volume mounts nothing at its staging path
@@ -253,7 +253,7 @@ func (p *Mounts) Unstage(ctx context.Context, id, stagingPath string) error {
 	}
 	// Again, now that the staging mount is gone: something may have
 	// mounted a device meanwhile.
-	if err := notMountedElsewhere(id, all, allAttached, pool.Attachment{}, ""); err != nil {
+	if err := p.host.notMountedElsewhere(id, all, allAttached, pool.Attachment{}, ""); err != nil {
 		return err
 	}
 	if err := pl.Detach(ctx, id); err != nil {

@@ -199,7 +199,10 @@ func dirExists(dir string) bool {
 // stateDir, or bound somewhere (a devtmpfs bind of it in the mount table).
 // Such a number must not be given to another volume. It is what a loop
 // device allocator asks before it configures a free device.
-func DeviceBound(stateDir, dev string) bool {
+func DeviceBound(stateDir, dev string) bool { return deviceBound(stateDir, dev, mount.Mounts) }
+
+// deviceBound is DeviceBound reading the mount table with mounts.
+func deviceBound(stateDir, dev string, mounts func() ([]mount.Info, error)) bool {
 	name := filepath.Base(dev)
 	if stateDir != "" {
 		files, _ := filepath.Glob(filepath.Join(stateDir, "targets", "*.json"))
@@ -210,11 +213,11 @@ func DeviceBound(stateDir, dev string) bool {
 			}
 		}
 	}
-	mounts, err := mount.Mounts()
+	table, err := mounts()
 	if err != nil {
 		return true // unreadable: be safe
 	}
-	for _, m := range mounts {
+	for _, m := range table {
 		if m.BindsDevice(dev) {
 			return true
 		}

@@ -74,7 +74,7 @@ func (p *Mounts) mountedAt(ctx context.Context, pl pool.Pool, id, path string, b
 	if at.fi == nil {
 		return fmt.Errorf("volume path %s: %w", path, pool.ErrNotFound)
 	}
-	own, _, err := owns(att, attached, at.mount, path, block)
+	own, _, err := p.host.owns(att, attached, at.mount, path, block)
 	if err != nil {
 		return err
 	}
