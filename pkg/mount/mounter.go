@@ -46,7 +46,8 @@ type Mounter interface {
 	// undone.
 	Bind(source, target string, o BindOptions) error
 	Unmount(target string) error
-	// MountOf returns the mount at exactly path, or ok=false.
+	// MountOf returns the mount at exactly path, the top one where mounts
+	// are stacked there (what the path shows), or ok=false.
 	MountOf(path string) (m *Info, ok bool, err error)
 	// GrowFs grows the filesystem on device, mounted at mountPath, to the
 	// size of the device.
@@ -474,13 +475,11 @@ func (h *Host) MountOf(path string) (*Info, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if len(mounts) == 0 {
-		return nil, false, nil
-	}
-	// The first at path in the table: of mounts stacked there, the
-	// bottom one (as moby/sys/mountinfo's SingleEntryFilter, which
-	// stopped at the first, returned), not the one the path shows.
-	return &mounts[0], true, nil
+	// Of mounts stacked at path, the one the path shows, which is what
+	// umount(2) of path takes: a check of the bottom one would pass a
+	// volume's own mount while the unmount took what covers it.
+	top := Top(mounts)
+	return top, top != nil, nil
 }
 
 func (h *Host) GrowFs(ctx context.Context, device, mountPath string) error {

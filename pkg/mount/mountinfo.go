@@ -50,6 +50,23 @@ func MountsAt(path string) ([]Info, error) {
 	return out, nil
 }
 
+// Top is the mount of mounts (all at one path, as MountsAt returns them)
+// that the path shows, the one no other of them is stacked on; nil when
+// there is none. umount(2) of the path takes this one.
+func Top(mounts []Info) *Info {
+	var top *Info
+	for i := range mounts {
+		covered := false
+		for _, n := range mounts {
+			covered = covered || n.Parent == mounts[i].ID
+		}
+		if !covered {
+			top = &mounts[i]
+		}
+	}
+	return top
+}
+
 // BindsDevice reports whether m is a bind of the device node dev
 // (/dev/loop3): the table shows a bind of a node of /dev as a devtmpfs
 // mount whose root is the node's name.

@@ -109,3 +109,33 @@ func TestMountsAtEscapedPaths(t *testing.T) {
 		t.Errorf("IsMountSource(%q) = %v, %v; want true", sub, src, err)
 	}
 }
+
+// Top is the mount a path shows: the one none of the others at the path is
+// stacked on, wherever the table lists it.
+func TestTop(t *testing.T) {
+	own := Info{ID: 40, Parent: 20, FSType: "ext4", Mountpoint: "/k/staging"}
+	over := Info{ID: 41, Parent: 40, FSType: "tmpfs", Mountpoint: "/k/staging"}
+	overOver := Info{ID: 42, Parent: 41, FSType: "tmpfs", Mountpoint: "/k/staging"}
+	for name, tc := range map[string]struct {
+		mounts []Info
+		want   int // ID; 0 for none
+	}{
+		"none":                         {nil, 0},
+		"one":                          {[]Info{own}, 40},
+		"a tmpfs on the volume's":      {[]Info{own, over}, 41},
+		"three stacked":                {[]Info{own, over, overOver}, 42},
+		"listed out of order":          {[]Info{overOver, own, over}, 42},
+		"the cover listed before it":   {[]Info{over, own}, 41},
+		"stacked twice on its own one": {[]Info{own, {ID: 43, Parent: 40, FSType: "ext4"}}, 43},
+	} {
+		t.Run(name, func(t *testing.T) {
+			got := Top(tc.mounts)
+			switch {
+			case tc.want == 0 && got != nil:
+				t.Errorf("Top = %+v, want none", got)
+			case tc.want != 0 && (got == nil || got.ID != tc.want):
+				t.Errorf("Top = %+v, want ID %d", got, tc.want)
+			}
+		})
+	}
+}

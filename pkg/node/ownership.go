@@ -68,7 +68,11 @@ func (h host) owns(att pool.Attachment, attached bool, m *mount.Info, path strin
 		if m.Root != "/" {
 			return false, "", nil
 		}
-		if m.Source == att.Device {
+		// A btrfs mount shows an anonymous device number, so only its
+		// source names the device. Any other mount is judged by its
+		// device number: its source is a free-form string (mount -t
+		// tmpfs /dev/loop3 dir).
+		if m.FSType == "btrfs" && m.Source == att.Device {
 			return true, "", nil
 		}
 		r, err := h.rdev(att.Device)

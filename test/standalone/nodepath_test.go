@@ -113,10 +113,7 @@ func mountAt(t *testing.T, path string) *mount.Info {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) == 0 {
-		return nil
-	}
-	return &ms[0]
+	return mount.Top(ms) // what the path shows
 }
 
 // foreignTmpfs mounts a tmpfs with a marker file at a new dir under root.
