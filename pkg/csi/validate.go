@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	mountutils "k8s.io/mount-utils"
 
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/volume"
@@ -139,10 +140,8 @@ type Paths struct {
 	Owned []string
 }
 
-func under(path, root string) bool {
-	rel, err := filepath.Rel(root, path)
-	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-}
+// under reports whether path is root or lies below it.
+func under(path, root string) bool { return mountutils.PathWithinBase(path, root) }
 
 // Resolve validates path (absolute, clean, within Allowed after resolving
 // symlinks in its parent, outside Owned, and not itself a symlink) and

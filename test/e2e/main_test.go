@@ -19,8 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	images "github.com/plinth-dev/plinth/hack/image/oci"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/test/e2e/cluster"
 )
 
