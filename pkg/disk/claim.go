@@ -366,7 +366,7 @@ func (c Claimer) mountPool(ctx context.Context, claim Claim, members []Disk, deg
 		return fmt.Errorf("pool %s: its mount directory %s is not a directory (%s); remove it", claim.Pool, dir, fi.Mode().Type())
 	}
 	// Mounted by an earlier start (plinth restarted, the node did not):
-	// what is seen there (the last mount at dir, on top of any other)
+	// what is seen there (the mount at dir on top of any other)
 	// must be the pool's filesystem from its root, as plinth mounts it
 	// (xfs, or btrfs's default subvolume, the top one); a bind mount of
 	// a directory in it is the same device but not the pool. A btrfs
@@ -376,17 +376,16 @@ func (c Claimer) mountPool(ctx context.Context, claim Claim, members []Disk, deg
 	if err != nil {
 		return err
 	}
-	if len(at) > 0 {
-		m := at[len(at)-1]
-		what := fmt.Sprintf("%s %s (device %s, its directory %s)", m.fsType, m.source, m.majorMinor, m.root)
-		ours := mine[m.majorMinor]
-		if !ours && strings.HasPrefix(m.source, "/dev/") {
-			if sig, err := c.Probe.Probe(ctx, m.source); err == nil && sig.UUID == claim.UUID {
+	if m := mount.Top(at); m != nil {
+		what := fmt.Sprintf("%s %s (device %s, its directory %s)", m.FSType, m.Source, m.MajorMinor(), m.Root)
+		ours := mine[m.MajorMinor()]
+		if !ours && strings.HasPrefix(m.Source, "/dev/") {
+			if sig, err := c.Probe.Probe(ctx, m.Source); err == nil && sig.UUID == claim.UUID {
 				ours = true
 			}
 		}
 		switch {
-		case ours && m.root == "/":
+		case ours && m.Root == "/":
 			return nil
 		case ours:
 			return fmt.Errorf("pool %s: %s is mounted at %s: the pool's filesystem, but a directory in it, not its root; plinth does not take it for the pool (unmount it: umount %s)", claim.Pool, what, dir, dir)
@@ -438,30 +437,18 @@ func (c Claimer) mountinfo() string {
 	return "/proc/self/mountinfo"
 }
 
-// mountAt is one mount at a directory, from mountinfo.
-type mountAt struct {
-	majorMinor, fsType, source string
-	// root is the directory of the filesystem mounted there ("/": its
-	// root; a bind mount of a directory in it shows that directory).
-	root string
-}
-
-// mountsAt lists what is mounted at dir, in the order mounted (the last is
-// on top, the one seen).
-func mountsAt(mountinfo, dir string) ([]mountAt, error) {
-	b, err := os.ReadFile(mountinfo)
+// mountsAt lists what is mounted at dir, in table order (mount.Top is
+// the one seen there).
+func mountsAt(mountinfo, dir string) ([]mount.Info, error) {
+	mounts, err := mount.ReadMounts(mountinfo)
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
-	var out []mountAt
-	for _, line := range strings.Split(string(b), "\n") {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		pre, post, ok := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 2 || unescape(f[4]) != dir {
-			continue
+	var out []mount.Info
+	for _, m := range mounts {
+		if m.Mountpoint == dir {
+			out = append(out, m)
 		}
-		out = append(out, mountAt{majorMinor: f[2], fsType: g[0], source: unescape(g[1]), root: unescape(f[3])})
 	}
 	return out, nil
 }

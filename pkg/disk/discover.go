@@ -1,7 +1,6 @@
 package disk
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/plinth-dev/plinth/pkg/device"
+	"github.com/plinth-dev/plinth/pkg/mount"
 )
 
 // Host is where discovery reads: sysfs, the device nodes and procfs (for
@@ -437,23 +437,13 @@ func transport(devPath string) Transport {
 // name the device had when it was mounted (another device's, after a
 // rename): sysfs names a mounted btrfs's devices (mountedBtrfs).
 func (h Host) readMounts() (map[string][]string, error) {
-	f, err := os.Open(filepath.Join(h.Proc, "self", "mountinfo"))
+	mounts, err := mount.ReadMounts(filepath.Join(h.Proc, "self", "mountinfo"))
 	if err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
-	defer f.Close()
 	out := map[string][]string{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		out["dev:"+fields[2]] = append(out["dev:"+fields[2]], unescape(fields[4]))
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read mounts: %w", err)
+	for _, m := range mounts {
+		out["dev:"+m.MajorMinor()] = append(out["dev:"+m.MajorMinor()], m.Mountpoint)
 	}
 	return out, nil
 }
@@ -504,25 +494,6 @@ func appendNew(has []string, what ...string) []string {
 		}
 	}
 	return has
-}
-
-// unescape undoes mountinfo's octal escapes (\040 for a space).
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // readSwaps returns the swap devices in use (a missing file: none).

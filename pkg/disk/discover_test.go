@@ -3,6 +3,7 @@ package disk
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +88,29 @@ func TestScanProbeFailure(t *testing.T) {
 		}
 		if d.Name == "nvme0n1" && d.State != StateFree {
 			t.Errorf("nvme0n1: %s", d.State)
+		}
+	}
+}
+
+// The kernel escapes a space and a tab in mountinfo's paths (\040,
+// \011); a disk mounted at such a path is mounted there, by its real name,
+// and once per path (a bind of a directory of it shows the device number
+// again).
+func TestScanEscapedMountPoint(t *testing.T) {
+	h := writeMachine(t, machine(), machineMountinfo+`
+41 22 8:32 / /srv/my\040data rw,relatime shared:3 - xfs /dev/sdc rw,attr2,inode64
+42 22 8:32 /sub /srv/my\040data rw,relatime shared:3 - xfs /dev/sdc rw,attr2,inode64
+43 22 8:32 /sub /var/lib/a\011b rw,relatime shared:3 - xfs /dev/sdc rw,attr2,inode64
+`, machineSwaps)
+	disks, err := Scan(context.Background(), h, machineSignatures())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks {
+		if d.Name == "sdc" {
+			if want := []string{"/srv/my data", "/var/lib/a\tb"}; !slices.Equal(d.MountPoints, want) || d.State != StateForeign {
+				t.Errorf("sdc: %s, mounted at %q; want foreign, mounted at %q", d.State, d.MountPoints, want)
+			}
 		}
 	}
 }

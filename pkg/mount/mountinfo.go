@@ -32,7 +32,7 @@ const mountTable = "/proc/self/mountinfo"
 // Mounts reads the mount table, in its order: a mount stacked on another
 // at the same path comes after it. k8s.io/mount-utils reads it (again and
 // again until two reads agree, on kernels whose reads can tear).
-func Mounts() ([]Info, error) { return readMounts(mountTable) }
+func Mounts() ([]Info, error) { return ReadMounts(mountTable) }
 
 // MountsAt returns every mount at exactly path (cleaned), in table order.
 func MountsAt(path string) ([]Info, error) {
@@ -67,6 +67,9 @@ func Top(mounts []Info) *Info {
 	return top
 }
 
+// MajorMinor is the mount's device number as the table writes it ("8:1").
+func (m Info) MajorMinor() string { return fmt.Sprintf("%d:%d", m.Major, m.Minor) }
+
 // BindsDevice reports whether m is a bind of the device node dev
 // (/dev/loop3): the table shows a bind of a node of /dev as a devtmpfs
 // mount whose root is the node's name.
@@ -78,7 +81,10 @@ func (m Info) BindsDevice(dev string) bool {
 // clean).
 func (m Info) Under(dir string) bool { return mountutils.PathWithinBase(m.Mountpoint, dir) }
 
-func readMounts(table string) ([]Info, error) {
+// ReadMounts reads the mount table at path as Mounts reads
+// /proc/self/mountinfo: another process's (/proc/<pid>/mountinfo), or a
+// fixture's. A line it cannot parse fails the read.
+func ReadMounts(table string) ([]Info, error) {
 	infos, err := mountutils.ParseMountInfo(table)
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)

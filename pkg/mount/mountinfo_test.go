@@ -44,7 +44,7 @@ func TestReadMounts(t *testing.T) {
 			`99 98 0:55 / /k/a\011b ro,relatime - tmpfs my\040src rw,size=1024k`+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readMounts(table)
+	got, err := ReadMounts(table)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestReadMounts(t *testing.T) {
 		{ID: 99, Parent: 98, Major: 0, Minor: 55, Root: "/", Mountpoint: "/k/a\tb", Options: "ro,relatime", FSType: "tmpfs", Source: "my src"},
 	}
 	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("readMounts (-want +got):\n%s", d)
+		t.Errorf("ReadMounts (-want +got):\n%s", d)
 	}
 	for dir, under := range map[string]bool{"/k": true, "/k/a\tb": true, "/k/a": false, "/": true, "/proc/x": false} {
 		if got[2].Under(dir) != under {

@@ -295,7 +295,7 @@ func (p *Pool) otherVolumeOwns(ctx context.Context, id, uuid string) string {
 // A tenant of a raw block volume may have written a partition table, and
 // the kernel made partitions of it: those count too.
 func (p *Pool) inUse(d disk.Disk) error {
-	b, err := os.ReadFile(p.cfg.Mountinfo)
+	mounts, err := mount.ReadMounts(p.cfg.Mountinfo)
 	if err != nil {
 		return fmt.Errorf("read mounts: %w", err)
 	}
@@ -320,10 +320,9 @@ func (p *Pool) inUse(d disk.Disk) error {
 	// the name the device had when it was mounted (another device's
 	// since, after a rename): the kernel's exclusive hold tells for it
 	// (verifyEmpty, DeleteVolume).
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && devs[f[2]] != "" {
-			return fmt.Errorf("%w: disk %s (%s) is mounted at %s (%s)", pool.ErrInUse, d.ID, d.Device, f[4], devs[f[2]])
+	for _, m := range mounts {
+		if name := devs[m.MajorMinor()]; name != "" {
+			return fmt.Errorf("%w: disk %s (%s) is mounted at %s (%s)", pool.ErrInUse, d.ID, d.Device, m.Mountpoint, name)
 		}
 	}
 	if p.cfg.Loops != nil {
