@@ -97,7 +97,7 @@ func TestScanProbeFailure(t *testing.T) {
 // and once per path (a bind of a directory of it shows the device number
 // again).
 func TestScanEscapedMountPoint(t *testing.T) {
-	h := writeMachine(t, machine(), machineMountinfo+`
+	h := writeMachine(t, machine(), strings.TrimSuffix(machineMountinfo, "\n")+`
 41 22 8:32 / /srv/my\040data rw,relatime shared:3 - xfs /dev/sdc rw,attr2,inode64
 42 22 8:32 /sub /srv/my\040data rw,relatime shared:3 - xfs /dev/sdc rw,attr2,inode64
 43 22 8:32 /sub /var/lib/a\011b rw,relatime shared:3 - xfs /dev/sdc rw,attr2,inode64

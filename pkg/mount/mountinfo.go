@@ -2,10 +2,11 @@ package mount
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
+	"github.com/moby/sys/mountinfo"
 	mountutils "k8s.io/mount-utils"
 )
 
@@ -84,55 +85,32 @@ func (m Info) Under(dir string) bool { return mountutils.PathWithinBase(m.Mountp
 // ReadMounts reads the mount table at path as Mounts reads
 // /proc/self/mountinfo: another process's (/proc/<pid>/mountinfo), or a
 // fixture's. A line it cannot parse fails the read.
+//
+// moby/sys/mountinfo parses it (k8s.io/mount-utils depends on it too): its
+// fields are split at single spaces, the kernel's only separator, with the
+// kernel's octal escapes undone. mount-utils' own ParseMountInfo splits at
+// any white space, so that a mount with an empty source (the kernel writes
+// "tmpfs  rw") fails the whole read, and a tenant's subPath holding a
+// carriage return or a no-break space (which the kernel does not escape)
+// forges a mount point, a filesystem type and a source of its choosing.
 func ReadMounts(table string) ([]Info, error) {
-	infos, err := mountutils.ParseMountInfo(table)
+	f, err := os.Open(table)
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	defer f.Close()
+	infos, err := mountinfo.GetMountsFromReader(f, nil)
 	if err != nil {
 		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
 	out := make([]Info, 0, len(infos))
 	for _, mi := range infos {
-		m := Info{
-			ID: mi.ID, Parent: mi.ParentID, Major: mi.Major, Minor: mi.Minor,
-			Options: strings.Join(mi.MountOptions, ","),
-		}
-		// mount-utils leaves the kernel's escapes in place.
-		for _, f := range []struct {
-			to   *string
-			from string
-		}{{&m.Root, mi.Root}, {&m.Mountpoint, mi.MountPoint}, {&m.FSType, mi.FsType}, {&m.Source, mi.Source}} {
-			if *f.to, err = unescape(f.from); err != nil {
-				return nil, fmt.Errorf("read mountinfo: mount %d: %w", mi.ID, err)
-			}
-		}
-		out = append(out, m)
+		out = append(out, Info{
+			ID: mi.ID, Parent: mi.Parent, Major: mi.Major, Minor: mi.Minor,
+			Root: mi.Root, Mountpoint: mi.Mountpoint, Options: mi.Options, FSType: mi.FSType, Source: mi.Source,
+		})
 	}
 	return out, nil
-}
-
-// unescape undoes the octal escapes the kernel writes in mountinfo's
-// fields: \040 a space, \011 a tab, \012 a newline, \134 a backslash (and
-// \043 a '#' on newer kernels).
-func unescape(s string) (string, error) {
-	if !strings.Contains(s, `\`) {
-		return s, nil
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			b.WriteByte(s[i])
-			continue
-		}
-		if i+4 > len(s) {
-			return "", fmt.Errorf("bad escape in %q: too short", s)
-		}
-		c, err := strconv.ParseUint(s[i+1:i+4], 8, 8)
-		if err != nil {
-			return "", fmt.Errorf("bad escape in %q: %w", s, err)
-		}
-		b.WriteByte(byte(c))
-		i += 3
-	}
-	return b.String(), nil
 }
 
 // IsMountSource reports whether dir (or anything below it) is the source of

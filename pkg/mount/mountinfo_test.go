@@ -9,31 +9,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestUnescape(t *testing.T) {
-	for name, tc := range map[string]struct {
-		in, want string
-		bad      bool
-	}{
-		"nothing escaped":       {in: "/var/lib/kubelet", want: "/var/lib/kubelet"},
-		"space":                 {in: `/a\040b`, want: "/a b"},
-		"tab, newline":          {in: `/a\011b\012c`, want: "/a\tb\nc"},
-		"backslash":             {in: `/a\134b`, want: `/a\b`},
-		"escaped backslash 040": {in: `/a\134040`, want: `/a\040`},
-		"hash":                  {in: `/a\043b`, want: "/a#b"},
-		"at the end":            {in: `/a\040`, want: "/a "},
-		"too short":             {in: `/a\04`, bad: true},
-		"not octal":             {in: `/a\089`, bad: true},
-		"over a byte":           {in: `/a\777`, bad: true},
-	} {
-		t.Run(name, func(t *testing.T) {
-			got, err := unescape(tc.in)
-			if (err != nil) != tc.bad || got != tc.want {
-				t.Errorf("unescape(%q) = %q, %v; want %q (error %t)", tc.in, got, err, tc.want, tc.bad)
-			}
-		})
-	}
-}
-
 // A mount table as the kernel writes it: optional fields, a bind of a
 // subdirectory, escaped paths and source.
 func TestReadMounts(t *testing.T) {
@@ -63,9 +38,63 @@ func TestReadMounts(t *testing.T) {
 	}
 }
 
+// What the kernel writes but does not escape must not split a field: a
+// mount with an empty source ("tmpfs  rw"), and a bind whose root (a
+// tenant's subPath) holds a carriage return, a no-break space or an
+// ideographic space, even one that spells out a whole forged entry.
+func TestReadMountsFieldsAreSplitAtSpacesOnly(t *testing.T) {
+	nb := "\u00a0"
+	forged := "/loop250" + nb + "/x" + nb + "rw" + nb + "-" + nb + "devtmpfs" + nb + "udev" + nb + "rw"
+	table := filepath.Join(t.TempDir(), "mountinfo")
+	if err := os.WriteFile(table, []byte(
+		"45 27 0:40 / /tmp/x rw,relatime - tmpfs  rw\n"+
+			"46 27 0:41 /x\r/k/victim /k/sub1 rw,relatime - tmpfs tmpfs rw\n"+
+			"47 27 0:41 /x\u3000/k/victim /k/sub2 rw,relatime - tmpfs tmpfs rw\n"+
+			"48 27 0:41 "+forged+" /k/sub3 rw,relatime shared:1 - tmpfs tmpfs rw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadMounts(table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Info{
+		{ID: 45, Parent: 27, Major: 0, Minor: 40, Root: "/", Mountpoint: "/tmp/x", Options: "rw,relatime", FSType: "tmpfs", Source: ""},
+		{ID: 46, Parent: 27, Major: 0, Minor: 41, Root: "/x\r/k/victim", Mountpoint: "/k/sub1", Options: "rw,relatime", FSType: "tmpfs", Source: "tmpfs"},
+		{ID: 47, Parent: 27, Major: 0, Minor: 41, Root: "/x\u3000/k/victim", Mountpoint: "/k/sub2", Options: "rw,relatime", FSType: "tmpfs", Source: "tmpfs"},
+		{ID: 48, Parent: 27, Major: 0, Minor: 41, Root: forged, Mountpoint: "/k/sub3", Options: "rw,relatime", FSType: "tmpfs", Source: "tmpfs"},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("ReadMounts (-want +got):\n%s", d)
+	}
+	for _, m := range got {
+		if m.BindsDevice("/dev/loop250") {
+			t.Errorf("%+v reads as a bind of /dev/loop250", m)
+		}
+	}
+}
+
+// A mount of an empty source, which mount(2) allows, is read like any
+// other: the table stays readable and the mount is found.
+func TestMountOfAnEmptySource(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: real mounts")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, 0) })
+	m, ok, err := NewHost(nil).MountOf(dir)
+	if err != nil || !ok || m.FSType != "tmpfs" || m.Source != "" {
+		t.Errorf("MountOf(%s) = %+v, %t, %v; want the tmpfs of an empty source", dir, m, ok, err)
+	}
+	if _, err := Mounts(); err != nil {
+		t.Errorf("Mounts with an empty source in the table: %v", err)
+	}
+}
+
 // The kernel escapes a space, a tab and a backslash in mountinfo's paths
-// and sources (\040, \011, \134); mount-utils leaves them escaped, and
-// Mounts undoes them: a mount at such a path, of such a source, is found
+// and sources (\040, \011, \134), and Mounts undoes them: a mount at such a path, of such a source, is found
 // by its real names.
 func TestMountsAtEscapedPaths(t *testing.T) {
 	if os.Geteuid() != 0 {

@@ -222,8 +222,8 @@ func (h host) deviceMounts(att pool.Attachment) ([]mount.Info, error) {
 
 // publishedAt lists where the volume is published now, from the mount
 // table: mounts of the same filesystem and root as the staging mount (the
-// first at stagingPath in the table, as Mounter.MountOf has it), or binds
-// of the volume's devices.
+// first at stagingPath in the table: the staging mount itself, even with
+// something stacked on it), or binds of the volume's devices.
 func (h host) publishedAt(att pool.Attachment, stagingPath string, block bool) ([]string, error) {
 	mounts, err := h.mounts()
 	if err != nil {
