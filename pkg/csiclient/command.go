@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -194,7 +195,7 @@ func volumeCommands() []command {
 		flags: func(fs *flag.FlagSet) func([]string) (call, error) {
 			r := VolumeRequest{AccessMode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}
 			var size sizeFlag
-			fs.Var(&size, "size", "capacity (required), a Kubernetes quantity: 1Gi, 500Mi, 1G; plinth rounds it up to whole MiB and its filesystem's minimum")
+			fs.Var(&size, "size", "capacity (required), a Kubernetes quantity with a unit: 1Gi, 500Mi, 1G (a bare number is refused); plinth rounds it up to whole MiB and its filesystem's minimum")
 			fs.BoolVar(&r.Block, "block", false, "a raw block volume (default: a filesystem volume)")
 			fs.StringVar(&r.FsType, "fs-type", "", "the filesystem: ext4, xfs or btrfs (default: the pool's)")
 			fs.Var(paramFlag{&r.Parameters}, "param", "a parameter KEY=VALUE, repeatable: pool=NAME, backend=file|btrfs|disk, provisioning=thin|thick (docs/configuration.md)")
@@ -227,7 +228,7 @@ func volumeCommands() []command {
 		summary: "Grows a volume to SIZE (never shrinks it). A filesystem volume's filesystem grows on the node when the CO calls NodeExpandVolume or stages it again.",
 		flags: func(fs *flag.FlagSet) func([]string) (call, error) {
 			var size sizeFlag
-			fs.Var(&size, "size", "the new capacity (required), a Kubernetes quantity: 2Gi, 1500Mi, 2G")
+			fs.Var(&size, "size", "the new capacity (required), a Kubernetes quantity with a unit: 2Gi, 1500Mi, 2G (a bare number is refused)")
 			return func(args []string) (call, error) {
 				if !size.set {
 					return nil, errors.New("--size is required")
@@ -298,11 +299,15 @@ func nounUsage(noun string, cmds []command, defaultEndpoint string) string {
 	return b.String()
 }
 
-// sizeFlag is a capacity given as a Kubernetes quantity.
+// sizeFlag is a capacity given as a Kubernetes quantity with a unit.
 type sizeFlag struct {
 	bytes int64
 	set   bool
 }
+
+// sizeUnits are the suffixes a size must end in: a bare number (or one
+// with an exponent, 1e9) is bytes, and --size 10 asked for 8 MiB.
+var sizeUnits = []string{"Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"}
 
 func (s *sizeFlag) String() string { return "" }
 
@@ -313,11 +318,30 @@ func (s *sizeFlag) Set(v string) error {
 		return errors.New("not a size: want a quantity such as 1Gi, 500Mi or 1G")
 	case q.Sign() <= 0:
 		return errors.New("a size must be more than 0")
+	case unit(v) == "":
+		return fmt.Errorf("%s has no unit (a bare number would be bytes): give one, as in --size %s (%s)", v, example(v), strings.Join(sizeUnits, ", "))
+	case !slices.Contains(sizeUnits, unit(v)):
+		return fmt.Errorf("%q is not a unit of bytes: give one of %s, as in --size %s", unit(v), strings.Join(sizeUnits, ", "), example(v))
 	case q.CmpInt64(math.MaxInt64) > 0:
 		return errors.New("too large")
 	}
 	s.bytes, s.set = q.Value(), true
 	return nil
+}
+
+// unit is the suffix of quantity v: the letters it ends with.
+func unit(v string) string {
+	return v[len(strings.TrimRightFunc(v, unicode.IsLetter)):]
+}
+
+// example is v's number in GiB (10 is 10Gi), or 10Gi where v's number is
+// not plain (1e9).
+func example(v string) string {
+	n := strings.TrimSuffix(v, unit(v))
+	if n == "" || strings.Trim(n, "0123456789.") != "" {
+		n = "10"
+	}
+	return n + "Gi"
 }
 
 // paramFlag collects KEY=VALUE parameters.

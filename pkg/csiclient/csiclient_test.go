@@ -252,6 +252,10 @@ func TestErrors(t *testing.T) {
 	}{
 		"bad size":              {[]string{"volume", "expand", vol.ID, "--size", "2Gx"}, `invalid value "2Gx" for flag -size: not a size: want a quantity such as 1Gi, 500Mi or 1G`},
 		"zero size":             {[]string{"volume", "create", "v", "--size", "0"}, "a size must be more than 0"},
+		"size without a unit":   {[]string{"volume", "create", "v", "--size", "10"}, `invalid value "10" for flag -size: 10 has no unit (a bare number would be bytes): give one, as in --size 10Gi`},
+		"expand without a unit": {[]string{"volume", "expand", vol.ID, "--size", "2048"}, `invalid value "2048" for flag -size: 2048 has no unit (a bare number would be bytes): give one, as in --size 2048Gi`},
+		"exponent, no unit":     {[]string{"volume", "create", "v", "--size", "1e9"}, "1e9 has no unit (a bare number would be bytes): give one, as in --size 10Gi"},
+		"millibytes":            {[]string{"volume", "create", "v", "--size", "500m"}, `"m" is not a unit of bytes: give one of Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E, as in --size 500Gi`},
 		"no size":               {[]string{"volume", "create", "v"}, "--size is required"},
 		"no name":               {[]string{"volume", "create", "--size", "1Gi"}, "missing NAME"},
 		"two names":             {[]string{"volume", "create", "a", "b", "--size", "1Gi"}, `unexpected argument "b"`},
@@ -315,6 +319,17 @@ func TestListPages(t *testing.T) {
 	}
 	if snaps, err := client.ListSnapshots(ctx, ""); err != nil || len(snaps) != 3 {
 		t.Errorf("ListSnapshots by pages of 1: %v, %v", snaps, err)
+	}
+}
+
+// Every unit of bytes is a size: the command line is accepted and the
+// command goes on to the endpoint (none here).
+func TestSizeUnits(t *testing.T) {
+	for _, size := range []string{"10Gi", "1.5Ti", "500Mi", "64Ki", "1Pi", "1Ei", "10G", "500M", "1T", "64k", "1P", "1E", "0.5Gi", "+1Gi"} {
+		stderr := cli{t: t}.fails(1, "volume", "create", "v", "--size", size)
+		if !strings.HasPrefix(stderr, "plinth volume create: cannot reach ") {
+			t.Errorf("--size %s: %q", size, stderr)
+		}
 	}
 }
 
