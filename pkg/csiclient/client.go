@@ -266,13 +266,31 @@ func (c *Client) ExpandVolume(ctx context.Context, id string, sizeBytes int64) (
 	return Expansion{VolumeID: id, CapacityBytes: resp.GetCapacityBytes(), NodeExpansionRequired: resp.GetNodeExpansionRequired()}, nil
 }
 
-// DeleteVolume deletes a volume; one that does not exist is no error (CSI).
+// DeleteVolume deletes a volume. CSI's DeleteVolume answers OK for a
+// volume that does not exist, so the client looks first (GetVolume): one
+// that does not exist is a *StatusError with codes.NotFound, and nothing
+// is deleted.
 func (c *Client) DeleteVolume(ctx context.Context, id string) error {
 	if err := c.need(csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME); err != nil {
 		return err
 	}
-	_, err := c.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
-	return fromRPC(err)
+	return deleteExisting("volume", id, func() error { _, err := c.GetVolume(ctx, id); return err }, func() error {
+		_, err := c.ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+		return err
+	})
+}
+
+// deleteExisting deletes kind id with del once look has found it; what
+// look does not find (codes.NotFound) is not deleted, and is a NotFound
+// that says so.
+func deleteExisting(kind, id string, look, del func() error) error {
+	switch err := look(); {
+	case status.Code(err) == codes.NotFound:
+		return &StatusError{Status: status.Newf(codes.NotFound, "%s %s does not exist; nothing deleted", kind, id)}
+	case err != nil:
+		return err
+	}
+	return fromRPC(del())
 }
 
 // snapshotOf reads a CSI snapshot.
@@ -299,19 +317,44 @@ func (c *Client) CreateSnapshot(ctx context.Context, name, volumeID string) (Sna
 
 // ListSnapshots lists every snapshot, or volumeID's ("": all), page by page.
 func (c *Client) ListSnapshots(ctx context.Context, volumeID string) ([]Snapshot, error) {
+	return c.listSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: volumeID})
+}
+
+// listSnapshots lists the snapshots that req's filters select, page by page.
+func (c *Client) listSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) ([]Snapshot, error) {
 	if err := c.need(csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS); err != nil {
 		return nil, err
 	}
 	return allPages(ctx, func(ctx context.Context, token string) (*csi.ListSnapshotsResponse, error) {
-		return c.ctrl.ListSnapshots(ctx, &csi.ListSnapshotsRequest{SourceVolumeId: volumeID, StartingToken: token, MaxEntries: c.PageSize})
+		req.StartingToken, req.MaxEntries = token, c.PageSize
+		return c.ctrl.ListSnapshots(ctx, req)
 	}, func(e *csi.ListSnapshotsResponse_Entry) Snapshot { return snapshotOf(e.GetSnapshot()) })
 }
 
-// DeleteSnapshot deletes a snapshot; one that does not exist is no error.
+// GetSnapshot reads one snapshot (ListSnapshots of its ID). A snapshot
+// that does not exist is a *StatusError with codes.NotFound.
+func (c *Client) GetSnapshot(ctx context.Context, id string) (Snapshot, error) {
+	all, err := c.listSnapshots(ctx, &csi.ListSnapshotsRequest{SnapshotId: id})
+	if err != nil {
+		return Snapshot{}, err
+	}
+	for _, s := range all {
+		if s.ID == id {
+			return s, nil
+		}
+	}
+	return Snapshot{}, &StatusError{Status: status.Newf(codes.NotFound, "snapshot %s not found in ListSnapshots", id)}
+}
+
+// DeleteSnapshot deletes a snapshot. As for DeleteVolume, the client looks
+// first (GetSnapshot): one that does not exist is a *StatusError with
+// codes.NotFound, and nothing is deleted.
 func (c *Client) DeleteSnapshot(ctx context.Context, id string) error {
 	if err := c.need(csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT); err != nil {
 		return err
 	}
-	_, err := c.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: id})
-	return fromRPC(err)
+	return deleteExisting("snapshot", id, func() error { _, err := c.GetSnapshot(ctx, id); return err }, func() error {
+		_, err := c.ctrl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: id})
+		return err
+	})
 }

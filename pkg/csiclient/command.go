@@ -13,6 +13,8 @@ import (
 	"unicode"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/plinth-dev/plinth/pkg/unixsock"
@@ -166,14 +168,35 @@ type Deleted struct {
 	Kind    string `json:"kind"`
 	ID      string `json:"id"`
 	Deleted bool   `json:"deleted"`
+	// NotFound: it did not exist, and nothing was deleted
+	// (--ignore-not-found; without it that is an error).
+	NotFound bool `json:"notFound,omitempty"`
 }
 
-// deleted is the result of a delete of kind that returned err.
-func deleted(kind, id string, err error) (any, error) {
-	if err != nil {
-		return nil, err
+// deleteCommand is `plinth KIND delete ID [--ignore-not-found]`: del
+// fails with codes.NotFound where there was nothing to delete, which is
+// an error (exit 1, as kubectl delete) unless --ignore-not-found.
+func deleteCommand(kind string, del func(c *Client, ctx context.Context, id string) error) command {
+	return command{
+		verb: "delete", args: []string{"ID"}, synopsis: "delete ID [--ignore-not-found]",
+		summary: "Deletes a " + kind + ". One that does not exist is an error (NotFound, exit 1), or with --ignore-not-found a line saying so (exit 0).",
+		flags: func(fs *flag.FlagSet) func([]string) (call, error) {
+			ignore := fs.Bool("ignore-not-found", false, "a "+kind+" that does not exist is not an error: say so and exit 0")
+			return func(args []string) (call, error) {
+				return func(ctx context.Context, c *Client) (any, error) {
+					switch err := del(c, ctx, args[0]); {
+					case status.Code(err) == codes.NotFound && *ignore:
+						return Deleted{Kind: kind, ID: args[0], NotFound: true}, nil
+					case status.Code(err) == codes.NotFound:
+						return nil, fmt.Errorf("%w (--ignore-not-found: exit 0)", err)
+					case err != nil:
+						return nil, err
+					}
+					return Deleted{Kind: kind, ID: args[0], Deleted: true}, nil
+				}, nil
+			}
+		},
 	}
-	return Deleted{Kind: kind, ID: id, Deleted: true}, nil
 }
 
 // commands are the noun's verbs.
@@ -238,12 +261,7 @@ func volumeCommands() []command {
 				}, nil
 			}
 		},
-	}, {
-		verb: "delete", args: []string{"ID"}, synopsis: "delete ID", summary: "Deletes a volume. A volume that does not exist is not an error (CSI).",
-		flags: noFlags(func(ctx context.Context, c *Client, args []string) (any, error) {
-			return deleted("volume", args[0], c.DeleteVolume(ctx, args[0]))
-		}),
-	}}
+	}, deleteCommand("volume", (*Client).DeleteVolume)}
 }
 
 func snapshotCommands() []command {
@@ -269,12 +287,7 @@ func snapshotCommands() []command {
 				return func(ctx context.Context, c *Client) (any, error) { return result(c.ListSnapshots(ctx, *volume)) }, nil
 			}
 		},
-	}, {
-		verb: "delete", args: []string{"ID"}, synopsis: "delete ID", summary: "Deletes a snapshot. A snapshot that does not exist is not an error (CSI).",
-		flags: noFlags(func(ctx context.Context, c *Client, args []string) (any, error) {
-			return deleted("snapshot", args[0], c.DeleteSnapshot(ctx, args[0]))
-		}),
-	}}
+	}, deleteCommand("snapshot", (*Client).DeleteSnapshot)}
 }
 
 // noFlags is a command with only the common flags.

@@ -190,15 +190,32 @@ func TestVolumesAndSnapshots(t *testing.T) {
 		t.Errorf("volume list through $CSI_ENDPOINT: %d volumes, want 3", len(all))
 	}
 
-	for _, args := range [][]string{{"volume", "delete", restored.ID}, {"volume", "delete", clone.ID}, {"snapshot", "delete", snap.ID}, {"volume", "delete", vol.ID}} {
+	for _, args := range [][]string{{"volume", "delete", restored.ID}, {"volume", "delete", clone.ID, "--ignore-not-found"}, {"snapshot", "delete", snap.ID}} {
 		if out := c.ok(args...); out != args[0]+" "+args[2]+" deleted\n" {
 			t.Errorf("%s: %q", args, out)
 		}
 	}
+	// -o json of a delete is what it was: kind, id, deleted (notFound is
+	// left out).
+	var deletedJSON map[string]any
+	c.okJSON(&deletedJSON, "volume", "delete", vol.ID)
+	if diff := cmp.Diff(map[string]any{"kind": "volume", "id": vol.ID, "deleted": true}, deletedJSON); diff != "" {
+		t.Errorf("volume delete -o json (-want +got):\n%s", diff)
+	}
+	// Deleted again: CSI's DeleteVolume says OK, the client says it was
+	// not there (exit 1 unless --ignore-not-found, as kubectl delete).
+	if stderr := c.fails(1, "volume", "delete", vol.ID, "-o", "json"); !strings.HasPrefix(stderr, "plinth volume delete: NotFound: volume "+vol.ID+" does not exist; nothing deleted") {
+		t.Errorf("volume delete of a deleted volume: %q", stderr)
+	}
 	var deleted csiclient.Deleted
-	c.okJSON(&deleted, "volume", "delete", vol.ID) // again: gone is deleted
-	if deleted != (csiclient.Deleted{Kind: "volume", ID: vol.ID, Deleted: true}) {
-		t.Errorf("volume delete -o json: %+v", deleted)
+	c.okJSON(&deleted, "volume", "delete", vol.ID, "--ignore-not-found")
+	if deleted != (csiclient.Deleted{Kind: "volume", ID: vol.ID, Deleted: false, NotFound: true}) {
+		t.Errorf("volume delete --ignore-not-found -o json of a deleted volume: %+v", deleted)
+	}
+	var snapDeleted map[string]any
+	c.okJSON(&snapDeleted, "snapshot", "delete", snap.ID, "--ignore-not-found")
+	if diff := cmp.Diff(map[string]any{"kind": "snapshot", "id": snap.ID, "deleted": false, "notFound": true}, snapDeleted); diff != "" {
+		t.Errorf("snapshot delete --ignore-not-found -o json of a deleted snapshot (-want +got):\n%s", diff)
 	}
 	var vols []csiclient.Volume
 	var snaps []csiclient.Snapshot
@@ -221,9 +238,18 @@ func TestErrors(t *testing.T) {
 	var vol csiclient.Volume
 	c.okJSON(&vol, "volume", "create", "vol-e", "--size", "256Mi")
 
-	// CSI: deleting what does not exist succeeds.
-	c.ok("volume", "delete", "no-such-volume")
-	c.ok("snapshot", "delete", "no-such-snapshot")
+	// CSI's delete of what does not exist answers OK; the client looks
+	// first and says so: exit 1, as kubectl delete, or with
+	// --ignore-not-found exit 0 and a line that nothing was deleted.
+	for _, kind := range []string{"volume", "snapshot"} {
+		want := "plinth " + kind + " delete: NotFound: " + kind + " not-an-id does not exist; nothing deleted (--ignore-not-found: exit 0)\n"
+		if stderr := c.fails(1, kind, "delete", "not-an-id"); stderr != want {
+			t.Errorf("%s delete of an unknown ID:\n got %q\nwant %q", kind, stderr, want)
+		}
+		if out := c.ok(kind, "delete", "--ignore-not-found", "not-an-id"); out != kind+" not-an-id did not exist; nothing deleted\n" {
+			t.Errorf("%s delete --ignore-not-found of an unknown ID: %q", kind, out)
+		}
+	}
 
 	if stderr := c.fails(1, "volume", "get", "no-such-volume"); !strings.HasPrefix(stderr, "plinth volume get: NotFound: ") || strings.Count(stderr, "\n") != 1 {
 		t.Errorf("get of an unknown ID: %q", stderr)

@@ -39,6 +39,10 @@ func write(w io.Writer, format string, v any) error {
 		fmt.Fprintln(tw, "ID\tCAPACITY\tNODE EXPANSION")
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.VolumeID, bytesize.Format(v.CapacityBytes), need)
 	case Deleted:
+		if v.NotFound {
+			fmt.Fprintf(tw, "%s %s did not exist; nothing deleted\n", v.Kind, v.ID)
+			break
+		}
 		fmt.Fprintf(tw, "%s %s deleted\n", v.Kind, v.ID)
 	default:
 		return fmt.Errorf("no table for %T", v)
