@@ -4,8 +4,9 @@
 # dry-runs them against the real API server), each render holding the lines
 # test/chart/expect/<name>.txt names (and none of its !lines), every bad
 # value set in test/chart/bad refused (by values.schema.json or the
-# templates' checks), and the chart's CRDs equal to deploy/base/crds (both
-# generated from pkg/apis).
+# templates' checks), the backends and layouts docs/configuration.md lists
+# accepted by the schema, and the chart's CRDs equal to deploy/base/crds
+# (both generated from pkg/apis).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-$(mktemp -d)}
@@ -37,6 +38,24 @@ for e in test/chart/expect/*.txt; do
 	done <"$e"
 	if [ $bad = 0 ]; then echo "ok   $name: renders what $(basename "$e") names"; else fail=1; fi
 done
+# The values docs/configuration.md lists for a StorageClass's backend, a
+# --pool's backend (node.pools) and a disk rule's layout are the ones
+# values.schema.json accepts, no more and no fewer.
+doc=docs/configuration.md
+words() { xargs -n1 | sort | xargs; }
+while IFS='|' read -r what listed path; do
+	accepted=$(jq -r "$path.enum[]" "$chart/values.schema.json" | words)
+	if [ "$listed" = "$accepted" ]; then
+		echo "ok   $what: docs and schema list $accepted"
+	else
+		echo "FAIL $what: docs/configuration.md lists '$listed', values.schema.json accepts '$accepted'"
+		fail=1
+	fi
+done <<LIST
+storageClasses[].backend|$(grep -m1 '^| `backend` |' "$doc" | cut -d'|' -f3 | grep -o '`[a-z]*`' | tr -d '`' | words)|.properties.storageClasses.items.properties.backend
+node.pools[].backend|$(grep -m1 '^| `--pool` |' "$doc" | grep -o 'backend=[a-z\\|]*' | sed 's/^backend=//; s/\\|/ /g' | words)|.properties.node.properties.pools.items.properties.backend
+node.disks.rules[].layout|$(grep -m1 '^| `layout` |' "$doc" | cut -d'|' -f3 | grep -o '`[a-z]*`:' | tr -d '`:' | words)|.properties.node.properties.disks.properties.rules.items.properties.layout
+LIST
 for v in test/chart/bad/*.yaml; do
 	if msg=$("$helm" template plinth "$chart" --kube-version 1.37.2 -f "$v" 2>&1 >/dev/null); then
 		echo "FAIL bad values accepted: $v"
