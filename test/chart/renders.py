@@ -69,10 +69,59 @@ def check_spread(name, objs):
     for t in terms:
         term = t["podAffinityTerm"]
         sel = term.get("labelSelector", {}).get("matchLabels", {})
-        matched = [o["metadata"]["name"] for o in objs if o["kind"] in WORKLOADS and sel
-                   and sel.items() <= o["spec"]["template"]["metadata"]["labels"].items()]
+        matched = [o["metadata"]["name"] for o in objs
+                   if o["kind"] in WORKLOADS and selects(sel, o["spec"]["template"]["metadata"]["labels"])]
         ok = ok or (term.get("topologyKey") == "kubernetes.io/hostname" and matched == ["plinth-controller"])
     report(ok, f"{name}: the controller's replicas prefer different nodes (podAntiAffinity by hostname on its own pods)")
+
+
+def selects(sel, labels):
+    return bool(sel) and sel.items() <= (labels or {}).items()
+
+
+def serves(o, target):
+    """o's pods declare target (a port's name or number)."""
+    return any(target in (p.get("name"), p["containerPort"]) for c in pod(o)["containers"] for p in c.get("ports", []))
+
+
+def check_monitors(name, objs):
+    """Each ServiceMonitor selects exactly one Service, each of its
+    endpoints names a port of that Service, and that Service selects the
+    pods of one workload, every one of which serves the port's target: no
+    target that is always down. Every workload with a metrics port is
+    scraped by one of them."""
+    monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
+    if not monitors:
+        return
+    services = [o for o in objs if o["kind"] == "Service"]
+    workloads = [o for o in objs if o["kind"] in WORKLOADS]
+    scraped = set()
+    for m in monitors:
+        ns = m["metadata"].get("namespace")
+        what = f"{name}: ServiceMonitor/{m['metadata']['name']}"
+        svcs = [s for s in services if s["metadata"].get("namespace") == ns
+                and selects(m["spec"]["selector"].get("matchLabels"), s["metadata"].get("labels"))]
+        if len(svcs) != 1:
+            report(False, f"{what} selects {len(svcs)} Services ({[s['metadata']['name'] for s in svcs]}), not one")
+            continue
+        svc = svcs[0]
+        pods = [o for o in workloads if o["metadata"].get("namespace") == ns
+                and selects(svc["spec"].get("selector"), o["spec"]["template"]["metadata"]["labels"])]
+        bad = []
+        for e in m["spec"]["endpoints"]:
+            port = next((p for p in svc["spec"]["ports"] if p.get("name") == e.get("port")), None)
+            if port is None:
+                bad.append(f"Service/{svc['metadata']['name']} has no port {e.get('port')}")
+                continue
+            target = port.get("targetPort", port["port"])
+            missing = [o["metadata"]["name"] for o in pods if not serves(o, target)]
+            if len(pods) != 1 or missing:
+                bad.append(f"port {e.get('port')} (target {target}) of Service/{svc['metadata']['name']} selects "
+                           f"{[o['metadata']['name'] for o in pods]}, of which {missing} do not serve it")
+            scraped |= {o["metadata"]["name"] for o in pods if not missing}
+        report(not bad, f"{what} scrapes only pods that serve its port (Service/{svc['metadata']['name']})" + "".join("; " + b for b in bad))
+    unscraped = [o["metadata"]["name"] for o in workloads if serves(o, "metrics") and o["metadata"]["name"] not in scraped]
+    report(not unscraped, f"{name}: every workload's metrics port is scraped" + (f"; not: {unscraped}" if unscraped else ""))
 
 
 def without_instance(v):
@@ -116,6 +165,7 @@ def main():
     for name, objs in renders.items():
         check_probes(name, objs)
         check_spread(name, objs)
+        check_monitors(name, objs)
     check_base(renders["default"], load(sys.stdin))
     sys.exit(1 if failed else 0)
 
