@@ -1,6 +1,10 @@
 # plinth — see README.md. Targets that touch loop devices and mounts need root.
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X main.version=$(VERSION)
+# The commit, -dirty with changes to tracked files (as VERSION's --dirty); stamped, since the Go
+# toolchain stamps none where git is missing or refuses the tree. Empty outside a git checkout:
+# the binaries then print the toolchain's stamp, or unknown.
+COMMIT   ?= $(shell c=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null && echo $$c || echo $$c-dirty; })
+LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 RUN_ROOT ?= $(CURDIR)/_run
 GO       ?= go
 SHELL    := /bin/bash

@@ -14,8 +14,16 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/plinth-dev/plinth/pkg/buildinfo"
 	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/pkg/inspect"
+)
+
+// version and commit are set at build time, as plinth's: -ldflags
+// "-X main.version=... -X main.commit=..." (the Makefile's build).
+var (
+	version = "dev"
+	commit  string
 )
 
 const usage = `kubectl plinth: plinth's view of the cluster.
@@ -26,6 +34,7 @@ Usage:
   kubectl plinth devices                devices per node and resource, and the pods holding them
   kubectl plinth disks                  every node's disks: identity, size, transport, NUMA node, free/plinth/foreign/missing, pool
   kubectl plinth why pvc|pod NAME       why a PVC or a pod is (not) pending, in plinth's terms
+  kubectl plinth version                its version and commit (also --version)
 
 Flags:
   -o table|json|yaml   output format (default table)
@@ -42,6 +51,7 @@ func main() {
 	namespace := fs.String("n", "", "namespace")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file")
 	driver := fs.String("driver-name", "plinth.example.com", "plinth's CSI driver name")
+	showVersion := fs.Bool("version", false, "print the version and commit")
 	// Flags may come before or after the command.
 	var args []string
 	rest := os.Args[1:]
@@ -59,6 +69,10 @@ func main() {
 		}
 		args = append(args, fs.Arg(0))
 		rest = fs.Args()[1:]
+	}
+	if *showVersion || len(args) > 0 && args[0] == "version" {
+		buildinfo.Print(os.Stdout, "kubectl-plinth", version, commit)
+		os.Exit(0)
 	}
 	if len(args) == 0 {
 		fmt.Fprint(os.Stderr, usage)

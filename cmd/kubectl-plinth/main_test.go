@@ -50,3 +50,16 @@ func TestHelpAndUnknownCommand(t *testing.T) {
 		t.Errorf("bad flag: exit %d, %q", code, errOut)
 	}
 }
+
+// kubectl plinth --version (and version) prints what plinth version
+// prints first, without a cluster: the version, the commit (in a test
+// binary, the Go toolchain's VCS stamp or unknown), the Go.
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"--version"}, {"version"}, {"-o", "json", "--version"}} {
+		out, errOut, code := runMain(t, args...)
+		lines := strings.Split(out, "\n")
+		if code != 0 || errOut != "" || len(lines) != 4 || lines[0] != "kubectl-plinth dev" || !strings.HasPrefix(lines[1], "commit: ") || lines[1] == "commit: " || !strings.HasPrefix(lines[2], "go: go1.") {
+			t.Errorf("kubectl plinth %s: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+	}
+}

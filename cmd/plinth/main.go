@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -18,11 +17,17 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/app"
+	"github.com/plinth-dev/plinth/pkg/buildinfo"
 	"github.com/plinth-dev/plinth/pkg/csiclient"
 )
 
-// version is set at build time: -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time: -ldflags "-X main.version=...
+// -X main.commit=..." (the Makefile's build); commit "" is the Go
+// toolchain's VCS stamp, where it made one.
+var (
+	version = "dev"
+	commit  string
+)
 
 const usage = `plinth: node-local disks as CSI volumes, accelerators as extended resources.
 
@@ -144,23 +149,11 @@ func runUntilSignal(f func(context.Context) error) {
 // with, and the versions of the APIs it speaks (from the modules it was
 // built with).
 func printVersion(w io.Writer) {
-	commit, dirty := "unknown", false
 	mods := map[string]string{}
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				commit = s.Value
-			case "vcs.modified":
-				dirty = s.Value == "true"
-			}
-		}
 		for _, d := range bi.Deps {
 			mods[d.Path] = d.Version
 		}
-	}
-	if dirty {
-		commit += " (modified)"
 	}
 	or := func(s string) string {
 		if s == "" {
@@ -168,9 +161,7 @@ func printVersion(w io.Writer) {
 		}
 		return s
 	}
-	fmt.Fprintf(w, "plinth %s\n", version)
-	fmt.Fprintf(w, "commit: %s\n", commit)
-	fmt.Fprintf(w, "go: %s %s/%s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	buildinfo.Print(w, "plinth", version, commit)
 	fmt.Fprintf(w, "CSI spec: %s\n", or(mods["github.com/container-storage-interface/spec"]))
 	fmt.Fprintf(w, "device plugin API: v1beta1 (k8s.io/kubelet %s)\n", or(mods["k8s.io/kubelet"]))
 	fmt.Fprintf(w, "plugin registration API: v1\n")
