@@ -124,6 +124,31 @@ def check_monitors(name, objs):
     report(not unscraped, f"{name}: every workload's metrics port is scraped" + (f"; not: {unscraped}" if unscraped else ""))
 
 
+# Resident memory of plinth node measured by a trial (issue 28): its
+# request must cover it with a tenth to spare, and a limit, where one is
+# set, leave twice the request for the programs it runs (mkfs, copies).
+NODE_RSS = 56 * 10**6
+UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 10**3, "M": 10**6, "G": 10**9, "": 1}
+
+
+def quantity(q):
+    q = str(q)
+    unit = next(u for u in UNITS if u and q.endswith(u)) if not q.isdigit() else ""
+    return int(float(q[:len(q) - len(unit)]) * UNITS[unit])
+
+
+def check_node_memory(name, objs):
+    d = find(objs, "DaemonSet", "plinth-node")
+    if d is None:
+        return
+    res = container(d).get("resources") or {}
+    req = quantity(res.get("requests", {}).get("memory", 0))
+    limit = res.get("limits", {}).get("memory")
+    ok = req >= NODE_RSS * 1.1 and (limit is None or quantity(limit) >= 2 * req)
+    report(ok, f"{name}: plinth-node's memory request ({req / 10**6:.0f} MB) covers its measured {NODE_RSS // 10**6} MB "
+           f"with a tenth to spare; limit {limit or 'none'}")
+
+
 def without_instance(v):
     """v without the release's instance label, which deploy/base has no
     counterpart of."""
@@ -166,6 +191,7 @@ def main():
         check_probes(name, objs)
         check_spread(name, objs)
         check_monitors(name, objs)
+        check_node_memory(name, objs)
     check_base(renders["default"], load(sys.stdin))
     sys.exit(1 if failed else 0)
 
