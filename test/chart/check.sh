@@ -5,8 +5,7 @@
 # test/chart/expect/<name>.txt names (and none of its !lines), every bad
 # value set in test/chart/bad refused (by values.schema.json or the
 # templates' checks), the renders' objects as test/chart/renders.py checks
-# them (deploy/base against the default render among them, through
-# kubectl kustomize), the backends and layouts docs/configuration.md lists
+# them, with deploy/'s kustomizations (kubectl kustomize), the backends and layouts docs/configuration.md lists
 # accepted by the schema, and the chart's CRDs equal to deploy/base/crds
 # (both generated from pkg/apis).
 set -euo pipefail
@@ -41,14 +40,16 @@ for e in test/chart/expect/*.txt; do
 	if [ $bad = 0 ]; then echo "ok   $name: renders what $(basename "$e") names"; else fail=1; fi
 done
 # The renders read as objects (test/chart/renders.py says what it checks),
-# and deploy/base against the default render.
+# with deploy/base and each overlay (kubectl kustomize), and deploy/base
+# against the default render.
 kubectl=${KUBECTL:-kubectl}
-if base=$("$kubectl" kustomize deploy/base); then
-	python3 test/chart/renders.py "$out" <<<"$base" || fail=1
-else
-	echo "FAIL $kubectl kustomize deploy/base"
-	fail=1
-fi
+kout=$(mktemp -d) && mkdir "$kout/overlays"
+for k in deploy/base deploy/overlays/*/; do
+	k=${k%/}
+	"$kubectl" kustomize "$k" >"$kout/${k#deploy/}.yaml" 2>&1 || { echo "FAIL $kubectl kustomize $k"; cat "$kout/${k#deploy/}.yaml"; fail=1; }
+done
+python3 test/chart/renders.py "$out" "$kout" || fail=1
+rm -rf "$kout"
 # The values docs/configuration.md lists for a StorageClass's backend, a
 # --pool's backend (node.pools) and a disk rule's layout are the ones
 # values.schema.json accepts, no more and no fewer.

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Checks of what the chart's renders (test/chart/check.sh writes them to
-the directory named by argv[1], one <value set>.yaml each) install, read as
-objects rather than lines, and of deploy/base (kustomize's render of it on
-stdin) against the chart's default render. Prints "ok"/"FAIL" lines; exits
-1 on any failure."""
+the directory named by argv[1], one <value set>.yaml each) and deploy/'s
+kustomizations (rendered into argv[2]: base.yaml, overlays/<name>.yaml)
+install, read as objects rather than lines, and of deploy/base against the
+chart's default render. Prints "ok"/"FAIL" lines; exits 1 on any failure."""
 
 import copy
 import glob
@@ -41,20 +41,25 @@ def container(o):
 
 
 def check_probes(name, objs):
-    """Every container is probed for liveness (/healthz) and readiness
-    (/readyz) on a port it declares."""
+    """A container that serves metrics and health (--metrics-address not
+    empty) is probed for liveness (/healthz) and readiness (/readyz) on a
+    port it declares; one that serves none has no probes (a readiness probe
+    nobody answers would hold every rollout)."""
     bad = []
     for o in objs:
         if o["kind"] not in WORKLOADS:
             continue
         for c in pod(o)["containers"]:
             ports = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
+            serving = "--metrics-address=" not in c.get("args", [])
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
                 get = (c.get(probe) or {}).get("httpGet") or {}
-                if get.get("path") != path or get.get("port") not in ports:
+                if serving and (get.get("path") != path or get.get("port") not in ports):
                     bad.append(f"{o['kind']}/{o['metadata']['name']} {probe}: {get or 'none'}")
-    report(not bad, f"{name}: every container has a liveness probe (/healthz) and a readiness probe (/readyz) on a port it declares"
-           + "".join("; " + b for b in bad))
+                if not serving and probe in c:
+                    bad.append(f"{o['kind']}/{o['metadata']['name']} serves no metrics but has a {probe}")
+    report(not bad, f"{name}: every container serving health has a liveness probe (/healthz) and a readiness probe (/readyz) "
+           "on a port it declares, and none other has probes" + "".join("; " + b for b in bad))
 
 
 def check_spread(name, objs):
@@ -182,17 +187,17 @@ def check_base(chart, base):
 
 
 def main():
-    out = sys.argv[1]
     renders = {}
-    for f in sorted(glob.glob(os.path.join(out, "*.yaml"))):
-        with open(f) as fh:
-            renders[os.path.basename(f)[:-len(".yaml")]] = load(fh)
+    for d, prefix in ((sys.argv[1], ""), (sys.argv[2], "deploy/")):
+        for f in sorted(glob.glob(os.path.join(d, "**", "*.yaml"), recursive=True)):
+            with open(f) as fh:
+                renders[prefix + os.path.relpath(f, d)[:-len(".yaml")]] = load(fh)
     for name, objs in renders.items():
         check_probes(name, objs)
         check_spread(name, objs)
         check_monitors(name, objs)
         check_node_memory(name, objs)
-    check_base(renders["default"], load(sys.stdin))
+    check_base(renders["default"], renders["deploy/base"])
     sys.exit(1 if failed else 0)
 
 
