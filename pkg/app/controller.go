@@ -168,15 +168,30 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	}
 	parts := map[string]func(context.Context) error{}
 	var m *metrics.Metrics
+	// Liveness fails while this replica leads but has not renewed its
+	// Lease for a while (a controller stuck while another may take over).
+	watchdog := leaderelection.NewLeaderHealthzAdaptor(c.LeaseDuration)
 	if c.MetricsAddress != "" {
 		m = metrics.New()
+		if err := m.RegisterController(); err != nil {
+			return err
+		}
+		// Ready only while the API server answers: a controller that
+		// cannot reach it provisions nothing.
+		m.AddReadyCheck("apiserver", func(ctx context.Context) error { return apiServerReady(ctx, core) })
+		if c.LeaderElect {
+			m.AddLiveCheck("leader-election", func(context.Context) error { return watchdog.Check(nil) })
+		}
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
-	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth, snaps) }
+	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth, snaps, m) }
 	if !c.LeaderElect {
+		if m != nil {
+			m.SetLeader(true)
+		}
 		parts["controller"] = lead
 	} else {
-		parts["controller"] = func(ctx context.Context) error { return runElected(ctx, c, core, lead) }
+		parts["controller"] = func(ctx context.Context) error { return runElected(ctx, c, core, lead, watchdog, m) }
 	}
 	klog.InfoS("plinth controller started", "version", c.Version, "driver", c.DriverName, "namespace", c.Namespace, "leaderElect", c.LeaderElect)
 	return runAll(ctx, parts)
@@ -185,7 +200,15 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 // runElected runs lead while this process holds the Lease; losing it ends
 // the process's work (a restart campaigns again), so two replicas never act
 // at once.
-func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interface, lead func(context.Context) error) error {
+// apiServerReady asks the API server's /readyz (readable by anyone).
+func apiServerReady(ctx context.Context, core kubernetes.Interface) error {
+	if err := core.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
+		return fmt.Errorf("the API server does not answer: %w", err)
+	}
+	return nil
+}
+
+func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interface, lead func(context.Context) error, watchdog *leaderelection.HealthzAdaptor, m *metrics.Metrics) error {
 	id, err := leaderIdentity()
 	if err != nil {
 		return err
@@ -204,14 +227,21 @@ func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interfa
 		RenewDeadline:   c.LeaseDuration * 2 / 3,
 		RetryPeriod:     c.LeaseDuration / 7,
 		Name:            "plinth-controller",
+		WatchDog:        watchdog,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(ctx context.Context) {
 				klog.InfoS("Leading", "identity", id)
+				if m != nil {
+					m.SetLeader(true)
+				}
 				if err := lead(ctx); err != nil {
 					errc <- err
 				}
 			},
 			OnStoppedLeading: func() {
+				if m != nil {
+					m.SetLeader(false)
+				}
 				if ctx.Err() == nil {
 					errc <- lost
 				}
@@ -256,7 +286,11 @@ func leaseSuffix(driver string) string {
 	return string(out)
 }
 
-func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface, snaps snapclient.Interface) error {
+func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface, snaps snapclient.Interface, m *metrics.Metrics) error {
+	var observe provision.Observer
+	if m != nil {
+		observe = m.ObserveOperation
+	}
 	factory := informers.NewSharedInformerFactory(core, 10*time.Minute)
 	pfactory := externalversions.NewSharedInformerFactory(plinth, 10*time.Minute)
 	nodes := factory.Core().V1().Nodes()
@@ -291,6 +325,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	prov := &provision.Provisioner{
 		Driver: c.DriverName, TopologyKey: c.TopologyKey, Controller: vc, Events: events,
 		Sources: &provision.Sources{Core: core, Snapshots: snaps, Driver: c.DriverName},
+		Observe: observe,
 	}
 	pc := controller.NewProvisionController(ctx, core, c.DriverName, prov,
 		controller.LeaderElection(false), // plinth's own election covers every loop
@@ -312,7 +347,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		Client: core, Classes: classes.Lister(), Cluster: cluster, Controller: vc, Driver: c.DriverName,
 		TopologyKey: c.TopologyKey, Namespace: c.Namespace, Interval: c.CapacityInterval,
 	}
-	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events}
+	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events, Observe: observe}
 	// VolumeSnapshotContents go through the same CSI controller service as
 	// the socket below serves (pkg/snapshot).
 	csiController := csi.NewControllerServer(vc, c.TopologyKey)

@@ -1,10 +1,18 @@
 package app
 
 import (
+	"context"
 	"flag"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // --release-volumes-on-lost-node-after is off by default, set from the
@@ -41,5 +49,39 @@ func TestReleaseVolumesOnLostNodeAfter(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--release-volumes-on-lost-node-after") {
 			t.Errorf("%s: %v, want an error saying %q", value, err, want)
 		}
+	}
+}
+
+// The controller is ready only while the API server answers its /readyz:
+// not when it says it is not ready, and not when nothing answers.
+func TestControllerReadyFollowsTheAPIServer(t *testing.T) {
+	var sick atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		if sick.Load() {
+			http.Error(w, "[-]etcd failed", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	core, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := apiServerReady(ctx, core); err != nil {
+		t.Errorf("API server ready: %v", err)
+	}
+	sick.Store(true)
+	if err := apiServerReady(ctx, core); err == nil {
+		t.Error("ready while the API server says it is not")
+	}
+	srv.Close()
+	if err := apiServerReady(ctx, core); err == nil || !strings.Contains(err.Error(), "does not answer") {
+		t.Errorf("with no API server: %v, want an error saying it does not answer", err)
 	}
 }

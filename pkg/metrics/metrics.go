@@ -28,6 +28,11 @@ type Metrics struct {
 	registered   *prometheus.CounterVec
 	draPrepare   prometheus.Histogram
 
+	// The controller's own, registered by RegisterController.
+	ops        *prometheus.CounterVec
+	opDuration *prometheus.HistogramVec
+	leader     prometheus.Gauge
+
 	mu     sync.Mutex
 	checks map[string]func(context.Context) error
 	live   map[string]func(context.Context) error
@@ -59,7 +64,44 @@ func New() *Metrics {
 	})
 	m.reg.MustRegister(m.csiCalls, m.csiDuration, m.allocations, m.allocLatency, m.registered, m.draPrepare,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.ops = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "plinth_controller_operations_total",
+		Help: "Operations plinth controller finished on claims and volumes, by operation (provision, delete, expand) and result (success, error; for provision also in_progress, reschedule).",
+	}, []string{"operation", "result"})
+	m.opDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "plinth_controller_operation_duration_seconds", Help: "Duration of plinth controller's operations, by operation and result.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
+	}, []string{"operation", "result"})
+	m.leader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "plinth_controller_leader", Help: "1 while this plinth controller holds the leader Lease (or runs without leader election), 0 otherwise.",
+	})
 	return m
+}
+
+// RegisterController adds plinth controller's own metrics: its operations
+// and whether it leads. Only the controller registers them.
+func (m *Metrics) RegisterController() error {
+	for _, c := range []prometheus.Collector{m.ops, m.opDuration, m.leader} {
+		if err := m.reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ObserveOperation records one finished controller operation.
+func (m *Metrics) ObserveOperation(operation, result string, d time.Duration) {
+	m.ops.WithLabelValues(operation, result).Inc()
+	m.opDuration.WithLabelValues(operation, result).Observe(d.Seconds())
+}
+
+// SetLeader records whether this controller leads.
+func (m *Metrics) SetLeader(leading bool) {
+	if leading {
+		m.leader.Set(1)
+	} else {
+		m.leader.Set(0)
+	}
 }
 
 // Register adds a collector (pools, devices) to plinth's registry.

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -75,5 +76,41 @@ plinth_pool_volumes{backend="file",pool="empty",state="ready"} 0
 	}
 	if n := testutil.CollectAndCount(c, "plinth_pool_snapshots"); n != 6 {
 		t.Errorf("%d snapshot series for two pools, want 3 states each", n)
+	}
+}
+
+// The controller's own series: its operations by result and whether it
+// leads; a node agent, which does not register them, exports neither.
+func TestControllerMetrics(t *testing.T) {
+	node := New()
+	if n, err := testutil.GatherAndCount(node.reg, "plinth_controller_leader", "plinth_controller_operations_total"); err != nil || n != 0 {
+		t.Errorf("a node agent exports %d controller series (%v)", n, err)
+	}
+	m := New()
+	if err := m.RegisterController(); err != nil {
+		t.Fatal(err)
+	}
+	m.SetLeader(true)
+	m.ObserveOperation("provision", "success", 20*time.Millisecond)
+	m.ObserveOperation("provision", "error", time.Second)
+	m.ObserveOperation("provision", "success", 30*time.Millisecond)
+	want := `
+# HELP plinth_controller_leader 1 while this plinth controller holds the leader Lease (or runs without leader election), 0 otherwise.
+# TYPE plinth_controller_leader gauge
+plinth_controller_leader 1
+# HELP plinth_controller_operations_total Operations plinth controller finished on claims and volumes, by operation (provision, delete, expand) and result (success, error; for provision also in_progress, reschedule).
+# TYPE plinth_controller_operations_total counter
+plinth_controller_operations_total{operation="provision",result="error"} 1
+plinth_controller_operations_total{operation="provision",result="success"} 2
+`
+	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(want), "plinth_controller_leader", "plinth_controller_operations_total"); err != nil {
+		t.Error(err)
+	}
+	if n, err := testutil.GatherAndCount(m.reg, "plinth_controller_operation_duration_seconds"); err != nil || n != 2 {
+		t.Errorf("duration series: %d (%v), want 2", n, err)
+	}
+	m.SetLeader(false)
+	if v := testutil.ToFloat64(m.leader); v != 0 {
+		t.Errorf("leader after losing the Lease: %v", v)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -31,6 +32,34 @@ type Provisioner struct {
 	Events      record.EventRecorder
 	// Sources resolves PVC data sources (restores, clones); nil refuses them.
 	Sources *Sources
+	// Observe, when set, hears each provision and delete that finishes
+	// (metrics).
+	Observe Observer
+}
+
+// Observer hears a finished operation (provision, delete, expand) and its
+// result: success or error; a provision also in_progress (the volume is
+// still being made, the library asks again) or reschedule (the chosen node
+// cannot hold it).
+type Observer func(operation, result string, d time.Duration)
+
+func (o Observer) observe(operation, result string, start time.Time) {
+	if o != nil {
+		o(operation, result, time.Since(start))
+	}
+}
+
+// provisionResult names the outcome of one Provision call.
+func provisionResult(state controller.ProvisioningState, err error) string {
+	switch {
+	case err == nil:
+		return "success"
+	case state == controller.ProvisioningInBackground:
+		return "in_progress"
+	case state == controller.ProvisioningReschedule:
+		return "reschedule"
+	}
+	return "error"
 }
 
 var (
@@ -125,7 +154,8 @@ func (p *Provisioner) allowedNodes(terms []v1.TopologySelectorTerm) (map[string]
 }
 
 // Provision implements controller.Provisioner.
-func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (*v1.PersistentVolume, controller.ProvisioningState, error) {
+func (p *Provisioner) Provision(ctx context.Context, opts controller.ProvisionOptions) (pv *v1.PersistentVolume, state controller.ProvisioningState, err error) {
+	defer func(start time.Time) { p.Observe.observe("provision", provisionResult(state, err), start) }(time.Now())
 	ctx = klog.NewContext(ctx, klog.FromContext(ctx).WithValues("pvc", klog.KObj(opts.PVC), "pv", opts.PVName))
 	req, err := p.request(ctx, opts)
 	if err != nil {
@@ -198,7 +228,13 @@ func (p *Provisioner) Delete(ctx context.Context, pv *v1.PersistentVolume) error
 	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != p.Driver {
 		return &controller.IgnoredError{Reason: "not a plinth volume"}
 	}
+	start := time.Now()
 	err := p.Controller.DeleteVolume(ctx, pv.Spec.CSI.VolumeHandle)
+	if err != nil {
+		p.Observe.observe("delete", "error", start)
+	} else {
+		p.Observe.observe("delete", "success", start)
+	}
 	if errors.Is(err, volume.ErrNodeGone) && p.Events != nil {
 		p.Events.Event(pv, v1.EventTypeWarning, ReasonVolumeOnLostNode, err.Error())
 	}

@@ -32,6 +32,8 @@ type Resizer struct {
 	Controller *volume.Controller
 	Driver     string
 	Events     record.EventRecorder
+	// Observe, when set, hears each expansion that finishes (metrics).
+	Observe Observer
 
 	queue workqueue.TypedRateLimitingInterface[string]
 }
@@ -124,7 +126,16 @@ func (r *Resizer) sync(ctx context.Context, key string) error {
 	if pvc, err = r.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
+	start := time.Now()
 	placed, err := r.Controller.ExpandVolume(ctx, pv.Spec.CSI.VolumeHandle, want.Value(), 0)
+	switch {
+	case err == nil:
+		r.Observe.observe("expand", "success", start)
+	case errors.Is(err, ErrInProgress):
+		r.Observe.observe("expand", "in_progress", start)
+	default:
+		r.Observe.observe("expand", "error", start)
+	}
 	if err != nil {
 		if !errors.Is(err, ErrInProgress) && r.Events != nil {
 			r.Events.Event(pvc, v1.EventTypeWarning, "VolumeResizeFailed", err.Error())
