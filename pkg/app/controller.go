@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
@@ -197,9 +198,6 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	return runAll(ctx, parts)
 }
 
-// runElected runs lead while this process holds the Lease; losing it ends
-// the process's work (a restart campaigns again), so two replicas never act
-// at once.
 // apiServerReady asks the API server's /readyz (readable by anyone).
 func apiServerReady(ctx context.Context, core kubernetes.Interface) error {
 	if err := core.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
@@ -208,6 +206,13 @@ func apiServerReady(ctx context.Context, core kubernetes.Interface) error {
 	return nil
 }
 
+// runElected runs lead while this process holds the Lease; losing it ends
+// the process's work (a restart campaigns again), so two replicas never act
+// at once. When ctx ends (SIGTERM) lead is stopped and waited for, and only
+// then is the Lease handed over (holderIdentity cleared), before
+// runElected returns: the next replica takes over at once, not after the
+// lease duration, and never while this one still acts. lead's error ends
+// runElected the same way.
 func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interface, lead func(context.Context) error, watchdog *leaderelection.HealthzAdaptor, m *metrics.Metrics) error {
 	id, err := leaderIdentity()
 	if err != nil {
@@ -218,8 +223,20 @@ func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interfa
 		Client:     core.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
 	}
-	errc := make(chan error, 1)
-	lost := errors.New("lost the leader Lease")
+	// The elector's context ends only once lead has returned: client-go
+	// releases the Lease as soon as it does (ReleaseOnCancel), and leaves
+	// it to its caller to stop the guarded work first.
+	elector, stopElector := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopElector()
+	var (
+		mu      sync.Mutex
+		started bool // lead was started (under mu)
+		// Once leadEnd is closed: lead's error, and whether it returned
+		// of itself (not because the elector stopped leading).
+		leadErr   error
+		leadAlone bool
+		leadEnd   = make(chan struct{})
+	)
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		ReleaseOnCancel: true,
@@ -229,21 +246,31 @@ func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interfa
 		Name:            "plinth-controller",
 		WatchDog:        watchdog,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
+			OnStartedLeading: func(leading context.Context) {
+				mu.Lock()
+				if ctx.Err() != nil || leading.Err() != nil { // stopped, or lost, before it began
+					mu.Unlock()
+					stopElector()
+					return
+				}
+				started = true
+				mu.Unlock()
+				defer close(leadEnd)
 				klog.InfoS("Leading", "identity", id)
 				if m != nil {
 					m.SetLeader(true)
 				}
-				if err := lead(ctx); err != nil {
-					errc <- err
-				}
+				work, cancel := context.WithCancel(leading)
+				stop := context.AfterFunc(ctx, cancel)
+				leadErr = lead(work)
+				stop()
+				cancel()
+				leadAlone = leading.Err() == nil
+				stopElector() // hand the Lease over
 			},
 			OnStoppedLeading: func() {
 				if m != nil {
 					m.SetLeader(false)
-				}
-				if ctx.Err() == nil {
-					errc <- lost
 				}
 			},
 		},
@@ -251,13 +278,38 @@ func runElected(ctx context.Context, c ControllerConfig, core kubernetes.Interfa
 	if err != nil {
 		return err
 	}
-	le.Run(ctx)
-	select {
-	case err := <-errc:
-		return err
-	default:
+	if watchdog != nil {
+		// The watchdog (liveness) sees the elector only when told of it;
+		// client-go's RunOrDie does this, NewLeaderElector does not.
+		watchdog.SetLeaderElection(le)
+	}
+	// Stopped before leading: nothing runs under the Lease, stop campaigning.
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-elector.Done():
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !started {
+			stopElector()
+		}
+	}()
+	le.Run(elector)
+	mu.Lock()
+	wasStarted := started
+	mu.Unlock()
+	if wasStarted {
+		<-leadEnd // lead's context has ended (stopped or lost): wait for it
+	}
+	switch {
+	case leadErr != nil:
+		return leadErr
+	case ctx.Err() != nil || leadAlone:
 		return nil
 	}
+	return errors.New("lost the leader Lease")
 }
 
 // leaderIdentity names this process in the Lease: the pod's name
