@@ -40,6 +40,12 @@ type Reconciler struct {
 	Status Status
 	// Workers reconcile volumes in parallel (default 4).
 	Workers int
+	// Usage reads the volumes' used bytes for their status.usedBytes;
+	// nil: the pools' own (pool.Pool.Usage, where Local offers its
+	// pools). UsageInterval is how often it is read (default 1 minute);
+	// what is written is bounded (usage.go).
+	Usage         UsageReader
+	UsageInterval time.Duration
 
 	informer  cache.SharedIndexInformer
 	snapInf   cache.SharedIndexInformer
@@ -129,6 +135,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			}
 		}, time.Second)
 	}
+	go r.runUsage(ctx)
 	<-ctx.Done()
 	return nil
 }

@@ -60,6 +60,13 @@ func startNode(t *testing.T, objs ...runtime.Object) testNode {
 // reconciler starts (storage left from an earlier life of the node).
 func startNodeWith(t *testing.T, before func(*node.Local), objs ...runtime.Object) testNode {
 	t.Helper()
+	return startNodeConfigured(t, before, nil, objs...)
+}
+
+// startNodeConfigured is startNodeWith, with configure run on the
+// reconciler before it starts.
+func startNodeConfigured(t *testing.T, before func(*node.Local), configure func(*Reconciler), objs ...runtime.Object) testNode {
+	t.Helper()
 	dir := t.TempDir()
 	fp, err := file.New(file.Config{Name: "fast", Dir: dir})
 	if err != nil {
@@ -77,6 +84,9 @@ func startNodeWith(t *testing.T, before func(*node.Local), objs ...runtime.Objec
 	core := fake.NewSimpleClientset()
 	status := &nodestatus.Reporter{NodeName: "n1", Version: "test", Pools: local.PoolHealth, Plinth: plinth, Core: core, Interval: time.Hour}
 	r := &Reconciler{NodeName: "n1", Local: local, Plinth: plinth, Core: core, Status: status}
+	if configure != nil {
+		configure(r)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { _ = r.Run(ctx) }()

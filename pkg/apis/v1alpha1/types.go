@@ -59,6 +59,7 @@ const (
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.nodeName`
 // +kubebuilder:printcolumn:name="Pool",type=string,JSONPath=`.spec.pool`
 // +kubebuilder:printcolumn:name="Capacity",type=integer,JSONPath=`.status.capacityBytes`
+// +kubebuilder:printcolumn:name="Used",type=integer,JSONPath=`.status.usedBytes`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Claim",type=string,JSONPath=`.spec.claim`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
@@ -142,6 +143,19 @@ type VolumeStatus struct {
 	// watches, in either order).
 	// +optional
 	CountedIn int64 `json:"countedIn,omitempty"`
+	// UsedBytes is what the volume holds, as its node read it at
+	// UsageTime; absent where the node cannot tell (a volume that is
+	// not mounted on a pool whose records do not know). The node
+	// rewrites it at a bounded rate, not at every read: when it moved by
+	// at least 1% of the capacity (at most once per 10 minutes per
+	// volume), or after an hour for a smaller change; an unchanged value
+	// is never rewritten, so UsageTime may be old while the value holds.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	UsedBytes *int64 `json:"usedBytes,omitempty"`
+	// UsageTime is when the node read UsedBytes.
+	// +optional
+	UsageTime *metav1.Time `json:"usageTime,omitempty"`
 }
 
 // PlinthVolumeList is a list of PlinthVolume.
