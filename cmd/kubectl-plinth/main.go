@@ -29,8 +29,11 @@ var (
 const usage = `kubectl plinth: plinth's view of the cluster.
 
 Usage:
+  kubectl plinth status                 the installation: controller replicas and leader, each node's
+                                        version and state, mixed versions, what needs attention
+                                        (exit status 3 when something does)
   kubectl plinth nodes                  pools (size, allocatable, volumes) and devices (health) per node
-  kubectl plinth volumes                every volume: claim, node, pool, capacity, phase, pods using it
+  kubectl plinth volumes                every volume: claim, node, pool, capacity, used, phase, pods using it
   kubectl plinth devices                devices per node and resource, and the pods holding them
   kubectl plinth disks                  every node's disks: identity, size, transport, NUMA node, free/plinth/foreign/missing, pool
   kubectl plinth why pvc|pod NAME       why a PVC or a pod is (not) pending, in plinth's terms
@@ -84,42 +87,56 @@ func main() {
 	}
 	// A command that does not exist is reported before any kubeconfig is
 	// read (a missing kubeconfig must not hide a typo).
-	if !slices.Contains([]string{"nodes", "volumes", "devices", "disks", "why"}, args[0]) {
-		fmt.Fprintf(os.Stderr, "kubectl plinth: unknown command %q (nodes, volumes, devices, disks, why)\nRun \"kubectl plinth --help\" for its commands and flags.\n", args[0])
+	if !slices.Contains([]string{"status", "nodes", "volumes", "devices", "disks", "why"}, args[0]) {
+		fmt.Fprintf(os.Stderr, "kubectl plinth: unknown command %q (status, nodes, volumes, devices, disks, why)\nRun \"kubectl plinth --help\" for its commands and flags.\n", args[0])
 		os.Exit(2)
 	}
-	if err := run(args, *output, *namespace, *kubeconfig, *driver); err != nil {
+	attention, err := run(args, *output, *namespace, *kubeconfig, *driver)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "kubectl plinth:", err)
 		os.Exit(1)
 	}
+	if attention {
+		os.Exit(exitAttention)
+	}
 }
 
-func run(args []string, output, namespace, kubeconfig, driver string) error {
+// exitAttention is the exit status of `status` when something needs
+// attention (1 is an error, 2 a bad command line).
+const exitAttention = 3
+
+// run runs the command in args and prints its answer; attention is true
+// when `status` found something that needs attention.
+func run(args []string, output, namespace, kubeconfig, driver string) (attention bool, err error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = kubeconfig
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
 	cfg, err := cc.ClientConfig()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if namespace == "" {
 		if namespace, _, err = cc.Namespace(); err != nil {
-			return err
+			return false, err
 		}
 	}
 	core, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	plinth, err := versioned.NewForConfig(cfg)
 	if err != nil {
-		return err
+		return false, err
 	}
 	c := &inspect.Client{Core: core, Plinth: plinth, Driver: driver}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var v any
 	switch args[0] {
+	case "status":
+		var st inspect.StatusReport
+		st, err = c.Status(ctx)
+		v, attention = st, !st.Healthy()
 	case "nodes":
 		v, err = c.Nodes(ctx)
 	case "volumes":
@@ -130,7 +147,7 @@ func run(args []string, output, namespace, kubeconfig, driver string) error {
 		v, err = c.Disks(ctx)
 	case "why":
 		if len(args) != 3 {
-			return fmt.Errorf("why pvc NAME | why pod NAME")
+			return false, fmt.Errorf("why pvc NAME | why pod NAME")
 		}
 		name := args[2]
 		if ns, n, ok := strings.Cut(name, "/"); ok {
@@ -142,13 +159,13 @@ func run(args []string, output, namespace, kubeconfig, driver string) error {
 		case "pod":
 			v, err = c.WhyPod(ctx, namespace, name)
 		default:
-			return fmt.Errorf("why %s: explain a pvc or a pod", args[1])
+			return false, fmt.Errorf("why %s: explain a pvc or a pod", args[1])
 		}
 	default:
-		return fmt.Errorf("unknown command %q (nodes, volumes, devices, disks, why)", args[0])
+		return false, fmt.Errorf("unknown command %q (status, nodes, volumes, devices, disks, why)", args[0])
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	return inspect.Print(os.Stdout, output, v)
+	return attention, inspect.Print(os.Stdout, output, v)
 }

@@ -26,6 +26,9 @@ type Client struct {
 	Plinth versioned.Interface
 	Driver string
 	Now    func() time.Time
+	// StaleAfter is how old a node's heartbeat may be before Status calls
+	// its agent not reporting (default DefaultStaleAfter).
+	StaleAfter time.Duration
 }
 
 // PoolReport is one pool of one node.
@@ -69,13 +72,17 @@ type VolumeReport struct {
 	Node  string `json:"node"`
 	// NodeLost: the node's Kubernetes Node object has left the cluster
 	// (the table says LOST): the volume is out of reach.
-	NodeLost      bool     `json:"nodeLost,omitempty"`
-	Pool          string   `json:"pool"`
-	Mode          string   `json:"mode"`
-	CapacityBytes int64    `json:"capacityBytes"`
-	Phase         string   `json:"phase"`
-	Message       string   `json:"message,omitempty"`
-	Pods          []string `json:"pods"`
+	NodeLost      bool   `json:"nodeLost,omitempty"`
+	Pool          string `json:"pool"`
+	Mode          string `json:"mode"`
+	CapacityBytes int64  `json:"capacityBytes"`
+	// UsedBytes is what the volume holds, as its node last published it
+	// (at UsageTime); absent where the node cannot tell.
+	UsedBytes *int64       `json:"usedBytes,omitempty"`
+	UsageTime *metav1.Time `json:"usageTime,omitempty"`
+	Phase     string       `json:"phase"`
+	Message   string       `json:"message,omitempty"`
+	Pods      []string     `json:"pods"`
 	// Snapshots taken of the volume (they outlive it: a deleted volume's
 	// snapshots are not listed here, but stay as PlinthSnapshots).
 	Snapshots []SnapshotReport `json:"snapshots"`
@@ -312,7 +319,7 @@ func (c *Client) Volumes(ctx context.Context) ([]VolumeReport, error) {
 			phase = string(v1alpha1.VolumePending)
 		}
 		out = append(out, VolumeReport{ID: v.Name, Claim: v.Spec.Claim, Node: v.Spec.NodeName, NodeLost: lost.gone(ctx, v.Spec.NodeName), Pool: v.Spec.Pool, Mode: v.Spec.Mode,
-			CapacityBytes: capacity, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim], Snapshots: snaps[v.Name]})
+			CapacityBytes: capacity, UsedBytes: v.Status.UsedBytes, UsageTime: v.Status.UsageTime, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim], Snapshots: snaps[v.Name]})
 	}
 	return out, nil
 }

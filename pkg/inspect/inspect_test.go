@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -33,19 +34,44 @@ func TestRequestedCountsLikeTheScheduler(t *testing.T) {
 	}
 }
 
+// The volumes table shows USED next to CAPACITY: what the node published,
+// or "-" where it published nothing; json and yaml carry usedBytes.
 func TestPrint(t *testing.T) {
 	var b bytes.Buffer
-	vols := []VolumeReport{{ID: "pv-1", Claim: "ns/c", Node: "n1", Pool: "fast", Mode: "Block", CapacityBytes: 1 << 30, Phase: "Ready"}}
+	used := int64(300 << 20)
+	at := metav1.NewTime(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
+	vols := []VolumeReport{
+		{ID: "pv-1", Claim: "ns/c", Node: "n1", Pool: "fast", Mode: "Block", CapacityBytes: 1 << 30, Phase: "Ready"},
+		{ID: "pv-2", Claim: "ns/d", Node: "n1", Pool: "fast", Mode: "Filesystem", CapacityBytes: 1 << 30, UsedBytes: &used, UsageTime: &at, Phase: "Ready"},
+	}
 	if err := Print(&b, "table", vols); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "VOLUME") || !strings.Contains(lines[1], "1Gi") || !strings.Contains(lines[1], "<none>") {
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "VOLUME") || !strings.Contains(lines[1], "1Gi") || !strings.Contains(lines[1], "<none>") {
 		t.Fatalf("table:\n%s", b.String())
 	}
+	col := func(line, header string) string {
+		i := strings.Index(lines[0], header)
+		return strings.Fields(line[i:])[0]
+	}
+	if c, u := strings.Index(lines[0], "CAPACITY"), strings.Index(lines[0], "USED"); c < 0 || u < c {
+		t.Fatalf("no USED after CAPACITY:\n%s", b.String())
+	}
+	if got := col(lines[1], "USED"); got != "-" {
+		t.Errorf("pv-1 USED %q, want -", got)
+	}
+	if got := col(lines[2], "USED"); got != "300MiB" {
+		t.Errorf("pv-2 USED %q, want 300MiB", got)
+	}
 	b.Reset()
-	if err := Print(&b, "yaml", vols); err != nil || !strings.Contains(b.String(), "capacityBytes: 1073741824") {
+	if err := Print(&b, "yaml", vols); err != nil || !strings.Contains(b.String(), "capacityBytes: 1073741824") ||
+		strings.Count(b.String(), "usedBytes: 314572800") != 1 || !strings.Contains(b.String(), `usageTime: "2025-06-01T12:00:00Z"`) {
 		t.Fatalf("yaml: %v\n%s", err, b.String())
+	}
+	b.Reset()
+	if err := Print(&b, "json", vols); err != nil || strings.Count(b.String(), `"usedBytes": 314572800`) != 1 {
+		t.Fatalf("json: %v\n%s", err, b.String())
 	}
 	if err := Print(&b, "xml", vols); err == nil {
 		t.Fatal("xml accepted")
@@ -119,5 +145,25 @@ func TestLostNode(t *testing.T) {
 	b.Reset()
 	if err := Print(&b, "json", vols); err != nil || strings.Count(b.String(), `"nodeLost": true`) != 2 {
 		t.Fatalf("json: %v\n%s", err, b.String())
+	}
+}
+
+// Volumes reports the used bytes a node published in the volume's status.
+func TestVolumesUsed(t *testing.T) {
+	used := int64(42 << 20)
+	at := metav1.NewTime(time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC))
+	c := &Client{
+		Core: fake.NewSimpleClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}),
+		Plinth: plinthfake.NewSimpleClientset(
+			&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-1"}, Spec: v1alpha1.VolumeSpec{NodeName: "n1", CapacityBytes: 1 << 30},
+				Status: v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: 1 << 30, UsedBytes: &used, UsageTime: &at}},
+			&v1alpha1.PlinthVolume{ObjectMeta: metav1.ObjectMeta{Name: "pv-2"}, Spec: v1alpha1.VolumeSpec{NodeName: "n1", CapacityBytes: 1 << 30}}),
+	}
+	vols, err := c.Volumes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vols) != 2 || vols[0].UsedBytes == nil || *vols[0].UsedBytes != used || !vols[0].UsageTime.Equal(&at) || vols[1].UsedBytes != nil {
+		t.Fatalf("volumes %+v", vols)
 	}
 }

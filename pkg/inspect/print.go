@@ -51,7 +51,7 @@ func Print(w io.Writer, format string, v any) error {
 			}
 		}
 	case []VolumeReport:
-		fmt.Fprintln(tw, "VOLUME\tCLAIM\tNODE\tPOOL\tMODE\tCAPACITY\tPHASE\tSNAPSHOTS\tPODS")
+		fmt.Fprintln(tw, "VOLUME\tCLAIM\tNODE\tPOOL\tMODE\tCAPACITY\tUSED\tPHASE\tSNAPSHOTS\tPODS")
 		for _, r := range v {
 			pods := strings.Join(r.Pods, ",")
 			if pods == "" {
@@ -61,7 +61,12 @@ func Print(w io.Writer, format string, v any) error {
 			if r.NodeLost {
 				node += " " + lostMark
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Claim, node, r.Pool, r.Mode, quantity(r.CapacityBytes), r.Phase, len(r.Snapshots), pods)
+			used := "-"
+			if r.UsedBytes != nil {
+				used = quantity(*r.UsedBytes)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Claim, node, r.Pool, r.Mode, quantity(r.CapacityBytes), used, r.Phase,
+				len(r.Snapshots), pods)
 		}
 	case []DeviceReport:
 		fmt.Fprintln(tw, "NODE\tRESOURCE\tDEVICES\tUNHEALTHY\tFREE\tHELD BY")
@@ -86,6 +91,8 @@ func Print(w io.Writer, format string, v any) error {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Node, d.Name, d.ID, quantity(d.SizeBytes), d.Transport, numa, d.State,
 				orDash(d.Pool), orDash(d.Reason))
 		}
+	case StatusReport:
+		printStatus(tw, v)
 	case Explanation:
 		fmt.Fprintf(tw, "%s: %s\n", v.Object, v.Status)
 		for _, r := range v.Reasons {
@@ -106,4 +113,58 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// printStatus writes `kubectl plinth status`: the controller, the nodes,
+// the versions, then what needs attention.
+func printStatus(tw *tabwriter.Writer, s StatusReport) {
+	leader := s.Controller.Leader
+	if leader == "" {
+		leader = "<none>"
+	}
+	fmt.Fprintf(tw, "CONTROLLER\tleader %s", leader)
+	if s.Controller.Lease != "" {
+		fmt.Fprintf(tw, " (Lease %s, renewed %s)", s.Controller.Lease, orDash(s.Controller.Renewed))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "REPLICA\tNODE\tVERSION\tREADY\tLEADER")
+	for _, r := range s.Controller.Replicas {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%t\n", r.Name, orDash(r.Node), r.Version, r.Ready, r.Name == s.Controller.Leader)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "NODE\tVERSION\tSTATE\tHEARTBEAT\tPOOLS\tDEVICES\tVOLUMES\tATTENTION")
+	for _, n := range s.Nodes {
+		var att []string
+		for _, p := range n.UnhealthyPools {
+			att = append(att, "pool "+p+" unhealthy")
+		}
+		for _, p := range n.DegradedPools {
+			att = append(att, "pool "+p+" degraded")
+		}
+		for _, d := range n.MissingDisks {
+			att = append(att, "disk "+d+" missing")
+		}
+		for _, d := range n.UnhealthyDevices {
+			att = append(att, "device "+d+" unhealthy")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", n.Name, n.Version, n.State, n.Heartbeat, n.Pools, n.Devices, n.Volumes,
+			orDash(strings.Join(att, ", ")))
+	}
+	fmt.Fprintln(tw)
+	if s.MixedVersions {
+		fmt.Fprintln(tw, "MIXED VERSIONS: "+s.versionLine())
+		if len(s.Images) > 1 {
+			fmt.Fprintln(tw, "  pods' images: "+s.imageLine())
+		}
+	} else {
+		fmt.Fprintln(tw, "VERSION: "+s.versionLine())
+	}
+	if s.Healthy() {
+		fmt.Fprintln(tw, "All well.")
+		return
+	}
+	fmt.Fprintf(tw, "NEEDS ATTENTION (%d):\n", len(s.Problems))
+	for _, p := range s.Problems {
+		fmt.Fprintf(tw, "  - %s\n", p)
+	}
 }
