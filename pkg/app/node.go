@@ -248,6 +248,7 @@ type nodeRun struct {
 	core    kubernetes.Interface // nil without --cluster
 
 	local   *node.Local   // the node's pools (CSI)
+	mounts  volumeMounts  // stage, publish and usage over them (CSI)
 	watcher *disk.Watcher // the node's disks, with disk rules
 	devices func() []v1alpha1.DeviceStatus
 }
@@ -264,6 +265,7 @@ func (n *nodeRun) volumes(ctx context.Context) (unlock func(), err error) {
 		lock.Unlock()
 		return nil, err
 	}
+	n.mounts = newVolumeMounts(n.CSIConfig, n.local)
 	sock, err := unixsock.ParseEndpoint(n.Endpoint)
 	if err != nil {
 		lock.Unlock()
@@ -273,7 +275,7 @@ func (n *nodeRun) volumes(ctx context.Context) (unlock func(), err error) {
 		n.parts["disks"] = n.watcher.Run
 	}
 	n.parts["CSI"] = func(ctx context.Context) error {
-		return serveCSI(ctx, n.CSIConfig, n.Version, n.local, false, n.metrics)
+		return serveCSI(ctx, n.CSIConfig, n.Version, n.local, n.mounts, false, n.metrics)
 	}
 	m := n.metrics
 	reg := kubelet.NewCSIRegistration(n.DriverName, sock)
@@ -424,6 +426,11 @@ func (n *nodeRun) cluster() (stop func(), err error) {
 	rec, status, stop, err := newReconciler(n.NodeConfig, n.rest, n.core, n.local, n.devices, disks)
 	if err != nil {
 		return nil, err
+	}
+	if n.mounts.Mounts != nil {
+		// A volume's used bytes: the filesystem at its staging mount
+		// where its pool keeps no count of its own.
+		rec.Usage = n.mounts
 	}
 	// A pool whose health changes, and a disk that comes or goes, make
 	// the volume objects look again (a volume on a gone disk says so);

@@ -30,7 +30,9 @@ func RunStandalone(ctx context.Context, c StandaloneConfig) error {
 	}
 	var m *metrics.Metrics
 	parts := map[string]func(context.Context) error{
-		"CSI": func(ctx context.Context) error { return serveCSI(ctx, c.CSIConfig, c.Version, local, true, m) },
+		"CSI": func(ctx context.Context) error {
+			return serveCSI(ctx, c.CSIConfig, c.Version, local, newVolumeMounts(c.CSIConfig, local), true, m)
+		},
 	}
 	if c.MetricsAddress != "" {
 		m = metrics.New()

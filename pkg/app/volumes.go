@@ -241,19 +241,30 @@ func openLocal(ctx context.Context, c CSIConfig) (*node.Local, *disk.Watcher, er
 	return local, w, err
 }
 
-// serveCSI serves Identity and Node (and Controller when withController)
-// over local until ctx ends; with m, it also feeds metrics and readiness.
-func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Local, withController bool, m *metrics.Metrics) error {
-	sock, err := unixsock.ParseEndpoint(c.Endpoint)
-	if err != nil {
-		return err
-	}
+// volumeMounts is the node's stage, publish and usage work over local,
+// and the count of the programs it runs.
+type volumeMounts struct {
+	*node.Mounts
+	launches *mount.Launches
+}
+
+func newVolumeMounts(c CSIConfig, local *node.Local) volumeMounts {
 	// The node service's programs (mkfs, blkid, resize tools) are counted
 	// (plinth_programs_launched_total).
 	run := mount.Exec{Launches: &mount.Launches{}}
 	host := mount.NewHost(run)
 	// New ext4 volumes are copies of a filesystem made once per size.
 	host.Templates = fsimage.New(filepath.Join(c.Root, "templates"), run)
+	return volumeMounts{Mounts: node.NewMounts(local, host, c.Root), launches: run.Launches}
+}
+
+// serveCSI serves Identity and Node (and Controller when withController)
+// over local until ctx ends; with m, it also feeds metrics and readiness.
+func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Local, mounts volumeMounts, withController bool, m *metrics.Metrics) error {
+	sock, err := unixsock.ParseEndpoint(c.Endpoint)
+	if err != nil {
+		return err
+	}
 	// Both spellings of each place: a path is checked as given and
 	// resolved, and a root, pool or allowed directory given through a
 	// symlink is the same place as its target.
@@ -271,7 +282,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	}
 	svcs := csi.Services{
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
-		Node: csi.NewNodeServer(node.NewMounts(local, host, c.Root), csi.NodeConfig{
+		Node: csi.NewNodeServer(mounts.Mounts, csi.NodeConfig{
 			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
 			Paths: csi.Paths{Allowed: allowed, Owned: owned},
 		}),
@@ -284,7 +295,7 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 		if err := m.Register(metrics.NewPoolCollector(poolSamples(local))); err != nil {
 			return err
 		}
-		if err := m.Register(metrics.NewProgramCollector(run.Launches.Counts)); err != nil {
+		if err := m.Register(metrics.NewProgramCollector(mounts.launches.Counts)); err != nil {
 			return err
 		}
 		m.AddReadyCheck("pools", ready)

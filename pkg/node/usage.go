@@ -119,3 +119,33 @@ func (p *Mounts) Expand(ctx context.Context, id, path string) (int64, error) {
 	logger.Info("Volume expanded on node", "capacity", v.CapacityBytes)
 	return v.CapacityBytes, nil
 }
+
+// VolumeUsage reports the bytes a volume holds, for its PlinthVolume's
+// status: the pool's own count where it keeps one (btrfs), else what the
+// filesystem at the volume's staging mount says. ok is false where neither
+// tells: a raw block volume, a filesystem volume not staged on this node,
+// or a staging path that no longer shows the volume's mount.
+func (p *Mounts) VolumeUsage(ctx context.Context, id string) (usedBytes int64, ok bool, err error) {
+	pl, v, err := p.node.PoolOfVolume(ctx, id)
+	if err != nil {
+		return 0, false, err
+	}
+	if u, ok, err := pl.Usage(ctx, id); err != nil || ok {
+		return u.UsedBytes, ok, err
+	}
+	if v.Mode == pool.ModeBlock {
+		return 0, false, nil
+	}
+	at, err := p.staged.stagedAt(id)
+	if err != nil || at == "" {
+		return 0, false, err
+	}
+	s, err := p.Stats(ctx, id, at)
+	if errors.Is(err, pool.ErrNotFound) || err == nil && s.Abnormal {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return s.UsedBytes, true, nil
+}
