@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -400,7 +401,13 @@ func (n *nodeRun) draDriver(cfg device.Config, inv *device.Inventory) (*dra.Driv
 	}
 	m := n.metrics
 	dc := dra.Config{DriverName: n.DriverName, NodeName: n.NodeID, KubeletDir: n.KubeletDir, StateDir: n.Root,
-		CDIDir: n.CDIDir, DevRoot: n.DeviceDevRoot, Resources: draResources(cfg), Inventory: inv, Client: n.core}
+		CDIDir: n.CDIDir, DevRoot: n.DeviceDevRoot, Resources: draResources(cfg), Inventory: inv, Client: n.core,
+		// The pod's UID (downward API) turns on DRA rolling updates. The
+		// DaemonSet does not set it yet: a surge pod could not start
+		// beside the old one (the root lock, the CSI and device-plugin
+		// sockets), and without surge it would only leave sockets named
+		// after dead pods behind.
+		PodUID: types.UID(os.Getenv("POD_UID"))}
 	if m != nil {
 		dc.ObservePrepare = m.ObservePrepare
 		dc.OnRegistered = func() { m.Registered("dra") }

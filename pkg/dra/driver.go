@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"google.golang.org/grpc"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -48,6 +49,13 @@ type Config struct {
 	// ObservePrepare, when set, hears every claim prepared (not the
 	// answers from the checkpoint) and how long it took.
 	ObservePrepare func(devices int, d time.Duration)
+	// PodUID is the UID of the pod this driver runs in ($POD_UID, from
+	// the downward API), "" outside a pod. Set, the driver supports a
+	// rolling update (kubeletplugin.RollingUpdate): its sockets are named
+	// after the pod, so that the next pod of a DaemonSet rolled out with
+	// surge registers beside this one and the kubelet always has a DRA
+	// service; the two share the checkpoint under a file lock.
+	PodUID types.UID
 }
 
 // Driver is plinth node's DRA kubelet plugin.
@@ -80,6 +88,18 @@ func New(cfg Config) (*Driver, error) {
 		cp:        checkpoint{path: filepath.Join(cfg.StateDir, "dra", "prepared.json")},
 		cdi:       cdiSpecs{dir: cfg.CDIDir, driver: cfg.DriverName, devRoot: cfg.DevRoot},
 		unhealthy: map[string]time.Time{},
+	}
+	if cfg.PodUID != "" {
+		// Another instance may be preparing a claim now, between writing
+		// its spec and recording it: wait for its call to end.
+		if err := os.MkdirAll(d.dataDir(), 0o750); err != nil {
+			return nil, fmt.Errorf("DRA plugin directory: %w", err)
+		}
+		lock, err := fileutil.LockFile(d.lockPath(), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("lock the DRA state against another instance: %w", err)
+		}
+		defer lock.Close()
 	}
 	var err error
 	if d.prepared, err = d.cp.load(); err != nil {
@@ -136,23 +156,31 @@ func (d *Driver) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	dataDir := filepath.Join(d.cfg.KubeletDir, "plugins", d.cfg.DriverName+"-dra")
+	dataDir := d.dataDir()
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return fmt.Errorf("DRA plugin directory: %w", err)
 	}
 	listen := func(_ context.Context, path string) (net.Listener, error) { return unixsock.Listen(path, 0o600) }
-	plug, err := kubeletplugin.Start(ctx, d,
+	opts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(d.cfg.DriverName),
 		kubeletplugin.NodeName(d.cfg.NodeName),
 		kubeletplugin.KubeClient(d.cfg.Client),
 		kubeletplugin.RegistrarDirectoryPath(filepath.Join(d.cfg.KubeletDir, "plugins_registry")),
-		// <driver>-reg.sock is the CSI driver's registration socket.
-		kubeletplugin.RegistrarSocketFilename(d.cfg.DriverName+"-dra-reg.sock"),
 		kubeletplugin.RegistrarListener(listen),
 		kubeletplugin.PluginDataDirectoryPath(dataDir),
 		kubeletplugin.PluginListener(listen),
 		kubeletplugin.GRPCInterceptor(d.watchRegistration),
-	)
+	}
+	if d.cfg.PodUID != "" {
+		// Sockets named after the pod (<driver>-<uid>-reg.sock, a hash
+		// where that is too long; dra-<uid>.sock), calls serialized with
+		// the other instance's through dataDir/serialize.lock.
+		opts = append(opts, kubeletplugin.RollingUpdate(d.cfg.PodUID))
+	} else {
+		// <driver>-reg.sock is the CSI driver's registration socket.
+		opts = append(opts, kubeletplugin.RegistrarSocketFilename(d.cfg.DriverName+"-dra-reg.sock"))
+	}
+	plug, err := kubeletplugin.Start(ctx, d, opts...)
 	if err != nil {
 		return fmt.Errorf("start the DRA kubelet plugin: %w", err)
 	}
@@ -161,7 +189,7 @@ func (d *Driver) Run(ctx context.Context) error {
 	for _, r := range d.cfg.Resources {
 		names = append(names, r.Name)
 	}
-	klog.InfoS("Serving devices through DRA", "driver", d.cfg.DriverName, "resources", names, "socket", filepath.Join(dataDir, "dra.sock"))
+	klog.InfoS("Serving devices through DRA", "driver", d.cfg.DriverName, "resources", names, "dataDir", dataDir, "podUID", d.cfg.PodUID)
 	for {
 		changed := d.cfg.Inventory.Changed()
 		if err := plug.PublishResources(ctx, d.resources()); err != nil {
@@ -173,6 +201,32 @@ func (d *Driver) Run(ctx context.Context) error {
 		case <-changed:
 		}
 	}
+}
+
+// dataDir is the DRA plugin's directory under the kubelet's: its service
+// socket and, with rolling updates, the lock both instances share.
+func (d *Driver) dataDir() string {
+	return filepath.Join(d.cfg.KubeletDir, "plugins", d.cfg.DriverName+"-dra")
+}
+
+// lockPath is the file kubeletplugin locks around every call when rolling
+// updates are on (kubeletplugin.RollingUpdate: <data dir>/serialize.lock).
+func (d *Driver) lockPath() string { return filepath.Join(d.dataDir(), "serialize.lock") }
+
+// reloadLocked reads the checkpoint again: with rolling updates another
+// instance may have prepared or unprepared claims since this one last
+// looked (the kubelet may call either). The caller holds d.mu, and
+// kubeletplugin holds the lock both instances share.
+func (d *Driver) reloadLocked() error {
+	if d.cfg.PodUID == "" {
+		return nil // the only instance: what it holds is the checkpoint
+	}
+	p, err := d.cp.load()
+	if err != nil {
+		return err
+	}
+	d.prepared = p
+	return nil
 }
 
 // watchRegistration hears the kubelet's answer to the registration (the
@@ -262,6 +316,12 @@ func (d *Driver) unit(name string) (device.Resource, device.UnitStatus, bool) {
 // claim before answering; a claim already recorded is answered from the
 // record (the kubelet asks again after its own restart).
 func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	d.mu.Lock()
+	err := d.reloadLocked()
+	d.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	out := make(map[types.UID]kubeletplugin.PrepareResult, len(claims))
 	for _, c := range claims {
 		out[c.UID] = d.prepare(ctx, c)
@@ -384,6 +444,9 @@ func (d *Driver) UnprepareResourceClaims(ctx context.Context, claims []kubeletpl
 	out := make(map[types.UID]error, len(claims))
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.reloadLocked(); err != nil {
+		return nil, err
+	}
 	for _, c := range claims {
 		if err := checkUID(c.UID); err != nil {
 			out[c.UID] = err

@@ -245,8 +245,11 @@ func draRecorded(t *testing.T, stateDir string) map[types.UID]dra.PreparedClaim 
 	return cp.Claims
 }
 
-func TestKubeletDRA(t *testing.T) {
-	// Short paths: unix socket paths must stay under 108 bytes.
+// draHost is a short temporary directory (unix socket paths must stay
+// under 108 bytes) holding a copy of the 8-GPU fixture, and the host that
+// copy is.
+func draHost(t *testing.T) (string, device.Host) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "dra")
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +259,25 @@ func TestKubeletDRA(t *testing.T) {
 	if err := os.CopyFS(fx, os.DirFS("../../testdata/devices/nvidia-8gpu")); err != nil {
 		t.Fatal(err)
 	}
-	host := device.Host{Sysfs: filepath.Join(fx, "sys"), Dev: filepath.Join(fx, "dev"), Proc: filepath.Join(fx, "proc")}
+	return dir, device.Host{Sysfs: filepath.Join(fx, "sys"), Dev: filepath.Join(fx, "dev"), Proc: filepath.Join(fx, "proc")}
+}
+
+// draInventory is the default device configuration with its GPUs
+// configured api: dra, and host's inventory of them.
+func draInventory(t *testing.T, host device.Host) (device.Config, *device.Inventory) {
+	t.Helper()
+	cfg := device.DefaultConfig()
+	cfg.Resources[0].API = device.APIDRA
+	cfg.Defaults()
+	inv := device.NewInventory(host, cfg)
+	if _, _, err := inv.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, inv
+}
+
+func TestKubeletDRA(t *testing.T) {
+	dir, host := draHost(t)
 	kubeletDir, cdiDir := filepath.Join(dir, "k"), filepath.Join(dir, "cdi")
 
 	train := draPod("train", "train-gpus")
@@ -279,13 +300,7 @@ func TestKubeletDRA(t *testing.T) {
 	})
 
 	// plinth node's DRA driver, as RunNode wires it for `api: dra`.
-	cfg := device.DefaultConfig()
-	cfg.Resources[0].API = device.APIDRA
-	cfg.Defaults()
-	inv := device.NewInventory(host, cfg)
-	if _, _, err := inv.Scan(); err != nil {
-		t.Fatal(err)
-	}
+	cfg, inv := draInventory(t, host)
 	// prepared counts the claims plinth prepares, as its metrics hear them
 	// (answers from its checkpoint do not count).
 	var prepared atomic.Int64
@@ -454,5 +469,111 @@ func TestKubeletDRA(t *testing.T) {
 		if !strings.Contains(w, fmt.Sprintf("spec.nodeName=%s", draNode)) {
 			t.Errorf("the kubelet wiped ResourceSlices with %q", w)
 		}
+	}
+}
+
+// TestKubeletDRARollingUpdate is a rolling update of plinth's DaemonSet
+// with surge, against the kubelet's own DRA code: the new pod's driver
+// starts while the old one serves, registers beside it under sockets named
+// after its pod, and when the old one stops the kubelet never lacks a DRA
+// service; a claim the old pod prepared after the new one had started is
+// unprepared by the new one, which reads the shared checkpoint again.
+func TestKubeletDRARollingUpdate(t *testing.T) {
+	dir, host := draHost(t)
+	kubeletDir, cdiDir, plinthState := filepath.Join(dir, "k"), filepath.Join(dir, "cdi"), filepath.Join(dir, "st")
+	train := draPod("train", "train-gpus")
+	trainClaim := draClaim("train-gpus", "5e1b0c4e-0000-4000-8000-000000000001", train, "pci-0000-18-00-0")
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: draNode, UID: "node-a-uid"}}
+	client := fake.NewClientset(node, trainClaim, train)
+	client.PrependReactor("delete-collection", "resourceslices", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, nil
+	})
+	cfg, inv := draInventory(t, host)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go inv.Run(ctx)
+	// newDriver is plinth node's DRA driver in the pod with UID uid.
+	newDriver := func(uid types.UID) *dra.Driver {
+		t.Helper()
+		drv, err := dra.New(dra.Config{DriverName: draDriver, NodeName: draNode, KubeletDir: kubeletDir, StateDir: plinthState,
+			CDIDir: cdiDir, DevRoot: host.Dev, Resources: cfg.Resources, Inventory: inv, Client: client, HandoverPoll: 20 * time.Millisecond, PodUID: uid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return drv
+	}
+	run := func(drv *dra.Driver) (stop func()) {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- drv.Run(ctx) }()
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("driver Run: %v", err)
+			}
+		}
+	}
+
+	oldDrv := newDriver("0a0a0a0a-0000-4000-8000-00000000000a")
+	stopOld := run(oldDrv)
+	k := startDRAKubelet(t, client, kubeletDir, filepath.Join(dir, "ks"), func() []*v1.Pod { return []*v1.Pod{train} })
+	defer func() { k.stop() }()
+	k.waitRegistered(t)
+	waitDriverRegistered(t, oldDrv)
+
+	// The new pod's driver is made (it reads the checkpoint) before the
+	// old one prepares train's claim.
+	newDrv := newDriver("0b0b0b0b-0000-4000-8000-00000000000b")
+	c, cancelPrepare := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelPrepare()
+	if err := k.m.PrepareResources(c, train); err != nil {
+		t.Fatalf("PrepareResources through the old pod's driver: %v", err)
+	}
+	stopNew := run(newDrv)
+	defer stopNew()
+	waitDriverRegistered(t, newDrv)
+	regs, _ := filepath.Glob(filepath.Join(plinthkubelet.PluginsRegistryDir(kubeletDir), "*-reg.sock"))
+	if len(regs) != 2 {
+		t.Errorf("registration sockets with both pods running: %v, want one per pod", regs)
+	}
+
+	// The old pod stops: the kubelet has a DRA service all along.
+	pm := k.m.GetWatcherHandler().(*draplugin.DRAPluginManager)
+	watching, gaps := make(chan struct{}), make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-watching:
+				gaps <- n
+				return
+			default:
+			}
+			if p, err := pm.GetPlugin(draDriver); err != nil || p == nil {
+				n++
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	stopOld()
+	time.Sleep(200 * time.Millisecond) // the kubelet's plugin watcher sees the socket go
+	close(watching)
+	if n := <-gaps; n > 0 {
+		t.Errorf("the kubelet had no DRA service for plinth %d times while the old pod stopped", n)
+	}
+
+	// The new pod's driver unprepares the claim the old one prepared.
+	if err := k.m.UnprepareResources(ctx, train); err != nil {
+		t.Fatalf("UnprepareResources through the new pod's driver: %v", err)
+	}
+	spec := filepath.Join(cdiDir, "plinth.example.com-claim_"+string(trainClaim.UID)+".json")
+	if _, err := os.Stat(spec); !os.IsNotExist(err) {
+		t.Errorf("CDI spec after UnprepareResources: %v", err)
+	}
+	if p := draRecorded(t, plinthState); len(p) != 0 {
+		t.Errorf("plinth's checkpoint after the new pod unprepared the claim: %v, want none", p)
+	}
+	if regs, _ := filepath.Glob(filepath.Join(plinthkubelet.PluginsRegistryDir(kubeletDir), "*-reg.sock")); len(regs) != 1 {
+		t.Errorf("registration sockets after the old pod stopped: %v, want the new pod's", regs)
 	}
 }
