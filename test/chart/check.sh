@@ -5,9 +5,9 @@
 # test/chart/expect/<name>.txt names (and none of its !lines), every bad
 # value set in test/chart/bad refused (by values.schema.json or the
 # templates' checks), the renders' objects as test/chart/renders.py checks
-# them, with deploy/'s kustomizations (kubectl kustomize), the backends and layouts docs/configuration.md lists
+# them, the monitoring objects as test/chart/monitoring.py checks them, with deploy/'s kustomizations (kubectl kustomize), the backends and layouts docs/configuration.md lists
 # accepted by the schema, and the chart's CRDs equal to deploy/base/crds
-# (both generated from pkg/apis).
+# (both generated from pkg/apis), its monitoring/ equal to deploy/monitoring.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-$(mktemp -d)}
@@ -16,6 +16,7 @@ helm=${HELM:-helm}
 chart=charts/plinth
 fail=0
 diff -r "$chart/crds" deploy/base/crds || { echo "chart CRDs differ from deploy/base/crds: run make generate"; fail=1; }
+diff -r "$chart/monitoring" deploy/monitoring || { echo "chart's monitoring/ differs from deploy/monitoring: cp deploy/monitoring/* $chart/monitoring/"; fail=1; }
 "$helm" lint --strict --kube-version 1.37.2 "$chart" >/dev/null || { "$helm" lint --strict --kube-version 1.37.2 "$chart"; fail=1; }
 "$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system --include-crds >"$out/default.yaml"
 # As a new user runs it: no --kube-version, no values.
@@ -27,6 +28,14 @@ for v in "$chart"/ci/*-values.yaml; do
 	"$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system --include-crds -f "$v" >"$out/$name.yaml"
 	echo "ok   $name: $(grep -c '^kind:' "$out/$name.yaml") objects"
 done
+# The monitoring value set once more where the cluster serves prometheus-operator's
+# PrometheusRule (outside $out: the end-to-end suite's cluster does not serve it), checked
+# against deploy/monitoring with the render without it and the default one.
+mon=$(mktemp -d)
+"$helm" template plinth "$chart" --kube-version 1.37.2 --namespace plinth-system \
+	--api-versions monitoring.coreos.com/v1/PrometheusRule -f "$chart/ci/monitoring-values.yaml" >"$mon/monitoring.yaml"
+python3 test/chart/monitoring.py "$mon/monitoring.yaml" "$out/monitoring.yaml" "$out/default.yaml" || fail=1
+rm -rf "$mon"
 for e in test/chart/expect/*.txt; do
 	name=$(basename "$e" .txt)
 	bad=0
