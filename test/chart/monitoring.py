@@ -49,6 +49,11 @@ report(len(prs) == 1 and prs[0]["metadata"]["labels"].get("release") == "kube-pr
        and prs[0]["metadata"]["labels"].get("app.kubernetes.io/name") == "plinth"
        and prs[0]["metadata"]["namespace"] == "plinth-system",
        "monitoring: the PrometheusRule has the chart's labels and the values' (release), in the release's namespace")
+sms = of_kind(with_api, "ServiceMonitor")
+report(sorted(m["metadata"]["name"] for m in sms) == ["plinth-controller", "plinth-node"]
+       and all(m["metadata"]["labels"].get("release") == "kube-prometheus-stack"
+               and m["metadata"]["labels"].get("app.kubernetes.io/name") == "plinth" for m in sms),
+       "monitoring: both ServiceMonitors have the chart's labels and the values' (release)")
 report(not of_kind(without_api, "PrometheusRule"),
        "monitoring (PrometheusRule API not served): no PrometheusRule")
 for what, objs in (("with the API", with_api), ("without it", without_api)):
