@@ -157,7 +157,7 @@ func poolSamples(local *node.Local) func(context.Context) ([]metrics.PoolSample,
 		for _, pi := range infos {
 			s := metrics.PoolSample{Name: pi.Name, Backend: pi.Backend, TotalBytes: pi.Stats.TotalBytes, FreeBytes: pi.Stats.FreeBytes,
 				AllocatableBytes: pi.Stats.AllocatableBytes(), ProvisionedBytes: pi.Stats.ProvisionedBytes,
-				Volumes: map[string]int{}, Snapshots: map[string]int{}}
+				Volumes: map[string]int{}, Snapshots: map[string]int{}, Degraded: pi.Stats.Degraded != ""}
 			for _, v := range vols {
 				if v.Pool == pi.Name {
 					s.Volumes[string(v.State)]++

@@ -14,11 +14,15 @@ type PoolSample struct {
 	TotalBytes, FreeBytes, AllocatableBytes, ProvisionedBytes int64
 	Volumes                                                   map[string]int // by state
 	Snapshots                                                 map[string]int // by state
+	// Degraded: the pool serves with less redundancy than it was made
+	// with (a btrfs raid1 pool with a disk gone).
+	Degraded bool
 }
 
 type poolCollector struct {
 	sample                               func(context.Context) ([]PoolSample, error)
 	size, free, alloc, prov, vols, snaps *prometheus.Desc
+	degraded                             *prometheus.Desc
 }
 
 // NewPoolCollector reads pools (statfs and records) at each scrape.
@@ -32,11 +36,13 @@ func NewPoolCollector(sample func(context.Context) ([]PoolSample, error)) promet
 		prov:   prometheus.NewDesc("plinth_pool_provisioned_bytes", "Sum of the capacities of the pool's volumes.", l, nil),
 		vols:   prometheus.NewDesc("plinth_pool_volumes", "Volumes in the pool, by state.", append(l, "state"), nil),
 		snaps:  prometheus.NewDesc("plinth_pool_snapshots", "Snapshots in the pool, by state.", append(l, "state"), nil),
+		degraded: prometheus.NewDesc("plinth_pool_degraded",
+			"1 while the pool serves with less redundancy than it was made with (a raid1 pool with a disk gone), else 0.", l, nil),
 	}
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.size, c.free, c.alloc, c.prov, c.vols, c.snaps} {
+	for _, d := range []*prometheus.Desc{c.size, c.free, c.alloc, c.prov, c.vols, c.snaps, c.degraded} {
 		ch <- d
 	}
 }
@@ -54,6 +60,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.free, prometheus.GaugeValue, float64(s.FreeBytes), s.Name, s.Backend)
 		ch <- prometheus.MustNewConstMetric(c.alloc, prometheus.GaugeValue, float64(s.AllocatableBytes), s.Name, s.Backend)
 		ch <- prometheus.MustNewConstMetric(c.prov, prometheus.GaugeValue, float64(s.ProvisionedBytes), s.Name, s.Backend)
+		degraded := 0.0
+		if s.Degraded {
+			degraded = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.degraded, prometheus.GaugeValue, degraded, s.Name, s.Backend)
 		for state, n := range withStates(s.Volumes) {
 			ch <- prometheus.MustNewConstMetric(c.vols, prometheus.GaugeValue, float64(n), s.Name, s.Backend, state)
 		}

@@ -79,6 +79,22 @@ plinth_pool_volumes{backend="file",pool="empty",state="ready"} 0
 	}
 }
 
+// Every pool says whether it runs degraded, 0 when it does not.
+func TestPoolDegraded(t *testing.T) {
+	c := NewPoolCollector(func(context.Context) ([]PoolSample, error) {
+		return []PoolSample{{Name: "whole", Backend: "file"}, {Name: "mirror", Backend: "btrfs", Degraded: true}}, nil
+	})
+	want := `
+# HELP plinth_pool_degraded 1 while the pool serves with less redundancy than it was made with (a raid1 pool with a disk gone), else 0.
+# TYPE plinth_pool_degraded gauge
+plinth_pool_degraded{backend="btrfs",pool="mirror"} 1
+plinth_pool_degraded{backend="file",pool="whole"} 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "plinth_pool_degraded"); err != nil {
+		t.Error(err)
+	}
+}
+
 // The controller's own series: its operations by result and whether it
 // leads; a node agent, which does not register them, exports neither.
 func TestControllerMetrics(t *testing.T) {
