@@ -10,7 +10,7 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build image push run test reliability kubelet e2e bench-nodes conformance chart alerts generate verify-generated unit sanity bench lint deps clean
+.PHONY: all build cross image image-lock image-reproducible release push run test reliability kubelet e2e bench-nodes conformance chart alerts generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
@@ -18,23 +18,84 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/plinth ./cmd/plinth
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-plinth ./cmd/kubectl-plinth
 
-# plinth's OCI image without a Docker engine (hack/image, hack/image/oci): bin/plinth and the
-# filesystem tools plinth node runs, with their libraries, from this Debian machine (what the
-# Dockerfile installs), tagged $(IMAGE):$(VERSION), written to $(IMAGE_TAR) for
-# `ctr -n k8s.io images import` or `docker load`. `make push IMAGE=registry/repo` pushes it with
-# the credentials of ~/.docker/config.json. docs/install.md says how to point kustomize or Helm at it.
+# Cross-compiled binaries for a release or a multi-architecture push: plinth for linux/amd64 and
+# linux/arm64, kubectl-plinth for linux and darwin on amd64 and arm64 (static, CGO_ENABLED=0).
+CROSS_OUT ?= $(CURDIR)/_out/release-build
+cross:
+	mkdir -p $(CROSS_OUT)
+	for a in amd64 arm64; do CGO_ENABLED=0 GOOS=linux GOARCH=$$a $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+	  -o $(CROSS_OUT)/plinth_linux_$$a ./cmd/plinth || exit 1; done
+	for o in linux darwin; do for a in amd64 arm64; do CGO_ENABLED=0 GOOS=$$o GOARCH=$$a $(GO) build -trimpath \
+	  -ldflags '$(LDFLAGS)' -o $(CROSS_OUT)/kubectl-plinth_$${o}_$$a ./cmd/kubectl-plinth || exit 1; done; done
+
+# plinth's OCI image without a Docker engine (hack/image): a plinth binary and the filesystem tools
+# plinth node runs, with their libraries and their packages' copyright files, from the Debian 12
+# packages hack/image/debian.lock pins for each architecture (fetched from deb.debian.org by pool
+# path, SHA-256 checked, cached in ~/.cache/plinth/debs). Every file is dated the commit's time
+# (SOURCE_DATE_EPOCH), so two builds of one commit give one digest (make image-reproducible).
+# make image: this machine's architecture, tagged $(IMAGE):$(TAG) (the chart's appVersion, which
+# the chart and deploy/base default to: one tag everywhere), written to $(IMAGE_TAR) for
+# `ctr -n k8s.io images import` or `docker load`. make image-lock pins the packages Debian has now.
+# docs/install.md says how to point kustomize or Helm at another image.
 IMAGE       ?= plinth.example.com/plinth
 IMAGE_TAR   ?= $(CURDIR)/_out/plinth-image.tar
 IMAGE_TAGS  ?=
+APP_VERSION := $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$$/\1/p' charts/plinth/Chart.yaml)
+TAG         ?= $(APP_VERSION)
 REVISION    := $(shell git rev-parse HEAD 2>/dev/null)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+HOST_ARCH   := $(shell $(GO) env GOARCH)
+IMAGE_FLAGS  = --version $(VERSION) --revision '$(REVISION)' --epoch $(SOURCE_DATE_EPOCH)
 image: build
 	mkdir -p $(dir $(IMAGE_TAR))
-	$(GO) run ./hack/image --plinth bin/plinth --tag $(IMAGE):$(VERSION) $(foreach t,$(IMAGE_TAGS),--tag $(t)) \
-	  --version $(VERSION) --revision '$(REVISION)' --out $(IMAGE_TAR)
+	$(GO) run ./hack/image --plinth $(HOST_ARCH)=bin/plinth --tag $(IMAGE):$(TAG) $(foreach t,$(IMAGE_TAGS),--tag $(t)) \
+	  $(IMAGE_FLAGS) --out $(IMAGE_TAR)
 
-push: build
-	$(GO) run ./hack/image --plinth bin/plinth --tag $(IMAGE):$(VERSION) $(foreach t,$(IMAGE_TAGS),--tag $(t)) \
-	  --version $(VERSION) --revision '$(REVISION)' --push
+image-lock:
+	$(GO) run ./hack/image/lock --out hack/image/debian.lock
+
+# Builds the image twice, the second time with an empty package cache, and compares the tarballs.
+image-reproducible: build
+	d=$$(mktemp -d) && trap 'rm -rf $$d' EXIT && \
+	  $(GO) run ./hack/image --plinth $(HOST_ARCH)=bin/plinth --tag $(IMAGE):$(TAG) $(IMAGE_FLAGS) --out $$d/1.tar && \
+	  $(GO) run ./hack/image --plinth $(HOST_ARCH)=bin/plinth --tag $(IMAGE):$(TAG) $(IMAGE_FLAGS) --cache $$d/debs --out $$d/2.tar && \
+	  cmp $$d/1.tar $$d/2.tar && echo "two builds, one image: $$(sha256sum < $$d/1.tar | cut -d' ' -f1)"
+
+# make release VERSION=vX.Y.Z: under $(RELEASE_DIR), the image for linux/amd64 and linux/arm64 as an
+# OCI image index (an OCI image layout tarball, tagged $(IMAGE):$(VERSION)), the chart packaged with
+# its version and appVersion set (helm package of a copy), kubectl-plinth for linux and darwin on
+# amd64 and arm64 (reproducible .tar.gz with LICENSE) with a krew manifest (plinth.yaml), SPDX SBOMs
+# of each binary's Go modules and of the image's Debian packages, and SHA256SUMS (hack/release).
+# The version is stamped into the binaries, the image's labels, the chart and the image's tag.
+RELEASE_DIR ?= $(CURDIR)/_out/release
+IS_RELEASE  := $(shell echo '$(VERSION)' | grep -Eq '^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?$$' && echo yes)
+release:
+	@$(GO) run ./hack/release -check '$(VERSION)'
+	rm -rf $(RELEASE_DIR) $(CROSS_OUT) && mkdir -p $(RELEASE_DIR)
+	$(MAKE) cross
+	$(GO) run ./hack/image --plinth amd64=$(CROSS_OUT)/plinth_linux_amd64 --plinth arm64=$(CROSS_OUT)/plinth_linux_arm64 \
+	  --tag $(IMAGE):$(VERSION) $(IMAGE_FLAGS) --oci-out $(RELEASE_DIR)/plinth-image_$(VERSION).oci.tar
+	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp -r charts/plinth $$tmp/ && \
+	  helm package $$tmp/plinth --version $(VERSION:v%=%) --app-version $(VERSION) -d $(RELEASE_DIR)
+	$(GO) run ./hack/release -version $(VERSION) -epoch $(SOURCE_DATE_EPOCH) -bin $(CROSS_OUT) -out $(RELEASE_DIR)
+
+# make push IMAGE=registry/repo [CHART_REPO=registry/charts]: the image index (linux/amd64 and
+# linux/arm64) to $(IMAGE):$(TAG) and the chart to oci://$(CHART_REPO), with the credentials of
+# ~/.docker/config.json and helm's registry login. With VERSION=vX.Y.Z: that release's index and
+# chart from $(RELEASE_DIR) (made first if missing), the index tagged $(IMAGE):$(VERSION).
+CHART_REPO  ?= $(patsubst %/,%,$(dir $(IMAGE)))/charts
+push:
+ifeq ($(IS_RELEASE),yes)
+	test -f $(RELEASE_DIR)/plinth-image_$(VERSION).oci.tar || $(MAKE) release
+	$(GO) run ./hack/image --push-oci $(RELEASE_DIR)/plinth-image_$(VERSION).oci.tar --tag $(IMAGE):$(VERSION)
+	helm push $(RELEASE_DIR)/plinth-$(VERSION:v%=%).tgz oci://$(CHART_REPO)
+else
+	$(MAKE) cross
+	$(GO) run ./hack/image --plinth amd64=$(CROSS_OUT)/plinth_linux_amd64 --plinth arm64=$(CROSS_OUT)/plinth_linux_arm64 \
+	  --tag $(IMAGE):$(TAG) $(foreach t,$(IMAGE_TAGS),--tag $(t)) $(IMAGE_FLAGS) --push
+	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp -r charts/plinth $$tmp/ && \
+	  helm package $$tmp/plinth --app-version $(TAG) -d $$tmp && helm push $$tmp/plinth-*.tgz oci://$(CHART_REPO)
+endif
 
 # Runs plinth standalone for real: a file pool in $(RUN_ROOT)/pools/default,
 # CSI on unix://$(RUN_ROOT)/csi.sock. Ctrl-C stops it.
@@ -194,4 +255,4 @@ deps:
 	./.ci/install-deps
 
 clean:
-	rm -rf bin
+	rm -rf bin _out/release _out/release-build

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -20,13 +21,14 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // NodeTools are the programs plinth node runs (mkfs, fsck and grow tools
 // for ext4, xfs and btrfs; mount and blkid for k8s.io/mount-utils; blkid,
 // wipefs and blkdiscard for the disks it claims).
 var NodeTools = []string{
-	"mount", "umount", "blkid", "findmnt", "fsck", "e2fsck", "mkfs.ext4", "mke2fs", "resize2fs", "dumpe2fs",
+	"mount", "umount", "blkid", "findmnt", "fsck", "e2fsck", "fsck.ext4", "mkfs.ext4", "mke2fs", "resize2fs", "dumpe2fs",
 	"mkfs.xfs", "xfs_growfs", "xfs_repair", "xfs_io", "mkfs.btrfs", "btrfs", "wipefs", "blkdiscard",
 }
 
@@ -47,21 +49,33 @@ type Spec struct {
 	Files      []File
 	Labels     map[string]string
 	User       string
+	// Arch is the image's architecture (GOARCH: amd64, arm64); amd64 when
+	// empty. The OS is linux.
+	Arch string
+	// Created dates the image and every file of its layer (the commit's
+	// time, SOURCE_DATE_EPOCH); the Unix epoch when zero. Two builds of
+	// one Spec give one digest.
+	Created time.Time
 }
 
-// Image builds spec's image: one layer of its files, for linux/amd64.
+// Image builds spec's image: one layer of its files, with OCI media types.
 func Image(spec Spec) (v1.Image, error) {
-	layerTar, err := LayerTar(spec.Files)
+	created := spec.Created
+	if created.IsZero() {
+		created = time.Unix(0, 0)
+	}
+	layerTar, err := LayerTarAt(spec.Files, created)
 	if err != nil {
 		return nil, err
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	})
+	}, tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		return nil, err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
+	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	img, err := mutate.Append(base, mutate.Addendum{Layer: layer, History: v1.History{Created: v1.Time{Time: created.UTC()}, CreatedBy: "plinth hack/image"}})
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +84,11 @@ func Image(spec Spec) (v1.Image, error) {
 		return nil, err
 	}
 	cfg = cfg.DeepCopy()
-	cfg.Architecture, cfg.OS = "amd64", "linux"
+	cfg.Architecture, cfg.OS = spec.Arch, "linux"
+	if cfg.Architecture == "" {
+		cfg.Architecture = "amd64"
+	}
+	cfg.Created = v1.Time{Time: created.UTC()}
 	cfg.Config.Entrypoint = spec.Entrypoint
 	cfg.Config.Cmd = spec.Cmd
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -116,10 +134,15 @@ func Push(ctx context.Context, spec Spec, opts ...remote.Option) error {
 	return nil
 }
 
-// LayerTar is files as one layer (a tar stream), sorted by path, with the
-// parent directories each needs.
-func LayerTar(files []File) ([]byte, error) {
-	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+// LayerTar is LayerTarAt with every file dated the Unix epoch.
+func LayerTar(files []File) ([]byte, error) { return LayerTarAt(files, time.Unix(0, 0)) }
+
+// LayerTarAt is files as one layer (a tar stream), sorted by path, with the
+// parent directories each needs, every entry dated mtime and owned by root.
+func LayerTarAt(files []File, mtime time.Time) ([]byte, error) {
+	files = append([]File(nil), files...)
+	mtime = mtime.UTC().Truncate(time.Second)
+	sort.SliceStable(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	dirs := map[string]bool{}
@@ -132,7 +155,7 @@ func LayerTar(files []File) ([]byte, error) {
 			return err
 		}
 		dirs[d] = true
-		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755})
+		return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: mtime})
 	}
 	seen := map[string]bool{}
 	for _, f := range files {
@@ -143,7 +166,7 @@ func LayerTar(files []File) ([]byte, error) {
 		if err := addDir(filepath.Dir(f.Path)); err != nil {
 			return nil, err
 		}
-		h := &tar.Header{Name: strings.TrimPrefix(f.Path, "/"), Mode: f.Mode}
+		h := &tar.Header{Name: strings.TrimPrefix(f.Path, "/"), Mode: f.Mode, ModTime: mtime}
 		if f.Dir {
 			if dirs[f.Path] {
 				continue
