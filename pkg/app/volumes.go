@@ -22,6 +22,7 @@ import (
 
 	"github.com/plinth-dev/plinth/pkg/csi"
 	"github.com/plinth-dev/plinth/pkg/disk"
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/fsimage"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/mount"
@@ -116,7 +117,10 @@ func filesystemMountedAt(dir string) (bool, error) {
 	return false, nil
 }
 
-// OpenPools opens every declared pool; CheckPoolDirs comes first.
+// OpenPools opens every declared pool; CheckPoolDirs comes first. A pool
+// whose records a newer plinth wrote (durable.ErrNewer) is not opened: it
+// stands unhealthy with the reason (pool.Unavailable), its records as
+// they are. Any other error stops the start.
 func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run mount.Runner) ([]pool.Pool, error) {
 	var out []pool.Pool
 	for _, s := range specs {
@@ -129,6 +133,12 @@ func OpenPools(ctx context.Context, specs []PoolSpec, loops file.Loops, run moun
 			p, err = btrfs.New(ctx, btrfs.Config{Name: s.Name, Dir: s.Dir, Run: run})
 		default:
 			err = fmt.Errorf("pool %s: unknown backend %q", s.Name, s.Backend)
+		}
+		if errors.Is(err, durable.ErrNewer) {
+			// A newer plinth's records: the pool stays as it is, listed
+			// unhealthy with the reason, and the other pools serve.
+			klog.ErrorS(err, "Pool cannot be opened; it is listed unhealthy", "pool", s.Name, "backend", s.Backend)
+			p, err = pool.Unavailable{PoolName: s.Name, PoolBackend: s.Backend, Err: err}, nil
 		}
 		if err != nil {
 			return nil, err

@@ -143,11 +143,11 @@ func TestMakePlanFindsRecordedDisks(t *testing.T) {
 		}
 	}
 	claims := []Claim{
-		{Schema: ClaimSchema, Pool: "fast", Layout: LayoutFile, State: ClaimReady, UUID: "u-1",
+		{Schema: ClaimRecords.Version(), Pool: "fast", Layout: LayoutFile, State: ClaimReady, UUID: "u-1",
 			Disks: []Member{{ID: "serial:VIRTIO-DATA-1", Name: "vda", SizeBytes: 209715200 * 512}}},
-		{Schema: ClaimSchema, Pool: "mirror", Layout: LayoutBtrfs, Raid: "raid1", State: ClaimReady, UUID: "u-2",
+		{Schema: ClaimRecords.Version(), Pool: "mirror", Layout: LayoutBtrfs, Raid: "raid1", State: ClaimReady, UUID: "u-2",
 			Disks: []Member{{ID: "wwn:5000c500b0c0d0e0"}, {ID: "wwn:gone", Name: "sdx"}}},
-		{Schema: ClaimSchema, Pool: "lost", Layout: LayoutFile, State: ClaimReady, UUID: "u-3",
+		{Schema: ClaimRecords.Version(), Pool: "lost", Layout: LayoutFile, State: ClaimReady, UUID: "u-3",
 			Disks: []Member{{ID: "wwn:also-gone", Name: "sdy"}}},
 	}
 	cfg := Config{Rules: []Rule{{Pool: "fast", Layout: LayoutBtrfs, Select: Selector{Transports: []Transport{TransportVirtio}}}}}
@@ -232,7 +232,7 @@ func TestExampleConfig(t *testing.T) {
 // only if it holds nothing or what plinth's mkfs began.
 func TestMakePlanInterruptedFormat(t *testing.T) {
 	base := scanMachine(t)
-	claim := Claim{Schema: ClaimSchema, Pool: "fast", Layout: LayoutFile, State: ClaimFormatting,
+	claim := Claim{Schema: ClaimRecords.Version(), Pool: "fast", Layout: LayoutFile, State: ClaimFormatting,
 		Disks: []Member{{ID: "wwn:5000c500b0c0d0e0", SizeBytes: 23437770752 * 512}}}
 	for name, tc := range map[string]struct {
 		sig     Signature
@@ -277,9 +277,9 @@ func TestTenantDiskIsNotAdoptedByUUID(t *testing.T) {
 		}
 	}
 	claims := []Claim{
-		{Schema: ClaimSchema, Pool: "fast", Layout: LayoutFile, State: ClaimReady, UUID: "u-1",
+		{Schema: ClaimRecords.Version(), Pool: "fast", Layout: LayoutFile, State: ClaimReady, UUID: "u-1",
 			Disks: []Member{{ID: "path:/devices/gone", Name: "vdz"}}},
-		{Schema: ClaimSchema, Pool: "whole", Layout: LayoutDisk, State: ClaimReady,
+		{Schema: ClaimRecords.Version(), Pool: "whole", Layout: LayoutDisk, State: ClaimReady,
 			Disks: []Member{{ID: tenant.ID, Name: tenant.Name, SizeBytes: tenant.SizeBytes}}},
 	}
 	plan := MakePlan(Config{}, disks, claims)

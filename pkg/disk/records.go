@@ -1,7 +1,6 @@
 package disk
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,12 +26,18 @@ const (
 	ClaimReady ClaimState = "ready"
 )
 
-// ClaimSchema is the version of the claim records.
-const ClaimSchema = 1
+// ClaimRecords is the format of the claim records, its version in
+// "schema". Version 1 is what v0.1.0 writes (and every plinth before it);
+// a record without "schema" would be version 1 too, but v0.1.0 writes it
+// always. v0.1.0 refuses a record of another version as "not one this
+// plinth wrote": that pool is unhealthy with the reason and no disk is
+// claimed for any pool while it stays (Plan), so nothing rewrites it.
+var ClaimRecords = durable.Format{Kind: "claim record", Field: "schema"}
 
 // Claim is the record of one pool's disks, written before any of them is
 // touched and kept as long as the pool is plinth's.
 type Claim struct {
+	// Schema is the record's version (ClaimRecords).
 	Schema int        `json:"schema"`
 	Pool   string     `json:"pool"`
 	Layout Layout     `json:"layout"`
@@ -171,11 +176,11 @@ func readRecord(dirFd int, path, poolName string) (Claim, error) {
 		return Claim{}, fmt.Errorf("claim record %s is over %d bytes: not one this plinth wrote", path, maxRecordBytes)
 	}
 	var c Claim
-	if err := json.Unmarshal(b, &c); err != nil {
-		return Claim{}, fmt.Errorf("claim record %s: %w", path, err)
+	if err := ClaimRecords.Decode(path, b, &c); err != nil {
+		return Claim{}, err
 	}
-	if c.Schema != ClaimSchema || c.Pool != poolName {
-		return Claim{}, fmt.Errorf("claim record %s: schema %d, pool %q: not one this plinth wrote", path, c.Schema, c.Pool)
+	if c.Pool != poolName {
+		return Claim{}, fmt.Errorf("claim record %s: pool %q: not one this plinth wrote", path, c.Pool)
 	}
 	c.Unreadable = ""
 	return c, nil
@@ -215,12 +220,8 @@ func (r Records) Put(c Claim) error {
 		return err
 	}
 	unix.Close(fd)
-	c.Schema = ClaimSchema
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := durable.WriteFile(p, b, 0o600); err != nil {
+	c.Schema = ClaimRecords.Version()
+	if err := ClaimRecords.Write(p, c); err != nil {
 		return fmt.Errorf("write claim record of pool %s: %w", c.Pool, err)
 	}
 	return nil
@@ -231,6 +232,9 @@ func (r Records) Put(c Claim) error {
 func (r Records) Drop(poolName string) error {
 	p, err := r.path(poolName)
 	if err != nil {
+		return err
+	}
+	if err := ClaimRecords.Guard(p); err != nil {
 		return err
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {

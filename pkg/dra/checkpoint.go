@@ -1,7 +1,6 @@
 package dra
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,9 +12,13 @@ import (
 	"github.com/plinth-dev/plinth/pkg/durable"
 )
 
-// checkpointVersion is the format of the checkpoint file; a file of
-// another version is refused rather than guessed at.
-const checkpointVersion = 1
+// checkpointFormat is the checkpoint file's format, its version in
+// "version". Version 1 is what v0.1.0 writes (and every plinth before it);
+// a file without "version" would be version 1 too, but v0.1.0 writes it
+// always. v0.1.0 refuses a file of any other version: New fails, and so
+// plinth node's start, with the file as it was. A newer version is
+// refused here the same way, and never overwritten (Format.Write).
+var checkpointFormat = durable.Format{Kind: "DRA checkpoint", Field: "version"}
 
 // PreparedDevice is one device a claim was prepared with.
 type PreparedDevice struct {
@@ -41,6 +44,7 @@ type PreparedClaim struct {
 }
 
 type checkpointFile struct {
+	// Version is the file's version (checkpointFormat).
 	Version int                         `json:"version"`
 	Claims  map[types.UID]PreparedClaim `json:"claims"`
 }
@@ -50,19 +54,13 @@ type checkpointFile struct {
 type checkpoint struct{ path string }
 
 func (c checkpoint) load() (map[types.UID]PreparedClaim, error) {
-	b, err := os.ReadFile(c.path)
+	var f checkpointFile
+	err := checkpointFormat.Read(c.path, &f)
 	if errors.Is(err, fs.ErrNotExist) {
 		return map[types.UID]PreparedClaim{}, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read DRA checkpoint: %w", err)
-	}
-	var f checkpointFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("DRA checkpoint %s: %w", c.path, err)
-	}
-	if f.Version != checkpointVersion {
-		return nil, fmt.Errorf("DRA checkpoint %s: version %d, this plinth reads %d", c.path, f.Version, checkpointVersion)
+		return nil, err
 	}
 	if f.Claims == nil {
 		f.Claims = map[types.UID]PreparedClaim{}
@@ -71,12 +69,8 @@ func (c checkpoint) load() (map[types.UID]PreparedClaim, error) {
 }
 
 func (c checkpoint) save(claims map[types.UID]PreparedClaim) error {
-	b, err := json.MarshalIndent(checkpointFile{Version: checkpointVersion, Claims: claims}, "", " ")
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("DRA checkpoint directory: %w", err)
 	}
-	return durable.WriteFile(c.path, b, 0o600)
+	return checkpointFormat.Write(c.path, checkpointFile{Version: checkpointFormat.Version(), Claims: claims})
 }

@@ -413,16 +413,25 @@ func TestOrphanSpecsRemoved(t *testing.T) {
 	}
 }
 
-// A checkpoint of another format is refused, not guessed at.
+// A checkpoint of a newer version is refused, not guessed at: the driver
+// does not start (plinth node's start fails with the error), with the
+// file, its version and the newest this plinth reads named, and the file
+// as it was. So is one that says version 0.
 func TestCheckpointVersion(t *testing.T) {
 	cfg := gpuConfig()
 	inv, dev := inventory(t, "nvidia-8gpu", cfg)
-	state := t.TempDir()
-	os.MkdirAll(filepath.Join(state, "dra"), 0o700)
-	os.WriteFile(filepath.Join(state, "dra", "prepared.json"), []byte(`{"version":9,"claims":{}}`), 0o600)
-	_, err := New(Config{DriverName: driver, NodeName: "n", StateDir: state, CDIDir: t.TempDir(), DevRoot: dev, Resources: cfg.Resources, Inventory: inv})
-	if err == nil || !strings.Contains(err.Error(), "version 9") {
-		t.Errorf("err = %v", err)
+	for _, tc := range []struct{ content, says string }{
+		{`{"version":9,"claims":{}}`, "is version 9, and this plinth reads versions up to 1"},
+		{`{"version":0,"claims":{}}`, "version 0"},
+	} {
+		state := t.TempDir()
+		os.MkdirAll(filepath.Join(state, "dra"), 0o700)
+		path := filepath.Join(state, "dra", "prepared.json")
+		os.WriteFile(path, []byte(tc.content), 0o600)
+		_, err := New(Config{DriverName: driver, NodeName: "n", StateDir: state, CDIDir: t.TempDir(), DevRoot: dev, Resources: cfg.Resources, Inventory: inv})
+		if err == nil || !strings.Contains(err.Error(), tc.says) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: err = %v", tc.content, err)
+		}
 	}
 }
 

@@ -1,7 +1,6 @@
 package durable
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -65,30 +64,14 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// WriteRecord stores v as JSON at path atomically and durably.
-func WriteRecord(path string, v any) error {
-	return writeRecord(path, v, true)
-}
+// A boot record (Format.WriteBoot) records kernel state that no reboot
+// keeps (a mount, a loop device): it is written temp → rename, not
+// fsynced, since a process that crashes leaves it whole in the page cache,
+// and after a machine crash what it describes is gone. Whoever keeps such
+// records must drop those of an earlier boot unread (a crash may have left
+// them torn): see NewBoot.
 
-// WriteBootRecord stores v as JSON at path atomically (temp → rename), for
-// a record of kernel state that no reboot keeps (a mount, a loop device):
-// a process that crashes leaves it whole in the page cache, and after a
-// machine crash what it describes is gone, so it is not fsynced. Whoever
-// keeps such records must drop those of an earlier boot unread (a crash
-// may have left them torn): see NewBoot.
-func WriteBootRecord(path string, v any) error {
-	return writeRecord(path, v, false)
-}
-
-func writeRecord(path string, v any, durable bool) error {
-	data, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode %s: %w", path, err)
-	}
-	return writeFile(path, append(data, '\n'), 0o600, durable)
-}
-
-// RemoveBootRecord removes a record written by WriteBootRecord (missing
+// RemoveBootRecord removes a record written by Format.WriteBoot (missing
 // is fine), without an fsync.
 func RemoveBootRecord(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -100,7 +83,7 @@ func RemoveBootRecord(path string) error {
 // bootIDFile is the kernel's ID of the running boot.
 const bootIDFile = "/proc/sys/kernel/random/boot_id"
 
-// NewBoot keeps the boot records of dir (WriteBootRecord) to the running
+// NewBoot keeps the boot records of dir (Format.WriteBoot) to the running
 // boot: when dir/boot_id names an earlier boot, forget runs (it drops
 // those records, which may be torn); then dir/boot_id names this boot,
 // durably. A dir without boot_id is taken for this boot's (records made
@@ -126,29 +109,6 @@ func NewBoot(dir string, forget func() error) error {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
 	return WriteFile(p, cur, 0o600)
-}
-
-// ReadRecord loads the JSON record at path into v, checking that its
-// "schema" field is schema. A missing file is an error that wraps
-// fs.ErrNotExist.
-func ReadRecord(path string, schema int, v any) error {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
-	}
-	var head struct {
-		Schema int `json:"schema"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return fmt.Errorf("decode %s: %w", path, err)
-	}
-	if head.Schema != schema {
-		return fmt.Errorf("%s: schema %d, this plinth reads %d", path, head.Schema, schema)
-	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("decode %s: %w", path, err)
-	}
-	return nil
 }
 
 // Remove removes path (missing is fine) and fsyncs its directory.

@@ -14,19 +14,17 @@ func TestRecordRoundTrip(t *testing.T) {
 		Schema int    `json:"schema"`
 		Name   string `json:"name"`
 	}
+	f := Format{Kind: "test record", Field: "schema"}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.json")
-	if err := WriteRecord(path, record{Schema: 3, Name: "x"}); err != nil {
+	if err := f.Write(path, record{Schema: 1, Name: "x"}); err != nil {
 		t.Fatal(err)
 	}
 	var got record
-	if err := ReadRecord(path, 3, &got); err != nil || got.Name != "x" {
-		t.Errorf("ReadRecord = %+v, %v", got, err)
+	if err := f.Read(path, &got); err != nil || got.Name != "x" {
+		t.Errorf("Read = %+v, %v", got, err)
 	}
-	if err := ReadRecord(path, 4, &got); err == nil {
-		t.Error("a record of another schema was read")
-	}
-	if err := ReadRecord(filepath.Join(dir, "missing.json"), 3, &got); !errors.Is(err, fs.ErrNotExist) {
+	if err := f.Read(filepath.Join(dir, "missing.json"), &got); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("missing record: %v, want fs.ErrNotExist", err)
 	}
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,9 +15,34 @@ import (
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
 
+// The node's records of its stages and publishes, each a durable.Format
+// with its version in "schema". Version 1 is what v0.1.0 writes (and every
+// plinth before it); a record without "schema" would be version 1 too, but
+// v0.1.0 writes it always. v0.1.0 refuses a record of another version
+// where it reads one record (a stage, publish or unpublish of that volume
+// or target fails with the error), but where it scans them all it passes
+// over it as if it were not there: its delete's in-use check and its loop
+// allocator do not see a newer plinth's records. This plinth refuses there
+// too: a newer record it cannot read may be of any volume or device.
+var (
+	publishRecords = durable.Format{Kind: "publish record", Field: "schema"}
+	stageRecords   = durable.Format{Kind: "stage record", Field: "schema"}
+)
+
+// readRecord reads one stage or publish record; found is false when there
+// is none.
+func readRecord(f durable.Format, path string, v any) (found bool, err error) {
+	err = f.Read(path, v)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 // targetRecord says what one publish made at its target path, so that
 // unpublish removes exactly that and nothing a consumer put there itself.
 type targetRecord struct {
+	// Schema is the record's version (publishRecords).
 	Schema   int    `json:"schema"`
 	VolumeID string `json:"volumeID"`
 	Target   string `json:"target"`
@@ -36,7 +62,7 @@ type targetRecord struct {
 
 // targetRecords keeps one record per published target in dir, written
 // temp → rename before the target is made: a boot record
-// (durable.WriteBootRecord), since no mount outlives the boot. With dir "" nothing is
+// (durable.Format.WriteBoot), since no mount outlives the boot. With dir "" nothing is
 // recorded and unpublish removes nothing.
 type targetRecords struct{ dir string }
 
@@ -51,10 +77,7 @@ func (t targetRecords) get(target string) (targetRecord, bool, error) {
 		return targetRecord{}, false, nil
 	}
 	var r targetRecord
-	if err := pool.ReadRecord(t.path(target), &r); err != nil {
-		if errors.Is(err, pool.ErrNotFound) {
-			return targetRecord{}, false, nil
-		}
+	if found, err := readRecord(publishRecords, t.path(target), &r); !found {
 		return targetRecord{}, false, err
 	}
 	if r.Target != target { // a hash collision is not this target's record
@@ -70,18 +93,22 @@ func (t targetRecords) put(r targetRecord) error {
 	if err := os.MkdirAll(t.dir, 0o700); err != nil {
 		return fmt.Errorf("create target records dir: %w", err)
 	}
-	r.Schema = pool.SchemaVersion
-	return durable.WriteBootRecord(t.path(r.Target), r)
+	r.Schema = publishRecords.Version()
+	return publishRecords.WriteBoot(t.path(r.Target), r)
 }
 
 func (t targetRecords) drop(target string) error {
 	if t.dir == "" {
 		return nil
 	}
+	if err := publishRecords.Guard(t.path(target)); err != nil {
+		return err
+	}
 	return durable.RemoveBootRecord(t.path(target))
 }
 
-// of returns the targets volume id is published at.
+// of returns the targets volume id is published at. A newer plinth's
+// record is an error: it may be of id.
 func (t targetRecords) of(id string) ([]string, error) {
 	if t.dir == "" {
 		return nil, nil
@@ -93,7 +120,11 @@ func (t targetRecords) of(id string) ([]string, error) {
 	var out []string
 	for _, f := range files {
 		var r targetRecord
-		if err := pool.ReadRecord(f, &r); err == nil && r.VolumeID == id {
+		err := publishRecords.Read(f, &r)
+		if errors.Is(err, durable.ErrNewer) {
+			return nil, err
+		}
+		if err == nil && r.VolumeID == id {
 			out = append(out, r.Target)
 		}
 	}
@@ -124,13 +155,14 @@ func (p *Mounts) stagedOrPublished(id string) error {
 // a publish or unpublish naming that path as its target is refused: the
 // staging mount is the volume's, but it is not a publish to undo.
 type stagedRecord struct {
+	// Schema is the record's version (stageRecords).
 	Schema   int    `json:"schema"`
 	VolumeID string `json:"volumeID"`
 	Path     string `json:"path"`
 }
 
 // stagedRecords keeps one record per staged volume in dir ("" records
-// nothing), as boot records (durable.WriteBootRecord).
+// nothing), as boot records (durable.Format.WriteBoot).
 type stagedRecords struct{ dir string }
 
 func (s stagedRecords) path(id string) string { return filepath.Join(s.dir, id+".json") }
@@ -141,10 +173,7 @@ func (s stagedRecords) stagedAt(id string) (string, error) {
 		return "", nil
 	}
 	var r stagedRecord
-	if err := pool.ReadRecord(s.path(id), &r); err != nil {
-		if errors.Is(err, pool.ErrNotFound) {
-			return "", nil
-		}
+	if _, err := readRecord(stageRecords, s.path(id), &r); err != nil {
 		return "", err
 	}
 	return r.Path, nil
@@ -157,17 +186,21 @@ func (s stagedRecords) put(id, path string) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("create staged records dir: %w", err)
 	}
-	return durable.WriteBootRecord(s.path(id), stagedRecord{Schema: pool.SchemaVersion, VolumeID: id, Path: path})
+	return stageRecords.WriteBoot(s.path(id), stagedRecord{Schema: stageRecords.Version(), VolumeID: id, Path: path})
 }
 
 func (s stagedRecords) drop(id string) error {
 	if s.dir == "" {
 		return nil
 	}
+	if err := stageRecords.Guard(s.path(id)); err != nil {
+		return err
+	}
 	return durable.RemoveBootRecord(s.path(id))
 }
 
-// all returns every staged record (volume ID → staging path).
+// all returns every staged record (volume ID → staging path). A newer
+// plinth's record is an error: where it stages cannot be told.
 func (s stagedRecords) all() (map[string]string, error) {
 	out := map[string]string{}
 	if s.dir == "" {
@@ -182,7 +215,11 @@ func (s stagedRecords) all() (map[string]string, error) {
 	}
 	for _, id := range ids {
 		var r stagedRecord
-		if err := pool.ReadRecord(s.path(id), &r); err == nil && r.Path != "" {
+		err := stageRecords.Read(s.path(id), &r)
+		if errors.Is(err, durable.ErrNewer) {
+			return nil, err
+		}
+		if err == nil && r.Path != "" {
 			out[id] = r.Path
 		}
 	}
@@ -196,7 +233,8 @@ func dirExists(dir string) bool {
 
 // DeviceBound reports whether the device node dev (e.g. /dev/loop3) is
 // handed to a consumer on this node: named by a publish record under
-// stateDir, or bound somewhere (a devtmpfs bind of it in the mount table).
+// stateDir (or a newer plinth's publish record is there, which may name
+// it), or bound somewhere (a devtmpfs bind of it in the mount table).
 // Such a number must not be given to another volume. It is what a loop
 // device allocator asks before it configures a free device.
 func DeviceBound(stateDir, dev string) bool { return deviceBound(stateDir, dev, mount.Mounts) }
@@ -208,7 +246,8 @@ func deviceBound(stateDir, dev string, mounts func() ([]mount.Info, error)) bool
 		files, _ := filepath.Glob(filepath.Join(stateDir, "targets", "*.json"))
 		for _, f := range files {
 			var r targetRecord
-			if err := pool.ReadRecord(f, &r); err == nil && (filepath.Base(r.Bound) == name || filepath.Base(r.Device) == name) {
+			err := publishRecords.Read(f, &r)
+			if errors.Is(err, durable.ErrNewer) || err == nil && (filepath.Base(r.Bound) == name || filepath.Base(r.Device) == name) {
 				return true
 			}
 		}

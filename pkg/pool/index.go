@@ -45,7 +45,7 @@ func OpenIndex(volDir, snapDir string) (*Index, error) {
 	}
 	for _, id := range ids {
 		var v Volume
-		if err := ReadRecord(x.volRecord(id), &v); err != nil {
+		if err := ReadRecord(VolumeRecords, x.volRecord(id), &v); err != nil {
 			return nil, err
 		}
 		x.volumes[id] = v
@@ -55,7 +55,7 @@ func OpenIndex(volDir, snapDir string) (*Index, error) {
 	}
 	for _, id := range ids {
 		var s Snapshot
-		if err := ReadRecord(x.snapRecord(id), &s); err != nil {
+		if err := ReadRecord(SnapshotRecords, x.snapRecord(id), &s); err != nil {
 			return nil, err
 		}
 		x.snapshots[id] = s
@@ -74,7 +74,7 @@ func (x *Index) inheritModes() {
 			continue
 		}
 		x.snapshots[id] = s
-		if err := durable.WriteRecord(x.snapRecord(id), s); err != nil {
+		if err := SnapshotRecords.Write(x.snapRecord(id), s); err != nil {
 			klog.ErrorS(err, "Record the mode of a snapshot made before modes were recorded", "snapshotID", id)
 			continue
 		}
@@ -161,7 +161,7 @@ func (x *Index) Snapshots() []Snapshot {
 
 // PutVolume writes v's record and indexes it.
 func (x *Index) PutVolume(v Volume) error {
-	if err := durable.WriteRecord(x.volRecord(v.ID), v); err != nil {
+	if err := VolumeRecords.Write(x.volRecord(v.ID), v); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -172,7 +172,7 @@ func (x *Index) PutVolume(v Volume) error {
 
 // PutSnapshot writes s's record and indexes it.
 func (x *Index) PutSnapshot(s Snapshot) error {
-	if err := durable.WriteRecord(x.snapRecord(s.ID), s); err != nil {
+	if err := SnapshotRecords.Write(x.snapRecord(s.ID), s); err != nil {
 		return err
 	}
 	x.mu.Lock()
@@ -255,10 +255,10 @@ func (x *Index) BeginVolume(poolName string, v Volume, stats Committed) (Volume,
 	// Reserve in memory, then write the record without holding the lock:
 	// creates in one pool do not queue behind each other's fsync. Callers
 	// serialise calls per ID, so nobody else writes this record meanwhile.
-	v.Schema, v.Pool, v.State, v.CreatedAt = SchemaVersion, poolName, StateCreating, time.Now().UTC()
+	v.Schema, v.Pool, v.State, v.CreatedAt = VolumeRecords.Version(), poolName, StateCreating, time.Now().UTC()
 	x.volumes[v.ID] = v
 	x.mu.Unlock()
-	if err := durable.WriteRecord(x.volRecord(v.ID), v); err != nil {
+	if err := VolumeRecords.Write(x.volRecord(v.ID), v); err != nil {
 		x.mu.Lock()
 		delete(x.volumes, v.ID)
 		x.mu.Unlock()
@@ -302,9 +302,9 @@ func (x *Index) BeginSnapshot(poolName string, s Snapshot) (Snapshot, bool, erro
 	if !ok || src.State != StateReady {
 		return Snapshot{}, false, fmt.Errorf("source volume %s: %w", s.SourceVolumeID, ErrNotFound)
 	}
-	s.Schema, s.Pool, s.SizeBytes, s.State, s.CreatedAt = SchemaVersion, poolName, src.CapacityBytes, StateCreating, time.Now().UTC()
+	s.Schema, s.Pool, s.SizeBytes, s.State, s.CreatedAt = SnapshotRecords.Version(), poolName, src.CapacityBytes, StateCreating, time.Now().UTC()
 	s.Mode, s.FsType = src.Mode, src.FsType
-	if err := durable.WriteRecord(x.snapRecord(s.ID), s); err != nil {
+	if err := SnapshotRecords.Write(x.snapRecord(s.ID), s); err != nil {
 		return Snapshot{}, false, err
 	}
 	x.snapshots[s.ID] = s

@@ -60,9 +60,6 @@ const (
 	StateDeleting State = "deleting"
 )
 
-// SchemaVersion of the records written beside volumes and snapshots.
-const SchemaVersion = 1
-
 // Source is what a new volume is filled from.
 type Source struct {
 	SnapshotID string `json:"snapshotID,omitempty"`
@@ -71,6 +68,7 @@ type Source struct {
 
 // Volume is the record of one volume, stored beside its storage.
 type Volume struct {
+	// Schema is the record's version (VolumeRecords).
 	Schema        int     `json:"schema"`
 	ID            string  `json:"id"`
 	Name          string  `json:"name"`
@@ -107,6 +105,7 @@ type Volume struct {
 
 // Snapshot is the record of one snapshot, stored beside its data.
 type Snapshot struct {
+	// Schema is the record's version (SnapshotRecords).
 	Schema         int    `json:"schema"`
 	ID             string `json:"id"`
 	Name           string `json:"name"`

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/plinth-dev/plinth/pkg/durable"
 )
 
 func TestValidateID(t *testing.T) {
@@ -30,14 +28,14 @@ func TestValidateID(t *testing.T) {
 
 func TestRecordRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	v := Volume{Schema: SchemaVersion, ID: "pv-1", Name: "n", Pool: "p", CapacityBytes: 4096, Mode: ModeFilesystem,
+	v := Volume{Schema: VolumeRecords.Version(), ID: "pv-1", Name: "n", Pool: "p", CapacityBytes: 4096, Mode: ModeFilesystem,
 		FsType: "xfs", Source: &Source{SnapshotID: "sn-1"}, State: StateReady, CreatedAt: time.Unix(1700000000, 0).UTC()}
 	path := filepath.Join(dir, "pv-1.json")
-	if err := durable.WriteRecord(path, v); err != nil {
+	if err := VolumeRecords.Write(path, v); err != nil {
 		t.Fatal(err)
 	}
 	var got Volume
-	if err := ReadRecord(path, &got); err != nil {
+	if err := ReadRecord(VolumeRecords, path, &got); err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff(v, got); d != "" {
@@ -56,17 +54,17 @@ func TestRecordRoundTrip(t *testing.T) {
 func TestReadRecordRejects(t *testing.T) {
 	dir := t.TempDir()
 	var v Volume
-	if err := ReadRecord(filepath.Join(dir, "missing.json"), &v); !errors.Is(err, ErrNotFound) {
+	if err := ReadRecord(VolumeRecords, filepath.Join(dir, "missing.json"), &v); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing record: %v, want ErrNotFound", err)
 	}
 	for name, content := range map[string]string{
 		"future schema": `{"schema": 2, "id": "pv-1"}`,
-		"no schema":     `{"id": "pv-1"}`,
+		"schema 0":      `{"schema": 0, "id": "pv-1"}`,
 		"torn write":    `{"schema": 1, "id": "pv`,
 	} {
 		p := filepath.Join(dir, "r.json")
 		os.WriteFile(p, []byte(content), 0o600)
-		if err := ReadRecord(p, &v); err == nil {
+		if err := ReadRecord(VolumeRecords, p, &v); err == nil {
 			t.Errorf("%s: ReadRecord accepted %q", name, content)
 		}
 	}

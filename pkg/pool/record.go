@@ -8,10 +8,23 @@ import (
 	"github.com/plinth-dev/plinth/pkg/durable"
 )
 
-// ReadRecord loads a record of this schema (SchemaVersion) from path into
-// v (durable.ReadRecord). A missing file is ErrNotFound.
-func ReadRecord(path string, v any) error {
-	err := durable.ReadRecord(path, SchemaVersion, v)
+// The records a pool keeps beside its volumes and snapshots (its index,
+// OpenIndex), each a durable.Format with its version in "schema".
+//
+// Version 1 is what v0.1.0 writes (and every plinth before it); a record
+// without "schema" would be version 1 too, but v0.1.0 writes it always.
+// v0.1.0 refuses a record of any other version, and so the pool that
+// holds it: such a pool does not open, and plinth does not start.
+var (
+	VolumeRecords   = durable.Format{Kind: "volume record", Field: "schema"}
+	SnapshotRecords = durable.Format{Kind: "snapshot record", Field: "schema"}
+)
+
+// ReadRecord loads a record of format f from path into v, converted to
+// the version this plinth writes (durable.Format.Read). A missing file is
+// ErrNotFound; a newer version is durable.ErrNewer.
+func ReadRecord(f durable.Format, path string, v any) error {
+	err := f.Read(path, v)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%s: %w", path, ErrNotFound)
 	}

@@ -20,7 +20,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/pool/btrfs"
@@ -373,11 +372,11 @@ func TestDeleteFinishesStuckRecord(t *testing.T) {
 	tenantDo(t, "btrfs", "subvolume", "create", filepath.Join(dir, "n1", "n2"))
 	record := filepath.Join(mnt, "volumes", "pv-a.json")
 	var v pool.Volume
-	if err := pool.ReadRecord(record, &v); err != nil {
+	if err := pool.ReadRecord(pool.VolumeRecords, record, &v); err != nil {
 		t.Fatal(err)
 	}
 	v.State = pool.StateDeleting
-	if err := durable.WriteRecord(record, v); err != nil {
+	if err := pool.VolumeRecords.Write(record, v); err != nil {
 		t.Fatal(err)
 	}
 	unmount(dir)

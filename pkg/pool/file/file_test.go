@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -300,8 +299,8 @@ func TestCrashStates(t *testing.T) {
 
 func writeRecord(t *testing.T, dir, id string, st pool.State) {
 	v := vol(id, 16<<20)
-	v.Schema, v.Pool, v.State = pool.SchemaVersion, "p", st
-	if err := durable.WriteRecord(filepath.Join(dir, "volumes", id+".json"), v); err != nil {
+	v.Schema, v.Pool, v.State = pool.VolumeRecords.Version(), "p", st
+	if err := pool.VolumeRecords.Write(filepath.Join(dir, "volumes", id+".json"), v); err != nil {
 		t.Fatal(err)
 	}
 }

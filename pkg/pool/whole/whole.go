@@ -235,7 +235,7 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 			pool.ErrNoSpace, p.cfg.Name, v.CapacityBytes, strings.Join(passed, "; "))
 	}
 	// Thin or thick as asked: a whole disk is both.
-	v.Schema, v.Pool, v.Disk, v.CapacityBytes = pool.SchemaVersion, p.cfg.Name, d.ID, d.SizeBytes
+	v.Schema, v.Pool, v.Disk, v.CapacityBytes = pool.VolumeRecords.Version(), p.cfg.Name, d.ID, d.SizeBytes
 	v.State, v.CreatedAt = pool.StateReady, time.Now().UTC()
 	if err := p.index.PutVolume(v); err != nil {
 		return pool.Volume{}, err
