@@ -77,24 +77,27 @@ release:
 	  --tag $(IMAGE):$(VERSION) $(IMAGE_FLAGS) --oci-out $(RELEASE_DIR)/plinth-image_$(VERSION).oci.tar
 	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp -r charts/plinth $$tmp/ && \
 	  helm package $$tmp/plinth --version $(VERSION:v%=%) --app-version $(VERSION) -d $(RELEASE_DIR)
-	$(GO) run ./hack/release -version $(VERSION) -epoch $(SOURCE_DATE_EPOCH) -bin $(CROSS_OUT) -out $(RELEASE_DIR)
+	$(GO) run ./hack/release -version $(VERSION) -epoch $(SOURCE_DATE_EPOCH) -bin $(CROSS_OUT) -out $(RELEASE_DIR) \
+	  -chart $(RELEASE_DIR)/plinth-$(VERSION:v%=%).tgz
 
 # make push IMAGE=registry/repo [CHART_REPO=registry/charts]: the image index (linux/amd64 and
 # linux/arm64) to $(IMAGE):$(TAG) and the chart to oci://$(CHART_REPO), with the credentials of
-# ~/.docker/config.json and helm's registry login. With VERSION=vX.Y.Z: that release's index and
+# ~/.docker/config.json and helm's registry login (HELM_PUSH_FLAGS=--plain-http for a registry
+# without TLS). With VERSION=vX.Y.Z: that release's index and
 # chart from $(RELEASE_DIR) (made first if missing), the index tagged $(IMAGE):$(VERSION).
 CHART_REPO  ?= $(patsubst %/,%,$(dir $(IMAGE)))/charts
+HELM_PUSH_FLAGS ?=
 push:
 ifeq ($(IS_RELEASE),yes)
 	test -f $(RELEASE_DIR)/plinth-image_$(VERSION).oci.tar || $(MAKE) release
 	$(GO) run ./hack/image --push-oci $(RELEASE_DIR)/plinth-image_$(VERSION).oci.tar --tag $(IMAGE):$(VERSION)
-	helm push $(RELEASE_DIR)/plinth-$(VERSION:v%=%).tgz oci://$(CHART_REPO)
+	helm push $(HELM_PUSH_FLAGS) $(RELEASE_DIR)/plinth-$(VERSION:v%=%).tgz oci://$(CHART_REPO)
 else
 	$(MAKE) cross
 	$(GO) run ./hack/image --plinth amd64=$(CROSS_OUT)/plinth_linux_amd64 --plinth arm64=$(CROSS_OUT)/plinth_linux_arm64 \
 	  --tag $(IMAGE):$(TAG) $(foreach t,$(IMAGE_TAGS),--tag $(t)) $(IMAGE_FLAGS) --push
 	tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp -r charts/plinth $$tmp/ && \
-	  helm package $$tmp/plinth --app-version $(TAG) -d $$tmp && helm push $$tmp/plinth-*.tgz oci://$(CHART_REPO)
+	  helm package $$tmp/plinth --app-version $(TAG) -d $$tmp && helm push $(HELM_PUSH_FLAGS) $$tmp/plinth-*.tgz oci://$(CHART_REPO)
 endif
 
 # Runs plinth standalone for real: a file pool in $(RUN_ROOT)/pools/default,

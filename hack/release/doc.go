@@ -13,7 +13,10 @@
 //   - SHA256SUMS of every file in --out, written last.
 //
 // The Makefile writes the image index (hack/image) and the chart (helm
-// package) into --out before. `release -check VERSION` only checks the
+// package) into --out before; --chart names the chart, which is repacked
+// with its entries dated --epoch (helm dates them when it runs), so every
+// file of a release is the same bytes on every build of one commit.
+// `release -check VERSION` only checks the
 // version (package version).
 //
 //	go run ./hack/release -check v0.1.0

@@ -33,6 +33,7 @@ func main() {
 	out := flag.String("out", "_out/release", "the release directory")
 	lock := flag.String("lock", "hack/image/debian.lock", "the image's pinned Debian packages")
 	license := flag.String("license", "LICENSE", "the licence file packed with kubectl-plinth")
+	chart := flag.String("chart", "", "the packaged chart in --out, repacked with its entries dated --epoch")
 	flag.Parse()
 	if *check != "" || *ver == "" {
 		if err := version.Check(*check + *ver); err != nil {
@@ -41,6 +42,12 @@ func main() {
 		}
 		if *check != "" {
 			return
+		}
+	}
+	if *chart != "" {
+		if err := archive.Repack(*chart, time.Unix(*epoch, 0).UTC()); err != nil {
+			fmt.Fprintln(os.Stderr, "release:", err)
+			os.Exit(1)
 		}
 	}
 	if err := run(*ver, time.Unix(*epoch, 0).UTC(), *bin, *out, *lock, *license); err != nil {

@@ -72,3 +72,42 @@ func SHA256Sums(dir string, names []string) ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+// Repack rewrites the .tar.gz at path (helm package's chart, whose entries
+// are dated when it ran) as TarGz does: its regular files in their order,
+// dated mtime.
+func Repack(path string, mtime time.Time) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	var files []File
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return err
+		}
+		files = append(files, File{Name: h.Name, Mode: h.Mode, Content: b})
+	}
+	var buf bytes.Buffer
+	if err := TarGz(&buf, files, mtime); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o644)
+}
