@@ -10,7 +10,7 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build cross image image-lock image-reproducible release push run test reliability kubelet e2e bench-nodes conformance chart alerts generate verify-generated unit sanity bench lint deps clean
+.PHONY: all build cross image image-lock image-reproducible release push run test reliability kubelet e2e upgrade bench-nodes conformance chart alerts generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
@@ -144,6 +144,17 @@ e2e: chart
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CONFORMANCE_BIN=$$cbin PLINTH_CONFORMANCE=quick PLINTH_CHART_RENDERS=$(CHART_OUT) \
 	  PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
 	  $(GO) test -trimpath -count=1 -v -timeout 60m ./... 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+
+# The upgrade test alone (test/e2e/zzz_upgrade_test.go, also in make e2e): the newest release
+# RELEASES names, built from history and installed with its own chart by Helm, volumes on every
+# pool type, a snapshot, a clone and a device-plugin pod, then helm upgrade to this tree and helm
+# rollback: no pod restarted, no mount changed, data intact. Root; needs the release's commit in
+# this clone's history.
+upgrade: chart
+	$(MAKE) image IMAGE_TAGS=plinth.example.com/plinth:dev
+	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && \
+	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CHART_RENDERS=$(CHART_OUT) PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
+	  $(GO) test -trimpath -count=1 -v -timeout 40m -run '^TestZZUpgrade$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
 # Scale in the e2e cluster (issue 14): 50 simulated nodes (`plinth node` processes on the host,
 # each with a Node object and a file pool on a tmpfs of its own, no kubelet), 1000 PVCs created at

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -96,7 +97,9 @@ func TestZZUpgrade(t *testing.T) {
 	pods := []string{"xfs", "ext4", "btrfs", "block", "disk", "xfs-clone", "gpus"}
 	before := podStates(t, ctx, ns, pods)
 	mounts := podMounts(t, ctx, ns, pods)
-	if len(mounts) < 10 {
+	// Four filesystem volumes staged and published, two block volumes
+	// published (a bind of the device and the kubelet's own).
+	if len(mounts) < 12 {
 		t.Fatalf("mountinfo shows %d mounts of the pods' volumes: %v", len(mounts), mounts)
 	}
 
@@ -183,7 +186,12 @@ func TestZZUpgrade(t *testing.T) {
 	// Back to the previous release: it serves what the new one made and
 	// changed, or refuses it clearly; the pods notice nothing either way.
 	start = time.Now()
-	h.run(t, ctx, "rollback", "plinth", "1", "--namespace", "plinth-system", "--wait", "--timeout", "5m")
+	h.run(t, ctx, "rollback", "plinth", "1", "--namespace", "plinth-system")
+	// The previous release's chart surges its controller's rollout, and
+	// on the host network (the e2e values) the surge pod waits for the
+	// ports the running one holds: as its operator would, delete the
+	// running one (this tree's chart replaces one pod at a time there).
+	waitControllerRollout(t, ctx, "plinth.example.com/plinth:"+version)
 	waitNodePod(t, ctx, "plinth.example.com/plinth:"+version, newPod)
 	waitRegistered(t, ctx)
 	if err := e.waitPlinth(ctx); err != nil {
@@ -248,24 +256,18 @@ func buildRelease(t *testing.T, ctx context.Context, version, commit string) (tr
 		t.Fatalf("release %s: commit %s is not in this clone's history (a shallow clone? fetch it, or PLINTH_UPGRADE=skip): %v", version, commit, err)
 	}
 	tree = t.TempDir()
-	archive := exec.CommandContext(ctx, "git", "-C", e.repo, "archive", "--format=tar", commit)
-	untar := exec.CommandContext(ctx, "tar", "-x", "-C", tree)
-	pipe, err := archive.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	untar.Stdin = pipe
-	if err := untar.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := archive.CombinedOutput(); err != nil {
+	tarball := filepath.Join(t.TempDir(), "release.tar")
+	if out, err := run(ctx, "git", "-C", e.repo, "archive", "--format=tar", "-o", tarball, commit); err != nil {
 		t.Fatalf("git archive %s: %v: %s", commit, err, out)
 	}
-	if err := untar.Wait(); err != nil {
-		t.Fatalf("untar %s: %v", commit, err)
+	if out, err := run(ctx, "tar", "-x", "-C", tree, "-f", tarball); err != nil {
+		t.Fatalf("untar %s: %v: %s", commit, err, out)
 	}
 	bin := filepath.Join(tree, "bin/plinth")
 	tar = filepath.Join(tree, "_out/plinth-image.tar")
+	if err := os.MkdirAll(filepath.Dir(tar), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
 		{"build", "-trimpath", "-ldflags", "-s -w -X main.version=" + version + " -X main.commit=" + commit, "-o", bin, "./cmd/plinth"},
 		{"run", "./hack/image", "--plinth", bin, "--tag", "plinth.example.com/plinth:" + version, "--version", version, "--revision", commit, "--out", tar},
@@ -351,6 +353,43 @@ func waitNodePod(t *testing.T, ctx context.Context, image string, not string) st
 	return string(p.UID)
 }
 
+// waitControllerRollout waits until the controller Deployment's pods all
+// run image, deleting a pod of another image that blocks a Pending surge
+// pod's host ports.
+func waitControllerRollout(t *testing.T, ctx context.Context, image string) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		d, err := e.client.AppsV1().Deployments("plinth-system").Get(ctx, "plinth-controller", metav1.GetOptions{})
+		if err != nil || d.Spec.Replicas == nil {
+			return false, nil
+		}
+		l, err := e.client.CoreV1().Pods("plinth-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=controller"})
+		if err != nil {
+			return false, nil
+		}
+		pending, ready := false, 0
+		for _, p := range l.Items {
+			if p.Spec.Containers[0].Image == image && p.Status.Phase == corev1.PodPending {
+				pending = true
+			}
+		}
+		for _, p := range l.Items {
+			switch {
+			case p.DeletionTimestamp != nil:
+			case p.Spec.Containers[0].Image != image && pending && p.Status.Phase == corev1.PodRunning:
+				logf("upgrade: deleting controller pod %s (%s): its host ports hold the new pod Pending", p.Name, p.Spec.Containers[0].Image)
+				_ = e.client.CoreV1().Pods("plinth-system").Delete(ctx, p.Name, metav1.DeleteOptions{})
+			case p.Spec.Containers[0].Image == image && p.Status.Phase == corev1.PodRunning:
+				ready++
+			}
+		}
+		return d.Status.ObservedGeneration >= d.Generation && d.Status.UpdatedReplicas == *d.Spec.Replicas &&
+			d.Status.AvailableReplicas == *d.Spec.Replicas && int32(len(l.Items)) == *d.Spec.Replicas && int32(ready) == *d.Spec.Replicas, nil
+	}); err != nil {
+		t.Fatalf("the controller's rollout to %s did not finish: %v%s", image, err, podsIn(ctx, "plinth-system"))
+	}
+}
+
 // waitRegistered waits until a new plinth node process registered its CSI
 // driver and its device plugin with the kubelet.
 func waitRegistered(t *testing.T, ctx context.Context) {
@@ -407,6 +446,15 @@ func podMounts(t *testing.T, ctx context.Context, ns string, names []string) map
 				t.Fatal(err)
 			}
 			keys = append(keys, c.Spec.VolumeName)
+			// The staging mount: the kubelet names its directory after
+			// the SHA-256 of the volume handle.
+			pv, err := e.client.CoreV1().PersistentVolumes().Get(ctx, c.Spec.VolumeName, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pv.Spec.CSI != nil {
+				keys = append(keys, fmt.Sprintf("%x", sha256.Sum256([]byte(pv.Spec.CSI.VolumeHandle))))
+			}
 		}
 	}
 	raw, err := os.ReadFile("/proc/self/mountinfo")
