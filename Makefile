@@ -139,7 +139,7 @@ kubelet:
 # server and compares the chart's default render with deploy/base.
 CHART_OUT ?= $(CURDIR)/_out/chart-renders
 e2e: chart
-	$(MAKE) image IMAGE_TAGS=plinth.example.com/plinth:dev
+	$(MAKE) image
 	bin=$$(./test/e2e/build-cluster.sh) && cbin=$$(./test/conformance/build.sh) && cd test/e2e && \
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CONFORMANCE_BIN=$$cbin PLINTH_CONFORMANCE=quick PLINTH_CHART_RENDERS=$(CHART_OUT) \
 	  PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
@@ -151,7 +151,7 @@ e2e: chart
 # rollback: no pod restarted, no mount changed, data intact. Root; needs the release's commit in
 # this clone's history.
 upgrade: chart
-	$(MAKE) image IMAGE_TAGS=plinth.example.com/plinth:dev
+	$(MAKE) image
 	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && \
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CHART_RENDERS=$(CHART_OUT) PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
 	  $(GO) test -trimpath -count=1 -v -timeout 40m -run '^TestZZUpgrade$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
