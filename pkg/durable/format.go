@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -48,15 +50,29 @@ func (f Format) Version() int { return 1 + len(f.Steps) }
 // a newer plinth, which this one neither reads nor replaces.
 var ErrNewer = errors.New("record of a newer version than this plinth reads")
 
-// NewerError is a record of a version newer than this plinth reads.
+// NewerError is a record of a version this plinth does not read: a
+// number above Newest (Version; Raw as written when it is beyond an int),
+// or a version field that is no whole number from 1 up (Bad: a string, a
+// fraction, 0, a negative, two fields that differ only in case), which a
+// newer plinth may have written too. Either way the record is left as it
+// is: nothing reads, replaces or removes it.
 type NewerError struct {
 	Kind, Path      string
 	Version, Newest int
+	Raw             string
+	Bad             bool
 }
 
 func (e *NewerError) Error() string {
-	return fmt.Sprintf("%s %s is version %d, and this plinth reads versions up to %d: a newer plinth wrote it; it is left untouched (run that plinth again, or remove the file once what it records is gone)",
-		e.Kind, e.Path, e.Version, e.Newest)
+	const untouched = "it is left untouched (run that plinth again, or remove the file once what it records is gone)"
+	switch {
+	case e.Bad:
+		return fmt.Sprintf("%s %s has version %s, which is no version this plinth reads (1 to %d): %s", e.Kind, e.Path, e.Raw, e.Newest, untouched)
+	case e.Raw != "":
+		return fmt.Sprintf("%s %s is version %s, and this plinth reads versions up to %d: a newer plinth wrote it; %s", e.Kind, e.Path, e.Raw, e.Newest, untouched)
+	}
+	return fmt.Sprintf("%s %s is version %d, and this plinth reads versions up to %d: a newer plinth wrote it; %s",
+		e.Kind, e.Path, e.Version, e.Newest, untouched)
 }
 
 // Is makes errors.Is(err, ErrNewer) true.
@@ -66,20 +82,52 @@ func (e *NewerError) Is(target error) bool { return target == ErrNewer }
 // file is an error that wraps fs.ErrNotExist; a newer version is a
 // *NewerError.
 func (f Format) Read(path string, v any) error {
-	data, err := os.ReadFile(path)
+	data, err := readRegular(path)
 	if err != nil {
-		return fmt.Errorf("read %s: %w", path, err)
+		return err
 	}
 	return f.Decode(path, data, v)
 }
 
+// maxRecord bounds what a record read takes into memory.
+const maxRecord = 64 << 20
+
+// readRegular reads the regular file at path (following a symlink, as a
+// plain read does), refusing anything else without blocking on it: a FIFO
+// in place of a record would hang every reader.
+func readRegular(path string) ([]byte, error) {
+	file, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer file.Close()
+	fi, err := file.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read %s: not a regular file (%s)", path, fi.Mode().Type())
+	}
+	data, err := io.ReadAll(io.LimitReader(file, maxRecord+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > maxRecord {
+		return nil, fmt.Errorf("read %s: larger than %d bytes: no record of plinth's", path, maxRecord)
+	}
+	return data, nil
+}
+
 // Decode is Read of data already read from path (for messages).
 func (f Format) Decode(path string, data []byte, v any) error {
-	ver, err := f.version(path, data)
+	ver, present, err := f.version(path, data)
 	if err != nil {
 		return err
 	}
-	if ver < f.Version() {
+	// An older record, or one without its version field (version 1),
+	// goes through convert, which also writes Version into the field: the
+	// struct then carries the version it is now, and writes back as such.
+	if ver < f.Version() || !present {
 		if data, err = f.convert(path, data, ver); err != nil {
 			return err
 		}
@@ -90,25 +138,53 @@ func (f Format) Decode(path string, data []byte, v any) error {
 	return nil
 }
 
-// version reads the record's version and checks that this plinth reads it.
-func (f Format) version(path string, data []byte) (int, error) {
+// version reads the record's version and checks that this plinth reads
+// it; present is false when the record has no version field (or null).
+// The field is matched as encoding/json matches a struct's: by name, case
+// folded, so that the version checked is the one the struct gets; two
+// such keys that differ are refused.
+func (f Format) version(path string, data []byte) (ver int, present bool, err error) {
+	// The first JSON value only: what follows it (which Decode refuses)
+	// does not hide a newer version from Guard.
 	var head map[string]json.RawMessage
-	if err := json.Unmarshal(data, &head); err != nil {
-		return 0, fmt.Errorf("decode %s %s: %w", f.Kind, path, err)
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&head); err != nil {
+		return 0, false, fmt.Errorf("decode %s %s: %w", f.Kind, path, err)
 	}
-	ver := 1 // no version field: version 1 (see Format)
-	if raw, ok := head[f.Field]; ok {
-		if err := json.Unmarshal(raw, &ver); err != nil {
-			return 0, fmt.Errorf("%s %s: version %s: %w", f.Kind, path, raw, err)
+	var raw json.RawMessage
+	for k, r := range head {
+		if !strings.EqualFold(k, f.Field) {
+			continue
 		}
+		if raw != nil && !bytes.Equal(bytes.TrimSpace(raw), bytes.TrimSpace(r)) {
+			return 0, true, &NewerError{Kind: f.Kind, Path: path, Newest: f.Version(), Bad: true,
+				Raw: fmt.Sprintf("%s and %s (fields that differ only in case)", raw, r)}
+		}
+		raw = r
 	}
-	switch {
-	case ver > f.Version():
-		return ver, &NewerError{Kind: f.Kind, Path: path, Version: ver, Newest: f.Version()}
-	case ver < 1:
-		return ver, fmt.Errorf("%s %s: version %d: no plinth writes that version", f.Kind, path, ver)
+	raw = bytes.TrimSpace(raw)
+	if raw == nil || string(raw) == "null" {
+		return 1, false, nil // no version field: version 1 (see Format)
 	}
-	return ver, nil
+	// A whole number from 1 up, written as digits: anything else (a
+	// string, a fraction, an exponent, a sign) is no version plinth
+	// writes, and may be a newer plinth's.
+	digits := len(raw) > 0 && raw[0] != '0'
+	for _, c := range raw {
+		digits = digits && c >= '0' && c <= '9'
+	}
+	if !digits {
+		return 0, true, &NewerError{Kind: f.Kind, Path: path, Newest: f.Version(), Bad: true, Raw: string(raw)}
+	}
+	n, err := strconv.Atoi(string(raw))
+	if err != nil || n > f.Version() {
+		// Beyond an int is newer still.
+		e := &NewerError{Kind: f.Kind, Path: path, Version: n, Newest: f.Version()}
+		if err != nil {
+			e.Raw = string(raw)
+		}
+		return n, true, e
+	}
+	return n, true, nil
 }
 
 // convert runs the steps from version ver to Version on data and returns
@@ -130,10 +206,11 @@ func (f Format) convert(path string, data []byte, ver int) ([]byte, error) {
 }
 
 // Guard refuses (a *NewerError) when path holds a record of a newer
-// version than this plinth reads: whoever is about to replace or remove
-// path calls it first, so that a newer plinth's record is never
-// overwritten. A missing file, or one this plinth reads, passes; one that
-// cannot be decoded at all passes too (its owner's read says why).
+// version than this plinth reads, or one whose version it cannot read
+// (NewerError.Bad): whoever is about to replace or remove path calls it
+// first, so that a newer plinth's record is never overwritten. A missing
+// file, or one this plinth reads, passes; one that is no JSON object at
+// all passes too (its owner's read says why).
 func (f Format) Guard(path string) error {
 	// Only a regular file is read (a FIFO would block the open, a symlink
 	// points anywhere); anything else is no record, and a rename replaces
@@ -157,7 +234,7 @@ func (f Format) Guard(path string) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
-	if _, err := f.version(path, data); errors.Is(err, ErrNewer) {
+	if _, _, err := f.version(path, data); errors.Is(err, ErrNewer) {
 		return err
 	}
 	return nil

@@ -77,7 +77,15 @@ func TestFormatRefusesNewer(t *testing.T) {
 			t.Errorf("%q does not say %q", err, s)
 		}
 	}
-	for _, data := range []string{`{"version":0}`, `{"version":"2"}`, `[1]`, `{`} {
+	// A version field that is no whole number from 1 up may be a newer
+	// plinth's: refused and left as it is, as a newer one.
+	for _, data := range []string{`{"version":0}`, `{"version":"2"}`, `{"version":-1}`, `{"version":2.0}`, `{"version":1e0}`} {
+		err := f.Decode("/r", []byte(data), &v)
+		if !errors.As(err, &ne) || !ne.Bad || !strings.Contains(err.Error(), "no version this plinth reads") {
+			t.Errorf("%s: %v, want a NewerError that says the version cannot be read", data, err)
+		}
+	}
+	for _, data := range []string{`[1]`, `{`} {
 		if err := f.Decode("/r", []byte(data), &v); err == nil || errors.Is(err, ErrNewer) {
 			t.Errorf("%s: %v, want an error other than ErrNewer", data, err)
 		}

@@ -196,6 +196,11 @@ func (x *Index) MarkDeleting(id string) error {
 
 // DropVolume removes v's record durably.
 func (x *Index) DropVolume(id string) error {
+	// A newer plinth's record (it replaced ours since the index loaded)
+	// stays.
+	if err := VolumeRecords.Guard(x.volRecord(id)); err != nil {
+		return err
+	}
 	if err := durable.Remove(x.volRecord(id)); err != nil {
 		return err
 	}
@@ -207,6 +212,11 @@ func (x *Index) DropVolume(id string) error {
 
 // DropSnapshot removes s's record durably.
 func (x *Index) DropSnapshot(id string) error {
+	// A newer plinth's record (it replaced ours since the index loaded)
+	// stays.
+	if err := SnapshotRecords.Guard(x.snapRecord(id)); err != nil {
+		return err
+	}
 	if err := durable.Remove(x.snapRecord(id)); err != nil {
 		return err
 	}
