@@ -186,6 +186,22 @@ def check_base(chart, base):
                + "".join(f"; {f}: chart {cv}, base {bv}" for f, (cv, bv) in fields.items() if cv != bv))
 
 
+def check_config_rolls(name, objs):
+    """A render with a device config or disk rules rolls its node pods when they change: the
+    pod template carries the SHA-256 of the two ConfigMaps' content (plinth node reads them at
+    start); one without either carries no checksum."""
+    ds = find(objs, "DaemonSet", "plinth-node")
+    if ds is None or name.startswith("deploy/"):
+        return
+    cms = [find(objs, "ConfigMap", n) for n in ("plinth-disk-config", "plinth-device-config")]
+    sums = (ds["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/config", "")
+    if any(cms):
+        ok = len(sums) == 64 and all(c in "0123456789abcdef" for c in sums)
+        report(ok, f"{name}: plinth-node's pods carry checksum/config of their disk rules and device config")
+    else:
+        report(sums == "", f"{name}: plinth-node's pods carry no checksum/config (no disk rules, no device config)")
+
+
 def main():
     renders = {}
     for d, prefix in ((sys.argv[1], ""), (sys.argv[2], "deploy/")):
@@ -197,6 +213,7 @@ def main():
         check_spread(name, objs)
         check_monitors(name, objs)
         check_node_memory(name, objs)
+        check_config_rolls(name, objs)
     check_base(renders["default"], renders["deploy/base"])
     sys.exit(1 if failed else 0)
 
