@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -32,8 +33,9 @@ import (
 // GPUs. Then `helm rollback` to the previous release, which serves the
 // volumes the new one made.
 //
-// What it leaves out: DRA claim pods (their checkpoint's reading across
-// versions is a test of pkg/dra on the previous release's files).
+// Then the GPUs through DRA on the previous release, a pod with a claim,
+// and the upgrade again: the claim is not prepared a second time, and the
+// new release unprepares it.
 func TestZZUpgrade(t *testing.T) {
 	need(t)
 	if os.Getenv("PLINTH_UPGRADE") == "skip" {
@@ -213,6 +215,113 @@ func TestZZUpgrade(t *testing.T) {
 		deleteClaim(t, ctx, ns, c, "")
 	}
 	logf("upgrade: kubectl plinth status:\n%s", kubectlPlinthAllowFail("status"))
+
+	upgradeDRA(t, ctx, h, ns, version, oldChart, chart)
+}
+
+// upgradeDRA: the GPUs through DRA on the previous release (its chart with
+// a device config that says api: dra), a pod with a claim, then helm
+// upgrade to the tree under test: the pod goes on, the claim is not
+// prepared a second time (the new process answers from the checkpoint it
+// reads), and the new release unprepares it when the pod goes.
+func upgradeDRA(t *testing.T, ctx context.Context, h helmCmd, ns, version, oldChart, chart string) {
+	t.Helper()
+	dra := filepath.Join(t.TempDir(), "dra-values.yaml")
+	if err := os.WriteFile(dra, []byte(`node:
+  deviceConfig:
+    apiVersion: plinth.example.com/v1alpha1
+    kind: DeviceConfig
+    resources:
+      - name: example.com/gpu
+        api: dra
+        selector: {classes: ["0x03"], drivers: [nvidia, amdgpu, i915, xe]}
+        env: {PLINTH_GPU_DEVICES: ids}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The chart makes the DRA resource's DeviceClass (gpu.example.com);
+	// one made before (TestZDRA applies deploy/overlays/dra's) is taken over.
+	before, err := hostPlinthPod(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.run(t, ctx, "upgrade", "plinth", oldChart, "--namespace", "plinth-system", "--take-ownership", "-f", filepath.Join(oldChart, "ci/e2e-values.yaml"),
+		"-f", dra, "--set", "image.tag="+version, "--wait", "--timeout", "5m")
+	// The previous release's chart does not roll its pods on a config
+	// change (this tree's does: checksum/config): restart the node's.
+	if p, err := hostPlinthPod(ctx); err == nil && p.UID == before.UID {
+		if err := e.client.CoreV1().Pods("plinth-system").Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	draPod := waitNodePod(t, ctx, "plinth.example.com/plinth:"+version, string(before.UID))
+	waitDRA := func() {
+		t.Helper()
+		if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+			devs, err := nodeDevices(ctx)
+			return err == nil && len(devs) == 8 && registrations(t, ctx)["dra"] >= 1, nil
+		}); err != nil {
+			devs, _ := nodeDevices(ctx)
+			t.Fatalf("8 GPUs not published through DRA: %d devices, registrations %v", len(devs), registrations(t, ctx))
+		}
+	}
+	waitDRA()
+	if _, err := e.client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, claimTemplate("one", 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.CoreV1().Pods(ns).Create(ctx, gpuClaimPod("dra", "one"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitPodRunning(t, ctx, ns, "dra", 2*time.Minute)
+	env := lineWith(waitLog(t, ctx, ns, "dra", "env=", time.Minute), "env=")
+	waitPrepared(t, ctx, 1)
+	claims := preparedClaims(t)
+	state := podStates(t, ctx, ns, []string{"dra"})
+
+	start := time.Now()
+	h.run(t, ctx, "upgrade", "plinth", chart, "--namespace", "plinth-system", "--take-ownership", "-f", filepath.Join(chart, "ci/e2e-values.yaml"),
+		"-f", dra, "--wait", "--timeout", "5m")
+	waitNodePod(t, ctx, "plinth.example.com/plinth:dev", draPod)
+	waitDRA()
+	logf("upgrade: with DRA: the new plinth node served DRA again %s after helm upgrade began", time.Since(start).Round(time.Millisecond))
+	time.Sleep(2 * time.Second) // room for a prepare the kubelet might repeat
+	if got := podStates(t, ctx, ns, []string{"dra"}); !equalMaps(state, got) {
+		t.Errorf("the DRA pod changed across the upgrade: %v, then %v", state, got)
+	}
+	if got := preparedClaims(t); !equalMaps(claims, got) {
+		t.Errorf("the DRA checkpoint's claims changed across the upgrade:\nbefore %v\nafter  %v", claims, got)
+	}
+	if n := nodeMetric(ctx, "plinth_dra_claim_prepare_duration_seconds_count"); n != 0 {
+		t.Errorf("the new plinth node prepared %v claims; the pod's was prepared already (%s)", n, env)
+	}
+	deletePod(t, ctx, ns, "dra")
+	waitPrepared(t, ctx, 0)
+	logf("upgrade: with DRA: the claim prepared by %s stayed prepared across the upgrade and was unprepared by the new release", version)
+}
+
+// preparedClaims is plinth node's DRA checkpoint: claim UID -> what it
+// recorded.
+func preparedClaims(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(hostRoot, "state", "dra", "prepared.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cp struct {
+		Claims map[string]json.RawMessage `json:"claims"`
+	}
+	if err := json.Unmarshal(b, &cp); err != nil {
+		t.Fatalf("DRA checkpoint: %v", err)
+	}
+	out := map[string]string{}
+	for k, v := range cp.Claims {
+		var c bytes.Buffer
+		if err := json.Compact(&c, v); err != nil {
+			t.Fatal(err)
+		}
+		out[k] = c.String() // as recorded, whatever the indentation
+	}
+	return out
 }
 
 func envOr(k, def string) string {
