@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
 )
@@ -31,23 +29,7 @@ func TestZChartInstall(t *testing.T) {
 	defer cancel()
 	// The chart's workloads select on its release label too, and selectors
 	// are immutable: remove the kustomize ones first (the pools stay).
-	fg := metav1.DeletePropagationForeground
-	if err := e.client.AppsV1().Deployments("plinth-system").Delete(ctx, "plinth-controller", metav1.DeleteOptions{PropagationPolicy: &fg}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.client.AppsV1().DaemonSets("plinth-system").Delete(ctx, "plinth-node", metav1.DeleteOptions{PropagationPolicy: &fg}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		pods, err := e.client.CoreV1().Pods("plinth-system").List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, nil
-		}
-		_, errD := e.client.AppsV1().DaemonSets("plinth-system").Get(ctx, "plinth-node", metav1.GetOptions{})
-		return len(pods.Items) == 0 && apierrors.IsNotFound(errD), nil
-	}); err != nil {
-		t.Fatalf("the kustomize install's pods did not go: %v", err)
-	}
+	removeWorkloads(t, ctx)
 	if regs := registrations(t, ctx); len(regs) != 0 {
 		t.Fatalf("plinth node still answers on its metrics port after removal: %v", regs)
 	}
@@ -56,12 +38,7 @@ func TestZChartInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A new process: its registration counters start at zero.
-	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		regs := registrations(t, ctx)
-		return regs["csi"] >= 1 && regs["device-plugin:example.com/gpu"] >= 1, nil
-	}); err != nil {
-		t.Fatalf("the chart's plinth node did not register with the kubelet: %v", err)
-	}
+	waitRegistered(t, ctx)
 	if err := e.waitPlinth(ctx); err != nil {
 		t.Fatal(err)
 	}
