@@ -37,6 +37,8 @@ Usage:
   plinth node [flags]         a node's CSI Node service, its volume objects and device plugins (--csi=false: devices only)
   plinth volume COMMAND       create, list, get, expand, delete volumes over a plinth standalone's CSI socket
   plinth snapshot COMMAND     create, list, delete its snapshots (no Kubernetes needed; see docs/cli.md)
+  plinth probe --socket PATH /readyz|/healthz
+                              ask a node's health socket (an exec probe); exit 0 when it is ready/live
   plinth version              print the version, commit, Go and the API versions plinth speaks
   plinth help                 print this
 
@@ -62,6 +64,8 @@ func main() {
 			DefaultEndpoint: "unix://" + filepath.Join(app.DefaultRoot, "csi.sock")})
 		stop()
 		os.Exit(code)
+	case "probe":
+		os.Exit(probe(os.Args[2:]))
 	case "controller":
 		cfg := app.ControllerConfig{Version: version}
 		command("controller", app.ControllerConfigKind, cfg.Flags, nil, cfg.Validate, func(ctx context.Context) error { return app.RunController(ctx, cfg) })
@@ -73,6 +77,25 @@ func main() {
 		fmt.Fprintf(os.Stderr, "plinth: unknown command %q\n\n%s", os.Args[1], usage)
 		os.Exit(2)
 	}
+}
+
+// probe is `plinth probe --socket PATH /readyz|/healthz`: 0 when the
+// health server on the socket says ok, 1 (with why) when it does not, 2
+// for a bad command line.
+func probe(args []string) int {
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	socket := fs.String("socket", "", "unix socket of plinth node's --health-socket")
+	if err := fs.Parse(args); err != nil || *socket == "" || fs.NArg() != 1 {
+		fmt.Fprintln(os.Stderr, "usage: plinth probe --socket PATH /readyz|/healthz")
+		return 2
+	}
+	if err := app.Probe(context.Background(), *socket, fs.Arg(0)); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ok")
+	return 0
 }
 
 // command parses a subcommand's flags (its own and the logging flags) and

@@ -60,6 +60,20 @@ type NodeConfig struct {
 	// DeviceSysfsRoot and DeviceDevRoot are where device discovery looks
 	// ("" for --sysfs-root and --dev-root); a fixture tree in tests.
 	DeviceSysfsRoot, DeviceDevRoot string
+	// PodUID is the UID of the pod this process runs in (the downward
+	// API's metadata.uid, --pod-uid): it turns on the DRA kubelet plugin's
+	// rolling updates, so that this pod serves DRA beside the one it
+	// replaces (sockets named after the pod, calls serialized through a
+	// lock file both share) before it holds the root.
+	PodUID string
+	// WaitForRoot is how long to wait for a root that another process
+	// holds (the pod this one replaces in a surge rolling update) before
+	// giving up; 0 refuses it at once.
+	WaitForRoot time.Duration
+	// HealthSocket, when set, serves /healthz and /readyz on this unix
+	// socket too: probes that reach this process and not the one it
+	// replaces, which on the host network holds the metrics port.
+	HealthSocket string
 	// devices is the device configuration Validate parsed (file or
 	// inline, flags applied), so that RunNode does not parse it again.
 	devices *device.Config
@@ -79,6 +93,9 @@ func (c *NodeConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DeviceConfig, "device-config", "", "DeviceConfig file (apiVersion plinth.example.com/v1alpha1); default: GPUs as example.com/gpu")
 	fs.StringVar(&c.CDIDir, "cdi-dir", "/var/run/cdi", "where CDI specs for the devices are written (empty: none)")
 	fs.DurationVar(&c.HealthInterval, "health-interval", 0, "device rescan period; overrides the config file's health.interval (default 5s)")
+	fs.StringVar(&c.PodUID, "pod-uid", "", "UID of the pod this runs in (downward API metadata.uid): DRA rolling updates, served beside the pod this one replaces")
+	fs.DurationVar(&c.WaitForRoot, "wait-for-root", 0, "how long to wait for a --root another process holds (the pod this one replaces) before failing; 0 fails at once")
+	fs.StringVar(&c.HealthSocket, "health-socket", "", "unix socket that also serves /healthz and /readyz (for exec probes on the host network)")
 	fs.DurationVar(&c.RecoverAfter, "health-recover-after", 0, "steady health before a device is advertised healthy again; overrides health.recoverAfter (default 10s)")
 	// The node's own defaults of the flags it shares with standalone.
 	fs.Lookup("endpoint").Usage = "CSI endpoint, unix://PATH (default unix://<kubelet-dir>/plugins/<driver-name>/csi.sock, where the kubelet looks)"
@@ -106,6 +123,15 @@ func (c *NodeConfig) Validate() error {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, fmt.Errorf("%s %q must be absolute", flagName, p))
 		}
+	}
+	if c.WaitForRoot < 0 {
+		errs = append(errs, fmt.Errorf("--wait-for-root %s must not be negative", c.WaitForRoot))
+	}
+	if c.HealthSocket != "" && !filepath.IsAbs(c.HealthSocket) {
+		errs = append(errs, fmt.Errorf("--health-socket %q must be absolute", c.HealthSocket))
+	}
+	if c.HealthSocket != "" && c.MetricsAddress == "" {
+		errs = append(errs, errors.New("--health-socket serves the health checks of --metrics-address, which is empty"))
 	}
 	if c.CDIDir != "" && !filepath.IsAbs(c.CDIDir) {
 		errs = append(errs, fmt.Errorf("--cdi-dir %q must be absolute", c.CDIDir))
@@ -186,7 +212,11 @@ func (c *NodeConfig) deviceConfig() (device.Config, error) {
 }
 
 // RunNode serves CSI and the device plugins until ctx ends or one fails.
-// With CSI it holds the lock of --root throughout.
+// With CSI it holds the lock of --root throughout. What can run beside
+// another process on the same root (the pod this one replaces) starts
+// first: the metrics and health server, device discovery and, with rolling
+// updates (PodUID), DRA; the rest once the root is this process's
+// (WaitForRoot).
 func RunNode(ctx context.Context, c NodeConfig) error {
 	if c.DisksDryRun {
 		return DisksDryRun(ctx, c.CSIConfig, os.Stdout, "table")
@@ -197,7 +227,15 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 	n := &nodeRun{NodeConfig: c, parts: map[string]func(context.Context) error{}}
 	if c.MetricsAddress != "" {
 		n.metrics = metrics.New()
-		n.parts["metrics"] = func(ctx context.Context) error { return n.metrics.Serve(ctx, c.MetricsAddress) }
+		n.parts["metrics"] = func(ctx context.Context) error {
+			if c.WaitForRoot > 0 {
+				return n.metrics.ServeWhenFree(ctx, c.MetricsAddress)
+			}
+			return n.metrics.Serve(ctx, c.MetricsAddress)
+		}
+		if c.HealthSocket != "" {
+			n.parts["health socket"] = func(ctx context.Context) error { return n.metrics.ServeUnix(ctx, c.HealthSocket) }
+		}
 	}
 	if c.Cluster {
 		var err error
@@ -208,35 +246,55 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 			return err
 		}
 	}
-	if !c.CSI && c.Devices && len(draResources(*c.devices)) > 0 {
-		// The DRA checkpoint lives in --root: one process per root.
-		lock, err := LockRoot(c.Root)
-		if err != nil {
+	if c.Devices {
+		if err := n.discover(); err != nil {
 			return err
 		}
-		defer lock.Unlock()
 	}
-	if c.CSI {
-		unlock, err := n.volumes(ctx)
-		if err != nil {
-			return err
+	g := newGroup(ctx)
+	g.goAll(n.parts)
+	n.parts = map[string]func(context.Context) error{}
+	lock, err := n.claim(g.ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = nil // stopped while waiting for the root
 		}
-		defer unlock()
+		return g.stop(err)
+	}
+	defer lock.Unlock() // after every part stopped
+	if c.CSI {
+		if err := n.volumes(ctx, lock); err != nil {
+			return g.stop(err)
+		}
 	}
 	if c.Devices {
 		if err := n.accelerators(); err != nil {
-			return err
+			return g.stop(err)
 		}
 	}
 	if c.Cluster {
 		stop, err := n.cluster()
 		if err != nil {
-			return err
+			return g.stop(err)
 		}
 		defer stop()
 	}
 	klog.InfoS("plinth node started", "version", c.Version, "csi", c.CSI, "devices", c.Devices, "kubeletDir", c.KubeletDir)
-	return runAll(ctx, n.parts)
+	g.goAll(n.parts)
+	return g.wait()
+}
+
+// claim takes the root (with CSI, the pools' directories too), waiting
+// WaitForRoot for a process that holds it. Without CSI only DRA keeps
+// records there (its checkpoint): no lock when nothing needs one.
+func (n *nodeRun) claim(ctx context.Context) (*RootLock, error) {
+	switch {
+	case n.CSI:
+		return WaitRoot(ctx, n.WaitForRoot, func() (*RootLock, error) { return claimRoot(n.CSIConfig) })
+	case n.Devices && len(draResources(*n.NodeConfig.devices)) > 0:
+		return WaitRoot(ctx, n.WaitForRoot, func() (*RootLock, error) { return LockRoot(n.Root) })
+	}
+	return nil, nil
 }
 
 // nodeRun is one `plinth node` being put together: each of its sides
@@ -252,25 +310,20 @@ type nodeRun struct {
 	mounts  volumeMounts  // stage, publish and usage over them (CSI)
 	watcher *disk.Watcher // the node's disks, with disk rules
 	devices func() []v1alpha1.DeviceStatus
+	inv     *device.Inventory // the node's devices (discover)
+	dra     *dra.Driver       // nil when DRA has nothing to do
 }
 
-// volumes claims the root and opens the node's pools, then serves the
-// CSI Node service and registers it with the kubelet; unlock releases the
-// root when the node stops.
-func (n *nodeRun) volumes(ctx context.Context) (unlock func(), err error) {
-	lock, err := claimRoot(n.CSIConfig)
-	if err != nil {
-		return nil, err
-	}
+// volumes opens the node's pools (the caller holds the root, claim),
+// then serves the CSI Node service and registers it with the kubelet.
+func (n *nodeRun) volumes(ctx context.Context, _ *RootLock) (err error) {
 	if n.local, n.watcher, err = openLocal(ctx, n.CSIConfig); err != nil {
-		lock.Unlock()
-		return nil, err
+		return err
 	}
 	n.mounts = newVolumeMounts(n.CSIConfig, n.local)
 	sock, err := unixsock.ParseEndpoint(n.Endpoint)
 	if err != nil {
-		lock.Unlock()
-		return nil, err
+		return err
 	}
 	if n.watcher != nil {
 		n.parts["disks"] = n.watcher.Run
@@ -297,13 +350,13 @@ func (n *nodeRun) volumes(ctx context.Context) (unlock func(), err error) {
 		})
 	}
 	n.parts["kubelet plugin registration"] = func(ctx context.Context) error { return reg.Serve(ctx, n.KubeletDir) }
-	return func() { lock.Unlock() }, nil
+	return nil
 }
 
-// accelerators discovers the node's devices and serves them: device
-// plugins for the resources configured so, the DRA driver for those
-// configured api: dra (and while claims it prepared are still prepared).
-func (n *nodeRun) accelerators() error {
+// discover finds the node's devices and watches their health; with
+// rolling updates (PodUID) it starts DRA too, which can serve beside the
+// process this one replaces.
+func (n *nodeRun) discover() error {
 	cfg, dev := *n.NodeConfig.devices, n.DeviceDevRoot
 	host := device.Host{Sysfs: n.DeviceSysfsRoot, Dev: dev, Proc: n.ProcRoot}
 	inv := device.NewInventory(host, cfg)
@@ -313,24 +366,12 @@ func (n *nodeRun) accelerators() error {
 	for _, r := range cfg.Resources {
 		klog.InfoS("Serving resource", "resource", r.Name, "units", len(inv.Units(r)), "replicas", r.Sharing.Replicas)
 	}
-	m := n.metrics
-	dpc := deviceplugin.Config{KubeletDir: n.KubeletDir, CDIDir: n.CDIDir, DevRoot: dev}
-	if m != nil {
-		dpc.ObserveAllocate = m.ObserveAllocate
-		dpc.OnRegistered = func(resource string, _ time.Duration) { m.Registered("device-plugin:" + resource) }
+	if m := n.metrics; m != nil {
 		if err := m.Register(metrics.NewDeviceCollector(deviceSamples(cfg, inv), inv.Transitions)); err != nil {
 			return err
 		}
 	}
-	plugins := pluginResources(cfg)
-	mgr, err := deviceplugin.NewManager(dpc, plugins, inv)
-	if err != nil {
-		return err
-	}
-	if m != nil {
-		m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
-		m.AddLiveCheck("device-plugin-sockets", mgr.Alive)
-	}
+	n.inv = inv
 	n.devices = func() []v1alpha1.DeviceStatus {
 		var out []v1alpha1.DeviceStatus
 		for _, r := range cfg.Resources {
@@ -341,11 +382,43 @@ func (n *nodeRun) accelerators() error {
 		return out
 	}
 	n.parts["device inventory"] = inv.Run
-	n.parts["device plugins"] = mgr.Run
-	driver, err := n.draDriver(cfg, inv)
+	if n.PodUID == "" {
+		return nil
+	}
+	var err error
+	n.dra, err = n.draDriver(cfg, inv)
+	return err
+}
+
+// accelerators serves the discovered devices: device plugins for the
+// resources configured so, the DRA driver for those configured api: dra
+// (and while claims it prepared are still prepared) unless discover
+// started it. The caller holds the root: the device plugins' sockets have
+// fixed names, which two processes cannot share.
+func (n *nodeRun) accelerators() error {
+	cfg, dev, inv := *n.NodeConfig.devices, n.DeviceDevRoot, n.inv
+	m := n.metrics
+	dpc := deviceplugin.Config{KubeletDir: n.KubeletDir, CDIDir: n.CDIDir, DevRoot: dev}
+	if m != nil {
+		dpc.ObserveAllocate = m.ObserveAllocate
+		dpc.OnRegistered = func(resource string, _ time.Duration) { m.Registered("device-plugin:" + resource) }
+	}
+	plugins := pluginResources(cfg)
+	mgr, err := deviceplugin.NewManager(dpc, plugins, inv)
 	if err != nil {
 		return err
 	}
+	if m != nil {
+		m.AddReadyCheck("device-plugins", func(context.Context) error { return mgr.Registered() })
+		m.AddLiveCheck("device-plugin-sockets", mgr.Alive)
+	}
+	n.parts["device plugins"] = mgr.Run
+	if n.PodUID == "" {
+		if n.dra, err = n.draDriver(cfg, inv); err != nil {
+			return err
+		}
+	}
+	driver := n.dra
 	if n.core != nil && len(plugins) > 0 {
 		// No plugin registers while DRA still offers or holds its
 		// resource's devices (a resource switched back).
@@ -402,12 +475,9 @@ func (n *nodeRun) draDriver(cfg device.Config, inv *device.Inventory) (*dra.Driv
 	m := n.metrics
 	dc := dra.Config{DriverName: n.DriverName, NodeName: n.NodeID, KubeletDir: n.KubeletDir, StateDir: n.Root,
 		CDIDir: n.CDIDir, DevRoot: n.DeviceDevRoot, Resources: draResources(cfg), Inventory: inv, Client: n.core,
-		// The pod's UID (downward API) turns on DRA rolling updates. The
-		// DaemonSet does not set it yet: a surge pod could not start
-		// beside the old one (the root lock, the CSI and device-plugin
-		// sockets), and without surge it would only leave sockets named
-		// after dead pods behind.
-		PodUID: types.UID(os.Getenv("POD_UID"))}
+		// The pod's UID turns on DRA rolling updates: the DaemonSet
+		// surges, and this pod serves DRA beside the one it replaces.
+		PodUID: types.UID(n.PodUID)}
 	if m != nil {
 		dc.ObservePrepare = m.ObservePrepare
 		dc.OnRegistered = func() { m.Registered("dra") }

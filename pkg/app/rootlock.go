@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,8 +10,10 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 )
 
 // LockFileName is the file in --root that the process using the root
@@ -107,8 +110,8 @@ func LockRoot(root string) (*RootLock, error) {
 		holder := holderPID(f)
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("root %s is in use by another plinth process (%s holds %s); "+
-				"two processes on one root would corrupt each other's records: stop it, or give this one another --root", root, holder, path)
+			return nil, &rootBusyError{fmt.Sprintf("root %s is in use by another plinth process (%s holds %s); "+
+				"two processes on one root would corrupt each other's records: stop it, or give this one another --root", root, holder, path)}
 		}
 		return nil, fmt.Errorf("lock root %s (%s): %w", root, path, err)
 	}
@@ -124,6 +127,49 @@ func LockRoot(root string) (*RootLock, error) {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &RootLock{f: f, dirs: []int{dirFD}}, nil
+}
+
+// ErrRootBusy is what LockRoot's error is (errors.Is) when another process
+// holds the root: the one case worth waiting on (WaitRoot).
+var ErrRootBusy = errors.New("root in use by another plinth process")
+
+type rootBusyError struct{ msg string }
+
+func (e *rootBusyError) Error() string        { return e.msg }
+func (e *rootBusyError) Is(target error) bool { return target == ErrRootBusy }
+
+// WaitRoot calls claim until it returns the lock, fails for another
+// reason than ErrRootBusy, ctx ends (nil, ctx's error) or wait has passed
+// (the last error, saying how long it waited). With wait 0 it calls claim
+// once. A pod that replaces another in a surge rolling update waits so for
+// the old pod to stop: the kernel drops the old lock when that process
+// ends, and a claim every 50 ms takes the root over within that much.
+func WaitRoot(ctx context.Context, wait time.Duration, claim func() (*RootLock, error)) (*RootLock, error) {
+	deadline := time.Now().Add(wait)
+	start := time.Now()
+	for logged := false; ; {
+		l, err := claim()
+		if err == nil || wait <= 0 || !errors.Is(err, ErrRootBusy) {
+			if err == nil && logged {
+				klog.InfoS("Took the root over", "waited", time.Since(start).Round(time.Millisecond).String())
+			}
+			return l, err
+		}
+		if !time.Now().Before(deadline) {
+			return nil, fmt.Errorf("waited %s for the root (--wait-for-root): %w", wait, err)
+		}
+		if !logged {
+			klog.InfoS("Waiting for the root: another process holds it (the pod this one replaces, until it stops)", "err", err.Error(), "wait", wait.String())
+			logged = true
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // Unlock releases the lock (the file stays, holding the last pid).

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -15,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc/codes"
 	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
 
 // Metrics holds plinth's collectors on a registry of its own.
@@ -184,10 +187,50 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
+	return m.serve(ctx, l, "Serving metrics and health")
+}
+
+// ServeWhenFree is Serve for an address another process may still hold
+// (the pod this one replaces, on the host network): while it is in use it
+// tries again every 100 ms until ctx ends.
+func (m *Metrics) ServeWhenFree(ctx context.Context, addr string) error {
+	for logged := false; ; {
+		l, err := net.Listen("tcp", addr)
+		if err == nil {
+			return m.serve(ctx, l, "Serving metrics and health")
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("metrics listen on %s: %w", addr, err)
+		}
+		if !logged {
+			klog.InfoS("Metrics address in use: trying again until the process that holds it stops", "address", addr)
+			logged = true
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// ServeUnix serves Handler on a unix socket at path (mode 0600) until ctx
+// ends: health checks that reach this process only, for exec probes.
+func (m *Metrics) ServeUnix(ctx context.Context, path string) error {
+	l, err := unixsock.Listen(path, 0o600)
+	if err != nil {
+		return fmt.Errorf("health socket %s: %w", path, err)
+	}
+	return m.serve(ctx, l, "Serving health on a unix socket")
+}
+
+func (m *Metrics) serve(ctx context.Context, l net.Listener, msg string) error {
 	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
-	klog.InfoS("Serving metrics and health", "address", l.Addr().String())
+	klog.InfoS(msg, "address", l.Addr().String())
 	select {
 	case err := <-errc:
 		return err
@@ -195,5 +238,9 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return srv.Shutdown(sctx)
+	err := srv.Shutdown(sctx)
+	// Serve closes the listener (a unix socket's file goes with it) before
+	// it returns, also when Shutdown came first.
+	<-errc
+	return err
 }

@@ -40,11 +40,24 @@ def container(o):
     return pod(o)["containers"][0]
 
 
+def arg(c, flag):
+    """The value of --flag=VALUE in c's args (None when absent)."""
+    return next((a.split("=", 1)[1] for a in c.get("args", []) if a.startswith(flag + "=")), None)
+
+
+def mounted(o, c, path):
+    """path lies in a volume of o's pod that c mounts."""
+    return any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in c.get("volumeMounts", []))
+
+
 def check_probes(name, objs):
     """A container that serves metrics and health (--metrics-address not
-    empty) is probed for liveness (/healthz) and readiness (/readyz) on a
-    port it declares; one that serves none has no probes (a readiness probe
-    nobody answers would hold every rollout)."""
+    empty) is probed for liveness (/healthz) and readiness (/readyz): on a
+    port it declares, or, on the host network, by exec of `plinth probe`
+    against its own --health-socket (in a volume it mounts: the metrics
+    port answers for whichever pod of the node holds it). One that serves
+    none has no probes (a readiness probe nobody answers would hold every
+    rollout)."""
     bad = []
     for o in objs:
         if o["kind"] not in WORKLOADS:
@@ -52,14 +65,46 @@ def check_probes(name, objs):
         for c in pod(o)["containers"]:
             ports = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
             serving = "--metrics-address=" not in c.get("args", [])
+            sock = arg(c, "--health-socket")
             for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-                get = (c.get(probe) or {}).get("httpGet") or {}
-                if serving and (get.get("path") != path or get.get("port") not in ports):
-                    bad.append(f"{o['kind']}/{o['metadata']['name']} {probe}: {get or 'none'}")
+                p = c.get(probe) or {}
+                get = p.get("httpGet") or {}
+                by_port = get.get("path") == path and get.get("port") in ports
+                by_exec = (sock is not None and mounted(o, c, sock)
+                           and (p.get("exec") or {}).get("command") == ["/usr/bin/plinth", "probe", "--socket=" + sock, path])
+                if serving and not (by_port or by_exec):
+                    bad.append(f"{o['kind']}/{o['metadata']['name']} {probe}: {p or 'none'}")
                 if not serving and probe in c:
                     bad.append(f"{o['kind']}/{o['metadata']['name']} serves no metrics but has a {probe}")
     report(not bad, f"{name}: every container serving health has a liveness probe (/healthz) and a readiness probe (/readyz) "
-           "on a port it declares, and none other has probes" + "".join("; " + b for b in bad))
+           "on a port it declares or its own health socket, and none other has probes" + "".join("; " + b for b in bad))
+
+
+def check_surge(name, objs):
+    """plinth-node rolls by surge (the new pod beside the old, maxUnavailable 0) with what that
+    takes: the pod's UID for DRA's rolling updates, --wait-for-root, and no declared port on the
+    host network (a host port the surge pod could not share: it would never be scheduled). A
+    render that does not surge (the e2e overlay on the host network) declares what it needs."""
+    ds = find(objs, "DaemonSet", "plinth-node")
+    if ds is None:
+        return
+    c, ru = container(ds), (ds["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}
+    host = pod(ds).get("hostNetwork", False)
+    if ru.get("maxSurge") in (None, 0, "0", "0%"):
+        report(host and ru.get("maxUnavailable") == 1, f"{name}: plinth-node without surge only on the host network with maxUnavailable 1")
+        return
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+    bad = []
+    if ru.get("maxUnavailable") not in (0, "0", "0%"):
+        bad.append(f"maxUnavailable {ru.get('maxUnavailable')}")
+    if arg(c, "--pod-uid") != "$(POD_UID)" or env.get("POD_UID") != "metadata.uid":
+        bad.append("no --pod-uid=$(POD_UID) from metadata.uid")
+    if not arg(c, "--wait-for-root"):
+        bad.append("no --wait-for-root")
+    if host and any(c.get("ports", []) for c in pod(ds)["containers"]):
+        bad.append("declares ports on the host network")
+    report(not bad, f"{name}: plinth-node surges (maxSurge {ru.get('maxSurge')}, maxUnavailable 0, its pod UID, --wait-for-root"
+           + (", no host port" if host else "") + ")" + "".join("; " + b for b in bad))
 
 
 def check_spread(name, objs):
@@ -85,8 +130,10 @@ def selects(sel, labels):
 
 
 def serves(o, target):
-    """o's pods declare target (a port's name or number)."""
-    return any(target in (p.get("name"), p["containerPort"]) for c in pod(o)["containers"] for p in c.get("ports", []))
+    """o's pods declare target (a port's name or number), or, for a number, serve metrics on it
+    (--metrics-address=HOST:target; a pod on the host network declares no port)."""
+    return any(target in (p.get("name"), p["containerPort"]) for c in pod(o)["containers"] for p in c.get("ports", [])) or \
+        any((arg(c, "--metrics-address") or "").rpartition(":")[2] == str(target) for c in pod(o)["containers"])
 
 
 def check_monitors(name, objs):
@@ -214,6 +261,7 @@ def main():
         check_monitors(name, objs)
         check_node_memory(name, objs)
         check_config_rolls(name, objs)
+        check_surge(name, objs)
     check_base(renders["default"], renders["deploy/base"])
     sys.exit(1 if failed else 0)
 

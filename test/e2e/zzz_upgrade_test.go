@@ -7,9 +7,11 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +20,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/plinth-dev/plinth/test/e2e/cluster"
 )
 
 // TestZZUpgrade runs last: the previous release (RELEASES' newest line,
@@ -279,11 +284,19 @@ func upgradeDRA(t *testing.T, ctx context.Context, h helmCmd, ns, version, oldCh
 	state := podStates(t, ctx, ns, []string{"dra"})
 
 	start := time.Now()
+	stopWatch := watchDRA(ctx)
 	h.run(t, ctx, "upgrade", "plinth", chart, "--namespace", "plinth-system", "--take-ownership", "-f", filepath.Join(chart, "ci/e2e-values.yaml"),
 		"-f", dra, "--wait", "--timeout", "5m")
-	waitNodePod(t, ctx, "plinth.example.com/plinth:dev", draPod)
+	newPod := waitNodePod(t, ctx, "plinth.example.com/plinth:dev", draPod)
 	waitDRA()
-	logf("upgrade: with DRA: the new plinth node served DRA again %s after helm upgrade began", time.Since(start).Round(time.Millisecond))
+	gap, seen, samples := stopWatch()
+	logf("upgrade: with DRA: the new plinth node took over %s after helm upgrade began; longest time without a DRA service %s "+
+		"(%d samples, sockets %v)", time.Since(start).Round(time.Millisecond), gap.Round(time.Millisecond), samples, seen)
+	// The new pod served DRA beside the old one (dra-<its UID>.sock) before
+	// the old one stopped: the kubelet was never without a DRA service.
+	if gap > 100*time.Millisecond || !contains(seen, "dra-"+newPod+".sock") {
+		t.Errorf("the kubelet was without a DRA service for %s during the upgrade (sockets served: %v, want dra-%s.sock among them)", gap, seen, newPod)
+	}
 	time.Sleep(2 * time.Second) // room for a prepare the kubelet might repeat
 	if got := podStates(t, ctx, ns, []string{"dra"}); !equalMaps(state, got) {
 		t.Errorf("the DRA pod changed across the upgrade: %v, then %v", state, got)
@@ -294,9 +307,38 @@ func upgradeDRA(t *testing.T, ctx context.Context, h helmCmd, ns, version, oldCh
 	if n := nodeMetric(ctx, "plinth_dra_claim_prepare_duration_seconds_count"); n != 0 {
 		t.Errorf("the new plinth node prepared %v claims; the pod's was prepared already (%s)", n, env)
 	}
+
+	// A rolling update of this tree's own DaemonSet (what `kubectl rollout
+	// restart` does): the same, between two pods of one release.
+	stopWatch = watchDRA(ctx)
+	start = time.Now()
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, start.Format(time.RFC3339Nano))
+	if _, err := e.client.AppsV1().DaemonSets("plinth-system").Patch(ctx, "plinth-node", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rolled := waitNodePod(t, ctx, "plinth.example.com/plinth:dev", newPod)
+	waitDRA()
+	gap, seen, samples = stopWatch()
+	logf("upgrade: with DRA: rolling restart: the new pod took over %s after it began; longest time without a DRA service %s (%d samples, sockets %v)",
+		time.Since(start).Round(time.Millisecond), gap.Round(time.Millisecond), samples, seen)
+	if gap > 100*time.Millisecond || !contains(seen, "dra-"+newPod+".sock") || !contains(seen, "dra-"+rolled+".sock") {
+		t.Errorf("the kubelet was without a DRA service for %s during the rolling restart (sockets served: %v, want dra-%s.sock and dra-%s.sock)", gap, seen, newPod, rolled)
+	}
+	if left, _ := filepath.Glob(filepath.Join(cluster.KubeletDir, "plugins", "plinth.example.com-dra", "*.sock")); len(left) != 1 {
+		t.Errorf("DRA sockets after the rolling restart: %v, want the new pod's only", left)
+	}
+	if got := podStates(t, ctx, ns, []string{"dra"}); !equalMaps(state, got) {
+		t.Errorf("the DRA pod changed across the rolling restart: %v, then %v", state, got)
+	}
+	if got := preparedClaims(t); !equalMaps(claims, got) {
+		t.Errorf("the DRA checkpoint's claims changed across the rolling restart:\nbefore %v\nafter  %v", claims, got)
+	}
+	if n := nodeMetric(ctx, "plinth_dra_claim_prepare_duration_seconds_count"); n != 0 {
+		t.Errorf("the restarted plinth node prepared %v claims", n)
+	}
 	deletePod(t, ctx, ns, "dra")
 	waitPrepared(t, ctx, 0)
-	logf("upgrade: with DRA: the claim prepared by %s stayed prepared across the upgrade and was unprepared by the new release", version)
+	logf("upgrade: with DRA: the claim prepared by %s stayed prepared across the upgrade and a rolling restart and was unprepared by the newest pod", version)
 }
 
 // preparedClaims is plinth node's DRA checkpoint: claim UID -> what it
@@ -443,23 +485,88 @@ func removeWorkloads(t *testing.T, ctx context.Context) {
 	}
 }
 
-// waitNodePod waits for the host node's plinth pod running image (and not
-// the pod whose UID is not) and returns its UID.
+// waitNodePod waits until the host node's only plinth pod (a surge
+// rolling update's old pod gone) runs image and is not the pod whose UID is
+// not, and returns its UID.
 func waitNodePod(t *testing.T, ctx context.Context, image string, not string) string {
 	t.Helper()
-	var last string
+	var last, uid string
 	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := hostPlinthPod(ctx)
+		l, err := e.client.CoreV1().Pods("plinth-system").List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/component=node", FieldSelector: "spec.nodeName=" + nodeName})
 		if err != nil {
 			return false, nil
 		}
-		last = fmt.Sprintf("%s %s %s", p.Name, p.Spec.Containers[0].Image, p.Status.Phase)
-		return string(p.UID) != not && p.Spec.Containers[0].Image == image && p.Status.Phase == corev1.PodRunning, nil
+		last = ""
+		for _, p := range l.Items {
+			last += fmt.Sprintf(" [%s %s %s deleting=%v]", p.Name, p.Spec.Containers[0].Image, p.Status.Phase, p.DeletionTimestamp != nil)
+		}
+		if len(l.Items) != 1 {
+			return false, nil
+		}
+		p := l.Items[0]
+		uid = string(p.UID)
+		return uid != not && p.DeletionTimestamp == nil && p.Spec.Containers[0].Image == image && p.Status.Phase == corev1.PodRunning, nil
 	}); err != nil {
-		t.Fatalf("no plinth node pod running %s: %v (last: %s)%s", image, err, last, podsIn(ctx, "plinth-system"))
+		t.Fatalf("no sole plinth node pod running %s: %v (last:%s)%s", image, err, last, podsIn(ctx, "plinth-system"))
 	}
-	p, _ := hostPlinthPod(ctx)
-	return string(p.UID)
+	return uid
+}
+
+// watchDRA samples, every 10 ms until stop, whether some process serves
+// the DRA gRPC service in the kubelet's plugin directory of the host node
+// (any socket there that accepts a connection: dra.sock without rolling
+// updates, dra-<pod UID>.sock with them). stop returns the longest time
+// without one, the sockets seen and the number of samples.
+func watchDRA(ctx context.Context) (stop func() (gap time.Duration, seen []string, samples int)) {
+	dir := filepath.Join(cluster.KubeletDir, "plugins", "plinth.example.com-dra")
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var (
+		gap     time.Duration
+		samples int
+		names   = map[string]bool{}
+	)
+	go func() {
+		defer close(done)
+		lastServed := time.Now()
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			served := false
+			socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+			for _, s := range socks {
+				c, err := net.DialTimeout("unix", s, 50*time.Millisecond)
+				if err == nil {
+					c.Close()
+					served = true
+					names[filepath.Base(s)] = true
+				}
+			}
+			now := time.Now()
+			samples++
+			if served {
+				lastServed = now
+			} else if d := now.Sub(lastServed); d > gap {
+				gap = d
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (time.Duration, []string, int) {
+		cancel()
+		<-done
+		var seen []string
+		for n := range names {
+			seen = append(seen, n)
+		}
+		sort.Strings(seen)
+		return gap, seen, samples
+	}
 }
 
 // waitControllerRollout waits until the controller Deployment's pods all
