@@ -162,6 +162,9 @@ func TestProbe(t *testing.T) {
 	if err := Probe(context.Background(), cfg.HealthSocket, "/healthz"); err != nil {
 		t.Errorf("/healthz: %v", err)
 	}
+	for sock := strings.TrimPrefix(cfg.Endpoint, "unix://"); !exists(sock) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // CSI served: its readiness check is in
+	}
 	// No kubelet registers the CSI driver here: not ready, and why.
 	if err := Probe(context.Background(), cfg.HealthSocket, "/readyz"); err == nil || !strings.Contains(err.Error(), "kubelet-csi-registration") {
 		t.Errorf("/readyz without a kubelet: %v, want the registration check named", err)

@@ -133,6 +133,21 @@ func (c *NodeConfig) Validate() error {
 	if c.HealthSocket != "" && c.MetricsAddress == "" {
 		errs = append(errs, errors.New("--health-socket serves the health checks of --metrics-address, which is empty"))
 	}
+	if h := filepath.Clean(c.HealthSocket); c.HealthSocket != "" && filepath.IsAbs(h) {
+		// Served before the root is held, beside another process: never
+		// where plinth or the kubelet keep anything.
+		for flagName, dir := range map[string]string{"--root": c.Root, "--kubelet-dir": c.KubeletDir} {
+			if dir != "" && (h == filepath.Clean(dir) || within(h, dir)) {
+				errs = append(errs, fmt.Errorf("--health-socket %s lies in %s %s: give it a directory of its own", c.HealthSocket, flagName, dir))
+			}
+		}
+		if ep, err := unixsock.ParseEndpoint(c.Endpoint); c.Endpoint != "" && err == nil && filepath.Clean(ep) == h {
+			errs = append(errs, fmt.Errorf("--health-socket %s is the CSI endpoint", c.HealthSocket))
+		}
+	}
+	if err := dra.CheckPodUID(c.PodUID); err != nil {
+		errs = append(errs, fmt.Errorf("--pod-uid: %w", err))
+	}
 	if c.CDIDir != "" && !filepath.IsAbs(c.CDIDir) {
 		errs = append(errs, fmt.Errorf("--cdi-dir %q must be absolute", c.CDIDir))
 	}
@@ -225,11 +240,14 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		return errors.New("plinth node: the configuration was not validated (NodeConfig.Validate)")
 	}
 	n := &nodeRun{NodeConfig: c, parts: map[string]func(context.Context) error{}}
+	held := make(chan struct{}) // closed once this process holds the root
 	if c.MetricsAddress != "" {
 		n.metrics = metrics.New()
 		n.parts["metrics"] = func(ctx context.Context) error {
 			if c.WaitForRoot > 0 {
-				return n.metrics.ServeWhenFree(ctx, c.MetricsAddress)
+				// The process this one replaces holds the port until it
+				// stops, which is before it lets go of the root.
+				return n.metrics.ServeWhenFree(ctx, c.MetricsAddress, held)
 			}
 			return n.metrics.Serve(ctx, c.MetricsAddress)
 		}
@@ -262,6 +280,7 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		return g.stop(err)
 	}
 	defer lock.Unlock() // after every part stopped
+	close(held)
 	if c.CSI {
 		if err := n.volumes(ctx, lock); err != nil {
 			return g.stop(err)
@@ -285,16 +304,14 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 }
 
 // claim takes the root (with CSI, the pools' directories too), waiting
-// WaitForRoot for a process that holds it. Without CSI only DRA keeps
-// records there (its checkpoint): no lock when nothing needs one.
+// WaitForRoot for a process that holds it. Without CSI the root holds
+// DRA's checkpoint, and the lock also stands for the device plugins'
+// sockets, whose names are fixed: one process per node serves them.
 func (n *nodeRun) claim(ctx context.Context) (*RootLock, error) {
-	switch {
-	case n.CSI:
+	if n.CSI {
 		return WaitRoot(ctx, n.WaitForRoot, func() (*RootLock, error) { return claimRoot(n.CSIConfig) })
-	case n.Devices && len(draResources(*n.NodeConfig.devices)) > 0:
-		return WaitRoot(ctx, n.WaitForRoot, func() (*RootLock, error) { return LockRoot(n.Root) })
 	}
-	return nil, nil
+	return WaitRoot(ctx, n.WaitForRoot, func() (*RootLock, error) { return LockRoot(n.Root) })
 }
 
 // nodeRun is one `plinth node` being put together: each of its sides

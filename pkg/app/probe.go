@@ -27,7 +27,10 @@ func Probe(ctx context.Context, socket, path string) error {
 			return d.DialContext(ctx, "unix", socket)
 		},
 		DisableKeepAlives: true,
-	}}
+	},
+		// 200 from the path asked, nothing else: a redirect is a failure.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://health"+path, nil)
 	if err != nil {
 		return err

@@ -55,7 +55,7 @@ func lockDir(what, dir string) (int, error) {
 	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		unix.Close(fd)
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return -1, fmt.Errorf("%s %s is in use by another plinth process: two processes on one directory would hand one volume's image to both", what, dir)
+			return -1, &rootBusyError{fmt.Sprintf("%s %s is in use by another plinth process: two processes on one directory would hand one volume's image to both", what, dir)}
 		}
 		return -1, fmt.Errorf("lock %s %s: %w", what, dir, err)
 	}
@@ -129,8 +129,10 @@ func LockRoot(root string) (*RootLock, error) {
 	return &RootLock{f: f, dirs: []int{dirFD}}, nil
 }
 
-// ErrRootBusy is what LockRoot's error is (errors.Is) when another process
-// holds the root: the one case worth waiting on (WaitRoot).
+// ErrRootBusy is what LockRoot's and LockDir's errors are (errors.Is) when
+// another process holds the root or a directory of it (its lock file may
+// have been removed; a process that exits lets go of its locks in any
+// order): the one case worth waiting on (WaitRoot).
 var ErrRootBusy = errors.New("root in use by another plinth process")
 
 type rootBusyError struct{ msg string }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -83,6 +84,9 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.CDIDir == "" {
 		return nil, errors.New("DRA needs a CDI directory (--cdi-dir): devices reach containers through CDI")
 	}
+	if err := CheckPodUID(string(cfg.PodUID)); err != nil {
+		return nil, err
+	}
 	d := &Driver{
 		cfg:       cfg,
 		cp:        checkpoint{path: filepath.Join(cfg.StateDir, "dra", "prepared.json")},
@@ -116,6 +120,20 @@ func New(cfg Config) (*Driver, error) {
 		klog.InfoS("Removed the CDI spec of a claim that was never recorded as prepared", "claim", uid)
 	}
 	return d, nil
+}
+
+// podUID is what a pod's UID may look like here (a UUID is).
+var podUID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+
+// CheckPodUID refuses a pod UID (Config.PodUID, "" for none) that is not
+// letters, digits and dashes: it names the DRA sockets
+// (<driver>-<uid>-reg.sock, dra-<uid>.sock), where a slash or a dot-dot
+// would walk out of the kubelet's directories.
+func CheckPodUID(uid string) error {
+	if uid != "" && !podUID.MatchString(uid) {
+		return fmt.Errorf("pod UID %q is not one (letters, digits and dashes; the downward API's metadata.uid)", uid)
+	}
+	return nil
 }
 
 // Needed reports whether the driver has work on this node: resources to

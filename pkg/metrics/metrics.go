@@ -7,6 +7,8 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -158,6 +160,14 @@ func (m *Metrics) Handler() http.Handler {
 	return mux
 }
 
+// healthHandler serves /healthz and /readyz only.
+func (m *Metrics) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", m.runChecks(func() map[string]func(context.Context) error { return m.live }))
+	mux.HandleFunc("/readyz", m.runChecks(func() map[string]func(context.Context) error { return m.checks }))
+	return mux
+}
+
 // runChecks answers ok when every check of the set passes, 503 listing the
 // failures otherwise.
 func (m *Metrics) runChecks(set func() map[string]func(context.Context) error) http.HandlerFunc {
@@ -187,20 +197,32 @@ func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	if err != nil {
 		return fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
-	return m.serve(ctx, l, "Serving metrics and health")
+	return m.serve(ctx, l, m.Handler(), "Serving metrics and health")
 }
 
 // ServeWhenFree is Serve for an address another process may still hold
 // (the pod this one replaces, on the host network): while it is in use it
-// tries again every 100 ms until ctx ends.
-func (m *Metrics) ServeWhenFree(ctx context.Context, addr string) error {
+// tries again every 100 ms until ctx ends. Once handedOver is closed (the
+// other process has stopped) an address still in use for 2 s is another
+// program's, and an error.
+func (m *Metrics) ServeWhenFree(ctx context.Context, addr string, handedOver <-chan struct{}) error {
+	var since time.Time // when handedOver was first seen closed
 	for logged := false; ; {
 		l, err := net.Listen("tcp", addr)
 		if err == nil {
-			return m.serve(ctx, l, "Serving metrics and health")
+			return m.serve(ctx, l, m.Handler(), "Serving metrics and health")
 		}
 		if !errors.Is(err, syscall.EADDRINUSE) {
 			return fmt.Errorf("metrics listen on %s: %w", addr, err)
+		}
+		select {
+		case <-handedOver:
+			if since.IsZero() {
+				since = time.Now()
+			} else if time.Since(since) > 2*time.Second {
+				return fmt.Errorf("metrics listen on %s: still in use after the process this one replaces stopped: %w", addr, err)
+			}
+		default:
 		}
 		if !logged {
 			klog.InfoS("Metrics address in use: trying again until the process that holds it stops", "address", addr)
@@ -216,18 +238,32 @@ func (m *Metrics) ServeWhenFree(ctx context.Context, addr string) error {
 	}
 }
 
-// ServeUnix serves Handler on a unix socket at path (mode 0600) until ctx
-// ends: health checks that reach this process only, for exec probes.
+// ServeUnix serves /healthz and /readyz (not /metrics) on a unix socket
+// at path (mode 0600) until ctx ends: health checks that reach this
+// process only, for exec probes. The socket's directory is made 0750 if
+// missing, and must be plinth's own and writable by no one else: whoever
+// could write there could answer the probes in plinth's place.
 func (m *Metrics) ServeUnix(ctx context.Context, path string) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("health socket %s: %w", path, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("health socket %s: %w", path, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("health socket %s: its directory must be a directory of plinth's own that no one else may write (mode %v)", path, fi.Mode())
+	}
 	l, err := unixsock.Listen(path, 0o600)
 	if err != nil {
 		return fmt.Errorf("health socket %s: %w", path, err)
 	}
-	return m.serve(ctx, l, "Serving health on a unix socket")
+	return m.serve(ctx, l, m.healthHandler(), "Serving health on a unix socket")
 }
 
-func (m *Metrics) serve(ctx context.Context, l net.Listener, msg string) error {
-	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+func (m *Metrics) serve(ctx context.Context, l net.Listener, h http.Handler, msg string) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
 	klog.InfoS(msg, "address", l.Addr().String())

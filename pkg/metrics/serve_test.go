@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -21,7 +23,7 @@ func TestServeWhenFree(t *testing.T) {
 	m := New()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- m.ServeWhenFree(ctx, addr) }()
+	go func() { done <- m.ServeWhenFree(ctx, addr, nil) }()
 	time.Sleep(300 * time.Millisecond)
 	select {
 	case err := <-done:
@@ -54,11 +56,45 @@ func TestServeWhenFree(t *testing.T) {
 	defer held.Close()
 	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	if err := New().ServeWhenFree(ctx, held.Addr().String()); err != nil {
+	if err := New().ServeWhenFree(ctx, held.Addr().String(), nil); err != nil {
 		t.Errorf("stopped while waiting: %v", err)
 	}
+	// Handed over, and the address still held 2 s later: another
+	// program's, an error naming it.
+	handed := make(chan struct{})
+	close(handed)
+	start := time.Now()
+	if err := New().ServeWhenFree(context.Background(), held.Addr().String(), handed); err == nil || !strings.Contains(err.Error(), held.Addr().String()) {
+		t.Errorf("address held after the handover: %v, want an error naming it", err)
+	} else if d := time.Since(start); d < 2*time.Second || d > 5*time.Second {
+		t.Errorf("address held after the handover: failed after %s, want about 2 s", d)
+	}
+	// The health socket serves the checks and nothing else.
+	sock := filepath.Join(t.TempDir(), "h", "health.sock")
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	go New().ServeUnix(ctx, sock)
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 404} {
+		var resp *http.Response
+		for i := 0; i < 200; i++ {
+			if resp, err = c.Get("http://h" + path); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("health socket %s: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
 	// An address that cannot be had for another reason fails at once.
-	if err := New().ServeWhenFree(context.Background(), "203.0.113.1:1"); err == nil {
+	if err := New().ServeWhenFree(context.Background(), "203.0.113.1:1", nil); err == nil {
 		t.Errorf("an address not on this machine: served")
 	}
 }
