@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -178,6 +179,7 @@ func (d *Driver) Run(ctx context.Context) error {
 	if err := os.MkdirAll(dataDir, 0o750); err != nil {
 		return fmt.Errorf("DRA plugin directory: %w", err)
 	}
+	d.sweepStale()
 	listen := func(_ context.Context, path string) (net.Listener, error) { return unixsock.Listen(path, 0o600) }
 	opts := []kubeletplugin.Option{
 		kubeletplugin.DriverName(d.cfg.DriverName),
@@ -217,6 +219,57 @@ func (d *Driver) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-changed:
+		}
+	}
+}
+
+// staleMiddle is what stands between "<driver>-" and "-reg.sock" in the
+// name of a registration socket of this driver's DRA service: "dra"
+// without rolling updates, a pod UID, or the 11 characters of its hash
+// (kubeletplugin.RollingUpdateRegistrarSocketFile).
+var staleMiddle = regexp.MustCompile(`^(dra|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[A-Za-z0-9_-]{11})$`)
+
+// sweepStale removes the DRA sockets of earlier instances of this driver
+// on this node that no process serves any more: with rolling updates each
+// pod's are named after it, and a pod that did not stop cleanly (kill -9,
+// a node that lost power) leaves them behind, where the kubelet keeps
+// trying them. A socket that answers is another instance's and stays; so
+// do this instance's own names, and anything that is not a socket.
+func (d *Driver) sweepStale() {
+	reg := filepath.Join(d.cfg.KubeletDir, "plugins_registry")
+	var own []string
+	if d.cfg.PodUID != "" {
+		own = []string{filepath.Join(reg, kubeletplugin.RollingUpdateRegistrarSocketFile(reg, d.cfg.DriverName, d.cfg.PodUID)),
+			filepath.Join(d.dataDir(), "dra-"+string(d.cfg.PodUID)+".sock")}
+	}
+	var candidates []string
+	if ents, err := os.ReadDir(d.dataDir()); err == nil {
+		for _, e := range ents {
+			if n := e.Name(); n == "dra.sock" || (strings.HasPrefix(n, "dra-") && strings.HasSuffix(n, ".sock")) {
+				candidates = append(candidates, filepath.Join(d.dataDir(), n))
+			}
+		}
+	}
+	if ents, err := os.ReadDir(reg); err == nil {
+		for _, e := range ents {
+			mid, ok := strings.CutPrefix(e.Name(), d.cfg.DriverName+"-")
+			if mid, ok = strings.CutSuffix(mid, "-reg.sock"); ok && staleMiddle.MatchString(mid) {
+				candidates = append(candidates, filepath.Join(reg, e.Name()))
+			}
+		}
+	}
+	for _, p := range candidates {
+		if slices.Contains(own, p) {
+			continue
+		}
+		if fi, err := os.Lstat(p); err != nil || fi.Mode().Type() != os.ModeSocket {
+			continue
+		}
+		if err := unixsock.RemoveStale(p); err != nil {
+			continue // served (another instance) or not to be judged
+		}
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			klog.InfoS("Removed a DRA socket no process serves (an instance that did not stop cleanly)", "socket", p)
 		}
 	}
 }

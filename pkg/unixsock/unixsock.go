@@ -37,7 +37,7 @@ func Listen(path string, perm os.FileMode) (*Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if err := removeStale(path); err != nil {
+	if err := RemoveStale(path); err != nil {
 		return nil, err
 	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -83,8 +83,10 @@ func (l *Listener) isOurs() bool {
 	return st.Mode&syscall.S_IFMT == syscall.S_IFSOCK && uint64(st.Dev) == l.dev && st.Ino == l.ino
 }
 
-// removeStale removes the socket at path if nobody answers on it.
-func removeStale(path string) error {
+// RemoveStale removes the socket at path if nobody answers on it (nil
+// when there is none); a server that answers is ErrInUse, and anything but
+// a socket is refused.
+func RemoveStale(path string) error {
 	var st syscall.Stat_t
 	if err := syscall.Lstat(path, &st); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {

@@ -283,6 +283,9 @@ func upgradeDRA(t *testing.T, ctx context.Context, h helmCmd, ns, version, oldCh
 	claims := preparedClaims(t)
 	state := podStates(t, ctx, ns, []string{"dra"})
 
+	// The DaemonSet replaces an old pod that is not ready at once, surge or
+	// not: the old one must be ready, as it is in a cluster that runs.
+	waitNodeReady(t, ctx, draPod)
 	start := time.Now()
 	stopWatch := watchDRA(ctx)
 	h.run(t, ctx, "upgrade", "plinth", chart, "--namespace", "plinth-system", "--take-ownership", "-f", filepath.Join(chart, "ci/e2e-values.yaml"),
@@ -310,6 +313,7 @@ func upgradeDRA(t *testing.T, ctx context.Context, h helmCmd, ns, version, oldCh
 
 	// A rolling update of this tree's own DaemonSet (what `kubectl rollout
 	// restart` does): the same, between two pods of one release.
+	waitNodeReady(t, ctx, newPod)
 	stopWatch = watchDRA(ctx)
 	start = time.Now()
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, start.Format(time.RFC3339Nano))
@@ -511,6 +515,25 @@ func waitNodePod(t *testing.T, ctx context.Context, image string, not string) st
 		t.Fatalf("no sole plinth node pod running %s: %v (last:%s)%s", image, err, last, podsIn(ctx, "plinth-system"))
 	}
 	return uid
+}
+
+// waitNodeReady waits until the host node's plinth pod uid is Ready.
+func waitNodeReady(t *testing.T, ctx context.Context, uid string) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := hostPlinthPod(ctx)
+		if err != nil || string(p.UID) != uid {
+			return false, nil
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady {
+				return c.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Fatalf("plinth node pod %s not ready: %v%s", uid, err, podsIn(ctx, "plinth-system"))
+	}
 }
 
 // watchDRA samples, every 10 ms until stop, whether some process serves
