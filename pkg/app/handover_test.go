@@ -33,6 +33,21 @@ func handoverNode(t *testing.T, wait time.Duration) NodeConfig {
 
 func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
 
+// startNode runs RunNode(cfg) until stop (or the test's end) and returns
+// once its health socket is there; done is closed when RunNode returns,
+// and stop cancels it and returns what RunNode returned.
+func startNode(t *testing.T, cfg NodeConfig) (done <-chan struct{}, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan struct{})
+	var err error
+	go func() { err = RunNode(ctx, cfg); close(finished) }()
+	stop = func() error { cancel(); <-finished; return err }
+	t.Cleanup(func() { stop() })
+	waitFor(t, func() bool { return exists(cfg.HealthSocket) })
+	return finished, stop
+}
+
 // A node that replaces another on the same root (a surge rolling update)
 // serves its health while it waits, touches nothing of the root's and
 // serves no CSI socket until the holder lets go; then it takes over.
@@ -44,22 +59,14 @@ func TestNodeWaitsForRoot(t *testing.T) {
 	}
 	defer held.Unlock()
 	sock := strings.TrimPrefix(cfg.Endpoint, "unix://")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- RunNode(ctx, cfg) }()
-	defer func() { cancel(); <-done }()
-
-	deadline := time.Now().Add(10 * time.Second)
-	for !exists(cfg.HealthSocket) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	done, stop := startNode(t, cfg)
 	if err := Probe(context.Background(), cfg.HealthSocket, "/healthz"); err != nil {
 		t.Fatalf("the waiting node's health socket: %v", err)
 	}
 	time.Sleep(300 * time.Millisecond)
 	select {
-	case err := <-done:
-		t.Fatalf("RunNode returned while another process held the root: %v", err)
+	case <-done:
+		t.Fatalf("RunNode returned while another process held the root: %v", stop())
 	default:
 	}
 	if exists(sock) {
@@ -70,22 +77,15 @@ func TestNodeWaitsForRoot(t *testing.T) {
 	}
 	start := time.Now()
 	held.Unlock()
-	for !exists(sock) {
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("no CSI socket 10 s after the root was let go")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitFor(t, func() bool { return exists(sock) })
 	t.Logf("CSI socket served %s after the root was let go", time.Since(start).Round(time.Millisecond))
 	if l, err := LockRoot(cfg.Root); err == nil {
 		l.Unlock()
 		t.Errorf("the root is free after the node took it over")
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("RunNode after cancel: %v", err)
 	}
-	done <- nil
 	if exists(cfg.HealthSocket) {
 		t.Errorf("health socket %s left behind", cfg.HealthSocket)
 	}
@@ -151,20 +151,12 @@ func TestWaitRootOnlyForBusyRoot(t *testing.T) {
 // plinth probe: ok on 200; a failing check is named; only the two paths.
 func TestProbe(t *testing.T) {
 	cfg := handoverNode(t, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- RunNode(ctx, cfg) }()
-	defer func() { cancel(); <-done }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !exists(cfg.HealthSocket) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	startNode(t, cfg)
 	if err := Probe(context.Background(), cfg.HealthSocket, "/healthz"); err != nil {
 		t.Errorf("/healthz: %v", err)
 	}
-	for sock := strings.TrimPrefix(cfg.Endpoint, "unix://"); !exists(sock) && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond) // CSI served: its readiness check is in
-	}
+	// CSI served: its readiness check is in.
+	waitFor(t, func() bool { return exists(strings.TrimPrefix(cfg.Endpoint, "unix://")) })
 	// No kubelet registers the CSI driver here: not ready, and why.
 	if err := Probe(context.Background(), cfg.HealthSocket, "/readyz"); err == nil || !strings.Contains(err.Error(), "kubelet-csi-registration") {
 		t.Errorf("/readyz without a kubelet: %v, want the registration check named", err)

@@ -84,6 +84,13 @@ func standalone(t *testing.T, root string, allowed ...string) *grpc.ClientConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	// Served: the start (the boot's record among it) is over, so a test
+	// that snapshots the root sees what the calls did, not the start.
+	pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer pcancel()
+	if _, err := csipb.NewIdentityClient(conn).Probe(pctx, &csipb.ProbeRequest{}); err != nil {
+		t.Fatalf("plinth standalone on %s did not answer: %v", root, err)
+	}
 	return conn
 }
 

@@ -155,8 +155,7 @@ func (m *Metrics) AddLiveCheck(name string, check func(context.Context) error) {
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
-	mux.HandleFunc("/healthz", m.runChecks(func() map[string]func(context.Context) error { return m.live }))
-	mux.HandleFunc("/readyz", m.runChecks(func() map[string]func(context.Context) error { return m.checks }))
+	mux.Handle("/", m.healthHandler())
 	return mux
 }
 
