@@ -224,7 +224,19 @@ $(CODE_GEN)/client-gen@$(CODE_GEN_VER) --go-header-file /dev/null --clientset-na
 	  --output-dir $(1)/informers --output-pkg $(GEN_PKG)/informers $(API_PKG)
 endef
 
+# plinth's own gRPC APIs (proto/): protoc (Debian's protobuf-compiler) with the Go plugins at pinned
+# versions, built into _out/tools.
+PROTO_TOOLS := $(CURDIR)/_out/tools
+PROTOS      := $(shell find proto -name '*.proto' 2>/dev/null)
+define gen-protos
+GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12 && \
+  GOBIN=$(PROTO_TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0 && \
+  PATH=$(PROTO_TOOLS):$$PATH protoc -I proto --go_out=$(1) --go_opt=paths=source_relative \
+  --go-grpc_out=$(1) --go-grpc_opt=paths=source_relative $(PROTOS)
+endef
+
 generate:
+	$(call gen-protos,proto)
 	$(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=deploy/base/crds
 	rm -rf charts/plinth/crds && cp -r deploy/base/crds charts/plinth/crds
 	$(CONTROLLER_GEN) object paths=./pkg/apis/...
@@ -232,6 +244,9 @@ generate:
 	$(call gen-clients,pkg/generated)
 
 verify-generated:
+	@tmp=$$(mktemp -d) && { $(call gen-protos,$$tmp) >/dev/null; } && \
+	  for f in $$(cd $$tmp && find . -name '*.go'); do diff $$tmp/$$f proto/$$f || exit 1; done && rm -rf $$tmp || \
+	  { echo "proto/ generated code is stale: run make generate"; exit 1; }
 	@tmp=$$(mktemp -d) && $(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=$$tmp && \
 	  diff -r $$tmp deploy/base/crds && rm -rf $$tmp || { echo "CRDs are stale: run make generate"; exit 1; }
 	@tmp=$$(mktemp -d) && $(CONTROLLER_GEN) object paths=./pkg/apis/... output:object:dir=$$tmp && \

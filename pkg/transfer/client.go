@@ -1,0 +1,243 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	transferv1 "github.com/plinth-dev/plinth/proto/transfer/v1"
+)
+
+// Destination is where a receiver writes content: resumable (it knows
+// what it has) and committed durably.
+type Destination interface {
+	Resume(contentID string, size int64) (int64, error)
+	WriteAt(p []byte, off int64) error
+	Commit(contentID string, size, through int64) error
+}
+
+// Progress is how far a transfer is.
+type Progress struct {
+	// DoneBytes of TotalBytes of data are in the destination (what an
+	// earlier attempt wrote included).
+	DoneBytes, TotalBytes int64
+	// BytesPerSecond is the rate of this attempt so far.
+	BytesPerSecond int64
+}
+
+// Client fills volumes from other nodes.
+type Client struct {
+	Identity *Identity
+	Peers    Peers
+	// Limit, when set, paces what this node receives (Server.Limit's
+	// bucket, shared).
+	Limit *rate.Limiter
+	Meter Meter
+	// CommitEvery is how much may be written between two commits (64 MiB
+	// when 0); CommitInterval how long (2 s when 0).
+	CommitEvery    int64
+	CommitInterval time.Duration
+}
+
+// ErrCorrupt: chunks kept arriving that do not match their checksums.
+var ErrCorrupt = errors.New("chunks do not match their checksums")
+
+// maxBadChunks is how many mismatched chunks in a row end an attempt.
+const maxBadChunks = 5
+
+// Fill fills dst with the content node serves for volumeID, going on from
+// what dst has. report, when set, hears the progress after each commit.
+// It returns nil once all of the content is in dst, committed.
+func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destination, report func(Progress)) error {
+	p, err := c.Peers.Peer(ctx, node)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", node, err)
+	}
+	if p.Address == "" {
+		return fmt.Errorf("node %s publishes no transfer address", node)
+	}
+	conn, err := grpc.NewClient("passthrough:///"+p.Address,
+		grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(c.Identity, c.Peers, node))),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)))
+	if err != nil {
+		return fmt.Errorf("transfer from %s (%s): %w", node, p.Address, err)
+	}
+	defer conn.Close()
+	api := transferv1.NewTransferClient(conn)
+	open, err := api.Open(ctx, &transferv1.OpenRequest{VolumeId: volumeID})
+	if err != nil {
+		return fmt.Errorf("open transfer from %s: %w", node, err)
+	}
+	if open.GetFormat() != FormatImage {
+		return fmt.Errorf("transfer from %s: %w: format %q", node, ErrUnsupported, open.GetFormat())
+	}
+	size, id := open.GetSize(), open.GetContentId()
+	if size < 0 || id == "" {
+		return fmt.Errorf("transfer from %s: bad answer: size %d, content %q", node, size, id)
+	}
+	through, err := dst.Resume(id, size)
+	if err != nil {
+		return err
+	}
+	logger := klog.FromContext(ctx).WithValues("node", node, "volumeID", volumeID, "content", id)
+	logger.Info("Receiving", "size", size, "dataBytes", open.GetDataBytes(), "from", through)
+	r := &receiver{c: c, api: api, dst: dst, volumeID: volumeID, id: id, size: size, through: through,
+		total: open.GetDataBytes(), report: report, start: time.Now()}
+	// What earlier attempts wrote counts as done: the data before through.
+	r.done = min(r.total, r.doneBefore(through))
+	for bad := 0; ; {
+		err := r.read(ctx)
+		if err == nil {
+			logger.Info("Received", "bytes", r.sent, "seconds", time.Since(r.start).Seconds())
+			return nil
+		}
+		if !errors.Is(err, errBadChunk) {
+			return err
+		}
+		if bad++; bad >= maxBadChunks {
+			return fmt.Errorf("transfer from %s: %w (%d times from %d)", node, ErrCorrupt, bad, r.through)
+		}
+		logger.Info("A chunk did not match its checksum; asking again", "from", r.through)
+	}
+}
+
+// ErrUnsupported: the content is carried in a way this plinth cannot write.
+var ErrUnsupported = errors.New("unsupported transfer")
+
+var errBadChunk = errors.New("chunk does not match its checksum")
+
+type receiver struct {
+	c        *Client
+	api      transferv1.TransferClient
+	dst      Destination
+	volumeID string
+	id       string
+	size     int64
+	// through: all before it is committed in dst.
+	through int64
+	// done of total data bytes are in dst; sent is this run's.
+	done, total, sent int64
+	report            func(Progress)
+	start             time.Time
+	lastCommit        time.Time
+	pending           int64
+}
+
+// doneBefore estimates the data bytes before off for the progress shown
+// after a resume (the offset stands in for it: holes are unknown here).
+func (r *receiver) doneBefore(off int64) int64 {
+	if r.size == 0 {
+		return 0
+	}
+	return int64(float64(r.total) * float64(off) / float64(r.size))
+}
+
+func (r *receiver) read(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := r.api.Read(ctx, &transferv1.ReadRequest{VolumeId: r.volumeID, ContentId: r.id, Offset: r.through})
+	if err != nil {
+		return err
+	}
+	r.lastCommit = time.Now()
+	written := r.through // what is written (not yet committed) reaches here
+	for {
+		ch, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			if written != r.size {
+				return status.Errorf(codes.Unavailable, "the stream ended at %d of %d bytes", written, r.size)
+			}
+			return r.commit(r.size)
+		}
+		if err != nil {
+			// What is written so far is kept for the next attempt.
+			if cerr := r.commit(written); cerr != nil {
+				return cerr
+			}
+			return err
+		}
+		off, data, end := ch.GetOffset(), ch.GetData(), ch.GetSentThrough()
+		if off < written || end < off+int64(len(data)) || end > r.size || off > end {
+			return fmt.Errorf("transfer: chunk at %d (%d bytes, through %d) out of order or outside the content (written to %d of %d)",
+				off, len(data), end, written, r.size)
+		}
+		if len(data) > 0 {
+			sum := sha256.Sum256(data)
+			if !bytes.Equal(sum[:], ch.GetSha256()) {
+				if cerr := r.commit(written); cerr != nil {
+					return cerr
+				}
+				return errBadChunk
+			}
+			if r.c.Limit != nil {
+				if err := waitN(ctx, r.c.Limit, len(data)); err != nil {
+					return err
+				}
+			}
+			if err := r.dst.WriteAt(data, off); err != nil {
+				return err
+			}
+			r.done += int64(len(data))
+			r.sent += int64(len(data))
+			r.pending += int64(len(data))
+			if r.c.Meter != nil {
+				r.c.Meter.Received(len(data))
+			}
+		}
+		written = end
+		if r.pending >= r.commitEvery() || time.Since(r.lastCommit) >= r.commitInterval() {
+			if err := r.commit(written); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (r *receiver) commitEvery() int64 {
+	if r.c.CommitEvery > 0 {
+		return r.c.CommitEvery
+	}
+	return 64 << 20
+}
+
+func (r *receiver) commitInterval() time.Duration {
+	if r.c.CommitInterval > 0 {
+		return r.c.CommitInterval
+	}
+	return 2 * time.Second
+}
+
+func (r *receiver) commit(through int64) error {
+	if through < r.through {
+		return nil
+	}
+	if err := r.dst.Commit(r.id, r.size, through); err != nil {
+		return err
+	}
+	r.through, r.pending, r.lastCommit = through, 0, time.Now()
+	if r.report != nil {
+		rate := int64(0)
+		if s := time.Since(r.start).Seconds(); s > 0 {
+			rate = int64(float64(r.sent) / s)
+		}
+		done := r.done
+		if through == r.size {
+			done = r.total
+		}
+		r.report(Progress{DoneBytes: min(done, r.total), TotalBytes: r.total, BytesPerSecond: rate})
+	}
+	return nil
+}

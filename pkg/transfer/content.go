@@ -1,0 +1,108 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// FormatImage is content carried as a volume image's bytes at their
+// offsets; what is not sent reads as zeros.
+const FormatImage = "image"
+
+// Content is what a serving node streams: an image that does not change
+// while it is read (a snapshot's).
+type Content struct {
+	// ID names the content and its version (the snapshot and when it was
+	// made): a receiver keeps what it has only for the same ID.
+	ID   string
+	File *os.File
+	Size int64
+}
+
+// Errors a Source answers, mapped to gRPC codes at the service.
+var (
+	// ErrDenied: the volume object does not name the caller, or does not
+	// name content on this node (PERMISSION_DENIED).
+	ErrDenied = errors.New("transfer not permitted")
+	// ErrNoContent: the object or its content does not exist (NOT_FOUND).
+	ErrNoContent = errors.New("no such content")
+)
+
+// Source finds the content that node peer may read to fill its volume
+// volumeID, or refuses (ErrDenied, ErrNoContent). The caller closes the
+// content's file.
+type Source interface {
+	Content(ctx context.Context, peer, volumeID string) (*Content, error)
+}
+
+// extent is a range of the content that holds data.
+type extent struct{ off, end int64 }
+
+// dataExtents lists the data ranges of f from off to size (SEEK_DATA /
+// SEEK_HOLE; a filesystem without them reports all of it as data).
+func dataExtents(f *os.File, off, size int64) ([]extent, error) {
+	var out []extent
+	fd := int(f.Fd())
+	for off < size {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seek data in %s at %d: %w", f.Name(), off, err)
+		}
+		if data >= size {
+			break
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, fmt.Errorf("seek hole in %s at %d: %w", f.Name(), data, err)
+		}
+		hole = min(hole, size)
+		out = append(out, extent{data, hole})
+		off = hole
+	}
+	return out, nil
+}
+
+// dataBytes is what the extents hold.
+func dataBytes(ext []extent) int64 {
+	var n int64
+	for _, e := range ext {
+		n += e.end - e.off
+	}
+	return n
+}
+
+// readFull reads len(p) bytes at off.
+func readFull(f *os.File, p []byte, off int64) error {
+	n, err := f.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("read %s at %d: %w", f.Name(), off, err)
+}
+
+// allZero reports whether p holds only zero bytes.
+func allZero(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
+}

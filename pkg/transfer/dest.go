@@ -1,0 +1,101 @@
+package transfer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/plinth-dev/plinth/pkg/durable"
+)
+
+// ProgressRecords is the receiver's record of how far an image is written
+// (a FileDestination's progress file).
+var ProgressRecords = durable.Format{Kind: "transfer progress record", Field: "schema"}
+
+// progress is what a receiver keeps beside the image it fills.
+type progress struct {
+	Schema    int    `json:"schema"`
+	ContentID string `json:"contentID"`
+	Size      int64  `json:"size"`
+	// Through: everything of the content before it is in the image, on
+	// disk (the image was fsynced before this was written).
+	Through int64 `json:"through"`
+}
+
+// FileDestination fills an image file that is kept across restarts, with
+// its progress in a record of its own.
+type FileDestination struct {
+	// Image is the image being filled; it is made (sparse, Size bytes)
+	// when missing.
+	Image string
+	// Progress is the record of how far Image is written.
+	Progress string
+
+	f *os.File
+}
+
+// Resume returns where the transfer of contentID (size bytes) goes on from:
+// where the record says, if it is for the same content and the image is
+// there; otherwise 0, with the image emptied and sized again.
+func (d *FileDestination) Resume(contentID string, size int64) (int64, error) {
+	var p progress
+	err := ProgressRecords.Read(d.Progress, &p)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	f, ferr := os.OpenFile(d.Image, os.O_RDWR, 0)
+	if err == nil && ferr == nil && p.ContentID == contentID && p.Size == size && p.Through >= 0 && p.Through <= size {
+		if st, serr := f.Stat(); serr == nil && st.Size() == size {
+			d.f = f
+			return p.Through, nil
+		}
+	}
+	if ferr == nil {
+		f.Close()
+	}
+	// Start over: a new image of zeros, and a record of nothing written
+	// for this content.
+	if err := os.Remove(d.Image); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("remove partial image %s: %w", d.Image, err)
+	}
+	f, err = os.OpenFile(d.Image, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("create image %s: %w", d.Image, err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return 0, fmt.Errorf("size image %s to %d bytes: %w", d.Image, size, err)
+	}
+	d.f = f
+	if err := ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size}); err != nil {
+		return 0, err
+	}
+	return 0, nil
+}
+
+// WriteAt writes data at off.
+func (d *FileDestination) WriteAt(p []byte, off int64) error {
+	if _, err := d.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("write image %s at %d: %w", d.Image, off, err)
+	}
+	return nil
+}
+
+// Commit makes what is written durable and records that everything before
+// through is.
+func (d *FileDestination) Commit(contentID string, size, through int64) error {
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("fsync image %s: %w", d.Image, err)
+	}
+	return ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size, Through: through})
+}
+
+// Close closes the image (the records stay).
+func (d *FileDestination) Close() error {
+	if d.f == nil {
+		return nil
+	}
+	err := d.f.Close()
+	d.f = nil
+	return err
+}

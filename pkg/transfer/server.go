@@ -1,0 +1,197 @@
+package transfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	transferv1 "github.com/plinth-dev/plinth/proto/transfer/v1"
+)
+
+// DefaultChunkBytes is the most data one chunk carries.
+const DefaultChunkBytes = 1 << 20
+
+// Server serves the transfer service.
+type Server struct {
+	Identity *Identity
+	Peers    Peers
+	Source   Source
+	// Limit, when set, paces what this node sends and receives (one bucket
+	// for both).
+	Limit *rate.Limiter
+	// ChunkBytes is the most data per chunk (DefaultChunkBytes when 0).
+	ChunkBytes int
+	// Meter counts what is sent; nil counts nothing.
+	Meter Meter
+
+	// alter, in tests only, changes a chunk after its checksum is taken.
+	alter func(*transferv1.Chunk)
+
+	transferv1.UnimplementedTransferServer
+}
+
+// Meter counts bytes sent and received (plinth_transfer_bytes_total).
+type Meter interface {
+	Sent(n int)
+	Received(n int)
+}
+
+// Serve serves on lis until ctx ends.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(serverTLS(s.Identity, s.Peers))),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.MaxConcurrentStreams(64),
+		grpc.ConnectionTimeout(10*time.Second),
+	)
+	transferv1.RegisterTransferServer(srv, s)
+	go func() {
+		<-ctx.Done()
+		srv.Stop()
+	}()
+	klog.FromContext(ctx).Info("Serving transfers", "address", lis.Addr().String())
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("transfer service: %w", err)
+	}
+	return nil
+}
+
+// caller is the node on the other end: the common name of the certificate
+// the handshake matched against what that node published.
+func caller(ctx context.Context) (string, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "no peer")
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) != 1 {
+		return "", status.Error(codes.Unauthenticated, "no peer certificate")
+	}
+	return info.State.PeerCertificates[0].Subject.CommonName, nil
+}
+
+func (s *Server) chunkBytes() int {
+	if s.ChunkBytes > 0 {
+		return s.ChunkBytes
+	}
+	return DefaultChunkBytes
+}
+
+func (s *Server) content(ctx context.Context, volumeID string) (*Content, string, error) {
+	node, err := caller(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	if volumeID == "" {
+		return nil, node, status.Error(codes.InvalidArgument, "volume_id is empty")
+	}
+	c, err := s.Source.Content(ctx, node, volumeID)
+	switch {
+	case errors.Is(err, ErrDenied):
+		klog.FromContext(ctx).Info("Transfer refused", "peer", node, "volumeID", volumeID, "err", err)
+		return nil, node, status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, ErrNoContent):
+		return nil, node, status.Error(codes.NotFound, err.Error())
+	case err != nil:
+		return nil, node, status.Error(codes.Unavailable, err.Error())
+	}
+	return c, node, nil
+}
+
+// Open says what the transfer for the caller's volume carries.
+func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transferv1.OpenResponse, error) {
+	c, _, err := s.content(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer c.File.Close()
+	ext, err := dataExtents(c.File, 0, c.Size)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &transferv1.OpenResponse{Format: FormatImage, Size: c.Size, DataBytes: dataBytes(ext), ContentId: c.ID,
+		ChunkBytes: int32(s.chunkBytes())}, nil
+}
+
+// Read streams the content's data from the offset asked on.
+func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingServer[transferv1.Chunk]) error {
+	ctx := stream.Context()
+	c, node, err := s.content(ctx, req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	defer c.File.Close()
+	if req.GetContentId() != c.ID {
+		return status.Errorf(codes.FailedPrecondition, "content %q is now %q: open the transfer again", req.GetContentId(), c.ID)
+	}
+	if req.GetOffset() < 0 || req.GetOffset() > c.Size {
+		return status.Errorf(codes.OutOfRange, "offset %d is outside the content (%d bytes)", req.GetOffset(), c.Size)
+	}
+	ext, err := dataExtents(c.File, req.GetOffset(), c.Size)
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
+	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
+	logger.V(2).Info("Sending", "from", req.GetOffset(), "dataBytes", dataBytes(ext))
+	buf := make([]byte, s.chunkBytes())
+	for _, e := range ext {
+		for off := e.off; off < e.end; {
+			n := int(min(int64(len(buf)), e.end-off))
+			p := buf[:n]
+			if err := readFull(c.File, p, off); err != nil {
+				return status.Error(codes.Internal, err.Error())
+			}
+			ch := &transferv1.Chunk{Offset: off, SentThrough: off + int64(n)}
+			if !allZero(p) {
+				sum := sha256.Sum256(p)
+				ch.Data, ch.Sha256 = p, sum[:]
+				if err := s.wait(ctx, n); err != nil {
+					return err
+				}
+			}
+			if s.alter != nil {
+				s.alter(ch)
+			}
+			if err := stream.Send(ch); err != nil {
+				return err
+			}
+			if s.Meter != nil {
+				s.Meter.Sent(len(ch.Data))
+			}
+			off += int64(n)
+		}
+	}
+	// The end: everything up to the size is sent (what is left is a hole).
+	return stream.Send(&transferv1.Chunk{Offset: c.Size, SentThrough: c.Size})
+}
+
+func (s *Server) wait(ctx context.Context, n int) error {
+	if s.Limit == nil {
+		return nil
+	}
+	return waitN(ctx, s.Limit, n)
+}
+
+// waitN takes n tokens, in pieces no larger than the bucket.
+func waitN(ctx context.Context, l *rate.Limiter, n int) error {
+	for n > 0 {
+		take := min(n, max(l.Burst(), 1))
+		if err := l.WaitN(ctx, take); err != nil {
+			return status.FromContextError(err).Err()
+		}
+		n -= take
+	}
+	return nil
+}
