@@ -74,6 +74,9 @@ type NodeConfig struct {
 	// socket too: probes that reach this process and not the one it
 	// replaces, which on the host network holds the metrics port.
 	HealthSocket string
+	// Transfer is the node-to-node transfer service (volumes filled
+	// from, and sent to, other nodes); with --cluster only.
+	Transfer TransferConfig
 	// devices is the device configuration Validate parsed (file or
 	// inline, flags applied), so that RunNode does not parse it again.
 	devices *device.Config
@@ -96,6 +99,7 @@ func (c *NodeConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PodUID, "pod-uid", "", "UID of the pod this runs in (downward API metadata.uid): DRA rolling updates, served beside the pod this one replaces")
 	fs.DurationVar(&c.WaitForRoot, "wait-for-root", 0, "how long to wait for a --root another process holds (the pod this one replaces) before failing; 0 fails at once")
 	fs.StringVar(&c.HealthSocket, "health-socket", "", "unix socket that also serves /healthz and /readyz (for exec probes on the host network)")
+	c.Transfer.flags(fs)
 	fs.DurationVar(&c.RecoverAfter, "health-recover-after", 0, "steady health before a device is advertised healthy again; overrides health.recoverAfter (default 10s)")
 	// The node's own defaults of the flags it shares with standalone.
 	fs.Lookup("endpoint").Usage = "CSI endpoint, unix://PATH (default unix://<kubelet-dir>/plugins/<driver-name>/csi.sock, where the kubelet looks)"
@@ -145,6 +149,7 @@ func (c *NodeConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("--health-socket %s is the CSI endpoint", c.HealthSocket))
 		}
 	}
+	errs = append(errs, c.Transfer.validate())
 	if err := dra.CheckPodUID(c.PodUID); err != nil {
 		errs = append(errs, fmt.Errorf("--pod-uid: %w", err))
 	}
@@ -537,6 +542,23 @@ func (n *nodeRun) cluster() (stop func(), err error) {
 			}
 			rec.RequeueVolumes()
 		}
+	}
+	if n.CSI && n.Transfer.Address != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		plinth, err := versioned.NewForConfig(n.rest)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		ts, err := newTransfer(ctx, n.Transfer, n.NodeID, n.core, plinth, n.local, n.metrics)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		rec.Transfer = ts.client
+		status.Transfer = ts.endpoint
+		n.parts["transfer"] = ts.serve
 	}
 	n.parts["volume objects"] = rec.Run
 	n.parts["node status"] = status.Run

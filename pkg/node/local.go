@@ -153,6 +153,9 @@ func (n *Local) CreateVolume(ctx context.Context, poolName string, v pool.Volume
 		return pool.Volume{}, err
 	}
 	defer release()
+	if v.Source != nil && v.Source.Node != "" {
+		return pool.Volume{}, fmt.Errorf("%w: volume %s is filled from node %s: it is made by an import", pool.ErrInvalid, v.ID, v.Source.Node)
+	}
 	// A volume with this ID elsewhere (an earlier attempt placed it in
 	// another pool) is the one to return or to conflict with.
 	if p, _, err := n.PoolOfVolume(ctx, v.ID); err == nil && p.Name() != poolName {

@@ -43,6 +43,9 @@ type Reporter struct {
 	Plinth       versioned.Interface
 	Core         kubernetes.Interface
 	Events       record.EventRecorder
+	// Transfer, when set, is where the node serves transfers and the
+	// certificate it presents (published for its peers to pin).
+	Transfer *v1alpha1.TransferEndpoint
 	// Interval is the heartbeat (default 30s).
 	Interval time.Duration
 	// Poll is how often the pools are read between heartbeats (default
@@ -229,7 +232,7 @@ func (p *Reporter) Publish(ctx context.Context, force bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	read := time.Now()
-	st := v1alpha1.NodeStatus{Version: p.Version}
+	st := v1alpha1.NodeStatus{Version: p.Version, Transfer: p.Transfer}
 	var infos []volume.PoolInfo
 	var failed []node.PoolHealth
 	if p.Pools != nil {

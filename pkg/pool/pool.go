@@ -64,6 +64,9 @@ const (
 type Source struct {
 	SnapshotID string `json:"snapshotID,omitempty"`
 	VolumeID   string `json:"volumeID,omitempty"`
+	// Node holds the source when it is another node than the volume's:
+	// the volume is made by an Importer, its content sent by that node.
+	Node string `json:"node,omitempty"`
 }
 
 // Volume is the record of one volume, stored beside its storage.
@@ -264,6 +267,36 @@ type BlankRecorder interface {
 	// during mkfs leads to a probe at the next stage, never to a second
 	// mkfs that takes what the first left for zeros.
 	MarkFormatted(ctx context.Context, id string) error
+}
+
+// ImportImage is an ImportTarget filled as an image: the source's bytes at
+// their offsets.
+const ImportImage = "image"
+
+// ImportTarget is where a volume whose content comes from another node is
+// filled (pkg/transfer): the partial image and the record of how far it
+// is. Both stay across restarts until the import finishes or the volume is
+// deleted.
+type ImportTarget struct {
+	Format   string
+	Image    string
+	Progress string
+}
+
+// Importer is a pool that makes volumes from another node's snapshots.
+type Importer interface {
+	// BeginImport records v (Source.Node and Source.SnapshotID set), its
+	// capacity reserved, and says where to fill it; the volume stays
+	// "creating" until FinishImport. Again for the same v: the same.
+	BeginImport(ctx context.Context, v Volume) (ImportTarget, Volume, error)
+	// FinishImport makes the filled image the volume's and marks it ready.
+	FinishImport(ctx context.Context, id string) (Volume, error)
+}
+
+// Exporter is a pool whose snapshots can be sent to another node.
+type Exporter interface {
+	// ExportSnapshot opens the snapshot's image read-only.
+	ExportSnapshot(ctx context.Context, id string) (*os.File, Snapshot, error)
 }
 
 // VolumeChecker is implemented by pools that can tell that a volume's

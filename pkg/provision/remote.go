@@ -51,7 +51,7 @@ func toVolume(v *v1alpha1.PlinthVolume) pool.Volume {
 		CreatedAt: v.CreationTimestamp.Time,
 	}
 	if src := v.Spec.Source; src != nil {
-		out.Source = &pool.Source{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID}
+		out.Source = &pool.Source{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID, Node: src.NodeName}
 	}
 	switch {
 	case v.DeletionTimestamp != nil || v.Status.Phase == v1alpha1.VolumeDeleting:
@@ -134,7 +134,7 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 		},
 	}
 	if src := want.Source; src != nil {
-		obj.Spec.Source = &v1alpha1.VolumeSource{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID}
+		obj.Spec.Source = &v1alpha1.VolumeSource{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID, NodeName: src.Node}
 	}
 	if c.serialCreates { // the lock before issue 11, for the benchmark only: global, across the write
 		c.serialMu.Lock()
@@ -249,7 +249,7 @@ func sameSource(have *v1alpha1.VolumeSource, want *pool.Source) bool {
 	if have == nil || want == nil {
 		return have == nil && want == nil
 	}
-	return have.SnapshotID == want.SnapshotID && have.VolumeID == want.VolumeID
+	return have.SnapshotID == want.SnapshotID && have.VolumeID == want.VolumeID && have.NodeName == want.Node
 }
 
 // isInProgress reports whether err is a wait that ran out (ErrInProgress).

@@ -46,6 +46,11 @@ type Reconciler struct {
 	// what is written is bounded (usage.go).
 	Usage         UsageReader
 	UsageInterval time.Duration
+	// Transfer fills volumes whose source is on another node (their
+	// spec.source.nodeName); nil refuses them.
+	Transfer Fetcher
+
+	imports imports
 
 	informer  cache.SharedIndexInformer
 	snapInf   cache.SharedIndexInformer
@@ -181,6 +186,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	}
 	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name, "pool", v.Spec.Pool)
 	if v.DeletionTimestamp != nil {
+		r.stopImport(ctx, v.Name)
 		return r.remove(ctx, v)
 	}
 	local, lerr := r.Local.Volume(ctx, v.Name)
@@ -224,6 +230,9 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 			return r.writeStatus(ctx, v)
 		}
 		return nil
+	}
+	if src := v.Spec.Source; src != nil && src.NodeName != "" && src.NodeName != r.NodeName {
+		return r.startImport(ctx, v)
 	}
 	// Pending: make it (idempotent: a half-made volume from before a crash
 	// is finished or rebuilt by the pool).

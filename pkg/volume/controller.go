@@ -197,6 +197,8 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	if err != nil {
 		return Placed{}, err
 	}
+	// remote is the source of a volume filled from another node.
+	var remote *pool.Source
 	if req.Source != nil {
 		src, err := c.origin(ctx, req.Source)
 		if err != nil {
@@ -217,13 +219,26 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 			}
 			req.RequiredBytes = src.size
 		}
-		if !slices.Contains(nodes, src.node) {
-			return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology", pool.ErrNoSpace, src.node)
+		if slices.Contains(nodes, src.node) {
+			// On the source's node: a local copy (a reflink, a btrfs
+			// snapshot), in the source's pool.
+			if req.Params.Pool != "" && req.Params.Pool != src.pool {
+				return Placed{}, fmt.Errorf("%w: %s is in pool %s, the request asks for pool %s: a clone or restore on its source's node is made in its source's pool", pool.ErrInvalid, src.what, src.pool, req.Params.Pool)
+			}
+			nodes, req.Params.Pool = []string{src.node}, src.pool
+		} else {
+			// Elsewhere: the volume's node fills it from the source's
+			// node over the transfer service.
+			if !Transferable(src.backend) {
+				return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology, in a %s pool, whose content plinth does not send to other nodes (file pools only)",
+					pool.ErrNoSpace, src.node, src.backend)
+			}
+			if req.Params.Backend != "" && !Transferable(req.Params.Backend) {
+				return Placed{}, fmt.Errorf("%w: %s is on node %s, outside the requested topology; a volume filled from another node is made in a file pool, the request asks for backend %s",
+					pool.ErrNoSpace, src.what, src.node, req.Params.Backend)
+			}
+			remote = &pool.Source{SnapshotID: req.Source.SnapshotID, VolumeID: req.Source.VolumeID, Node: src.node}
 		}
-		if req.Params.Pool != "" && req.Params.Pool != src.pool {
-			return Placed{}, fmt.Errorf("%w: %s is in pool %s, the request asks for pool %s: a clone or restore is made in its source's pool", pool.ErrInvalid, src.what, src.pool, req.Params.Pool)
-		}
-		nodes, req.Params.Pool = []string{src.node}, src.pool
 	}
 
 	known := make([]NodePools, len(nodes))
@@ -235,24 +250,81 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	if err != nil {
 		return Placed{}, err
 	}
+	source := req.Source
+	if remote != nil {
+		choices = slices.DeleteFunc(choices, func(ch Choice) bool { return !Transferable(ch.Pool.Backend) })
+		if len(choices) == 0 {
+			return Placed{}, fmt.Errorf("%w: no file pool on the nodes asked can hold a volume filled from node %s", pool.ErrNoSpace, remote.Node)
+		}
+		if remote.VolumeID != "" {
+			// A clone from another node is sent from a snapshot of its
+			// source, taken now and removed once the clone is made.
+			snap, err := c.CreateSnapshot(ctx, cloneSnapshotName(req.Name), remote.VolumeID)
+			if err != nil {
+				return Placed{}, fmt.Errorf("snapshot volume %s to clone it onto another node: %w", remote.VolumeID, err)
+			}
+			remote.SnapshotID = snap.Snapshot.ID
+		}
+		source = remote
+	}
 	var lastErr error
 	for _, ch := range choices {
 		v := pool.Volume{ID: id, Name: req.Name, CapacityBytes: ch.Size, Mode: req.Mode,
-			FsType: fsTypeFor(ch.Pool, req.Mode, req.FsType), Thick: req.Params.Thick, Source: req.Source}
+			FsType: fsTypeFor(ch.Pool, req.Mode, req.FsType), Thick: req.Params.Thick, Source: source}
 		if req.Owner != "" {
 			v.Parameters = map[string]string{ParamOwner: req.Owner}
 		}
 		created, err := c.node(ch.Node).CreateVolume(ctx, ch.Pool.Name, v)
 		if err == nil {
 			logger.V(2).Info("Volume placed", "node", ch.Node, "pool", ch.Pool.Name, "capacity", ch.Size)
+			c.dropCloneSnapshot(ctx, created)
 			return Placed{Node: ch.Node, Volume: created}, nil
 		}
 		if !errors.Is(err, pool.ErrNoSpace) {
+			if remote != nil && remote.VolumeID != "" && refused(err) {
+				c.dropCloneSnapshot(ctx, pool.Volume{Source: remote, State: pool.StateReady})
+			}
 			return Placed{}, err
 		}
 		lastErr = err // raced with another create: try the next pool
 	}
 	return Placed{}, lastErr
+}
+
+// refused reports whether err is a node's answer that the volume will not
+// be made as asked (not a wait that ran out).
+func refused(err error) bool {
+	for _, e := range []error{pool.ErrInvalid, pool.ErrUnsupported, pool.ErrExists, pool.ErrOutOfRange, pool.ErrNotFound} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Transferable reports whether volumes of a pool backend can be sent to
+// and filled from other nodes (pkg/transfer): images (file pools).
+func Transferable(backend string) bool { return backend == "file" }
+
+// cloneSnapshotName is the name of the snapshot a clone onto another node
+// is sent from.
+func cloneSnapshotName(volumeName string) string { return CloneSnapshotPrefix + volumeName }
+
+// CloneSnapshotPrefix starts the names of the snapshots plinth takes to
+// clone a volume onto another node; they are plinth's, not the CO's, and
+// ListSnapshots leaves them out.
+const CloneSnapshotPrefix = "plinth-clone-"
+
+// dropCloneSnapshot removes the snapshot a clone from another node was
+// sent from, once the clone is made.
+func (c *Controller) dropCloneSnapshot(ctx context.Context, v pool.Volume) {
+	s := v.Source
+	if s == nil || s.Node == "" || s.VolumeID == "" || s.SnapshotID == "" || v.State != pool.StateReady {
+		return
+	}
+	if err := c.DeleteSnapshot(ctx, s.SnapshotID); err != nil {
+		klog.FromContext(ctx).Error(err, "Removing the snapshot a clone was sent from; it is removed at the clone's next create or delete", "snapshotID", s.SnapshotID)
+	}
 }
 
 // existing answers a create whose name is already taken by placed: the
@@ -284,6 +356,7 @@ func (c *Controller) existing(ctx context.Context, req CreateRequest, placed Pla
 		return Placed{}, fmt.Errorf("volume %q: %w: %s", req.Name, pool.ErrExists, why)
 	}
 	if v.State == pool.StateReady {
+		c.dropCloneSnapshot(ctx, v)
 		return placed, nil
 	}
 	// An interrupted create: the node finishes it as first asked.
@@ -329,27 +402,36 @@ func provisioning(thick bool) string {
 	return "thin"
 }
 
-func sameSource(a, b *pool.Source) bool {
-	if a == nil || b == nil {
-		return a == nil && b == nil
+// sameSource reports whether a request's source (req) is the one a volume
+// was made from (have). A volume filled from another node records that
+// node, and for a clone the snapshot it was sent from: the request names
+// the volume only.
+func sameSource(req, have *pool.Source) bool {
+	if req == nil || have == nil {
+		return req == nil && have == nil
 	}
-	return *a == *b
+	if have.VolumeID != "" {
+		return req.VolumeID == have.VolumeID && req.SnapshotID == ""
+	}
+	return req.VolumeID == "" && req.SnapshotID == have.SnapshotID
 }
 
 func describeSource(s *pool.Source) string {
 	switch {
 	case s == nil:
 		return "none"
-	case s.SnapshotID != "":
-		return "snapshot " + s.SnapshotID
+	case s.VolumeID != "":
+		return "volume " + s.VolumeID
 	}
-	return "volume " + s.VolumeID
+	return "snapshot " + s.SnapshotID
 }
 
 // origin is what a content source says about the volumes made from it.
 type origin struct {
 	what       string // "snapshot sn-…" or "volume pv-…", for messages
 	node, pool string
+	// backend of the source's pool ("" when its node does not say).
+	backend string
 	// mode and fsType of the source volume; mode is empty when unknown (a
 	// snapshot recorded before plinth kept modes, whose source is gone).
 	mode   pool.Mode
@@ -360,35 +442,40 @@ type origin struct {
 }
 
 func (c *Controller) origin(ctx context.Context, src *pool.Source) (origin, error) {
+	var o origin
 	if src.SnapshotID != "" {
 		s, err := c.GetSnapshot(ctx, src.SnapshotID)
 		if err != nil {
 			return origin{}, err
 		}
-		o := origin{what: "snapshot " + s.Snapshot.ID, node: s.Node, pool: s.Snapshot.Pool, mode: s.Snapshot.Mode, fsType: s.Snapshot.FsType,
+		o = origin{what: "snapshot " + s.Snapshot.ID, node: s.Node, pool: s.Snapshot.Pool, mode: s.Snapshot.Mode, fsType: s.Snapshot.FsType,
 			size: s.Snapshot.SizeBytes}
-		if o.mode == "" {
-			// The pool filled in what its source volume's record told
-			// (pool.OpenIndex); what is left is known only where the pool
-			// serves nothing but its own filesystem (btrfs).
-			infos, err := c.node(s.Node).Pools(ctx)
-			if err != nil {
-				return origin{}, err
-			}
-			for _, pi := range infos {
-				if pi.Name == o.pool && !pi.Capabilities.Block && pi.Capabilities.OwnFs && len(pi.Capabilities.FsTypes) > 0 {
-					o.mode, o.fsType = pool.ModeFilesystem, pi.Capabilities.FsTypes[0]
-				}
-			}
+	} else {
+		v, err := c.GetVolume(ctx, src.VolumeID)
+		if err != nil {
+			return origin{}, err
 		}
-		return o, nil
+		o = origin{what: "volume " + v.Volume.ID, node: v.Node, pool: v.Volume.Pool, mode: v.Volume.Mode, fsType: v.Volume.FsType,
+			size: v.Volume.CapacityBytes}
 	}
-	v, err := c.GetVolume(ctx, src.VolumeID)
+	infos, err := c.node(o.node).Pools(ctx)
 	if err != nil {
 		return origin{}, err
 	}
-	return origin{what: "volume " + v.Volume.ID, node: v.Node, pool: v.Volume.Pool, mode: v.Volume.Mode, fsType: v.Volume.FsType,
-		size: v.Volume.CapacityBytes}, nil
+	for _, pi := range infos {
+		if pi.Name != o.pool {
+			continue
+		}
+		o.backend = pi.Backend
+		if o.mode == "" && !pi.Capabilities.Block && pi.Capabilities.OwnFs && len(pi.Capabilities.FsTypes) > 0 {
+			// A snapshot whose mode was not recorded: the pool filled in
+			// what its source volume's record told (pool.OpenIndex); what
+			// is left is known only where the pool serves nothing but its
+			// own filesystem (btrfs).
+			o.mode, o.fsType = pool.ModeFilesystem, pi.Capabilities.FsTypes[0]
+		}
+	}
+	return o, nil
 }
 
 // admits checks that req keeps the source's mode and filesystem. A snapshot
@@ -435,7 +522,15 @@ func (c *Controller) DeleteVolume(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	return c.node(placed.Node).DeleteVolume(ctx, id)
+	if err := c.node(placed.Node).DeleteVolume(ctx, id); err != nil {
+		return err
+	}
+	// A clone from another node that never finished leaves the snapshot
+	// it was to be sent from.
+	v := placed.Volume
+	v.State = pool.StateReady
+	c.dropCloneSnapshot(ctx, v)
+	return nil
 }
 
 // ExpandVolume grows id to at least required (and at most limit).
@@ -617,6 +712,9 @@ func (c *Controller) ListSnapshots(ctx context.Context) ([]PlacedSnapshot, error
 			return nil, fmt.Errorf("list snapshots of node %s: %w", n, err)
 		}
 		for _, s := range ss {
+			if strings.HasPrefix(s.Name, CloneSnapshotPrefix) {
+				continue // plinth's own, for a clone onto another node
+			}
 			out = append(out, PlacedSnapshot{Node: n, Snapshot: s})
 		}
 	}

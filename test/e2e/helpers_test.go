@@ -158,13 +158,20 @@ func waitPodRunning(t *testing.T, ctx context.Context, ns, name string, timeout 
 // use to proxy logs on a loopback-only cluster.
 func waitLog(t *testing.T, ctx context.Context, ns, name, substr string, timeout time.Duration) string {
 	t.Helper()
+	return waitLogIn(t, ctx, "/var/log/pods", ns, name, substr, timeout)
+}
+
+// waitLogIn is waitLog for a pod whose node writes its logs under dir (a
+// worker's pods-log directory).
+func waitLogIn(t *testing.T, ctx context.Context, dir, ns, name, substr string, timeout time.Duration) string {
+	t.Helper()
 	var log string
 	err := wait.PollUntilContextTimeout(ctx, 300*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		p, err := e.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
-		files, _ := filepath.Glob(filepath.Join("/var/log/pods", ns+"_"+name+"_"+string(p.UID), "*", "*.log"))
+		files, _ := filepath.Glob(filepath.Join(dir, ns+"_"+name+"_"+string(p.UID), "*", "*.log"))
 		sort.Strings(files)
 		var b strings.Builder
 		for _, f := range files {

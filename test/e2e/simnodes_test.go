@@ -282,7 +282,7 @@ func (s *simNode) start(ctx context.Context) error {
 		"--root="+filepath.Join(s.dir, "root"),
 		"--pool=name="+simPool+",backend=file,dir="+filepath.Join(s.dir, "pool")+",mountpoint=true",
 		"--endpoint=unix://"+filepath.Join(s.dir, "csi.sock"), "--kubelet-dir="+filepath.Join(s.dir, "kubelet"),
-		"--devices=false", "--cdi-dir=", "--metrics-address=", "--v=2")
+		"--devices=false", "--cdi-dir=", "--metrics-address=", "--transfer-address=", "--v=2")
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// SIGTERM to its process group; SIGKILL if it has not exited 15 s later.

@@ -109,8 +109,10 @@ type VolumeSpec struct {
 	Source *VolumeSource `json:"source,omitempty"`
 }
 
-// VolumeSource names what a new volume is filled from; exactly one is set.
-// +kubebuilder:validation:XValidation:rule="has(self.snapshotID) != has(self.volumeID)",message="exactly one of snapshotID and volumeID"
+// VolumeSource names what a new volume is filled from: a snapshot or a
+// volume; a clone from another node names the volume and the snapshot of
+// it that the volume is filled from.
+// +kubebuilder:validation:XValidation:rule="has(self.snapshotID) != has(self.volumeID) || (has(self.nodeName) && has(self.snapshotID))",message="exactly one of snapshotID and volumeID (a clone from another node names both: the volume and the snapshot it is sent from)"
 type VolumeSource struct {
 	// SnapshotID is a PlinthSnapshot's name (restore).
 	// +optional
@@ -118,6 +120,13 @@ type VolumeSource struct {
 	// VolumeID is a PlinthVolume's name (clone).
 	// +optional
 	VolumeID string `json:"volumeID,omitempty"`
+	// NodeName is the node that holds the source when it is not the
+	// volume's own node: the volume's node fills the volume from it over
+	// the transfer service, and that node serves the transfer to the
+	// volume's node only. Empty: the source is on the volume's node.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 // VolumeStatus is the node's answer.
@@ -156,6 +165,25 @@ type VolumeStatus struct {
 	// UsageTime is when the node read UsedBytes.
 	// +optional
 	UsageTime *metav1.Time `json:"usageTime,omitempty"`
+	// Transfer is how far the volume's content has come from the node
+	// that holds its source (spec.source.nodeName), while it comes.
+	// +optional
+	Transfer *TransferProgress `json:"transfer,omitempty"`
+}
+
+// TransferProgress is how far a transfer is.
+type TransferProgress struct {
+	// DoneBytes of TotalBytes of data are on this node.
+	DoneBytes  int64 `json:"doneBytes"`
+	TotalBytes int64 `json:"totalBytes"`
+	// BytesPerSecond is the rate of the transfer's current attempt.
+	// +optional
+	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
+	// UpdateTime is when the node last wrote this.
+	UpdateTime metav1.Time `json:"updateTime"`
+	// Message says why the last attempt stopped, while the node tries again.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // PlinthVolumeList is a list of PlinthVolume.
@@ -277,6 +305,11 @@ type NodeStatus struct {
 	// Version of plinth on the node.
 	// +optional
 	Version string `json:"version,omitempty"`
+	// Transfer is where the node serves transfers to other nodes and the
+	// certificate it presents (made at its start): other nodes trust it
+	// for exactly this node.
+	// +optional
+	Transfer *TransferEndpoint `json:"transfer,omitempty"`
 	// HeartbeatTime is when the node last wrote this status.
 	// +optional
 	HeartbeatTime metav1.Time `json:"heartbeatTime,omitempty"`
@@ -319,6 +352,14 @@ type PoolStatus struct {
 	Healthy bool `json:"healthy"`
 	// +optional
 	Message string `json:"message,omitempty"`
+}
+
+// TransferEndpoint is how other nodes reach a node's transfer service.
+type TransferEndpoint struct {
+	// Address is host:port on the node's network.
+	Address string `json:"address"`
+	// Certificate is the node's self-signed certificate, PEM.
+	Certificate string `json:"certificate"`
 }
 
 // DiskStatus is one of the node's disks: its identity, what it is and

@@ -164,6 +164,9 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 	if err := pool.ValidateID("volume ID", v.ID); err != nil {
 		return pool.Volume{}, err
 	}
+	if v.Source != nil && v.Source.Node != "" {
+		return pool.Volume{}, fmt.Errorf("%w: volume %s is filled from node %s: it is made by an import", pool.ErrInvalid, v.ID, v.Source.Node)
+	}
 	srcVol, srcSnap, err := p.index.Source(v)
 	if err != nil {
 		return pool.Volume{}, err
@@ -285,7 +288,10 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if err := p.index.MarkDeleting(id); err != nil {
 		return err
 	}
-	if err := removeFiles(p.volDir(), img+".tmp", img); err != nil {
+	if err := removeFiles(p.volDir(), img+".tmp", img+".part", img); err != nil {
+		return err
+	}
+	if err := removeFiles(p.importDir(), filepath.Join(p.importDir(), id+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if err := p.index.DropVolume(id); err != nil {

@@ -6,15 +6,22 @@
 //	e2e-app fs DIR                 print DIR's filesystem size every second, block
 //	e2e-app block DEV              write and read back a pattern on a block device, block
 //	e2e-app devices                print PLINTH_* env and /dev entries, block
+//	e2e-app fill FILE MIB SEED     write MIB MiB of data made from SEED to FILE (fsync), print its SHA-256, block
+//	e2e-app sum FILE [BYTES]       print the SHA-256 of FILE (of its first BYTES), block
 package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -63,6 +70,21 @@ func main() {
 		}()
 	case "block":
 		must(block(os.Args[2]))
+	case "fill":
+		mib, err := strconv.Atoi(os.Args[3])
+		must(err)
+		seed, err := strconv.ParseUint(os.Args[4], 10, 64)
+		must(err)
+		must(fill(os.Args[2], mib, seed))
+		must(sum(os.Args[2], -1))
+	case "sum":
+		n := int64(-1)
+		if len(os.Args) > 3 {
+			v, err := strconv.ParseInt(os.Args[3], 10, 64)
+			must(err)
+			n = v
+		}
+		must(sum(os.Args[2], n))
 	case "devices":
 		var env []string
 		for _, e := range os.Environ() {
@@ -86,6 +108,47 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
+}
+
+// fill writes mib MiB of pseudo-random bytes from seed to path, fsynced.
+func fill(path string, mib int, seed uint64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	buf := make([]byte, 1<<20)
+	for range mib {
+		for i := 0; i < len(buf); i += 8 {
+			binary.LittleEndian.PutUint64(buf[i:], r.Uint64())
+		}
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// sum prints sum=<SHA-256 of path> (of its first n bytes when n >= 0).
+func sum(path string, n int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	var r io.Reader = f
+	if n >= 0 {
+		r = io.LimitReader(f, n)
+	}
+	if _, err := io.Copy(h, r); err != nil {
+		return err
+	}
+	fmt.Printf("sum=%x\n", h.Sum(nil))
+	return nil
 }
 
 func must(err error) {

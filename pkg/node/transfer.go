@@ -1,0 +1,67 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/plinth-dev/plinth/pkg/pool"
+)
+
+// Import makes v in poolName from a snapshot on another node (v.Source.Node
+// and v.Source.SnapshotID set): the pool records it and says where its
+// image goes, fill fills it (the transfer, pkg/transfer), and the pool
+// makes it the volume's. Under the volume's lock throughout: a delete
+// meanwhile is refused as locked, and cancelling ctx ends fill. What fill
+// wrote stays for the next attempt; a delete removes it.
+func (n *Local) Import(ctx context.Context, poolName string, v pool.Volume, fill func(context.Context, pool.ImportTarget) error) (pool.Volume, error) {
+	if v.Source == nil || v.Source.Node == "" || v.Source.SnapshotID == "" || v.Source.VolumeID != "" {
+		return pool.Volume{}, fmt.Errorf("%w: an import names one snapshot on another node", pool.ErrInvalid)
+	}
+	release, err := n.lock(volumeKey(v.ID))
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	defer release()
+	if p, _, err := n.PoolOfVolume(ctx, v.ID); err == nil && p.Name() != poolName {
+		return pool.Volume{}, fmt.Errorf("volume %s is in pool %s, not %s: %w", v.ID, p.Name(), poolName, pool.ErrExists)
+	}
+	p, err := n.Pool(poolName)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	imp, ok := p.(pool.Importer)
+	if !ok {
+		return pool.Volume{}, fmt.Errorf("%w: pool %s (%s) cannot be filled from another node", pool.ErrUnsupported, poolName, p.Backend())
+	}
+	target, got, err := imp.BeginImport(ctx, v)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	if got.State == pool.StateReady {
+		return got, nil
+	}
+	if err := fill(ctx, target); err != nil {
+		return pool.Volume{}, err
+	}
+	return imp.FinishImport(ctx, v.ID)
+}
+
+// ExportSnapshot opens snapshot id's image for a transfer to another node.
+// The caller closes it.
+func (n *Local) ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Snapshot, error) {
+	release, err := n.lock(snapshotKey(id))
+	if err != nil {
+		return nil, pool.Snapshot{}, err
+	}
+	defer release()
+	p, err := n.poolOfSnapshot(ctx, id)
+	if err != nil {
+		return nil, pool.Snapshot{}, err
+	}
+	exp, ok := p.(pool.Exporter)
+	if !ok {
+		return nil, pool.Snapshot{}, fmt.Errorf("%w: pool %s (%s) cannot send snapshots to another node", pool.ErrUnsupported, p.Name(), p.Backend())
+	}
+	return exp.ExportSnapshot(ctx, id)
+}

@@ -1,0 +1,349 @@
+package reconcile
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/transfer"
+	"github.com/plinth-dev/plinth/pkg/volume"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Importer is a node that fills volumes from other nodes' snapshots
+// (node.Local).
+type Importer interface {
+	Import(ctx context.Context, poolName string, v pool.Volume, fill func(context.Context, pool.ImportTarget) error) (pool.Volume, error)
+}
+
+// Exporter is a node that opens its snapshots for other nodes (node.Local).
+type Exporter interface {
+	ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Snapshot, error)
+}
+
+// Fetcher fills a destination with what another node serves for a volume
+// (transfer.Client).
+type Fetcher interface {
+	Fill(ctx context.Context, node, volumeID string, dst transfer.Destination, report func(transfer.Progress)) error
+}
+
+// imports are the transfers this node runs, one per volume.
+type imports struct {
+	mu      sync.Mutex
+	running map[string]*importRun
+}
+
+type importRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stop cancels id's transfer, if one runs, and waits until it has let go
+// of the volume.
+func (r *Reconciler) stopImport(ctx context.Context, id string) {
+	r.imports.mu.Lock()
+	run := r.imports.running[id]
+	r.imports.mu.Unlock()
+	if run == nil {
+		return
+	}
+	run.cancel()
+	select {
+	case <-run.done:
+	case <-ctx.Done():
+	}
+}
+
+// startImport fills volume object v (Pending, its source on another node)
+// in a goroutine of its own: a transfer takes as long as the data and the
+// network do, and no worker waits for it. It tries again, going on from
+// what it has, until the volume is made, the object goes, or the source
+// refuses for good.
+func (r *Reconciler) startImport(ctx context.Context, v *v1alpha1.PlinthVolume) error {
+	imp, ok := r.Local.(Importer)
+	if !ok || r.Transfer == nil {
+		return r.fail(ctx, v, fmt.Errorf("%w: this node does not receive volumes from other nodes (its transfer service is off)", pool.ErrUnsupported))
+	}
+	r.imports.mu.Lock()
+	defer r.imports.mu.Unlock()
+	if r.imports.running == nil {
+		r.imports.running = map[string]*importRun{}
+	}
+	if r.imports.running[v.Name] != nil {
+		return nil
+	}
+	ictx, cancel := context.WithCancel(ctx)
+	run := &importRun{cancel: cancel, done: make(chan struct{})}
+	r.imports.running[v.Name] = run
+	go func() {
+		defer func() {
+			cancel()
+			r.imports.mu.Lock()
+			delete(r.imports.running, v.Name)
+			r.imports.mu.Unlock()
+			close(run.done)
+			r.queue.Add(v.Name)
+		}()
+		r.runImport(ictx, imp, v.DeepCopy())
+	}()
+	return nil
+}
+
+// permanentTries is how many times in a row the source may refuse (the
+// object does not name this node, the snapshot is gone) before the volume
+// is failed: the serving node reads the objects live, so a refusal that
+// lasts is the answer.
+const permanentTries = 3
+
+func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.PlinthVolume) {
+	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name, "sourceNode", v.Spec.Source.NodeName, "snapshotID", v.Spec.Source.SnapshotID)
+	ctx = klog.NewContext(ctx, logger)
+	want := pool.Volume{
+		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: poolMode(v.Spec.Mode),
+		FsType: v.Spec.FsType, Thick: v.Spec.Thick,
+		Source: &pool.Source{SnapshotID: v.Spec.Source.SnapshotID, Node: v.Spec.Source.NodeName},
+	}
+	if v.Spec.Claim != "" {
+		want.Parameters = map[string]string{volume.ParamOwner: v.Spec.Claim}
+	}
+	var lastWrite time.Time
+	report := func(p transfer.Progress, msg string) {
+		if time.Since(lastWrite) < 5*time.Second && msg == "" && p.DoneBytes < p.TotalBytes {
+			return
+		}
+		lastWrite = time.Now()
+		r.writeTransfer(ctx, v.Name, &v1alpha1.TransferProgress{DoneBytes: p.DoneBytes, TotalBytes: p.TotalBytes,
+			BytesPerSecond: p.BytesPerSecond, UpdateTime: metav1.Now(), Message: msg})
+	}
+	var last transfer.Progress
+	refused := 0
+	backoff := time.Second
+	for {
+		made, err := imp.Import(ctx, v.Spec.Pool, want, func(ctx context.Context, t pool.ImportTarget) error {
+			if t.Format != pool.ImportImage {
+				return fmt.Errorf("%w: import format %q", pool.ErrUnsupported, t.Format)
+			}
+			dst := &transfer.FileDestination{Image: t.Image, Progress: t.Progress}
+			defer dst.Close()
+			return r.Transfer.Fill(ctx, v.Spec.Source.NodeName, v.Name, dst, func(p transfer.Progress) {
+				last = p
+				report(p, "")
+			})
+		})
+		if err == nil {
+			r.imported(ctx, v.Name, made)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		code := status.Code(errors.Unwrap(err))
+		if s, ok := status.FromError(err); ok {
+			code = s.Code()
+		}
+		switch {
+		case errors.Is(err, pool.ErrNoSpace), errors.Is(err, pool.ErrInvalid), errors.Is(err, pool.ErrUnsupported),
+			errors.Is(err, pool.ErrExists), errors.Is(err, pool.ErrOutOfRange), errors.Is(err, transfer.ErrUnsupported):
+			r.failLatest(ctx, v.Name, err)
+			return
+		case code == codes.PermissionDenied || code == codes.NotFound:
+			if refused++; refused >= permanentTries {
+				if code == codes.NotFound {
+					err = fmt.Errorf("%w: %w", pool.ErrNotFound, err)
+				}
+				r.failLatest(ctx, v.Name, err)
+				return
+			}
+		default:
+			refused = 0
+		}
+		logger.Info("Transfer stopped; trying again", "err", err, "after", backoff)
+		report(last, err.Error())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// imported publishes the pools' numbers and calls the volume Ready.
+func (r *Reconciler) imported(ctx context.Context, id string, made pool.Volume) {
+	for {
+		err := r.settle(ctx, id, func(v *v1alpha1.PlinthVolume) (bool, error) {
+			counted, err := r.Status.PublishAfter(ctx, made.CreatedAt)
+			if err != nil {
+				return false, err
+			}
+			v.Status = v1alpha1.VolumeStatus{Phase: v1alpha1.VolumeReady, CapacityBytes: made.CapacityBytes,
+				ObservedGeneration: v.Generation, CountedIn: counted}
+			return true, nil
+		})
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		klog.FromContext(ctx).Error(err, "Recording a filled volume")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// failLatest undoes what the import began (the record, the partial image
+// and its progress) and fails the volume object with err.
+func (r *Reconciler) failLatest(ctx context.Context, id string, err error) {
+	if derr := r.Local.DeleteVolume(ctx, id); derr != nil && !errors.Is(derr, pool.ErrNotFound) {
+		klog.FromContext(ctx).Error(derr, "Removing what a failed import began; the volume's delete removes it", "volumeID", id)
+	}
+	_ = r.settle(ctx, id, func(v *v1alpha1.PlinthVolume) (bool, error) {
+		return true, r.fail(ctx, v, err)
+	})
+}
+
+// writeTransfer writes a volume's transfer progress, if it still waits.
+func (r *Reconciler) writeTransfer(ctx context.Context, id string, p *v1alpha1.TransferProgress) {
+	_ = r.settle(ctx, id, func(v *v1alpha1.PlinthVolume) (bool, error) {
+		v.Status.Transfer = p
+		return true, nil
+	})
+}
+
+// settle applies change to the latest object of a volume that still
+// waits to be made (Pending, not being deleted) and writes its status.
+func (r *Reconciler) settle(ctx context.Context, id string, change func(*v1alpha1.PlinthVolume) (bool, error)) error {
+	cur, err := r.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, id, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cur.DeletionTimestamp != nil || (cur.Status.Phase != "" && cur.Status.Phase != v1alpha1.VolumePending) {
+		return nil
+	}
+	write, err := change(cur)
+	if err != nil || !write {
+		return err
+	}
+	if cur.Status.Phase == v1alpha1.VolumeFailed {
+		return nil // fail wrote it
+	}
+	return r.writeStatus(ctx, cur)
+}
+
+// fail writes the volume object's Failed status for err.
+func (r *Reconciler) fail(ctx context.Context, v *v1alpha1.PlinthVolume, err error) error {
+	v.Status.Phase = v1alpha1.VolumeFailed
+	v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
+	if errors.Is(err, pool.ErrNotFound) {
+		v.Status.Reason = v1alpha1.ReasonNotFound
+	}
+	v.Status.ObservedGeneration = v.Generation
+	r.event(v, v1.EventTypeWarning, "CreateFailed", err.Error())
+	klog.FromContext(ctx).Info("Volume refused", "volumeID", v.Name, "err", err)
+	return r.writeStatus(ctx, v)
+}
+
+// TransferSource is what this node serves to other nodes: the snapshot a
+// volume object on another node names as its source, only to that node,
+// and only while the volume waits to be made. The object is read from the
+// API server at each call, not from a cache.
+type TransferSource struct {
+	NodeName string
+	Plinth   versioned.Interface
+	Local    Exporter
+}
+
+// Content answers node peer's transfer for its volume volumeID.
+func (s *TransferSource) Content(ctx context.Context, peer, volumeID string) (*transfer.Content, error) {
+	if err := pool.ValidateID("volume ID", volumeID); err != nil {
+		return nil, fmt.Errorf("%w: %v", transfer.ErrNoContent, err)
+	}
+	v, err := s.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, volumeID, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: volume object %s", transfer.ErrNoContent, volumeID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read volume object %s: %w", volumeID, err)
+	}
+	src := v.Spec.Source
+	switch {
+	case src == nil || src.NodeName != s.NodeName || src.SnapshotID == "":
+		return nil, fmt.Errorf("%w: volume %s is not filled from a snapshot on node %s", transfer.ErrDenied, volumeID, s.NodeName)
+	case v.Spec.NodeName != peer:
+		return nil, fmt.Errorf("%w: volume %s is node %s's, not node %s's", transfer.ErrDenied, volumeID, v.Spec.NodeName, peer)
+	case v.DeletionTimestamp != nil || (v.Status.Phase != "" && v.Status.Phase != v1alpha1.VolumePending):
+		return nil, fmt.Errorf("%w: volume %s is %s, not waiting to be filled", transfer.ErrDenied, volumeID, v.Status.Phase)
+	}
+	f, snap, err := s.Local.ExportSnapshot(ctx, src.SnapshotID)
+	if errors.Is(err, pool.ErrNotFound) {
+		return nil, fmt.Errorf("%w: snapshot %s: %v", transfer.ErrNoContent, src.SnapshotID, err)
+	}
+	if errors.Is(err, pool.ErrUnsupported) {
+		return nil, fmt.Errorf("%w: %v", transfer.ErrDenied, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	// The volume must be able to hold the snapshot as it is: its mode and
+	// filesystem, and at least its size (the controller checked; this
+	// node, which serves the bytes, checks again).
+	switch {
+	case snap.Mode != "" && snap.Mode != poolMode(v.Spec.Mode):
+		f.Close()
+		return nil, fmt.Errorf("%w: snapshot %s is of a %s volume, volume %s is %s", transfer.ErrDenied, snap.ID, snap.Mode, volumeID, v.Spec.Mode)
+	case snap.Mode == "" && v.Spec.Mode != v1alpha1.ModeBlock:
+		f.Close()
+		return nil, fmt.Errorf("%w: snapshot %s's mode is unknown: it is restored as a block volume only", transfer.ErrDenied, snap.ID)
+	case snap.Mode == pool.ModeFilesystem && snap.FsType != "" && v.Spec.FsType != "" && snap.FsType != v.Spec.FsType:
+		f.Close()
+		return nil, fmt.Errorf("%w: snapshot %s holds %s, volume %s asks for %s", transfer.ErrDenied, snap.ID, snap.FsType, volumeID, v.Spec.FsType)
+	case st.Size() > v.Spec.CapacityBytes:
+		f.Close()
+		return nil, fmt.Errorf("%w: snapshot %s is %d bytes, volume %s holds %d", transfer.ErrDenied, snap.ID, st.Size(), volumeID, v.Spec.CapacityBytes)
+	}
+	return &transfer.Content{ID: fmt.Sprintf("%s@%d/%d", snap.ID, snap.CreatedAt.UnixNano(), st.Size()), File: f, Size: st.Size()}, nil
+}
+
+// Peers reads what other nodes published for transfers from their
+// PlinthNode objects, live.
+type Peers struct {
+	Plinth versioned.Interface
+}
+
+// Peer returns node's published address and certificate.
+func (p *Peers) Peer(ctx context.Context, node string) (transfer.Peer, error) {
+	pn, err := p.Plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return transfer.Peer{}, fmt.Errorf("read PlinthNode %s: %w", node, err)
+	}
+	t := pn.Status.Transfer
+	if t == nil || t.Certificate == "" {
+		return transfer.Peer{}, fmt.Errorf("node %s publishes no transfer certificate (an older plinth, or its transfer service is off)", node)
+	}
+	der, err := transfer.ParseCertificatePEM(t.Certificate)
+	if err != nil {
+		return transfer.Peer{}, fmt.Errorf("node %s's transfer certificate: %w", node, err)
+	}
+	return transfer.Peer{Address: t.Address, Cert: der}, nil
+}
