@@ -37,11 +37,17 @@ Usage:
   kubectl plinth devices                devices per node and resource, and the pods holding them
   kubectl plinth disks                  every node's disks: identity, size, transport, NUMA node, free/plinth/foreign/missing, pool
   kubectl plinth why pvc|pod NAME       why a PVC or a pod is (not) pending, in plinth's terms
+  kubectl plinth move PVC --to NODE     move a bound claim's volume to NODE: copied while its pods run, then
+        [--evict] [--wait]              the pods stop (evicted with --evict, PodDisruptionBudgets hold), what
+        [--keep-source DURATION]        changed follows, and the claim (same name) is bound on NODE; --wait
+                                        follows it to the end (exit status 1 when it fails and rolls back)
+  kubectl plinth moves                  the moves of the namespace (-A: of all) and how far each is
   kubectl plinth version                its version and commit (also --version)
 
 Flags:
   -o table|json|yaml   output format (default table)
-  -n NAMESPACE         namespace for "why" (default: the kubeconfig's)
+  -n NAMESPACE         namespace for "why", "move" and "moves" (default: the kubeconfig's)
+  -A                   "moves" of all namespaces
   --kubeconfig FILE    (default: $KUBECONFIG or ~/.kube/config)
   --driver-name NAME   plinth's CSI driver name (default plinth.example.com)
 `
@@ -55,6 +61,12 @@ func main() {
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file")
 	driver := fs.String("driver-name", "plinth.example.com", "plinth's CSI driver name")
 	showVersion := fs.Bool("version", false, "print the version and commit")
+	var mv moveFlags
+	fs.StringVar(&mv.to, "to", "", "move: the target node")
+	fs.BoolVar(&mv.evict, "evict", false, "move: evict the pods that use the claim at cutover")
+	fs.BoolVar(&mv.wait, "wait", false, "move: follow the move until it is done or rolled back")
+	fs.DurationVar(&mv.keep, "keep-source", 0, "move: keep the source volume this long after the claim is bound on the target")
+	fs.BoolVar(&mv.all, "A", false, "moves: of all namespaces")
 	// Flags may come before or after the command.
 	var args []string
 	rest := os.Args[1:]
@@ -87,11 +99,15 @@ func main() {
 	}
 	// A command that does not exist is reported before any kubeconfig is
 	// read (a missing kubeconfig must not hide a typo).
-	if !slices.Contains([]string{"status", "nodes", "volumes", "devices", "disks", "why"}, args[0]) {
-		fmt.Fprintf(os.Stderr, "kubectl plinth: unknown command %q (status, nodes, volumes, devices, disks, why)\nRun \"kubectl plinth --help\" for its commands and flags.\n", args[0])
+	if !slices.Contains(commands, args[0]) {
+		fmt.Fprintf(os.Stderr, "kubectl plinth: unknown command %q (%s)\nRun \"kubectl plinth --help\" for its commands and flags.\n", args[0], strings.Join(commands, ", "))
 		os.Exit(2)
 	}
-	attention, err := run(args, *output, *namespace, *kubeconfig, *driver)
+	if args[0] == "move" && (len(args) != 2 || mv.to == "") {
+		fmt.Fprintln(os.Stderr, "kubectl plinth: move PVC --to NODE [--evict] [--wait] [--keep-source DURATION]")
+		os.Exit(2)
+	}
+	attention, err := run(args, *output, *namespace, *kubeconfig, *driver, mv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kubectl plinth:", err)
 		os.Exit(1)
@@ -101,13 +117,24 @@ func main() {
 	}
 }
 
+// commands are kubectl plinth's commands.
+var commands = []string{"status", "nodes", "volumes", "devices", "disks", "why", "move", "moves"}
+
+// moveFlags are the flags of move and moves.
+type moveFlags struct {
+	to          string
+	evict, wait bool
+	all         bool
+	keep        time.Duration
+}
+
 // exitAttention is the exit status of `status` when something needs
 // attention (1 is an error, 2 a bad command line).
 const exitAttention = 3
 
 // run runs the command in args and prints its answer; attention is true
 // when `status` found something that needs attention.
-func run(args []string, output, namespace, kubeconfig, driver string) (attention bool, err error) {
+func run(args []string, output, namespace, kubeconfig, driver string, mv moveFlags) (attention bool, err error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = kubeconfig
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
@@ -129,6 +156,9 @@ func run(args []string, output, namespace, kubeconfig, driver string) (attention
 		return false, err
 	}
 	c := &inspect.Client{Core: core, Plinth: plinth, Driver: driver}
+	if args[0] == "move" {
+		return false, move(c, args[1], namespace, output, mv)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var v any
@@ -145,6 +175,11 @@ func run(args []string, output, namespace, kubeconfig, driver string) (attention
 		v, err = c.Devices(ctx)
 	case "disks":
 		v, err = c.Disks(ctx)
+	case "moves":
+		if mv.all {
+			namespace = ""
+		}
+		v, err = c.Moves(ctx, namespace)
 	case "why":
 		if len(args) != 3 {
 			return false, fmt.Errorf("why pvc NAME | why pod NAME")
@@ -168,4 +203,38 @@ func run(args []string, output, namespace, kubeconfig, driver string) (attention
 		return false, err
 	}
 	return attention, inspect.Print(os.Stdout, output, v)
+}
+
+// move starts a move of claim (NAMESPACE/NAME or NAME) and, with --wait,
+// follows it to its end.
+func move(c *inspect.Client, claim, namespace, output string, mv moveFlags) error {
+	if ns, n, ok := strings.Cut(claim, "/"); ok {
+		namespace, claim = ns, n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	r, err := c.Move(ctx, inspect.MoveRequest{Namespace: namespace, Claim: claim, To: mv.to, Evict: mv.evict, KeepSourceFor: mv.keep})
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !mv.wait {
+		return inspect.Print(os.Stdout, output, r)
+	}
+	last, err := c.WatchMove(context.Background(), r.Namespace, r.Name, func(r inspect.MoveReport) {
+		if output == "" || output == "table" {
+			fmt.Println(r.Line())
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if output != "" && output != "table" {
+		if err := inspect.Print(os.Stdout, output, last); err != nil {
+			return err
+		}
+	}
+	if last.Phase == "Failed" {
+		return fmt.Errorf("the move of %s/%s failed: %s", r.Namespace, r.Claim, last.Message)
+	}
+	return nil
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
 	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
 	"github.com/plinth-dev/plinth/pkg/metrics"
+	"github.com/plinth-dev/plinth/pkg/move"
 	"github.com/plinth-dev/plinth/pkg/provision"
 	"github.com/plinth-dev/plinth/pkg/snapshot"
 	"github.com/plinth-dev/plinth/pkg/unixsock"
@@ -413,6 +414,8 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		"resizer":     resizer.Run,
 		"snapshots":   snapshots.Run,
 		"lostNodes":   lost.Run,
+		"moves": (&move.Controller{Core: core, Plinth: plinth, Volumes: vc, Driver: c.DriverName, TopologyKey: c.TopologyKey,
+			Events: events, Workers: c.Threads}).Run,
 	}
 	if c.CSIEndpoint != "" {
 		sock, _ := unixsock.ParseEndpoint(c.CSIEndpoint) // checked by Validate

@@ -527,6 +527,9 @@ func (n *nodeRun) cluster() (stop func(), err error) {
 		return nil, err
 	}
 	if n.mounts.Mounts != nil {
+		// A volume being moved to another node (its object held) is
+		// staged and published for no new pod.
+		n.mounts.Mounts.Hold = rec.Held
 		// A volume's used bytes: the filesystem at its staging mount
 		// where its pool keeps no count of its own.
 		rec.Usage = n.mounts

@@ -3,6 +3,7 @@ package inspect
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/plinth-dev/plinth/pkg/bytesize"
 	"io"
 	"strings"
 	"text/tabwriter"
@@ -31,6 +32,16 @@ func Print(w io.Writer, format string, v any) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	defer tw.Flush()
 	switch v := v.(type) {
+	case MoveReport:
+		fmt.Fprintln(w, v.Line())
+		return nil
+	case []MoveReport:
+		fmt.Fprintln(tw, "NAMESPACE\tCLAIM\tFROM\tTO\tPHASE\tDONE\tTOTAL\tMESSAGE")
+		for _, m := range v {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Namespace, m.Claim, dash(m.From), m.To, m.Phase,
+				bytesize.Format(m.BytesDone), bytesize.Format(m.BytesTotal), m.Message)
+		}
+		return nil
 	case []NodeReport:
 		fmt.Fprintln(tw, "NODE\tPOOL\tBACKEND\tSIZE\tALLOCATABLE\tPROVISIONED\tVOLUMES\tHEALTHY\tHEARTBEAT")
 		for _, n := range v {

@@ -32,11 +32,27 @@ var ErrPathInUse = errors.New("path holds something that is not this volume's")
 // Before it unmounts, grows or declares a path done, it checks from the
 // mount table that what is mounted there is this volume's own storage.
 type Mounts struct {
+	// Hold, when set, says whether a volume may be staged and published
+	// now: a volume being moved off the node (its object held) is not, so
+	// no new pod writes to it. nil: every volume may.
+	Hold func(id string) error
+
 	node    *Local
 	mounter mount.Mounter
 	host    host // what the ownership checks read
 	targets targetRecords
 	staged  stagedRecords
+}
+
+// held refuses a volume that Hold says is held.
+func (p *Mounts) held(id string) error {
+	if p.Hold == nil {
+		return nil
+	}
+	if err := p.Hold(id); err != nil {
+		return fmt.Errorf("%w: %w", pool.ErrNotReady, err)
+	}
+	return nil
 }
 
 // NewMounts returns a Mounts for the volumes of node; it records

@@ -32,6 +32,9 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 		return err
 	}
 	defer release()
+	if err := p.held(id); err != nil {
+		return err
+	}
 	if err := p.notStagingPath(id, target); err != nil {
 		return err
 	}

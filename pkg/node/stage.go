@@ -21,6 +21,9 @@ func (p *Mounts) Stage(ctx context.Context, id, stagingPath string, a Access) (e
 		return err
 	}
 	defer release()
+	if err := p.held(id); err != nil {
+		return err
+	}
 	pl, v, err := p.lookup(ctx, id, a)
 	if err != nil {
 		return err

@@ -65,3 +65,60 @@ func (n *Local) ExportSnapshot(ctx context.Context, id string) (*os.File, pool.S
 	}
 	return exp.ExportSnapshot(ctx, id)
 }
+
+// Sync brings Ready volume id up to date in place from another node (a
+// move's final sync): fill writes what differs. Refused while the volume is
+// staged or published here (a pod would see its filesystem change under
+// it); under the volume's lock throughout.
+func (n *Local) Sync(ctx context.Context, id string, fill func(context.Context, pool.ImportTarget) error) error {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return err
+	}
+	defer release()
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return err
+	}
+	if n.inUse != nil {
+		if err := n.inUse(id); err != nil {
+			return fmt.Errorf("sync volume %s: %w", id, err)
+		}
+	}
+	s, ok := p.(pool.Syncer)
+	if !ok {
+		return fmt.Errorf("%w: pool %s (%s) cannot bring volumes up to date from another node", pool.ErrUnsupported, p.Name(), p.Backend())
+	}
+	target, err := s.SyncTarget(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := fill(ctx, target); err != nil {
+		return err
+	}
+	return s.FinishSync(ctx, id)
+}
+
+// ExportVolume opens volume id's image for a sync to another node; refused
+// while the volume is staged or published here. The caller closes it.
+func (n *Local) ExportVolume(ctx context.Context, id string) (*os.File, pool.Volume, error) {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return nil, pool.Volume{}, err
+	}
+	defer release()
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return nil, pool.Volume{}, err
+	}
+	if n.inUse != nil {
+		if err := n.inUse(id); err != nil {
+			return nil, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
+		}
+	}
+	exp, ok := p.(pool.Exporter)
+	if !ok {
+		return nil, pool.Volume{}, fmt.Errorf("%w: pool %s (%s) cannot send volumes to another node", pool.ErrUnsupported, p.Name(), p.Backend())
+	}
+	return exp.ExportVolume(ctx, id)
+}

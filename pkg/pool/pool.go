@@ -273,6 +273,10 @@ type BlankRecorder interface {
 // their offsets.
 const ImportImage = "image"
 
+// ImportImageDelta is an ImportTarget brought up to date in place: only
+// what differs from what it holds is written.
+const ImportImageDelta = "image-delta"
+
 // ImportTarget is where a volume whose content comes from another node is
 // filled (pkg/transfer): the partial image and the record of how far it
 // is. Both stay across restarts until the import finishes or the volume is
@@ -293,10 +297,21 @@ type Importer interface {
 	FinishImport(ctx context.Context, id string) (Volume, error)
 }
 
-// Exporter is a pool whose snapshots can be sent to another node.
+// Exporter is a pool whose snapshots and volumes can be sent to another
+// node.
 type Exporter interface {
 	// ExportSnapshot opens the snapshot's image read-only.
 	ExportSnapshot(ctx context.Context, id string) (*os.File, Snapshot, error)
+	// ExportVolume opens a Ready volume's image read-only (for a sync:
+	// the caller keeps writers away).
+	ExportVolume(ctx context.Context, id string) (*os.File, Volume, error)
+}
+
+// Syncer is a pool whose Ready volumes can be brought up to date in place
+// from another node (a move's final sync).
+type Syncer interface {
+	SyncTarget(ctx context.Context, id string) (ImportTarget, error)
+	FinishSync(ctx context.Context, id string) error
 }
 
 // VolumeChecker is implemented by pools that can tell that a volume's

@@ -211,6 +211,9 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		if lerr != nil {
 			return lerr
 		}
+		if s := v.Spec.Sync; s != nil && v.Status.SyncedVolumeID != s.VolumeID && v.Status.Reason != v1alpha1.ReasonSyncFailed {
+			return r.startSync(ctx, v)
+		}
 		if v.Spec.CapacityBytes > local.CapacityBytes {
 			return r.expand(ctx, v)
 		}
@@ -223,6 +226,13 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 				return r.writeStatus(ctx, v)
 			}
 			return nil
+		}
+		if v.Status.Reason == v1alpha1.ReasonSyncFailed {
+			if v.Status.ObservedGeneration != v.Generation {
+				v.Status.ObservedGeneration = v.Generation
+				return r.writeStatus(ctx, v)
+			}
+			return nil // the move that asked for the sync rolls back
 		}
 		if v.Status.CapacityBytes != local.CapacityBytes || v.Status.ObservedGeneration != v.Generation || v.Status.Message != "" {
 			v.Status.CapacityBytes, v.Status.ObservedGeneration = local.CapacityBytes, v.Generation

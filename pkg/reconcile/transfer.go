@@ -22,15 +22,34 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// Importer is a node that fills volumes from other nodes' snapshots
-// (node.Local).
+// Importer is a node that fills volumes from other nodes' snapshots and
+// brings them up to date from other nodes' volumes (node.Local).
 type Importer interface {
 	Import(ctx context.Context, poolName string, v pool.Volume, fill func(context.Context, pool.ImportTarget) error) (pool.Volume, error)
+	Sync(ctx context.Context, id string, fill func(context.Context, pool.ImportTarget) error) error
 }
 
-// Exporter is a node that opens its snapshots for other nodes (node.Local).
+// Exporter is a node that opens its snapshots and volumes for other nodes
+// (node.Local).
 type Exporter interface {
 	ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Snapshot, error)
+	ExportVolume(ctx context.Context, id string) (*os.File, pool.Volume, error)
+}
+
+// Held says whether volume id is held (a move's cutover): its node stages
+// and publishes it for no pod (node.Mounts.Hold).
+func (r *Reconciler) Held(id string) error {
+	if !r.started.Load() {
+		return nil
+	}
+	v, err := r.volumes.Get(id)
+	if err != nil {
+		return nil // not a volume object of this node: nothing holds it
+	}
+	if v.Spec.Held {
+		return fmt.Errorf("volume %s is being moved to another node: no pod may use it here", id)
+	}
+	return nil
 }
 
 // Fetcher fills a destination with what another node serves for a volume
@@ -76,6 +95,20 @@ func (r *Reconciler) startImport(ctx context.Context, v *v1alpha1.PlinthVolume) 
 	if !ok || r.Transfer == nil {
 		return r.fail(ctx, v, fmt.Errorf("%w: this node does not receive volumes from other nodes (its transfer service is off)", pool.ErrUnsupported))
 	}
+	return r.startTransfer(ctx, v, func(ctx context.Context, v *v1alpha1.PlinthVolume) { r.runImport(ctx, imp, v) })
+}
+
+// startSync brings Ready volume object v up to its spec.sync's volume in
+// a goroutine of its own, as startImport fills one.
+func (r *Reconciler) startSync(ctx context.Context, v *v1alpha1.PlinthVolume) error {
+	imp, ok := r.Local.(Importer)
+	if !ok || r.Transfer == nil {
+		return r.syncFailed(ctx, v.Name, fmt.Errorf("%w: this node does not receive volumes from other nodes (its transfer service is off)", pool.ErrUnsupported))
+	}
+	return r.startTransfer(ctx, v, func(ctx context.Context, v *v1alpha1.PlinthVolume) { r.runSync(ctx, imp, v) })
+}
+
+func (r *Reconciler) startTransfer(ctx context.Context, v *v1alpha1.PlinthVolume, work func(context.Context, *v1alpha1.PlinthVolume)) error {
 	r.imports.mu.Lock()
 	defer r.imports.mu.Unlock()
 	if r.imports.running == nil {
@@ -96,7 +129,7 @@ func (r *Reconciler) startImport(ctx context.Context, v *v1alpha1.PlinthVolume) 
 			close(run.done)
 			r.queue.Add(v.Name)
 		}()
-		r.runImport(ictx, imp, v.DeepCopy())
+		work(ictx, v.DeepCopy())
 	}()
 	return nil
 }
@@ -118,36 +151,94 @@ func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.Pl
 	if v.Spec.Claim != "" {
 		want.Parameters = map[string]string{volume.ParamOwner: v.Spec.Claim}
 	}
-	var lastWrite time.Time
-	report := func(p transfer.Progress, msg string) {
-		if time.Since(lastWrite) < 5*time.Second && msg == "" && p.DoneBytes < p.TotalBytes {
-			return
-		}
-		lastWrite = time.Now()
-		r.writeTransfer(ctx, v.Name, &v1alpha1.TransferProgress{DoneBytes: p.DoneBytes, TotalBytes: p.TotalBytes,
-			BytesPerSecond: p.BytesPerSecond, UpdateTime: metav1.Now(), Message: msg})
-	}
-	var last transfer.Progress
-	refused := 0
-	backoff := time.Second
-	for {
-		made, err := imp.Import(ctx, v.Spec.Pool, want, func(ctx context.Context, t pool.ImportTarget) error {
+	var made pool.Volume
+	err := r.transferLoop(ctx, v.Name, func(ctx context.Context, report func(transfer.Progress)) error {
+		var err error
+		made, err = imp.Import(ctx, v.Spec.Pool, want, func(ctx context.Context, t pool.ImportTarget) error {
 			if t.Format != pool.ImportImage {
 				return fmt.Errorf("%w: import format %q", pool.ErrUnsupported, t.Format)
 			}
 			dst := &transfer.FileDestination{Image: t.Image, Progress: t.Progress}
 			defer dst.Close()
-			return r.Transfer.Fill(ctx, v.Spec.Source.NodeName, v.Name, dst, func(p transfer.Progress) {
-				last = p
-				report(p, "")
-			})
+			return r.Transfer.Fill(ctx, v.Spec.Source.NodeName, v.Name, dst, report)
 		})
-		if err == nil {
-			r.imported(ctx, v.Name, made)
+		return err
+	})
+	switch {
+	case err == nil:
+		r.imported(ctx, v.Name, made)
+	case ctx.Err() == nil:
+		r.failLatest(ctx, v.Name, err)
+	}
+}
+
+// runSync brings Ready volume object v up to date from its spec.sync.
+func (r *Reconciler) runSync(ctx context.Context, imp Importer, v *v1alpha1.PlinthVolume) {
+	sync := v.Spec.Sync
+	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name, "sourceNode", sync.NodeName, "sourceVolumeID", sync.VolumeID)
+	ctx = klog.NewContext(ctx, logger)
+	err := r.transferLoop(ctx, v.Name, func(ctx context.Context, report func(transfer.Progress)) error {
+		return imp.Sync(ctx, v.Name, func(ctx context.Context, t pool.ImportTarget) error {
+			if t.Format != pool.ImportImageDelta {
+				return fmt.Errorf("%w: sync format %q", pool.ErrUnsupported, t.Format)
+			}
+			dst := &transfer.SyncDestination{Image: t.Image, Progress: t.Progress}
+			defer dst.Close()
+			return r.Transfer.Fill(ctx, sync.NodeName, v.Name, dst, report)
+		})
+	})
+	switch {
+	case err == nil:
+		logger.Info("Volume brought up to date from another node")
+		_ = r.settleAny(ctx, v.Name, v1alpha1.VolumeReady, func(cur *v1alpha1.PlinthVolume) (bool, error) {
+			if cur.Spec.Sync == nil || cur.Spec.Sync.VolumeID != sync.VolumeID {
+				return false, nil
+			}
+			cur.Status.SyncedVolumeID, cur.Status.Transfer = sync.VolumeID, nil
+			cur.Status.Reason, cur.Status.Message = "", ""
+			return true, nil
+		})
+	case ctx.Err() == nil:
+		_ = r.syncFailed(ctx, v.Name, err)
+	}
+}
+
+// syncFailed says on a Ready volume object why its sync will not happen
+// (the move that asked for it rolls back).
+func (r *Reconciler) syncFailed(ctx context.Context, id string, err error) error {
+	klog.FromContext(ctx).Info("Sync refused", "volumeID", id, "err", err)
+	return r.settleAny(ctx, id, v1alpha1.VolumeReady, func(cur *v1alpha1.PlinthVolume) (bool, error) {
+		cur.Status.Reason, cur.Status.Message = v1alpha1.ReasonSyncFailed, err.Error()
+		return true, nil
+	})
+}
+
+// transferLoop runs attempt until it succeeds, ctx ends, or it fails for
+// good (returned): a pool that refuses, or a source that keeps refusing
+// (permanentTries). Other errors (the network, the source node restarting)
+// are tried again, with backoff, going on from what was committed; the
+// volume object's status.transfer says how far it is and why it waits.
+func (r *Reconciler) transferLoop(ctx context.Context, id string, attempt func(context.Context, func(transfer.Progress)) error) error {
+	logger := klog.FromContext(ctx)
+	var lastWrite time.Time
+	var last transfer.Progress
+	report := func(p transfer.Progress, msg string) {
+		if time.Since(lastWrite) < 5*time.Second && msg == "" && p.DoneBytes < p.TotalBytes {
 			return
 		}
-		if ctx.Err() != nil {
-			return
+		lastWrite = time.Now()
+		r.writeTransfer(ctx, id, &v1alpha1.TransferProgress{DoneBytes: p.DoneBytes, TotalBytes: p.TotalBytes,
+			BytesPerSecond: p.BytesPerSecond, UpdateTime: metav1.Now(), Message: msg})
+	}
+	refused := 0
+	backoff := time.Second
+	for {
+		err := attempt(ctx, func(p transfer.Progress) {
+			last = p
+			report(p, "")
+		})
+		if err == nil || ctx.Err() != nil {
+			return err
 		}
 		code := status.Code(errors.Unwrap(err))
 		if s, ok := status.FromError(err); ok {
@@ -156,15 +247,13 @@ func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.Pl
 		switch {
 		case errors.Is(err, pool.ErrNoSpace), errors.Is(err, pool.ErrInvalid), errors.Is(err, pool.ErrUnsupported),
 			errors.Is(err, pool.ErrExists), errors.Is(err, pool.ErrOutOfRange), errors.Is(err, transfer.ErrUnsupported):
-			r.failLatest(ctx, v.Name, err)
-			return
+			return err
 		case code == codes.PermissionDenied || code == codes.NotFound:
 			if refused++; refused >= permanentTries {
 				if code == codes.NotFound {
 					err = fmt.Errorf("%w: %w", pool.ErrNotFound, err)
 				}
-				r.failLatest(ctx, v.Name, err)
-				return
+				return err
 			}
 		default:
 			refused = 0
@@ -173,7 +262,7 @@ func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.Pl
 		report(last, err.Error())
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 30*time.Second)
@@ -215,12 +304,41 @@ func (r *Reconciler) failLatest(ctx context.Context, id string, err error) {
 	})
 }
 
-// writeTransfer writes a volume's transfer progress, if it still waits.
+// writeTransfer writes a volume's transfer progress, if it still waits
+// (for its content, or for a sync).
 func (r *Reconciler) writeTransfer(ctx context.Context, id string, p *v1alpha1.TransferProgress) {
-	_ = r.settle(ctx, id, func(v *v1alpha1.PlinthVolume) (bool, error) {
+	change := func(v *v1alpha1.PlinthVolume) (bool, error) {
 		v.Status.Transfer = p
 		return true, nil
+	}
+	if err := r.settle(ctx, id, change); err != nil {
+		return
+	}
+	_ = r.settleAny(ctx, id, v1alpha1.VolumeReady, func(v *v1alpha1.PlinthVolume) (bool, error) {
+		if v.Spec.Sync == nil || v.Status.SyncedVolumeID == v.Spec.Sync.VolumeID {
+			return false, nil
+		}
+		return change(v)
 	})
+}
+
+// settleAny is settle for a volume object in phase.
+func (r *Reconciler) settleAny(ctx context.Context, id string, phase v1alpha1.VolumePhase, change func(*v1alpha1.PlinthVolume) (bool, error)) error {
+	cur, err := r.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, id, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cur.DeletionTimestamp != nil || cur.Status.Phase != phase {
+		return nil
+	}
+	write, err := change(cur)
+	if err != nil || !write {
+		return err
+	}
+	return r.writeStatus(ctx, cur)
 }
 
 // settle applies change to the latest object of a volume that still
@@ -281,6 +399,9 @@ func (s *TransferSource) Content(ctx context.Context, peer, volumeID string) (*t
 	if err != nil {
 		return nil, fmt.Errorf("read volume object %s: %w", volumeID, err)
 	}
+	if v.Status.Phase == v1alpha1.VolumeReady && v.Spec.Sync != nil {
+		return s.syncContent(ctx, peer, v)
+	}
 	src := v.Spec.Source
 	switch {
 	case src == nil || src.NodeName != s.NodeName || src.SnapshotID == "":
@@ -323,6 +444,69 @@ func (s *TransferSource) Content(ctx context.Context, peer, volumeID string) (*t
 		return nil, fmt.Errorf("%w: snapshot %s is %d bytes, volume %s holds %d", transfer.ErrDenied, snap.ID, st.Size(), volumeID, v.Spec.CapacityBytes)
 	}
 	return &transfer.Content{ID: fmt.Sprintf("%s@%d/%d", snap.ID, snap.CreatedAt.UnixNano(), st.Size()), File: f, Size: st.Size()}, nil
+}
+
+// syncContent answers a sync: Ready volume object v on node peer is to
+// be brought up to its spec.sync's volume, which must be this node's and
+// held (no pod writes to it); only what differs from the base snapshot v
+// was filled from is sent.
+func (s *TransferSource) syncContent(ctx context.Context, peer string, v *v1alpha1.PlinthVolume) (*transfer.Content, error) {
+	sync := v.Spec.Sync
+	switch {
+	case sync.NodeName != s.NodeName:
+		return nil, fmt.Errorf("%w: volume %s is brought up to date from node %s, not %s", transfer.ErrDenied, v.Name, sync.NodeName, s.NodeName)
+	case v.Spec.NodeName != peer:
+		return nil, fmt.Errorf("%w: volume %s is node %s's, not node %s's", transfer.ErrDenied, v.Name, v.Spec.NodeName, peer)
+	case v.DeletionTimestamp != nil || v.Status.SyncedVolumeID == sync.VolumeID:
+		return nil, fmt.Errorf("%w: volume %s is not waiting for a sync", transfer.ErrDenied, v.Name)
+	}
+	if err := pool.ValidateID("volume ID", sync.VolumeID); err != nil {
+		return nil, fmt.Errorf("%w: %v", transfer.ErrDenied, err)
+	}
+	src, err := s.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, sync.VolumeID, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("%w: volume object %s", transfer.ErrNoContent, sync.VolumeID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read volume object %s: %w", sync.VolumeID, err)
+	}
+	switch {
+	case src.Spec.NodeName != s.NodeName:
+		return nil, fmt.Errorf("%w: volume %s is not on node %s", transfer.ErrDenied, src.Name, s.NodeName)
+	case !src.Spec.Held:
+		return nil, fmt.Errorf("%w: volume %s is not held: pods may still write to it", transfer.ErrDenied, src.Name)
+	case src.Spec.Mode != v.Spec.Mode || src.Spec.FsType != v.Spec.FsType:
+		return nil, fmt.Errorf("%w: volume %s is %s %s, volume %s is %s %s", transfer.ErrDenied, src.Name, src.Spec.Mode, src.Spec.FsType, v.Name, v.Spec.Mode, v.Spec.FsType)
+	}
+	base, snap, err := s.Local.ExportSnapshot(ctx, sync.BaseSnapshotID)
+	if errors.Is(err, pool.ErrNotFound) {
+		return nil, fmt.Errorf("%w: snapshot %s: %v", transfer.ErrNoContent, sync.BaseSnapshotID, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if snap.SourceVolumeID != src.Name {
+		base.Close()
+		return nil, fmt.Errorf("%w: snapshot %s is of volume %s, not %s", transfer.ErrDenied, snap.ID, snap.SourceVolumeID, src.Name)
+	}
+	f, vol, err := s.Local.ExportVolume(ctx, src.Name)
+	if err != nil {
+		base.Close()
+		// In use (its pod has not let go yet) or locked: the receiver
+		// tries again.
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err == nil && st.Size() > v.Spec.CapacityBytes {
+		err = fmt.Errorf("%w: volume %s is %d bytes, volume %s holds %d", transfer.ErrDenied, src.Name, st.Size(), v.Name, v.Spec.CapacityBytes)
+	}
+	if err != nil {
+		f.Close()
+		base.Close()
+		return nil, err
+	}
+	return &transfer.Content{ID: fmt.Sprintf("sync:%s@%d/%d+%s@%d", vol.ID, st.ModTime().UnixNano(), st.Size(), snap.ID, snap.CreatedAt.UnixNano()),
+		File: f, Base: base, Size: st.Size()}, nil
 }
 
 // Peers reads what other nodes published for transfers from their

@@ -23,8 +23,14 @@ import (
 // Destination is where a receiver writes content: resumable (it knows
 // what it has) and committed durably.
 type Destination interface {
+	// Format is how the destination takes content: FormatImage (a new
+	// image) or FormatImageDelta (an image filled before, brought up to
+	// date).
+	Format() string
 	Resume(contentID string, size int64) (int64, error)
 	WriteAt(p []byte, off int64) error
+	// Zero makes n bytes at off read as zeros (a sync only).
+	Zero(off, n int64) error
 	Commit(contentID string, size, through int64) error
 }
 
@@ -81,8 +87,8 @@ func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destinatio
 	if err != nil {
 		return fmt.Errorf("open transfer from %s: %w", node, err)
 	}
-	if open.GetFormat() != FormatImage {
-		return fmt.Errorf("transfer from %s: %w: format %q", node, ErrUnsupported, open.GetFormat())
+	if open.GetFormat() != dst.Format() {
+		return fmt.Errorf("transfer from %s: %w: the content comes as %q, this destination takes %q", node, ErrUnsupported, open.GetFormat(), dst.Format())
 	}
 	size, id := open.GetSize(), open.GetContentId()
 	if size < 0 || id == "" {
@@ -169,10 +175,16 @@ func (r *receiver) read(ctx context.Context) error {
 			}
 			return err
 		}
-		off, data, end := ch.GetOffset(), ch.GetData(), ch.GetSentThrough()
-		if off < written || end < off+int64(len(data)) || end > r.size || off > end {
-			return fmt.Errorf("transfer: chunk at %d (%d bytes, through %d) out of order or outside the content (written to %d of %d)",
-				off, len(data), end, written, r.size)
+		off, data, end, zero := ch.GetOffset(), ch.GetData(), ch.GetSentThrough(), ch.GetZeroBytes()
+		if off < written || end < off+int64(len(data)) || end > r.size || off > end || zero < 0 || end < off+zero ||
+			(zero > 0 && (len(data) > 0 || r.dst.Format() != FormatImageDelta)) {
+			return fmt.Errorf("transfer: chunk at %d (%d bytes, %d zeros, through %d) out of order or outside the content (written to %d of %d)",
+				off, len(data), zero, end, written, r.size)
+		}
+		if zero > 0 {
+			if err := r.dst.Zero(off, zero); err != nil {
+				return err
+			}
 		}
 		if len(data) > 0 {
 			sum := sha256.Sum256(data)

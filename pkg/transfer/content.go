@@ -1,11 +1,13 @@
 package transfer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,6 +15,11 @@ import (
 // FormatImage is content carried as a volume image's bytes at their
 // offsets; what is not sent reads as zeros.
 const FormatImage = "image"
+
+// FormatImageDelta is content carried as what differs from a base image
+// the receiver already holds: changed bytes, and ranges that now read as
+// zeros; what is not sent is as the receiver has it.
+const FormatImageDelta = "image-delta"
 
 // Content is what a serving node streams: an image that does not change
 // while it is read (a snapshot's).
@@ -22,6 +29,17 @@ type Content struct {
 	ID   string
 	File *os.File
 	Size int64
+	// Base, when set, is the image the receiver was filled from: only
+	// what differs from it is sent (FormatImageDelta). Closed with File.
+	Base *os.File
+}
+
+// Close closes the content's files.
+func (c *Content) Close() {
+	c.File.Close()
+	if c.Base != nil {
+		c.Base.Close()
+	}
 }
 
 // Errors a Source answers, mapped to gRPC codes at the service.
@@ -68,6 +86,21 @@ func dataExtents(f *os.File, off, size int64) ([]extent, error) {
 		off = hole
 	}
 	return out, nil
+}
+
+// union merges two sorted extent lists.
+func union(a, b []extent) []extent {
+	all := append(append([]extent{}, a...), b...)
+	slices.SortFunc(all, func(x, y extent) int { return cmp.Compare(x.off, y.off) })
+	var out []extent
+	for _, e := range all {
+		if n := len(out); n > 0 && e.off <= out[n-1].end {
+			out[n-1].end = max(out[n-1].end, e.end)
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // dataBytes is what the extents hold.

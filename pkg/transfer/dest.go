@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/plinth-dev/plinth/pkg/durable"
 )
 
@@ -73,6 +75,15 @@ func (d *FileDestination) Resume(contentID string, size int64) (int64, error) {
 	return 0, nil
 }
 
+// Format: a FileDestination is a new image.
+func (d *FileDestination) Format() string { return FormatImage }
+
+// Zero is never asked of a new image (it reads zeros where nothing was
+// written).
+func (d *FileDestination) Zero(off, n int64) error {
+	return fmt.Errorf("zero %d bytes at %d of a new image: %w", n, off, ErrUnsupported)
+}
+
 // WriteAt writes data at off.
 func (d *FileDestination) WriteAt(p []byte, off int64) error {
 	if _, err := d.f.WriteAt(p, off); err != nil {
@@ -92,6 +103,78 @@ func (d *FileDestination) Commit(contentID string, size, through int64) error {
 
 // Close closes the image (the records stay).
 func (d *FileDestination) Close() error {
+	if d.f == nil {
+		return nil
+	}
+	err := d.f.Close()
+	d.f = nil
+	return err
+}
+
+// SyncDestination brings an image filled before up to date in place: only
+// what differs from the base it was filled from comes. The image is never
+// made or emptied here; a sync resumed for other content starts from the
+// beginning again (what was written is rewritten as the new content has it).
+type SyncDestination struct {
+	Image    string
+	Progress string
+
+	f *os.File
+}
+
+// Format: a sync takes deltas.
+func (d *SyncDestination) Format() string { return FormatImageDelta }
+
+// Resume opens the image (it must be size bytes) and returns where the
+// record says a sync of contentID got to, or 0.
+func (d *SyncDestination) Resume(contentID string, size int64) (int64, error) {
+	f, err := os.OpenFile(d.Image, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return 0, fmt.Errorf("open image %s: %w", d.Image, err)
+	}
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() || st.Size() != size {
+		f.Close()
+		return 0, fmt.Errorf("image %s is not a %d-byte regular file: %w", d.Image, size, ErrUnsupported)
+	}
+	d.f = f
+	var p progress
+	err = ProgressRecords.Read(d.Progress, &p)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	if err == nil && p.ContentID == contentID && p.Size == size && p.Through >= 0 && p.Through <= size {
+		return p.Through, nil
+	}
+	return 0, ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size})
+}
+
+// WriteAt writes data at off.
+func (d *SyncDestination) WriteAt(p []byte, off int64) error {
+	if _, err := d.f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("write image %s at %d: %w", d.Image, off, err)
+	}
+	return nil
+}
+
+// Zero punches a hole: the range reads as zeros and takes no space.
+func (d *SyncDestination) Zero(off, n int64) error {
+	if err := unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+		return fmt.Errorf("zero %d bytes at %d of %s: %w", n, off, d.Image, err)
+	}
+	return nil
+}
+
+// Commit makes what is written durable and records how far it is.
+func (d *SyncDestination) Commit(contentID string, size, through int64) error {
+	if err := d.f.Sync(); err != nil {
+		return fmt.Errorf("fsync image %s: %w", d.Image, err)
+	}
+	return ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size, Through: through})
+}
+
+// Close closes the image.
+func (d *SyncDestination) Close() error {
 	if d.f == nil {
 		return nil
 	}

@@ -1,11 +1,14 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -116,12 +119,16 @@ func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transf
 	if err != nil {
 		return nil, err
 	}
-	defer c.File.Close()
-	ext, err := dataExtents(c.File, 0, c.Size)
+	defer c.Close()
+	ext, err := c.extents(0)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &transferv1.OpenResponse{Format: FormatImage, Size: c.Size, DataBytes: dataBytes(ext), ContentId: c.ID,
+	format := FormatImage
+	if c.Base != nil {
+		format = FormatImageDelta
+	}
+	return &transferv1.OpenResponse{Format: format, Size: c.Size, DataBytes: dataBytes(ext), ContentId: c.ID,
 		ChunkBytes: int32(s.chunkBytes())}, nil
 }
 
@@ -132,20 +139,24 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	if err != nil {
 		return err
 	}
-	defer c.File.Close()
+	defer c.Close()
 	if req.GetContentId() != c.ID {
 		return status.Errorf(codes.FailedPrecondition, "content %q is now %q: open the transfer again", req.GetContentId(), c.ID)
 	}
 	if req.GetOffset() < 0 || req.GetOffset() > c.Size {
 		return status.Errorf(codes.OutOfRange, "offset %d is outside the content (%d bytes)", req.GetOffset(), c.Size)
 	}
-	ext, err := dataExtents(c.File, req.GetOffset(), c.Size)
+	ext, err := c.extents(req.GetOffset())
 	if err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
 	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
 	logger.V(2).Info("Sending", "from", req.GetOffset(), "dataBytes", dataBytes(ext))
 	buf := make([]byte, s.chunkBytes())
+	var base []byte
+	if c.Base != nil {
+		base = make([]byte, s.chunkBytes())
+	}
 	for _, e := range ext {
 		for off := e.off; off < e.end; {
 			n := int(min(int64(len(buf)), e.end-off))
@@ -154,7 +165,25 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 				return status.Error(codes.Internal, err.Error())
 			}
 			ch := &transferv1.Chunk{Offset: off, SentThrough: off + int64(n)}
-			if !allZero(p) {
+			if c.Base != nil {
+				// A sync: only what differs from the base travels.
+				b := base[:n]
+				if err := readBase(c.Base, b, off); err != nil {
+					return status.Error(codes.Internal, err.Error())
+				}
+				switch {
+				case bytes.Equal(p, b):
+					// the same: nothing to send
+				case allZero(p):
+					ch.ZeroBytes = int64(n)
+				default:
+					sum := sha256.Sum256(p)
+					ch.Data, ch.Sha256 = p, sum[:]
+					if err := s.wait(ctx, n); err != nil {
+						return err
+					}
+				}
+			} else if !allZero(p) {
 				sum := sha256.Sum256(p)
 				ch.Data, ch.Sha256 = p, sum[:]
 				if err := s.wait(ctx, n); err != nil {
@@ -175,6 +204,38 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	}
 	// The end: everything up to the size is sent (what is left is a hole).
 	return stream.Send(&transferv1.Chunk{Offset: c.Size, SentThrough: c.Size})
+}
+
+// extents are the ranges from off on that may hold something to send: the
+// content's data, and in a sync the base's too (data there that is a hole
+// now must become zeros).
+func (c *Content) extents(off int64) ([]extent, error) {
+	ext, err := dataExtents(c.File, off, c.Size)
+	if err != nil || c.Base == nil {
+		return ext, err
+	}
+	st, err := c.Base.Stat()
+	if err != nil {
+		return nil, err
+	}
+	bext, err := dataExtents(c.Base, off, min(c.Size, st.Size()))
+	if err != nil {
+		return nil, err
+	}
+	return union(ext, bext), nil
+}
+
+// readBase reads the base at off; what lies beyond its end reads as zeros.
+func readBase(f *os.File, p []byte, off int64) error {
+	n, err := f.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if errors.Is(err, io.EOF) {
+		clear(p[n:])
+		return nil
+	}
+	return fmt.Errorf("read base %s at %d: %w", f.Name(), off, err)
 }
 
 func (s *Server) wait(ctx context.Context, n int) error {

@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -53,6 +55,7 @@ type grants struct {
 	node string // the node a volume object names
 	file string
 	id   string
+	base string // a sync's base image, when set
 }
 
 func (g *grants) Content(_ context.Context, peer, volumeID string) (*Content, error) {
@@ -71,7 +74,14 @@ func (g *grants) Content(_ context.Context, peer, volumeID string) (*Content, er
 		f.Close()
 		return nil, err
 	}
-	return &Content{ID: g.id, File: f, Size: st.Size()}, nil
+	c := &Content{ID: g.id, File: f, Size: st.Size()}
+	if g.base != "" {
+		if c.Base, err = os.Open(g.base); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 type world struct {
@@ -405,5 +415,61 @@ func TestParseCertificatePEM(t *testing.T) {
 	}
 	if _, err := ParseCertificatePEM(id.CertificatePEM()); err != nil {
 		t.Error(err)
+	}
+}
+
+// A sync sends only what differs from the base the receiver holds: changed
+// bytes, and ranges that are zeros now where the base had data.
+func TestSyncSendsOnlyChanges(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.img")
+	image(t, base, 32<<20, []int64{0, 8 << 20, 20 << 20}, 2<<20)
+	now := filepath.Join(dir, "now.img")
+	if err := exec.Command("cp", "--sparse=always", base, now).Run(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(now, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Changed: 100 KiB at 8 MiB + 5; zeroed: the region at 20 MiB (a
+	// hole now); new: 300 KiB at 30 MiB.
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0x5a}, 100<<10), 8<<20+5); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 20<<20, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0x77}, 300<<10), 30<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	w := newWorld(t, now)
+	w.server.Source.(*grants).base = base
+	m := &meter{}
+	w.server.Meter = m
+	// The receiver holds a copy of the base.
+	held := filepath.Join(dir, "held.img")
+	if err := exec.Command("cp", "--sparse=always", base, held).Run(); err != nil {
+		t.Fatal(err)
+	}
+	d := &SyncDestination{Image: held, Progress: filepath.Join(dir, "sync.json")}
+	c := &Client{Identity: w.b, Peers: w.book}
+	if err := c.Fill(context.Background(), "a", "pv-target", d, nil); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if sum(t, now) != sum(t, held) {
+		t.Fatal("the synced image differs from the source")
+	}
+	// Whole chunks (64 KiB here) around each change.
+	if got := m.sent.Load(); got > 600<<10 {
+		t.Errorf("a sync of about 400 KiB of changes sent %d bytes", got)
+	}
+	// A new image destination refuses a delta.
+	nd := dest(t.TempDir())
+	defer nd.Close()
+	if err := c.Fill(context.Background(), "a", "pv-target", nd, nil); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("a delta into a new image: %v, want ErrUnsupported", err)
 	}
 }

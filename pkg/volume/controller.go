@@ -315,6 +315,10 @@ func cloneSnapshotName(volumeName string) string { return CloneSnapshotPrefix + 
 // ListSnapshots leaves them out.
 const CloneSnapshotPrefix = "plinth-clone-"
 
+// MoveSnapshotPrefix starts the names of the snapshots a PlinthMove takes
+// (pkg/move); ListSnapshots leaves them out too.
+const MoveSnapshotPrefix = "plinth-move-"
+
 // dropCloneSnapshot removes the snapshot a clone from another node was
 // sent from, once the clone is made.
 func (c *Controller) dropCloneSnapshot(ctx context.Context, v pool.Volume) {
@@ -712,7 +716,7 @@ func (c *Controller) ListSnapshots(ctx context.Context) ([]PlacedSnapshot, error
 			return nil, fmt.Errorf("list snapshots of node %s: %w", n, err)
 		}
 		for _, s := range ss {
-			if strings.HasPrefix(s.Name, CloneSnapshotPrefix) {
+			if strings.HasPrefix(s.Name, CloneSnapshotPrefix) || strings.HasPrefix(s.Name, MoveSnapshotPrefix) {
 				continue // plinth's own, for a clone onto another node
 			}
 			out = append(out, PlacedSnapshot{Node: n, Snapshot: s})

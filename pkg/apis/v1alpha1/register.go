@@ -17,6 +17,7 @@ const (
 	VolumeKind   = "PlinthVolume"
 	SnapshotKind = "PlinthSnapshot"
 	NodeKind     = "PlinthNode"
+	MoveKind     = "PlinthMove"
 )
 
 // SchemeGroupVersion is the group and version of plinth's resources (the
@@ -28,6 +29,7 @@ var (
 	VolumeResource   = SchemeGroupVersion.WithResource("plinthvolumes")
 	SnapshotResource = SchemeGroupVersion.WithResource("plinthsnapshots")
 	NodeResource     = SchemeGroupVersion.WithResource("plinthnodes")
+	MoveResource     = SchemeGroupVersion.WithResource("plinthmoves")
 )
 
 // Resource returns the group-qualified resource for a plural name (the
@@ -37,7 +39,7 @@ func Resource(resource string) schema.GroupResource {
 }
 
 var (
-	// SchemeBuilder registers PlinthVolume, PlinthSnapshot, PlinthNode and their lists.
+	// SchemeBuilder registers PlinthVolume, PlinthSnapshot, PlinthNode, PlinthMove and their lists.
 	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 	// AddToScheme adds plinth's kinds to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
@@ -48,6 +50,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&PlinthVolume{}, &PlinthVolumeList{},
 		&PlinthSnapshot{}, &PlinthSnapshotList{},
 		&PlinthNode{}, &PlinthNodeList{},
+		&PlinthMove{}, &PlinthMoveList{},
 	)
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil

@@ -46,6 +46,9 @@ const (
 	// (its disk is gone, its pool's filesystem failed); it clears when the
 	// storage is back.
 	ReasonUnreachable = "Unreachable"
+	// ReasonSyncFailed: a Ready volume's spec.sync will not happen (the
+	// move that asked for it rolls back).
+	ReasonSyncFailed = "SyncFailed"
 )
 
 // PlinthVolume is one node-local volume: the controller writes the spec,
@@ -107,6 +110,33 @@ type VolumeSpec struct {
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="source is immutable"
 	Source *VolumeSource `json:"source,omitempty"`
+	// Held: the volume is being moved to another node (a PlinthMove's
+	// cutover): its node refuses to stage or publish it, so no pod writes
+	// to it any more, and serves its content to the move's target.
+	// +optional
+	Held bool `json:"held,omitempty"`
+	// Sync asks the node to bring this Ready volume's content up to
+	// another node's volume (a PlinthMove's final sync): only what
+	// differs from the snapshot this volume was filled from is sent. Set
+	// once.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="sync is immutable"
+	Sync *VolumeSync `json:"sync,omitempty"`
+}
+
+// VolumeSync names the volume whose content a volume is brought up to.
+type VolumeSync struct {
+	// NodeName holds VolumeID and BaseSnapshotID.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	NodeName string `json:"nodeName"`
+	// VolumeID is the volume copied (held, so that nothing writes to it).
+	// +kubebuilder:validation:MinLength=1
+	VolumeID string `json:"volumeID"`
+	// BaseSnapshotID is the snapshot of VolumeID this volume was filled
+	// from.
+	// +kubebuilder:validation:MinLength=1
+	BaseSnapshotID string `json:"baseSnapshotID"`
 }
 
 // VolumeSource names what a new volume is filled from: a snapshot or a
@@ -169,6 +199,10 @@ type VolumeStatus struct {
 	// that holds its source (spec.source.nodeName), while it comes.
 	// +optional
 	Transfer *TransferProgress `json:"transfer,omitempty"`
+	// SyncedVolumeID is spec.sync.volumeID once the volume holds what that
+	// volume holds.
+	// +optional
+	SyncedVolumeID string `json:"syncedVolumeID,omitempty"`
 }
 
 // TransferProgress is how far a transfer is.
@@ -409,6 +443,145 @@ type PlinthNodeList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []PlinthNode `json:"items"`
+}
+
+// MovePhase is where a move is.
+// +kubebuilder:validation:Enum=Pending;Copying;Cutover;FinalSync;Rebind;Done;Failed
+type MovePhase string
+
+// Move phases, in order; Failed ends a move before Rebind with the claim as
+// it was.
+const (
+	// MovePending: not started; checked first.
+	MovePending MovePhase = "Pending"
+	// MoveCopying: a snapshot of the volume is copied to the target node
+	// while the workload runs.
+	MoveCopying MovePhase = "Copying"
+	// MoveCutover: the volume is held (its node stages it for no new pod)
+	// and the pods that use the claim stop (evicted with spec.evict).
+	MoveCutover MovePhase = "Cutover"
+	// MoveFinalSync: what changed since the snapshot goes to the target.
+	MoveFinalSync MovePhase = "FinalSync"
+	// MoveRebind: the claim is bound to the target's volume.
+	MoveRebind MovePhase = "Rebind"
+	// MoveDone: the claim is bound on the target; the source is removed
+	// (after spec.keepSourceFor).
+	MoveDone MovePhase = "Done"
+	// MoveFailed: refused or rolled back; the claim and its volume are as
+	// they were.
+	MoveFailed MovePhase = "Failed"
+)
+
+// PlinthMove moves a bound claim's plinth volume to another node: the
+// claim keeps its name, namespace, labels and annotations and ends up bound
+// to a volume on the target node with the same data.
+//
+// +genclient
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:shortName=pmove;pmoves,categories=plinth
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Claim",type=string,JSONPath=`.spec.claim`
+// +kubebuilder:printcolumn:name="From",type=string,JSONPath=`.status.sourceNode`
+// +kubebuilder:printcolumn:name="To",type=string,JSONPath=`.spec.targetNode`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Done",type=integer,JSONPath=`.status.bytesDone`
+// +kubebuilder:printcolumn:name="Total",type=integer,JSONPath=`.status.bytesTotal`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type PlinthMove struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   MoveSpec   `json:"spec"`
+	Status MoveStatus `json:"status,omitempty"`
+}
+
+// MoveSpec is what to move where.
+// +kubebuilder:validation:XValidation:rule="self.claim == oldSelf.claim && self.targetNode == oldSelf.targetNode",message="claim and targetNode are immutable"
+type MoveSpec struct {
+	// Claim is the PersistentVolumeClaim, in the move's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Claim string `json:"claim"`
+	// TargetNode is the node the volume goes to.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	TargetNode string `json:"targetNode"`
+	// Evict: at cutover, evict the pods that use the claim (through the
+	// eviction API, so PodDisruptionBudgets hold); otherwise wait until
+	// they are gone.
+	// +optional
+	Evict bool `json:"evict,omitempty"`
+	// KeepSourceFor keeps the source volume this long after the claim is
+	// bound on the target (default: removed at once).
+	// +optional
+	KeepSourceFor *metav1.Duration `json:"keepSourceFor,omitempty"`
+}
+
+// MoveStatus is how far the move is.
+type MoveStatus struct {
+	// +optional
+	Phase MovePhase `json:"phase,omitempty"`
+	// Reason is a CamelCase word for a refusal or a failure; Message says
+	// what happens now, in words.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// +optional
+	Message string `json:"message,omitempty"`
+	// SourceNode, SourcePV and SourceVolumeID are where the volume was.
+	// +optional
+	SourceNode string `json:"sourceNode,omitempty"`
+	// +optional
+	SourcePV string `json:"sourcePV,omitempty"`
+	// +optional
+	SourceVolumeID string `json:"sourceVolumeID,omitempty"`
+	// SourceReclaimPolicy is the source PV's reclaim policy before the move
+	// set it to Retain for the rebind.
+	// +optional
+	SourceReclaimPolicy string `json:"sourceReclaimPolicy,omitempty"`
+	// SnapshotID is the snapshot copied while the workload ran.
+	// +optional
+	SnapshotID string `json:"snapshotID,omitempty"`
+	// TargetPV and TargetVolumeID are where the volume goes.
+	// +optional
+	TargetPV string `json:"targetPV,omitempty"`
+	// +optional
+	TargetVolumeID string `json:"targetVolumeID,omitempty"`
+	// ClaimUID is the UID of the claim the move began with; the claim
+	// that ends up bound on the target has another.
+	// +optional
+	ClaimUID string `json:"claimUID,omitempty"`
+	// Claim is the claim as the move found it (JSON: its labels,
+	// annotations and spec), from which it is made again at rebind.
+	// +optional
+	Claim string `json:"claim,omitempty"`
+	// BytesDone of BytesTotal of the copy are on the target;
+	// BytesPerSecond is its rate and ETASeconds what is left at that rate.
+	// +optional
+	BytesDone int64 `json:"bytesDone,omitempty"`
+	// +optional
+	BytesTotal int64 `json:"bytesTotal,omitempty"`
+	// +optional
+	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
+	// +optional
+	ETASeconds int64 `json:"etaSeconds,omitempty"`
+	// StartTime, CutoverTime (the workload told to stop), RebindTime and
+	// DoneTime mark the phases.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+	// +optional
+	CutoverTime *metav1.Time `json:"cutoverTime,omitempty"`
+	// +optional
+	RebindTime *metav1.Time `json:"rebindTime,omitempty"`
+	// +optional
+	DoneTime *metav1.Time `json:"doneTime,omitempty"`
+}
+
+// PlinthMoveList is a list of PlinthMove.
+// +kubebuilder:object:root=true
+type PlinthMoveList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []PlinthMove `json:"items"`
 }
 
 // Volume modes, as PersistentVolumes spell them.

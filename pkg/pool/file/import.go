@@ -133,3 +133,60 @@ func (p *Pool) ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Sn
 	}
 	return f, s, nil
 }
+
+var _ pool.Syncer = (*Pool)(nil)
+
+// SyncTarget says where Ready volume id's image is brought up to date in
+// place: the image itself, and a progress record of its own.
+func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return pool.ImportTarget{}, err
+	}
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return pool.ImportTarget{}, err
+	}
+	if v.State != pool.StateReady {
+		return pool.ImportTarget{}, fmt.Errorf("volume %s is %s: %w", id, v.State, pool.ErrNotReady)
+	}
+	if err := os.MkdirAll(p.importDir(), 0o700); err != nil {
+		return pool.ImportTarget{}, fmt.Errorf("create %s: %w", p.importDir(), err)
+	}
+	return pool.ImportTarget{Format: pool.ImportImageDelta, Image: p.volImage(id), Progress: filepath.Join(p.importDir(), id+".sync.json")}, nil
+}
+
+// FinishSync drops the record of a sync that is done.
+func (p *Pool) FinishSync(ctx context.Context, id string) error {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return err
+	}
+	if err := durable.Remove(filepath.Join(p.importDir(), id+".sync.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// ExportVolume opens volume id's image read-only for a sync to another
+// node. The caller makes sure nothing writes to it meanwhile (the volume is
+// held and neither staged nor published).
+func (p *Pool) ExportVolume(ctx context.Context, id string) (*os.File, pool.Volume, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return nil, pool.Volume{}, err
+	}
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return nil, pool.Volume{}, err
+	}
+	if v.State != pool.StateReady {
+		return nil, pool.Volume{}, fmt.Errorf("volume %s is %s: %w", id, v.State, pool.ErrNotReady)
+	}
+	f, err := os.OpenFile(p.volImage(id), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, pool.Volume{}, fmt.Errorf("open volume image: %w", err)
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, pool.Volume{}, fmt.Errorf("volume image %s is not a regular file: %w", p.volImage(id), pool.ErrInvalid)
+	}
+	return f, v, nil
+}

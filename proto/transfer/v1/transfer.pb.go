@@ -74,7 +74,9 @@ func (x *OpenRequest) GetVolumeId() string {
 type OpenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// format is how the content is carried: "image" (the bytes of a volume's
-	// image, at their offsets; what is not sent reads as zeros).
+	// image, at their offsets; what is not sent reads as zeros) or
+	// "image-delta" (only what differs from the base the receiver was filled
+	// from; what is not sent is as the receiver has it).
 	Format string `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`
 	// size is the content's length in bytes (an image's size).
 	Size int64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
@@ -228,7 +230,11 @@ type Chunk struct {
 	// sent_through is the offset up to which everything has now been sent
 	// (data and holes alike): a receiver that has written this chunk may go
 	// on from there.
-	SentThrough   int64 `protobuf:"varint,4,opt,name=sent_through,json=sentThrough,proto3" json:"sent_through,omitempty"`
+	SentThrough int64 `protobuf:"varint,4,opt,name=sent_through,json=sentThrough,proto3" json:"sent_through,omitempty"`
+	// zero_bytes, in a sync (content sent as what differs from a base the
+	// receiver already holds), says that zero_bytes from offset read as
+	// zeros now: the receiver makes them so. data is then empty.
+	ZeroBytes     int64 `protobuf:"varint,5,opt,name=zero_bytes,json=zeroBytes,proto3" json:"zero_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,6 +297,13 @@ func (x *Chunk) GetSentThrough() int64 {
 	return 0
 }
 
+func (x *Chunk) GetZeroBytes() int64 {
+	if x != nil {
+		return x.ZeroBytes
+	}
+	return 0
+}
+
 var File_transfer_v1_transfer_proto protoreflect.FileDescriptor
 
 const file_transfer_v1_transfer_proto_rawDesc = "" +
@@ -311,12 +324,14 @@ const file_transfer_v1_transfer_proto_rawDesc = "" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x1d\n" +
 	"\n" +
 	"content_id\x18\x02 \x01(\tR\tcontentId\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\x03R\x06offset\"n\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\"\x8d\x01\n" +
 	"\x05Chunk\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x12!\n" +
-	"\fsent_through\x18\x04 \x01(\x03R\vsentThrough2\x9b\x01\n" +
+	"\fsent_through\x18\x04 \x01(\x03R\vsentThrough\x12\x1d\n" +
+	"\n" +
+	"zero_bytes\x18\x05 \x01(\x03R\tzeroBytes2\x9b\x01\n" +
 	"\bTransfer\x12I\n" +
 	"\x04Open\x12\x1f.plinth.transfer.v1.OpenRequest\x1a .plinth.transfer.v1.OpenResponse\x12D\n" +
 	"\x04Read\x12\x1f.plinth.transfer.v1.ReadRequest\x1a\x19.plinth.transfer.v1.Chunk0\x01B;Z9github.com/plinth-dev/plinth/proto/transfer/v1;transferv1b\x06proto3"

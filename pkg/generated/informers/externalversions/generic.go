@@ -37,6 +37,8 @@ func (f *genericInformer) Lister() cache.GenericLister {
 func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource) (GenericInformer, error) {
 	switch resource {
 	// Group=plinth.example.com, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithResource("plinthmoves"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Plinth().V1alpha1().PlinthMoves().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("plinthnodes"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Plinth().V1alpha1().PlinthNodes().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("plinthsnapshots"):

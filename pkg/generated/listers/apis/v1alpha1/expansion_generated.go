@@ -2,6 +2,14 @@
 
 package v1alpha1
 
+// PlinthMoveListerExpansion allows custom methods to be added to
+// PlinthMoveLister.
+type PlinthMoveListerExpansion interface{}
+
+// PlinthMoveNamespaceListerExpansion allows custom methods to be added to
+// PlinthMoveNamespaceLister.
+type PlinthMoveNamespaceListerExpansion interface{}
+
 // PlinthNodeListerExpansion allows custom methods to be added to
 // PlinthNodeLister.
 type PlinthNodeListerExpansion interface{}

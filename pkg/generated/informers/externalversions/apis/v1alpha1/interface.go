@@ -8,6 +8,8 @@ import (
 
 // Interface provides access to all the informers in this group version.
 type Interface interface {
+	// PlinthMoves returns a PlinthMoveInformer.
+	PlinthMoves() TypedPlinthMoveInformer
 	// PlinthNodes returns a PlinthNodeInformer.
 	PlinthNodes() TypedPlinthNodeInformer
 	// PlinthSnapshots returns a PlinthSnapshotInformer.
@@ -25,6 +27,11 @@ type version struct {
 // New returns a new Interface.
 func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakListOptions internalinterfaces.TweakListOptionsFunc) Interface {
 	return &version{factory: f, namespace: namespace, tweakListOptions: tweakListOptions}
+}
+
+// PlinthMoves returns a TypedPlinthMoveInformer.
+func (v *version) PlinthMoves() TypedPlinthMoveInformer {
+	return &plinthMoveInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
 }
 
 // PlinthNodes returns a TypedPlinthNodeInformer.

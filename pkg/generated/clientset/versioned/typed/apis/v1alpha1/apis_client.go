@@ -12,6 +12,7 @@ import (
 
 type PlinthV1alpha1Interface interface {
 	RESTClient() rest.Interface
+	PlinthMovesGetter
 	PlinthNodesGetter
 	PlinthSnapshotsGetter
 	PlinthVolumesGetter
@@ -20,6 +21,10 @@ type PlinthV1alpha1Interface interface {
 // PlinthV1alpha1Client is used to interact with features provided by the plinth.example.com group.
 type PlinthV1alpha1Client struct {
 	restClient rest.Interface
+}
+
+func (c *PlinthV1alpha1Client) PlinthMoves(namespace string) PlinthMoveInterface {
+	return newPlinthMoves(c, namespace)
 }
 
 func (c *PlinthV1alpha1Client) PlinthNodes() PlinthNodeInterface {

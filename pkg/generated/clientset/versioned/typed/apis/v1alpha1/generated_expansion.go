@@ -2,6 +2,8 @@
 
 package v1alpha1
 
+type PlinthMoveExpansion interface{}
+
 type PlinthNodeExpansion interface{}
 
 type PlinthSnapshotExpansion interface{}

@@ -12,6 +12,10 @@ type FakePlinthV1alpha1 struct {
 	*testing.Fake
 }
 
+func (c *FakePlinthV1alpha1) PlinthMoves(namespace string) v1alpha1.PlinthMoveInterface {
+	return newFakePlinthMoves(c, namespace)
+}
+
 func (c *FakePlinthV1alpha1) PlinthNodes() v1alpha1.PlinthNodeInterface {
 	return newFakePlinthNodes(c)
 }

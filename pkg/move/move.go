@@ -1,0 +1,426 @@
+package move
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/generated/clientset/versioned"
+	"github.com/plinth-dev/plinth/pkg/generated/informers/externalversions"
+	listers "github.com/plinth-dev/plinth/pkg/generated/listers/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/pkg/volume"
+)
+
+// Finalizer keeps a PlinthMove until what it made is cleaned up.
+const Finalizer = "plinth.example.com/move"
+
+// SnapshotPrefix names the snapshots moves take (volume.Controller leaves
+// them out of ListSnapshots).
+const SnapshotPrefix = volume.MoveSnapshotPrefix
+
+// Controller runs PlinthMoves.
+type Controller struct {
+	Core    kubernetes.Interface
+	Plinth  versioned.Interface
+	Volumes *volume.Controller
+	// Driver is plinth's CSI driver name; TopologyKey its node label.
+	Driver      string
+	TopologyKey string
+	Events      record.EventRecorder
+	// Workers run moves in parallel (default 4).
+	Workers int
+
+	moves listers.PlinthMoveLister
+	queue workqueue.TypedRateLimitingInterface[string]
+}
+
+// Run runs moves until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithName("move")
+	ctx = klog.NewContext(ctx, logger)
+	if c.Workers <= 0 {
+		c.Workers = 4
+	}
+	factory := externalversions.NewSharedInformerFactory(c.Plinth, 10*time.Minute)
+	inf := factory.Plinth().V1alpha1().PlinthMoves()
+	c.moves = inf.Lister()
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, 30*time.Second),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "plinth-moves"})
+	defer c.queue.ShutDown()
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			c.queue.Add(key)
+		}
+	}
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }, DeleteFunc: enqueue,
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), inf.Informer().HasSynced) {
+		return nil
+	}
+	logger.Info("Running volume moves")
+	for range c.Workers {
+		go wait.UntilWithContext(ctx, func(ctx context.Context) {
+			for c.next(ctx) {
+			}
+		}, time.Second)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (c *Controller) next(ctx context.Context) bool {
+	key, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(key)
+	after, err := c.sync(ctx, key)
+	switch {
+	case err != nil:
+		klog.FromContext(ctx).V(2).Info("Move not settled, retrying", "move", key, "err", err)
+		c.queue.AddRateLimited(key)
+	case after > 0:
+		c.queue.Forget(key)
+		c.queue.AddAfter(key, after)
+	default:
+		c.queue.Forget(key)
+	}
+	return true
+}
+
+// poll is how often a move looks again while it waits for something
+// outside it (a copy, pods stopping, a bind).
+const poll = time.Second
+
+// refusal is a reason a move is refused or rolled back, and why.
+type refusal struct {
+	reason string
+	err    error
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
+
+func refuse(reason, format string, args ...any) error {
+	return &refusal{reason: reason, err: fmt.Errorf(format, args...)}
+}
+
+// Reasons a move gives.
+const (
+	ReasonNotFound    = "NotFound"
+	ReasonNotBound    = "NotBound"
+	ReasonUnsupported = "Unsupported"
+	ReasonNotPlinth   = "NotPlinth"
+	ReasonNoNode      = "NoSuchNode"
+	ReasonSameNode    = "SameNode"
+	ReasonNoPool      = "NoPool"
+	ReasonInProgress  = "MoveInProgress"
+	ReasonCopyFailed  = "CopyFailed"
+	ReasonSyncFailed  = "SyncFailed"
+	ReasonCancelled   = "Cancelled"
+	ReasonWaiting     = "Waiting"
+)
+
+func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error) {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return 0, nil
+	}
+	cached, err := c.moves.PlinthMoves(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	m := cached.DeepCopy()
+	logger := klog.FromContext(ctx).WithValues("move", key, "claim", m.Spec.Claim, "to", m.Spec.TargetNode, "phase", m.Status.Phase)
+	ctx = klog.NewContext(ctx, logger)
+	if m.DeletionTimestamp != nil {
+		return c.deleted(ctx, m)
+	}
+	switch m.Status.Phase {
+	case "", v1alpha1.MovePending:
+		return c.start(ctx, m)
+	case v1alpha1.MoveCopying:
+		return c.rollbackOn(ctx, m, c.copying)
+	case v1alpha1.MoveCutover:
+		return c.rollbackOn(ctx, m, c.cutover)
+	case v1alpha1.MoveFinalSync:
+		return c.rollbackOn(ctx, m, c.finalSync)
+	case v1alpha1.MoveRebind:
+		return c.rebind(ctx, m)
+	case v1alpha1.MoveDone:
+		return c.done(ctx, m)
+	case v1alpha1.MoveFailed:
+		if slices.Contains(m.Finalizers, Finalizer) {
+			return c.rollback(ctx, m, m.Status.Reason, errors.New(m.Status.Message))
+		}
+	}
+	return 0, nil
+}
+
+// rollbackOn runs a phase before Rebind; a refusal rolls the move back.
+func (c *Controller) rollbackOn(ctx context.Context, m *v1alpha1.PlinthMove, phase func(context.Context, *v1alpha1.PlinthMove) (time.Duration, error)) (time.Duration, error) {
+	after, err := phase(ctx, m)
+	var r *refusal
+	if errors.As(err, &r) {
+		return c.rollback(ctx, m, r.reason, r.err)
+	}
+	return after, err
+}
+
+// deleted: a move deleted before Rebind rolls back; from Rebind on it
+// finishes first (the claim is being rebound), then lets go.
+func (c *Controller) deleted(ctx context.Context, m *v1alpha1.PlinthMove) (time.Duration, error) {
+	if !slices.Contains(m.Finalizers, Finalizer) {
+		return 0, nil
+	}
+	switch m.Status.Phase {
+	case v1alpha1.MoveRebind:
+		return c.rebind(ctx, m)
+	case v1alpha1.MoveDone:
+		if m.Status.DoneTime == nil {
+			return c.done(ctx, m)
+		}
+	case "", v1alpha1.MovePending, v1alpha1.MoveFailed:
+	default:
+		if _, err := c.rollback(ctx, m, ReasonCancelled, errors.New("the move was deleted before its rebind")); err != nil {
+			return 0, err
+		}
+	}
+	return 0, c.dropFinalizer(ctx, m)
+}
+
+func (c *Controller) dropFinalizer(ctx context.Context, m *v1alpha1.PlinthMove) error {
+	fins := slices.DeleteFunc(slices.Clone(m.Finalizers), func(f string) bool { return f == Finalizer })
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": fins, "resourceVersion": m.ResourceVersion}})
+	_, err := c.Plinth.PlinthV1alpha1().PlinthMoves(m.Namespace).Patch(ctx, m.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func (c *Controller) writeStatus(ctx context.Context, m *v1alpha1.PlinthMove) error {
+	out, err := c.Plinth.PlinthV1alpha1().PlinthMoves(m.Namespace).UpdateStatus(ctx, m, metav1.UpdateOptions{})
+	if err == nil {
+		*m = *out
+	}
+	return err
+}
+
+// claimRef is the claim as an event's object.
+func claimRef(m *v1alpha1.PlinthMove) *v1.ObjectReference {
+	return &v1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1", Namespace: m.Namespace, Name: m.Spec.Claim, UID: types.UID(m.Status.ClaimUID)}
+}
+
+func moveRef(m *v1alpha1.PlinthMove) *v1.ObjectReference {
+	return &v1.ObjectReference{Kind: v1alpha1.MoveKind, APIVersion: v1alpha1.SchemeGroupVersion.String(), Namespace: m.Namespace, Name: m.Name, UID: m.UID}
+}
+
+func (c *Controller) event(m *v1alpha1.PlinthMove, kind, reason, format string, args ...any) {
+	if c.Events == nil {
+		return
+	}
+	c.Events.Eventf(claimRef(m), kind, reason, format, args...)
+	c.Events.Eventf(moveRef(m), kind, reason, format, args...)
+}
+
+// start checks the move and begins it, or refuses it with nothing changed.
+func (c *Controller) start(ctx context.Context, m *v1alpha1.PlinthMove) (time.Duration, error) {
+	if err := c.check(ctx, m); err != nil {
+		var r *refusal
+		if !errors.As(err, &r) {
+			return 0, err
+		}
+		m.Status.Phase, m.Status.Reason, m.Status.Message = v1alpha1.MoveFailed, r.reason, "refused: "+r.err.Error()
+		c.event(m, v1.EventTypeWarning, "MoveRefused", "%s", m.Status.Message)
+		klog.FromContext(ctx).Info("Move refused", "reason", r.reason, "err", r.err)
+		return 0, c.writeStatus(ctx, m)
+	}
+	if !slices.Contains(m.Finalizers, Finalizer) {
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": append(slices.Clone(m.Finalizers), Finalizer), "resourceVersion": m.ResourceVersion}})
+		out, err := c.Plinth.PlinthV1alpha1().PlinthMoves(m.Namespace).Patch(ctx, m.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		if err != nil {
+			return 0, err
+		}
+		m.ObjectMeta = out.ObjectMeta
+	}
+	now := metav1.Now()
+	m.Status.Phase, m.Status.StartTime, m.Status.Reason = v1alpha1.MoveCopying, &now, ""
+	m.Status.Message = fmt.Sprintf("copying a snapshot of volume %s from %s to %s while the workload runs", m.Status.SourceVolumeID, m.Status.SourceNode, m.Spec.TargetNode)
+	m.Status.TargetPV = targetPVName(m.Status.SourcePV, m.UID)
+	m.Status.TargetVolumeID = volume.VolumeID(m.Status.TargetPV)
+	c.event(m, v1.EventTypeNormal, "MoveStarted", "moving to node %s: %s", m.Spec.TargetNode, m.Status.Message)
+	return poll, c.writeStatus(ctx, m)
+}
+
+// targetPVName names the target's PV: the source's, with the move's mark.
+func targetPVName(sourcePV string, uid types.UID) string {
+	name := sourcePV
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	return name + "-m" + strings.ReplaceAll(string(uid), "-", "")[:10]
+}
+
+// check refuses what cannot be moved; it fills in the source.
+func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
+	pvc, err := c.Core.CoreV1().PersistentVolumeClaims(m.Namespace).Get(ctx, m.Spec.Claim, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return refuse(ReasonNotFound, "claim %s/%s does not exist", m.Namespace, m.Spec.Claim)
+	}
+	if err != nil {
+		return err
+	}
+	if pvc.Status.Phase != v1.ClaimBound || pvc.Spec.VolumeName == "" {
+		return refuse(ReasonNotBound, "claim %s/%s is %s, not bound", m.Namespace, m.Spec.Claim, pvc.Status.Phase)
+	}
+	if pvc.DeletionTimestamp != nil {
+		return refuse(ReasonNotBound, "claim %s/%s is being deleted", m.Namespace, m.Spec.Claim)
+	}
+	for _, mode := range pvc.Spec.AccessModes {
+		if mode == v1.ReadWriteMany || mode == v1.ReadOnlyMany {
+			return refuse(ReasonUnsupported, "claim %s/%s is %s: a volume that pods on several nodes share cannot move to one node", m.Namespace, m.Spec.Claim, mode)
+		}
+	}
+	pv, err := c.Core.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read PV %s: %w", pvc.Spec.VolumeName, err)
+	}
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != c.Driver {
+		return refuse(ReasonNotPlinth, "claim %s/%s is bound to PV %s, which is not a volume of driver %s", m.Namespace, m.Spec.Claim, pv.Name, c.Driver)
+	}
+	if r := pv.Spec.ClaimRef; r == nil || r.UID != pvc.UID {
+		return refuse(ReasonNotBound, "PV %s is not bound to claim %s/%s", pv.Name, m.Namespace, m.Spec.Claim)
+	}
+	src, err := c.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, pv.Spec.CSI.VolumeHandle, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return refuse(ReasonNotPlinth, "PV %s names volume %s, which plinth does not know", pv.Name, pv.Spec.CSI.VolumeHandle)
+	}
+	if err != nil {
+		return err
+	}
+	if src.Status.Phase != v1alpha1.VolumeReady || src.DeletionTimestamp != nil {
+		return refuse(ReasonNotBound, "volume %s is %s", src.Name, src.Status.Phase)
+	}
+	if src.Spec.Held {
+		return refuse(ReasonInProgress, "volume %s is held by another move", src.Name)
+	}
+	if src.Spec.NodeName == m.Spec.TargetNode {
+		return refuse(ReasonSameNode, "claim %s/%s is on node %s already", m.Namespace, m.Spec.Claim, m.Spec.TargetNode)
+	}
+	if _, err := c.Core.CoreV1().Nodes().Get(ctx, m.Spec.TargetNode, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		return refuse(ReasonNoNode, "node %s does not exist", m.Spec.TargetNode)
+	} else if err != nil {
+		return err
+	}
+	moves, err := c.moves.PlinthMoves(m.Namespace).List(everything)
+	if err != nil {
+		return err
+	}
+	for _, o := range moves {
+		if o.Name != m.Name && o.Spec.Claim == m.Spec.Claim && active(o.Status.Phase) {
+			return refuse(ReasonInProgress, "move %s of claim %s/%s is running (%s)", o.Name, m.Namespace, m.Spec.Claim, o.Status.Phase)
+		}
+	}
+	// Both ends: file pools, and the target has one that fits.
+	srcNode, err := c.Plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, src.Spec.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read PlinthNode %s: %w", src.Spec.NodeName, err)
+	}
+	backend := ""
+	for _, p := range srcNode.Status.Pools {
+		if p.Name == src.Spec.Pool {
+			backend = p.Backend
+		}
+	}
+	if !volume.Transferable(backend) {
+		return refuse(ReasonUnsupported, "volume %s is in pool %s (%s) on node %s: plinth moves volumes of file pools only", src.Name, src.Spec.Pool, backend, src.Spec.NodeName)
+	}
+	if srcNode.Status.Transfer == nil {
+		return refuse(ReasonUnsupported, "node %s serves no transfers (its plinth is older, or --transfer-address is empty)", src.Spec.NodeName)
+	}
+	tgt, err := c.Plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, m.Spec.TargetNode, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return refuse(ReasonNoPool, "node %s runs no plinth", m.Spec.TargetNode)
+	}
+	if err != nil {
+		return err
+	}
+	if tgt.Status.Transfer == nil {
+		return refuse(ReasonUnsupported, "node %s serves no transfers (its plinth is older, or --transfer-address is empty)", m.Spec.TargetNode)
+	}
+	if why := fits(tgt.Status.Pools, src); why != "" {
+		return refuse(ReasonNoPool, "node %s has no pool for volume %s: %s", m.Spec.TargetNode, src.Name, why)
+	}
+	claim, err := json.Marshal(savedClaim{Labels: pvc.Labels, Annotations: pvc.Annotations, Spec: pvc.Spec})
+	if err != nil {
+		return err
+	}
+	m.Status.SourceNode, m.Status.SourcePV, m.Status.SourceVolumeID = src.Spec.NodeName, pv.Name, src.Name
+	m.Status.ClaimUID, m.Status.Claim = string(pvc.UID), string(claim)
+	m.Status.BytesTotal = src.Spec.CapacityBytes
+	return nil
+}
+
+// savedClaim is what a move keeps of the claim, to make it again.
+type savedClaim struct {
+	Labels      map[string]string            `json:"labels,omitempty"`
+	Annotations map[string]string            `json:"annotations,omitempty"`
+	Spec        v1.PersistentVolumeClaimSpec `json:"spec"`
+}
+
+// fits says why no pool of pools takes volume src ("" when one does).
+func fits(pools []v1alpha1.PoolStatus, src *v1alpha1.PlinthVolume) string {
+	var why []string
+	for _, p := range pools {
+		switch {
+		case !volume.Transferable(p.Backend):
+			why = append(why, fmt.Sprintf("%s is a %s pool", p.Name, p.Backend))
+		case !p.Healthy:
+			why = append(why, p.Name+" is unhealthy")
+		case src.Spec.Mode == v1alpha1.ModeBlock && !p.Block:
+			why = append(why, p.Name+" holds no block volumes")
+		case src.Spec.Mode == v1alpha1.ModeFilesystem && src.Spec.FsType != "" && !slices.Contains(p.FsTypes, src.Spec.FsType):
+			why = append(why, fmt.Sprintf("%s makes no %s", p.Name, src.Spec.FsType))
+		case p.AllocatableBytes < src.Spec.CapacityBytes:
+			why = append(why, fmt.Sprintf("%s has %s free for volumes, the volume is %s", p.Name,
+				resource.NewQuantity(p.AllocatableBytes, resource.BinarySI), resource.NewQuantity(src.Spec.CapacityBytes, resource.BinarySI)))
+		default:
+			return ""
+		}
+	}
+	if len(why) == 0 {
+		return "it has no pools"
+	}
+	return strings.Join(why, "; ")
+}
+
+// active reports whether a move in phase still runs.
+func active(p v1alpha1.MovePhase) bool {
+	return p != v1alpha1.MoveDone && p != v1alpha1.MoveFailed
+}
