@@ -18,6 +18,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/pool"
 	"github.com/plinth-dev/plinth/pkg/transfer"
 	"github.com/plinth-dev/plinth/pkg/volume"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -95,7 +96,19 @@ func (r *Reconciler) startImport(ctx context.Context, v *v1alpha1.PlinthVolume) 
 	if !ok || r.Transfer == nil {
 		return r.fail(ctx, v, fmt.Errorf("%w: this node does not receive volumes from other nodes (its transfer service is off)", pool.ErrUnsupported))
 	}
-	return r.startTransfer(ctx, v, func(ctx context.Context, v *v1alpha1.PlinthVolume) { r.runImport(ctx, imp, v) })
+	// The cache may not show yet that an import just failed (or was
+	// made): what the API server says now decides.
+	cur, err := r.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, v.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if cur.DeletionTimestamp != nil || (cur.Status.Phase != "" && cur.Status.Phase != v1alpha1.VolumePending) {
+		return nil
+	}
+	return r.startTransfer(ctx, cur, func(ctx context.Context, v *v1alpha1.PlinthVolume) { r.runImport(ctx, imp, v) })
 }
 
 // startSync brings Ready volume object v up to its spec.sync's volume in
@@ -158,7 +171,7 @@ func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.Pl
 			if t.Format != pool.ImportImage {
 				return fmt.Errorf("%w: import format %q", pool.ErrUnsupported, t.Format)
 			}
-			dst := &transfer.FileDestination{Image: t.Image, Progress: t.Progress}
+			dst := &transfer.FileDestination{Image: t.Image, Progress: t.Progress, MaxSize: v.Spec.CapacityBytes}
 			defer dst.Close()
 			return r.Transfer.Fill(ctx, v.Spec.Source.NodeName, v.Name, dst, report)
 		})
@@ -246,7 +259,8 @@ func (r *Reconciler) transferLoop(ctx context.Context, id string, attempt func(c
 		}
 		switch {
 		case errors.Is(err, pool.ErrNoSpace), errors.Is(err, pool.ErrInvalid), errors.Is(err, pool.ErrUnsupported),
-			errors.Is(err, pool.ErrExists), errors.Is(err, pool.ErrOutOfRange), errors.Is(err, transfer.ErrUnsupported):
+			errors.Is(err, pool.ErrExists), errors.Is(err, pool.ErrOutOfRange), errors.Is(err, transfer.ErrUnsupported),
+			errors.Is(err, transfer.ErrTooLarge):
 			return err
 		case code == codes.PermissionDenied || code == codes.NotFound:
 			if refused++; refused >= permanentTries {
@@ -436,7 +450,7 @@ func (s *TransferSource) Content(ctx context.Context, peer, volumeID string) (*t
 	case snap.Mode == "" && v.Spec.Mode != v1alpha1.ModeBlock:
 		f.Close()
 		return nil, fmt.Errorf("%w: snapshot %s's mode is unknown: it is restored as a block volume only", transfer.ErrDenied, snap.ID)
-	case snap.Mode == pool.ModeFilesystem && snap.FsType != "" && v.Spec.FsType != "" && snap.FsType != v.Spec.FsType:
+	case snap.Mode == pool.ModeFilesystem && snap.FsType != v.Spec.FsType:
 		f.Close()
 		return nil, fmt.Errorf("%w: snapshot %s holds %s, volume %s asks for %s", transfer.ErrDenied, snap.ID, snap.FsType, volumeID, v.Spec.FsType)
 	case st.Size() > v.Spec.CapacityBytes:
@@ -510,13 +524,86 @@ func (s *TransferSource) syncContent(ctx context.Context, peer string, v *v1alph
 }
 
 // Peers reads what other nodes published for transfers from their
-// PlinthNode objects, live.
+// PlinthNode objects. Answers are kept a while (a node's certificate
+// changes only when its agent restarts) and reads of the API server are
+// bounded: a handshake by a client that claims to be some node costs at
+// most one read per peerTTL for that name, and all reads together at most
+// lookupRate per second, whatever names clients make up.
 type Peers struct {
 	Plinth versioned.Interface
+
+	mu    sync.Mutex
+	known map[string]peerEntry
+	limit *rate.Limiter
 }
+
+type peerEntry struct {
+	peer transfer.Peer
+	err  error
+	at   time.Time
+}
+
+const (
+	// peerTTL is how long a published certificate is taken as read;
+	// missTTL how long a node that published none is.
+	peerTTL = 30 * time.Second
+	missTTL = 10 * time.Second
+	// refreshAfter: a certificate that did not match is read again, at
+	// most this often per node (its agent restarted with a new one).
+	refreshAfter = 2 * time.Second
+	lookupRate   = 2
+	lookupBurst  = 3
+)
 
 // Peer returns node's published address and certificate.
 func (p *Peers) Peer(ctx context.Context, node string) (transfer.Peer, error) {
+	return p.lookup(ctx, node, false)
+}
+
+// Refresh reads node's published certificate again (one that did not
+// match may have been replaced), unless it was read just now.
+func (p *Peers) Refresh(ctx context.Context, node string) (transfer.Peer, error) {
+	return p.lookup(ctx, node, true)
+}
+
+func (p *Peers) lookup(ctx context.Context, node string, refresh bool) (transfer.Peer, error) {
+	p.mu.Lock()
+	if p.known == nil {
+		p.known = map[string]peerEntry{}
+		p.limit = rate.NewLimiter(lookupRate, lookupBurst)
+	}
+	e, ok := p.known[node]
+	p.mu.Unlock()
+	if ok {
+		age := time.Since(e.at)
+		ttl := peerTTL
+		if e.err != nil {
+			ttl = missTTL
+		}
+		if age < ttl && (!refresh || age < refreshAfter) {
+			return e.peer, e.err
+		}
+	}
+	if !p.limit.Allow() {
+		if ok {
+			return e.peer, e.err // kept past its time rather than read again
+		}
+		return transfer.Peer{}, fmt.Errorf("node %s: too many lookups of published certificates; try again", node)
+	}
+	peer, err := p.read(ctx, node)
+	if err != nil && ctx.Err() != nil {
+		return peer, err // not an answer about the node
+	}
+	p.mu.Lock()
+	if len(p.known) > 4096 {
+		clear(p.known) // names made up by clients: forget them all
+	}
+	p.known[node] = peerEntry{peer: peer, err: err, at: time.Now()}
+	p.mu.Unlock()
+	return peer, err
+}
+
+func (p *Peers) read(ctx context.Context, node string) (transfer.Peer, error) {
 	pn, err := p.Plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
 		return transfer.Peer{}, fmt.Errorf("read PlinthNode %s: %w", node, err)

@@ -55,6 +55,9 @@ type Client struct {
 	// when 0); CommitInterval how long (2 s when 0).
 	CommitEvery    int64
 	CommitInterval time.Duration
+	// IdleTimeout ends an attempt whose stream sends nothing this long
+	// (a minute when 0).
+	IdleTimeout time.Duration
 }
 
 // ErrCorrupt: chunks kept arriving that do not match their checksums.
@@ -160,6 +163,10 @@ func (r *receiver) read(ctx context.Context) error {
 	}
 	r.lastCommit = time.Now()
 	written := r.through // what is written (not yet committed) reaches here
+	// A stream that sends nothing for a while ends this attempt; the
+	// caller tries again from what is committed.
+	idle := time.AfterFunc(r.idle(), cancel)
+	defer idle.Stop()
 	for {
 		ch, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -176,7 +183,11 @@ func (r *receiver) read(ctx context.Context) error {
 			return err
 		}
 		off, data, end, zero := ch.GetOffset(), ch.GetData(), ch.GetSentThrough(), ch.GetZeroBytes()
-		if off < written || end < off+int64(len(data)) || end > r.size || off > end || zero < 0 || end < off+zero ||
+		idle.Reset(r.idle())
+		// Every chunk moves sent_through on, but the one end marker at
+		// the size: a stream that makes no progress is a broken one.
+		stalled := end <= written && !(end == r.size && written == r.size && len(data) == 0 && zero == 0)
+		if off < written || end < off+int64(len(data)) || end > r.size || off > end || zero < 0 || end < off+zero || stalled ||
 			(zero > 0 && (len(data) > 0 || r.dst.Format() != FormatImageDelta)) {
 			return fmt.Errorf("transfer: chunk at %d (%d bytes, %d zeros, through %d) out of order or outside the content (written to %d of %d)",
 				off, len(data), zero, end, written, r.size)
@@ -216,6 +227,14 @@ func (r *receiver) read(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// idle is how long a stream may send nothing before the attempt ends.
+func (r *receiver) idle() time.Duration {
+	if r.c.IdleTimeout > 0 {
+		return r.c.IdleTimeout
+	}
+	return time.Minute
 }
 
 func (r *receiver) commitEvery() int64 {

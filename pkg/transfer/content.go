@@ -1,13 +1,11 @@
 package transfer
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -88,19 +86,60 @@ func dataExtents(f *os.File, off, size int64) ([]extent, error) {
 	return out, nil
 }
 
-// union merges two sorted extent lists.
-func union(a, b []extent) []extent {
-	all := append(append([]extent{}, a...), b...)
-	slices.SortFunc(all, func(x, y extent) int { return cmp.Compare(x.off, y.off) })
-	var out []extent
-	for _, e := range all {
-		if n := len(out); n > 0 && e.off <= out[n-1].end {
-			out[n-1].end = max(out[n-1].end, e.end)
+// nextData is the first offset at or after off, below size, where any of
+// files holds data (size when none does).
+func nextData(files []*os.File, off, size int64) (int64, error) {
+	first := size
+	for _, f := range files {
+		d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			continue // only a hole (or the end) is left in this one
+		}
+		if err != nil {
+			return 0, fmt.Errorf("seek data in %s at %d: %w", f.Name(), off, err)
+		}
+		first = min(first, d)
+	}
+	return first, nil
+}
+
+// holeAfter is where the data at off ends in every one of files (the
+// furthest hole at or after off), at most size.
+func holeAfter(files []*os.File, off, size int64) (int64, error) {
+	end := off
+	for _, f := range files {
+		h, err := unix.Seek(int(f.Fd()), off, unix.SEEK_HOLE)
+		if errors.Is(err, unix.ENXIO) {
 			continue
 		}
-		out = append(out, e)
+		if err != nil {
+			return 0, fmt.Errorf("seek hole in %s at %d: %w", f.Name(), off, err)
+		}
+		end = max(end, h)
 	}
-	return out
+	return min(end, size), nil
+}
+
+// countData is how many bytes of f below size hold data, walked without
+// keeping the extents.
+func countData(f *os.File, size int64) (int64, error) {
+	var n int64
+	for off := int64(0); off < size; {
+		d, err := nextData([]*os.File{f}, off, size)
+		if err != nil || d >= size {
+			return n, err
+		}
+		h, err := holeAfter([]*os.File{f}, d, size)
+		if err != nil {
+			return n, err
+		}
+		if h <= d { // never: a data offset has data after it
+			h = d + 1
+		}
+		n += h - d
+		off = h
+	}
+	return n, nil
 }
 
 // dataBytes is what the extents hold.

@@ -32,6 +32,10 @@ type FileDestination struct {
 	Image string
 	// Progress is the record of how far Image is written.
 	Progress string
+	// MaxSize, when set, is the most content the image may take (the
+	// volume's capacity): a larger content is refused before anything is
+	// written.
+	MaxSize int64
 
 	f *os.File
 }
@@ -40,27 +44,33 @@ type FileDestination struct {
 // where the record says, if it is for the same content and the image is
 // there; otherwise 0, with the image emptied and sized again.
 func (d *FileDestination) Resume(contentID string, size int64) (int64, error) {
-	var p progress
-	err := ProgressRecords.Read(d.Progress, &p)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return 0, err
+	if d.MaxSize > 0 && size > d.MaxSize {
+		return 0, fmt.Errorf("%w: the content is %d bytes, the volume holds %d", ErrTooLarge, size, d.MaxSize)
 	}
-	f, ferr := os.OpenFile(d.Image, os.O_RDWR, 0)
-	if err == nil && ferr == nil && p.ContentID == contentID && p.Size == size && p.Through >= 0 && p.Through <= size {
-		if st, serr := f.Stat(); serr == nil && st.Size() == size {
+	// A record that cannot be read (torn, not a file, a newer one) only
+	// says how far a throwaway image got: start over.
+	var p progress
+	known := ProgressRecords.Read(d.Progress, &p) == nil
+	f, ferr := os.OpenFile(d.Image, os.O_RDWR|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if ferr == nil {
+		st, serr := f.Stat()
+		if known && serr == nil && st.Mode().IsRegular() && st.Size() == size &&
+			p.ContentID == contentID && p.Size == size && p.Through >= 0 && p.Through <= size {
 			d.f = f
 			return p.Through, nil
 		}
-	}
-	if ferr == nil {
 		f.Close()
 	}
 	// Start over: a new image of zeros, and a record of nothing written
-	// for this content.
+	// for this content. Whatever is at the image's name (a link, a FIFO,
+	// an older image) goes; nothing is written through it.
 	if err := os.Remove(d.Image); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return 0, fmt.Errorf("remove partial image %s: %w", d.Image, err)
 	}
-	f, err = os.OpenFile(d.Image, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err := os.Remove(d.Progress); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("remove progress record %s: %w", d.Progress, err)
+	}
+	f, err := os.OpenFile(d.Image, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return 0, fmt.Errorf("create image %s: %w", d.Image, err)
 	}
@@ -74,6 +84,9 @@ func (d *FileDestination) Resume(contentID string, size int64) (int64, error) {
 	}
 	return 0, nil
 }
+
+// ErrTooLarge: the content is larger than the destination may hold.
+var ErrTooLarge = errors.New("content too large")
 
 // Format: a FileDestination is a new image.
 func (d *FileDestination) Format() string { return FormatImage }
@@ -139,12 +152,13 @@ func (d *SyncDestination) Resume(contentID string, size int64) (int64, error) {
 	}
 	d.f = f
 	var p progress
-	err = ProgressRecords.Read(d.Progress, &p)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return 0, err
-	}
-	if err == nil && p.ContentID == contentID && p.Size == size && p.Through >= 0 && p.Through <= size {
+	if ProgressRecords.Read(d.Progress, &p) == nil && p.ContentID == contentID && p.Size == size && p.Through >= 0 && p.Through <= size {
 		return p.Through, nil
+	}
+	// No record, another content's, or one that cannot be read: from the
+	// start (rewriting what differs is idempotent).
+	if err := os.Remove(d.Progress); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return 0, fmt.Errorf("remove progress record %s: %w", d.Progress, err)
 	}
 	return 0, ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size})
 }

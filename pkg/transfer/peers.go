@@ -23,6 +23,12 @@ type Peers interface {
 	Peer(ctx context.Context, node string) (Peer, error)
 }
 
+// Refresher is Peers that keep what they read: Refresh reads a node's
+// published certificate again, for one that did not match.
+type Refresher interface {
+	Refresh(ctx context.Context, node string) (Peer, error)
+}
+
 // ErrNotPeer: the other side presented no certificate, or not the one the
 // node it claims to be published.
 var ErrNotPeer = errors.New("not a plinth node's published certificate")
@@ -37,6 +43,12 @@ func pinned(ctx context.Context, peers Peers, node string, rawCerts [][]byte) er
 	p, err := peers.Peer(ctx, node)
 	if err != nil {
 		return fmt.Errorf("node %s: %w", node, err)
+	}
+	if r, ok := peers.(Refresher); ok && !bytes.Equal(p.Cert, rawCerts[0]) {
+		// What was read may be from before the node's agent restarted.
+		if p, err = r.Refresh(ctx, node); err != nil {
+			return fmt.Errorf("node %s: %w", node, err)
+		}
 	}
 	if len(p.Cert) == 0 || !bytes.Equal(p.Cert, rawCerts[0]) {
 		return fmt.Errorf("%w: node %s published another one", ErrNotPeer, node)
@@ -63,6 +75,10 @@ func serverTLS(id *Identity, peers Peers) *tls.Config {
 		MaxVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{id.cert},
 		ClientAuth:   tls.RequireAnyClientCert,
+		// No resumed sessions: VerifyPeerCertificate is not called for
+		// them, so a ticket would outlive a certificate its node has
+		// since replaced.
+		SessionTicketsDisabled: true,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if len(raw) != 1 {
 				return fmt.Errorf("%w: %d certificates presented, want 1", ErrNotPeer, len(raw))

@@ -120,7 +120,9 @@ func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transf
 		return nil, err
 	}
 	defer c.Close()
-	ext, err := c.extents(0)
+	// What a whole transfer carries at most (for a sync: the content's
+	// data, an estimate).
+	data, err := countData(c.File, c.Size)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -128,7 +130,7 @@ func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transf
 	if c.Base != nil {
 		format = FormatImageDelta
 	}
-	return &transferv1.OpenResponse{Format: format, Size: c.Size, DataBytes: dataBytes(ext), ContentId: c.ID,
+	return &transferv1.OpenResponse{Format: format, Size: c.Size, DataBytes: data, ContentId: c.ID,
 		ChunkBytes: int32(s.chunkBytes())}, nil
 }
 
@@ -146,20 +148,33 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	if req.GetOffset() < 0 || req.GetOffset() > c.Size {
 		return status.Errorf(codes.OutOfRange, "offset %d is outside the content (%d bytes)", req.GetOffset(), c.Size)
 	}
-	ext, err := c.extents(req.GetOffset())
-	if err != nil {
-		return status.Error(codes.Internal, err.Error())
-	}
-	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
-	logger.V(2).Info("Sending", "from", req.GetOffset(), "dataBytes", dataBytes(ext))
-	buf := make([]byte, s.chunkBytes())
+	files := []*os.File{c.File}
 	var base []byte
 	if c.Base != nil {
+		files = append(files, c.Base)
 		base = make([]byte, s.chunkBytes())
 	}
-	for _, e := range ext {
-		for off := e.off; off < e.end; {
-			n := int(min(int64(len(buf)), e.end-off))
+	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
+	logger.V(2).Info("Sending", "from", req.GetOffset())
+	buf := make([]byte, s.chunkBytes())
+	// The data ranges are walked as the stream goes (SEEK_DATA and
+	// SEEK_HOLE from where it is), never listed: memory does not grow with
+	// the extents a tenant's writes make.
+	for pos := req.GetOffset(); pos < c.Size; {
+		start, err := nextData(files, pos, c.Size)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		if start >= c.Size {
+			break
+		}
+		end, err := holeAfter(files, start, c.Size)
+		if err != nil {
+			return status.Error(codes.Internal, err.Error())
+		}
+		end = max(end, start+1)
+		for off := start; off < end; {
+			n := int(min(int64(len(buf)), end-off))
 			p := buf[:n]
 			if err := readFull(c.File, p, off); err != nil {
 				return status.Error(codes.Internal, err.Error())
@@ -201,28 +216,10 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 			}
 			off += int64(n)
 		}
+		pos = end
 	}
 	// The end: everything up to the size is sent (what is left is a hole).
 	return stream.Send(&transferv1.Chunk{Offset: c.Size, SentThrough: c.Size})
-}
-
-// extents are the ranges from off on that may hold something to send: the
-// content's data, and in a sync the base's too (data there that is a hole
-// now must become zeros).
-func (c *Content) extents(off int64) ([]extent, error) {
-	ext, err := dataExtents(c.File, off, c.Size)
-	if err != nil || c.Base == nil {
-		return ext, err
-	}
-	st, err := c.Base.Stat()
-	if err != nil {
-		return nil, err
-	}
-	bext, err := dataExtents(c.Base, off, min(c.Size, st.Size()))
-	if err != nil {
-		return nil, err
-	}
-	return union(ext, bext), nil
 }
 
 // readBase reads the base at off; what lies beyond its end reads as zeros.
