@@ -185,6 +185,7 @@ func (c *Controller) cutover(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 	}
 	m.Status.Phase, m.Status.Reason = v1alpha1.MoveFinalSync, ""
 	m.Status.Message = "sending what changed since the snapshot"
+	m.Status.BytesDone, m.Status.BytesPerSecond, m.Status.ETASeconds = 0, 0, 0
 	return poll, c.writeStatus(ctx, m)
 }
 
@@ -262,6 +263,9 @@ func (c *Controller) finalSync(ctx context.Context, m *v1alpha1.PlinthMove) (tim
 	}
 	if p := t.Status.Transfer; p != nil && p.Message != "" && m.Status.Message != "the final sync waits: "+p.Message {
 		m.Status.Message = "the final sync waits: " + p.Message
+		return poll, c.writeStatus(ctx, m)
+	}
+	if c.progress(ctx, m) {
 		return poll, c.writeStatus(ctx, m)
 	}
 	return poll, nil

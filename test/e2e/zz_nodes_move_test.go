@@ -7,7 +7,11 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -110,6 +114,88 @@ func crossNodeCopies(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	}
 	logf("nodes: 100 MiB of a 512 MiB volume on %s: snapshot in %s; restored to a pod on %s in %s, cloned to one in %s (claim to pod running)",
 		w1.Name, snapTook.Round(time.Millisecond), w2.Name, restoreTook.Round(time.Millisecond), cloneTook.Round(time.Millisecond))
+	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// moveStatefulSet is a StatefulSet of one pod that fills its claim (class,
+// 512 MiB) with 100 MiB of known data once and prints its checksum, on node
+// if it can.
+func moveStatefulSet(name, class, node string) *appsv1.StatefulSet {
+	ss := statefulSet(name, class, node)
+	ss.Spec.Template.Spec.Containers[0].Args = []string{"fill", "/data/blob", "100", "31"}
+	ss.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests[corev1.ResourceStorage] = resource.MustParse("512Mi")
+	return ss
+}
+
+// Moving a bound claim (kubectl plinth move --evict): a StatefulSet's pod
+// on w1 holds 100 MiB of known data; the move copies it to w2 while the pod
+// runs, evicts the pod, syncs what changed, and binds the claim (same name)
+// to a volume on w2; the StatefulSet's new pod runs on w2 and finds the
+// data byte for byte; w1's volume, PV and the move's snapshot are gone.
+func moveClaim(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
+	w1, w2 := ws[0], ws[1]
+	ns := namespace(t, ctx, "nodes-move")
+	storageClass(t, ctx, "plinth-move-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"})
+	if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, moveStatefulSet("mover", "plinth-move-small", w1.Name), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := waitPodRunning(t, ctx, ns, "mover-0", 3*time.Minute)
+	if pod.Spec.NodeName != w1.Name {
+		t.Fatalf("mover-0 runs on %s, want %s", pod.Spec.NodeName, w1.Name)
+	}
+	want := sumIn(t, waitLogIn(t, ctx, podLogs(w1), ns, "mover-0", "sum=", 2*time.Minute))
+	claim := "data-mover-0"
+	before, oldPV := pvNode(t, ctx, ns, claim)
+	if before != w1.Name {
+		t.Fatalf("claim on %s, want %s", before, w1.Name)
+	}
+	oldVol := oldPV.Spec.CSI.VolumeHandle
+
+	start := time.Now()
+	out := kubectlPlinth(t, "move", "-n", ns, claim, "--to", w2.Name, "--evict", "--wait")
+	took := time.Since(start)
+	logf("nodes: kubectl plinth move:\n%s", out)
+	var m *v1alpha1.PlinthMove
+	if m, _ = e.plinth.PlinthV1alpha1().PlinthMoves(ns).Get(ctx, claim, metav1.GetOptions{}); m == nil || m.Status.Phase != v1alpha1.MoveDone {
+		t.Fatalf("move: %+v", m)
+	}
+	after, newPV := pvNode(t, ctx, ns, claim)
+	if after != w2.Name || newPV.Name == oldPV.Name {
+		t.Fatalf("after the move the claim is bound to PV %s on %s", newPV.Name, after)
+	}
+	pod = waitPodRunning(t, ctx, ns, "mover-0", 3*time.Minute)
+	if pod.Spec.NodeName != w2.Name {
+		t.Fatalf("after the move mover-0 runs on %s, want %s", pod.Spec.NodeName, w2.Name)
+	}
+	log := waitLogIn(t, ctx, podLogs(w2), ns, "mover-0", "sum=", 2*time.Minute)
+	if !strings.Contains(log, "found=1") {
+		t.Fatalf("the moved pod did not find its data: %s", log)
+	}
+	if got := sumIn(t, log); got != want {
+		t.Fatalf("moved data: sum %s, want %s", got, want)
+	}
+	var downtime time.Duration
+	if m.Status.CutoverTime != nil {
+		downtime = pod.CreationTimestamp.Sub(m.Status.CutoverTime.Time)
+		for _, c := range pod.Status.ContainerStatuses {
+			if c.State.Running != nil {
+				downtime = c.State.Running.StartedAt.Sub(m.Status.CutoverTime.Time)
+			}
+		}
+	}
+	// The source goes: its volume object, its PV, the move's snapshot.
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, verr := e.plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, oldVol, metav1.GetOptions{})
+		_, perr := e.client.CoreV1().PersistentVolumes().Get(ctx, oldPV.Name, metav1.GetOptions{})
+		_, serr := e.plinth.PlinthV1alpha1().PlinthSnapshots().Get(ctx, m.Status.SnapshotID, metav1.GetOptions{})
+		return apierrors.IsNotFound(verr) && apierrors.IsNotFound(perr) && apierrors.IsNotFound(serr), nil
+	}); err != nil {
+		t.Fatalf("the source of the move is still there: %v", err)
+	}
+	logf("nodes: moved a StatefulSet's 512 MiB claim holding 100 MiB from %s to %s in %s (kubectl plinth move --evict --wait); from cutover to the pod running on %s: %s",
+		w1.Name, w2.Name, took.Round(time.Millisecond), w2.Name, downtime.Round(time.Millisecond))
 	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

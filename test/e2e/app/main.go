@@ -6,7 +6,8 @@
 //	e2e-app fs DIR                 print DIR's filesystem size every second, block
 //	e2e-app block DEV              write and read back a pattern on a block device, block
 //	e2e-app devices                print PLINTH_* env and /dev entries, block
-//	e2e-app fill FILE MIB SEED     write MIB MiB of data made from SEED to FILE (fsync), print its SHA-256, block
+//	e2e-app fill FILE MIB SEED     write MIB MiB of data made from SEED to FILE (fsync; found=1 when it was
+//	                               there already, then nothing is written), print its SHA-256, block
 //	e2e-app sum FILE [BYTES]       print the SHA-256 of FILE (of its first BYTES), block
 package main
 
@@ -75,7 +76,11 @@ func main() {
 		must(err)
 		seed, err := strconv.ParseUint(os.Args[4], 10, 64)
 		must(err)
-		must(fill(os.Args[2], mib, seed))
+		if _, err := os.Stat(os.Args[2]); err == nil {
+			fmt.Println("found=1")
+		} else {
+			must(fill(os.Args[2], mib, seed))
+		}
 		must(sum(os.Args[2], -1))
 	case "sum":
 		n := int64(-1)
