@@ -42,6 +42,10 @@ Usage:
         [--keep-source DURATION]        changed follows, and the claim (same name) is bound on NODE; --wait
                                         follows it to the end (exit status 1 when it fails and rolls back)
   kubectl plinth moves                  the moves of the namespace (-A: of all) and how far each is
+  kubectl plinth drain NODE             cordon NODE, move every plinth claim on it whose workload can move
+        [--parallel N] [--timeout D]    (N at once, default 2; pods evicted), say which cannot move and why,
+                                        then evict its other pods (not DaemonSets' or static pods); exit
+                                        status 3 when a claim stays
   kubectl plinth version                its version and commit (also --version)
 
 Flags:
@@ -67,6 +71,8 @@ func main() {
 	fs.BoolVar(&mv.wait, "wait", false, "move: follow the move until it is done or rolled back")
 	fs.DurationVar(&mv.keep, "keep-source", 0, "move: keep the source volume this long after the claim is bound on the target")
 	fs.BoolVar(&mv.all, "A", false, "moves: of all namespaces")
+	fs.IntVar(&mv.parallel, "parallel", 2, "drain: moves at once")
+	fs.DurationVar(&mv.timeout, "timeout", time.Hour, "drain: how long it may take")
 	// Flags may come before or after the command.
 	var args []string
 	rest := os.Args[1:]
@@ -103,6 +109,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "kubectl plinth: unknown command %q (%s)\nRun \"kubectl plinth --help\" for its commands and flags.\n", args[0], strings.Join(commands, ", "))
 		os.Exit(2)
 	}
+	if args[0] == "drain" && len(args) != 2 {
+		fmt.Fprintln(os.Stderr, "kubectl plinth: drain NODE [--parallel N] [--timeout DURATION] [--keep-source DURATION]")
+		os.Exit(2)
+	}
 	if args[0] == "move" && (len(args) != 2 || mv.to == "") {
 		fmt.Fprintln(os.Stderr, "kubectl plinth: move PVC --to NODE [--evict] [--wait] [--keep-source DURATION]")
 		os.Exit(2)
@@ -118,14 +128,15 @@ func main() {
 }
 
 // commands are kubectl plinth's commands.
-var commands = []string{"status", "nodes", "volumes", "devices", "disks", "why", "move", "moves"}
+var commands = []string{"status", "nodes", "volumes", "devices", "disks", "why", "move", "moves", "drain"}
 
 // moveFlags are the flags of move and moves.
 type moveFlags struct {
-	to          string
-	evict, wait bool
-	all         bool
-	keep        time.Duration
+	to            string
+	evict, wait   bool
+	all           bool
+	keep, timeout time.Duration
+	parallel      int
 }
 
 // exitAttention is the exit status of `status` when something needs
@@ -158,6 +169,18 @@ func run(args []string, output, namespace, kubeconfig, driver string, mv moveFla
 	c := &inspect.Client{Core: core, Plinth: plinth, Driver: driver}
 	if args[0] == "move" {
 		return false, move(c, args[1], namespace, output, mv)
+	}
+	if args[0] == "drain" {
+		rep, err := c.Drain(context.Background(), inspect.DrainRequest{Node: args[1], Parallel: mv.parallel, Timeout: mv.timeout, KeepSourceFor: mv.keep},
+			func(line string) {
+				if output == "" || output == "table" {
+					fmt.Println(line)
+				}
+			})
+		if perr := inspect.Print(os.Stdout, output, rep); perr != nil && err == nil {
+			err = perr
+		}
+		return len(rep.CannotMove)+len(rep.Failed) > 0, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -35,6 +35,15 @@ func Print(w io.Writer, format string, v any) error {
 	case MoveReport:
 		fmt.Fprintln(w, v.Line())
 		return nil
+	case DrainReport:
+		fmt.Fprintf(tw, "drain of %s: %d moved, %d failed (rolled back), %d cannot move, %d pods evicted\n", v.Node, len(v.Moved), len(v.Failed), len(v.CannotMove), len(v.Evicted))
+		for _, m := range v.Failed {
+			fmt.Fprintf(tw, "  failed\t%s/%s\t%s\n", m.Namespace, m.Claim, m.Message)
+		}
+		for _, u := range v.CannotMove {
+			fmt.Fprintf(tw, "  cannot move\t%s\t%s\n", u.Claim, u.Reason)
+		}
+		return nil
 	case []MoveReport:
 		fmt.Fprintln(tw, "NAMESPACE\tCLAIM\tFROM\tTO\tPHASE\tDONE\tTOTAL\tMESSAGE")
 		for _, m := range v {

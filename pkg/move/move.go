@@ -374,7 +374,7 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 	if tgt.Status.Transfer == nil {
 		return refuse(ReasonUnsupported, "node %s serves no transfers (its plinth is older, or --transfer-address is empty)", m.Spec.TargetNode)
 	}
-	if why := fits(tgt.Status.Pools, src); why != "" {
+	if why := Fits(tgt.Status.Pools, src.Spec.Mode, src.Spec.FsType, src.Spec.CapacityBytes); why != "" {
 		return refuse(ReasonNoPool, "node %s has no pool for volume %s: %s", m.Spec.TargetNode, src.Name, why)
 	}
 	claim, err := json.Marshal(savedClaim{Labels: pvc.Labels, Annotations: pvc.Annotations, Spec: pvc.Spec})
@@ -394,8 +394,9 @@ type savedClaim struct {
 	Spec        v1.PersistentVolumeClaimSpec `json:"spec"`
 }
 
-// fits says why no pool of pools takes volume src ("" when one does).
-func fits(pools []v1alpha1.PoolStatus, src *v1alpha1.PlinthVolume) string {
+// Fits says why no pool of pools takes a moved volume of this mode,
+// filesystem and capacity ("" when one does).
+func Fits(pools []v1alpha1.PoolStatus, mode, fsType string, capacity int64) string {
 	var why []string
 	for _, p := range pools {
 		switch {
@@ -403,13 +404,13 @@ func fits(pools []v1alpha1.PoolStatus, src *v1alpha1.PlinthVolume) string {
 			why = append(why, fmt.Sprintf("%s is a %s pool", p.Name, p.Backend))
 		case !p.Healthy:
 			why = append(why, p.Name+" is unhealthy")
-		case src.Spec.Mode == v1alpha1.ModeBlock && !p.Block:
+		case mode == v1alpha1.ModeBlock && !p.Block:
 			why = append(why, p.Name+" holds no block volumes")
-		case src.Spec.Mode == v1alpha1.ModeFilesystem && src.Spec.FsType != "" && !slices.Contains(p.FsTypes, src.Spec.FsType):
-			why = append(why, fmt.Sprintf("%s makes no %s", p.Name, src.Spec.FsType))
-		case p.AllocatableBytes < src.Spec.CapacityBytes:
+		case mode == v1alpha1.ModeFilesystem && fsType != "" && !slices.Contains(p.FsTypes, fsType):
+			why = append(why, fmt.Sprintf("%s makes no %s", p.Name, fsType))
+		case p.AllocatableBytes < capacity:
 			why = append(why, fmt.Sprintf("%s has %s free for volumes, the volume is %s", p.Name,
-				resource.NewQuantity(p.AllocatableBytes, resource.BinarySI), resource.NewQuantity(src.Spec.CapacityBytes, resource.BinarySI)))
+				resource.NewQuantity(p.AllocatableBytes, resource.BinarySI), resource.NewQuantity(capacity, resource.BinarySI)))
 		default:
 			return ""
 		}

@@ -100,7 +100,7 @@ func (n *Local) gone(ctx context.Context, kind, id string, err error) error {
 
 // checked sets v.Problem where the pool says the volume is out of reach.
 func checked(ctx context.Context, p pool.Pool, v pool.Volume) pool.Volume {
-	if vc, ok := p.(pool.VolumeChecker); ok {
+	if vc, ok := pool.As[pool.VolumeChecker](p); ok {
 		if err := vc.CheckVolume(ctx, v.ID); err != nil {
 			v.Problem = err.Error()
 		}

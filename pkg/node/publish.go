@@ -149,7 +149,7 @@ func (p *Mounts) publishSource(ctx context.Context, pl pool.Pool, id string, att
 		// A whole disk is reached by its identity at each step: the disk
 		// that has it now must still be the volume's (two disks that
 		// traded identities since the stage).
-		if dc, ok := pl.(pool.DeviceChecker); ok {
+		if dc, ok := pool.As[pool.DeviceChecker](pl); ok {
 			if err := dc.CheckDevice(ctx, id); err != nil {
 				return "", err
 			}

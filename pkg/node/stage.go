@@ -174,14 +174,14 @@ func (p *Mounts) mountStaging(ctx context.Context, pl pool.Pool, v pool.Volume, 
 // when it holds nothing, and ext4 that could not grow online (see GrowFs)
 // grows here, offline.
 func (p *Mounts) formatAndMount(ctx context.Context, pl pool.Pool, v pool.Volume, device, path string, options []string) error {
-	br, ok := pl.(pool.BlankRecorder)
+	br, ok := pool.As[pool.BlankRecorder](pl)
 	if !ok || !v.Blank {
 		if err := p.mounter.FormatAndMount(ctx, device, path, v.FsType, options); err != nil {
 			return err
 		}
 		// A whole disk's pool records the filesystem now on it as the
 		// volume's: a later stage mounts that one only.
-		if fr, ok := pl.(pool.FilesystemRecorder); ok {
+		if fr, ok := pool.As[pool.FilesystemRecorder](pl); ok {
 			return fr.RecordFilesystem(ctx, v.ID, device)
 		}
 		return nil
@@ -237,7 +237,7 @@ func (p *Mounts) Unstage(ctx context.Context, id, stagingPath string) error {
 	// volume in use). Every device of the volume counts here, one bound by
 	// something else too, since Detach releases them all.
 	all, allAttached := att, attached
-	if fa, ok := pl.(pool.FullAttacher); ok {
+	if fa, ok := pool.As[pool.FullAttacher](pl); ok {
 		if all, allAttached, err = fa.AttachedAll(ctx, id); err != nil {
 			return err
 		}

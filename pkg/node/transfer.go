@@ -30,9 +30,14 @@ func (n *Local) Import(ctx context.Context, poolName string, v pool.Volume, fill
 	if err != nil {
 		return pool.Volume{}, err
 	}
-	imp, ok := p.(pool.Importer)
+	imp, ok := pool.As[pool.Importer](p)
 	if !ok {
 		return pool.Volume{}, fmt.Errorf("%w: pool %s (%s) cannot be filled from another node", pool.ErrUnsupported, poolName, p.Backend())
+	}
+	// A pool that cannot be read now (its disk gone) takes nothing; the
+	// importer may be the pool under the guard that says so.
+	if _, err := p.Stats(ctx); err != nil {
+		return pool.Volume{}, err
 	}
 	target, got, err := imp.BeginImport(ctx, v)
 	if err != nil {
@@ -59,7 +64,7 @@ func (n *Local) ExportSnapshot(ctx context.Context, id string) (*os.File, pool.S
 	if err != nil {
 		return nil, pool.Snapshot{}, err
 	}
-	exp, ok := p.(pool.Exporter)
+	exp, ok := pool.As[pool.Exporter](p)
 	if !ok {
 		return nil, pool.Snapshot{}, fmt.Errorf("%w: pool %s (%s) cannot send snapshots to another node", pool.ErrUnsupported, p.Name(), p.Backend())
 	}
@@ -85,7 +90,7 @@ func (n *Local) Sync(ctx context.Context, id string, fill func(context.Context, 
 			return fmt.Errorf("sync volume %s: %w", id, err)
 		}
 	}
-	s, ok := p.(pool.Syncer)
+	s, ok := pool.As[pool.Syncer](p)
 	if !ok {
 		return fmt.Errorf("%w: pool %s (%s) cannot bring volumes up to date from another node", pool.ErrUnsupported, p.Name(), p.Backend())
 	}
@@ -116,7 +121,7 @@ func (n *Local) ExportVolume(ctx context.Context, id string) (*os.File, pool.Vol
 			return nil, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
 		}
 	}
-	exp, ok := p.(pool.Exporter)
+	exp, ok := pool.As[pool.Exporter](p)
 	if !ok {
 		return nil, pool.Volume{}, fmt.Errorf("%w: pool %s (%s) cannot send volumes to another node", pool.ErrUnsupported, p.Name(), p.Backend())
 	}

@@ -236,6 +236,30 @@ type Pool interface {
 	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)
 }
 
+// Wrapper is a pool that wraps another (pkg/pool/guard): the optional
+// interfaces below are looked for through it with As.
+type Wrapper interface {
+	Unwrap() Pool
+}
+
+// As finds an optional interface T on p, or on the pool p wraps (and so
+// on): a wrapper that adds checks does not hide what the pool under it
+// can do.
+func As[T any](p Pool) (T, bool) {
+	for p != nil {
+		if t, ok := p.(T); ok {
+			return t, true
+		}
+		w, ok := p.(Wrapper)
+		if !ok {
+			break
+		}
+		p = w.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
 // FullAttacher is a pool whose Attached may leave out devices something
 // else bound to a volume since the pool last looked (the file pool's
 // answers come from the loop devices it attached or found); AttachedAll

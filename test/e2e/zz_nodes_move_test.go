@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
@@ -123,10 +126,95 @@ func crossNodeCopies(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 // 512 MiB) with 100 MiB of known data once and prints its checksum, on node
 // if it can.
 func moveStatefulSet(name, class, node string) *appsv1.StatefulSet {
+	return fillStatefulSet(name, class, node, "512Mi", 100)
+}
+
+// fillStatefulSet is moveStatefulSet with a claim of size holding mib MiB.
+func fillStatefulSet(name, class, node, size string, mib int) *appsv1.StatefulSet {
 	ss := statefulSet(name, class, node)
-	ss.Spec.Template.Spec.Containers[0].Args = []string{"fill", "/data/blob", "100", "31"}
-	ss.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests[corev1.ResourceStorage] = resource.MustParse("512Mi")
+	ss.Spec.Template.Spec.Containers[0].Args = []string{"fill", "/data/blob", strconv.Itoa(mib), "31"}
+	ss.Spec.VolumeClaimTemplates[0].Spec.Resources.Requests[corev1.ResourceStorage] = resource.MustParse(size)
 	return ss
+}
+
+// logsOf is where the node a pod runs on keeps its logs.
+func logsOf(ws []*cluster.Worker, node string) string {
+	for _, w := range ws {
+		if w.Name == node {
+			return podLogs(w)
+		}
+	}
+	return "/var/log/pods"
+}
+
+// kubectl plinth drain of w1 carrying five StatefulSets (128 MiB claims
+// holding 20 MiB each): w1 is cordoned, each claim moved (three at once)
+// to another node, the pods come back there with their data; nothing of
+// theirs is left on w1. w1 is uncordoned afterwards for the scenarios
+// that follow.
+func drainNode(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
+	w1 := ws[0]
+	ns := namespace(t, ctx, "nodes-drain")
+	// Made on w1 only; the claims bound, nothing holds their pods there.
+	storageClass(t, ctx, "plinth-drain-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"}, w1.Name)
+	t.Cleanup(func() {
+		_, _ = e.client.CoreV1().Nodes().Patch(context.Background(), w1.Name, types.MergePatchType, []byte(`{"spec":{"unschedulable":false}}`), metav1.PatchOptions{})
+	})
+	const sets = 5
+	want := map[string]string{}
+	for i := range sets {
+		name := fmt.Sprintf("d%d", i)
+		if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, fillStatefulSet(name, "plinth-drain-small", w1.Name, "128Mi", 20), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range sets {
+		pod := waitPodRunning(t, ctx, ns, fmt.Sprintf("d%d-0", i), 3*time.Minute)
+		if pod.Spec.NodeName != w1.Name {
+			t.Fatalf("%s runs on %s, want %s", pod.Name, pod.Spec.NodeName, w1.Name)
+		}
+		want[pod.Name] = sumIn(t, waitLogIn(t, ctx, podLogs(w1), ns, pod.Name, "sum=", 2*time.Minute))
+	}
+	start := time.Now()
+	out := kubectlPlinth(t, "drain", w1.Name, "--parallel", "3", "--timeout", "10m")
+	took := time.Since(start)
+	logf("nodes: kubectl plinth drain %s:\n%s", w1.Name, out)
+	if !strings.Contains(out, fmt.Sprintf("%d moved, 0 failed", sets)) {
+		t.Fatalf("drain did not move all %d claims:\n%s", sets, out)
+	}
+	where := map[string]int{}
+	for i := range sets {
+		name := fmt.Sprintf("d%d-0", i)
+		var pod *corev1.Pod
+		if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			p, err := e.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil || p.Status.Phase != corev1.PodRunning || p.Spec.NodeName == w1.Name {
+				return false, nil
+			}
+			pod = p
+			return true, nil
+		}); err != nil {
+			t.Fatalf("%s not running off %s after the drain: %v; %s", name, w1.Name, err, podsOn(ctx, ns))
+		}
+		where[pod.Spec.NodeName]++
+		log := waitLogIn(t, ctx, logsOf(ws, pod.Spec.NodeName), ns, name, "sum=", 2*time.Minute)
+		if !strings.Contains(log, "found=1") || sumIn(t, log) != want[name] {
+			t.Fatalf("%s on %s after the drain: %s; want sum %s", name, pod.Spec.NodeName, log, want[name])
+		}
+	}
+	vols, err := e.plinthVolumes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vols {
+		if v.Spec.NodeName == w1.Name && strings.HasPrefix(v.Spec.Claim, ns+"/") {
+			t.Errorf("volume %s of %s still on %s after the drain", v.Name, v.Spec.Claim, w1.Name)
+		}
+	}
+	logf("nodes: drained %s of %d StatefulSets (20 MiB each, 3 moves at once) in %s; they run on %v", w1.Name, sets, took.Round(time.Millisecond), where)
+	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Moving a bound claim (kubectl plinth move --evict): a StatefulSet's pod
@@ -137,7 +225,7 @@ func moveStatefulSet(name, class, node string) *appsv1.StatefulSet {
 func moveClaim(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	w1, w2 := ws[0], ws[1]
 	ns := namespace(t, ctx, "nodes-move")
-	storageClass(t, ctx, "plinth-move-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"})
+	storageClass(t, ctx, "plinth-move-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"}, w1.Name)
 	if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, moveStatefulSet("mover", "plinth-move-small", w1.Name), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

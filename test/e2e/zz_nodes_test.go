@@ -73,6 +73,7 @@ func TestZNodes(t *testing.T) {
 	t.Run("node-scoped-writes", func(t *testing.T) { nodeScopedWrites(t, ctx, ws) })
 	t.Run("cross-node-restore-clone", func(t *testing.T) { crossNodeCopies(t, ctx, ws) })
 	t.Run("move-claim", func(t *testing.T) { moveClaim(t, ctx, ws) })
+	t.Run("drain", func(t *testing.T) { drainNode(t, ctx, ws) })
 	t.Run("immediate-allowed-topologies", func(t *testing.T) { immediateAcrossNodes(t, ctx, ws) })
 	t.Run("outside-fill-and-spread", func(t *testing.T) { fillAndSpread(t, ctx, ws) })
 	t.Run("controller-failover", func(t *testing.T) { controllerFailover(t, ctx, ws) })

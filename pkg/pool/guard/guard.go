@@ -31,7 +31,15 @@ type Pool struct {
 	mirrored bool
 }
 
-var _ pool.Pool = (*Pool)(nil)
+var (
+	_ pool.Pool    = (*Pool)(nil)
+	_ pool.Wrapper = (*Pool)(nil)
+)
+
+// Unwrap is the pool the guard wraps: its optional interfaces (a file
+// pool's AttachedAll, MarkFormatted, imports) are found through it
+// (pool.As).
+func (g *Pool) Unwrap() pool.Pool { return g.Pool }
 
 // New wraps p, opened on r's disks, with the watcher's view of them.
 func New(p pool.Pool, r disk.Ready, w Disks) *Pool {

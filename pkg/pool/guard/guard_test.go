@@ -9,6 +9,7 @@ import (
 
 	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/pool"
+	"github.com/plinth-dev/plinth/pkg/pool/file"
 )
 
 // statsPool is a pool whose stats always read.
@@ -73,3 +74,38 @@ func TestGuardWhenADiskGoes(t *testing.T) {
 		t.Errorf("mirror whose root cannot be read: %v", err)
 	}
 }
+
+// A guarded file pool keeps what the file pool can do: the node finds its
+// AttachedAll (every loop device of a volume, before releasing them), its
+// blank record, imports and exports through the guard; a guarded pool
+// without them offers none.
+func TestGuardKeepsOptionalInterfaces(t *testing.T) {
+	fp, err := file.New(file.Config{Name: "f", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := New(fp, disk.Ready{Name: "f", Layout: disk.LayoutFile, Dir: t.TempDir()}, disksSeen{})
+	if _, ok := pool.As[pool.FullAttacher](g); !ok {
+		t.Error("FullAttacher hidden by the guard")
+	}
+	if _, ok := pool.As[pool.BlankRecorder](g); !ok {
+		t.Error("BlankRecorder hidden by the guard")
+	}
+	if _, ok := pool.As[pool.Importer](g); !ok {
+		t.Error("Importer hidden by the guard")
+	}
+	if _, ok := pool.As[pool.Exporter](g); !ok {
+		t.Error("Exporter hidden by the guard")
+	}
+	if vc, ok := pool.As[pool.VolumeChecker](g); !ok || vc != pool.VolumeChecker(g) {
+		t.Error("the guard's own CheckVolume is not the one found")
+	}
+	plain := New(statsPool{pool.Unavailable{PoolName: "u"}}, disk.Ready{Name: "u", Layout: disk.LayoutFile, Dir: t.TempDir()}, disksSeen{})
+	if _, ok := pool.As[pool.Importer](plain); ok {
+		t.Error("a pool that imports nothing offers an Importer through the guard")
+	}
+}
+
+type disksSeen struct{}
+
+func (disksSeen) Find(string) (disk.Disk, bool) { return disk.Disk{}, true }
