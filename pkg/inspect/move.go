@@ -76,6 +76,12 @@ func (c *Client) Move(ctx context.Context, req MoveRequest) (MoveReport, error) 
 		if p := old.Status.Phase; p != v1alpha1.MoveDone && p != v1alpha1.MoveFailed {
 			return MoveReport{}, fmt.Errorf("a move of claim %s/%s is running (%s, to %s)", req.Namespace, req.Claim, dash(string(p)), old.Spec.TargetNode)
 		}
+		if old.Status.Phase == v1alpha1.MoveDone && old.Status.DoneTime == nil {
+			// Deleting it would remove the source it keeps (keepSourceFor)
+			// at once: the copy kept for safety is not thrown away here.
+			return MoveReport{}, fmt.Errorf("the last move of claim %s/%s keeps its source on %s for now (keepSourceFor); delete PlinthMove %s/%s to remove that source, then move again",
+				req.Namespace, req.Claim, old.Status.SourceNode, old.Namespace, old.Name)
+		}
 		if err := moves.Delete(ctx, old.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &old.UID}}); err != nil && !apierrors.IsNotFound(err) {
 			return MoveReport{}, fmt.Errorf("remove the finished move %s: %w", old.Name, err)
 		}

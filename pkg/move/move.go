@@ -176,7 +176,7 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 		return c.done(ctx, m)
 	case v1alpha1.MoveFailed:
 		if slices.Contains(m.Finalizers, Finalizer) {
-			return c.rollback(ctx, m, m.Status.Reason, errors.New(m.Status.Message))
+			return c.rollback(ctx, m, m.Status.Reason, errors.New(strings.TrimPrefix(m.Status.Message, "rolled back: ")))
 		}
 	}
 	return 0, nil
@@ -205,10 +205,17 @@ func (c *Controller) deleted(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 		if m.Status.DoneTime == nil {
 			return c.done(ctx, m)
 		}
-	case "", v1alpha1.MovePending, v1alpha1.MoveFailed:
+	case "", v1alpha1.MovePending:
 	default:
-		if _, err := c.rollback(ctx, m, ReasonCancelled, errors.New("the move was deleted before its rebind")); err != nil {
-			return 0, err
+		// Copying, Cutover, FinalSync, or a Failed move whose rollback
+		// has not finished: finish it before letting go.
+		reason, why := ReasonCancelled, errors.New("the move was deleted before its rebind")
+		if m.Status.Phase == v1alpha1.MoveFailed {
+			reason, why = m.Status.Reason, errors.New(strings.TrimPrefix(m.Status.Message, "rolled back: "))
+		}
+		after, err := c.rollback(ctx, m, reason, why)
+		if err != nil || after > 0 {
+			return after, err
 		}
 	}
 	return 0, c.dropFinalizer(ctx, m)
@@ -302,6 +309,11 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 	if pvc.DeletionTimestamp != nil {
 		return refuse(ReasonNotBound, "claim %s/%s is being deleted", m.Namespace, m.Spec.Claim)
 	}
+	for _, o := range pvc.OwnerReferences {
+		if o.Kind == "Pod" && o.APIVersion == "v1" {
+			return refuse(ReasonUnsupported, "claim %s/%s is a pod's ephemeral volume (owned by pod %s): it lives and dies with the pod", m.Namespace, m.Spec.Claim, o.Name)
+		}
+	}
 	for _, mode := range pvc.Spec.AccessModes {
 		if mode == v1.ReadWriteMany || mode == v1.ReadOnlyMany {
 			return refuse(ReasonUnsupported, "claim %s/%s is %s: a volume that pods on several nodes share cannot move to one node", m.Namespace, m.Spec.Claim, mode)
@@ -327,16 +339,27 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 	if src.Status.Phase != v1alpha1.VolumeReady || src.DeletionTimestamp != nil {
 		return refuse(ReasonNotBound, "volume %s is %s", src.Name, src.Status.Phase)
 	}
-	if src.Spec.Held {
-		return refuse(ReasonInProgress, "volume %s is held by another move", src.Name)
+	if src.Spec.Claim != "" && src.Spec.Claim != m.Namespace+"/"+m.Spec.Claim {
+		return refuse(ReasonNotPlinth, "volume %s was made for claim %s, not %s/%s", src.Name, src.Spec.Claim, m.Namespace, m.Spec.Claim)
+	}
+	if src.Spec.Held && !c.orphanedHold(src, m.Namespace) {
+		return refuse(ReasonInProgress, "volume %s is held by another move (%s)", src.Name, src.Annotations[AnnotationHeldBy])
 	}
 	if src.Spec.NodeName == m.Spec.TargetNode {
 		return refuse(ReasonSameNode, "claim %s/%s is on node %s already", m.Namespace, m.Spec.Claim, m.Spec.TargetNode)
 	}
-	if _, err := c.Core.CoreV1().Nodes().Get(ctx, m.Spec.TargetNode, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+	node, err := c.Core.CoreV1().Nodes().Get(ctx, m.Spec.TargetNode, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
 		return refuse(ReasonNoNode, "node %s does not exist", m.Spec.TargetNode)
-	} else if err != nil {
+	}
+	if err != nil {
 		return err
+	}
+	if node.Spec.Unschedulable {
+		return refuse(ReasonNoNode, "node %s is cordoned: the claim's pods could not run there", m.Spec.TargetNode)
+	}
+	if !nodeReady(node) {
+		return refuse(ReasonNoNode, "node %s is not Ready", m.Spec.TargetNode)
 	}
 	moves, err := c.moves.PlinthMoves(m.Namespace).List(everything)
 	if err != nil {
@@ -374,10 +397,23 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 	if tgt.Status.Transfer == nil {
 		return refuse(ReasonUnsupported, "node %s serves no transfers (its plinth is older, or --transfer-address is empty)", m.Spec.TargetNode)
 	}
-	if why := Fits(tgt.Status.Pools, src.Spec.Mode, src.Spec.FsType, src.Spec.CapacityBytes); why != "" {
+	pools := tgt.Status.Pools
+	poolParam, err := c.classPool(ctx, pv)
+	if err != nil {
+		return err
+	}
+	if poolParam != "" {
+		// The claim's StorageClass names a pool: the volume goes to the
+		// target's pool of that name, and nowhere else.
+		pools = slices.DeleteFunc(slices.Clone(pools), func(p v1alpha1.PoolStatus) bool { return p.Name != poolParam })
+		if len(pools) == 0 {
+			return refuse(ReasonNoPool, "node %s has no pool %s, which StorageClass %s names", m.Spec.TargetNode, poolParam, pv.Spec.StorageClassName)
+		}
+	}
+	if why := Fits(pools, src.Spec.Mode, src.Spec.FsType, src.Spec.CapacityBytes); why != "" {
 		return refuse(ReasonNoPool, "node %s has no pool for volume %s: %s", m.Spec.TargetNode, src.Name, why)
 	}
-	claim, err := json.Marshal(savedClaim{Labels: pvc.Labels, Annotations: pvc.Annotations, Spec: pvc.Spec})
+	claim, err := saveClaim(pvc)
 	if err != nil {
 		return err
 	}
@@ -389,9 +425,60 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 
 // savedClaim is what a move keeps of the claim, to make it again.
 type savedClaim struct {
-	Labels      map[string]string            `json:"labels,omitempty"`
-	Annotations map[string]string            `json:"annotations,omitempty"`
-	Spec        v1.PersistentVolumeClaimSpec `json:"spec"`
+	Labels          map[string]string            `json:"labels,omitempty"`
+	Annotations     map[string]string            `json:"annotations,omitempty"`
+	OwnerReferences []metav1.OwnerReference      `json:"ownerReferences,omitempty"`
+	Spec            v1.PersistentVolumeClaimSpec `json:"spec"`
+}
+
+// saveClaim is the claim as a move keeps it.
+func saveClaim(pvc *v1.PersistentVolumeClaim) (string, error) {
+	b, err := json.Marshal(savedClaim{Labels: pvc.Labels, Annotations: pvc.Annotations, OwnerReferences: pvc.OwnerReferences, Spec: pvc.Spec})
+	return string(b), err
+}
+
+// classPool is the pool the PV's StorageClass names ("" for none, or no
+// class).
+func (c *Controller) classPool(ctx context.Context, pv *v1.PersistentVolume) (string, error) {
+	if pv.Spec.StorageClassName == "" {
+		return "", nil
+	}
+	sc, err := c.Core.StorageV1().StorageClasses().Get(ctx, pv.Spec.StorageClassName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return sc.Parameters[volume.ParamPool], nil
+}
+
+// orphanedHold reports whether v's hold names a move that no longer exists
+// in ns (its finalizer was taken off by hand): a new move may take it.
+func (c *Controller) orphanedHold(v *v1alpha1.PlinthVolume, ns string) bool {
+	by := v.Annotations[AnnotationHeldBy]
+	if by == "" {
+		return false
+	}
+	moves, err := c.moves.PlinthMoves(ns).List(everything)
+	if err != nil {
+		return false
+	}
+	for _, o := range moves {
+		if string(o.UID) == by {
+			return false
+		}
+	}
+	return true
+}
+
+func nodeReady(n *v1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == v1.NodeReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // Fits says why no pool of pools takes a moved volume of this mode,

@@ -47,7 +47,7 @@ func (c *Controller) copying(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 		return 0, err
 	}
 	if m.Status.SnapshotID == "" {
-		snap, err := c.Volumes.CreateSnapshot(ctx, SnapshotPrefix+string(m.UID), src.Name)
+		snap, err := c.Volumes.CreateSnapshot(ctx, moveSnapshotName(m), src.Name)
 		if inProgress(err) {
 			return poll, nil
 		}
@@ -65,9 +65,15 @@ func (c *Controller) copying(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 			return 0, err
 		}
 	}
+	params := volume.Params{Thick: src.Spec.Thick}
+	if pv, err := c.Core.CoreV1().PersistentVolumes().Get(ctx, m.Status.SourcePV, metav1.GetOptions{}); err == nil {
+		if params.Pool, err = c.classPool(ctx, pv); err != nil {
+			return 0, err
+		}
+	}
 	placed, err := c.Volumes.CreateVolume(ctx, volume.CreateRequest{
 		Name: m.Status.TargetPV, RequiredBytes: src.Spec.CapacityBytes, Mode: poolMode(src.Spec.Mode), FsType: src.Spec.FsType,
-		Params: volume.Params{Thick: src.Spec.Thick}, Requisite: []string{m.Spec.TargetNode},
+		Params: params, Requisite: []string{m.Spec.TargetNode},
 		Source: &pool.Source{SnapshotID: m.Status.SnapshotID}, Owner: m.Namespace + "/" + m.Spec.Claim,
 	})
 	if inProgress(err) {
@@ -142,10 +148,10 @@ func (c *Controller) cutover(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 	if err != nil {
 		return 0, err
 	}
-	if by := src.Annotations[AnnotationHeldBy]; src.Spec.Held && by != string(m.UID) {
+	if by := src.Annotations[AnnotationHeldBy]; src.Spec.Held && by != string(m.UID) && !c.orphanedHold(src, m.Namespace) {
 		return 0, refuse(ReasonInProgress, "volume %s is held by another move (%s)", src.Name, by)
 	}
-	if !src.Spec.Held {
+	if !src.Spec.Held || src.Annotations[AnnotationHeldBy] != string(m.UID) {
 		if err := c.hold(ctx, src, string(m.UID), true); err != nil {
 			return 0, err
 		}
@@ -160,7 +166,7 @@ func (c *Controller) cutover(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 	}
 	var running []string
 	for _, p := range pods {
-		if p.Status.Phase != v1.PodRunning && p.DeletionTimestamp == nil {
+		if !mayUse(&p) {
 			continue // not started: its volume is held, it waits
 		}
 		running = append(running, p.Name)
@@ -188,6 +194,30 @@ func (c *Controller) cutover(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 	m.Status.BytesDone, m.Status.BytesPerSecond, m.Status.ETASeconds = 0, 0, 0
 	return poll, c.writeStatus(ctx, m)
 }
+
+// mayUse reports whether pod p may have its volumes mounted: it runs, it
+// is stopping, or one of its containers (init containers too) started.
+// A pod that was only scheduled waits on the held volume and uses nothing.
+func mayUse(p *v1.Pod) bool {
+	if p.Status.Phase == v1.PodRunning || p.DeletionTimestamp != nil {
+		return true
+	}
+	for _, st := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+		if st.State.Running != nil || st.State.Terminated != nil || st.LastTerminationState.Terminated != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// heldByMe reports whether this move holds volume object v.
+func heldByMe(m *v1alpha1.PlinthMove, v *v1alpha1.PlinthVolume) bool {
+	return v.Spec.Held && v.Annotations[AnnotationHeldBy] == string(m.UID)
+}
+
+// moveSnapshotName is the name of the snapshot move m copies; its ID
+// follows from it (volume.SnapshotID), whatever status says.
+func moveSnapshotName(m *v1alpha1.PlinthMove) string { return SnapshotPrefix + string(m.UID) }
 
 // waiting says in the move's status what it waits for.
 func (c *Controller) waiting(ctx context.Context, m *v1alpha1.PlinthMove, msg string) (time.Duration, error) {
@@ -237,8 +267,13 @@ func (c *Controller) podsUsing(ctx context.Context, ns, claim string) ([]v1.Pod,
 
 // finalSync sends what changed since the snapshot to the target.
 func (c *Controller) finalSync(ctx context.Context, m *v1alpha1.PlinthMove) (time.Duration, error) {
-	if _, err := c.sourceVolume(ctx, m); err != nil {
+	src, err := c.sourceVolume(ctx, m)
+	if err != nil {
 		return 0, err
+	}
+	if !heldByMe(m, src) {
+		// Someone lifted the hold: pods may have written since the sync.
+		return 0, refuse(ReasonSyncFailed, "the hold on volume %s was lifted during the final sync: what was written since cannot be known", src.Name)
 	}
 	t, err := c.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, m.Status.TargetVolumeID, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -293,21 +328,23 @@ func (c *Controller) rollback(ctx context.Context, m *v1alpha1.PlinthMove, reaso
 			return 0, err
 		}
 	}
-	if m.Status.TargetVolumeID != "" {
-		if err := c.Volumes.DeleteVolume(ctx, m.Status.TargetVolumeID); err != nil {
+	// Only what the move made, by the names it derives from its own UID
+	// (status may say anything).
+	if m.Status.SourcePV != "" {
+		target := volume.VolumeID(targetPVName(m.Status.SourcePV, m.UID))
+		if err := c.Volumes.DeleteVolume(ctx, target); err != nil {
 			if inProgress(err) {
 				return poll, nil
 			}
-			return 0, fmt.Errorf("remove the target volume %s: %w", m.Status.TargetVolumeID, err)
+			return 0, fmt.Errorf("remove the target volume %s: %w", target, err)
 		}
 	}
-	if m.Status.SnapshotID != "" {
-		if err := c.Volumes.DeleteSnapshot(ctx, m.Status.SnapshotID); err != nil {
-			if inProgress(err) {
-				return poll, nil
-			}
-			return 0, fmt.Errorf("remove the snapshot %s: %w", m.Status.SnapshotID, err)
+	snap := volume.SnapshotID(moveSnapshotName(m))
+	if err := c.Volumes.DeleteSnapshot(ctx, snap); err != nil {
+		if inProgress(err) {
+			return poll, nil
 		}
+		return 0, fmt.Errorf("remove the snapshot %s: %w", snap, err)
 	}
 	if m.DeletionTimestamp == nil && slices.Contains(m.Finalizers, Finalizer) {
 		return 0, c.dropFinalizer(ctx, m)
@@ -370,7 +407,8 @@ func (c *Controller) rebind(ctx context.Context, m *v1alpha1.PlinthMove) (time.D
 				anns[k] = v
 			}
 		}
-		pvc = &v1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: m.Spec.Claim, Namespace: m.Namespace, Labels: saved.Labels, Annotations: anns}, Spec: spec}
+		pvc = &v1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: m.Spec.Claim, Namespace: m.Namespace, Labels: saved.Labels,
+			Annotations: anns, OwnerReferences: saved.OwnerReferences}, Spec: spec}
 		if _, err := claims.Create(ctx, pvc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return 0, fmt.Errorf("make claim %s/%s again: %w", m.Namespace, m.Spec.Claim, err)
 		}
@@ -378,6 +416,17 @@ func (c *Controller) rebind(ctx context.Context, m *v1alpha1.PlinthMove) (time.D
 	case err != nil:
 		return 0, err
 	case string(pvc.UID) == m.Status.ClaimUID:
+		// The source stays held until it is gone.
+		if src, err := c.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, m.Status.SourceVolumeID, metav1.GetOptions{}); err == nil && !heldByMe(m, src) {
+			klog.FromContext(ctx).Info("The source's hold was lifted during the rebind; holding it again", "volumeID", src.Name)
+			return poll, c.hold(ctx, src, string(m.UID), true)
+		}
+		// The claim is made again as it is now (labels, annotations, a
+		// resize asked since the move began), not as it was at the start.
+		if saved, err := saveClaim(pvc); err == nil && saved != m.Status.Claim && pvc.DeletionTimestamp == nil {
+			m.Status.Claim = saved
+			return poll, c.writeStatus(ctx, m)
+		}
 		pods, err := c.podsUsing(ctx, m.Namespace, m.Spec.Claim)
 		if err != nil {
 			return 0, err
@@ -486,6 +535,17 @@ func (c *Controller) done(ctx context.Context, m *v1alpha1.PlinthMove) (time.Dur
 	if err == nil && old.Status.Phase == v1.VolumeBound {
 		return poll, nil // the old claim is not gone yet
 	}
+	if old != nil {
+		if old.Spec.CSI == nil || old.Spec.CSI.VolumeHandle != m.Status.SourceVolumeID || old.Spec.ClaimRef == nil ||
+			old.Spec.ClaimRef.Namespace != m.Namespace || old.Spec.ClaimRef.Name != m.Spec.Claim {
+			return c.waiting(ctx, m, fmt.Sprintf("PV %s is not the claim's former PV of volume %s: it is left alone", old.Name, m.Status.SourceVolumeID))
+		}
+	}
+	if src, err := c.Plinth.PlinthV1alpha1().PlinthVolumes().Get(ctx, m.Status.SourceVolumeID, metav1.GetOptions{}); err == nil {
+		if src.Spec.Claim != "" && src.Spec.Claim != m.Namespace+"/"+m.Spec.Claim || src.Spec.NodeName != m.Status.SourceNode || src.Name == m.Status.TargetVolumeID {
+			return c.waiting(ctx, m, fmt.Sprintf("volume %s is not the claim's former volume: it is left alone", src.Name))
+		}
+	}
 	// The storage first (its node refuses while the volume is staged or
 	// published there), then the PV object, which the move set to Retain.
 	if err := c.Volumes.DeleteVolume(ctx, m.Status.SourceVolumeID); err != nil {
@@ -507,13 +567,12 @@ func (c *Controller) done(ctx context.Context, m *v1alpha1.PlinthMove) (time.Dur
 			}
 		}
 	}
-	if m.Status.SnapshotID != "" {
-		if err := c.Volumes.DeleteSnapshot(ctx, m.Status.SnapshotID); err != nil {
-			if inProgress(err) {
-				return poll, nil
-			}
-			return 0, fmt.Errorf("remove the snapshot %s: %w", m.Status.SnapshotID, err)
+	snap := volume.SnapshotID(moveSnapshotName(m))
+	if err := c.Volumes.DeleteSnapshot(ctx, snap); err != nil {
+		if inProgress(err) {
+			return poll, nil
 		}
+		return 0, fmt.Errorf("remove the snapshot %s: %w", snap, err)
 	}
 	now := metav1.Now()
 	m.Status.DoneTime = &now

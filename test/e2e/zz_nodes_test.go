@@ -50,7 +50,7 @@ var workerSpecs = []struct {
 func TestZNodes(t *testing.T) {
 	need(t)
 	defer timed(t, "three nodes")()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	var ws []*cluster.Worker
 	for i, s := range workerSpecs {
@@ -74,6 +74,7 @@ func TestZNodes(t *testing.T) {
 	t.Run("cross-node-restore-clone", func(t *testing.T) { crossNodeCopies(t, ctx, ws) })
 	t.Run("move-claim", func(t *testing.T) { moveClaim(t, ctx, ws) })
 	t.Run("drain", func(t *testing.T) { drainNode(t, ctx, ws) })
+	t.Run("move-kills", func(t *testing.T) { moveKills(t, ctx, ws) })
 	t.Run("immediate-allowed-topologies", func(t *testing.T) { immediateAcrossNodes(t, ctx, ws) })
 	t.Run("outside-fill-and-spread", func(t *testing.T) { fillAndSpread(t, ctx, ws) })
 	t.Run("controller-failover", func(t *testing.T) { controllerFailover(t, ctx, ws) })

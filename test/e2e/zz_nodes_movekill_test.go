@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
+	"github.com/plinth-dev/plinth/test/e2e/cluster"
+)
+
+// killCase kills one plinth process (the source node's agent, the
+// target node's, or the leading controller) when a move reaches phase.
+type killCase struct {
+	role  string
+	phase v1alpha1.MovePhase
+}
+
+// moveKillCases: a bounded set in make test; PLINTH_MOVE_KILLS=all
+// (make move-kills) runs every role in every phase, twice, one way and
+// back.
+func moveKillCases() []killCase {
+	if os.Getenv("PLINTH_MOVE_KILLS") == "all" {
+		var out []killCase
+		for range 2 {
+			for _, ph := range []v1alpha1.MovePhase{v1alpha1.MoveCopying, v1alpha1.MoveCutover, v1alpha1.MoveFinalSync, v1alpha1.MoveRebind} {
+				for _, role := range []string{"source", "target", "controller"} {
+					out = append(out, killCase{role, ph})
+				}
+			}
+		}
+		return out
+	}
+	return []killCase{{"source", v1alpha1.MoveCopying}, {"target", v1alpha1.MoveFinalSync}, {"controller", v1alpha1.MoveRebind}}
+}
+
+// Moves survive kill -9: for each case a StatefulSet's claim holding 60
+// MiB of known data is moved (evicting its pod) between the workers, and
+// the process of the case is killed (SIGKILL) as soon as the move is seen
+// in the case's phase. Each move ends Done (the claim bound on the target)
+// or Failed (rolled back: the claim still on its source), and either way
+// the StatefulSet's pod runs again with the data as it was written.
+func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
+	cases := moveKillCases()
+	hits, done, failed := 0, 0, 0
+	for i, kc := range cases {
+		src, dst := ws[i%2], ws[(i+1)%2]
+		ns := namespace(t, ctx, fmt.Sprintf("kill-%d", i))
+		class := "plinth-kill-" + src.Name
+		storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"}, src.Name)
+		ss := fillStatefulSet("k", class, src.Name, "96Mi", 60)
+		if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, ss, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitPodRunning(t, ctx, ns, "k-0", 3*time.Minute)
+		want := sumIn(t, waitLogIn(t, ctx, podLogs(src), ns, "k-0", "sum=", 2*time.Minute))
+		mv := &v1alpha1.PlinthMove{ObjectMeta: metav1.ObjectMeta{Name: "data-k-0"}, Spec: v1alpha1.MoveSpec{Claim: "data-k-0", TargetNode: dst.Name, Evict: true}}
+		if _, err := e.plinth.PlinthV1alpha1().PlinthMoves(ns).Create(ctx, mv, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		killed := false
+		var end *v1alpha1.PlinthMove
+		if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+			m, err := e.plinth.PlinthV1alpha1().PlinthMoves(ns).Get(ctx, "data-k-0", metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			if !killed && m.Status.Phase == kc.phase {
+				killed = killRole(t, ctx, kc.role, src.Name, dst.Name)
+			}
+			end = m
+			return m.Status.Phase == v1alpha1.MoveFailed || (m.Status.Phase == v1alpha1.MoveDone && m.Status.DoneTime != nil), nil
+		}); err != nil {
+			t.Fatalf("case %d (%s killed in %s): the move did not end: %v; last %+v", i, kc.role, kc.phase, err, end.Status)
+		}
+		on := src.Name
+		if end.Status.Phase == v1alpha1.MoveDone {
+			on = dst.Name
+			done++
+		} else {
+			failed++
+		}
+		if node, _ := pvNode(t, ctx, ns, "data-k-0"); node != on {
+			t.Fatalf("case %d: the move ended %s but the claim is on %s", i, end.Status.Phase, node)
+		}
+		var pod *corev1.Pod
+		if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			p, err := e.client.CoreV1().Pods(ns).Get(ctx, "k-0", metav1.GetOptions{})
+			if err != nil || p.Status.Phase != corev1.PodRunning || p.Spec.NodeName != on || p.DeletionTimestamp != nil {
+				return false, nil
+			}
+			pod = p
+			return true, nil
+		}); err != nil {
+			t.Fatalf("case %d: k-0 not running on %s: %v; %s", i, on, err, podsOn(ctx, ns))
+		}
+		log := waitLogIn(t, ctx, logsOf(ws, on), ns, pod.Name, "sum=", 2*time.Minute)
+		if sumIn(t, log) != want {
+			t.Fatalf("case %d (%s killed in %s, move %s): data on %s: %s, want sum %s", i, kc.role, kc.phase, end.Status.Phase, on, log, want)
+		}
+		if killed {
+			hits++
+		}
+		logf("nodes: move kill %d: %s killed in %s: %v; move %s (%s), data intact on %s", i, kc.role, kc.phase, killed, end.Status.Phase, end.Status.Message, on)
+		_ = e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	}
+	logf("nodes: %d moves with a plinth process killed (%d caught in their phase): %d done, %d rolled back, data intact in all", len(cases), hits, done, failed)
+	if os.Getenv("PLINTH_MOVE_KILLS") == "all" && hits < 20 {
+		t.Errorf("only %d of %d kills landed in their phase (want at least 20)", hits, len(cases))
+	}
+}
+
+// killRole sends SIGKILL to the plinth process of role: the node agent on
+// the source or target node, or the leading controller.
+func killRole(t *testing.T, ctx context.Context, role, src, dst string) bool {
+	t.Helper()
+	if role == "controller" {
+		pod, _, _ := leaderPod(t, ctx, controllerPods(t, ctx))
+		return killPod(t, pod, "controller")
+	}
+	node := src
+	if role == "target" {
+		node = dst
+	}
+	l, err := e.client.CoreV1().Pods("plinth-system").List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/component=node", FieldSelector: "spec.nodeName=" + node})
+	if err != nil || len(l.Items) == 0 {
+		return false
+	}
+	for _, p := range l.Items {
+		if p.DeletionTimestamp == nil && strings.HasPrefix(p.Name, "plinth") && killPod(t, p, "node") {
+			return true
+		}
+	}
+	return false
+}
