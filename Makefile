@@ -10,7 +10,7 @@ GO       ?= go
 SHELL    := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: all build cross image image-lock image-reproducible release push run test reliability kubelet e2e upgrade bench-nodes conformance chart alerts generate verify-generated unit sanity bench lint deps clean
+.PHONY: all build cross image image-lock image-reproducible release push run test reliability kubelet e2e upgrade move-kills bench-nodes conformance chart alerts generate verify-generated unit sanity bench lint deps clean
 
 all: build
 
@@ -164,6 +164,14 @@ upgrade: chart
 # an over-committed pool, a missing or duplicate PV, or a timeout, never on a time. Root. make e2e
 # runs the same test at 10 nodes and 100 PVCs, without the QPS batch (PLINTH_SIM_NODES, PLINTH_SIM_PVCS and
 # PLINTH_SIM_QPS_PVCS set the sizes), and TestBindLatency's burst of 200 PVCs (make e2e: 1 and 50; PLINTH_BIND_BURSTS).
+# Moves with a plinth process (the source's node agent, the target's, the controller) killed in
+# each phase, every role in every phase twice (24 moves; make test runs three of them).
+move-kills:
+	$(MAKE) image chart
+	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && PLINTH_CLUSTER_BIN=$$bin PLINTH_MOVE_KILLS=all \
+	  PLINTH_CHART_RENDERS=$(CHART_OUT) PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
+	  $(GO) test -trimpath -count=1 -v -timeout 60m -run '^(TestZChartInstall|TestZNodes)$$/^(move-kills)?$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
+
 bench-nodes:
 	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && \
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_SIM_NODES=50 PLINTH_SIM_PVCS=1000 PLINTH_SIM_QPS_PVCS=500 PLINTH_BIND_BURSTS=1,50,200 \
