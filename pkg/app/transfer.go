@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -45,7 +46,7 @@ func (c *TransferConfig) flags(fs interface {
 	StringVar(*string, string, string, string)
 }) {
 	fs.StringVar(&c.Address, "transfer-address", ":7460", "host:port of the node-to-node transfer service (TLS, on the host network; empty: off, the node neither sends nor receives volumes)")
-	fs.StringVar(&c.Advertise, "transfer-advertise-address", "", "host:port other nodes dial for transfers (default: the listen host, or the Node's InternalIP, with the --transfer-address port)")
+	fs.StringVar(&c.Advertise, "transfer-advertise-address", "", "host or host:port other nodes dial for transfers (the pod's IP off the host network); without a port, the --transfer-address port (default: the listen host, or the Node's InternalIP)")
 	fs.StringVar(&c.Bandwidth, "transfer-bandwidth", "", "most bytes per second this node's transfers send and receive together, as a quantity (200Mi); empty or 0: no limit")
 }
 
@@ -59,8 +60,12 @@ func (c *TransferConfig) validate() error {
 		}
 	}
 	if c.Advertise != "" {
-		if host, port, err := net.SplitHostPort(c.Advertise); err != nil || host == "" || port == "" || port == "0" {
-			errs = append(errs, fmt.Errorf("--transfer-advertise-address %q must be host:port with both set", c.Advertise))
+		host, port, err := net.SplitHostPort(c.Advertise)
+		if err != nil {
+			host, port = c.Advertise, "" // a host alone (an IPv6 address too)
+		}
+		if host == "" || strings.ContainsAny(host, "/ ") || port == "0" {
+			errs = append(errs, fmt.Errorf("--transfer-advertise-address %q must be a host or host:port", c.Advertise))
 		}
 	}
 	if c.Bandwidth != "" {
@@ -157,12 +162,18 @@ func listenWhenFree(ctx context.Context, addr string) (net.Listener, error) {
 // advertise is the address peers dial: the flag, the listen host, or the
 // Node's InternalIP, with the listen port.
 func advertise(ctx context.Context, c TransferConfig, nodeName string, core kubernetes.Interface) (string, error) {
-	if c.Advertise != "" {
-		return c.Advertise, nil
-	}
 	host, port, err := net.SplitHostPort(c.Address)
 	if err != nil {
 		return "", err
+	}
+	if c.Advertise != "" {
+		if _, _, err := net.SplitHostPort(c.Advertise); err == nil {
+			return c.Advertise, nil
+		}
+		if port == "0" {
+			return "", errors.New("--transfer-address with port 0 needs a port in --transfer-advertise-address")
+		}
+		return net.JoinHostPort(c.Advertise, port), nil
 	}
 	if port == "0" {
 		return "", errors.New("--transfer-address with port 0 needs --transfer-advertise-address")
