@@ -124,7 +124,12 @@ func killRole(t *testing.T, ctx context.Context, role, src, dst string) bool {
 	t.Helper()
 	if role == "controller" {
 		pod, _, _ := leaderPod(t, ctx, controllerPods(t, ctx))
-		return killPod(t, pod, "controller")
+		if !killPod(t, pod, "controller") {
+			return false
+		}
+		zero := int64(0) // a new pod, not a restart after a back-off (below)
+		_ = e.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		return true
 	}
 	node := src
 	if role == "target" {
@@ -137,6 +142,12 @@ func killRole(t *testing.T, ctx context.Context, role, src, dst string) bool {
 	}
 	for _, p := range l.Items {
 		if p.DeletionTimestamp == nil && strings.HasPrefix(p.Name, "plinth") && killPod(t, p, "node") {
+			// The process is dead, as kill -9 leaves it. Its pod goes too,
+			// so that the DaemonSet starts a new one at once: the kubelet
+			// would restart the container after a back-off that doubles
+			// with each of these kills, up to five minutes.
+			zero := int64(0)
+			_ = e.client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 			return true
 		}
 	}
