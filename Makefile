@@ -281,6 +281,7 @@ sanity:
 bench: build
 	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 30m -run '^TestBench' ./test/bench/ -args -plinth $(CURDIR)/bin/plinth $(BENCH_FLAGS) 2>&1 | grep -v '^I[0-9]'
 	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 10m -run '^TestBenchProvisionLock$$' ./pkg/provision/ 2>&1 | grep -v '^I[0-9]'
+	PLINTH_BENCH=1 $(GO) test -count=1 -v -timeout 15m -run '^TestBenchTransfer$$' ./pkg/transfer/ 2>&1 | grep -v '^I[0-9]'
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

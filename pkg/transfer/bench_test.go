@@ -47,7 +47,7 @@ func TestBenchTransfer(t *testing.T) {
 		d := dest(filepath.Join(dir, fmt.Sprintf("x-%d", r)))
 		os.MkdirAll(filepath.Dir(d.Image), 0o755)
 		start = time.Now()
-		if err := (&Client{Identity: w.b, Peers: w.book}).Fill(context.Background(), "a", "pv-target", d, nil); err != nil {
+		if err := (&Client{Identity: w.b, Peers: w.book, CommitEvery: benchCommit}).Fill(context.Background(), "a", "pv-target", d, nil); err != nil {
 			t.Fatal(err)
 		}
 		d.Close()
@@ -113,6 +113,8 @@ func TestBenchTransfer(t *testing.T) {
 	t.Log(b.String())
 	fmt.Println(b.String())
 }
+
+var benchCommit = int64(0) // the client's default: a commit every 64 MiB or 2 s
 
 func sumOf(t *testing.T, path string) [32]byte { return sum(t, path) }
 

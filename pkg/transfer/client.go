@@ -80,7 +80,9 @@ func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destinatio
 	conn, err := grpc.NewClient("passthrough:///"+p.Address,
 		grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(c.Identity, c.Peers, node))),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)),
+		grpc.WithInitialWindowSize(windowBytes), grpc.WithInitialConnWindowSize(windowBytes),
+		grpc.WithReadBufferSize(1<<20))
 	if err != nil {
 		return fmt.Errorf("transfer from %s (%s): %w", node, p.Address, err)
 	}

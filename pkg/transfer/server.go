@@ -23,6 +23,10 @@ import (
 	transferv1 "github.com/plinth-dev/plinth/proto/transfer/v1"
 )
 
+// windowBytes is the flow-control window of a transfer stream and its
+// connection, both ways.
+const windowBytes = 16 << 20
+
 // DefaultChunkBytes is the most data one chunk carries.
 const DefaultChunkBytes = 1 << 20
 
@@ -57,6 +61,11 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.Creds(credentials.NewTLS(serverTLS(s.Identity, s.Peers))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
 		grpc.MaxConcurrentStreams(64),
+		// Wide flow-control windows: a stream of 1 MiB chunks is not held
+		// back by the 64 KiB defaults.
+		grpc.InitialWindowSize(windowBytes),
+		grpc.InitialConnWindowSize(windowBytes),
+		grpc.WriteBufferSize(1<<20),
 		grpc.ConnectionTimeout(10*time.Second),
 	)
 	transferv1.RegisterTransferServer(srv, s)
@@ -156,67 +165,121 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	}
 	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
 	logger.V(2).Info("Sending", "from", req.GetOffset())
-	buf := make([]byte, s.chunkBytes())
-	// The data ranges are walked as the stream goes (SEEK_DATA and
-	// SEEK_HOLE from where it is), never listed: memory does not grow with
-	// the extents a tenant's writes make.
-	for pos := req.GetOffset(); pos < c.Size; {
-		start, err := nextData(files, pos, c.Size)
-		if err != nil {
-			return status.Error(codes.Internal, err.Error())
-		}
-		if start >= c.Size {
-			break
-		}
-		end, err := holeAfter(files, start, c.Size)
-		if err != nil {
-			return status.Error(codes.Internal, err.Error())
-		}
-		end = max(end, start+1)
-		for off := start; off < end; {
-			n := int(min(int64(len(buf)), end-off))
-			p := buf[:n]
-			if err := readFull(c.File, p, off); err != nil {
-				return status.Error(codes.Internal, err.Error())
+	// One goroutine reads, compares and hashes the chunks ahead while this
+	// one sends them: reading the disk and hashing overlap the network.
+	type item struct {
+		ch  *transferv1.Chunk
+		buf []byte
+		err error
+	}
+	const depth = 4
+	free := make(chan []byte, depth)
+	for range depth {
+		free <- make([]byte, s.chunkBytes())
+	}
+	ready := make(chan item, depth)
+	pctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		defer close(ready)
+		put := func(it item) bool {
+			select {
+			case ready <- it:
+				return true
+			case <-pctx.Done():
+				return false
 			}
-			ch := &transferv1.Chunk{Offset: off, SentThrough: off + int64(n)}
-			if c.Base != nil {
-				// A sync: only what differs from the base travels.
-				b := base[:n]
-				if err := readBase(c.Base, b, off); err != nil {
-					return status.Error(codes.Internal, err.Error())
+		}
+		fail := func(err error) { put(item{err: err}) }
+		// The data ranges are walked as the stream goes (SEEK_DATA and
+		// SEEK_HOLE from where it is), never listed: memory does not grow
+		// with the extents a tenant's writes make.
+		for pos := req.GetOffset(); pos < c.Size; {
+			start, err := nextData(files, pos, c.Size)
+			if err != nil {
+				fail(status.Error(codes.Internal, err.Error()))
+				return
+			}
+			if start >= c.Size {
+				break
+			}
+			end, err := holeAfter(files, start, c.Size)
+			if err != nil {
+				fail(status.Error(codes.Internal, err.Error()))
+				return
+			}
+			end = max(end, start+1)
+			for off := start; off < end; {
+				var buf []byte
+				select {
+				case buf = <-free:
+				case <-pctx.Done():
+					return
 				}
-				switch {
-				case bytes.Equal(p, b):
-					// the same: nothing to send
-				case allZero(p):
-					ch.ZeroBytes = int64(n)
-				default:
+				n := int(min(int64(len(buf)), end-off))
+				p := buf[:n]
+				if err := readFull(c.File, p, off); err != nil {
+					fail(status.Error(codes.Internal, err.Error()))
+					return
+				}
+				ch := &transferv1.Chunk{Offset: off, SentThrough: off + int64(n)}
+				data := false
+				if c.Base != nil {
+					// A sync: only what differs from the base travels.
+					b := base[:n]
+					if err := readBase(c.Base, b, off); err != nil {
+						fail(status.Error(codes.Internal, err.Error()))
+						return
+					}
+					switch {
+					case bytes.Equal(p, b):
+						// the same: nothing to send
+					case allZero(p):
+						ch.ZeroBytes = int64(n)
+					default:
+						data = true
+					}
+				} else {
+					data = !allZero(p)
+				}
+				if data {
 					sum := sha256.Sum256(p)
 					ch.Data, ch.Sha256 = p, sum[:]
-					if err := s.wait(ctx, n); err != nil {
-						return err
+					if err := s.wait(pctx, n); err != nil {
+						fail(err)
+						return
 					}
+				} else {
+					free <- buf
+					buf = nil
 				}
-			} else if !allZero(p) {
-				sum := sha256.Sum256(p)
-				ch.Data, ch.Sha256 = p, sum[:]
-				if err := s.wait(ctx, n); err != nil {
-					return err
+				if !put(item{ch: ch, buf: buf}) {
+					return
 				}
+				off += int64(n)
 			}
-			if s.alter != nil {
-				s.alter(ch)
-			}
-			if err := stream.Send(ch); err != nil {
-				return err
-			}
-			if s.Meter != nil {
-				s.Meter.Sent(len(ch.Data))
-			}
-			off += int64(n)
+			pos = end
 		}
-		pos = end
+	}()
+	for it := range ready {
+		if it.err != nil {
+			return it.err
+		}
+		if s.alter != nil {
+			s.alter(it.ch)
+		}
+		if err := stream.Send(it.ch); err != nil {
+			return err
+		}
+		if s.Meter != nil {
+			s.Meter.Sent(len(it.ch.Data))
+		}
+		if it.buf != nil {
+			free <- it.buf // sent: Send has copied it out
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
 	}
 	// The end: everything up to the size is sent (what is left is a hole).
 	return stream.Send(&transferv1.Chunk{Offset: c.Size, SentThrough: c.Size})

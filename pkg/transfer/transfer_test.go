@@ -247,8 +247,9 @@ type cutAfter struct {
 }
 
 func (c *cutAfter) WriteAt(p []byte, off int64) error {
-	if c.n--; c.n == 0 {
+	if c.n--; c.n <= 0 {
 		c.cancel()
+		return errors.New("cut off") // as a receiver killed here
 	}
 	return c.FileDestination.WriteAt(p, off)
 }
