@@ -156,7 +156,7 @@ func drainNode(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	w1 := ws[0]
 	ns := namespace(t, ctx, "nodes-drain")
 	// Made on w1 only; the claims bound, nothing holds their pods there.
-	storageClass(t, ctx, "plinth-drain-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"}, w1.Name)
+	storageClass(t, ctx, "plinth-drain-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file"}, w1.Name)
 	t.Cleanup(func() {
 		_, _ = e.client.CoreV1().Nodes().Patch(context.Background(), w1.Name, types.MergePatchType, []byte(`{"spec":{"unschedulable":false}}`), metav1.PatchOptions{})
 	})
@@ -225,7 +225,7 @@ func drainNode(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 func moveClaim(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	w1, w2 := ws[0], ws[1]
 	ns := namespace(t, ctx, "nodes-move")
-	storageClass(t, ctx, "plinth-move-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"}, w1.Name)
+	storageClass(t, ctx, "plinth-move-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file"}, w1.Name)
 	if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, moveStatefulSet("mover", "plinth-move-small", w1.Name), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,7 @@ func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 		src, dst := ws[i%2], ws[(i+1)%2]
 		ns := namespace(t, ctx, fmt.Sprintf("kill-%d", i))
 		class := "plinth-kill-" + src.Name
-		storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"pool": "small"}, src.Name)
+		storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file"}, src.Name)
 		ss := fillStatefulSet("k", class, src.Name, "96Mi", 60)
 		if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, ss, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
