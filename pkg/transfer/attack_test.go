@@ -10,7 +10,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -27,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	transferv1 "github.com/plinth-dev/plinth/proto/transfer/v1"
 )
@@ -73,17 +73,16 @@ func rogueWorld(t *testing.T, r *rogue) (*peerBook, *Identity) {
 }
 
 func chunkOf(off int64, data []byte, through int64) *transferv1.Chunk {
-	s := sha256.Sum256(data)
 	ch := &transferv1.Chunk{Offset: off, SentThrough: through}
 	if len(data) > 0 {
-		ch.Data, ch.Sha256 = data, s[:]
+		ch.Data, ch.Crc32C = data, proto.Uint32(checksum(data))
 	}
 	return ch
 }
 
 // HOLDS. A server that breaks the protocol (out of order, overlapping,
 // beyond the size, sent_through going back or past the size, negative
-// offsets, data without a sha256, a stream that ends early, bad Open
+// offsets, data without a checksum, a stream that ends early, bad Open
 // answers) fails the attempt: Fill returns an error well before its
 // deadline, and nothing lands outside [0, size) of the image.
 func TestAttackRogueChunksRefusedHolds(t *testing.T) {
@@ -101,7 +100,7 @@ func TestAttackRogueChunksRefusedHolds(t *testing.T) {
 		{name: "sent_through backwards", chunks: []*transferv1.Chunk{chunkOf(0, data, 64<<10), chunkOf(64<<10, nil, 10)}},
 		{name: "sent_through short of the data", chunks: []*transferv1.Chunk{chunkOf(0, data, 10)}},
 		{name: "negative offset", chunks: []*transferv1.Chunk{chunkOf(-1<<20, data, 64<<10)}},
-		{name: "data without sha256", chunks: []*transferv1.Chunk{{Offset: 0, Data: data, SentThrough: 64 << 10}}},
+		{name: "data without a checksum", chunks: []*transferv1.Chunk{{Offset: 0, Data: data, SentThrough: 64 << 10}}},
 		{name: "ends early", chunks: []*transferv1.Chunk{chunkOf(0, data, 64<<10)}},
 		{name: "negative size", open: &transferv1.OpenResponse{Format: FormatImage, Size: -1, ContentId: "x"}},
 		{name: "no content id", open: &transferv1.OpenResponse{Format: FormatImage, Size: size}},

@@ -1,9 +1,7 @@
 package transfer
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -164,7 +162,50 @@ func (r *receiver) read(ctx context.Context) error {
 		return err
 	}
 	r.lastCommit = time.Now()
-	written := r.through // what is written (not yet committed) reaches here
+	// One goroutine receives and checks the chunks while another writes
+	// and commits them: the disk and the network overlap.
+	pieces := make(chan piece, writeAhead)
+	wrote := make(chan writeResult, 1)
+	go func() { wrote <- r.write(pieces, cancel) }()
+	recvErr := r.receive(ctx, cancel, stream, pieces)
+	close(pieces)
+	w := <-wrote
+	if w.err != nil {
+		return w.err
+	}
+	if recvErr == nil {
+		return r.commit(r.size)
+	}
+	// What is written so far is kept for the next attempt.
+	if cerr := r.commit(w.written); cerr != nil {
+		return cerr
+	}
+	return recvErr
+}
+
+// writeAhead is how many received chunks may wait for the writer.
+const writeAhead = 8
+
+// piece is a checked chunk on its way to the destination: data at off, or
+// zero bytes made zeros there; all before through is then written.
+type piece struct {
+	off     int64
+	data    []byte
+	zero    int64
+	through int64
+}
+
+type writeResult struct {
+	// written: all before it is written (committed or not).
+	written int64
+	err     error
+}
+
+// receive reads the stream, checks each chunk and hands it to the writer.
+// It returns nil once the whole content has been handed on, errBadChunk
+// for a chunk that does not match its checksum, or why the stream ended.
+func (r *receiver) receive(ctx context.Context, cancel func(), stream grpc.ServerStreamingClient[transferv1.Chunk], pieces chan<- piece) error {
+	received := r.through // all before it is checked and handed on
 	// A stream that sends nothing for a while ends this attempt; the
 	// caller tries again from what is committed.
 	idle := time.AfterFunc(r.idle(), cancel)
@@ -172,39 +213,26 @@ func (r *receiver) read(ctx context.Context) error {
 	for {
 		ch, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			if written != r.size {
-				return status.Errorf(codes.Unavailable, "the stream ended at %d of %d bytes", written, r.size)
+			if received != r.size {
+				return status.Errorf(codes.Unavailable, "the stream ended at %d of %d bytes", received, r.size)
 			}
-			return r.commit(r.size)
+			return nil
 		}
 		if err != nil {
-			// What is written so far is kept for the next attempt.
-			if cerr := r.commit(written); cerr != nil {
-				return cerr
-			}
 			return err
 		}
 		off, data, end, zero := ch.GetOffset(), ch.GetData(), ch.GetSentThrough(), ch.GetZeroBytes()
 		idle.Reset(r.idle())
 		// Every chunk moves sent_through on, but the one end marker at
 		// the size: a stream that makes no progress is a broken one.
-		stalled := end <= written && !(end == r.size && written == r.size && len(data) == 0 && zero == 0)
-		if off < written || end < off+int64(len(data)) || end > r.size || off > end || zero < 0 || end < off+zero || stalled ||
+		stalled := end <= received && !(end == r.size && received == r.size && len(data) == 0 && zero == 0)
+		if off < received || end < off+int64(len(data)) || end > r.size || off > end || zero < 0 || end < off+zero || stalled ||
 			(zero > 0 && (len(data) > 0 || r.dst.Format() != FormatImageDelta)) {
 			return fmt.Errorf("transfer: chunk at %d (%d bytes, %d zeros, through %d) out of order or outside the content (written to %d of %d)",
-				off, len(data), zero, end, written, r.size)
-		}
-		if zero > 0 {
-			if err := r.dst.Zero(off, zero); err != nil {
-				return err
-			}
+				off, len(data), zero, end, received, r.size)
 		}
 		if len(data) > 0 {
-			sum := sha256.Sum256(data)
-			if !bytes.Equal(sum[:], ch.GetSha256()) {
-				if cerr := r.commit(written); cerr != nil {
-					return cerr
-				}
+			if ch.Crc32C == nil || checksum(data) != ch.GetCrc32C() {
 				return errBadChunk
 			}
 			if r.c.Limit != nil {
@@ -212,23 +240,58 @@ func (r *receiver) read(ctx context.Context) error {
 					return err
 				}
 			}
-			if err := r.dst.WriteAt(data, off); err != nil {
-				return err
-			}
-			r.done += int64(len(data))
-			r.sent += int64(len(data))
-			r.pending += int64(len(data))
-			if r.c.Meter != nil {
-				r.c.Meter.Received(len(data))
+		}
+		select {
+		case pieces <- piece{off: off, data: data, zero: zero, through: end}:
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		}
+		received = end
+	}
+}
+
+// write writes and commits the pieces in order until they end; on an
+// error it cancels the stream and stops.
+func (r *receiver) write(pieces <-chan piece, cancel func()) writeResult {
+	written := r.through
+	for p := range pieces {
+		err := r.writePiece(p)
+		if err == nil {
+			written = p.through
+			if r.pending >= r.commitEvery() || time.Since(r.lastCommit) >= r.commitInterval() {
+				err = r.commit(written)
 			}
 		}
-		written = end
-		if r.pending >= r.commitEvery() || time.Since(r.lastCommit) >= r.commitInterval() {
-			if err := r.commit(written); err != nil {
-				return err
+		if err != nil {
+			cancel()
+			for range pieces {
+				// drained: the receiver stops on the cancel
 			}
+			return writeResult{written: written, err: err}
 		}
 	}
+	return writeResult{written: written}
+}
+
+func (r *receiver) writePiece(p piece) error {
+	if p.zero > 0 {
+		if err := r.dst.Zero(p.off, p.zero); err != nil {
+			return err
+		}
+	}
+	if len(p.data) == 0 {
+		return nil
+	}
+	if err := r.dst.WriteAt(p.data, p.off); err != nil {
+		return err
+	}
+	r.done += int64(len(p.data))
+	r.sent += int64(len(p.data))
+	r.pending += int64(len(p.data))
+	if r.c.Meter != nil {
+		r.c.Meter.Received(len(p.data))
+	}
+	return nil
 }
 
 // idle is how long a stream may send nothing before the attempt ends.

@@ -4,7 +4,7 @@
 //
 //   - Sparse: only data travels. An image's holes (SEEK_DATA/SEEK_HOLE) and
 //     chunks of zeros are skipped; the receiver's image reads zeros there.
-//   - Checked: each chunk carries its SHA-256, checked before it is written;
+//   - Checked: each chunk carries its CRC-32C, checked before it is written;
 //     a chunk that does not match is asked for again.
 //   - Resumable: the receiver records, durably, how far its image is written
 //     and for which content; after either side restarts it asks from there.

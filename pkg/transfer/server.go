@@ -3,7 +3,6 @@ package transfer
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/klog/v2"
 
 	transferv1 "github.com/plinth-dev/plinth/proto/transfer/v1"
@@ -165,8 +165,8 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	}
 	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
 	logger.V(2).Info("Sending", "from", req.GetOffset())
-	// One goroutine reads, compares and hashes the chunks ahead while this
-	// one sends them: reading the disk and hashing overlap the network.
+	// One goroutine reads, compares and checksums the chunks ahead while
+	// this one sends them: reading the disk overlaps the network.
 	type item struct {
 		ch  *transferv1.Chunk
 		buf []byte
@@ -179,8 +179,14 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	}
 	ready := make(chan item, depth)
 	pctx, stop := context.WithCancel(ctx)
-	defer stop()
+	produced := make(chan struct{})
+	defer func() {
+		// The reader is done with the files before they are closed.
+		stop()
+		<-produced
+	}()
 	go func() {
+		defer close(produced)
 		defer close(ready)
 		put := func(it item) bool {
 			select {
@@ -243,8 +249,7 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 					data = !allZero(p)
 				}
 				if data {
-					sum := sha256.Sum256(p)
-					ch.Data, ch.Sha256 = p, sum[:]
+					ch.Data, ch.Crc32C = p, proto.Uint32(checksum(p))
 					if err := s.wait(pctx, n); err != nil {
 						fail(err)
 						return

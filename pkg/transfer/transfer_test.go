@@ -474,3 +474,38 @@ func TestSyncSendsOnlyChanges(t *testing.T) {
 		t.Fatalf("a delta into a new image: %v, want ErrUnsupported", err)
 	}
 }
+
+// A destination that fails (a full disk) ends the attempt with its error
+// at once: the stream is not left running, nor the receiver waiting.
+func TestFillStopsOnWriteError(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.img")
+	image(t, src, 64<<20, []int64{0}, 48<<20)
+	w := newWorld(t, src)
+	d := dest(dir)
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	full := errors.New("no space left on device")
+	err := (&Client{Identity: w.b, Peers: w.book}).Fill(ctx, "a", "pv-target", &failAfter{FileDestination: d, n: 3, err: full}, nil)
+	if !errors.Is(err, full) {
+		t.Fatalf("Fill = %v; want the destination's error", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Fill returned only at the deadline")
+	}
+}
+
+// failAfter fails every write after n.
+type failAfter struct {
+	*FileDestination
+	n   int
+	err error
+}
+
+func (f *failAfter) WriteAt(p []byte, off int64) error {
+	if f.n--; f.n < 0 {
+		return f.err
+	}
+	return f.FileDestination.WriteAt(p, off)
+}

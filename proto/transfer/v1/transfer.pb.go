@@ -224,9 +224,6 @@ type Chunk struct {
 	// offset is where data goes in the content.
 	Offset int64  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
 	Data   []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	// sha256 is the SHA-256 of data, checked by the receiver before it
-	// writes; a chunk that does not match is asked for again.
-	Sha256 []byte `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// sent_through is the offset up to which everything has now been sent
 	// (data and holes alike): a receiver that has written this chunk may go
 	// on from there.
@@ -234,7 +231,11 @@ type Chunk struct {
 	// zero_bytes, in a sync (content sent as what differs from a base the
 	// receiver already holds), says that zero_bytes from offset read as
 	// zeros now: the receiver makes them so. data is then empty.
-	ZeroBytes     int64 `protobuf:"varint,5,opt,name=zero_bytes,json=zeroBytes,proto3" json:"zero_bytes,omitempty"`
+	ZeroBytes int64 `protobuf:"varint,5,opt,name=zero_bytes,json=zeroBytes,proto3" json:"zero_bytes,omitempty"`
+	// crc32c is the CRC-32C (Castagnoli) of data, checked by the receiver
+	// before it writes; a chunk with data and without it, or that does not
+	// match, is asked for again.
+	Crc32C        *uint32 `protobuf:"fixed32,6,opt,name=crc32c,proto3,oneof" json:"crc32c,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,13 +284,6 @@ func (x *Chunk) GetData() []byte {
 	return nil
 }
 
-func (x *Chunk) GetSha256() []byte {
-	if x != nil {
-		return x.Sha256
-	}
-	return nil
-}
-
 func (x *Chunk) GetSentThrough() int64 {
 	if x != nil {
 		return x.SentThrough
@@ -300,6 +294,13 @@ func (x *Chunk) GetSentThrough() int64 {
 func (x *Chunk) GetZeroBytes() int64 {
 	if x != nil {
 		return x.ZeroBytes
+	}
+	return 0
+}
+
+func (x *Chunk) GetCrc32C() uint32 {
+	if x != nil && x.Crc32C != nil {
+		return *x.Crc32C
 	}
 	return 0
 }
@@ -324,14 +325,15 @@ const file_transfer_v1_transfer_proto_rawDesc = "" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x1d\n" +
 	"\n" +
 	"content_id\x18\x02 \x01(\tR\tcontentId\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\x03R\x06offset\"\x8d\x01\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\"\xab\x01\n" +
 	"\x05Chunk\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06sha256\x18\x03 \x01(\fR\x06sha256\x12!\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12!\n" +
 	"\fsent_through\x18\x04 \x01(\x03R\vsentThrough\x12\x1d\n" +
 	"\n" +
-	"zero_bytes\x18\x05 \x01(\x03R\tzeroBytes2\x9b\x01\n" +
+	"zero_bytes\x18\x05 \x01(\x03R\tzeroBytes\x12\x1b\n" +
+	"\x06crc32c\x18\x06 \x01(\aH\x00R\x06crc32c\x88\x01\x01B\t\n" +
+	"\a_crc32cJ\x04\b\x03\x10\x04R\x06sha2562\x9b\x01\n" +
 	"\bTransfer\x12I\n" +
 	"\x04Open\x12\x1f.plinth.transfer.v1.OpenRequest\x1a .plinth.transfer.v1.OpenResponse\x12D\n" +
 	"\x04Read\x12\x1f.plinth.transfer.v1.ReadRequest\x1a\x19.plinth.transfer.v1.Chunk0\x01B;Z9github.com/plinth-dev/plinth/proto/transfer/v1;transferv1b\x06proto3"
@@ -372,6 +374,7 @@ func file_transfer_v1_transfer_proto_init() {
 	if File_transfer_v1_transfer_proto != nil {
 		return
 	}
+	file_transfer_v1_transfer_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
