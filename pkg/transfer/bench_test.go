@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/plinth-dev/plinth/test/testfs"
 )
 
 // TestBenchTransfer (make bench; PLINTH_BENCH=1) measures the transfer
@@ -84,32 +86,57 @@ func TestBenchTransfer(t *testing.T) {
 	fmt.Fprintf(&b, "  sent %d MiB (%.1f%% of the image), in %s; the copy allocates %d MiB\n", m.sent.Load()>>20,
 		100*float64(m.sent.Load())/size, full.Round(time.Millisecond), mustStat(t, d.Image)>>20)
 
-	// Sync: 1% of the image (10 MiB in 1 MiB pieces) changed since.
-	now := filepath.Join(dir, "now.img")
-	if out, err := exec.Command("cp", "--sparse=always", sparse, now).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v %s", err, out)
+	// Sync: 1% of the image (10 MiB in 1 MiB pieces) changed since, on a
+	// filesystem without reflinks (the bytes are compared) and on xfs with
+	// them (the extent maps say what changed).
+	fmt.Fprintf(&b, "\nFinal sync: the same image after 10 MiB (1%%) changed in 10 places (the first copy: %d MiB in %s)\n",
+		m.sent.Load()>>20, full.Round(time.Millisecond))
+	for _, fs := range []string{"tmp", "xfs"} {
+		sdir := t.TempDir()
+		how := "no reflinks: both images read and compared"
+		if fs == "xfs" {
+			testfs.RequireHost(t, "mkfs.xfs")
+			sdir = testfs.Filesystem(t, "xfs", 3<<30)
+			how = "xfs, the base a reflink copy: the extent maps (FIEMAP) say what changed"
+		}
+		base := filepath.Join(sdir, "base.img")
+		if out, err := exec.Command("cp", "--sparse=always", sparse, base).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		now := filepath.Join(sdir, "now.img")
+		args := []string{"--sparse=always", "--reflink=never", base, now}
+		if fs == "xfs" {
+			args = []string{"--reflink=always", base, now}
+		}
+		if out, err := exec.Command("cp", args...).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		for i := range 10 {
+			writeRandom(t, now, size, int64(i)*97<<20+12345, 1<<20, 100+i)
+		}
+		held := filepath.Join(dir, "held-"+fs+".img")
+		if out, err := exec.Command("cp", "--sparse=always", "--reflink=never", sparse, held).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		dropCaches()
+		ws := newWorld(t, now)
+		ws.server.ChunkBytes = DefaultChunkBytes
+		ws.server.Source.(*grants).base = base
+		ms := &meter{}
+		ws.server.Meter = ms
+		sd := &SyncDestination{Image: held, Progress: filepath.Join(dir, "sync-"+fs+".json")}
+		start = time.Now()
+		if err := (&Client{Identity: ws.b, Peers: ws.book}).Fill(context.Background(), "a", "pv-target", sd, nil); err != nil {
+			t.Fatal(err)
+		}
+		took := time.Since(start)
+		sd.Close()
+		if sumOf(t, now) != sumOf(t, held) {
+			t.Fatal("the synced image differs")
+		}
+		fmt.Fprintf(&b, "  %-4s sent %5.1f MiB in %6s (%s)\n", fs, float64(ms.sent.Load())/(1<<20), took.Round(time.Millisecond), how)
+		os.Remove(held)
 	}
-	for i := range 10 {
-		writeRandom(t, now, size, int64(i)*97<<20+12345, 1<<20, 100+i)
-	}
-	ws := newWorld(t, now)
-	ws.server.ChunkBytes = DefaultChunkBytes
-	ws.server.Source.(*grants).base = sparse
-	ms := &meter{}
-	ws.server.Meter = ms
-	sd := &SyncDestination{Image: d.Image, Progress: filepath.Join(dir, "sync.json")}
-	start = time.Now()
-	if err := (&Client{Identity: ws.b, Peers: ws.book}).Fill(context.Background(), "a", "pv-target", sd, nil); err != nil {
-		t.Fatal(err)
-	}
-	took := time.Since(start)
-	sd.Close()
-	if sumOf(t, now) != sumOf(t, d.Image) {
-		t.Fatal("the synced image differs")
-	}
-	fmt.Fprintf(&b, "\nFinal sync: the same image after 10 MiB (1%%) changed in 10 places\n")
-	fmt.Fprintf(&b, "  sent %d MiB in %s (the first copy: %d MiB in %s); what differs is found by reading both images (no extent map yet)\n",
-		ms.sent.Load()>>20, took.Round(time.Millisecond), m.sent.Load()>>20, full.Round(time.Millisecond))
 	t.Log(b.String())
 	fmt.Println(b.String())
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/plinth-dev/plinth/pkg/extent"
 )
 
 // FormatImage is content carried as a volume image's bytes at their
@@ -56,34 +59,52 @@ type Source interface {
 	Content(ctx context.Context, peer, volumeID string) (*Content, error)
 }
 
-// extent is a range of the content that holds data.
-type extent struct{ off, end int64 }
-
-// dataExtents lists the data ranges of f from off to size (SEEK_DATA /
-// SEEK_HOLE; a filesystem without them reports all of it as data).
-func dataExtents(f *os.File, off, size int64) ([]extent, error) {
-	var out []extent
-	fd := int(f.Fd())
-	for off < size {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if err != nil {
-			return nil, fmt.Errorf("seek data in %s at %d: %w", f.Name(), off, err)
-		}
-		if data >= size {
-			break
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, fmt.Errorf("seek hole in %s at %d: %w", f.Name(), data, err)
-		}
-		hole = min(hole, size)
-		out = append(out, extent{data, hole})
-		off = hole
+// ranges walks what may have to travel from off on: the content's data
+// ranges, or, for a sync, the ranges where it is not backed by the same
+// blocks as its base (the extent maps: nothing is read to find them).
+// compare says that those ranges' bytes must still be compared with the
+// base's: the two files share no blocks (a filesystem without reflinks,
+// where every data range of either differs by place) or the filesystem
+// has no extent map (then every data range of either is walked).
+func (c *Content) ranges(off int64) (seq iter.Seq2[extent.Range, error], compare bool, err error) {
+	if c.Base == nil {
+		return extent.Allocated(c.File, off, c.Size), false, nil
 	}
-	return out, nil
+	shared, err := extent.Shared(c.File)
+	if errors.Is(err, extent.ErrUnsupported) {
+		return unionData([]*os.File{c.File, c.Base}, off, c.Size), true, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return extent.Delta(c.Base, c.File, off, c.Size), !shared, nil
+}
+
+// unionData walks the ranges from off to size where any of files holds
+// data.
+func unionData(files []*os.File, off, size int64) iter.Seq2[extent.Range, error] {
+	return func(yield func(extent.Range, error) bool) {
+		for off < size {
+			start, err := nextData(files, off, size)
+			if err != nil {
+				yield(extent.Range{}, err)
+				return
+			}
+			if start >= size {
+				return
+			}
+			end, err := holeAfter(files, start, size)
+			if err != nil {
+				yield(extent.Range{}, err)
+				return
+			}
+			end = max(end, start+1)
+			if !yield(extent.Range{Off: start, Len: end - start}, nil) {
+				return
+			}
+			off = end
+		}
+	}
 }
 
 // nextData is the first offset at or after off, below size, where any of
@@ -118,37 +139,6 @@ func holeAfter(files []*os.File, off, size int64) (int64, error) {
 		end = max(end, h)
 	}
 	return min(end, size), nil
-}
-
-// countData is how many bytes of f below size hold data, walked without
-// keeping the extents.
-func countData(f *os.File, size int64) (int64, error) {
-	var n int64
-	for off := int64(0); off < size; {
-		d, err := nextData([]*os.File{f}, off, size)
-		if err != nil || d >= size {
-			return n, err
-		}
-		h, err := holeAfter([]*os.File{f}, d, size)
-		if err != nil {
-			return n, err
-		}
-		if h <= d { // never: a data offset has data after it
-			h = d + 1
-		}
-		n += h - d
-		off = h
-	}
-	return n, nil
-}
-
-// dataBytes is what the extents hold.
-func dataBytes(ext []extent) int64 {
-	var n int64
-	for _, e := range ext {
-		n += e.end - e.off
-	}
-	return n
 }
 
 // readFull reads len(p) bytes at off.

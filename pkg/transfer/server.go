@@ -129,11 +129,18 @@ func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transf
 		return nil, err
 	}
 	defer c.Close()
-	// What a whole transfer carries at most (for a sync: the content's
-	// data, an estimate).
-	data, err := countData(c.File, c.Size)
+	// What a whole transfer carries at most (for a sync where the bytes
+	// are compared: the data of either, an estimate).
+	seq, _, err := c.ranges(0)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
+	}
+	var data int64
+	for r, err := range seq {
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		data += r.Len
 	}
 	format := FormatImage
 	if c.Base != nil {
@@ -157,10 +164,12 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	if req.GetOffset() < 0 || req.GetOffset() > c.Size {
 		return status.Errorf(codes.OutOfRange, "offset %d is outside the content (%d bytes)", req.GetOffset(), c.Size)
 	}
-	files := []*os.File{c.File}
+	seq, compare, err := c.ranges(req.GetOffset())
+	if err != nil {
+		return status.Error(codes.Internal, err.Error())
+	}
 	var base []byte
-	if c.Base != nil {
-		files = append(files, c.Base)
+	if compare {
 		base = make([]byte, s.chunkBytes())
 	}
 	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
@@ -197,25 +206,14 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 			}
 		}
 		fail := func(err error) { put(item{err: err}) }
-		// The data ranges are walked as the stream goes (SEEK_DATA and
-		// SEEK_HOLE from where it is), never listed: memory does not grow
-		// with the extents a tenant's writes make.
-		for pos := req.GetOffset(); pos < c.Size; {
-			start, err := nextData(files, pos, c.Size)
+		// The ranges are walked as the stream goes, never listed: memory
+		// does not grow with the extents a tenant's writes make.
+		for r, err := range seq {
 			if err != nil {
 				fail(status.Error(codes.Internal, err.Error()))
 				return
 			}
-			if start >= c.Size {
-				break
-			}
-			end, err := holeAfter(files, start, c.Size)
-			if err != nil {
-				fail(status.Error(codes.Internal, err.Error()))
-				return
-			}
-			end = max(end, start+1)
-			for off := start; off < end; {
+			for off, end := r.Off, r.End(); off < end; {
 				var buf []byte
 				select {
 				case buf = <-free:
@@ -229,24 +227,23 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 					return
 				}
 				ch := &transferv1.Chunk{Offset: off, SentThrough: off + int64(n)}
-				data := false
-				if c.Base != nil {
-					// A sync: only what differs from the base travels.
-					b := base[:n]
-					if err := readBase(c.Base, b, off); err != nil {
+				if compare {
+					if err := readBase(c.Base, base[:n], off); err != nil {
 						fail(status.Error(codes.Internal, err.Error()))
 						return
 					}
-					switch {
-					case bytes.Equal(p, b):
-						// the same: nothing to send
-					case allZero(p):
+				}
+				data := false
+				switch {
+				case compare && bytes.Equal(p, base[:n]):
+					// the same: nothing to send
+				case allZero(p):
+					if c.Base != nil {
+						// A sync: the receiver makes it read as zeros.
 						ch.ZeroBytes = int64(n)
-					default:
-						data = true
 					}
-				} else {
-					data = !allZero(p)
+				default:
+					data = true
 				}
 				if data {
 					ch.Data, ch.Crc32C = p, proto.Uint32(checksum(p))
@@ -263,7 +260,6 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 				}
 				off += int64(n)
 			}
-			pos = end
 		}
 	}()
 	for it := range ready {
