@@ -29,6 +29,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/dra"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/pkg/metrics"
+	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/nodestatus"
 	"github.com/plinth-dev/plinth/pkg/unixsock"
 )
@@ -339,10 +340,12 @@ type nodeRun struct {
 // volumes opens the node's pools (the caller holds the root, claim),
 // then serves the CSI Node service and registers it with the kubelet.
 func (n *nodeRun) volumes(ctx context.Context, _ *RootLock) (err error) {
-	if n.local, n.watcher, err = openLocal(ctx, n.CSIConfig); err != nil {
+	// One count of every program the node runs.
+	run := mount.Exec{Launches: &mount.Launches{}}
+	if n.local, n.watcher, err = openLocal(ctx, n.CSIConfig, run); err != nil {
 		return err
 	}
-	n.mounts = newVolumeMounts(n.CSIConfig, n.local)
+	n.mounts = newVolumeMounts(n.CSIConfig, n.local, run)
 	sock, err := unixsock.ParseEndpoint(n.Endpoint)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"os"
 
 	"github.com/plinth-dev/plinth/pkg/metrics"
+	"github.com/plinth-dev/plinth/pkg/mount"
 )
 
 // StandaloneConfig configures `plinth standalone`.
@@ -24,14 +25,16 @@ func RunStandalone(ctx context.Context, c StandaloneConfig) error {
 		return err
 	}
 	defer lock.Unlock()
-	local, watcher, err := openLocal(ctx, c.CSIConfig)
+	// One count of every program the process runs.
+	run := mount.Exec{Launches: &mount.Launches{}}
+	local, watcher, err := openLocal(ctx, c.CSIConfig, run)
 	if err != nil {
 		return err
 	}
 	var m *metrics.Metrics
 	parts := map[string]func(context.Context) error{
 		"CSI": func(ctx context.Context) error {
-			return serveCSI(ctx, c.CSIConfig, c.Version, local, newVolumeMounts(c.CSIConfig, local), true, m)
+			return serveCSI(ctx, c.CSIConfig, c.Version, local, newVolumeMounts(c.CSIConfig, local, run), true, m)
 		},
 	}
 	if c.MetricsAddress != "" {

@@ -217,12 +217,13 @@ func claimRoot(c CSIConfig) (*RootLock, error) {
 // With disk rules it also claims and opens the disk pools, and returns the
 // watcher that reads the disks again (run it as one of the process's
 // parts).
-func openLocal(ctx context.Context, c CSIConfig) (*node.Local, *disk.Watcher, error) {
+// Every program it and its pools run goes through run (counted).
+func openLocal(ctx context.Context, c CSIConfig, run mount.Exec) (*node.Local, *disk.Watcher, error) {
 	loops := mount.NewLoop(c.SysfsRoot, c.DevRoot)
 	// A loop number a consumer still holds (a block publish's device, even
 	// one the consumer freed itself) is never given to another volume.
 	loops.Avoid = func(dev string) bool { return node.DeviceBound(c.Root, dev) }
-	pools, err := OpenPools(ctx, c.Pools, loops, mount.Exec{})
+	pools, err := OpenPools(ctx, c.Pools, loops, run)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -242,7 +243,7 @@ func openLocal(ctx context.Context, c CSIConfig) (*node.Local, *disk.Watcher, er
 	}
 	if c.disks != nil {
 		var more []pool.Pool
-		if more, w, err = openDiskPools(ctx, c, loops, mount.Exec{}); err != nil {
+		if more, w, err = openDiskPools(ctx, c, loops, run); err != nil {
 			return nil, nil, err
 		}
 		pools = append(pools, more...)
@@ -258,10 +259,10 @@ type volumeMounts struct {
 	launches *mount.Launches
 }
 
-func newVolumeMounts(c CSIConfig, local *node.Local) volumeMounts {
-	// The node service's programs (mkfs, blkid, resize tools) are counted
-	// (plinth_programs_launched_total).
-	run := mount.Exec{Launches: &mount.Launches{}}
+// run counts the programs (plinth_programs_launched_total): the node
+// service's (mkfs, blkid, resize tools) and, given the same run as
+// openLocal, the pools' and the disk watcher's.
+func newVolumeMounts(c CSIConfig, local *node.Local, run mount.Exec) volumeMounts {
 	host := mount.NewHost(run)
 	// New ext4 volumes are copies of a filesystem made once per size.
 	host.Templates = fsimage.New(filepath.Join(c.Root, "templates"), run)

@@ -216,14 +216,19 @@ func Scan(ctx context.Context, h Host, probe Prober) ([]Disk, error) {
 			}
 		}
 		var probeErr error
-		if probe != nil {
+		inUse := len(d.MountPoints) > 0 || len(d.btrfs) > 0 || len(d.Holders) > 0 || d.Swap
+		if m, ok := probe.(inUseProber); ok {
+			d.Signature, probeErr = m.ProbeInUse(ctx, d.Device, inUse)
+		} else if probe != nil {
 			d.Signature, probeErr = probe.Probe(ctx, d.Device)
+		}
+		if probe != nil {
 			// The kernel's exclusive hold is asked only where it can
 			// change the outcome (a disk that looks unused, free or only
 			// wipeable): the brief exclusive open itself makes another
 			// program's mount or mkfs of that disk fail in that instant,
 			// so plinth does not open every disk of the node at every scan.
-			if probeErr == nil && len(d.MountPoints) == 0 && len(d.btrfs) == 0 && len(d.Holders) == 0 && !d.Swap {
+			if probeErr == nil && !inUse {
 				if err := probe.Exclusive(d.Device); errors.Is(err, ErrHeld) {
 					d.Held = "the kernel refuses an exclusive open (a mounted filesystem, swap, RAID or LVM, or a program holds it)"
 				} else if err != nil {

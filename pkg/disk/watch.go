@@ -29,6 +29,8 @@ type Watcher struct {
 	// as missing when it is gone.
 	known map[string]Disk
 	err   error
+	// memo answers rescans' probes while a device is unchanged.
+	memo *probeMemo
 }
 
 // NewWatcher starts from a scan already made (the plan's) and the pools
@@ -71,12 +73,29 @@ func (w *Watcher) mark() {
 
 // Rescan reads the disks now.
 func (w *Watcher) Rescan(ctx context.Context) error {
-	disks, err := Scan(ctx, w.Host, noHoldCheck{w.Probe})
+	memo := w.probeMemo()
+	disks, err := Scan(ctx, w.Host, memo)
+	if err == nil {
+		seen := map[string]bool{}
+		for _, d := range disks {
+			seen[d.Device] = true
+		}
+		memo.keep(seen)
+	}
 	changed, err := w.update(disks, err)
 	if changed && w.OnChange != nil {
 		w.OnChange(ctx)
 	}
 	return err
+}
+
+func (w *Watcher) probeMemo() *probeMemo {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.memo == nil {
+		w.memo = newProbeMemo(w.Probe, w.Host.Sysfs)
+	}
+	return w.memo
 }
 
 // update takes a rescan's result; changed: a disk came, went or changed
@@ -169,13 +188,3 @@ func (w *Watcher) Status() []Disk {
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
-
-// noHoldCheck is a Prober that does not ask the kernel for an exclusive
-// open: the watcher's rescans serve health and the pools' view, and each
-// step that acts on a disk (a claim, a hand-over, a wipe) asks right
-// before it acts. Opening every unused disk exclusively every
-// scanInterval would make another program's mount of it fail now and
-// then.
-type noHoldCheck struct{ Prober }
-
-func (noHoldCheck) Exclusive(string) error { return nil }
