@@ -53,7 +53,7 @@ func Allocated(f *os.File, from, size int64) iter.Seq2[Range, error] {
 // Shared reports whether any block of f is shared with another file (a
 // reflink copy, or the file it was copied from).
 func Shared(f *os.File) (bool, error) {
-	m := &mapper{f: f, size: 1<<63 - 1}
+	m := &mapper{f: f, size: 1<<63 - 1, end: 1<<63 - 1}
 	for {
 		s, ok, err := m.next()
 		if err != nil || !ok {
@@ -63,6 +63,29 @@ func Shared(f *os.File) (bool, error) {
 			return true, nil
 		}
 	}
+}
+
+// ShareBlocks reports whether Delta of base and now can be exact: both lie
+// on one filesystem, and now shares some of its blocks (with base, when
+// base is its reflink copy). Where it is false Delta yields every data
+// range of either file, and only comparing their bytes tells what changed.
+func ShareBlocks(base, now *os.File) (bool, error) {
+	same, err := sameDevice(base, now)
+	if err != nil || !same {
+		return false, err
+	}
+	return Shared(now)
+}
+
+func sameDevice(a, b *os.File) (bool, error) {
+	var sa, sb unix.Stat_t
+	if err := unix.Fstat(int(a.Fd()), &sa); err != nil {
+		return false, fmt.Errorf("stat %s: %w", a.Name(), err)
+	}
+	if err := unix.Fstat(int(b.Fd()), &sb); err != nil {
+		return false, fmt.Errorf("stat %s: %w", b.Name(), err)
+	}
+	return sa.Dev == sb.Dev, nil
 }
 
 // Delta walks, in order, the ranges from from to size where base and now are not
@@ -76,8 +99,26 @@ func Shared(f *os.File) (bool, error) {
 func Delta(base, now *os.File, from, size int64) iter.Seq2[Range, error] {
 	return func(yield func(Range, error) bool) {
 		from = max(from, 0)
+		// Block addresses are compared only within one filesystem: two
+		// made alike place data alike (btrfs subvolumes, one filesystem
+		// with a device number each, are taken as two, conservatively).
+		oneFs, err := sameDevice(base, now)
+		if err != nil {
+			yield(Range{}, err)
+			return
+		}
 		a := &mapper{f: base, size: size, pos: from}
 		b := &mapper{f: now, size: size, pos: from}
+		for _, m := range []*mapper{a, b} {
+			var st unix.Stat_t
+			if err := unix.Fstat(int(m.f.Fd()), &st); err != nil {
+				yield(Range{}, fmt.Errorf("stat %s: %w", m.f.Name(), err))
+				return
+			}
+			// Past its own end a file reads as zeros, whatever block a
+			// partial last block shares.
+			m.end = min(st.Size, size)
+		}
 		var sa, sb segment
 		var pending Range // changed, not yet yielded (merged with what follows)
 		flush := func() bool {
@@ -98,7 +139,7 @@ func Delta(base, now *os.File, from, size int64) iter.Seq2[Range, error] {
 				return
 			}
 			end := min(sa.end, sb.end)
-			if !same(sa, sb, x) {
+			if !same(sa, sb, x, oneFs) {
 				if pending.Len > 0 && pending.End() == x {
 					pending.Len = end - pending.Off
 				} else {
@@ -124,19 +165,22 @@ type segment struct {
 }
 
 // same reports whether a and b read the same at x onwards (both as zeros,
-// or from the same blocks).
-func same(a, b segment, x int64) bool {
+// or from the same blocks of one filesystem).
+func same(a, b segment, x int64, oneFs bool) bool {
 	if !a.data || !b.data {
 		return a.data == b.data
 	}
-	return a.located && b.located && a.phys+(x-a.off) == b.phys+(x-b.off)
+	return oneFs && a.located && b.located && a.phys+(x-a.off) == b.phys+(x-b.off)
 }
 
 // mapper walks a file's extents as segments covering [0, size), a batch
 // of FIEMAP at a time.
 type mapper struct {
-	f      *os.File
-	size   int64
+	f    *os.File
+	size int64
+	// end is the file's own size (at most size): data past it reads as
+	// zeros.
+	end    int64
 	buf    fiemapBuf
 	ext    []fiemapExtent
 	pos    int64 // all before it is walked
@@ -190,10 +234,19 @@ func (m *mapper) next() (segment, bool, error) {
 			m.pos = s.end
 			return s, true, nil
 		}
-		s := segment{off: m.pos, end: min(hi, m.size), data: e.flags&extentUnwritten == 0,
+		if m.pos >= m.end {
+			// Past the file's end: zeros to the size.
+			s := segment{off: m.pos, end: m.size}
+			m.pos, m.ext, m.last = m.size, nil, true
+			return s, true, nil
+		}
+		hi = min(hi, m.end)
+		s := segment{off: m.pos, end: hi, data: e.flags&extentUnwritten == 0,
 			located: e.flags&extentNoLocation == 0, phys: int64(e.physical) + (m.pos - lo), shared: e.flags&extentShared != 0}
 		m.pos = s.end
-		m.ext = m.ext[1:]
+		if hi == int64(e.logical+e.length) {
+			m.ext = m.ext[1:]
+		}
 		return s, true, nil
 	}
 	return segment{}, false, nil

@@ -17,9 +17,9 @@ const (
 	extentUnwritten = 0x800 // allocated, reads as zeros
 	extentShared    = 0x2000
 	// The extent's place on disk is not known, or not linear with the
-	// file's offsets (unknown, delayed, encoded (compressed), not
-	// aligned, inline, tail): never taken as the same as another's.
-	extentNoLocation = 0x2 | 0x4 | 0x8 | 0x100 | 0x200 | 0x400
+	// file's offsets (unknown, delayed, encoded (compressed), encrypted,
+	// not aligned, inline, tail): never taken as the same as another's.
+	extentNoLocation = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400
 
 	batch = 256 // extents per ioctl
 )

@@ -64,13 +64,14 @@ type Source interface {
 // blocks as its base (the extent maps: nothing is read to find them).
 // compare says that those ranges' bytes must still be compared with the
 // base's: the two files share no blocks (a filesystem without reflinks,
-// where every data range of either differs by place) or the filesystem
-// has no extent map (then every data range of either is walked).
+// or two filesystems, where every data range of either differs by place)
+// or the filesystem has no extent map (then every data range of either is
+// walked).
 func (c *Content) ranges(off int64) (seq iter.Seq2[extent.Range, error], compare bool, err error) {
 	if c.Base == nil {
 		return extent.Allocated(c.File, off, c.Size), false, nil
 	}
-	shared, err := extent.Shared(c.File)
+	shared, err := extent.ShareBlocks(c.Base, c.File)
 	if errors.Is(err, extent.ErrUnsupported) {
 		return unionData([]*os.File{c.File, c.Base}, off, c.Size), true, nil
 	}
