@@ -128,7 +128,7 @@ func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NodeID, "node-id", host, "this node's ID, reported as topology")
 	fs.StringVar(&c.DriverName, "driver-name", "plinth.example.com", "CSI driver name")
 	fs.StringVar(&c.TopologyKey, "topology-key", "topology.plinth.example.com/node", "topology key whose value is the node ID")
-	fs.Int64Var(&c.MaxVolumes, "max-volumes", 1024, "volumes this node may hold, reported in NodeGetInfo (0: no limit)")
+	fs.Int64Var(&c.MaxVolumes, "max-volumes", 0, "at most this many volumes on this node (0: what its pools and kernel can hold), reported in NodeGetInfo")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", "/sys", "where sysfs is mounted")
 	fs.StringVar(&c.DevRoot, "dev-root", "/dev", "where device nodes are")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9809", "host:port for /metrics, /healthz and /readyz (empty: off)")

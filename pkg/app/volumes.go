@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -294,7 +296,10 @@ func serveCSI(ctx context.Context, c CSIConfig, version string, local *node.Loca
 	svcs := csi.Services{
 		Identity: csi.NewIdentityServer(c.DriverName, version, withController, ready),
 		Node: csi.NewNodeServer(mounts.Mounts, csi.NodeConfig{
-			NodeID: c.NodeID, TopologyKey: c.TopologyKey, MaxVolumes: c.MaxVolumes,
+			NodeID: c.NodeID, TopologyKey: c.TopologyKey,
+			MaxVolumes: func(ctx context.Context) int64 {
+				return volumeLimit(ctx, local, c.MaxVolumes, "/proc/sys/fs/mount-max")
+			},
 			Paths: csi.Paths{Allowed: allowed, Owned: owned},
 		}),
 	}
@@ -335,4 +340,26 @@ func probeCSI(ctx context.Context, sock string) error {
 	defer cancel()
 	_, err = csipb.NewIdentityClient(conn).Probe(ctx, &csipb.ProbeRequest{})
 	return err
+}
+
+// volumeLimit is how many volumes the node can hold, for NodeGetInfo:
+// with disk pools only, one per disk; else half the kernel's limit of
+// mounts in a mount namespace (fs.mount-max: each volume in use takes a
+// staging mount and a publish mount in the kubelet's namespace). Loop
+// devices are no limit: the kernel makes them on demand, up to 2^20.
+// capAt, when positive, is the operator's own cap.
+func volumeLimit(ctx context.Context, local *node.Local, capAt int64, mountMax string) int64 {
+	n, bounded := local.VolumeLimit(ctx)
+	if !bounded {
+		n = 100000 / 2 // the kernel's default fs.mount-max
+		if b, err := os.ReadFile(mountMax); err == nil {
+			if m, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && m > 0 {
+				n = m / 2
+			}
+		}
+	}
+	if capAt > 0 {
+		n = min(n, capAt)
+	}
+	return n
 }

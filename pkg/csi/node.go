@@ -21,7 +21,7 @@ type NodeServer struct {
 	pub         *node.Mounts
 	nodeID      string
 	topologyKey string
-	maxVolumes  int64
+	maxVolumes  func(context.Context) int64
 	paths       Paths
 }
 
@@ -31,8 +31,11 @@ var _ csi.NodeServer = (*NodeServer)(nil)
 type NodeConfig struct {
 	NodeID      string
 	TopologyKey string
-	// MaxVolumes is reported to the CO (0: no limit).
-	MaxVolumes int64
+	// MaxVolumes, when set, is how many volumes the node can hold, asked
+	// at each NodeGetInfo (the kubelet asks again every
+	// nodeAllocatableUpdatePeriodSeconds of the CSIDriver); 0 or unset: no
+	// limit.
+	MaxVolumes func(context.Context) int64
 	Paths      Paths
 }
 
@@ -59,9 +62,16 @@ func (s *NodeServer) checkPath(kind, p string) (string, error) {
 func (s *NodeServer) NodeGetInfo(ctx context.Context, _ *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
 	return &csi.NodeGetInfoResponse{
 		NodeId:             s.nodeID,
-		MaxVolumesPerNode:  s.maxVolumes,
+		MaxVolumesPerNode:  s.volumeLimit(ctx),
 		AccessibleTopology: &csi.Topology{Segments: map[string]string{s.topologyKey: s.nodeID}},
 	}, nil
+}
+
+func (s *NodeServer) volumeLimit(ctx context.Context) int64 {
+	if s.maxVolumes == nil {
+		return 0
+	}
+	return max(s.maxVolumes(ctx), 0)
 }
 
 func (s *NodeServer) NodeGetCapabilities(ctx context.Context, _ *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {

@@ -293,6 +293,25 @@ type PoolHealth struct {
 
 // PoolHealth reads every pool; unlike Pools it does not fail as a whole
 // when one pool cannot be read.
+// VolumeLimit is how many volumes the node's pools can hold in all, when
+// that is bounded by a count (disk pools only: one volume per disk
+// present); bounded is false when a pool is bounded by bytes alone (file,
+// btrfs: the capacity the scheduler reads bounds them).
+func (n *Local) VolumeLimit(ctx context.Context) (limit int64, bounded bool) {
+	for _, p := range n.pools {
+		st, err := p.Stats(ctx)
+		switch {
+		case err == nil && st.MaxVolumes > 0:
+			limit += int64(st.MaxVolumes)
+		case p.Backend() == "disk":
+			// A disk pool with no disk present, or unreadable, holds nothing now.
+		default:
+			return 0, false
+		}
+	}
+	return limit, true
+}
+
 func (n *Local) PoolHealth(ctx context.Context) []PoolHealth {
 	out := make([]PoolHealth, 0, len(n.pools))
 	for _, p := range n.pools {

@@ -143,6 +143,9 @@ type Stats struct {
 	// Degraded says why a healthy pool runs with less redundancy than it
 	// was made with (a raid1 pool missing a disk); "" when it does not.
 	Degraded string
+	// MaxVolumes, when set, is how many volumes the pool can hold in all
+	// (a disk pool: one per disk present); 0: bounded by bytes alone.
+	MaxVolumes int
 }
 
 // MaxVolumeBytes is the largest volume the pool can make now.

@@ -38,10 +38,29 @@ func TestInstalled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The volume limit: the node has file pools (bounded by bytes), so
+	// half the kernel's mount limit; the kubelet refreshes it every
+	// nodeAllocatableUpdatePeriodSeconds, which the API server keeps.
+	wantLimit := int32(50000)
+	if b, err := os.ReadFile("/proc/sys/fs/mount-max"); err == nil {
+		if m, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			wantLimit = int32(m / 2)
+		}
+	}
 	for _, d := range csn.Spec.Drivers {
 		if d.Name == driver && (len(d.TopologyKeys) != 1 || d.TopologyKeys[0] != "topology.plinth.example.com/node" || d.NodeID != nodeName) {
 			t.Errorf("CSINode driver entry %+v: want node ID %s and topology key topology.plinth.example.com/node", d, nodeName)
 		}
+		if d.Name == driver && (d.Allocatable == nil || d.Allocatable.Count == nil || *d.Allocatable.Count != wantLimit) {
+			t.Errorf("CSINode driver entry's allocatable %+v: want a count of %d volumes", d.Allocatable, wantLimit)
+		}
+	}
+	cd, err := e.client.StorageV1().CSIDrivers().Get(ctx, driver, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cd.Spec.NodeAllocatableUpdatePeriodSeconds; p == nil || *p != 60 {
+		t.Errorf("CSIDriver nodeAllocatableUpdatePeriodSeconds = %v; want 60", p)
 	}
 }
 

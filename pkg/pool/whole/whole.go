@@ -176,6 +176,7 @@ func (p *Pool) Stats(ctx context.Context) (pool.Stats, error) {
 	if missing := len(p.cfg.Members) - present; missing > 0 {
 		st.Degraded = fmt.Sprintf("%d of its %d disks missing", missing, len(p.cfg.Members))
 	}
+	st.MaxVolumes = present // a volume is a whole disk
 	return st, nil
 }
 

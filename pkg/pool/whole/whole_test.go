@@ -92,8 +92,8 @@ func TestBestFitAndCapacity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.FreeBytes != 700<<30 || st.MaxVolumeBytes() != 400<<30 || st.TotalBytes != 1500<<30 {
-		t.Errorf("stats %+v: want 700GiB free, 400GiB the largest volume, 1500GiB total", st)
+	if st.FreeBytes != 700<<30 || st.MaxVolumeBytes() != 400<<30 || st.TotalBytes != 1500<<30 || st.MaxVolumes != 4 {
+		t.Errorf("stats %+v: want 700GiB free, 400GiB the largest volume, 1500GiB total, 4 volumes at most (one per disk)", st)
 	}
 	v, err := p.CreateVolume(ctx, pool.Volume{ID: "pv-1", Name: "a", CapacityBytes: 150 << 30, Mode: pool.ModeBlock})
 	if err != nil || v.Disk != "wwn:c" || v.CapacityBytes != 200<<30 {
@@ -130,8 +130,8 @@ func TestBestFitAndCapacity(t *testing.T) {
 	if _, err := p.Attach(ctx, "pv-4"); !errors.Is(err, pool.ErrNotReady) {
 		t.Errorf("attach on a pulled disk: %v, want ErrNotReady", err)
 	}
-	if st, err := p.Stats(ctx); err != nil || st.Degraded == "" {
-		t.Errorf("stats with a disk gone: %+v %v; want degraded", st, err)
+	if st, err := p.Stats(ctx); err != nil || st.Degraded == "" || st.MaxVolumes != 3 {
+		t.Errorf("stats with a disk gone: %+v %v; want degraded, 3 volumes at most", st, err)
 	}
 	if err := p.DeleteVolume(ctx, "pv-4"); !errors.Is(err, pool.ErrNotReady) {
 		t.Errorf("delete while the disk is gone: %v, want ErrNotReady (wiped when it is back)", err)
