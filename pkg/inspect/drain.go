@@ -237,22 +237,13 @@ func (c *Client) candidates(ctx context.Context, node string) ([]candidate, erro
 			continue
 		}
 		n, err := c.Core.CoreV1().Nodes().Get(ctx, pn.Name, metav1.GetOptions{})
-		if err != nil || n.Spec.Unschedulable || !nodeReady(n) {
+		if err != nil || n.Spec.Unschedulable || !move.NodeReady(n) {
 			continue
 		}
 		out = append(out, candidate{name: pn.Name, pools: slices.Clone(pn.Status.Pools), labels: n.Labels})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out, nil
-}
-
-func nodeReady(n *v1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == v1.NodeReady {
-			return c.Status == v1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // podSelectors are the nodeSelectors of the pods that use a claim.

@@ -358,7 +358,7 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 	if node.Spec.Unschedulable {
 		return refuse(ReasonNoNode, "node %s is cordoned: the claim's pods could not run there", m.Spec.TargetNode)
 	}
-	if !nodeReady(node) {
+	if !NodeReady(node) {
 		return refuse(ReasonNoNode, "node %s is not Ready", m.Spec.TargetNode)
 	}
 	moves, err := c.moves.PlinthMoves(m.Namespace).List(everything)
@@ -472,7 +472,8 @@ func (c *Controller) orphanedHold(v *v1alpha1.PlinthVolume, ns string) bool {
 	return true
 }
 
-func nodeReady(n *v1.Node) bool {
+// NodeReady reports whether the node's Ready condition is True.
+func NodeReady(n *v1.Node) bool {
 	for _, c := range n.Status.Conditions {
 		if c.Type == v1.NodeReady {
 			return c.Status == v1.ConditionTrue

@@ -94,6 +94,11 @@ func (n *Local) Sync(ctx context.Context, id string, fill func(context.Context, 
 	if !ok {
 		return fmt.Errorf("%w: pool %s (%s) cannot bring volumes up to date from another node", pool.ErrUnsupported, p.Name(), p.Backend())
 	}
+	// As for an import: a pool that cannot be read now (its disk gone)
+	// is written to by nothing; the syncer may be the pool under the guard.
+	if _, err := p.Stats(ctx); err != nil {
+		return err
+	}
 	target, err := s.SyncTarget(ctx, id)
 	if err != nil {
 		return err

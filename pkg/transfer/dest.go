@@ -98,31 +98,16 @@ func (d *FileDestination) Zero(off, n int64) error {
 }
 
 // WriteAt writes data at off.
-func (d *FileDestination) WriteAt(p []byte, off int64) error {
-	if _, err := d.f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("write image %s at %d: %w", d.Image, off, err)
-	}
-	return nil
-}
+func (d *FileDestination) WriteAt(p []byte, off int64) error { return writeImage(d.f, d.Image, p, off) }
 
 // Commit makes what is written durable and records that everything before
 // through is.
 func (d *FileDestination) Commit(contentID string, size, through int64) error {
-	if err := d.f.Sync(); err != nil {
-		return fmt.Errorf("fsync image %s: %w", d.Image, err)
-	}
-	return ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size, Through: through})
+	return commitImage(d.f, d.Image, d.Progress, contentID, size, through)
 }
 
 // Close closes the image (the records stay).
-func (d *FileDestination) Close() error {
-	if d.f == nil {
-		return nil
-	}
-	err := d.f.Close()
-	d.f = nil
-	return err
-}
+func (d *FileDestination) Close() error { return closeImage(&d.f) }
 
 // SyncDestination brings an image filled before up to date in place: only
 // what differs from the base it was filled from comes. The image is never
@@ -164,12 +149,7 @@ func (d *SyncDestination) Resume(contentID string, size int64) (int64, error) {
 }
 
 // WriteAt writes data at off.
-func (d *SyncDestination) WriteAt(p []byte, off int64) error {
-	if _, err := d.f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("write image %s at %d: %w", d.Image, off, err)
-	}
-	return nil
-}
+func (d *SyncDestination) WriteAt(p []byte, off int64) error { return writeImage(d.f, d.Image, p, off) }
 
 // Zero punches a hole: the range reads as zeros and takes no space.
 func (d *SyncDestination) Zero(off, n int64) error {
@@ -181,18 +161,35 @@ func (d *SyncDestination) Zero(off, n int64) error {
 
 // Commit makes what is written durable and records how far it is.
 func (d *SyncDestination) Commit(contentID string, size, through int64) error {
-	if err := d.f.Sync(); err != nil {
-		return fmt.Errorf("fsync image %s: %w", d.Image, err)
-	}
-	return ProgressRecords.Write(d.Progress, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size, Through: through})
+	return commitImage(d.f, d.Image, d.Progress, contentID, size, through)
 }
 
 // Close closes the image.
-func (d *SyncDestination) Close() error {
-	if d.f == nil {
+func (d *SyncDestination) Close() error { return closeImage(&d.f) }
+
+// writeImage writes p at off of the image open as f.
+func writeImage(f *os.File, image string, p []byte, off int64) error {
+	if _, err := f.WriteAt(p, off); err != nil {
+		return fmt.Errorf("write image %s at %d: %w", image, off, err)
+	}
+	return nil
+}
+
+// commitImage fsyncs the image, then records that the content is in it
+// through that offset.
+func commitImage(f *os.File, image, record, contentID string, size, through int64) error {
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("fsync image %s: %w", image, err)
+	}
+	return ProgressRecords.Write(record, progress{Schema: ProgressRecords.Version(), ContentID: contentID, Size: size, Through: through})
+}
+
+// closeImage closes *f once.
+func closeImage(f **os.File) error {
+	if *f == nil {
 		return nil
 	}
-	err := d.f.Close()
-	d.f = nil
+	err := (*f).Close()
+	*f = nil
 	return err
 }
