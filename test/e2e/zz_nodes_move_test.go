@@ -137,6 +137,19 @@ func fillStatefulSet(name, class, node, size string, mib int) *appsv1.StatefulSe
 	return ss
 }
 
+// blockStatefulSet is fillStatefulSet with a block claim: the pod fills
+// the device's first mib MiB once and prints the whole device's checksum.
+func blockStatefulSet(name, class, node, size string, mib int) *appsv1.StatefulSet {
+	ss := fillStatefulSet(name, class, node, size, mib)
+	spec := &ss.Spec.Template.Spec
+	spec.Containers[0].VolumeMounts = nil
+	spec.Containers[0].VolumeDevices = []corev1.VolumeDevice{{Name: "data", DevicePath: "/dev/data"}}
+	spec.Containers[0].Args = []string{"fillblock", "/dev/data", strconv.Itoa(mib), "31"}
+	block := corev1.PersistentVolumeBlock
+	ss.Spec.VolumeClaimTemplates[0].Spec.VolumeMode = &block
+	return ss
+}
+
 // logsOf is where the node a pod runs on keeps its logs.
 func logsOf(ws []*cluster.Worker, node string) string {
 	for _, w := range ws {
@@ -217,16 +230,37 @@ func drainNode(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	}
 }
 
-// Moving a bound claim (kubectl plinth move --evict): a StatefulSet's pod
-// on w1 holds 100 MiB of known data; the move copies it to w2 while the pod
-// runs, evicts the pod, syncs what changed, and binds the claim (same name)
-// to a volume on w2; the StatefulSet's new pod runs on w2 and finds the
-// data byte for byte; w1's volume, PV and the move's snapshot are gone.
+// moveClaim moves a StatefulSet's claim from w1 to w2 with kubectl plinth
+// move --evict --wait, once for each kind of volume a move carries: a
+// 1 GiB filesystem volume in a pool on xfs (the final sync from the extent
+// maps), one on ext4 (snapshots are copies: the final sync compares bytes),
+// and a block volume (checked by the whole device's checksum).
 func moveClaim(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
+	for _, c := range []moveCase{
+		{name: "xfs", pool: "local", size: "1Gi", mib: 200},
+		{name: "ext4", pool: "ext", size: "512Mi", mib: 100},
+		{name: "block", pool: "local", size: "256Mi", mib: 64, block: true},
+	} {
+		t.Run(c.name, func(t *testing.T) { moveOne(t, ctx, ws, c) })
+	}
+}
+
+type moveCase struct {
+	name, pool, size string
+	mib              int
+	block            bool
+}
+
+func moveOne(t *testing.T, ctx context.Context, ws []*cluster.Worker, c moveCase) {
 	w1, w2 := ws[0], ws[1]
-	ns := namespace(t, ctx, "nodes-move")
-	storageClass(t, ctx, "plinth-move-small", storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file"}, w1.Name)
-	if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, moveStatefulSet("mover", "plinth-move-small", w1.Name), metav1.CreateOptions{}); err != nil {
+	ns := namespace(t, ctx, "nodes-move-"+c.name)
+	class := "plinth-move-" + c.name
+	storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file", "pool": c.pool}, w1.Name)
+	ss := fillStatefulSet("mover", class, w1.Name, c.size, c.mib)
+	if c.block {
+		ss = blockStatefulSet("mover", class, w1.Name, c.size, c.mib)
+	}
+	if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, ss, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pod := waitPodRunning(t, ctx, ns, "mover-0", 3*time.Minute)
@@ -282,8 +316,8 @@ func moveClaim(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	}); err != nil {
 		t.Fatalf("the source of the move is still there: %v", err)
 	}
-	logf("nodes: moved a StatefulSet's 512 MiB claim holding 100 MiB from %s to %s in %s (kubectl plinth move --evict --wait); from cutover to the pod running on %s: %s",
-		w1.Name, w2.Name, took.Round(time.Millisecond), w2.Name, downtime.Round(time.Millisecond))
+	logf("nodes: moved a StatefulSet's %s claim (%s, pool %s) holding %d MiB from %s to %s in %s (kubectl plinth move --evict --wait); from cutover to the pod running on %s: %s",
+		c.size, c.name, c.pool, c.mib, w1.Name, w2.Name, took.Round(time.Millisecond), w2.Name, downtime.Round(time.Millisecond))
 	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

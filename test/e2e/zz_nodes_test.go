@@ -31,15 +31,16 @@ type workerPool struct {
 }
 
 // The two workers beside the host's node. Their pools have the names of
-// the host's (the chart's node arguments are the same on every node) and
+// the host's (the chart's node arguments are the same on every node), its
+// filesystems ("local" on xfs with reflinks, "small" and "ext" on ext4) and
 // sizes chosen for the scenarios: w1's three file pools together hold more
 // than w2's "local", but none of them alone does.
 var workerSpecs = []struct {
 	name  string
 	pools []workerPool
 }{
-	{"plinth-e2e-w1", []workerPool{{"local", "ext4", 1 << 30}, {"small", "ext4", 1 << 30}, {"ext", "ext4", 1 << 30}, {"btr", "btrfs", 256 << 20}}},
-	{"plinth-e2e-w2", []workerPool{{"local", "ext4", 2 << 30}, {"small", "ext4", 160 << 20}, {"ext", "ext4", 160 << 20}, {"btr", "btrfs", 256 << 20}}},
+	{"plinth-e2e-w1", []workerPool{{"local", "xfs", 2 << 30}, {"small", "ext4", 1 << 30}, {"ext", "ext4", 1 << 30}, {"btr", "btrfs", 256 << 20}}},
+	{"plinth-e2e-w2", []workerPool{{"local", "xfs", 3 << 30}, {"small", "ext4", 160 << 20}, {"ext", "ext4", 640 << 20}, {"btr", "btrfs", 256 << 20}}},
 }
 
 // TestZNodes runs last (after the chart install, whose plinth it uses):
@@ -117,8 +118,11 @@ func (e *env) addWorker(t *testing.T, ctx context.Context, name string, index in
 			t.Fatal(err)
 		}
 		mkfs := []string{"-q", "-F", "-m", "0"}
-		if p.fs == "btrfs" {
+		switch p.fs {
+		case "btrfs":
 			mkfs = []string{"-q", "-f"}
+		case "xfs":
+			mkfs = []string{"-q", "-f", "-m", "reflink=1"}
 		}
 		if _, err := run(ctx, "mkfs."+p.fs, append(mkfs, dev)...); err != nil {
 			t.Fatal(err)

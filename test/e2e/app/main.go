@@ -8,6 +8,8 @@
 //	e2e-app devices                print PLINTH_* env and /dev entries, block
 //	e2e-app fill FILE MIB SEED     write MIB MiB of data made from SEED to FILE (fsync; found=1 when it was
 //	                               there already, then nothing is written), print its SHA-256, block
+//	e2e-app fillblock DEV MIB SEED as fill, on a block device: a marker at its start says it was filled
+//	                               (found=1); prints the SHA-256 of the whole device, block
 //	e2e-app sum FILE [BYTES]       print the SHA-256 of FILE (of its first BYTES), block
 package main
 
@@ -82,6 +84,17 @@ func main() {
 			must(fill(os.Args[2], mib, seed))
 		}
 		must(sum(os.Args[2], -1))
+	case "fillblock":
+		mib, err := strconv.Atoi(os.Args[3])
+		must(err)
+		seed, err := strconv.ParseUint(os.Args[4], 10, 64)
+		must(err)
+		found, err := fillBlock(os.Args[2], mib, seed)
+		must(err)
+		if found {
+			fmt.Println("found=1")
+		}
+		must(sum(os.Args[2], -1))
 	case "sum":
 		n := int64(-1)
 		if len(os.Args) > 3 {
@@ -135,6 +148,40 @@ func fill(path string, mib int, seed uint64) error {
 		return err
 	}
 	return f.Close()
+}
+
+// blockMarker starts a device fillBlock filled.
+var blockMarker = []byte("plinth-e2e-fill\x00")
+
+// fillBlock writes mib MiB made from seed at the start of device dev,
+// the first bytes a marker; found: the marker was there, nothing written.
+func fillBlock(dev string, mib int, seed uint64) (found bool, err error) {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	head := make([]byte, len(blockMarker))
+	if _, err := io.ReadFull(f, head); err != nil {
+		return false, err
+	}
+	if bytes.Equal(head, blockMarker) {
+		return true, nil
+	}
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	buf := make([]byte, 1<<20)
+	for i := range mib {
+		for j := 0; j < len(buf); j += 8 {
+			binary.LittleEndian.PutUint64(buf[j:], r.Uint64())
+		}
+		if i == 0 {
+			copy(buf, blockMarker)
+		}
+		if _, err := f.WriteAt(buf, int64(i)<<20); err != nil {
+			return false, err
+		}
+	}
+	return false, f.Sync()
 }
 
 // sum prints sum=<SHA-256 of path> (of its first n bytes when n >= 0).
