@@ -297,6 +297,13 @@ func (h Host) read(name string) (Disk, bool, error) {
 	if _, err := os.Stat(filepath.Join(dir, "partition")); err == nil {
 		return Disk{}, false, nil // a partition listed at the top: not a whole disk
 	}
+	// An unbound loop device (no loop/backing_file: the kernel adds the
+	// loop directory only while one is bound) is nothing: found with one
+	// read, before the rest. A node that ran many volumes keeps hundreds
+	// of loop devices, and a rescan reads every one.
+	if strings.HasPrefix(name, "loop") && device.ReadAttr(filepath.Join(dir, "loop", "backing_file")) == "" {
+		return Disk{}, false, nil
+	}
 	d := Disk{Name: name, Device: filepath.Join(h.Dev, name), NUMANode: -1,
 		MajorMinor:         device.ReadAttr(filepath.Join(dir, "dev")),
 		SizeBytes:          readInt(filepath.Join(dir, "size")) * 512,
