@@ -34,12 +34,13 @@ type workerPool struct {
 // the host's (the chart's node arguments are the same on every node), its
 // filesystems ("local" on xfs with reflinks, "small" and "ext" on ext4) and
 // sizes chosen for the scenarios: w1's three file pools together hold more
-// than w2's "local", but none of them alone does.
+// than w2's "local", but none of them alone holds 1.5 GiB (w1's "local"
+// holds a 1 GiB volume, for the move of one).
 var workerSpecs = []struct {
 	name  string
 	pools []workerPool
 }{
-	{"plinth-e2e-w1", []workerPool{{"local", "xfs", 2 << 30}, {"small", "ext4", 1 << 30}, {"ext", "ext4", 1 << 30}, {"btr", "btrfs", 256 << 20}}},
+	{"plinth-e2e-w1", []workerPool{{"local", "xfs", 1400 << 20}, {"small", "ext4", 1 << 30}, {"ext", "ext4", 1 << 30}, {"btr", "btrfs", 256 << 20}}},
 	{"plinth-e2e-w2", []workerPool{{"local", "xfs", 3 << 30}, {"small", "ext4", 160 << 20}, {"ext", "ext4", 640 << 20}, {"btr", "btrfs", 256 << 20}}},
 }
 
