@@ -931,37 +931,7 @@ func TestAttackDeltaWithoutReflinks(t *testing.T) {
 
 func noReflinkXFS(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	img := filepath.Join(dir, "backing.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 320*mib); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=0", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.xfs: %v: %s", err, out)
-	}
-	loops := mount.NewLoop("/sys", "/dev")
-	loops.BlockSize = 512
-	dev, err := loops.Attach(img, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt := filepath.Join(dir, "mnt")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount(dev, mnt, "xfs", 0, ""); err != nil {
-		loops.Detach(img)
-		t.Fatalf("mount: %v", err)
-	}
-	t.Cleanup(func() {
-		testfs.TearDown(t, mnt)
-		unix.Unmount(mnt, 0)
-		loops.Detach(img)
-	})
-	return mnt
+	return testfs.FilesystemWith(t, "xfs", 320*mib, "-q", "-m", "reflink=0")
 }
 
 func sparseCopy(t *testing.T, out, in *os.File) {

@@ -39,6 +39,14 @@ func RequireHost(t testing.TB, programs ...string) {
 // a temp dir and returns the mount point; cleanup unmounts and detaches.
 func Filesystem(t testing.TB, fsType string, size int64) string {
 	t.Helper()
+	return FilesystemWith(t, fsType, size)
+}
+
+// FilesystemWith is Filesystem with mkfs options of the caller's in place
+// of the defaults (xfs "-m reflink=0": no reflinks); the image's path is
+// appended.
+func FilesystemWith(t testing.TB, fsType string, size int64, mkfsOpts ...string) string {
+	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "backing.img")
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
@@ -57,6 +65,9 @@ func Filesystem(t testing.TB, fsType string, size int64) string {
 		args = []string{"-q", "-F", img}
 	default:
 		t.Fatalf("unknown fs type %q", fsType)
+	}
+	if len(mkfsOpts) > 0 {
+		args = append(append([]string{}, mkfsOpts...), img)
 	}
 	if out, err := exec.Command("mkfs."+fsType, args...).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.%s: %v: %s", fsType, err, out)
