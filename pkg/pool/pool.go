@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -304,14 +305,49 @@ const ImportImage = "image"
 // what differs from what it holds is written.
 const ImportImageDelta = "image-delta"
 
+// ImportStream is an ImportTarget filled from one stream, whole (a btrfs
+// send stream): an attempt that breaks is started over.
+const ImportStream = "stream"
+
 // ImportTarget is where a volume whose content comes from another node is
-// filled (pkg/transfer): the partial image and the record of how far it
-// is. Both stay across restarts until the import finishes or the volume is
-// deleted.
+// filled (pkg/transfer): for an image, the partial image and the record of
+// how far it is, both kept across restarts until the import finishes or
+// the volume is deleted; for a stream, what takes it.
 type ImportTarget struct {
 	Format   string
 	Image    string
 	Progress string
+	// Receive, for ImportStream, begins an attempt: what an earlier one
+	// left is dropped, and the stream is written to what it returns.
+	// Close of that says whether all that was written made a whole,
+	// durable content; cancelling ctx ends the attempt.
+	Receive func(ctx context.Context) (io.WriteCloser, error)
+}
+
+// Send is a snapshot or a volume sent to another node as a stream.
+type Send struct {
+	// ID names the content and its version.
+	ID string
+	// DataBytes is about what the stream carries (the data referenced).
+	DataBytes int64
+	// Size is what the content needs on the receiving side, at most.
+	Size int64
+	// Run writes the stream to w; it may run more than once (each run
+	// writes the whole stream again). Cancelling ctx ends it.
+	Run func(ctx context.Context, w io.Writer) error
+	// Close releases what the send holds (a snapshot made for it).
+	Close func()
+}
+
+// Sender is a pool whose snapshots and volumes go to another node as a
+// stream (btrfs send) rather than an image.
+type Sender interface {
+	// SendSnapshot sends a Ready snapshot whole.
+	SendSnapshot(ctx context.Context, id string) (Send, Snapshot, error)
+	// SendVolume sends what a Ready volume holds now that differs from
+	// base, a snapshot of it that the receiver was filled from (for a
+	// sync: the caller keeps writers away).
+	SendVolume(ctx context.Context, id, base string) (Send, Volume, error)
 }
 
 // Importer is a pool that makes volumes from another node's snapshots.

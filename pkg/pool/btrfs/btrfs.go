@@ -79,6 +79,9 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 			}
 		}
 	}
+	if err := p.dropExports(ctx); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", p.name, err)
+	}
 	// Volumes made before level-1 groups, or left half-bounded by a crash,
 	// are bounded now, before anything can be mounted.
 	for _, v := range idx.Volumes() {
@@ -271,10 +274,12 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 	if err := p.index.MarkDeleting(id); err != nil {
 		return err
 	}
-	if err := p.deleteSubvolume(ctx, path+".tmp"); err != nil {
-		return err
+	for _, sub := range []string{path + ".tmp", path + ".sync", path} {
+		if err := p.deleteSubvolume(ctx, sub); err != nil {
+			return err
+		}
 	}
-	if err := p.deleteSubvolume(ctx, path); err != nil {
+	if err := p.dropImport(ctx, id); err != nil {
 		return err
 	}
 	if err := p.index.DropVolume(id); err != nil {
@@ -357,7 +362,10 @@ func (p *Pool) DeleteSnapshot(ctx context.Context, id string) error {
 	return p.index.DropSnapshot(id)
 }
 
-// Attach hands out the subvolume's directory to bind mount.
+// Attach hands out the subvolume's directory to bind mount. A volume
+// filled from another node is used from now on: the subvolume it was
+// received as (kept for a final sync) goes, or it would keep the blocks
+// the volume's writes replace outside the volume's limit.
 func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
 	v, err := p.index.Volume(id)
 	if err != nil {
@@ -365,6 +373,9 @@ func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
 	}
 	if v.State != pool.StateReady {
 		return pool.Attachment{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotReady)
+	}
+	if err := p.dropImport(ctx, id); err != nil {
+		return pool.Attachment{}, fmt.Errorf("volume %s: drop what it was received as: %w", id, err)
 	}
 	return pool.Attachment{Dir: p.volPath(id)}, nil
 }
