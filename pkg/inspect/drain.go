@@ -189,7 +189,7 @@ func (c *Client) drainPlan(ctx context.Context, node string) ([]planned, []Unmov
 			continue
 		}
 		if b := backend[v.Spec.Pool]; !volume.Transferable(b) {
-			say(fmt.Sprintf("it is in pool %s (%s): plinth moves volumes of file pools only", v.Spec.Pool, dash(b)))
+			say(fmt.Sprintf("it is in pool %s (%s): plinth moves volumes of file and btrfs pools only", v.Spec.Pool, dash(b)))
 			continue
 		}
 		selectors, err := c.podSelectors(ctx, ns, claim)
@@ -203,11 +203,11 @@ func (c *Client) drainPlan(ctx context.Context, node string) ([]planned, []Unmov
 				whyNot = append(whyNot, cand.name+": its pods' nodeSelector excludes it")
 				continue
 			}
-			if why := move.Fits(cand.pools, v.Spec.Mode, v.Spec.FsType, v.Spec.CapacityBytes); why != "" {
+			if why := move.Fits(cand.pools, backend[v.Spec.Pool], v.Spec.Mode, v.Spec.FsType, v.Spec.CapacityBytes); why != "" {
 				whyNot = append(whyNot, cand.name+": "+why)
 				continue
 			}
-			if room := largestRoom(cand.pools); room > bestRoom {
+			if room := largestRoom(cand.pools, backend[v.Spec.Pool]); room > bestRoom {
 				best, bestRoom = ci, room
 			}
 		}
@@ -218,7 +218,7 @@ func (c *Client) drainPlan(ctx context.Context, node string) ([]planned, []Unmov
 			say("no node takes it: " + strings.Join(whyNot, "; "))
 			continue
 		}
-		take(cands[best].pools, v.Spec.CapacityBytes)
+		take(cands[best].pools, backend[v.Spec.Pool], v.Spec.CapacityBytes)
 		plan = append(plan, planned{ns: ns, claim: claim, to: cands[best].name})
 	}
 	return plan, cannot, nil
@@ -272,22 +272,24 @@ func matches(nodeLabels map[string]string, selectors []map[string]string) bool {
 	return true
 }
 
-// largestRoom is the most a file pool of pools can take.
-func largestRoom(pools []v1alpha1.PoolStatus) int64 {
+// largestRoom is the most a pool of pools that takes volumes of a pool of
+// backend can take.
+func largestRoom(pools []v1alpha1.PoolStatus, backend string) int64 {
 	var best int64
 	for _, p := range pools {
-		if volume.Transferable(p.Backend) && p.Healthy {
+		if volume.TransferableTo(backend, p.Backend) && p.Healthy {
 			best = max(best, p.AllocatableBytes)
 		}
 	}
 	return best
 }
 
-// take counts n bytes as gone from the roomiest file pool of pools.
-func take(pools []v1alpha1.PoolStatus, n int64) {
+// take counts n bytes as gone from the roomiest pool of pools that takes
+// volumes of a pool of backend.
+func take(pools []v1alpha1.PoolStatus, backend string, n int64) {
 	best := -1
 	for i, p := range pools {
-		if volume.Transferable(p.Backend) && p.Healthy && p.AllocatableBytes >= n && (best < 0 || p.AllocatableBytes > pools[best].AllocatableBytes) {
+		if volume.TransferableTo(backend, p.Backend) && p.Healthy && p.AllocatableBytes >= n && (best < 0 || p.AllocatableBytes > pools[best].AllocatableBytes) {
 			best = i
 		}
 	}

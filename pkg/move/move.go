@@ -382,7 +382,7 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 		}
 	}
 	if !volume.Transferable(backend) {
-		return refuse(ReasonUnsupported, "volume %s is in pool %s (%s) on node %s: plinth moves volumes of file pools only", src.Name, src.Spec.Pool, backend, src.Spec.NodeName)
+		return refuse(ReasonUnsupported, "volume %s is in pool %s (%s) on node %s: plinth moves volumes of file and btrfs pools only", src.Name, src.Spec.Pool, backend, src.Spec.NodeName)
 	}
 	if srcNode.Status.Transfer == nil {
 		return refuse(ReasonUnsupported, "node %s serves no transfers (its plinth is older, or --transfer-address is empty)", src.Spec.NodeName)
@@ -410,7 +410,7 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 			return refuse(ReasonNoPool, "node %s has no pool %s, which StorageClass %s names", m.Spec.TargetNode, poolParam, pv.Spec.StorageClassName)
 		}
 	}
-	if why := Fits(pools, src.Spec.Mode, src.Spec.FsType, src.Spec.CapacityBytes); why != "" {
+	if why := Fits(pools, backend, src.Spec.Mode, src.Spec.FsType, src.Spec.CapacityBytes); why != "" {
 		return refuse(ReasonNoPool, "node %s has no pool for volume %s: %s", m.Spec.TargetNode, src.Name, why)
 	}
 	claim, err := saveClaim(pvc)
@@ -482,14 +482,14 @@ func NodeReady(n *v1.Node) bool {
 	return false
 }
 
-// Fits says why no pool of pools takes a moved volume of this mode,
-// filesystem and capacity ("" when one does).
-func Fits(pools []v1alpha1.PoolStatus, mode, fsType string, capacity int64) string {
+// Fits says why no pool of pools takes a moved volume of a pool of
+// backend, of this mode, filesystem and capacity ("" when one does).
+func Fits(pools []v1alpha1.PoolStatus, backend, mode, fsType string, capacity int64) string {
 	var why []string
 	for _, p := range pools {
 		switch {
-		case !volume.Transferable(p.Backend):
-			why = append(why, fmt.Sprintf("%s is a %s pool", p.Name, p.Backend))
+		case !volume.TransferableTo(backend, p.Backend):
+			why = append(why, fmt.Sprintf("%s is a %s pool, the volume's is a %s pool", p.Name, p.Backend, backend))
 		case !p.Healthy:
 			why = append(why, p.Name+" is unhealthy")
 		case mode == v1alpha1.ModeBlock && !p.Block:

@@ -305,7 +305,7 @@ var refusalMessages = map[string]string{
 	"volume already held":                                         "held by another move",
 	"target without transfer":                                     "node w2 serves no transfers",
 	"source without transfer":                                     "node w1 serves no transfers",
-	"source pool is btrfs":                                        "(btrfs)",
+	"source pool is btrfs, target's is file":                      "p2 is a file pool, the volume's is a btrfs pool",
 	"target pool unhealthy":                                       "p2 is unhealthy",
 	"target pool too small":                                       "p2 has",
 	"target pool without block":                                   "holds no block volumes",
@@ -358,7 +358,7 @@ func TestCheckRefuses(t *testing.T) {
 		{"target without PlinthNode", func(w *world) { w.pnodes["w2"] = nil }, ReasonNoPool},
 		{"target without transfer", func(w *world) { w.pnodes["w2"].Status.Transfer = nil }, ReasonUnsupported},
 		{"source without transfer", func(w *world) { w.pnodes["w1"].Status.Transfer = nil }, ReasonUnsupported},
-		{"source pool is btrfs", func(w *world) { w.pnodes["w1"].Status.Pools[0].Backend = "btrfs" }, ReasonUnsupported},
+		{"source pool is btrfs, target's is file", func(w *world) { w.pnodes["w1"].Status.Pools[0].Backend = "btrfs" }, ReasonNoPool},
 		{"source pool is disk", func(w *world) { w.pnodes["w1"].Status.Pools[0].Backend = "disk" }, ReasonUnsupported},
 		{"source pool unknown to its node", func(w *world) { w.vol.Spec.Pool = "gone" }, ReasonUnsupported},
 		{"target pool unhealthy", func(w *world) { w.pnodes["w2"].Status.Pools[0].Healthy = false }, ReasonNoPool},
@@ -463,7 +463,7 @@ func TestCheckBlockVolume(t *testing.T) {
 
 func TestFits(t *testing.T) {
 	fs := v1alpha1.ModeFilesystem
-	if why := Fits(nil, fs, "xfs", gib); why != "it has no pools" {
+	if why := Fits(nil, "file", fs, "xfs", gib); why != "it has no pools" {
 		t.Errorf("no pools: %q", why)
 	}
 	small := filePool("small")
@@ -474,7 +474,7 @@ func TestFits(t *testing.T) {
 	noxfs.FsTypes = []string{"ext4"}
 	noblock := filePool("noblock")
 	noblock.Block = false
-	why := Fits([]v1alpha1.PoolStatus{small, sick, noxfs, {Name: "d", Backend: "disk", Healthy: true}}, fs, "xfs", gib)
+	why := Fits([]v1alpha1.PoolStatus{small, sick, noxfs, {Name: "d", Backend: "disk", Healthy: true}}, "file", fs, "xfs", gib)
 	for _, want := range []string{"small has", "sick is unhealthy", "noxfs makes no xfs", "d is a disk pool"} {
 		if !strings.Contains(why, want) {
 			t.Errorf("%q lacks %q", why, want)
@@ -482,17 +482,32 @@ func TestFits(t *testing.T) {
 	}
 	exact := filePool("exact")
 	exact.AllocatableBytes = gib
-	if why := Fits([]v1alpha1.PoolStatus{small, exact}, fs, "xfs", gib); why != "" {
+	if why := Fits([]v1alpha1.PoolStatus{small, exact}, "file", fs, "xfs", gib); why != "" {
 		t.Errorf("a pool of exactly the size: %q", why)
 	}
-	if why := Fits([]v1alpha1.PoolStatus{noxfs}, fs, "", gib); why != "" {
+	if why := Fits([]v1alpha1.PoolStatus{noxfs}, "file", fs, "", gib); why != "" {
 		t.Errorf("a volume with no fsType: %q", why)
 	}
-	if why := Fits([]v1alpha1.PoolStatus{noblock}, v1alpha1.ModeBlock, "", gib); !strings.Contains(why, "noblock holds no block volumes") {
+	if why := Fits([]v1alpha1.PoolStatus{noblock}, "file", v1alpha1.ModeBlock, "", gib); !strings.Contains(why, "noblock holds no block volumes") {
 		t.Errorf("block: %q", why)
 	}
-	if why := Fits([]v1alpha1.PoolStatus{noblock, exact}, v1alpha1.ModeBlock, "", gib); why != "" {
+	if why := Fits([]v1alpha1.PoolStatus{noblock, exact}, "file", v1alpha1.ModeBlock, "", gib); why != "" {
 		t.Errorf("block, second pool fits: %q", why)
+	}
+	// A btrfs volume goes to a btrfs pool only, whatever filesystems a
+	// file pool makes; an image never goes to a btrfs pool.
+	btr := filePool("btr")
+	btr.Backend, btr.FsTypes = "btrfs", []string{"btrfs"}
+	withBtrfs := filePool("withbtrfs")
+	withBtrfs.FsTypes = []string{"ext4", "xfs", "btrfs"}
+	if why := Fits([]v1alpha1.PoolStatus{withBtrfs}, "btrfs", fs, "btrfs", gib); !strings.Contains(why, "withbtrfs is a file pool, the volume's is a btrfs pool") {
+		t.Errorf("btrfs volume into a file pool: %q", why)
+	}
+	if why := Fits([]v1alpha1.PoolStatus{withBtrfs, btr}, "btrfs", fs, "btrfs", gib); why != "" {
+		t.Errorf("btrfs volume, a btrfs pool fits: %q", why)
+	}
+	if why := Fits([]v1alpha1.PoolStatus{btr}, "file", fs, "btrfs", gib); !strings.Contains(why, "btr is a btrfs pool") {
+		t.Errorf("image into a btrfs pool: %q", why)
 	}
 }
 

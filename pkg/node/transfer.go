@@ -132,3 +132,47 @@ func (n *Local) ExportVolume(ctx context.Context, id string) (*os.File, pool.Vol
 	}
 	return exp.ExportVolume(ctx, id)
 }
+
+// SendSnapshot makes snapshot id ready to go to another node as a stream
+// (a pool that sends streams, pool.Sender). The caller closes the send.
+func (n *Local) SendSnapshot(ctx context.Context, id string) (pool.Send, pool.Snapshot, error) {
+	release, err := n.lock(snapshotKey(id))
+	if err != nil {
+		return pool.Send{}, pool.Snapshot{}, err
+	}
+	defer release()
+	p, err := n.poolOfSnapshot(ctx, id)
+	if err != nil {
+		return pool.Send{}, pool.Snapshot{}, err
+	}
+	s, ok := pool.As[pool.Sender](p)
+	if !ok {
+		return pool.Send{}, pool.Snapshot{}, fmt.Errorf("%w: pool %s (%s) cannot send snapshots to another node as a stream", pool.ErrUnsupported, p.Name(), p.Backend())
+	}
+	return s.SendSnapshot(ctx, id)
+}
+
+// SendVolume makes what volume id holds that differs from its snapshot
+// base ready to go to another node as a stream (a sync); refused while
+// the volume is staged or published here. The caller closes the send.
+func (n *Local) SendVolume(ctx context.Context, id, base string) (pool.Send, pool.Volume, error) {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return pool.Send{}, pool.Volume{}, err
+	}
+	defer release()
+	p, _, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return pool.Send{}, pool.Volume{}, err
+	}
+	if n.inUse != nil {
+		if err := n.inUse(id); err != nil {
+			return pool.Send{}, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
+		}
+	}
+	s, ok := pool.As[pool.Sender](p)
+	if !ok {
+		return pool.Send{}, pool.Volume{}, fmt.Errorf("%w: pool %s (%s) cannot send volumes to another node as a stream", pool.ErrUnsupported, p.Name(), p.Backend())
+	}
+	return s.SendVolume(ctx, id, base)
+}

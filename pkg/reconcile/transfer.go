@@ -35,6 +35,8 @@ type Importer interface {
 type Exporter interface {
 	ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Snapshot, error)
 	ExportVolume(ctx context.Context, id string) (*os.File, pool.Volume, error)
+	SendSnapshot(ctx context.Context, id string) (pool.Send, pool.Snapshot, error)
+	SendVolume(ctx context.Context, id, base string) (pool.Send, pool.Volume, error)
 }
 
 // Held says whether volume id is held (a move's cutover): its node stages
@@ -57,6 +59,7 @@ func (r *Reconciler) Held(id string) error {
 // (transfer.Client).
 type Fetcher interface {
 	Fill(ctx context.Context, node, volumeID string, dst transfer.Destination, report func(transfer.Progress)) error
+	FillStream(ctx context.Context, node, volumeID string, start transfer.StartStream, report func(transfer.Progress)) error
 }
 
 // imports are the transfers this node runs, one per volume.
@@ -168,6 +171,9 @@ func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.Pl
 	err := r.transferLoop(ctx, v.Name, func(ctx context.Context, report func(transfer.Progress)) error {
 		var err error
 		made, err = imp.Import(ctx, v.Spec.Pool, want, func(ctx context.Context, t pool.ImportTarget) error {
+			if t.Format == pool.ImportStream {
+				return r.Transfer.FillStream(ctx, v.Spec.Source.NodeName, v.Name, t.Receive, report)
+			}
 			if t.Format != pool.ImportImage {
 				return fmt.Errorf("%w: import format %q", pool.ErrUnsupported, t.Format)
 			}
@@ -192,6 +198,9 @@ func (r *Reconciler) runSync(ctx context.Context, imp Importer, v *v1alpha1.Plin
 	ctx = klog.NewContext(ctx, logger)
 	err := r.transferLoop(ctx, v.Name, func(ctx context.Context, report func(transfer.Progress)) error {
 		return imp.Sync(ctx, v.Name, func(ctx context.Context, t pool.ImportTarget) error {
+			if t.Format == pool.ImportStream {
+				return r.Transfer.FillStream(ctx, sync.NodeName, v.Name, t.Receive, report)
+			}
 			if t.Format != pool.ImportImageDelta {
 				return fmt.Errorf("%w: sync format %q", pool.ErrUnsupported, t.Format)
 			}
@@ -426,6 +435,9 @@ func (s *TransferSource) Content(ctx context.Context, peer, volumeID string) (*t
 		return nil, fmt.Errorf("%w: volume %s is %s, not waiting to be filled", transfer.ErrDenied, volumeID, v.Status.Phase)
 	}
 	f, snap, err := s.Local.ExportSnapshot(ctx, src.SnapshotID)
+	if errors.Is(err, pool.ErrUnsupported) {
+		return s.streamContent(ctx, v, src.SnapshotID)
+	}
 	if errors.Is(err, pool.ErrNotFound) {
 		return nil, fmt.Errorf("%w: snapshot %s: %v", transfer.ErrNoContent, src.SnapshotID, err)
 	}
@@ -493,6 +505,9 @@ func (s *TransferSource) syncContent(ctx context.Context, peer string, v *v1alph
 		return nil, fmt.Errorf("%w: volume %s is %s %s, volume %s is %s %s", transfer.ErrDenied, src.Name, src.Spec.Mode, src.Spec.FsType, v.Name, v.Spec.Mode, v.Spec.FsType)
 	}
 	base, snap, err := s.Local.ExportSnapshot(ctx, sync.BaseSnapshotID)
+	if errors.Is(err, pool.ErrUnsupported) {
+		return s.streamSync(ctx, v, src.Name, sync.BaseSnapshotID)
+	}
 	if errors.Is(err, pool.ErrNotFound) {
 		return nil, fmt.Errorf("%w: snapshot %s: %v", transfer.ErrNoContent, sync.BaseSnapshotID, err)
 	}
@@ -521,6 +536,64 @@ func (s *TransferSource) syncContent(ctx context.Context, peer string, v *v1alph
 	}
 	return &transfer.Content{ID: fmt.Sprintf("sync:%s@%d/%d+%s@%d", vol.ID, st.ModTime().UnixNano(), st.Size(), snap.ID, snap.CreatedAt.UnixNano()),
 		File: f, Base: base, Size: st.Size()}, nil
+}
+
+// streamContent answers volume object v's fill from snapshot id of a pool
+// that sends streams (btrfs), with the same checks as an image's.
+func (s *TransferSource) streamContent(ctx context.Context, v *v1alpha1.PlinthVolume, id string) (*transfer.Content, error) {
+	send, snap, err := s.Local.SendSnapshot(ctx, id)
+	switch {
+	case errors.Is(err, pool.ErrNotFound):
+		return nil, fmt.Errorf("%w: snapshot %s: %v", transfer.ErrNoContent, id, err)
+	case errors.Is(err, pool.ErrUnsupported):
+		return nil, fmt.Errorf("%w: %v", transfer.ErrDenied, err)
+	case err != nil:
+		return nil, err
+	}
+	var why error
+	switch {
+	case snap.Mode != pool.ModeFilesystem || v.Spec.Mode != v1alpha1.ModeFilesystem:
+		why = fmt.Errorf("%w: snapshot %s (%s) is sent as a filesystem stream, volume %s is %s", transfer.ErrDenied, snap.ID, dash(string(snap.Mode)), v.Name, v.Spec.Mode)
+	case snap.FsType != v.Spec.FsType:
+		why = fmt.Errorf("%w: snapshot %s holds %s, volume %s asks for %s", transfer.ErrDenied, snap.ID, snap.FsType, v.Name, v.Spec.FsType)
+	case send.Size > v.Spec.CapacityBytes:
+		why = fmt.Errorf("%w: snapshot %s is of a %d-byte volume, volume %s holds %d", transfer.ErrDenied, snap.ID, send.Size, v.Name, v.Spec.CapacityBytes)
+	}
+	if why != nil {
+		send.Close()
+		return nil, why
+	}
+	return &transfer.Content{ID: send.ID, Size: v.Spec.CapacityBytes, Stream: send.Run, DataBytes: send.DataBytes, Release: send.Close}, nil
+}
+
+// streamSync answers volume object v's sync from held volume src of a
+// pool that sends streams: what src holds now against the base snapshot
+// v was filled from.
+func (s *TransferSource) streamSync(ctx context.Context, v *v1alpha1.PlinthVolume, src, base string) (*transfer.Content, error) {
+	send, vol, err := s.Local.SendVolume(ctx, src, base)
+	switch {
+	case errors.Is(err, pool.ErrNotFound):
+		return nil, fmt.Errorf("%w: volume %s or snapshot %s: %v", transfer.ErrNoContent, src, base, err)
+	case errors.Is(err, pool.ErrUnsupported), errors.Is(err, pool.ErrInvalid):
+		return nil, fmt.Errorf("%w: %v", transfer.ErrDenied, err)
+	case err != nil:
+		// In use (its pod has not let go yet) or locked: the receiver
+		// tries again.
+		return nil, err
+	}
+	if vol.CapacityBytes > v.Spec.CapacityBytes {
+		send.Close()
+		return nil, fmt.Errorf("%w: volume %s is %d bytes, volume %s holds %d", transfer.ErrDenied, src, vol.CapacityBytes, v.Name, v.Spec.CapacityBytes)
+	}
+	return &transfer.Content{ID: "sync:" + send.ID, Size: v.Spec.CapacityBytes, Stream: send.Run, DataBytes: send.DataBytes, Release: send.Close}, nil
+}
+
+// dash is s, or "-" when it is empty.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // Peers reads what other nodes published for transfers from their

@@ -68,21 +68,9 @@ const maxBadChunks = 5
 // what dst has. report, when set, hears the progress after each commit.
 // It returns nil once all of the content is in dst, committed.
 func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destination, report func(Progress)) error {
-	p, err := c.Peers.Peer(ctx, node)
+	conn, err := c.dial(ctx, node)
 	if err != nil {
-		return fmt.Errorf("node %s: %w", node, err)
-	}
-	if p.Address == "" {
-		return fmt.Errorf("node %s publishes no transfer address", node)
-	}
-	conn, err := grpc.NewClient("passthrough:///"+p.Address,
-		grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(c.Identity, c.Peers, node))),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)),
-		grpc.WithInitialWindowSize(windowBytes), grpc.WithInitialConnWindowSize(windowBytes),
-		grpc.WithReadBufferSize(1<<20))
-	if err != nil {
-		return fmt.Errorf("transfer from %s (%s): %w", node, p.Address, err)
+		return err
 	}
 	defer conn.Close()
 	api := transferv1.NewTransferClient(conn)
@@ -121,6 +109,160 @@ func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destinatio
 		}
 		logger.Info("A chunk did not match its checksum; asking again", "from", r.through)
 	}
+}
+
+// dial connects to node's transfer service, which must present the
+// certificate node published.
+func (c *Client) dial(ctx context.Context, node string) (*grpc.ClientConn, error) {
+	p, err := c.Peers.Peer(ctx, node)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", node, err)
+	}
+	if p.Address == "" {
+		return nil, fmt.Errorf("node %s publishes no transfer address", node)
+	}
+	conn, err := grpc.NewClient("passthrough:///"+p.Address,
+		grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(c.Identity, c.Peers, node))),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 20 * time.Second}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8<<20)),
+		grpc.WithInitialWindowSize(windowBytes), grpc.WithInitialConnWindowSize(windowBytes),
+		grpc.WithReadBufferSize(1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("transfer from %s (%s): %w", node, p.Address, err)
+	}
+	return conn, nil
+}
+
+// StartStream begins an attempt to take a stream content: what an earlier
+// attempt left is dropped, and the stream is written to what it returns,
+// whose Close says whether it took a whole, durable content. Cancelling
+// ctx ends the attempt.
+type StartStream func(ctx context.Context) (io.WriteCloser, error)
+
+// FillStream takes the stream content node serves for volumeID
+// (FormatStream), whole: an attempt that breaks (a chunk that does not
+// match its checksum included) starts over from the stream's beginning.
+// It returns nil once start's writer took the whole stream.
+func (c *Client) FillStream(ctx context.Context, node, volumeID string, start StartStream, report func(Progress)) error {
+	conn, err := c.dial(ctx, node)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	api := transferv1.NewTransferClient(conn)
+	open, err := api.Open(ctx, &transferv1.OpenRequest{VolumeId: volumeID})
+	if err != nil {
+		return fmt.Errorf("open transfer from %s: %w", node, err)
+	}
+	if open.GetFormat() != FormatStream {
+		return fmt.Errorf("transfer from %s: %w: the content comes as %q, this destination takes %q", node, ErrUnsupported, open.GetFormat(), FormatStream)
+	}
+	logger := klog.FromContext(ctx).WithValues("node", node, "volumeID", volumeID, "content", open.GetContentId())
+	logger.Info("Receiving a stream", "dataBytes", open.GetDataBytes())
+	for bad := 0; ; {
+		s := &streamReceiver{c: c, api: api, volumeID: volumeID, id: open.GetContentId(), total: open.GetDataBytes(), report: report, start: time.Now()}
+		err := s.read(ctx, start)
+		if err == nil {
+			logger.Info("Received a stream", "bytes", s.got, "seconds", time.Since(s.start).Seconds())
+			return nil
+		}
+		if !errors.Is(err, errBadChunk) {
+			return err
+		}
+		if bad++; bad >= maxBadChunks {
+			return fmt.Errorf("transfer from %s: %w (%d times)", node, ErrCorrupt, bad)
+		}
+		logger.Info("A chunk did not match its checksum; taking the stream again from its start", "at", s.got)
+	}
+}
+
+type streamReceiver struct {
+	c        *Client
+	api      transferv1.TransferClient
+	volumeID string
+	id       string
+	// got bytes of the stream are written; total is about what it carries.
+	got, total int64
+	report     func(Progress)
+	start      time.Time
+	lastReport time.Time
+}
+
+// read takes the stream whole in one attempt.
+func (s *streamReceiver) read(ctx context.Context, start StartStream) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := start(ctx)
+	if err != nil {
+		return err
+	}
+	finished := false
+	defer func() {
+		if !finished {
+			cancel()
+			_ = w.Close()
+		}
+	}()
+	stream, err := s.api.Read(ctx, &transferv1.ReadRequest{VolumeId: s.volumeID, ContentId: s.id})
+	if err != nil {
+		return err
+	}
+	idle := time.AfterFunc(s.c.idle(), cancel)
+	defer idle.Stop()
+	s.lastReport = time.Now()
+	for {
+		ch, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			// The server ends a stream cleanly only after the whole of it;
+			// the writer checks that it is whole too (btrfs receive -e
+			// wants the stream's end command).
+			finished = true
+			if err := w.Close(); err != nil {
+				return fmt.Errorf("take the stream (%d bytes): %w", s.got, err)
+			}
+			s.progress(max(s.total, s.got))
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		idle.Reset(s.c.idle())
+		data := ch.GetData()
+		if ch.GetOffset() != s.got || len(data) == 0 || ch.GetSentThrough() != s.got+int64(len(data)) || ch.GetZeroBytes() != 0 {
+			return fmt.Errorf("transfer: stream chunk at %d (%d bytes, through %d, %d zeros) out of order (have %d)",
+				ch.GetOffset(), len(data), ch.GetSentThrough(), ch.GetZeroBytes(), s.got)
+		}
+		if ch.Crc32C == nil || checksum(data) != ch.GetCrc32C() {
+			return errBadChunk
+		}
+		if s.c.Limit != nil {
+			if err := waitN(ctx, s.c.Limit, len(data)); err != nil {
+				return err
+			}
+		}
+		if _, err := w.Write(data); err != nil {
+			return fmt.Errorf("take the stream at %d: %w", s.got, err)
+		}
+		s.got += int64(len(data))
+		if s.c.Meter != nil {
+			s.c.Meter.Received(len(data))
+		}
+		if time.Since(s.lastReport) >= s.c.commitInterval() {
+			s.progress(min(s.got, max(s.total, s.got)))
+		}
+	}
+}
+
+func (s *streamReceiver) progress(done int64) {
+	s.lastReport = time.Now()
+	if s.report == nil {
+		return
+	}
+	rate := int64(0)
+	if sec := time.Since(s.start).Seconds(); sec > 0 {
+		rate = int64(float64(s.got) / sec)
+	}
+	s.report(Progress{DoneBytes: done, TotalBytes: max(s.total, done), BytesPerSecond: rate})
 }
 
 // ErrUnsupported: the content is carried in a way this plinth cannot write.
@@ -295,12 +437,14 @@ func (r *receiver) writePiece(p piece) error {
 }
 
 // idle is how long a stream may send nothing before the attempt ends.
-func (r *receiver) idle() time.Duration {
-	if r.c.IdleTimeout > 0 {
-		return r.c.IdleTimeout
+func (c *Client) idle() time.Duration {
+	if c.IdleTimeout > 0 {
+		return c.IdleTimeout
 	}
 	return time.Minute
 }
+
+func (r *receiver) idle() time.Duration { return r.c.idle() }
 
 func (r *receiver) commitEvery() int64 {
 	if r.c.CommitEvery > 0 {
@@ -309,12 +453,14 @@ func (r *receiver) commitEvery() int64 {
 	return 64 << 20
 }
 
-func (r *receiver) commitInterval() time.Duration {
-	if r.c.CommitInterval > 0 {
-		return r.c.CommitInterval
+func (c *Client) commitInterval() time.Duration {
+	if c.CommitInterval > 0 {
+		return c.CommitInterval
 	}
 	return 2 * time.Second
 }
+
+func (r *receiver) commitInterval() time.Duration { return r.c.commitInterval() }
 
 func (r *receiver) commit(through int64) error {
 	if through < r.through {

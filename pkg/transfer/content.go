@@ -22,24 +22,54 @@ const FormatImage = "image"
 // zeros; what is not sent is as the receiver has it.
 const FormatImageDelta = "image-delta"
 
+// FormatStream is content carried as one stream of bytes, sent whole (a
+// btrfs send stream): a receiver that breaks off starts over.
+const FormatStream = "stream"
+
 // Content is what a serving node streams: an image that does not change
-// while it is read (a snapshot's).
+// while it is read (a snapshot's), or a stream.
 type Content struct {
 	// ID names the content and its version (the snapshot and when it was
 	// made): a receiver keeps what it has only for the same ID.
 	ID   string
 	File *os.File
+	// Size is the image's size; for a stream, what the content needs on
+	// the receiving side at most (the volume's capacity).
 	Size int64
 	// Base, when set, is the image the receiver was filled from: only
 	// what differs from it is sent (FormatImageDelta). Closed with File.
 	Base *os.File
+	// Stream, when set, is content carried as one stream (FormatStream),
+	// with neither File nor Base: it writes the whole stream to w.
+	Stream func(ctx context.Context, w io.Writer) error
+	// DataBytes is about what Stream carries.
+	DataBytes int64
+	// Release, when set, is called by Close (a snapshot made to send).
+	Release func()
 }
 
-// Close closes the content's files.
+// Close closes the content's files and releases what it holds.
 func (c *Content) Close() {
-	c.File.Close()
+	if c.File != nil {
+		c.File.Close()
+	}
 	if c.Base != nil {
 		c.Base.Close()
+	}
+	if c.Release != nil {
+		c.Release()
+	}
+}
+
+// format is how the content is carried.
+func (c *Content) format() string {
+	switch {
+	case c.Stream != nil:
+		return FormatStream
+	case c.Base != nil:
+		return FormatImageDelta
+	default:
+		return FormatImage
 	}
 }
 

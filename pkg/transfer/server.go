@@ -129,6 +129,10 @@ func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transf
 		return nil, err
 	}
 	defer c.Close()
+	if c.Stream != nil {
+		return &transferv1.OpenResponse{Format: FormatStream, Size: c.Size, DataBytes: c.DataBytes, ContentId: c.ID,
+			ChunkBytes: int32(s.chunkBytes())}, nil
+	}
 	// What a whole transfer carries at most (for a sync where the bytes
 	// are compared: the data of either, an estimate).
 	seq, _, err := c.ranges(0)
@@ -142,11 +146,7 @@ func (s *Server) Open(ctx context.Context, req *transferv1.OpenRequest) (*transf
 		}
 		data += r.Len
 	}
-	format := FormatImage
-	if c.Base != nil {
-		format = FormatImageDelta
-	}
-	return &transferv1.OpenResponse{Format: format, Size: c.Size, DataBytes: data, ContentId: c.ID,
+	return &transferv1.OpenResponse{Format: c.format(), Size: c.Size, DataBytes: data, ContentId: c.ID,
 		ChunkBytes: int32(s.chunkBytes())}, nil
 }
 
@@ -158,6 +158,9 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 		return err
 	}
 	defer c.Close()
+	if c.Stream != nil {
+		return s.readStream(ctx, c, node, req, stream)
+	}
 	if req.GetContentId() != c.ID {
 		return status.Errorf(codes.FailedPrecondition, "content %q is now %q: open the transfer again", req.GetContentId(), c.ID)
 	}
@@ -284,6 +287,68 @@ func (s *Server) Read(req *transferv1.ReadRequest, stream grpc.ServerStreamingSe
 	}
 	// The end: everything up to the size is sent (what is left is a hole).
 	return stream.Send(&transferv1.Chunk{Offset: c.Size, SentThrough: c.Size})
+}
+
+// readStream sends a stream content whole, in chunks at the offsets they
+// have in the stream. A stream is not resumed: a read from anywhere but 0
+// is refused, and a receiver that broke off asks again from 0. (The
+// content ID is not checked: a receiver keeps nothing of a broken stream,
+// and a stream made anew, such as one of a held volume's snapshot taken
+// for it, has a new ID each time.)
+func (s *Server) readStream(ctx context.Context, c *Content, node string, req *transferv1.ReadRequest, stream grpc.ServerStreamingServer[transferv1.Chunk]) error {
+	if req.GetOffset() != 0 {
+		return status.Errorf(codes.OutOfRange, "content %s is a stream, sent whole: read it from 0, not %d", c.ID, req.GetOffset())
+	}
+	logger := klog.FromContext(ctx).WithValues("peer", node, "volumeID", req.GetVolumeId(), "content", c.ID)
+	logger.V(2).Info("Sending a stream")
+	pctx, stop := context.WithCancel(ctx)
+	pr, pw := io.Pipe()
+	produced := make(chan error, 1)
+	go func() {
+		err := c.Stream(pctx, pw)
+		pw.CloseWithError(err)
+		produced <- err
+	}()
+	defer func() {
+		// The producer is done before the content is released.
+		stop()
+		pr.CloseWithError(context.Canceled)
+		<-produced
+	}()
+	buf := make([]byte, s.chunkBytes())
+	var off int64
+	for {
+		n, err := io.ReadFull(pr, buf)
+		if n > 0 {
+			p := buf[:n]
+			if err := s.wait(ctx, n); err != nil {
+				return err
+			}
+			ch := &transferv1.Chunk{Offset: off, Data: p, Crc32C: proto.Uint32(checksum(p)), SentThrough: off + int64(n)}
+			if s.alter != nil {
+				s.alter(ch)
+			}
+			if err := stream.Send(ch); err != nil {
+				return err
+			}
+			if s.Meter != nil {
+				s.Meter.Sent(n)
+			}
+			off += int64(n)
+		}
+		switch {
+		case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			// The producer closed the pipe with its answer: a stream
+			// ends cleanly only when it ran to its end.
+			logger.V(2).Info("Sent a stream", "bytes", off)
+			return nil
+		case err != nil:
+			if cerr := ctx.Err(); cerr != nil {
+				return status.FromContextError(cerr).Err()
+			}
+			return status.Errorf(codes.Unavailable, "stream of %s: %v", c.ID, err)
+		}
+	}
 }
 
 // readBase reads the base at off; what lies beyond its end reads as zeros.

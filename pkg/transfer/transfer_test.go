@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -60,6 +61,10 @@ type grants struct {
 	// mapOnly opens the base write-only: its extents can be mapped, its
 	// bytes not read.
 	mapOnly bool
+	// stream, when set, is served as a stream content (file unused);
+	// streamErr ends it after the bytes with an error.
+	stream    []byte
+	streamErr error
 }
 
 func (g *grants) Content(_ context.Context, peer, volumeID string) (*Content, error) {
@@ -68,6 +73,14 @@ func (g *grants) Content(_ context.Context, peer, volumeID string) (*Content, er
 	}
 	if peer != g.node {
 		return nil, fmt.Errorf("%w: volume %s is not node %s's", ErrDenied, volumeID, peer)
+	}
+	if g.stream != nil {
+		return &Content{ID: g.id, Size: 1 << 30, DataBytes: int64(len(g.stream)), Stream: func(ctx context.Context, w io.Writer) error {
+			if _, err := w.Write(g.stream); err != nil {
+				return err
+			}
+			return g.streamErr
+		}}, nil
 	}
 	f, err := os.Open(g.file)
 	if err != nil {

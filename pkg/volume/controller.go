@@ -199,6 +199,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	}
 	// remote is the source of a volume filled from another node.
 	var remote *pool.Source
+	var srcBackend string
 	if req.Source != nil {
 		src, err := c.origin(ctx, req.Source)
 		if err != nil {
@@ -230,14 +231,15 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 			// Elsewhere: the volume's node fills it from the source's
 			// node over the transfer service.
 			if !Transferable(src.backend) {
-				return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology, in a %s pool, whose content plinth does not send to other nodes (file pools only)",
+				return Placed{}, fmt.Errorf("%w: the content source lives on node %s, outside the requested topology, in a %s pool, whose content plinth does not send to other nodes (file and btrfs pools only)",
 					pool.ErrNoSpace, src.node, src.backend)
 			}
-			if req.Params.Backend != "" && !Transferable(req.Params.Backend) {
-				return Placed{}, fmt.Errorf("%w: %s is on node %s, outside the requested topology; a volume filled from another node is made in a file pool, the request asks for backend %s",
-					pool.ErrNoSpace, src.what, src.node, req.Params.Backend)
+			if req.Params.Backend != "" && !TransferableTo(src.backend, req.Params.Backend) {
+				return Placed{}, fmt.Errorf("%w: %s is on node %s, outside the requested topology; a volume filled from another node is made in a pool of its source's backend (%s), the request asks for backend %s",
+					pool.ErrNoSpace, src.what, src.node, src.backend, req.Params.Backend)
 			}
 			remote = &pool.Source{SnapshotID: req.Source.SnapshotID, VolumeID: req.Source.VolumeID, Node: src.node}
+			srcBackend = src.backend
 		}
 	}
 
@@ -252,9 +254,9 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	}
 	source := req.Source
 	if remote != nil {
-		choices = slices.DeleteFunc(choices, func(ch Choice) bool { return !Transferable(ch.Pool.Backend) })
+		choices = slices.DeleteFunc(choices, func(ch Choice) bool { return !TransferableTo(srcBackend, ch.Pool.Backend) })
 		if len(choices) == 0 {
-			return Placed{}, fmt.Errorf("%w: no file pool on the nodes asked can hold a volume filled from node %s", pool.ErrNoSpace, remote.Node)
+			return Placed{}, fmt.Errorf("%w: no %s pool on the nodes asked can hold a volume filled from node %s", pool.ErrNoSpace, srcBackend, remote.Node)
 		}
 		if remote.VolumeID != "" {
 			// A clone from another node is sent from a snapshot of its
@@ -303,8 +305,14 @@ func refused(err error) bool {
 }
 
 // Transferable reports whether volumes of a pool backend can be sent to
-// and filled from other nodes (pkg/transfer): images (file pools).
-func Transferable(backend string) bool { return backend == "file" }
+// and filled from other nodes (pkg/transfer): images (file pools) and
+// btrfs send streams (btrfs pools).
+func Transferable(backend string) bool { return backend == "file" || backend == "btrfs" }
+
+// TransferableTo reports whether a volume of a pool of backend from can be
+// sent to a pool of backend to: an image goes to a file pool, a btrfs
+// stream to a btrfs pool.
+func TransferableTo(from, to string) bool { return Transferable(from) && from == to }
 
 // cloneSnapshotName is the name of the snapshot a clone onto another node
 // is sent from.

@@ -234,28 +234,35 @@ func drainNode(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 // move --evict --wait, once for each kind of volume a move carries: a
 // 1 GiB filesystem volume in a pool on xfs (the final sync from the extent
 // maps), one on ext4 (snapshots are copies: the final sync compares bytes),
-// and a block volume (checked by the whole device's checksum).
+// a block volume (checked by the whole device's checksum) and a btrfs
+// subvolume (btrfs send streams; before the move, a snapshot of it is
+// restored on w2 too).
 func moveClaim(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	for _, c := range []moveCase{
 		{name: "xfs", pool: "local", size: "1Gi", mib: 200},
 		{name: "ext4", pool: "ext", size: "512Mi", mib: 100},
 		{name: "block", pool: "local", size: "256Mi", mib: 64, block: true},
+		{name: "btrfs", backend: "btrfs", pool: "btr", size: "100Mi", mib: 40},
 	} {
 		t.Run(c.name, func(t *testing.T) { moveOne(t, ctx, ws, c) })
 	}
 }
 
 type moveCase struct {
-	name, pool, size string
-	mib              int
-	block            bool
+	name, backend, pool, size string
+	mib                       int
+	block                     bool
 }
 
 func moveOne(t *testing.T, ctx context.Context, ws []*cluster.Worker, c moveCase) {
 	w1, w2 := ws[0], ws[1]
 	ns := namespace(t, ctx, "nodes-move-"+c.name)
 	class := "plinth-move-" + c.name
-	storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file", "pool": c.pool}, w1.Name)
+	backend := c.backend
+	if backend == "" {
+		backend = "file"
+	}
+	storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": backend, "pool": c.pool}, w1.Name)
 	ss := fillStatefulSet("mover", class, w1.Name, c.size, c.mib)
 	if c.block {
 		ss = blockStatefulSet("mover", class, w1.Name, c.size, c.mib)
@@ -274,6 +281,9 @@ func moveOne(t *testing.T, ctx context.Context, ws []*cluster.Worker, c moveCase
 		t.Fatalf("claim on %s, want %s", before, w1.Name)
 	}
 	oldVol := oldPV.Spec.CSI.VolumeHandle
+	if backend == "btrfs" {
+		restoreOnto(t, ctx, ns, claim, c, w2, want)
+	}
 
 	start := time.Now()
 	out := kubectlPlinth(t, "move", "-n", ns, claim, "--to", w2.Name, "--evict", "--wait")
@@ -320,5 +330,43 @@ func moveOne(t *testing.T, ctx context.Context, ws []*cluster.Worker, c moveCase
 		c.size, c.name, c.pool, c.mib, w1.Name, w2.Name, took.Round(time.Millisecond), w2.Name, downtime.Round(time.Millisecond))
 	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// restoreOnto restores a snapshot of claim onto node w (a btrfs send
+// stream from the claim's node), checks the data, and deletes the restore
+// again (the workers' btrfs pools are small).
+func restoreOnto(t *testing.T, ctx context.Context, ns, claim string, c moveCase, w *cluster.Worker, want string) {
+	t.Helper()
+	sc := snaps(t)
+	anywhere := "plinth-move-" + c.name + "-anywhere"
+	storageClass(t, ctx, anywhere, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": c.backend, "pool": c.pool})
+	takeSnapshot(t, ctx, sc, ns, "snap", claim)
+	start := time.Now()
+	claimAndPod(t, ctx, ns, fromSource(pvc("restored", anywhere, c.size, false), "snap", ""),
+		pinned(appPod("reader", "restored", false, "sum", "/data/blob"), w.Name))
+	if got := sumIn(t, waitLogIn(t, ctx, podLogs(w), ns, "reader", "sum=", 2*time.Minute)); got != want {
+		t.Fatalf("restored on %s: sum %s, the source holds %s", w.Name, got, want)
+	}
+	took := time.Since(start)
+	if node, _ := pvNode(t, ctx, ns, "restored"); node != w.Name {
+		t.Fatalf("restored volume on %s, want %s", node, w.Name)
+	}
+	_, pv := pvNode(t, ctx, ns, "restored")
+	logf("nodes: restored a snapshot of a %s claim (%s, %d MiB) onto %s in %s (claim to pod running)", c.size, c.name, c.mib, w.Name, took.Round(time.Millisecond))
+	if err := e.client.CoreV1().Pods(ns).Delete(ctx, "reader", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client.CoreV1().PersistentVolumeClaims(ns).Delete(ctx, "restored", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.SnapshotV1().VolumeSnapshots(ns).Delete(ctx, "snap", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		_, err := e.client.CoreV1().PersistentVolumes().Get(ctx, pv.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		t.Fatalf("the restored volume is still there: %v", err)
 	}
 }
