@@ -282,7 +282,7 @@ func moveOne(t *testing.T, ctx context.Context, ws []*cluster.Worker, c moveCase
 	}
 	oldVol := oldPV.Spec.CSI.VolumeHandle
 	if backend == "btrfs" {
-		restoreOnto(t, ctx, ns, claim, c, w2, want)
+		restoreOnto(t, ctx, ns, claim, c, w1, w2, want)
 	}
 
 	start := time.Now()
@@ -333,10 +333,11 @@ func moveOne(t *testing.T, ctx context.Context, ws []*cluster.Worker, c moveCase
 	}
 }
 
-// restoreOnto restores a snapshot of claim onto node w (a btrfs send
-// stream from the claim's node), checks the data, and deletes the restore
-// again (the workers' btrfs pools are small).
-func restoreOnto(t *testing.T, ctx context.Context, ns, claim string, c moveCase, w *cluster.Worker, want string) {
+// restoreOnto restores a snapshot of claim (on node from) onto node w (a
+// btrfs send stream), checks the data and that from's transfer service
+// refuses other nodes the restored volume's content (intruders), and
+// deletes the restore again (the workers' btrfs pools are small).
+func restoreOnto(t *testing.T, ctx context.Context, ns, claim string, c moveCase, from, w *cluster.Worker, want string) {
 	t.Helper()
 	sc := snaps(t)
 	anywhere := "plinth-move-" + c.name + "-anywhere"
@@ -353,6 +354,7 @@ func restoreOnto(t *testing.T, ctx context.Context, ns, claim string, c moveCase
 		t.Fatalf("restored volume on %s, want %s", node, w.Name)
 	}
 	_, pv := pvNode(t, ctx, ns, "restored")
+	intruders(t, ctx, from, w, pv.Spec.CSI.VolumeHandle)
 	logf("nodes: restored a snapshot of a %s claim (%s, %d MiB) onto %s in %s (claim to pod running)", c.size, c.name, c.mib, w.Name, took.Round(time.Millisecond))
 	if err := e.client.CoreV1().Pods(ns).Delete(ctx, "reader", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

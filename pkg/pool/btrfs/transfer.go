@@ -436,7 +436,14 @@ func (p *Pool) SendSnapshot(ctx context.Context, id string) (pool.Send, pool.Sna
 	if info.Flags&rootSubvolReadOnly == 0 {
 		return pool.Send{}, pool.Snapshot{}, fmt.Errorf("snapshot %s is not read-only: %w", id, pool.ErrInvalid)
 	}
-	send, err := p.send(path, "", info)
+	// Simple quotas count an extent for the subvolume that wrote it, not
+	// for a snapshot that shares it: the source volume's usage is the
+	// better guess of what the stream carries, while it exists.
+	data := int64(0)
+	if v, err := p.index.Volume(s.SourceVolumeID); err == nil {
+		data = p.usedBy(v)
+	}
+	send, err := p.send(path, "", info, data)
 	if err != nil {
 		return pool.Send{}, pool.Snapshot{}, err
 	}
@@ -483,7 +490,7 @@ func (p *Pool) SendVolume(ctx context.Context, id, base string) (pool.Send, pool
 	info, err := readSubvolInfo(path)
 	var send pool.Send
 	if err == nil {
-		send, err = p.send(path, p.snapPath(base), info)
+		send, err = p.send(path, p.snapPath(base), info, p.usedBy(v))
 	}
 	if err != nil {
 		drop()
@@ -493,9 +500,22 @@ func (p *Pool) SendVolume(ctx context.Context, id, base string) (pool.Send, pool
 	return send, v, nil
 }
 
+// usedBy is what volume v references now (0 when it cannot be read).
+func (p *Pool) usedBy(v pool.Volume) int64 {
+	sub, ok := readySubvol(v)
+	if !ok {
+		return 0
+	}
+	st, err := readState(p.dir)
+	if err != nil {
+		return 0
+	}
+	return st.used(sub)
+}
+
 // send is a btrfs send of the read-only subvolume at path (incremental on
-// parent when set).
-func (p *Pool) send(path, parent string, info subvolInfo) (pool.Send, error) {
+// parent when set), carrying about data bytes.
+func (p *Pool) send(path, parent string, info subvolInfo, data int64) (pool.Send, error) {
 	piper, ok := p.run.(mount.Piper)
 	if !ok {
 		return pool.Send{}, fmt.Errorf("%w: this runner cannot stream from btrfs send", pool.ErrUnsupported)
@@ -505,10 +525,6 @@ func (p *Pool) send(path, parent string, info subvolInfo) (pool.Send, error) {
 		args = append(args, "-p", parent)
 	}
 	args = append(args, path)
-	var data int64
-	if st, err := readState(p.dir); err == nil {
-		data = st.used(info.TreeID)
-	}
 	return pool.Send{
 		ID:        fmt.Sprintf("%x@%d", info.UUID, info.CTransID),
 		DataBytes: data,

@@ -74,13 +74,18 @@ func (x *OpenRequest) GetVolumeId() string {
 type OpenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// format is how the content is carried: "image" (the bytes of a volume's
-	// image, at their offsets; what is not sent reads as zeros) or
+	// image, at their offsets; what is not sent reads as zeros),
 	// "image-delta" (only what differs from the base the receiver was filled
-	// from; what is not sent is as the receiver has it).
+	// from; what is not sent is as the receiver has it) or "stream" (one
+	// stream of bytes, such as a btrfs send stream, sent whole from offset 0:
+	// a receiver that breaks off starts over).
 	Format string `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`
-	// size is the content's length in bytes (an image's size).
+	// size is the content's length in bytes (an image's size); for a
+	// stream, the most the content needs on the receiving side (the
+	// volume's capacity).
 	Size int64 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
-	// data_bytes is what a whole transfer sends: the data the content holds.
+	// data_bytes is what a whole transfer sends: the data the content holds
+	// (for a stream, an estimate).
 	DataBytes int64 `protobuf:"varint,3,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
 	// content_id names the content and its version: a caller that resumes a
 	// transfer keeps what it has only when the id is the one it began with.
