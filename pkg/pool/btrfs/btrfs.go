@@ -88,6 +88,10 @@ func New(ctx context.Context, cfg Config) (*Pool, error) {
 		if v.State != pool.StateReady {
 			continue
 		}
+		v, err := p.settleSync(ctx, v)
+		if err != nil {
+			klog.ErrorS(err, "Cannot end what a crash left of a sync", "pool", p.name, "volumeID", v.ID)
+		}
 		if err := p.boundVolume(ctx, v, v.CapacityBytes); err != nil {
 			klog.ErrorS(err, "Cannot bound volume by its level-1 qgroup", "pool", p.name, "volumeID", v.ID)
 		}
@@ -228,7 +232,7 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 		var id uint64
 		if id, err = subvolID(final); err == nil {
 			// Bounded before the record says ready: nothing mounts it sooner.
-			err = p.boundSub(ctx, id, v.CapacityBytes)
+			err = p.boundSub(ctx, id, v.CapacityBytes, nil)
 			v.Parameters = withParam(v.Parameters, subvolKey, strconv.FormatUint(id, 10))
 		}
 	}
@@ -374,6 +378,9 @@ func (p *Pool) Attach(ctx context.Context, id string) (pool.Attachment, error) {
 	if v.State != pool.StateReady {
 		return pool.Attachment{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotReady)
 	}
+	if _, err := p.settleSync(ctx, v); err != nil {
+		return pool.Attachment{}, fmt.Errorf("volume %s: %w", id, err)
+	}
 	if err := p.dropImport(ctx, id); err != nil {
 		return pool.Attachment{}, fmt.Errorf("volume %s: drop what it was received as: %w", id, err)
 	}
@@ -421,7 +428,7 @@ func (p *Pool) Usage(ctx context.Context, id string) (pool.VolumeUsage, bool, er
 		return pool.VolumeUsage{}, true, fmt.Errorf("volume %s has no subvolume id: %w", id, pool.ErrNotReady)
 	}
 	if v.State == pool.StateReady {
-		if err := p.boundSub(ctx, sub, v.CapacityBytes); err != nil {
+		if err := p.boundSub(ctx, sub, v.CapacityBytes, adopted(v)); err != nil {
 			return pool.VolumeUsage{}, true, fmt.Errorf("volume %s: %w", id, err)
 		}
 	}

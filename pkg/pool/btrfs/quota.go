@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -64,21 +65,56 @@ func (p *Pool) boundVolume(ctx context.Context, v pool.Volume, limit int64) erro
 	if err != nil {
 		return fmt.Errorf("volume %s has no subvolume id: %w", v.ID, pool.ErrNotReady)
 	}
-	return p.boundSub(ctx, sub, limit)
+	return p.boundSub(ctx, sub, limit, adopted(v))
+}
+
+// adoptedKey records, in a volume received from another node, the
+// subvolumes it was received as (comma-separated ids). With simple quotas
+// the kernel charges an extent to the subvolume that wrote it for as long
+// as the extent lives, also once that subvolume is deleted: the data a
+// volume was received with is charged to those, so their level-0 groups
+// stay members of the volume's level-1 group, and count against its
+// limit.
+const adoptedKey = "btrfs.plinth.example.com/adopted-subvolumes"
+
+// adopted are the subvolumes whose groups count for volume v.
+func adopted(v pool.Volume) []uint64 {
+	var out []uint64
+	for _, f := range strings.Split(v.Parameters[adoptedKey], ",") {
+		if id, err := strconv.ParseUint(f, 10, 64); err == nil && id >= firstFreeObjectID {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// withAdopted records ids as adopted by v (with those it has).
+func withAdopted(v pool.Volume, ids ...uint64) map[string]string {
+	all := adopted(v)
+	for _, id := range ids {
+		if !slices.Contains(all, id) {
+			all = append(all, id)
+		}
+	}
+	parts := make([]string, len(all))
+	for i, id := range all {
+		parts[i] = strconv.FormatUint(id, 10)
+	}
+	return withParam(v.Parameters, adoptedKey, strings.Join(parts, ","))
 }
 
 // boundSub puts subvolume sub and everything below it under sub's level-1
 // group limited to limit bytes. It is also how a volume made before level-1
 // groups is upgraded: only steps still missing are taken, so it finishes
 // whatever a crash interrupted.
-func (p *Pool) boundSub(ctx context.Context, sub uint64, limit int64) error {
+func (p *Pool) boundSub(ctx context.Context, sub uint64, limit int64, keep []uint64) error {
 	p.quotaMu.Lock()
 	defer p.quotaMu.Unlock()
 	st, err := readState(p.dir)
 	if err != nil {
 		return err
 	}
-	changed, err := p.bound(ctx, st, sub, limit)
+	changed, err := p.bound(ctx, st, sub, limit, keep)
 	if changed {
 		err = errors.Join(err, p.settle(ctx))
 	}
@@ -91,7 +127,7 @@ func (p *Pool) boundSub(ctx context.Context, sub uint64, limit int64) error {
 // sets the group's limit, then clears a level-0 limit left from before.
 // Each step is taken only when st shows it missing. It reports whether it
 // changed anything.
-func (p *Pool) bound(ctx context.Context, st *fsState, sub uint64, limit int64) (bool, error) {
+func (p *Pool) bound(ctx context.Context, st *fsState, sub uint64, limit int64, keep []uint64) (bool, error) {
 	if !st.quotas {
 		return false, errors.New("quotas are off on the pool's filesystem")
 	}
@@ -146,6 +182,23 @@ func (p *Pool) bound(ctx context.Context, st *fsState, sub uint64, limit int64) 
 			}
 		}
 		if !in {
+			if err := run("qgroup", "assign", qgroupString(q), gs, p.dir); err != nil {
+				return changed, err
+			}
+			st.link(q, g)
+		}
+	}
+	// The groups of the subvolumes the volume was received as (adopted)
+	// stay members while they exist (with simple quotas, as long as they
+	// account for an extent).
+	for _, k := range keep {
+		q := qgroupID(0, k)
+		member := st.groups[q]
+		if member == nil {
+			continue
+		}
+		want[q] = true
+		if !slices.Contains(member.parents, g) {
 			if err := run("qgroup", "assign", qgroupString(q), gs, p.dir); err != nil {
 				return changed, err
 			}
@@ -238,7 +291,7 @@ func (p *Pool) sweep(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		c, err := p.bound(ctx, st, sub, 0)
+		c, err := p.bound(ctx, st, sub, 0, adopted(v))
 		changed = changed || c
 		if err != nil {
 			errs = append(errs, fmt.Errorf("volume %s: %w", v.ID, err))
@@ -337,7 +390,7 @@ func (p *Pool) unbound(ctx context.Context, st *fsState, sub uint64) error {
 	if !st.quotas {
 		return nil
 	}
-	if _, err := p.bound(ctx, st, sub, 0); err != nil {
+	if _, err := p.bound(ctx, st, sub, 0, nil); err != nil {
 		return err
 	}
 	for _, q := range []uint64{level1(sub), qgroupID(0, sub)} {

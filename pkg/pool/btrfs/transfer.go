@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -37,7 +38,9 @@ import (
 //     the two).
 //
 // A stream is not resumable: an attempt that breaks is started over, and
-// whatever it left in the import directory is deleted first.
+// whatever it left in the import directory is deleted first. Each stream
+// is checked as it passes (sendstream.go), and a volume's level-1 group
+// keeps the groups of the subvolumes it was received as (adoptedKey).
 
 var (
 	_ pool.Importer = (*Pool)(nil)
@@ -51,9 +54,15 @@ func (p *Pool) importDir(id string) string { return filepath.Join(p.importsDir()
 func (p *Pool) exportDir() string          { return filepath.Join(p.dir, "exports") }
 
 // streamLimit is the most a stream for a volume of capacity bytes may
-// carry: its data and the metadata around it. A stream that runs past it
-// is cut (a sender that would fill the pool).
-func streamLimit(capacity int64) int64 { return 2*capacity + 64<<20 }
+// carry: its data (checked on its own: at most the capacity) and the
+// metadata around it, which many small files or deep paths make large.
+// A stream that runs past it is cut (a sender that would fill the pool).
+func streamLimit(capacity int64) int64 {
+	if capacity > 1<<50 {
+		return 1 << 53
+	}
+	return 8*capacity + 1<<30
+}
 
 // BeginImport records v (its capacity reserved, state creating) and says
 // how its stream is received.
@@ -74,7 +83,7 @@ func (p *Pool) BeginImport(ctx context.Context, v pool.Volume) (pool.ImportTarge
 	if err := os.MkdirAll(p.importsDir(), 0o700); err != nil {
 		return pool.ImportTarget{}, pool.Volume{}, fmt.Errorf("create %s: %w", p.importsDir(), err)
 	}
-	return pool.ImportTarget{Format: pool.ImportStream, Receive: p.receiver(v.ID, v.CapacityBytes, nil)}, v, nil
+	return pool.ImportTarget{Format: pool.ImportStream, Receive: p.receiver(v.ID, v.CapacityBytes)}, v, nil
 }
 
 // FinishImport makes the volume a writable snapshot of the subvolume its
@@ -112,10 +121,22 @@ func (p *Pool) FinishImport(ctx context.Context, id string) (pool.Volume, error)
 			return pool.Volume{}, err
 		}
 	}
+	// The subvolume the data came in as: its group counts for the volume.
+	base, err := readSubvolInfo(final)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	if got, err := p.imported(id); err == nil {
+		for _, e := range got {
+			if e.complete() && e.info.UUID == base.ParentUUID {
+				v.Parameters = withAdopted(v, e.info.TreeID)
+			}
+		}
+	}
 	sub, err := subvolID(final)
 	if err == nil {
 		// Bounded before the record says ready: nothing mounts it sooner.
-		err = p.boundSub(ctx, sub, v.CapacityBytes)
+		err = p.boundSub(ctx, sub, v.CapacityBytes, adopted(v))
 	}
 	if err != nil {
 		return pool.Volume{}, fmt.Errorf("bound imported volume %s: %w", id, err)
@@ -160,27 +181,36 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 	if v.State != pool.StateReady {
 		return pool.ImportTarget{}, fmt.Errorf("volume %s is %s: %w", id, v.State, pool.ErrNotReady)
 	}
-	base, _, err := p.syncState(id)
+	base, _, prev, err := p.syncState(id)
 	if err != nil {
 		return pool.ImportTarget{}, err
 	}
 	if base == nil {
 		return pool.ImportTarget{}, fmt.Errorf("%w: volume %s keeps no subvolume it was filled from (it was not, or it has been used since)", pool.ErrUnsupported, id)
 	}
-	return pool.ImportTarget{Format: pool.ImportStream, Receive: p.receiver(id, v.CapacityBytes, base)}, nil
+	// After a crash between a sync's swap and its end, the volume is a
+	// snapshot of what that sync received (base), on top of the first
+	// copy (prev): the sender's stream is again on top of the first copy,
+	// and FinishSync then only ends what the crash left.
+	keep := []received{*base}
+	if prev != nil {
+		keep = append(keep, *prev)
+	}
+	return pool.ImportTarget{Format: pool.ImportStream, Receive: p.receiver(id, v.CapacityBytes, keep...)}, nil
 }
 
 // syncState finds, among what volume id's import directory holds, the
-// base the volume is now a snapshot of and a whole subvolume received on
-// top of that base (nil when there is none).
-func (p *Pool) syncState(id string) (base, next *received, err error) {
+// base the volume is now a snapshot of, a whole subvolume received on top
+// of that base (next), and the one the base was received on top of (prev);
+// each nil when there is none.
+func (p *Pool) syncState(id string) (base, next, prev *received, err error) {
 	vol, err := readSubvolInfo(p.volPath(id))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	got, err := p.imported(id)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	for i := range got {
 		if got[i].complete() && got[i].info.UUID == vol.ParentUUID {
@@ -188,14 +218,18 @@ func (p *Pool) syncState(id string) (base, next *received, err error) {
 		}
 	}
 	if base == nil {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	for i := range got {
-		if got[i].complete() && got[i].info.ParentUUID == base.info.UUID {
+		switch {
+		case !got[i].complete():
+		case got[i].info.ParentUUID == base.info.UUID:
 			next = &got[i]
+		case got[i].info.UUID == base.info.ParentUUID:
+			prev = &got[i]
 		}
 	}
-	return base, next, nil
+	return base, next, prev, nil
 }
 
 // FinishSync makes the volume a writable snapshot of the subvolume the
@@ -218,17 +252,23 @@ func (p *Pool) FinishSync(ctx context.Context, id string) error {
 	if err := p.deleteSubvolume(ctx, other); err != nil {
 		return err
 	}
-	_, next, err := p.syncState(id)
+	base, next, _, err := p.syncState(id)
 	if err != nil {
 		return err
 	}
 	if next != nil {
+		// The data came in as the base and the sync's subvolume: both
+		// groups count for the volume from now on.
+		v.Parameters = withAdopted(v, base.info.TreeID, next.info.TreeID)
+		if err := p.index.PutVolume(v); err != nil {
+			return err
+		}
 		if _, err := p.run.Run(ctx, "btrfs", "subvolume", "snapshot", filepath.Join(p.importDir(id), next.name), other); err != nil {
 			return err
 		}
 		sub, err := subvolID(other)
 		if err == nil {
-			err = p.boundSub(ctx, sub, v.CapacityBytes)
+			err = p.boundSub(ctx, sub, v.CapacityBytes, adopted(v))
 		}
 		if err != nil {
 			_ = p.deleteSubvolume(ctx, other)
@@ -278,6 +318,9 @@ func (e received) complete() bool {
 
 // imported lists volume id's import directory (empty when it is missing).
 func (p *Pool) imported(id string) ([]received, error) {
+	if err := p.ownImportDir(id); err != nil {
+		return nil, err
+	}
 	ents, err := os.ReadDir(p.importDir(id))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -298,15 +341,39 @@ func (p *Pool) imported(id string) ([]received, error) {
 	return out, nil
 }
 
+// ownImportDir makes sure that <pool>/imports and volume id's directory
+// there, where they exist, are directories and not links to elsewhere
+// (what an administrator or a restore of the pool's directory may have
+// left): a link is removed, never followed.
+func (p *Pool) ownImportDir(id string) error {
+	for _, dir := range []string{p.importsDir(), p.importDir(id)} {
+		st, err := os.Lstat(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if st.IsDir() {
+			continue
+		}
+		klog.InfoS("Removing what is not a directory where the pool keeps imports", "pool", p.name, "path", dir, "mode", st.Mode().String())
+		if err := os.Remove(dir); err != nil {
+			return fmt.Errorf("remove %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
 // clearImport empties volume id's import directory but for keep: what an
 // attempt that broke left, or a stream a malicious sender spread there.
-func (p *Pool) clearImport(ctx context.Context, id string, keep *received) error {
+func (p *Pool) clearImport(ctx context.Context, id string, keep ...received) error {
 	got, err := p.imported(id)
 	if err != nil {
 		return err
 	}
 	for _, e := range got {
-		if keep != nil && e.name == keep.name {
+		if slices.ContainsFunc(keep, func(k received) bool { return k.name == e.name }) {
 			continue
 		}
 		path := filepath.Join(p.importDir(id), e.name)
@@ -324,7 +391,7 @@ func (p *Pool) clearImport(ctx context.Context, id string, keep *received) error
 
 // dropImport removes volume id's import directory and all it holds.
 func (p *Pool) dropImport(ctx context.Context, id string) error {
-	if err := p.clearImport(ctx, id, nil); err != nil {
+	if err := p.clearImport(ctx, id); err != nil {
 		return err
 	}
 	if err := os.Remove(p.importDir(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -335,25 +402,33 @@ func (p *Pool) dropImport(ctx context.Context, id string) error {
 
 // receiver starts attempts to receive a stream for volume id into its
 // import directory, keeping keep (a sync's base).
-func (p *Pool) receiver(id string, capacity int64, keep *received) func(context.Context) (io.WriteCloser, error) {
+func (p *Pool) receiver(id string, capacity int64, keep ...received) func(context.Context) (io.WriteCloser, error) {
 	return func(ctx context.Context) (io.WriteCloser, error) {
 		piper, ok := p.run.(mount.Piper)
 		if !ok {
 			return nil, fmt.Errorf("%w: this runner cannot stream to btrfs receive", pool.ErrUnsupported)
 		}
-		if err := p.clearImport(ctx, id, keep); err != nil {
+		if err := p.clearImport(ctx, id, keep...); err != nil {
 			return nil, err
 		}
 		dir := p.importDir(id)
+		if err := os.MkdirAll(p.importsDir(), 0o700); err != nil {
+			return nil, err
+		}
 		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, err
+		}
+		var parents [][16]byte
+		for _, k := range keep {
+			parents = append(parents, k.info.ReceivedUUID)
 		}
 		if st, err := os.Lstat(dir); err != nil || !st.IsDir() {
 			return nil, fmt.Errorf("import directory %s is not a directory: %w", dir, pool.ErrInvalid)
 		}
 		pr, pw := io.Pipe()
 		rctx, cancel := context.WithCancel(ctx)
-		w := &receiveWriter{pw: pw, cancel: cancel, left: streamLimit(capacity), dir: dir, done: make(chan error, 1)}
+		w := &receiveWriter{pw: pw, cancel: cancel, left: streamLimit(capacity), dir: dir, done: make(chan error, 1),
+			check: newStreamCheck(capacity, parents...)}
 		go func() {
 			// Confined to the import directory (chroot): paths in the
 			// stream cannot reach anything else; -e ends at the stream's
@@ -377,26 +452,59 @@ type receiveWriter struct {
 	done   chan error
 	once   sync.Once
 	err    error
+	check  *streamCheck
+	bad    error
 }
 
 func (w *receiveWriter) Write(p []byte) (int, error) {
+	if w.bad != nil {
+		return 0, w.bad
+	}
 	if int64(len(p)) > w.left {
 		w.pw.CloseWithError(errTooLong)
-		return 0, fmt.Errorf("%w: the stream carries more than a volume of this capacity can", pool.ErrNoSpace)
+		w.bad = fmt.Errorf("%w: the stream carries more than a volume of this capacity can", pool.ErrNoSpace)
+		return 0, w.bad
 	}
 	w.left -= int64(len(p))
+	// Checked before receive sees it: a command plinth's senders never
+	// make is never run.
+	if err := w.check.feed(p); err != nil {
+		w.pw.CloseWithError(err)
+		w.bad = fmt.Errorf("%w: %w", pool.ErrInvalid, err)
+		return 0, w.bad
+	}
 	return w.pw.Write(p)
 }
 
 var errTooLong = errors.New("stream too long")
 
+// receiveGrace is how long btrfs receive may take after the stream's last
+// byte: it has all but the last 64 KiB (the pipe) written by then.
+const receiveGrace = 2 * time.Minute
+
 // Close ends the stream and waits for btrfs receive: nil once it took a
 // whole stream and what it wrote is on disk.
 func (w *receiveWriter) Close() error {
 	w.once.Do(func() {
-		w.pw.Close()
-		w.err = <-w.done
+		if w.bad == nil {
+			w.bad = w.check.finish()
+		}
+		if w.bad != nil {
+			w.pw.CloseWithError(w.bad)
+			w.cancel()
+		} else {
+			w.pw.Close()
+		}
+		select {
+		case w.err = <-w.done:
+		case <-time.After(receiveGrace):
+			w.cancel()
+			w.err = errors.Join(fmt.Errorf("btrfs receive did not end %v after its stream", receiveGrace), <-w.done)
+		}
 		w.cancel()
+		if w.bad != nil {
+			w.err = w.bad
+		}
 		if w.err == nil {
 			w.err = syncFS(w.dir)
 		}
@@ -588,4 +696,32 @@ func readSubvolInfo(path string) (subvolInfo, error) {
 		return subvolInfo{}, fmt.Errorf("subvolume info of %s: %w", path, err)
 	}
 	return info, nil
+}
+
+// settleSync ends what a crash inside FinishSync left for volume v: the
+// volume's path always holds the volume (the swap is one rename), so the
+// record follows the path, and what is at <volume>.sync (a snapshot not yet
+// swapped in, or the volume as it was before the swap) goes.
+func (p *Pool) settleSync(ctx context.Context, v pool.Volume) (pool.Volume, error) {
+	if v.State != pool.StateReady {
+		return v, nil
+	}
+	other := p.volPath(v.ID) + ".sync"
+	if _, err := os.Lstat(other); err == nil {
+		if err := p.deleteSubvolume(ctx, other); err != nil {
+			return v, err
+		}
+	}
+	sub, err := subvolID(p.volPath(v.ID))
+	if err != nil {
+		return v, err
+	}
+	if id := strconv.FormatUint(sub, 10); v.Parameters[subvolKey] != id {
+		klog.InfoS("Volume's record follows the subvolume a sync swapped in", "pool", p.name, "volumeID", v.ID, "was", v.Parameters[subvolKey], "now", id)
+		v.Parameters = withParam(v.Parameters, subvolKey, id)
+		if err := p.index.PutVolume(v); err != nil {
+			return v, err
+		}
+	}
+	return v, nil
 }
