@@ -188,8 +188,8 @@ func (c *Client) drainPlan(ctx context.Context, node string) ([]planned, []Unmov
 			say("it is ReadWriteMany or ReadOnlyMany")
 			continue
 		}
-		if b := backend[v.Spec.Pool]; !volume.Transferable(b) {
-			say(fmt.Sprintf("it is in pool %s (%s): plinth moves volumes of file and btrfs pools only", v.Spec.Pool, dash(b)))
+		if b := backend[v.Spec.Pool]; !volume.Movable(b) {
+			say(fmt.Sprintf("it is in pool %s (%s): plinth moves volumes of file, btrfs and disk pools only", v.Spec.Pool, dash(b)))
 			continue
 		}
 		selectors, err := c.podSelectors(ctx, ns, claim)

@@ -381,8 +381,8 @@ func (c *Controller) check(ctx context.Context, m *v1alpha1.PlinthMove) error {
 			backend = p.Backend
 		}
 	}
-	if !volume.Transferable(backend) {
-		return refuse(ReasonUnsupported, "volume %s is in pool %s (%s) on node %s: plinth moves volumes of file and btrfs pools only", src.Name, src.Spec.Pool, backend, src.Spec.NodeName)
+	if !volume.Movable(backend) {
+		return refuse(ReasonUnsupported, "volume %s is in pool %s (%s) on node %s: plinth moves volumes of file, btrfs and disk pools only", src.Name, src.Spec.Pool, backend, src.Spec.NodeName)
 	}
 	if srcNode.Status.Transfer == nil {
 		return refuse(ReasonUnsupported, "node %s serves no transfers (its plinth is older, or --transfer-address is empty)", src.Spec.NodeName)

@@ -203,15 +203,25 @@ type fakeNode struct {
 	vols      map[string]pool.Volume
 	snaps     map[string]pool.Snapshot
 	delVolErr error
+	// pools, when set, are what the node has: CreateVolume makes volumes
+	// in them (Ready at once) and records them.
+	pools []volume.PoolInfo
 }
 
 func newFakeNode() *fakeNode {
 	return &fakeNode{vols: map[string]pool.Volume{}, snaps: map[string]pool.Snapshot{}}
 }
 
-func (f *fakeNode) Pools(context.Context) ([]volume.PoolInfo, error) { return nil, nil }
-func (f *fakeNode) CreateVolume(context.Context, string, pool.Volume) (pool.Volume, error) {
-	return pool.Volume{}, pool.ErrUnsupported
+func (f *fakeNode) Pools(context.Context) ([]volume.PoolInfo, error) { return f.pools, nil }
+func (f *fakeNode) CreateVolume(_ context.Context, poolName string, v pool.Volume) (pool.Volume, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.pools) == 0 {
+		return pool.Volume{}, pool.ErrUnsupported
+	}
+	v.Pool, v.State = poolName, pool.StateReady
+	f.vols[v.ID] = v
+	return v, nil
 }
 func (f *fakeNode) DeleteVolume(_ context.Context, id string) error {
 	f.mu.Lock()
@@ -306,6 +316,7 @@ var refusalMessages = map[string]string{
 	"target without transfer":                                     "node w2 serves no transfers",
 	"source without transfer":                                     "node w1 serves no transfers",
 	"source pool is btrfs, target's is file":                      "p2 is a file pool, the volume's is a btrfs pool",
+	"source pool is disk, target's is file":                       "p2 is a file pool, the volume's is a disk pool",
 	"target pool unhealthy":                                       "p2 is unhealthy",
 	"target pool too small":                                       "p2 has",
 	"target pool without block":                                   "holds no block volumes",
@@ -359,7 +370,7 @@ func TestCheckRefuses(t *testing.T) {
 		{"target without transfer", func(w *world) { w.pnodes["w2"].Status.Transfer = nil }, ReasonUnsupported},
 		{"source without transfer", func(w *world) { w.pnodes["w1"].Status.Transfer = nil }, ReasonUnsupported},
 		{"source pool is btrfs, target's is file", func(w *world) { w.pnodes["w1"].Status.Pools[0].Backend = "btrfs" }, ReasonNoPool},
-		{"source pool is disk", func(w *world) { w.pnodes["w1"].Status.Pools[0].Backend = "disk" }, ReasonUnsupported},
+		{"source pool is disk, target's is file", func(w *world) { w.pnodes["w1"].Status.Pools[0].Backend = "disk" }, ReasonNoPool},
 		{"source pool unknown to its node", func(w *world) { w.vol.Spec.Pool = "gone" }, ReasonUnsupported},
 		{"target pool unhealthy", func(w *world) { w.pnodes["w2"].Status.Pools[0].Healthy = false }, ReasonNoPool},
 		{"target pool too small", func(w *world) { w.pnodes["w2"].Status.Pools[0].AllocatableBytes = gib - 1 }, ReasonNoPool},
@@ -1122,5 +1133,47 @@ func TestOrphanedHoldTakenOver(t *testing.T) {
 	c := w.controller(t)
 	if err := c.check(context.Background(), w.m); err != nil {
 		t.Fatalf("check with an orphaned hold: %v", err)
+	}
+}
+
+// A whole disk moves offline: no snapshot is taken, a blank disk volume is
+// made on the target (in a disk pool, filled from nothing), the workload
+// stops, and the final sync names no base: the whole disk is sent.
+func TestDiskMoveCopiesWholeAfterCutover(t *testing.T) {
+	w := newWorld()
+	disk := func(name string) v1alpha1.PoolStatus {
+		return v1alpha1.PoolStatus{Name: name, Backend: "disk", Healthy: true, Block: true, FsTypes: []string{"ext4"}, AllocatableBytes: 2 * gib}
+	}
+	w.pnodes["w1"].Status.Pools = []v1alpha1.PoolStatus{disk("d1")}
+	w.pnodes["w2"].Status.Pools = []v1alpha1.PoolStatus{filePool("f2"), disk("d2")}
+	w.vol.Spec.Pool = "d1"
+	w.volumes["w2"].pools = []volume.PoolInfo{
+		{Name: "f2", Backend: "file", Capabilities: pool.Capabilities{Block: true, FsTypes: []string{"ext4"}}, Stats: pool.Stats{TotalBytes: 100 * gib, FreeBytes: 100 * gib}},
+		{Name: "d2", Backend: "disk", Capabilities: pool.Capabilities{Block: true, FsTypes: []string{"ext4"}}, Stats: pool.Stats{TotalBytes: 2 * gib, FreeBytes: 2 * gib}},
+	}
+	c := w.controller(t)
+	ctx := context.Background()
+	if _, err := c.start(ctx, w.m); err != nil {
+		t.Fatal(err)
+	}
+	if m := w.moveObject(t); m.Status.Phase != v1alpha1.MoveCopying {
+		t.Fatalf("start: %s %s", m.Status.Phase, m.Status.Message)
+	}
+	if _, err := c.copying(ctx, w.moveObject(t)); err != nil {
+		t.Fatal(err)
+	}
+	m := w.moveObject(t)
+	if m.Status.Phase != v1alpha1.MoveCutover || m.Status.SnapshotID != "" {
+		t.Fatalf("phase %s, snapshot %q (%s): want Cutover with no snapshot", m.Status.Phase, m.Status.SnapshotID, m.Status.Message)
+	}
+	if len(w.volumes["w1"].snaps) != 0 {
+		t.Errorf("a snapshot was taken of a whole disk: %v", w.volumes["w1"].snaps)
+	}
+	tv, ok := w.volumes["w2"].vols[m.Status.TargetVolumeID]
+	if !ok || tv.Pool != "d2" || tv.Source != nil {
+		t.Fatalf("target volume %+v (made: %v): want a blank volume in disk pool d2", tv, ok)
+	}
+	if !strings.Contains(m.Status.Message, "whole disk") {
+		t.Errorf("message %q", m.Status.Message)
 	}
 }

@@ -40,11 +40,20 @@ func inProgress(err error) bool {
 		errors.Is(err, pool.ErrDeleting) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// copying takes the snapshot and fills the target volume from it.
+// copying takes the snapshot and fills the target volume from it. A whole
+// disk has no snapshot: a blank disk volume is made on the target, and
+// the whole source disk goes there in FinalSync, once nothing uses it.
 func (c *Controller) copying(ctx context.Context, m *v1alpha1.PlinthMove) (time.Duration, error) {
 	src, err := c.sourceVolume(ctx, m)
 	if err != nil {
 		return 0, err
+	}
+	backend, err := c.backendOf(ctx, src)
+	if err != nil {
+		return 0, err
+	}
+	if backend == "disk" {
+		return c.placeBlankDisk(ctx, m, src)
 	}
 	if m.Status.SnapshotID == "" {
 		snap, err := c.Volumes.CreateSnapshot(ctx, moveSnapshotName(m), src.Name)
@@ -90,6 +99,51 @@ func (c *Controller) copying(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 	m.Status.BytesDone = m.Status.BytesTotal
 	m.Status.Message = "copied; the volume is held and the pods that use the claim stop"
 	c.event(m, v1.EventTypeNormal, "MoveCopied", "copied to node %s; cutover: %s", m.Spec.TargetNode, cutoverHow(m))
+	return poll, c.writeStatus(ctx, m)
+}
+
+// backendOf is the backend of the pool that holds volume object v, as
+// its node publishes it.
+func (c *Controller) backendOf(ctx context.Context, v *v1alpha1.PlinthVolume) (string, error) {
+	n, err := c.Plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, v.Spec.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read PlinthNode %s: %w", v.Spec.NodeName, err)
+	}
+	for _, p := range n.Status.Pools {
+		if p.Name == v.Spec.Pool {
+			return p.Backend, nil
+		}
+	}
+	return "", refuse(ReasonUnsupported, "node %s publishes no pool %s", v.Spec.NodeName, v.Spec.Pool)
+}
+
+// placeBlankDisk makes the target of a whole disk's move: a blank disk
+// volume on the target node, in a disk pool (the StorageClass's pool when
+// it names one), at least as large as the source disk.
+func (c *Controller) placeBlankDisk(ctx context.Context, m *v1alpha1.PlinthMove, src *v1alpha1.PlinthVolume) (time.Duration, error) {
+	params := volume.Params{Backend: "disk"}
+	if pv, err := c.Core.CoreV1().PersistentVolumes().Get(ctx, m.Status.SourcePV, metav1.GetOptions{}); err == nil {
+		if params.Pool, err = c.classPool(ctx, pv); err != nil {
+			return 0, err
+		}
+	}
+	placed, err := c.Volumes.CreateVolume(ctx, volume.CreateRequest{
+		Name: m.Status.TargetPV, RequiredBytes: src.Spec.CapacityBytes, Mode: poolMode(src.Spec.Mode), FsType: src.Spec.FsType,
+		Params: params, Requisite: []string{m.Spec.TargetNode}, Owner: m.Namespace + "/" + m.Spec.Claim,
+	})
+	if inProgress(err) {
+		return poll, nil
+	}
+	if err != nil {
+		return 0, refuse(ReasonCopyFailed, "make the disk volume on node %s: %w", m.Spec.TargetNode, err)
+	}
+	if placed.Node != m.Spec.TargetNode || placed.Volume.ID != m.Status.TargetVolumeID {
+		return 0, refuse(ReasonCopyFailed, "the target volume was made as %s on node %s", placed.Volume.ID, placed.Node)
+	}
+	now := metav1.Now()
+	m.Status.Phase, m.Status.CutoverTime = v1alpha1.MoveCutover, &now
+	m.Status.Message = "a whole disk has no snapshot: it is copied once the pods that use the claim stop"
+	c.event(m, v1.EventTypeNormal, "MoveCopied", "a disk on node %s takes the volume; cutover: %s", m.Spec.TargetNode, cutoverHow(m))
 	return poll, c.writeStatus(ctx, m)
 }
 
@@ -191,6 +245,9 @@ func (c *Controller) cutover(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 	}
 	m.Status.Phase, m.Status.Reason = v1alpha1.MoveFinalSync, ""
 	m.Status.Message = "sending what changed since the snapshot"
+	if m.Status.SnapshotID == "" {
+		m.Status.Message = "sending the whole disk, which nothing uses now"
+	}
 	m.Status.BytesDone, m.Status.BytesPerSecond, m.Status.ETASeconds = 0, 0, 0
 	return poll, c.writeStatus(ctx, m)
 }

@@ -305,6 +305,10 @@ const ImportImage = "image"
 // what differs from what it holds is written.
 const ImportImageDelta = "image-delta"
 
+// ImportDevice is an ImportTarget filled as an image written onto a whole
+// disk (OpenDevice): what is not written must read as zeros.
+const ImportDevice = "device"
+
 // ImportStream is an ImportTarget filled from one stream, whole (a btrfs
 // send stream): an attempt that breaks is started over.
 const ImportStream = "stream"
@@ -322,6 +326,10 @@ type ImportTarget struct {
 	// Close of that says whether all that was written made a whole,
 	// durable content; cancelling ctx ends the attempt.
 	Receive func(ctx context.Context) (io.WriteCloser, error)
+	// OpenDevice, for ImportDevice, opens the volume's disk for writing,
+	// exclusively (nothing mounts or holds it meanwhile), checked to be
+	// the disk the volume owns.
+	OpenDevice func() (*os.File, error)
 }
 
 // Send is a snapshot or a volume sent to another node as a stream.

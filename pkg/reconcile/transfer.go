@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -200,6 +201,11 @@ func (r *Reconciler) runSync(ctx context.Context, imp Importer, v *v1alpha1.Plin
 		return imp.Sync(ctx, v.Name, func(ctx context.Context, t pool.ImportTarget) error {
 			if t.Format == pool.ImportStream {
 				return r.Transfer.FillStream(ctx, sync.NodeName, v.Name, t.Receive, report)
+			}
+			if t.Format == pool.ImportDevice {
+				dst := &transfer.DeviceDestination{Open: t.OpenDevice, Progress: t.Progress}
+				defer dst.Close()
+				return r.Transfer.Fill(ctx, sync.NodeName, v.Name, dst, report)
 			}
 			if t.Format != pool.ImportImageDelta {
 				return fmt.Errorf("%w: sync format %q", pool.ErrUnsupported, t.Format)
@@ -504,6 +510,9 @@ func (s *TransferSource) syncContent(ctx context.Context, peer string, v *v1alph
 	case src.Spec.Mode != v.Spec.Mode || src.Spec.FsType != v.Spec.FsType:
 		return nil, fmt.Errorf("%w: volume %s is %s %s, volume %s is %s %s", transfer.ErrDenied, src.Name, src.Spec.Mode, src.Spec.FsType, v.Name, v.Spec.Mode, v.Spec.FsType)
 	}
+	if sync.BaseSnapshotID == "" {
+		return s.wholeSync(ctx, v, src.Name)
+	}
 	base, snap, err := s.Local.ExportSnapshot(ctx, sync.BaseSnapshotID)
 	if errors.Is(err, pool.ErrUnsupported) {
 		return s.streamSync(ctx, v, src.Name, sync.BaseSnapshotID)
@@ -586,6 +595,31 @@ func (s *TransferSource) streamSync(ctx context.Context, v *v1alpha1.PlinthVolum
 		return nil, fmt.Errorf("%w: volume %s is %d bytes, volume %s holds %d", transfer.ErrDenied, src, vol.CapacityBytes, v.Name, v.Spec.CapacityBytes)
 	}
 	return &transfer.Content{ID: "sync:" + send.ID, Size: v.Spec.CapacityBytes, Stream: send.Run, DataBytes: send.DataBytes, Release: send.Close}, nil
+}
+
+// wholeSync answers volume object v's sync that has no base (a whole
+// disk, which has no snapshot: the move stopped the workload before
+// anything was copied): all of held volume src, its chunks of zeros left
+// out, read while nothing else has it.
+func (s *TransferSource) wholeSync(ctx context.Context, v *v1alpha1.PlinthVolume, src string) (*transfer.Content, error) {
+	f, vol, err := s.Local.ExportVolume(ctx, src)
+	switch {
+	case errors.Is(err, pool.ErrNotFound):
+		return nil, fmt.Errorf("%w: volume %s: %v", transfer.ErrNoContent, src, err)
+	case errors.Is(err, pool.ErrUnsupported):
+		return nil, fmt.Errorf("%w: %v", transfer.ErrDenied, err)
+	case err != nil:
+		return nil, err // in use or locked: the receiver tries again
+	}
+	size, err := f.Seek(0, io.SeekEnd)
+	if err == nil && size > v.Spec.CapacityBytes {
+		err = fmt.Errorf("%w: volume %s is %d bytes, volume %s holds %d", transfer.ErrDenied, src, size, v.Name, v.Spec.CapacityBytes)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &transfer.Content{ID: fmt.Sprintf("whole:%s@%s/%d", vol.ID, vol.Disk, size), File: f, Size: size}, nil
 }
 
 // dash is s, or "-" when it is empty.

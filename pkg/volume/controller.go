@@ -309,10 +309,16 @@ func refused(err error) bool {
 // btrfs send streams (btrfs pools).
 func Transferable(backend string) bool { return backend == "file" || backend == "btrfs" }
 
+// Movable reports whether bound volumes of a pool backend can move to
+// another node (pkg/move): those that are Transferable, and whole disks,
+// which have no snapshot and so are copied whole once their workload
+// stopped.
+func Movable(backend string) bool { return Transferable(backend) || backend == "disk" }
+
 // TransferableTo reports whether a volume of a pool of backend from can be
 // sent to a pool of backend to: an image goes to a file pool, a btrfs
-// stream to a btrfs pool.
-func TransferableTo(from, to string) bool { return Transferable(from) && from == to }
+// stream to a btrfs pool, a whole disk to a disk pool.
+func TransferableTo(from, to string) bool { return Movable(from) && from == to }
 
 // cloneSnapshotName is the name of the snapshot a clone onto another node
 // is sent from.

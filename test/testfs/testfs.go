@@ -125,3 +125,27 @@ func TearDown(t testing.TB, dir string) {
 		}
 	}
 }
+
+// Loop attaches a size-byte sparse image file as a loop device (a disk
+// for the tests) and returns the device; cleanup detaches it.
+func Loop(t testing.TB, size int64) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, size); err != nil {
+		t.Fatal(err)
+	}
+	loops := mount.NewLoop("/sys", "/dev")
+	dev, err := loops.Attach(img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := loops.Detach(img); err != nil {
+			t.Errorf("detach %s: %v", dev, err)
+		}
+	})
+	return dev
+}

@@ -134,9 +134,10 @@ type VolumeSync struct {
 	// +kubebuilder:validation:MinLength=1
 	VolumeID string `json:"volumeID"`
 	// BaseSnapshotID is the snapshot of VolumeID this volume was filled
-	// from.
-	// +kubebuilder:validation:MinLength=1
-	BaseSnapshotID string `json:"baseSnapshotID"`
+	// from. Empty: the volume was not filled (a whole disk has no
+	// snapshot), and the sync sends all of VolumeID.
+	// +optional
+	BaseSnapshotID string `json:"baseSnapshotID,omitempty"`
 }
 
 // VolumeSource names what a new volume is filled from: a snapshot or a

@@ -423,6 +423,8 @@ func owned(v pool.Volume, sig disk.Signature) error {
 	switch {
 	case sig.Empty():
 		return nil
+	case v.Parameters[fillingKey] != "":
+		return nil // what another node's transfer wrote there
 	case !v.DiskHanded:
 		return fmt.Errorf("holds %s, and was never attached for the volume", sig)
 	case v.Mode == pool.ModeBlock:

@@ -1,0 +1,202 @@
+package whole
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/durable"
+	"github.com/plinth-dev/plinth/pkg/pool"
+)
+
+// A whole disk moves to another node offline: it has no snapshot to copy
+// while its consumer runs, so the move makes a blank disk volume on the
+// target first, stops the workload, and then the target's disk is filled
+// with the whole held source disk (its chunks of zeros left out) as the
+// move's final sync. The source disk is read through one exclusive
+// descriptor (nothing mounts it meanwhile); the target disk is zeroed and
+// written through one too, and only while the volume's record says the
+// disk is being filled (fillingKey): a disk handed to a consumer is never
+// overwritten from another node.
+
+var (
+	_ pool.Exporter = (*Pool)(nil)
+	_ pool.Syncer   = (*Pool)(nil)
+)
+
+// fillingKey marks a volume whose disk is being filled from another node:
+// what is on the disk then is the transfer's, and a delete wipes it.
+const fillingKey = "disk.plinth.example.com/filling"
+
+func (p *Pool) importsDir() string { return filepath.Join(p.cfg.Dir, "imports") }
+
+// ExportSnapshot: a whole disk has no snapshots.
+func (p *Pool) ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Snapshot, error) {
+	return nil, pool.Snapshot{}, fmt.Errorf("%w: a disk pool has no snapshots", pool.ErrUnsupported)
+}
+
+// ExportVolume opens Ready volume id's disk read-only and exclusively, for
+// a move's sync: nothing may mount or hold it while it is read. The caller
+// keeps the volume's consumers away (it is held) and closes the file.
+func (p *Pool) ExportVolume(ctx context.Context, id string) (*os.File, pool.Volume, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return nil, pool.Volume{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return nil, pool.Volume{}, err
+	}
+	d, err := p.disk(id)
+	if err != nil {
+		return nil, pool.Volume{}, err
+	}
+	if err := p.inUse(d); err != nil {
+		return nil, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
+	}
+	f, err := openDisk(d.Device, d.MajorMinor, unix.O_RDONLY)
+	if err != nil {
+		return nil, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
+	}
+	return f, v, nil
+}
+
+// openDisk opens the block device at dev with flags, exclusively, and
+// checks that it is still the device majorMinor (the disk the pool found
+// by identity), not another that took its name.
+func openDisk(dev, majorMinor string, flags int) (*os.File, error) {
+	fd, err := unix.Open(dev, flags|unix.O_EXCL|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, fmt.Errorf("%w: %s is mounted or held", pool.ErrInUse, dev)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", dev, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK || fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)) != majorMinor {
+		unix.Close(fd)
+		return nil, fmt.Errorf("%w: %s is no longer the disk %s", pool.ErrInUse, dev, majorMinor)
+	}
+	return os.NewFile(uintptr(fd), dev), nil
+}
+
+// SyncTarget hands Ready volume id's disk over to be filled from another
+// node: it must be the blank disk the volume was given (checked empty and
+// unheld now, as at a first attach) or one this sync began filling.
+func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, error) {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return pool.ImportTarget{}, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return pool.ImportTarget{}, err
+	}
+	d, err := p.disk(id)
+	if err != nil {
+		return pool.ImportTarget{}, err
+	}
+	switch {
+	case v.Parameters[fillingKey] != "":
+	case v.DiskHanded:
+		return pool.ImportTarget{}, fmt.Errorf("%w: volume %s: its disk was handed to a consumer; plinth does not overwrite it from another node", pool.ErrInUse, id)
+	default:
+		if err := p.verifyEmpty(ctx, d); err != nil {
+			return pool.ImportTarget{}, fmt.Errorf("volume %s: its disk is not as it was when plinth chose it: %w", id, err)
+		}
+		v.Parameters = withParam(v.Parameters, fillingKey, "true")
+		v.DiskHanded = true
+		if err := p.index.PutVolume(v); err != nil {
+			return pool.ImportTarget{}, err
+		}
+	}
+	if err := os.MkdirAll(p.importsDir(), 0o700); err != nil {
+		return pool.ImportTarget{}, err
+	}
+	return pool.ImportTarget{
+		Format:   pool.ImportDevice,
+		Progress: filepath.Join(p.importsDir(), id+".json"),
+		OpenDevice: func() (*os.File, error) {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			d, err := p.disk(id)
+			if err != nil {
+				return nil, err
+			}
+			if err := p.inUse(d); err != nil {
+				return nil, err
+			}
+			return openDisk(d.Device, d.MajorMinor, unix.O_RDWR)
+		},
+	}, nil
+}
+
+// FinishSync records what the filled disk holds as the volume's: for a
+// filesystem volume, the one filesystem of its type that came (or nothing,
+// for a source never formatted). Idempotent.
+func (p *Pool) FinishSync(ctx context.Context, id string) error {
+	if err := pool.ValidateID("volume ID", id); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.index.Volume(id)
+	if err != nil {
+		return err
+	}
+	if v.Parameters[fillingKey] == "" {
+		return nil
+	}
+	d, err := p.disk(id)
+	if err != nil {
+		return err
+	}
+	sig, err := p.cfg.Probe.Probe(ctx, d.Device)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", id, err)
+	}
+	if other := p.otherVolumeOwns(ctx, id, sig.UUID); other != "" {
+		return fmt.Errorf("%w: volume %s: the disk filled from another node carries the filesystem of volume %s here (UUID %s)", pool.ErrInUse, id, other, sig.UUID)
+	}
+	if v.Mode == pool.ModeFilesystem && !sig.Empty() {
+		if sig.Type != v.FsType || !sig.Only(sig.UUID) {
+			return fmt.Errorf("%w: volume %s: the disk filled from another node holds %s, not one %s filesystem", pool.ErrInvalid, id, sig, v.FsType)
+		}
+		v.DiskFsUUID = sig.UUID
+	}
+	params := make(map[string]string, len(v.Parameters))
+	for k, val := range v.Parameters {
+		if k != fillingKey {
+			params[k] = val
+		}
+	}
+	v.Parameters = params
+	if err := p.index.PutVolume(v); err != nil {
+		return err
+	}
+	if err := durable.Remove(filepath.Join(p.importsDir(), id+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		klog.ErrorS(err, "Remove the progress record of a finished sync", "volumeID", id)
+	}
+	klog.InfoS("Disk filled from another node", "pool", p.cfg.Name, "volumeID", id, "disk", d.ID, "holds", sig.String())
+	return nil
+}
+
+func withParam(m map[string]string, k, val string) map[string]string {
+	out := make(map[string]string, len(m)+1)
+	for a, b := range m {
+		out[a] = b
+	}
+	out[k] = val
+	return out
+}
