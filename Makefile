@@ -165,7 +165,8 @@ upgrade: chart
 # runs the same test at 10 nodes and 100 PVCs, without the QPS batch (PLINTH_SIM_NODES, PLINTH_SIM_PVCS and
 # PLINTH_SIM_QPS_PVCS set the sizes), and TestBindLatency's burst of 200 PVCs (make e2e: 1 and 50; PLINTH_BIND_BURSTS).
 # Moves with a plinth process (the source's node agent, the target's, the controller) killed in
-# each phase, every role in every phase twice (24 moves; make test runs three of them).
+# each phase: every role in every phase, twice for a file pool's volume and once for a btrfs
+# subvolume (36 moves; make test runs four of them).
 move-kills:
 	$(MAKE) image chart
 	bin=$$(./test/e2e/build-cluster.sh) && cd test/e2e && PLINTH_CLUSTER_BIN=$$bin PLINTH_MOVE_KILLS=all \

@@ -18,28 +18,42 @@ import (
 )
 
 // killCase kills one plinth process (the source node's agent, the
-// target node's, or the leading controller) when a move reaches phase.
+// target node's, or the leading controller) when a move of a volume of a
+// pool of backend ("file", "btrfs") reaches phase.
 type killCase struct {
-	role  string
-	phase v1alpha1.MovePhase
+	role    string
+	phase   v1alpha1.MovePhase
+	backend string
+}
+
+// killVolume is the StorageClass parameters and the claim of a kill
+// case's backend: its pool on the workers, the claim's size and the MiB
+// of data it holds.
+func killVolume(backend string) (params map[string]string, size string, mib int) {
+	switch backend {
+	case "btrfs":
+		return map[string]string{"backend": "btrfs", "pool": "btr"}, "96Mi", 40
+	}
+	return map[string]string{"backend": "file"}, "96Mi", 60
 }
 
 // moveKillCases: a bounded set in make test; PLINTH_MOVE_KILLS=all
-// (make move-kills) runs every role in every phase, twice, one way and
-// back.
+// (make move-kills) runs every role in every phase: twice for a file
+// pool's volume, one way and back, and once for a btrfs subvolume.
 func moveKillCases() []killCase {
 	if os.Getenv("PLINTH_MOVE_KILLS") == "all" {
 		var out []killCase
-		for range 2 {
+		for _, backend := range []string{"file", "file", "btrfs"} {
 			for _, ph := range []v1alpha1.MovePhase{v1alpha1.MoveCopying, v1alpha1.MoveCutover, v1alpha1.MoveFinalSync, v1alpha1.MoveRebind} {
 				for _, role := range []string{"source", "target", "controller"} {
-					out = append(out, killCase{role, ph})
+					out = append(out, killCase{role, ph, backend})
 				}
 			}
 		}
 		return out
 	}
-	return []killCase{{"source", v1alpha1.MoveCopying}, {"target", v1alpha1.MoveFinalSync}, {"controller", v1alpha1.MoveRebind}}
+	return []killCase{{"source", v1alpha1.MoveCopying, "file"}, {"target", v1alpha1.MoveFinalSync, "file"}, {"controller", v1alpha1.MoveRebind, "file"},
+		{"target", v1alpha1.MoveFinalSync, "btrfs"}}
 }
 
 // Moves survive kill -9: for each case a StatefulSet's claim holding 60
@@ -54,9 +68,10 @@ func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	for i, kc := range cases {
 		src, dst := ws[i%2], ws[(i+1)%2]
 		ns := namespace(t, ctx, fmt.Sprintf("kill-%d", i))
-		class := "plinth-kill-" + src.Name
-		storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, map[string]string{"backend": "file"}, src.Name)
-		ss := fillStatefulSet("k", class, src.Name, "96Mi", 60)
+		class := "plinth-kill-" + kc.backend + "-" + src.Name
+		params, size, mib := killVolume(kc.backend)
+		storageClass(t, ctx, class, storagev1.VolumeBindingWaitForFirstConsumer, params, src.Name)
+		ss := fillStatefulSet("k", class, src.Name, size, mib)
 		if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, ss, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -79,7 +94,7 @@ func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 			end = m
 			return m.Status.Phase == v1alpha1.MoveFailed || (m.Status.Phase == v1alpha1.MoveDone && m.Status.DoneTime != nil), nil
 		}); err != nil {
-			t.Fatalf("case %d (%s killed in %s): the move did not end: %v; last %+v", i, kc.role, kc.phase, err, end.Status)
+			t.Fatalf("case %d (%s volume, %s killed in %s): the move did not end: %v; last %+v", i, kc.backend, kc.role, kc.phase, err, end.Status)
 		}
 		on := src.Name
 		if end.Status.Phase == v1alpha1.MoveDone {
@@ -104,12 +119,12 @@ func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 		}
 		log := waitLogIn(t, ctx, logsOf(ws, on), ns, pod.Name, "sum=", 2*time.Minute)
 		if sumIn(t, log) != want {
-			t.Fatalf("case %d (%s killed in %s, move %s): data on %s: %s, want sum %s", i, kc.role, kc.phase, end.Status.Phase, on, log, want)
+			t.Fatalf("case %d (%s volume, %s killed in %s, move %s): data on %s: %s, want sum %s", i, kc.backend, kc.role, kc.phase, end.Status.Phase, on, log, want)
 		}
 		if killed {
 			hits++
 		}
-		logf("nodes: move kill %d: %s killed in %s: %v; move %s (%s), data intact on %s", i, kc.role, kc.phase, killed, end.Status.Phase, end.Status.Message, on)
+		logf("nodes: move kill %d: %s volume, %s killed in %s: %v; move %s (%s), data intact on %s", i, kc.backend, kc.role, kc.phase, killed, end.Status.Phase, end.Status.Message, on)
 		_ = e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	}
 	logf("nodes: %d moves with a plinth process killed (%d caught in their phase): %d done, %d rolled back, data intact in all", len(cases), hits, done, failed)

@@ -67,7 +67,7 @@ func TestZNodes(t *testing.T) {
 	})
 	start := time.Now()
 	for _, w := range ws {
-		e.waitPlinthOn(t, ctx, w.Name, 5) // its four filesystem pools and dmove
+		e.waitPlinthOn(t, ctx, w.Name, 4)
 	}
 	logf("nodes: plinth node serves on both workers %s after their kubelets were Ready", time.Since(start).Round(time.Millisecond))
 	logf("nodes: kubectl plinth nodes:\n%s", kubectlPlinth(t, "nodes"))
@@ -82,9 +82,6 @@ func TestZNodes(t *testing.T) {
 	t.Run("controller-failover", func(t *testing.T) { controllerFailover(t, ctx, ws) })
 	t.Run("node-loss", func(t *testing.T) { nodeLoss(t, ctx, lossTarget(t, ctx, ws)) })
 }
-
-// workerDiskBytes is the size of each worker's disk in pool dmove.
-const workerDiskBytes = 96 << 20
 
 // addWorker makes a worker whose plinth host directory (hostRoot inside
 // it) is a directory of its own with its pools mounted, and starts it.
@@ -101,24 +98,12 @@ func (e *env) addWorker(t *testing.T, ctx context.Context, name string, index in
 			t.Fatal(err)
 		}
 	}
+	// The kustomize install names a disk-rules file; a worker has no rules.
+	if err := os.WriteFile(filepath.Join(dir, "disks.yaml"), []byte("rules: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	w, err := e.c.NewWorker(ctx, name, index, map[string]string{dir: hostRoot})
 	if err != nil {
-		t.Fatal(err)
-	}
-	// One loop disk of its own in a disk pool, dmove (a whole disk moves
-	// between the workers); the kustomize install names the rules file.
-	disk := filepath.Join(w.Dir, "dmove.img")
-	if err := os.WriteFile(disk, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(disk, workerDiskBytes); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := run(ctx, "losetup", "-f", disk); err != nil {
-		t.Fatal(err)
-	}
-	rules := fmt.Sprintf("scanInterval: 1s\nrules:\n- {pool: dmove, layout: disk, fsType: ext4, select: {transports: [loop], ids: [%q]}}\n", "file:"+disk)
-	if err := os.WriteFile(filepath.Join(dir, "disks.yaml"), []byte(rules), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range pools {

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -30,10 +31,67 @@ var (
 )
 
 // fillingKey marks a volume whose disk is being filled from another node:
-// what is on the disk then is the transfer's, and a delete wipes it.
+// what is on the disk then is the transfer's (once a transfer began: its
+// progress record exists), a delete wipes it, and no consumer gets it.
 const fillingKey = "disk.plinth.example.com/filling"
 
-func (p *Pool) importsDir() string { return filepath.Join(p.cfg.Dir, "imports") }
+// filledKey marks a volume whose disk was filled from another node and
+// not yet handed to a consumer: the same sync may run again (a crash
+// after FinishSync, before the volume object said so).
+const filledKey = "disk.plinth.example.com/filled"
+
+func (p *Pool) importsDir() string          { return filepath.Join(p.cfg.Dir, "imports") }
+func (p *Pool) progressOf(id string) string { return filepath.Join(p.importsDir(), id+".json") }
+
+// fillBegan reports whether a transfer began writing volume id's disk
+// (its progress record exists: it is written once the disk is zeroed).
+func (p *Pool) fillBegan(id string) bool {
+	_, err := os.Lstat(p.progressOf(id))
+	return err == nil
+}
+
+// without is m without key k.
+func without(m map[string]string, k string) map[string]string {
+	out := make(map[string]string, len(m))
+	for key, val := range m {
+		if key != k {
+			out[key] = val
+		}
+	}
+	return out
+}
+
+// ownContent checks, by reading the disk now, that what volume v's disk d
+// holds may be the volume's: no other volume of the pool recorded the
+// filesystem on it, and a filesystem volume's disk holds nothing or the
+// filesystem recorded as the volume's.
+func (p *Pool) ownContent(ctx context.Context, v pool.Volume, d disk.Disk) error {
+	sig, err := p.cfg.Probe.Probe(ctx, d.Device)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", v.ID, err)
+	}
+	if other := p.otherVolumeOwns(ctx, v.ID, sig.UUID); other != "" {
+		return fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s (UUID %s)", pool.ErrInUse, v.ID, d.ID, d.Device, other, sig.UUID)
+	}
+	if v.Mode == pool.ModeFilesystem && !sig.Empty() && (v.DiskFsUUID == "" || !sig.Only(v.DiskFsUUID)) {
+		return fmt.Errorf("%w: volume %s: disk %s (%s) holds %s, not the volume's filesystem (UUID %q)", pool.ErrInUse, v.ID, d.ID, d.Device, sig, v.DiskFsUUID)
+	}
+	return nil
+}
+
+// uuidRecorded names a volume of the pool other than id that recorded
+// filesystem UUID uuid ("" when none).
+func (p *Pool) uuidRecorded(id, uuid string) string {
+	if uuid == "" {
+		return ""
+	}
+	for _, v := range p.index.Volumes() {
+		if v.ID != id && v.DiskFsUUID == uuid {
+			return v.ID
+		}
+	}
+	return ""
+}
 
 // ExportSnapshot: a whole disk has no snapshots.
 func (p *Pool) ExportSnapshot(ctx context.Context, id string) (*os.File, pool.Snapshot, error) {
@@ -58,6 +116,15 @@ func (p *Pool) ExportVolume(ctx context.Context, id string) (*os.File, pool.Volu
 		return nil, pool.Volume{}, err
 	}
 	if err := p.inUse(d); err != nil {
+		return nil, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
+	}
+	// What goes to the other node must be this volume's: a disk found
+	// under its identity that carries another volume's filesystem, or a
+	// filesystem the volume never recorded, is not sent.
+	if v.Parameters[fillingKey] != "" {
+		return nil, pool.Volume{}, fmt.Errorf("%w: volume %s is being filled from another node", pool.ErrNotReady, id)
+	}
+	if err := p.ownContent(ctx, v, d); err != nil {
 		return nil, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
 	}
 	f, err := openDisk(d.Device, d.MajorMinor, unix.O_RDONLY)
@@ -109,6 +176,12 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 	}
 	switch {
 	case v.Parameters[fillingKey] != "":
+	case v.Parameters[filledKey] != "":
+		// Filled before and never handed out since: the same sync again.
+		v.Parameters = withParam(without(v.Parameters, filledKey), fillingKey, "true")
+		if err := p.index.PutVolume(v); err != nil {
+			return pool.ImportTarget{}, err
+		}
 	case v.DiskHanded:
 		return pool.ImportTarget{}, fmt.Errorf("%w: volume %s: its disk was handed to a consumer; plinth does not overwrite it from another node", pool.ErrInUse, id)
 	default:
@@ -126,16 +199,35 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 	}
 	return pool.ImportTarget{
 		Format:   pool.ImportDevice,
-		Progress: filepath.Join(p.importsDir(), id+".json"),
+		Progress: p.progressOf(id),
 		OpenDevice: func() (*os.File, error) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
+			v, err := p.index.Volume(id)
+			if err != nil {
+				return nil, err
+			}
+			if v.Parameters[fillingKey] == "" {
+				return nil, fmt.Errorf("%w: volume %s is not being filled from another node", pool.ErrInUse, id)
+			}
 			d, err := p.disk(id)
 			if err != nil {
 				return nil, err
 			}
 			if err := p.inUse(d); err != nil {
 				return nil, err
+			}
+			// Empty (as SyncTarget found it), or what a transfer began to
+			// write: never a filesystem another volume recorded.
+			sig, err := p.cfg.Probe.Probe(context.Background(), d.Device)
+			if err != nil {
+				return nil, fmt.Errorf("volume %s: %w", id, err)
+			}
+			if other := p.otherVolumeOwns(context.Background(), id, sig.UUID); other != "" {
+				return nil, fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s: not filled", pool.ErrInUse, id, d.ID, d.Device, other)
+			}
+			if !sig.Empty() && !p.fillBegan(id) {
+				return nil, fmt.Errorf("%w: volume %s: disk %s (%s) holds %s, and no transfer wrote to it yet", pool.ErrInUse, id, d.ID, d.Device, sig)
 			}
 			return openDisk(d.Device, d.MajorMinor, unix.O_RDWR)
 		},
@@ -169,23 +261,22 @@ func (p *Pool) FinishSync(ctx context.Context, id string) error {
 	if other := p.otherVolumeOwns(ctx, id, sig.UUID); other != "" {
 		return fmt.Errorf("%w: volume %s: the disk filled from another node carries the filesystem of volume %s here (UUID %s)", pool.ErrInUse, id, other, sig.UUID)
 	}
+	// Two volumes with one filesystem UUID could no longer be told apart
+	// by it (otherVolumeOwns): refused, whatever the other's disk holds.
+	if other := p.uuidRecorded(id, sig.UUID); other != "" {
+		return fmt.Errorf("%w: volume %s: the disk filled from another node carries UUID %s, which volume %s here recorded", pool.ErrInvalid, id, sig.UUID, other)
+	}
 	if v.Mode == pool.ModeFilesystem && !sig.Empty() {
 		if sig.Type != v.FsType || !sig.Only(sig.UUID) {
 			return fmt.Errorf("%w: volume %s: the disk filled from another node holds %s, not one %s filesystem", pool.ErrInvalid, id, sig, v.FsType)
 		}
 		v.DiskFsUUID = sig.UUID
 	}
-	params := make(map[string]string, len(v.Parameters))
-	for k, val := range v.Parameters {
-		if k != fillingKey {
-			params[k] = val
-		}
-	}
-	v.Parameters = params
+	v.Parameters = withParam(without(v.Parameters, fillingKey), filledKey, "true")
 	if err := p.index.PutVolume(v); err != nil {
 		return err
 	}
-	if err := durable.Remove(filepath.Join(p.importsDir(), id+".json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := durable.Remove(p.progressOf(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		klog.ErrorS(err, "Remove the progress record of a finished sync", "volumeID", id)
 	}
 	klog.InfoS("Disk filled from another node", "pool", p.cfg.Name, "volumeID", id, "disk", d.ID, "holds", sig.String())

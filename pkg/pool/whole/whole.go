@@ -19,6 +19,7 @@ import (
 
 	"github.com/plinth-dev/plinth/pkg/device"
 	"github.com/plinth-dev/plinth/pkg/disk"
+	"github.com/plinth-dev/plinth/pkg/durable"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/pool"
 )
@@ -388,6 +389,11 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 			return fmt.Errorf("delete volume %s: %w: disk %s (%s) carries the filesystem of volume %s (UUID %s); plinth does not wipe another volume's disk",
 				id, pool.ErrInUse, d.ID, d.Device, other, sig.UUID)
 		}
+		if v.Parameters[fillingKey] != "" && !p.fillBegan(id) {
+			// Handed over to be filled, but no transfer wrote to it: what
+			// is there now is nobody's the volume knows.
+			v.Parameters = without(v.Parameters, fillingKey)
+		}
 		if err := owned(v, sig); err != nil {
 			return fmt.Errorf("delete volume %s: %w: disk %s (%s) %w; plinth does not wipe what it did not put there: "+
 				"erase it yourself (wipefs --all %s) or take the disk out of the pool, and the delete goes on", id, pool.ErrInUse, d.ID, d.Device, err, d.Device)
@@ -409,6 +415,9 @@ func (p *Pool) DeleteVolume(ctx context.Context, id string) error {
 			return fmt.Errorf("delete volume %s: %w: %w", id, pool.ErrInUse, err)
 		}
 		klog.V(2).InfoS("Disk does not discard; its signatures were erased", "disk", d.ID, "device", d.Device, "err", err)
+	}
+	if err := durable.Remove(p.progressOf(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete volume %s: remove its fill's progress record: %w", id, err)
 	}
 	if err := p.index.DropVolume(id); err != nil {
 		return err
@@ -557,6 +566,16 @@ func (p *Pool) checkHandover(ctx context.Context, id string, d disk.Disk) error 
 	if err != nil {
 		return err
 	}
+	if v.Parameters[fillingKey] != "" {
+		return fmt.Errorf("%w: volume %s: its disk is being filled from another node", pool.ErrNotReady, id)
+	}
+	if v.Parameters[filledKey] != "" {
+		// Handed to its consumer now: never filled from another node again.
+		v.Parameters = without(v.Parameters, filledKey)
+		if err := p.index.PutVolume(v); err != nil {
+			return err
+		}
+	}
 	if !v.DiskHanded {
 		if err := p.verifyEmpty(ctx, d); err != nil {
 			return fmt.Errorf("volume %s: its disk is not as it was when plinth chose it: %w", id, err)
@@ -589,7 +608,7 @@ func (p *Pool) checkHandover(ctx context.Context, id string, d disk.Disk) error 
 			pool.ErrInUse, id, d.ID, d.Device, v.DiskFsUUID)
 	case sig.Empty(), v.DiskFsUUID != "" && sig.Only(v.DiskFsUUID):
 		return nil
-	case v.DiskFsUUID == "" && sig.Type == v.FsType && sig.Only(sig.UUID):
+	case v.DiskFsUUID == "" && sig.Type == v.FsType && sig.Only(sig.UUID) && p.uuidRecorded(id, sig.UUID) == "":
 		// The node formatted the disk and stopped before it said so
 		// (RecordFilesystem): the volume's own filesystem type, alone on
 		// a disk that was empty when it was handed over.
