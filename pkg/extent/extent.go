@@ -29,6 +29,11 @@ func Allocated(f *os.File, from, size int64) iter.Seq2[Range, error] {
 			if errors.Is(err, unix.ENXIO) {
 				return // only a hole is left
 			}
+			if errors.Is(err, unix.EINVAL) && off == max(from, 0) {
+				// No holes to find (a block device): all of it is data.
+				yield(Range{Off: off, Len: size - off}, nil)
+				return
+			}
 			if err != nil {
 				yield(Range{}, fmt.Errorf("seek data in %s at %d: %w", f.Name(), off, err))
 				return

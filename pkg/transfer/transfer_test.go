@@ -91,7 +91,14 @@ func (g *grants) Content(_ context.Context, peer, volumeID string) (*Content, er
 		f.Close()
 		return nil, err
 	}
-	c := &Content{ID: g.id, File: f, Size: st.Size()}
+	size := st.Size()
+	if st.Mode()&os.ModeDevice != 0 {
+		if size, err = f.Seek(0, io.SeekEnd); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	c := &Content{ID: g.id, File: f, Size: size}
 	if g.base != "" {
 		flag := os.O_RDONLY
 		if g.mapOnly {
