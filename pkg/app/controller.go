@@ -156,6 +156,8 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	if err != nil {
 		return err
 	}
+	api := metrics.NewAPIRequests()
+	cfg.Wrap(api.Wrap)
 	core, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
@@ -176,6 +178,9 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	if c.MetricsAddress != "" {
 		m = metrics.New()
 		if err := m.RegisterController(); err != nil {
+			return err
+		}
+		if err := m.Register(api); err != nil {
 			return err
 		}
 		// Ready only while the API server answers: a controller that

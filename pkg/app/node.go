@@ -266,6 +266,13 @@ func RunNode(ctx context.Context, c NodeConfig) error {
 		if n.rest, err = restConfig(c.Kubeconfig, 50, 100); err != nil {
 			return err
 		}
+		if n.metrics != nil {
+			api := metrics.NewAPIRequests()
+			if err := n.metrics.Register(api); err != nil {
+				return err
+			}
+			n.rest.Wrap(api.Wrap)
+		}
 		if n.core, err = kubernetes.NewForConfig(n.rest); err != nil {
 			return err
 		}

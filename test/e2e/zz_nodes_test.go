@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -70,6 +73,7 @@ func TestZNodes(t *testing.T) {
 		e.waitPlinthOn(t, ctx, w.Name, 4)
 	}
 	logf("nodes: plinth node serves on both workers %s after their kubelets were Ready", time.Since(start).Round(time.Millisecond))
+	idleAPIWrites(t, ctx)
 	logf("nodes: kubectl plinth nodes:\n%s", kubectlPlinth(t, "nodes"))
 
 	t.Run("node-scoped-writes", func(t *testing.T) { nodeScopedWrites(t, ctx, ws) })
@@ -777,4 +781,85 @@ func controllerArgs(t *testing.T, ctx context.Context, args ...string) func() {
 	var old []string
 	set(ctx, func(a []string) []string { old = append([]string(nil), a...); return append(a, args...) })
 	return func() { set(context.Background(), func([]string) []string { return old }) }
+}
+
+// idleAPIWrites reads what the host node's idle plinth node agent asks of
+// the API server in a minute in which nothing happens on its node
+// (plinth_api_requests_total): it writes only its heartbeat (the
+// PlinthNode status, every 30 s) and what changed.
+func idleAPIWrites(t *testing.T, ctx context.Context) {
+	t.Helper()
+	before := apiRequests(ctx)
+	if before == nil {
+		t.Log("plinth_api_requests_total: the host's node agent serves no metrics here")
+		return
+	}
+	const window = time.Minute
+	time.Sleep(window)
+	after := apiRequests(ctx)
+	var writes, reads float64
+	var what []string
+	for k, v := range after {
+		d := v - before[k]
+		if d <= 0 {
+			continue
+		}
+		verb, _, _ := strings.Cut(k, " ")
+		switch verb {
+		case "create", "update", "patch", "delete", "deletecollection":
+			writes += d
+		case "watch":
+			continue // long-lived: a reconnect, not a request per change
+		default:
+			reads += d
+		}
+		what = append(what, fmt.Sprintf("%s: %.0f", k, d))
+	}
+	sort.Strings(what)
+	logf("nodes: the host's idle plinth node agent in %s: %.0f writes, %.0f reads of the API server (%s)", window, writes, reads, strings.Join(what, ", "))
+	if writes > 6 {
+		t.Errorf("an idle node agent wrote %.0f times in %s (its heartbeat is every 30 s): %s", writes, window, strings.Join(what, ", "))
+	}
+}
+
+// apiRequests reads the host's plinth node agent's
+// plinth_api_requests_total, by "verb resource code" (nil: no metrics).
+func apiRequests(ctx context.Context) map[string]float64 {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9809/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(l, "plinth_api_requests_total{")
+		if !ok {
+			continue
+		}
+		labels, val, ok := strings.Cut(rest, "} ")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil {
+			continue
+		}
+		var code, resource, verb string
+		for _, kv := range strings.Split(labels, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			v = strings.Trim(v, `"`)
+			switch k {
+			case "code":
+				code = v
+			case "resource":
+				resource = v
+			case "verb":
+				verb = v
+			}
+		}
+		out[verb+" "+resource+" "+code] += f
+	}
+	return out
 }
