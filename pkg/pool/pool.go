@@ -433,3 +433,14 @@ func ResolveDir(dir string) (string, error) {
 	}
 	return filepath.Join(real, filepath.Base(dir)), nil
 }
+
+// WithParameter is a copy of parameters with k set to v (a record's
+// parameters are never changed in place: the index hands out copies).
+func WithParameter(parameters map[string]string, k, v string) map[string]string {
+	out := make(map[string]string, len(parameters)+1)
+	for a, b := range parameters {
+		out[a] = b
+	}
+	out[k] = v
+	return out
+}

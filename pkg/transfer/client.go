@@ -68,19 +68,11 @@ const maxBadChunks = 5
 // what dst has. report, when set, hears the progress after each commit.
 // It returns nil once all of the content is in dst, committed.
 func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destination, report func(Progress)) error {
-	conn, err := c.dial(ctx, node)
+	conn, api, open, err := c.open(ctx, node, volumeID, dst.Format())
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	api := transferv1.NewTransferClient(conn)
-	open, err := api.Open(ctx, &transferv1.OpenRequest{VolumeId: volumeID})
-	if err != nil {
-		return fmt.Errorf("open transfer from %s: %w", node, err)
-	}
-	if open.GetFormat() != dst.Format() {
-		return fmt.Errorf("transfer from %s: %w: the content comes as %q, this destination takes %q", node, ErrUnsupported, open.GetFormat(), dst.Format())
-	}
 	size, id := open.GetSize(), open.GetContentId()
 	if size < 0 || id == "" {
 		return fmt.Errorf("transfer from %s: bad answer: size %d, content %q", node, size, id)
@@ -109,6 +101,27 @@ func (c *Client) Fill(ctx context.Context, node, volumeID string, dst Destinatio
 		}
 		logger.Info("A chunk did not match its checksum; asking again", "from", r.through)
 	}
+}
+
+// open connects to node's transfer service and opens the transfer for
+// volumeID, which must come as format. The caller closes the connection.
+func (c *Client) open(ctx context.Context, node, volumeID, format string) (*grpc.ClientConn, transferv1.TransferClient, *transferv1.OpenResponse, error) {
+	conn, err := c.dial(ctx, node)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	api := transferv1.NewTransferClient(conn)
+	open, err := api.Open(ctx, &transferv1.OpenRequest{VolumeId: volumeID})
+	if err == nil && open.GetFormat() != format {
+		err = fmt.Errorf("transfer from %s: %w: the content comes as %q, this destination takes %q", node, ErrUnsupported, open.GetFormat(), format)
+	} else if err != nil {
+		err = fmt.Errorf("open transfer from %s: %w", node, err)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, nil, err
+	}
+	return conn, api, open, nil
 }
 
 // dial connects to node's transfer service, which must present the
@@ -144,19 +157,11 @@ type StartStream func(ctx context.Context) (io.WriteCloser, error)
 // match its checksum included) starts over from the stream's beginning.
 // It returns nil once start's writer took the whole stream.
 func (c *Client) FillStream(ctx context.Context, node, volumeID string, start StartStream, report func(Progress)) error {
-	conn, err := c.dial(ctx, node)
+	conn, api, open, err := c.open(ctx, node, volumeID, FormatStream)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	api := transferv1.NewTransferClient(conn)
-	open, err := api.Open(ctx, &transferv1.OpenRequest{VolumeId: volumeID})
-	if err != nil {
-		return fmt.Errorf("open transfer from %s: %w", node, err)
-	}
-	if open.GetFormat() != FormatStream {
-		return fmt.Errorf("transfer from %s: %w: the content comes as %q, this destination takes %q", node, ErrUnsupported, open.GetFormat(), FormatStream)
-	}
 	logger := klog.FromContext(ctx).WithValues("node", node, "volumeID", volumeID, "content", open.GetContentId())
 	logger.Info("Receiving a stream", "dataBytes", open.GetDataBytes())
 	for bad := 0; ; {

@@ -233,7 +233,7 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 		if id, err = subvolID(final); err == nil {
 			// Bounded before the record says ready: nothing mounts it sooner.
 			err = p.boundSub(ctx, id, v.CapacityBytes, nil)
-			v.Parameters = withParam(v.Parameters, subvolKey, strconv.FormatUint(id, 10))
+			v.Parameters = pool.WithParameter(v.Parameters, subvolKey, strconv.FormatUint(id, 10))
 		}
 	}
 	if err != nil {
@@ -248,15 +248,6 @@ func (p *Pool) CreateVolume(ctx context.Context, v pool.Volume) (pool.Volume, er
 	}
 	klog.InfoS("Volume created", "pool", p.name, "volumeID", v.ID, "capacity", v.CapacityBytes)
 	return v, nil
-}
-
-func withParam(m map[string]string, k, val string) map[string]string {
-	out := make(map[string]string, len(m)+1)
-	for a, b := range m {
-		out[a] = b
-	}
-	out[k] = val
-	return out
 }
 
 // DeleteVolume deletes the subvolume with every subvolume made inside it,

@@ -100,7 +100,7 @@ func withAdopted(v pool.Volume, ids ...uint64) map[string]string {
 	for i, id := range all {
 		parts[i] = strconv.FormatUint(id, 10)
 	}
-	return withParam(v.Parameters, adoptedKey, strings.Join(parts, ","))
+	return pool.WithParameter(v.Parameters, adoptedKey, strings.Join(parts, ","))
 }
 
 // boundSub puts subvolume sub and everything below it under sub's level-1

@@ -141,7 +141,7 @@ func (p *Pool) FinishImport(ctx context.Context, id string) (pool.Volume, error)
 	if err != nil {
 		return pool.Volume{}, fmt.Errorf("bound imported volume %s: %w", id, err)
 	}
-	v.Parameters = withParam(v.Parameters, subvolKey, strconv.FormatUint(sub, 10))
+	v.Parameters = pool.WithParameter(v.Parameters, subvolKey, strconv.FormatUint(sub, 10))
 	v.State, v.Blank = pool.StateReady, false
 	if err := p.index.PutVolume(v); err != nil {
 		return pool.Volume{}, err
@@ -287,7 +287,7 @@ func (p *Pool) FinishSync(ctx context.Context, id string) error {
 		return err
 	}
 	if v.Parameters[subvolKey] != strconv.FormatUint(sub, 10) {
-		v.Parameters = withParam(v.Parameters, subvolKey, strconv.FormatUint(sub, 10))
+		v.Parameters = pool.WithParameter(v.Parameters, subvolKey, strconv.FormatUint(sub, 10))
 		if err := p.index.PutVolume(v); err != nil {
 			return err
 		}
@@ -718,7 +718,7 @@ func (p *Pool) settleSync(ctx context.Context, v pool.Volume) (pool.Volume, erro
 	}
 	if id := strconv.FormatUint(sub, 10); v.Parameters[subvolKey] != id {
 		klog.InfoS("Volume's record follows the subvolume a sync swapped in", "pool", p.name, "volumeID", v.ID, "was", v.Parameters[subvolKey], "now", id)
-		v.Parameters = withParam(v.Parameters, subvolKey, id)
+		v.Parameters = pool.WithParameter(v.Parameters, subvolKey, id)
 		if err := p.index.PutVolume(v); err != nil {
 			return v, err
 		}

@@ -178,7 +178,7 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 	case v.Parameters[fillingKey] != "":
 	case v.Parameters[filledKey] != "":
 		// Filled before and never handed out since: the same sync again.
-		v.Parameters = withParam(without(v.Parameters, filledKey), fillingKey, "true")
+		v.Parameters = pool.WithParameter(without(v.Parameters, filledKey), fillingKey, "true")
 		if err := p.index.PutVolume(v); err != nil {
 			return pool.ImportTarget{}, err
 		}
@@ -188,7 +188,7 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 		if err := p.verifyEmpty(ctx, d); err != nil {
 			return pool.ImportTarget{}, fmt.Errorf("volume %s: its disk is not as it was when plinth chose it: %w", id, err)
 		}
-		v.Parameters = withParam(v.Parameters, fillingKey, "true")
+		v.Parameters = pool.WithParameter(v.Parameters, fillingKey, "true")
 		v.DiskHanded = true
 		if err := p.index.PutVolume(v); err != nil {
 			return pool.ImportTarget{}, err
@@ -272,7 +272,7 @@ func (p *Pool) FinishSync(ctx context.Context, id string) error {
 		}
 		v.DiskFsUUID = sig.UUID
 	}
-	v.Parameters = withParam(without(v.Parameters, fillingKey), filledKey, "true")
+	v.Parameters = pool.WithParameter(without(v.Parameters, fillingKey), filledKey, "true")
 	if err := p.index.PutVolume(v); err != nil {
 		return err
 	}
@@ -281,13 +281,4 @@ func (p *Pool) FinishSync(ctx context.Context, id string) error {
 	}
 	klog.InfoS("Disk filled from another node", "pool", p.cfg.Name, "volumeID", id, "disk", d.ID, "holds", sig.String())
 	return nil
-}
-
-func withParam(m map[string]string, k, val string) map[string]string {
-	out := make(map[string]string, len(m)+1)
-	for a, b := range m {
-		out[a] = b
-	}
-	out[k] = val
-	return out
 }
