@@ -28,17 +28,23 @@ import (
 //     and of each partition), and a loop device's backing file and
 //     offset;
 //   - for a disk not in use (no mount, holder, swap or mounted btrfs on
-//     it), its first and last MiB, read past the page cache (O_DIRECT):
-//     where the signatures libblkid knows are written (a filesystem's or
-//     RAID member's superblock, swap, LVM, LUKS, a partition table and its
-//     backup at the end). A disk in use is foreign or plinth's whatever it
-//     holds, and its filesystem rewrites its superblock as it works: its
-//     bytes are not read, and it is probed again once it is no longer in
-//     use.
+//     it), its first and last MiB to the last sector, and 64 KiB at 1, 2
+//     and 4 MiB, read past the page cache (O_DIRECT): where the
+//     signatures libblkid knows are written (a filesystem's or RAID
+//     member's superblock, swap, LVM, LUKS and LUKS2's second header,
+//     VMFS, a partition table and its backup at the end; RAID metadata in
+//     the very last sectors). A disk in use is foreign or plinth's
+//     whatever it holds, and its filesystem rewrites its superblock as it
+//     works: its bytes are not read, and it is probed again once it is no
+//     longer in use.
 //
-// A probe that failed (a disk wipefs cannot open) is answered with the same
-// error until something changes. A device whose sysfs entry or ends cannot
-// be read is probed every time. Decisions that
+// Before a probe of a disk not in use, the kernel's cache of its blocks is
+// dropped (BLKFLSBUF): wipefs reads through that cache, which may be older
+// than the medium (another loop device over the same file, another host's
+// write to a shared LUN), and an answer kept for a fingerprint must be of
+// the medium. A probe that failed is tried again at the next scan, then
+// after 1, 3, 7... scans (at most 63) while it keeps failing. A device
+// whose sysfs entry or ends cannot be read is probed every time. Decisions that
 // change a disk (claiming, wiping, handing one out) never use the memo:
 // they probe again themselves, and ask for the kernel's exclusive hold.
 type probeMemo struct {
@@ -53,8 +59,14 @@ type memoEntry struct {
 	sys, edges string
 	inUse      bool
 	sig        Signature
-	err        error // a probe that failed fails again until something changes
+	err        error // a probe that failed: answered again for a while (retryAfter)
+	// failures in a row, and scans answered from the memo since the last.
+	failures, skipped int
 }
+
+// retryAfter is how many scans a probe that failed failures times in a
+// row is answered from the memo before it is tried again.
+func retryAfter(failures int) int { return 1<<min(failures-1, 6) - 1 }
 
 func newProbeMemo(p Prober, sysfs string) *probeMemo {
 	return &probeMemo{Prober: p, sysfs: sysfs, last: map[string]memoEntry{}}
@@ -85,10 +97,18 @@ func (m *probeMemo) ProbeInUse(ctx context.Context, device string, inUse bool) (
 	if err == nil {
 		m.mu.Lock()
 		e, ok := m.last[device]
+		hit := ok && e.sys == sys && e.inUse == inUse && e.edges == edge && (e.err == nil || e.skipped < retryAfter(e.failures))
+		if hit && e.err != nil {
+			e.skipped++
+			m.last[device] = e
+		}
 		m.mu.Unlock()
-		if ok && e.sys == sys && e.inUse == inUse && e.edges == edge {
+		if hit {
 			return e.sig, e.err
 		}
+	}
+	if !inUse {
+		flushBuffers(device)
 	}
 	sig, perr := m.Prober.Probe(ctx, device)
 	m.mu.Lock()
@@ -100,9 +120,28 @@ func (m *probeMemo) ProbeInUse(ctx context.Context, device string, inUse bool) (
 		// A probe cut short says nothing of the disk.
 		delete(m.last, device)
 	default:
-		m.last[device] = memoEntry{sys: sys, edges: edge, inUse: inUse, sig: sig, err: perr}
+		e := memoEntry{sys: sys, edges: edge, inUse: inUse, sig: sig, err: perr}
+		if perr != nil {
+			e.failures = 1
+			if old, ok := m.last[device]; ok && old.err != nil {
+				e.failures = old.failures + 1
+			}
+		}
+		m.last[device] = e
 	}
 	return sig, perr
+}
+
+// flushBuffers drops the kernel's cached blocks of device (BLKFLSBUF),
+// so that a probe reads the medium; a device that cannot be opened or
+// flushed is probed as it is.
+func flushBuffers(device string) {
+	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	_ = unix.IoctlSetInt(fd, unix.BLKFLSBUF, 0)
 }
 
 // keep forgets every device but those given (the ones a scan saw).
@@ -153,9 +192,15 @@ func (m *probeMemo) sysfsPrint(dev string) (string, error) {
 	return b.String(), nil
 }
 
-// edges hashes the first and last MiB of device as they are on the
-// medium (O_DIRECT: the page cache may hold older blocks than a mounted
-// filesystem wrote past it).
+// middleReads are where edges reads 64 KiB beyond the first MiB: VMFS's
+// volume header and filesystem (1 and 2 MiB), LUKS2's second header (at
+// 1, 2 or 4 MiB for the larger metadata sizes).
+var middleReads = []int64{1 << 20, 2 << 20, 4 << 20}
+
+// edges hashes the first MiB of device, 64 KiB at each of middleReads and
+// its last MiB to its last sector, as they are on the medium (O_DIRECT:
+// the page cache may hold older blocks than a mounted filesystem wrote
+// past it).
 func edges(device string) (string, error) {
 	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -166,16 +211,30 @@ func edges(device string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("size of %s: %w", device, err)
 	}
-	const align = 4096 // the largest logical block size O_DIRECT asks to align to
-	raw := make([]byte, edgeBytes+align)
-	buf := raw[align-int(uintptr(unsafe.Pointer(&raw[0]))%align):][:edgeBytes]
-	h := sha256.New()
-	offsets := []int64{0}
-	if end := (size - edgeBytes) / align * align; end > 0 {
-		offsets = append(offsets, end)
+	// O_DIRECT reads in whole logical blocks (512 bytes or 4 KiB), at
+	// offsets aligned to them, into memory aligned to them.
+	const memAlign = 4096
+	align := int64(512)
+	if lbs, err := unix.IoctlGetInt(fd, unix.BLKSSZGET); err == nil && lbs >= 512 && lbs <= memAlign {
+		align = int64(lbs)
 	}
-	for _, off := range offsets {
-		n := min(int64(len(buf)), size-off) / align * align
+	raw := make([]byte, edgeBytes+memAlign)
+	buf := raw[memAlign-int(uintptr(unsafe.Pointer(&raw[0]))%memAlign):][:edgeBytes]
+	h := sha256.New()
+	type read struct{ off, n int64 }
+	reads := []read{{0, edgeBytes}}
+	for _, off := range middleReads {
+		reads = append(reads, read{off, 64 << 10})
+	}
+	if end := (size - edgeBytes) / align * align; end > 0 {
+		reads = append(reads, read{end, edgeBytes})
+	}
+	for _, r := range reads {
+		off := r.off
+		if off >= size {
+			continue
+		}
+		n := min(r.n, size-off) / align * align
 		if n <= 0 {
 			continue
 		}
