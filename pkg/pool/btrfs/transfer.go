@@ -121,24 +121,24 @@ func (p *Pool) FinishImport(ctx context.Context, id string) (pool.Volume, error)
 			return pool.Volume{}, err
 		}
 	}
-	// The subvolume the data came in as: its group counts for the volume.
-	base, err := readSubvolInfo(final)
+	// The subvolume the data came in as (the volume is a snapshot of it):
+	// its group counts for the volume.
+	vol, err := readSubvolInfo(final)
 	if err != nil {
 		return pool.Volume{}, err
 	}
-	if got, err := p.imported(id); err == nil {
-		for _, e := range got {
-			if e.complete() && e.info.UUID == base.ParentUUID {
-				v.Parameters = withAdopted(v, e.info.TreeID)
-			}
+	got, err := p.imported(id)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	for _, e := range got {
+		if e.complete() && e.info.UUID == vol.ParentUUID {
+			v.Parameters = withAdopted(v, e.info.TreeID)
 		}
 	}
-	sub, err := subvolID(final)
-	if err == nil {
-		// Bounded before the record says ready: nothing mounts it sooner.
-		err = p.boundSub(ctx, sub, v.CapacityBytes, adopted(v))
-	}
-	if err != nil {
+	sub := vol.TreeID
+	// Bounded before the record says ready: nothing mounts it sooner.
+	if err := p.boundSub(ctx, sub, v.CapacityBytes, adopted(v)); err != nil {
 		return pool.Volume{}, fmt.Errorf("bound imported volume %s: %w", id, err)
 	}
 	v.Parameters = pool.WithParameter(v.Parameters, subvolKey, strconv.FormatUint(sub, 10))
