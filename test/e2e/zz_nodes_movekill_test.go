@@ -75,7 +75,7 @@ func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 		if _, err := e.client.AppsV1().StatefulSets(ns).Create(ctx, ss, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitPodRunning(t, ctx, ns, "k-0", 3*time.Minute)
+		waitPodRunning(t, ctx, ns, "k-0", 5*time.Minute)
 		want := sumIn(t, waitLogIn(t, ctx, podLogs(src), ns, "k-0", "sum=", 2*time.Minute))
 		mv := &v1alpha1.PlinthMove{ObjectMeta: metav1.ObjectMeta{Name: "data-k-0"}, Spec: v1alpha1.MoveSpec{Claim: "data-k-0", TargetNode: dst.Name, Evict: true}}
 		if _, err := e.plinth.PlinthV1alpha1().PlinthMoves(ns).Create(ctx, mv, metav1.CreateOptions{}); err != nil {
@@ -126,6 +126,22 @@ func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 		}
 		logf("nodes: move kill %d: %s volume, %s killed in %s: %v; move %s (%s), data intact on %s", i, kc.backend, kc.role, kc.phase, killed, end.Status.Phase, end.Status.Message, on)
 		_ = e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+		// The next case's volume needs the room this one's takes (the
+		// workers' btrfs pools hold two): its volumes go first.
+		if err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			vs, err := e.plinth.PlinthV1alpha1().PlinthVolumes().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, nil
+			}
+			for _, v := range vs.Items {
+				if strings.HasPrefix(v.Spec.Claim, ns+"/") {
+					return false, nil
+				}
+			}
+			return true, nil
+		}); err != nil {
+			t.Fatalf("case %d: the volumes of namespace %s are not gone: %v", i, ns, err)
+		}
 	}
 	logf("nodes: %d moves with a plinth process killed (%d caught in their phase): %d done, %d rolled back, data intact in all", len(cases), hits, done, failed)
 	if os.Getenv("PLINTH_MOVE_KILLS") == "all" && hits < 20 {
