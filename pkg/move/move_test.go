@@ -992,7 +992,24 @@ func TestRebindSteps(t *testing.T) {
 	if _, err := claims.Update(ctx, pvc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The StatefulSet made its pod again while the claim was made again,
+	// and the scheduler placed it on the old node (the old claim's): it
+	// goes, so that it is made again where the volume now is. One on the
+	// target node stays.
+	stranded, placed := claimPod("db-0"), claimPod("db-1")
+	placed.Spec.NodeName = "w2"
+	for _, p := range []*v1.Pod{stranded, placed} {
+		if _, err := w.coreClient.CoreV1().Pods(testNS).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	step()
+	if _, err := w.coreClient.CoreV1().Pods(testNS).Get(ctx, "db-0", metav1.GetOptions{}); err == nil {
+		t.Error("a pod placed on the old node after the claim was bound on the target is still there")
+	}
+	if _, err := w.coreClient.CoreV1().Pods(testNS).Get(ctx, "db-1", metav1.GetOptions{}); err != nil {
+		t.Errorf("the pod on the target node was deleted: %v", err)
+	}
 	if m := w.moveObject(t); m.Status.Phase != v1alpha1.MoveDone || m.Status.ClaimUID != "new-claim-uid" || m.Status.DoneTime != nil {
 		t.Errorf("after the bind: %+v", m.Status)
 	}

@@ -503,6 +503,9 @@ func (c *Controller) rebind(ctx context.Context, m *v1alpha1.PlinthMove) (time.D
 		}
 		return poll, nil
 	case pvc.Status.Phase == v1.ClaimBound && pvc.Spec.VolumeName == m.Status.TargetPV:
+		if err := c.dropStrandedPods(ctx, m); err != nil {
+			return 0, err
+		}
 		now := metav1.Now()
 		m.Status.Phase, m.Status.DoneTime, m.Status.Reason = v1alpha1.MoveDone, nil, ""
 		m.Status.ClaimUID = string(pvc.UID)
@@ -517,6 +520,29 @@ func (c *Controller) rebind(ctx context.Context, m *v1alpha1.PlinthMove) (time.D
 		return c.waiting(ctx, m, fmt.Sprintf("claim %s/%s was made again by someone else, bound to PV %s: the move's PV %s stays for it", m.Namespace, pvc.Name, pvc.Spec.VolumeName, m.Status.TargetPV))
 	}
 	return poll, nil // made again (by the move or the workload's controller); the PV controller binds it
+}
+
+// dropStrandedPods deletes the pods that use the claim, bound since to the
+// target's PV, but were scheduled to another node and started nothing: a
+// pod the workload's controller made again while the claim was being made
+// again can be placed by what the old claim said (the source's node),
+// where its volume never comes. Its controller makes it again, and the
+// scheduler places it by the claim as it is now.
+func (c *Controller) dropStrandedPods(ctx context.Context, m *v1alpha1.PlinthMove) error {
+	pods, err := c.podsUsing(ctx, m.Namespace, m.Spec.Claim)
+	if err != nil {
+		return err
+	}
+	for _, p := range pods {
+		if p.Spec.NodeName == "" || p.Spec.NodeName == m.Spec.TargetNode || p.DeletionTimestamp != nil || mayUse(&p) {
+			continue
+		}
+		klog.FromContext(ctx).Info("Deleting a pod placed on another node than its claim's volume", "pod", p.Name, "node", p.Spec.NodeName)
+		if err := c.Core.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete pod %s, placed on node %s, away from its claim's volume: %w", p.Name, p.Spec.NodeName, err)
+		}
+	}
+	return nil
 }
 
 // bindAnnotation reports whether a claim annotation records a binding of
@@ -578,6 +604,9 @@ func (c *Controller) targetPV(ctx context.Context, m *v1alpha1.PlinthMove, old *
 func (c *Controller) done(ctx context.Context, m *v1alpha1.PlinthMove) (time.Duration, error) {
 	if m.Status.DoneTime != nil {
 		return 0, nil
+	}
+	if err := c.dropStrandedPods(ctx, m); err != nil {
+		return 0, err
 	}
 	if k := m.Spec.KeepSourceFor; k != nil && m.Status.RebindTime != nil {
 		if left := time.Until(m.Status.RebindTime.Add(k.Duration)); left > 0 && m.DeletionTimestamp == nil {
