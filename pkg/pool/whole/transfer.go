@@ -35,6 +35,10 @@ var (
 // progress record exists), a delete wipes it, and no consumer gets it.
 const fillingKey = "disk.plinth.example.com/filling"
 
+// fillingAgain is fillingKey's value for a sync run again over a disk an
+// earlier run of it filled: what is on the disk is that run's.
+const fillingAgain = "again"
+
 // filledKey marks a volume whose disk was filled from another node and
 // not yet handed to a consumer: the same sync may run again (a crash
 // after FinishSync, before the volume object said so).
@@ -177,8 +181,9 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 	switch {
 	case v.Parameters[fillingKey] != "":
 	case v.Parameters[filledKey] != "":
-		// Filled before and never handed out since: the same sync again.
-		v.Parameters = pool.WithParameter(without(v.Parameters, filledKey), fillingKey, "true")
+		// Filled before and never handed out since: the same sync again,
+		// over what the earlier one wrote (fillingAgain).
+		v.Parameters = pool.WithParameter(without(v.Parameters, filledKey), fillingKey, fillingAgain)
 		if err := p.index.PutVolume(v); err != nil {
 			return pool.ImportTarget{}, err
 		}
@@ -226,7 +231,7 @@ func (p *Pool) SyncTarget(ctx context.Context, id string) (pool.ImportTarget, er
 			if other := p.otherVolumeOwns(context.Background(), id, sig.UUID); other != "" {
 				return nil, fmt.Errorf("%w: volume %s: disk %s (%s) carries the filesystem of volume %s: not filled", pool.ErrInUse, id, d.ID, d.Device, other)
 			}
-			if !sig.Empty() && !p.fillBegan(id) {
+			if !sig.Empty() && !p.fillBegan(id) && v.Parameters[fillingKey] != fillingAgain {
 				return nil, fmt.Errorf("%w: volume %s: disk %s (%s) holds %s, and no transfer wrote to it yet", pool.ErrInUse, id, d.ID, d.Device, sig)
 			}
 			return openDisk(d.Device, d.MajorMinor, unix.O_RDWR)

@@ -395,9 +395,17 @@ func TestAttackSyncRetriedAfterFinishRefusedForever(t *testing.T) {
 	fsVolume(t, p, "w", "id:b")
 	fill(t, p, "w", sender(t, func(dev string) { run(t, "mkfs.ext4", "-q", "-F", dev) }))
 	must(t, p.FinishSync(ctx, "w"))
-	if _, err := p.SyncTarget(ctx, "w"); err != nil {
-		t.Errorf("the same sync run again before anything used the disk: %v", err)
+	target, err := p.SyncTarget(ctx, "w")
+	if err != nil {
+		t.Fatalf("the same sync run again before anything used the disk: %v", err)
 	}
+	// And it can write: the disk holds what the earlier run wrote.
+	f, err := target.OpenDevice()
+	if err != nil {
+		t.Fatalf("the same sync run again cannot open the disk it filled: %v", err)
+	}
+	f.Close()
+	must(t, p.FinishSync(ctx, "w"))
 }
 
 // FIXED, was WORKS (low). DeleteVolume leaves the fill's progress record: a volume
