@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,15 +55,22 @@ func startPeer(t *testing.T, ctx context.Context, plinth *plinthfake.Clientset, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The node's goroutines end before its directory is removed: the fake
+	// clientset's watch does not filter by label, so a node may still be
+	// filling a volume labelled for another when the test returns.
+	ctx, cancel := context.WithCancel(ctx)
+	var running sync.WaitGroup
+	t.Cleanup(func() { cancel(); running.Wait() })
 	peers := &Peers{Plinth: plinth}
 	srv := &transfer.Server{Identity: id, Peers: peers, Source: &TransferSource{NodeName: name, Plinth: plinth, Local: local}}
-	go func() { _ = srv.Serve(ctx, lis) }()
+	running.Add(2)
+	go func() { defer running.Done(); _ = srv.Serve(ctx, lis) }()
 	core := fake.NewSimpleClientset()
 	status := &nodestatus.Reporter{NodeName: name, Version: "test", Pools: local.PoolHealth, Plinth: plinth, Core: core, Interval: time.Hour,
 		Transfer: &v1alpha1.TransferEndpoint{Address: lis.Addr().String(), Certificate: id.CertificatePEM()}}
 	client := &transfer.Client{Identity: id, Peers: peers}
 	r := &Reconciler{NodeName: name, Local: local, Plinth: plinth, Core: core, Status: status, Transfer: client}
-	go func() { _ = r.Run(ctx) }()
+	go func() { defer running.Done(); _ = r.Run(ctx) }()
 	return &peerNode{name: name, dir: dir, local: local, id: id, client: client}
 }
 
