@@ -15,7 +15,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/informers"
+	storageinformers "k8s.io/client-go/informers/storage/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -204,6 +206,24 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	return runAll(ctx, parts)
 }
 
+// servesResource reports whether the API server serves resource in
+// groupVersion.
+func servesResource(d discovery.DiscoveryInterface, groupVersion, resource string) (bool, error) {
+	list, err := d.ServerResourcesForGroupVersion(groupVersion)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, r := range list.APIResources {
+		if r.Name == resource {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // apiServerReady asks the API server's /readyz (readable by anyone).
 func apiServerReady(ctx context.Context, core kubernetes.Interface) error {
 	if err := core.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error(); err != nil {
@@ -372,6 +392,16 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	claims := claimInf.Informer()
 	pvs := factory.Core().V1().PersistentVolumes()
 	classes := factory.Storage().V1().StorageClasses()
+	// VolumeAttributesClasses are storage.k8s.io/v1 from Kubernetes 1.34;
+	// an older API server has none to watch, and claims cannot name one.
+	var attrClasses storageinformers.VolumeAttributesClassInformer
+	if served, err := servesResource(core.Discovery(), "storage.k8s.io/v1", "volumeattributesclasses"); err != nil {
+		return fmt.Errorf("ask the API server for VolumeAttributesClasses: %w", err)
+	} else if served {
+		attrClasses = factory.Storage().V1().VolumeAttributesClasses()
+	} else {
+		klog.FromContext(ctx).Info("The API server serves no storage.k8s.io/v1 VolumeAttributesClass (Kubernetes 1.34 and later): claims' classes are not applied")
+	}
 	_ = nodes.Informer()
 	// Volumes on nodes that left: reported always, released only when
 	// asked to; the Cluster asks it before letting such a PV go.
@@ -384,6 +414,11 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		Driver: c.DriverName, TopologyKey: c.TopologyKey, Controller: vc, Events: events,
 		Sources: &provision.Sources{Core: core, Snapshots: snaps, Driver: c.DriverName},
 		Observe: observe,
+	}
+	synced := []cache.InformerSynced{claims.HasSynced, pvs.Informer().HasSynced, classes.Informer().HasSynced, nodes.Informer().HasSynced, cluster.HasSynced}
+	if attrClasses != nil {
+		prov.AttributeClasses = attrClasses.Lister()
+		synced = append(synced, attrClasses.Informer().HasSynced)
 	}
 	pc := controller.NewProvisionController(ctx, core, c.DriverName, prov,
 		controller.LeaderElection(false), // plinth's own election covers every loop
@@ -398,7 +433,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	)
 	factory.Start(ctx.Done())
 	pfactory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), claims.HasSynced, pvs.Informer().HasSynced, classes.Informer().HasSynced, nodes.Informer().HasSynced, cluster.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return ctx.Err()
 	}
 	capacity := &provision.CapacityPublisher{
@@ -421,6 +456,10 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		"lostNodes":   lost.Run,
 		"moves": (&move.Controller{Core: core, Plinth: plinth, Volumes: vc, Driver: c.DriverName, TopologyKey: c.TopologyKey,
 			Events: events, Workers: c.Threads}).Run,
+	}
+	if attrClasses != nil {
+		parts["attributes"] = (&provision.Attributes{Client: core, Claims: claims, Volumes: pvs.Lister(), Classes: attrClasses.Lister(),
+			ClassInformer: attrClasses.Informer(), CSI: csiController, Driver: c.DriverName, Events: events, Observe: observe}).Run
 	}
 	if c.CSIEndpoint != "" {
 		sock, _ := unixsock.ParseEndpoint(c.CSIEndpoint) // checked by Validate

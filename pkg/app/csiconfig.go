@@ -101,6 +101,9 @@ type CSIConfig struct {
 	MaxVolumes   int64
 	SysfsRoot    string
 	DevRoot      string
+	// CgroupRoot is where the host's cgroup filesystem is mounted: the
+	// node writes volumes' IO limits into the pods' cgroups there.
+	CgroupRoot string
 	// MetricsAddress serves /metrics, /healthz and /readyz ("" for none).
 	MetricsAddress string
 	// DiskConfig is a file of disk rules; DiskConfigData the rules given
@@ -131,6 +134,7 @@ func (c *CSIConfig) Flags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.MaxVolumes, "max-volumes", 0, "at most this many volumes on this node (0: what its pools and kernel can hold), reported in NodeGetInfo")
 	fs.StringVar(&c.SysfsRoot, "sysfs-root", "/sys", "where sysfs is mounted")
 	fs.StringVar(&c.DevRoot, "dev-root", "/dev", "where device nodes are")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the host's cgroup filesystem is mounted (the pods' cgroups are written there to hold them to their volumes' IO limits); plinth node only")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9809", "host:port for /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&c.DiskConfig, "disk-config", "", "file of disk rules (which disks plinth claims and what it makes of them; see docs/configuration.md); default: none, plinth touches no disk")
 	fs.BoolVar(&c.DisksDryRun, "disks-dry-run", false, "print every disk, what the disk rules would make of it and why, and exit without changing anything")

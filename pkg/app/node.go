@@ -27,6 +27,7 @@ import (
 	"github.com/plinth-dev/plinth/pkg/deviceplugin"
 	"github.com/plinth-dev/plinth/pkg/disk"
 	"github.com/plinth-dev/plinth/pkg/dra"
+	"github.com/plinth-dev/plinth/pkg/iolimit"
 	"github.com/plinth-dev/plinth/pkg/kubelet"
 	"github.com/plinth-dev/plinth/pkg/metrics"
 	"github.com/plinth-dev/plinth/pkg/mount"
@@ -353,6 +354,17 @@ func (n *nodeRun) volumes(ctx context.Context, _ *RootLock) (err error) {
 		return err
 	}
 	n.mounts = newVolumeMounts(n.CSIConfig, n.local, run)
+	// Volumes' IO limits (their VolumeAttributesClasses) are held in the
+	// block IO controller of each pod they are published to.
+	if lim, err := iolimit.New(n.CgroupRoot); err != nil {
+		klog.ErrorS(err, "IO limits of volumes are not enforced on this node", "cgroupRoot", n.CgroupRoot)
+	} else {
+		n.mounts.Limiter = lim
+		n.parts["IO limits"] = lim.Run
+		if err := n.mounts.ReapplyAll(ctx); err != nil {
+			klog.ErrorS(err, "Applying volumes' IO limits again after a start")
+		}
+	}
 	sock, err := unixsock.ParseEndpoint(n.Endpoint)
 	if err != nil {
 		return err
@@ -543,6 +555,8 @@ func (n *nodeRun) cluster() (stop func(), err error) {
 		// A volume's used bytes: the filesystem at its staging mount
 		// where its pool keeps no count of its own.
 		rec.Usage = n.mounts
+		// A changed class reaches the pods that use the volume now.
+		rec.Consumers = n.mounts.Reapply
 	}
 	// A pool whose health changes, and a disk that comes or goes, make
 	// the volume objects look again (a volume on a gone disk says so);

@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 
@@ -44,6 +45,7 @@ func (s *ControllerServer) ControllerGetCapabilities(ctx context.Context, _ *csi
 		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.ControllerServiceCapability_RPC_MODIFY_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}
@@ -99,6 +101,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	ask := volume.Ask{
 		Name: req.GetName(), RequiredBytes: req.GetCapacityRange().GetRequiredBytes(), LimitBytes: req.GetCapacityRange().GetLimitBytes(),
 		Block: mode == pool.ModeBlock, FsType: fsType, Parameters: req.GetParameters(),
+		MutableParameters: req.GetMutableParameters(),
 	}
 	if cs := req.GetVolumeContentSource(); cs != nil {
 		ask.Source = &pool.Source{SnapshotID: cs.GetSnapshot().GetSnapshotId(), VolumeID: cs.GetVolume().GetVolumeId()}
@@ -327,6 +330,26 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	// Filesystems made on a volume grow on the node; block devices and
 	// subvolume limits are done here.
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: p.Volume.CapacityBytes, NodeExpansionRequired: p.NodeExpansion}, nil
+}
+
+// ControllerModifyVolume applies a VolumeAttributesClass's parameters: IO
+// limits (enforced on the node for each pod the volume is published to)
+// and provisioning. Parameters plinth does not know, and a change the
+// volume cannot take (provisioning of a btrfs or disk volume, thick in a
+// pool without the room), are InvalidArgument, the volume unchanged: the
+// CSI spec's answer for a request beyond the volume's capabilities, which
+// the CO reports as infeasible.
+func (s *ControllerServer) ControllerModifyVolume(ctx context.Context, req *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error) {
+	if err := validateID("volume ID", req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if _, err := s.ctrl.ModifyVolume(ctx, req.GetVolumeId(), req.GetMutableParameters()); err != nil {
+		if errors.Is(err, pool.ErrNoSpace) {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		return nil, toStatus(err)
+	}
+	return &csi.ControllerModifyVolumeResponse{}, nil
 }
 
 func (s *ControllerServer) csiSnapshot(p volume.PlacedSnapshot) *csi.Snapshot {

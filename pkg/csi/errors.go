@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/plinth-dev/plinth/pkg/iolimit"
 	"github.com/plinth-dev/plinth/pkg/mount"
 	"github.com/plinth-dev/plinth/pkg/node"
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -19,7 +20,7 @@ func codeOf(err error) codes.Code {
 	switch {
 	case errors.Is(err, volume.ErrLocked), errors.Is(err, volume.ErrInProgress):
 		return codes.Aborted
-	case errors.Is(err, pool.ErrInvalid), errors.Is(err, pool.ErrUnsupported):
+	case errors.Is(err, pool.ErrInvalid), errors.Is(err, pool.ErrUnsupported), errors.Is(err, iolimit.ErrInvalid):
 		return codes.InvalidArgument
 	case errors.Is(err, pool.ErrNotFound):
 		return codes.NotFound
@@ -30,7 +31,7 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, pool.ErrOutOfRange):
 		return codes.OutOfRange
 	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, pool.ErrDeleting), errors.Is(err, node.ErrNotStaged),
-		errors.Is(err, node.ErrPublishedElsewhere), errors.Is(err, node.ErrPathInUse):
+		errors.Is(err, node.ErrPublishedElsewhere), errors.Is(err, node.ErrPathInUse), errors.Is(err, iolimit.ErrPodNotFound):
 		return codes.FailedPrecondition
 	case errors.Is(err, mount.ErrOnlineResizeRefused), errors.Is(err, mount.ErrForeignData):
 		return codes.FailedPrecondition

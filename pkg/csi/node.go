@@ -160,6 +160,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err != nil {
 		return nil, err
 	}
+	a.PodUID = req.GetVolumeContext()[node.PodUIDKey]
 	staging := req.GetStagingTargetPath()
 	if !a.Block {
 		if staging, err = s.checkPath("staging target path", staging); err != nil {

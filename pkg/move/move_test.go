@@ -235,6 +235,9 @@ func (f *fakeNode) DeleteVolume(_ context.Context, id string) error {
 func (f *fakeNode) ExpandVolume(context.Context, string, int64) (pool.Volume, error) {
 	return pool.Volume{}, pool.ErrUnsupported
 }
+func (f *fakeNode) ModifyVolume(context.Context, string, pool.Mutable) (pool.Volume, error) {
+	return pool.Volume{}, pool.ErrUnsupported
+}
 func (f *fakeNode) Volume(_ context.Context, id string) (pool.Volume, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -75,6 +75,10 @@ func (c *Controller) copying(ctx context.Context, m *v1alpha1.PlinthMove) (time.
 		}
 	}
 	params := volume.Params{Thick: src.Spec.Thick}
+	if src.Spec.IOLimits != nil { // the claim's class goes with it
+		l := pool.IOLimits(*src.Spec.IOLimits)
+		params.IOLimits = &l
+	}
 	if pv, err := c.Core.CoreV1().PersistentVolumes().Get(ctx, m.Status.SourcePV, metav1.GetOptions{}); err == nil {
 		if params.Pool, err = c.classPool(ctx, pv); err != nil {
 			return 0, err

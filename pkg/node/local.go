@@ -214,6 +214,29 @@ func (n *Local) ExpandVolume(ctx context.Context, id string, capacity int64) (po
 	return p.ExpandVolume(ctx, id, capacity)
 }
 
+// ModifyVolume changes volume id's provisioning and IO limits (a pool
+// that cannot is ErrInvalid). The caller applies the new IO limits to the
+// volume's consumers (Mounts.Reapply).
+func (n *Local) ModifyVolume(ctx context.Context, id string, m pool.Mutable) (pool.Volume, error) {
+	release, err := n.lock(volumeKey(id))
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	defer release()
+	p, v, err := n.PoolOfVolume(ctx, id)
+	if err != nil {
+		return pool.Volume{}, err
+	}
+	if pool.MutableOf(v).Equal(m) {
+		return v, nil
+	}
+	mod, ok := pool.As[pool.Modifier](p)
+	if !ok {
+		return pool.Volume{}, fmt.Errorf("%w: pool %s (%s) cannot change its volumes' attributes", pool.ErrInvalid, p.Name(), p.Backend())
+	}
+	return mod.ModifyVolume(ctx, id, m)
+}
+
 func (n *Local) Volume(ctx context.Context, id string) (pool.Volume, error) {
 	_, v, err := n.PoolOfVolume(ctx, id)
 	return v, err

@@ -36,6 +36,9 @@ type Mounts struct {
 	// now: a volume being moved off the node (its object held) is not, so
 	// no new pod writes to it. nil: every volume may.
 	Hold func(id string) error
+	// Limiter, when set, holds the pods a volume is published to to the
+	// volume's IO limits; nil: no limits are enforced.
+	Limiter IOLimiter
 
 	node    *Local
 	mounter mount.Mounter
@@ -94,6 +97,9 @@ type Access struct {
 	MountGroup string
 	// SingleWriter: the volume may be published at one target only.
 	SingleWriter bool
+	// PodUID is the pod the volume is published to, when the CO says
+	// (PodUIDKey): the volume's IO limits are applied to its cgroup.
+	PodUID string
 }
 
 // lock takes the volume's lock and, for each path the call mounts at or

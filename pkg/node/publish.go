@@ -38,7 +38,7 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 	if err := p.notStagingPath(id, target); err != nil {
 		return err
 	}
-	pl, _, err := p.lookup(ctx, id, a)
+	pl, v, err := p.lookup(ctx, id, a)
 	if err != nil {
 		return err
 	}
@@ -54,7 +54,10 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 		return err
 	}
 	if at.mount != nil {
-		return p.host.publishedAlready(id, stagingPath, target, a, at, att, attached)
+		if err := p.host.publishedAlready(id, stagingPath, target, a, at, att, attached); err != nil {
+			return err
+		}
+		return p.limit(ctx, pl, v, target, a.PodUID)
 	}
 	if err := emptyTarget(target, at, a.Block); err != nil {
 		return err
@@ -68,7 +71,13 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 	if err != nil {
 		return err
 	}
-	return p.bind(ctx, pl, id, source, stagingPath, target, at.fi == nil, a)
+	if err := p.bind(ctx, pl, id, source, stagingPath, target, at.fi == nil, a); err != nil {
+		return err
+	}
+	// The pod is held to the volume's IO limits before its containers
+	// start (the kubelet publishes first); a failure fails the publish,
+	// which the kubelet retries, so the pod never runs unlimited.
+	return p.limit(ctx, pl, v, target, a.PodUID)
 }
 
 // publishedAlready answers a publish at a target that holds a mount: the
@@ -190,6 +199,7 @@ func (p *Mounts) bind(ctx context.Context, pl pool.Pool, id, source, stagingPath
 	if !had || rec.VolumeID != id {
 		rec = targetRecord{VolumeID: id, Target: target}
 	}
+	rec.PodUID = a.PodUID
 	if create {
 		rec.Created = "dir"
 		if a.Block {
@@ -307,6 +317,11 @@ func (p *Mounts) Unpublish(ctx context.Context, id, target string, underAllowedR
 		}
 		if err := p.targets.drop(target); err != nil {
 			return err
+		}
+	}
+	if p.Limiter != nil {
+		if err := p.Limiter.Forget(ctx, target); err != nil {
+			klog.FromContext(ctx).Error(err, "Dropping the IO limits of an unpublished volume", "volumeID", id, "targetPath", target)
 		}
 	}
 	klog.FromContext(ctx).Info("Volume unpublished", "volumeID", id, "targetPath", target)

@@ -58,6 +58,10 @@ type targetRecord struct {
 	// another volume while this record lives, even if the consumer frees
 	// the device itself (LOOP_CLR_FD).
 	Bound string `json:"bound,omitempty"`
+	// PodUID is the pod the volume is published to (the kubelet's
+	// csi.storage.k8s.io/pod.uid), whose cgroup is held to the volume's
+	// IO limits; empty when the CO did not say.
+	PodUID string `json:"podUID,omitempty"`
 }
 
 // targetRecords keeps one record per published target in dir, written

@@ -170,6 +170,27 @@ func (x *Index) PutVolume(v Volume) error {
 	return nil
 }
 
+// SetMutable records m for the volume id: its IO limits and its
+// provisioning (the storage already matches it); it returns the record.
+func (x *Index) SetMutable(id string, m Mutable) (Volume, error) {
+	v, err := x.Volume(id)
+	if err != nil {
+		return Volume{}, err
+	}
+	if MutableOf(v).Equal(m) {
+		return v, nil
+	}
+	v.Thick, v.IOLimits = m.Thick, nil
+	if !m.IOLimits.IsZero() {
+		l := *m.IOLimits
+		v.IOLimits = &l
+	}
+	if err := x.PutVolume(v); err != nil {
+		return Volume{}, err
+	}
+	return v, nil
+}
+
 // PutSnapshot writes s's record and indexes it.
 func (x *Index) PutSnapshot(s Snapshot) error {
 	if err := SnapshotRecords.Write(x.snapRecord(s.ID), s); err != nil {

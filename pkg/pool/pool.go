@@ -103,8 +103,12 @@ type Volume struct {
 	// the node from VolumeChecker when it reads the volume.
 	Problem    string            `json:"-"`
 	Parameters map[string]string `json:"parameters,omitempty"`
-	State      State             `json:"state"`
-	CreatedAt  time.Time         `json:"createdAt"`
+	// IOLimits are the limits the volume's consumers are held to (its
+	// VolumeAttributesClass's); nil: none. The node enforces them in the
+	// block IO controller of each pod the volume is published to.
+	IOLimits  *IOLimits `json:"ioLimits,omitempty"`
+	State     State     `json:"state"`
+	CreatedAt time.Time `json:"createdAt"`
 }
 
 // Snapshot is the record of one snapshot, stored beside its data.
@@ -238,6 +242,57 @@ type Pool interface {
 	// Usage reports usage for volumes whose size the mounted filesystem
 	// does not show (ok=false where statfs of the mount is right).
 	Usage(ctx context.Context, id string) (u VolumeUsage, ok bool, err error)
+}
+
+// IOLimits are a volume's IO limits; a zero field is no limit.
+type IOLimits struct {
+	ReadIOPS            int64 `json:"readIOPS,omitempty"`
+	WriteIOPS           int64 `json:"writeIOPS,omitempty"`
+	ReadBytesPerSecond  int64 `json:"readBytesPerSecond,omitempty"`
+	WriteBytesPerSecond int64 `json:"writeBytesPerSecond,omitempty"`
+}
+
+// IsZero reports whether l limits nothing.
+func (l *IOLimits) IsZero() bool { return l == nil || *l == IOLimits{} }
+
+// Mutable is what may change of a volume after it is made
+// (ControllerModifyVolume): its provisioning and its IO limits.
+type Mutable struct {
+	Thick    bool
+	IOLimits *IOLimits
+}
+
+// MutableOf returns v's mutable attributes.
+func MutableOf(v Volume) Mutable {
+	m := Mutable{Thick: v.Thick}
+	if !v.IOLimits.IsZero() {
+		l := *v.IOLimits
+		m.IOLimits = &l
+	}
+	return m
+}
+
+// Equal reports whether m and o ask for the same.
+func (m Mutable) Equal(o Mutable) bool {
+	a, b := IOLimits{}, IOLimits{}
+	if m.IOLimits != nil {
+		a = *m.IOLimits
+	}
+	if o.IOLimits != nil {
+		b = *o.IOLimits
+	}
+	return m.Thick == o.Thick && a == b
+}
+
+// Modifier is a pool whose volumes' mutable attributes can change.
+// ModifyVolume makes the storage match m (thick: all its blocks
+// allocated; thin: the record says so, and the node gives back what the
+// mounted filesystem does not use) and records m; again with the same m,
+// it changes nothing. A pool whose volumes cannot be thick refuses a
+// change of provisioning with ErrInvalid, and a thick volume that does not
+// fit with ErrNoSpace, leaving the volume as it was.
+type Modifier interface {
+	ModifyVolume(ctx context.Context, id string, m Mutable) (Volume, error)
 }
 
 // Wrapper is a pool that wraps another (pkg/pool/guard): the optional

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"sigs.k8s.io/sig-storage-lib-external-provisioner/v13/controller"
@@ -32,6 +33,10 @@ type Provisioner struct {
 	Events      record.EventRecorder
 	// Sources resolves PVC data sources (restores, clones); nil refuses them.
 	Sources *Sources
+	// AttributeClasses are the VolumeAttributesClasses: a claim that names
+	// one is made with its parameters (CreateVolume's mutable_parameters).
+	// nil refuses such claims.
+	AttributeClasses storagelisters.VolumeAttributesClassLister
 	// Observe, when set, hears each provision and delete that finishes
 	// (metrics).
 	Observe Observer
@@ -106,6 +111,19 @@ func (p *Provisioner) request(ctx context.Context, opts controller.ProvisionOpti
 			return volume.CreateRequest{}, err
 		}
 		ask.Source = src
+	}
+	if name := pvc.Spec.VolumeAttributesClassName; name != nil && *name != "" {
+		if p.AttributeClasses == nil {
+			return volume.CreateRequest{}, fmt.Errorf("%w: VolumeAttributesClass %s: this controller does not read VolumeAttributesClasses", pool.ErrUnsupported, *name)
+		}
+		class, err := p.AttributeClasses.Get(*name)
+		if err != nil {
+			return volume.CreateRequest{}, fmt.Errorf("VolumeAttributesClass %s: %w", *name, err)
+		}
+		if class.DriverName != p.Driver {
+			return volume.CreateRequest{}, fmt.Errorf("%w: VolumeAttributesClass %s is for driver %s, not %s", pool.ErrInvalid, *name, class.DriverName, p.Driver)
+		}
+		ask.MutableParameters = class.Parameters
 	}
 	allowed, err := p.allowedNodes(sc.AllowedTopologies)
 	if err != nil {
@@ -216,6 +234,9 @@ func (p *Provisioner) answer(ctx context.Context, opts controller.ProvisionOptio
 				MatchExpressions: []v1.NodeSelectorRequirement{{Key: p.TopologyKey, Operator: v1.NodeSelectorOpIn, Values: []string{placed.Node}}},
 			}}}},
 		},
+	}
+	if name := opts.PVC.Spec.VolumeAttributesClassName; name != nil && *name != "" {
+		pv.Spec.VolumeAttributesClassName = name
 	}
 	klog.FromContext(ctx).V(2).Info("Provisioned", "node", placed.Node, "pool", v.Pool, "volumeID", v.ID, "capacity", v.CapacityBytes)
 	return pv, controller.ProvisioningFinished, nil

@@ -2,11 +2,14 @@ package provision
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
@@ -52,6 +55,10 @@ func toVolume(v *v1alpha1.PlinthVolume) pool.Volume {
 	}
 	if src := v.Spec.Source; src != nil {
 		out.Source = &pool.Source{SnapshotID: src.SnapshotID, VolumeID: src.VolumeID, Node: src.NodeName}
+	}
+	out.IOLimits = poolLimits(v.Spec.IOLimits)
+	if a := v.Status.Applied; a != nil && v.Status.Phase == v1alpha1.VolumeReady {
+		out.Thick, out.IOLimits = a.Thick, poolLimits(a.IOLimits) // what the node made true
 	}
 	switch {
 	case v.DeletionTimestamp != nil || v.Status.Phase == v1alpha1.VolumeDeleting:
@@ -131,6 +138,7 @@ func (n *remoteNode) reserveAndRecord(ctx context.Context, poolName string, want
 		Spec: v1alpha1.VolumeSpec{
 			NodeName: n.name, Pool: poolName, VolumeName: want.Name, CapacityBytes: want.CapacityBytes,
 			Mode: objectMode(want.Mode), FsType: want.FsType, Thick: want.Thick, Claim: want.Parameters[volume.ParamOwner],
+			IOLimits: objectLimits(want.IOLimits),
 		},
 	}
 	if src := want.Source; src != nil {
@@ -219,6 +227,66 @@ func (n *remoteNode) ExpandVolume(ctx context.Context, id string, capacityBytes 
 			return true, nil
 		}
 		if v.Status.ObservedGeneration >= v.Generation && v.Spec.CapacityBytes >= capacityBytes && v.Status.Reason != "" {
+			return true, errorOf(v)
+		}
+		return false, nil
+	})
+	return out, err
+}
+
+// poolLimits and objectLimits convert IO limits (the same fields); zero
+// limits are nil.
+func poolLimits(l *v1alpha1.IOLimits) *pool.IOLimits {
+	if l == nil || *l == (v1alpha1.IOLimits{}) {
+		return nil
+	}
+	out := pool.IOLimits(*l)
+	return &out
+}
+
+func objectLimits(l *pool.IOLimits) *v1alpha1.IOLimits {
+	if l.IsZero() {
+		return nil
+	}
+	out := v1alpha1.IOLimits(*l)
+	return &out
+}
+
+// ModifyVolume writes m into the volume object's spec and waits until its
+// node says it made it true (status.applied), or refused it at that
+// generation (the status's reason).
+func (n *remoteNode) ModifyVolume(ctx context.Context, id string, m pool.Mutable) (pool.Volume, error) {
+	v, ok := n.c.Volume(id)
+	if !ok || v.Spec.NodeName != n.name {
+		return pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+	}
+	if v.Status.Phase != v1alpha1.VolumeReady {
+		return pool.Volume{}, fmt.Errorf("volume %s is %s: %w", id, v.Status.Phase, pool.ErrNotReady)
+	}
+	want := objectLimits(m.IOLimits)
+	if v.Spec.Thick != m.Thick || !equality.Semantic.DeepEqual(v.Spec.IOLimits, want) {
+		// A merge patch of the whole ioLimits object: null removes it.
+		patch, err := json.Marshal(map[string]any{"spec": map[string]any{"thick": m.Thick, "ioLimits": want}})
+		if err != nil {
+			return pool.Volume{}, err
+		}
+		if _, err := n.c.client.Patch(ctx, id, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			return pool.Volume{}, fmt.Errorf("modify volume object %s: %w", id, err)
+		}
+	}
+	var out pool.Volume
+	err := n.c.waitVolume(ctx, id, func(v *v1alpha1.PlinthVolume, ok bool) (bool, error) {
+		if !ok {
+			return true, fmt.Errorf("volume %s: %w", id, pool.ErrNotFound)
+		}
+		if v.Status.ObservedGeneration < v.Generation || v.Spec.Thick != m.Thick || !equality.Semantic.DeepEqual(v.Spec.IOLimits, want) {
+			return false, nil
+		}
+		if a := v.Status.Applied; a != nil && a.Thick == m.Thick && equality.Semantic.DeepEqual(a.IOLimits, want) {
+			out = toVolume(v)
+			return true, nil
+		}
+		if v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid {
 			return true, errorOf(v)
 		}
 		return false, nil

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -49,6 +51,10 @@ type Reconciler struct {
 	// Transfer fills volumes whose source is on another node (their
 	// spec.source.nodeName); nil refuses them.
 	Transfer Fetcher
+	// Consumers, when set, applies a modified volume to what uses it now
+	// (the IO limits of the pods it is published to, a trim of its
+	// mounted filesystem when it became thin): node.Mounts.Reapply.
+	Consumers func(ctx context.Context, id string) error
 
 	imports imports
 
@@ -227,6 +233,20 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 			}
 			return nil
 		}
+		if want := specMutable(v); !pool.MutableOf(local).Equal(want) {
+			if v.Status.ObservedGeneration == v.Generation && (v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid) {
+				return nil // refused at this generation: a new spec tries again
+			}
+			return r.modify(ctx, v, want)
+		}
+		if applied := appliedOf(local); !equality.Semantic.DeepEqual(v.Status.Applied, applied) {
+			v.Status.Applied = applied
+			if v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid {
+				v.Status.Reason, v.Status.Message = "", "" // the refused change was taken back
+			}
+			v.Status.ObservedGeneration = v.Generation
+			return r.writeStatus(ctx, v)
+		}
 		if v.Status.Reason == v1alpha1.ReasonSyncFailed {
 			if v.Status.ObservedGeneration != v.Generation {
 				v.Status.ObservedGeneration = v.Generation
@@ -248,7 +268,7 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 	// is finished or rebuilt by the pool).
 	want := pool.Volume{
 		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: poolMode(v.Spec.Mode),
-		FsType: v.Spec.FsType, Thick: v.Spec.Thick,
+		FsType: v.Spec.FsType, Thick: v.Spec.Thick, IOLimits: specMutable(v).IOLimits,
 	}
 	if v.Spec.Claim != "" {
 		want.Parameters = map[string]string{volume.ParamOwner: v.Spec.Claim}
@@ -297,6 +317,59 @@ func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume) error
 		return err
 	}
 	v.Status.CapacityBytes, v.Status.Reason, v.Status.Message = grown.CapacityBytes, "", ""
+	return r.writeStatus(ctx, v)
+}
+
+// specMutable is what v's spec asks of the volume's mutable attributes.
+func specMutable(v *v1alpha1.PlinthVolume) pool.Mutable {
+	m := pool.Mutable{Thick: v.Spec.Thick}
+	if v.Spec.IOLimits != nil {
+		l := pool.IOLimits(*v.Spec.IOLimits) // the same fields
+		m.IOLimits = &l
+	}
+	return m
+}
+
+// appliedOf is the status.applied of a volume whose record is local.
+func appliedOf(local pool.Volume) *v1alpha1.AppliedAttributes {
+	a := &v1alpha1.AppliedAttributes{Thick: local.Thick}
+	if !local.IOLimits.IsZero() {
+		l := v1alpha1.IOLimits(*local.IOLimits)
+		a.IOLimits = &l
+	}
+	return a
+}
+
+// modify makes a Ready volume's provisioning and IO limits what its spec
+// asks, then applies them to its consumers. A change the pool refuses
+// (ErrNoSpace, ErrInvalid) is reported in the status at this generation
+// and not tried again until the spec changes.
+func (r *Reconciler) modify(ctx context.Context, v *v1alpha1.PlinthVolume, want pool.Mutable) error {
+	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name)
+	got, err := r.Local.ModifyVolume(ctx, v.Name, want)
+	if err != nil {
+		if retryable(err) {
+			return err
+		}
+		r.event(v, v1.EventTypeWarning, "ModifyFailed", err.Error())
+		logger.Info("Volume modification refused", "err", err)
+		v.Status.ObservedGeneration = v.Generation
+		v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
+		return r.writeStatus(ctx, v)
+	}
+	if r.Consumers != nil {
+		if err := r.Consumers(ctx, v.Name); err != nil {
+			r.event(v, v1.EventTypeWarning, "ModifyIncomplete", err.Error())
+			return fmt.Errorf("apply volume %s's attributes to its consumers: %w", v.Name, err)
+		}
+	}
+	if err := r.Status.Publish(ctx, true); err != nil {
+		return err
+	}
+	logger.V(2).Info("Volume modified", "thick", got.Thick, "ioLimits", got.IOLimits)
+	v.Status.Applied = appliedOf(got)
+	v.Status.ObservedGeneration = v.Generation
+	v.Status.Reason, v.Status.Message = "", ""
 	return r.writeStatus(ctx, v)
 }
 

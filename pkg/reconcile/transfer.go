@@ -162,7 +162,7 @@ func (r *Reconciler) runImport(ctx context.Context, imp Importer, v *v1alpha1.Pl
 	ctx = klog.NewContext(ctx, logger)
 	want := pool.Volume{
 		ID: v.Name, Name: v.Spec.VolumeName, CapacityBytes: v.Spec.CapacityBytes, Mode: poolMode(v.Spec.Mode),
-		FsType: v.Spec.FsType, Thick: v.Spec.Thick,
+		FsType: v.Spec.FsType, Thick: v.Spec.Thick, IOLimits: specMutable(v).IOLimits,
 		Source: &pool.Source{SnapshotID: v.Spec.Source.SnapshotID, Node: v.Spec.Source.NodeName},
 	}
 	if v.Spec.Claim != "" {

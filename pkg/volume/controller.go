@@ -272,7 +272,7 @@ func (c *Controller) CreateVolume(ctx context.Context, req CreateRequest) (Place
 	var lastErr error
 	for _, ch := range choices {
 		v := pool.Volume{ID: id, Name: req.Name, CapacityBytes: ch.Size, Mode: req.Mode,
-			FsType: fsTypeFor(ch.Pool, req.Mode, req.FsType), Thick: req.Params.Thick, Source: source}
+			FsType: fsTypeFor(ch.Pool, req.Mode, req.FsType), Thick: req.Params.Thick, IOLimits: req.Params.IOLimits, Source: source}
 		if req.Owner != "" {
 			v.Parameters = map[string]string{ParamOwner: req.Owner}
 		}
@@ -584,6 +584,38 @@ func (c *Controller) ExpandVolume(ctx context.Context, id string, required, limi
 		}
 	}
 	return out, nil
+}
+
+// ModifyVolume applies mutable parameters (ParseMutable) to volume id: its
+// node changes the provisioning and its consumers' IO limits. An invalid
+// parameter or a change the volume's pool cannot make is ErrInvalid, a
+// thick volume that does not fit ErrNoSpace; the volume is then as it was.
+func (c *Controller) ModifyVolume(ctx context.Context, id string, params map[string]string) (Placed, error) {
+	limits, thick, err := ParseMutable(params)
+	if err != nil {
+		return Placed{}, err
+	}
+	release, err := c.locks.TryAcquire(id)
+	if err != nil {
+		return Placed{}, err
+	}
+	defer release()
+	placed, err := c.GetVolume(ctx, id)
+	if err != nil {
+		return Placed{}, err
+	}
+	m := pool.Mutable{Thick: placed.Volume.Thick, IOLimits: limits}
+	if thick != nil {
+		m.Thick = *thick
+	}
+	if pool.MutableOf(placed.Volume).Equal(m) {
+		return placed, nil
+	}
+	v, err := c.node(placed.Node).ModifyVolume(ctx, id, m)
+	if err != nil {
+		return Placed{}, err
+	}
+	return Placed{Node: placed.Node, Volume: v}, nil
 }
 
 // GetVolume finds id: through the NodeSet's VolumeIndex when it has one

@@ -24,6 +24,9 @@ func (g goneNode) DeleteVolume(context.Context, string) error { return g.err() }
 func (g goneNode) ExpandVolume(context.Context, string, int64) (pool.Volume, error) {
 	return pool.Volume{}, g.err()
 }
+func (g goneNode) ModifyVolume(context.Context, string, pool.Mutable) (pool.Volume, error) {
+	return pool.Volume{}, g.err()
+}
 func (g goneNode) Volume(context.Context, string) (pool.Volume, error) {
 	return pool.Volume{}, g.err()
 }

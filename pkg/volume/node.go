@@ -23,6 +23,9 @@ type Node interface {
 	CreateVolume(ctx context.Context, poolName string, v pool.Volume) (pool.Volume, error)
 	DeleteVolume(ctx context.Context, id string) error
 	ExpandVolume(ctx context.Context, id string, capacityBytes int64) (pool.Volume, error)
+	// ModifyVolume makes the volume's mutable attributes m and returns
+	// the volume once its node has applied them.
+	ModifyVolume(ctx context.Context, id string, m pool.Mutable) (pool.Volume, error)
 	Volume(ctx context.Context, id string) (pool.Volume, error)
 	Volumes(ctx context.Context) ([]pool.Volume, error)
 	Snapshot(ctx context.Context, id string) (pool.Snapshot, error)

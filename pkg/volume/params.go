@@ -4,8 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/plinth-dev/plinth/pkg/bytesize"
 	"github.com/plinth-dev/plinth/pkg/pool"
@@ -18,11 +22,102 @@ const (
 	ParamProvisioning = "provisioning" // thin (default) | thick
 )
 
+// The mutable parameters: a VolumeAttributesClass's (ControllerModifyVolume)
+// or a CreateVolume's mutable_parameters. ParamProvisioning is one too.
+const (
+	ParamReadIOPS            = "readIOPS"
+	ParamWriteIOPS           = "writeIOPS"
+	ParamReadBytesPerSecond  = "readBytesPerSecond"
+	ParamWriteBytesPerSecond = "writeBytesPerSecond"
+)
+
+// MutableKeys are the keys ParseMutable accepts.
+var MutableKeys = []string{ParamProvisioning, ParamReadIOPS, ParamWriteIOPS, ParamReadBytesPerSecond, ParamWriteBytesPerSecond}
+
+// maxIOPS and maxBytesPerSecond bound a limit: more than any device does.
+const (
+	maxIOPS           = 1 << 40
+	maxBytesPerSecond = 1 << 60
+)
+
+// ParseMutable validates mutable parameters. They are the whole of what
+// is asked: an IO limit not named is no limit; provisioning not named is
+// left as it is (thick is nil). Every key must be one of MutableKeys;
+// each limit is a whole number, 0 for none (bytes per second may be a
+// quantity: 10Mi, 500M); provisioning is thin or thick. An error names the
+// key.
+func ParseMutable(in map[string]string) (limits *pool.IOLimits, thick *bool, err error) {
+	var l pool.IOLimits
+	for _, k := range slices.Sorted(maps.Keys(in)) {
+		v := in[k]
+		var dst *int64
+		bound, quantity := int64(maxIOPS), false
+		switch k {
+		case ParamProvisioning:
+			switch v {
+			case "thin", "thick":
+				t := v == "thick"
+				thick = &t
+			default:
+				return nil, nil, fmt.Errorf("%w: parameter %q: %q is not thin or thick", pool.ErrInvalid, k, v)
+			}
+			continue
+		case ParamReadIOPS:
+			dst = &l.ReadIOPS
+		case ParamWriteIOPS:
+			dst = &l.WriteIOPS
+		case ParamReadBytesPerSecond:
+			dst, bound, quantity = &l.ReadBytesPerSecond, maxBytesPerSecond, true
+		case ParamWriteBytesPerSecond:
+			dst, bound, quantity = &l.WriteBytesPerSecond, maxBytesPerSecond, true
+		default:
+			return nil, nil, fmt.Errorf("%w: unknown mutable parameter %q (plinth knows %s)", pool.ErrInvalid, k, strings.Join(MutableKeys, ", "))
+		}
+		n, err := parseLimit(v, quantity)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: parameter %q: %w", pool.ErrInvalid, k, err)
+		}
+		if n > bound {
+			return nil, nil, fmt.Errorf("%w: parameter %q: %d is more than %d", pool.ErrInvalid, k, n, bound)
+		}
+		*dst = n
+	}
+	if !l.IsZero() {
+		limits = &l
+	}
+	return limits, thick, nil
+}
+
+// parseLimit reads a whole number ≥ 0, or (quantity) a Kubernetes
+// quantity that is one.
+func parseLimit(v string, quantity bool) (int64, error) {
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("%q is negative", v)
+		}
+		return n, nil
+	}
+	if !quantity {
+		return 0, fmt.Errorf("%q is not a whole number", v)
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a whole number or a quantity (10Mi, 500M)", v)
+	}
+	n, ok := q.AsInt64()
+	if !ok || q.Sign() < 0 {
+		return 0, fmt.Errorf("%q is not a whole number of bytes ≥ 0", v)
+	}
+	return n, nil
+}
+
 // Params are the validated parameters of a CreateVolume request.
 type Params struct {
 	Pool    string
 	Backend string
 	Thick   bool
+	// IOLimits are those of the request's mutable parameters (nil: none).
+	IOLimits *pool.IOLimits
 }
 
 // String names the parameters as a person reads them: pool "fast",

@@ -25,7 +25,10 @@ type Ask struct {
 	MultiNode bool
 	// Parameters are the StorageClass's (CSI: the request's) as given.
 	Parameters map[string]string
-	Source     *pool.Source
+	// MutableParameters are the VolumeAttributesClass's the claim names
+	// (CSI: the request's mutable_parameters) as given.
+	MutableParameters map[string]string
+	Source            *pool.Source
 	// Requisite and Preferred are node IDs (see CreateRequest).
 	Requisite, Preferred []string
 	// Owner is namespace/name of the PVC, when the door knows it; the CSI
@@ -72,6 +75,14 @@ func NewCreateRequest(a Ask) (CreateRequest, error) {
 	if err != nil {
 		return CreateRequest{}, err
 	}
+	limits, thick, err := ParseMutable(a.MutableParameters)
+	if err != nil {
+		return CreateRequest{}, err
+	}
+	if thick != nil {
+		params.Thick = *thick
+	}
+	params.IOLimits = limits
 	req := CreateRequest{
 		Name: a.Name, RequiredBytes: a.RequiredBytes, LimitBytes: a.LimitBytes,
 		Mode: pool.ModeFilesystem, FsType: a.FsType, Params: params, Owner: a.Owner,

@@ -105,6 +105,9 @@ func TestSanityConfig(t *testing.T) {
 	cfg.TestVolumeExpandSize = 2 * c.size
 	cfg.TestVolumeAccessType = c.accessType
 	cfg.TestVolumeParameters = map[string]string{"pool": "p1"}
+	// ControllerModifyVolume (a VolumeAttributesClass): an IO limit, which
+	// every pool takes.
+	cfg.TestVolumeMutableParameters = map[string]string{"readIOPS": "5000", "writeBytesPerSecond": "100Mi"}
 	cfg.TestNodeVolumeAttachLimit = true
 	cfg.IdempotentCount = 2
 	testenv.SanityPaths(&cfg)

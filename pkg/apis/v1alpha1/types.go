@@ -99,9 +99,17 @@ type VolumeSpec struct {
 	// FsType is the filesystem of a Filesystem volume.
 	// +optional
 	FsType string `json:"fsType,omitempty"`
-	// Thick asks for the whole capacity up front.
+	// Thick asks for the whole capacity up front. A change (the claim's
+	// VolumeAttributesClass) allocates the image's blocks (thick) or gives
+	// back what the volume's filesystem does not use (thin).
 	// +optional
 	Thick bool `json:"thick,omitempty"`
+	// IOLimits are the limits every pod the volume is published to is
+	// held to, in the block IO controller of its cgroup (the claim's
+	// VolumeAttributesClass's parameters). Absent: none. A change is
+	// applied to the pods that use the volume now.
+	// +optional
+	IOLimits *IOLimits `json:"ioLimits,omitempty"`
 	// Claim is namespace/name of the PVC the volume was made for.
 	// +optional
 	Claim string `json:"claim,omitempty"`
@@ -122,6 +130,31 @@ type VolumeSpec struct {
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="sync is immutable"
 	Sync *VolumeSync `json:"sync,omitempty"`
+}
+
+// IOLimits are a volume's IO limits; an absent or zero field is no limit.
+type IOLimits struct {
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ReadIOPS int64 `json:"readIOPS,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	WriteIOPS int64 `json:"writeIOPS,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ReadBytesPerSecond int64 `json:"readBytesPerSecond,omitempty"`
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	WriteBytesPerSecond int64 `json:"writeBytesPerSecond,omitempty"`
+}
+
+// AppliedAttributes are the mutable attributes a node has made true of a
+// volume.
+type AppliedAttributes struct {
+	// +optional
+	Thick bool `json:"thick,omitempty"`
+	// +optional
+	IOLimits *IOLimits `json:"ioLimits,omitempty"`
 }
 
 // VolumeSync names the volume whose content a volume is brought up to.
@@ -204,6 +237,10 @@ type VolumeStatus struct {
 	// volume holds.
 	// +optional
 	SyncedVolumeID string `json:"syncedVolumeID,omitempty"`
+	// Applied are spec.thick and spec.ioLimits as the node has made them
+	// true of a Ready volume; absent from a node that predates them.
+	// +optional
+	Applied *AppliedAttributes `json:"applied,omitempty"`
 }
 
 // TransferProgress is how far a transfer is.

@@ -1,0 +1,262 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/iolimit"
+	"github.com/plinth-dev/plinth/pkg/mount"
+	"github.com/plinth-dev/plinth/pkg/pool"
+)
+
+// IOLimiter holds the pods a volume is published to to its IO limits
+// (pkg/iolimit.Limiter); key is the publish's target path.
+type IOLimiter interface {
+	Apply(ctx context.Context, key, podUID string, devs []iolimit.Device, l iolimit.Limits) error
+	Forget(ctx context.Context, key string) error
+}
+
+// PodUIDKey is where the kubelet puts the pod's UID in NodePublishVolume's
+// volume context (the CSIDriver's podInfoOnMount).
+const PodUIDKey = "csi.storage.k8s.io/pod.uid"
+
+func limitsOf(v pool.Volume) iolimit.Limits {
+	if v.IOLimits.IsZero() {
+		return iolimit.Limits{}
+	}
+	l := v.IOLimits
+	return iolimit.Limits{
+		ReadIOPS: uint64(l.ReadIOPS), WriteIOPS: uint64(l.WriteIOPS),
+		ReadBytesPerSecond: uint64(l.ReadBytesPerSecond), WriteBytesPerSecond: uint64(l.WriteBytesPerSecond),
+	}
+}
+
+// limit holds the pod of a publish of volume v at target to v's IO limits,
+// and records the pod in the publish record so that a change of the limits
+// (Reapply) and a restart of the node agent (ReapplyAll) reach it again.
+// Nothing is done for a publish without a pod (no podInfoOnMount, a CO
+// that is not Kubernetes) or, where the volume has no limits, beyond
+// dropping the ones an earlier class set.
+func (p *Mounts) limit(ctx context.Context, pl pool.Pool, v pool.Volume, target, podUID string) error {
+	if p.Limiter == nil || podUID == "" {
+		return nil
+	}
+	rec, had, err := p.targets.get(target)
+	if err != nil {
+		return err
+	}
+	if had && rec.VolumeID == v.ID && rec.PodUID != podUID {
+		rec.PodUID = podUID
+		if err := p.targets.put(rec); err != nil {
+			return err
+		}
+	}
+	return p.applyLimits(ctx, pl, v, target, podUID)
+}
+
+func (p *Mounts) applyLimits(ctx context.Context, pl pool.Pool, v pool.Volume, target, podUID string) error {
+	l := limitsOf(v)
+	if l.IsZero() {
+		return p.Limiter.Forget(ctx, target)
+	}
+	devs, err := p.devicesOf(ctx, pl, v.ID)
+	if err != nil {
+		return fmt.Errorf("IO limits of volume %s: %w", v.ID, err)
+	}
+	if err := p.Limiter.Apply(ctx, target, podUID, devs, l); err != nil {
+		return fmt.Errorf("IO limits of volume %s for pod %s: %w", v.ID, podUID, err)
+	}
+	klog.FromContext(ctx).V(2).Info("IO limits applied", "volumeID", v.ID, "pod", podUID, "devices", devs, "limits", l)
+	return nil
+}
+
+// devicesOf returns the block devices volume id's IO goes to: its own
+// (a loop device, a whole disk) or, for a subvolume, every device of the
+// btrfs filesystem that holds it.
+func (p *Mounts) devicesOf(ctx context.Context, pl pool.Pool, id string) ([]iolimit.Device, error) {
+	att, attached, err := pl.Attached(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !attached {
+		return nil, fmt.Errorf("%w: volume %s is not attached", ErrNotStaged, id)
+	}
+	if att.Device != "" {
+		d, err := iolimit.DeviceOf(att.Device)
+		if err != nil {
+			return nil, err
+		}
+		return []iolimit.Device{d}, nil
+	}
+	if att.Dir == "" {
+		return nil, fmt.Errorf("volume %s has neither a device nor a directory", id)
+	}
+	m, ok, err := p.mounter.MountOf(att.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("no mount holds volume %s's directory %s", id, att.Dir)
+	}
+	return filesystemDevices(m)
+}
+
+// filesystemDevices returns the block devices of the filesystem mounted
+// as m: a btrfs filesystem's from /sys/fs/btrfs/<fsid>/devices (it may
+// have several, and its mounts show an anonymous device number), any
+// other's from m's own number.
+func filesystemDevices(m *mount.Info) ([]iolimit.Device, error) {
+	if m.FSType != "btrfs" {
+		d := iolimit.Device{Major: uint32(m.Major), Minor: uint32(m.Minor)}
+		if d.Major == 0 {
+			return nil, fmt.Errorf("%s at %s has no block device", m.FSType, m.Mountpoint)
+		}
+		return []iolimit.Device{d}, nil
+	}
+	src, err := filepath.EvalSymlinks(m.Source)
+	if err != nil {
+		return nil, fmt.Errorf("btrfs at %s: its device %s: %w", m.Mountpoint, m.Source, err)
+	}
+	name := filepath.Base(src)
+	fss, err := os.ReadDir("/sys/fs/btrfs")
+	if err != nil {
+		return nil, err
+	}
+	for _, fs := range fss {
+		dir := filepath.Join("/sys/fs/btrfs", fs.Name(), "devices")
+		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
+			continue
+		}
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		var out []iolimit.Device
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(dir, e.Name(), "dev"))
+			if err != nil {
+				return nil, err
+			}
+			var d iolimit.Device
+			if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "%d:%d", &d.Major, &d.Minor); err != nil {
+				return nil, fmt.Errorf("device number of %s: %q", e.Name(), b)
+			}
+			out = append(out, d)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("btrfs at %s: no filesystem in /sys/fs/btrfs has device %s", m.Mountpoint, name)
+}
+
+// Reapply makes what uses volume id now match its record: the IO limits of
+// every pod it is published to, and, for a thin filesystem volume that is
+// staged, a trim of the mounted filesystem (the loop device punches what
+// the filesystem does not use out of the image).
+func (p *Mounts) Reapply(ctx context.Context, id string) error {
+	release, err := p.lock(id)
+	if err != nil {
+		return err
+	}
+	defer release()
+	pl, v, err := p.node.PoolOfVolume(ctx, id)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if p.Limiter != nil {
+		targets, err := p.targets.of(id)
+		if err != nil {
+			return err
+		}
+		for _, t := range targets {
+			rec, had, err := p.targets.get(t)
+			if err != nil || !had || rec.PodUID == "" {
+				errs = append(errs, err)
+				continue
+			}
+			errs = append(errs, p.applyLimits(ctx, pl, v, t, rec.PodUID))
+		}
+	}
+	if !v.Thick && v.Mode == pool.ModeFilesystem {
+		errs = append(errs, p.trim(ctx, pl, id))
+	}
+	return errors.Join(errs...)
+}
+
+// ReapplyAll holds every pod this node's records say a volume is published
+// to to the volume's IO limits again: after a restart of the node agent,
+// whose watches for the pods' new containers ended with it.
+func (p *Mounts) ReapplyAll(ctx context.Context) error {
+	if p.Limiter == nil || p.targets.dir == "" {
+		return nil
+	}
+	files, err := filepath.Glob(filepath.Join(p.targets.dir, "*.json"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range files {
+		var r targetRecord
+		if err := publishRecords.Read(f, &r); err != nil || r.PodUID == "" {
+			continue
+		}
+		pl, v, err := p.node.PoolOfVolume(ctx, r.VolumeID)
+		if err != nil || v.IOLimits.IsZero() {
+			continue
+		}
+		errs = append(errs, p.applyLimits(ctx, pl, v, r.Target, r.PodUID))
+	}
+	return errors.Join(errs...)
+}
+
+// fitrim is FITRIM, _IOWR('X', 121, struct fstrim_range).
+const fitrim = 0xc0185879
+
+// fstrimRange is struct fstrim_range; the kernel writes back in Length
+// how many bytes it trimmed.
+type fstrimRange struct{ Start, Length, MinLen uint64 }
+
+// trim gives a thin volume's unused blocks back to its pool: FITRIM on
+// its staging mount, once the mount table says that is the volume's own.
+// A volume not staged has nothing mounted to trim; it is trimmed at the
+// next change.
+func (p *Mounts) trim(ctx context.Context, pl pool.Pool, id string) error {
+	staged, err := p.staged.stagedAt(id)
+	if err != nil || staged == "" {
+		return err
+	}
+	att, attached, err := pl.Attached(ctx, id)
+	if err != nil {
+		return err
+	}
+	at, err := p.look(staged)
+	if err != nil {
+		return err
+	}
+	own, _, err := p.host.owns(att, attached, at.mount, staged, false)
+	if err != nil || !own {
+		return err
+	}
+	fd, err := unix.Open(staged, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", staged, err)
+	}
+	defer unix.Close(fd)
+	r := fstrimRange{Start: 0, Length: ^uint64(0), MinLen: 0}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), fitrim, uintptr(unsafe.Pointer(&r))); errno != 0 {
+		if errno == unix.EOPNOTSUPP {
+			return nil // a filesystem without discard keeps its blocks
+		}
+		return fmt.Errorf("trim %s: %w", staged, errno)
+	}
+	klog.FromContext(ctx).Info("Volume trimmed", "volumeID", id, "stagingPath", staged, "bytes", r.Length)
+	return nil
+}

@@ -1,0 +1,224 @@
+package provision
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+)
+
+// Modifier is the CSI call a VolumeAttributesClass change goes through:
+// the ControllerServer that plinth's CSI socket serves, so that a class
+// change and a CSI client are answered by the same code.
+type Modifier interface {
+	ControllerModifyVolume(context.Context, *csi.ControllerModifyVolumeRequest) (*csi.ControllerModifyVolumeResponse, error)
+}
+
+// Attributes applies the VolumeAttributesClass a bound claim names
+// (spec.volumeAttributesClassName) to its volume, the work the
+// external-resizer's modify controller does elsewhere: it marks the
+// claim's modifyVolumeStatus InProgress, calls ControllerModifyVolume with
+// the class's parameters, and then records the class on the PV
+// (spec.volumeAttributesClassName) and the claim
+// (status.currentVolumeAttributesClassName). A class that does not exist
+// yet leaves the claim Pending (tried again when it appears); a class of
+// another driver, or one the volume cannot take (InvalidArgument: a key
+// plinth does not know, thick in a full pool), Infeasible with an event
+// saying why, not tried again until the claim names another class.
+type Attributes struct {
+	Client  kubernetes.Interface
+	Claims  cache.SharedIndexInformer
+	Volumes corelisters.PersistentVolumeLister
+	// Classes are the VolumeAttributesClasses; ClassInformer, when set, is
+	// theirs, so that a claim waiting for its class goes on when it comes.
+	Classes       storagelisters.VolumeAttributesClassLister
+	ClassInformer cache.SharedIndexInformer
+	CSI           Modifier
+	Driver        string
+	Events        record.EventRecorder
+	// Observe, when set, hears each modification that finishes.
+	Observe Observer
+
+	queue workqueue.TypedRateLimitingInterface[string]
+}
+
+// Run watches PVCs until ctx ends.
+func (a *Attributes) Run(ctx context.Context) error {
+	a.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, time.Minute),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "plinth-attributes"})
+	defer a.queue.ShutDown()
+	enqueue := func(obj any) {
+		if pvc, ok := obj.(*v1.PersistentVolumeClaim); ok && pvc.Spec.VolumeAttributesClassName != nil {
+			if key, err := cache.MetaNamespaceKeyFunc(obj); err == nil {
+				a.queue.Add(key)
+			}
+		}
+	}
+	reg, err := a.Claims.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = a.Claims.RemoveEventHandler(reg) }()
+	if a.ClassInformer != nil {
+		// A class that appears: the claims waiting for it go on.
+		creg, err := a.ClassInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: func(any) {
+			for _, obj := range a.Claims.GetStore().List() {
+				if pvc := obj.(*v1.PersistentVolumeClaim); pvc.Status.ModifyVolumeStatus != nil &&
+					pvc.Status.ModifyVolumeStatus.Status == v1.PersistentVolumeClaimModifyVolumePending {
+					enqueue(pvc)
+				}
+			}
+		}})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = a.ClassInformer.RemoveEventHandler(creg) }()
+	}
+	go wait.UntilWithContext(ctx, func(ctx context.Context) {
+		for a.next(ctx) {
+		}
+	}, time.Second)
+	<-ctx.Done()
+	return nil
+}
+
+func (a *Attributes) next(ctx context.Context) bool {
+	key, quit := a.queue.Get()
+	if quit {
+		return false
+	}
+	defer a.queue.Done(key)
+	if err := a.sync(ctx, key); err != nil {
+		klog.FromContext(ctx).V(2).Info("Volume attributes not applied yet", "pvc", key, "err", err)
+		a.queue.AddRateLimited(key)
+		return true
+	}
+	a.queue.Forget(key)
+	return true
+}
+
+func (a *Attributes) sync(ctx context.Context, key string) error {
+	obj, exists, err := a.Claims.GetStore().GetByKey(key)
+	if err != nil || !exists {
+		return err
+	}
+	pvc := obj.(*v1.PersistentVolumeClaim)
+	if pvc.Spec.VolumeAttributesClassName == nil || pvc.Status.Phase != v1.ClaimBound || pvc.Spec.VolumeName == "" {
+		return nil
+	}
+	target := *pvc.Spec.VolumeAttributesClassName
+	current := pvc.Status.CurrentVolumeAttributesClassName
+	ms := pvc.Status.ModifyVolumeStatus
+	if current != nil && *current == target && ms == nil {
+		return nil
+	}
+	if ms != nil && ms.TargetVolumeAttributesClassName == target && ms.Status == v1.PersistentVolumeClaimModifyVolumeInfeasible {
+		return nil // refused; naming another class tries again
+	}
+	pv, err := a.Volumes.Get(pvc.Spec.VolumeName)
+	if err != nil {
+		return nil // the PV informer catches up; a later PVC update retries
+	}
+	if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != a.Driver {
+		return nil
+	}
+	if current == nil && pv.Spec.VolumeAttributesClassName != nil && *pv.Spec.VolumeAttributesClassName == target {
+		// Made with this class: the PV says so, and the claim's status is
+		// the binder's to set.
+		return nil
+	}
+	logger := klog.FromContext(ctx).WithValues("pvc", klog.KObj(pvc), "pv", pv.Name, "class", target)
+	class, err := a.Classes.Get(target)
+	if apierrors.IsNotFound(err) {
+		return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumePending)
+	}
+	if err != nil {
+		return err
+	}
+	if class.DriverName != a.Driver {
+		msg := fmt.Sprintf("VolumeAttributesClass %s is for driver %s, not %s", target, class.DriverName, a.Driver)
+		a.event(pvc, v1.EventTypeWarning, "VolumeModifyFailed", msg)
+		return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible)
+	}
+	if ms == nil || ms.TargetVolumeAttributesClassName != target || ms.Status != v1.PersistentVolumeClaimModifyVolumeInProgress {
+		if pvc, err = a.mark(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInProgress); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	_, err = a.CSI.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{
+		VolumeId: pv.Spec.CSI.VolumeHandle, MutableParameters: class.Parameters,
+	})
+	if err != nil {
+		switch status.Code(err) {
+		case codes.InvalidArgument, codes.NotFound, codes.OutOfRange:
+			a.Observe.observe("modify", "infeasible", start)
+			a.event(pvc, v1.EventTypeWarning, "VolumeModifyFailed", status.Convert(err).Message())
+			logger.Info("Volume attributes refused", "err", err)
+			return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible)
+		case codes.Aborted:
+			a.Observe.observe("modify", "in_progress", start)
+		default:
+			a.Observe.observe("modify", "error", start)
+			a.event(pvc, v1.EventTypeWarning, "VolumeModifyFailed", status.Convert(err).Message())
+		}
+		return err
+	}
+	a.Observe.observe("modify", "success", start)
+	if pv.Spec.VolumeAttributesClassName == nil || *pv.Spec.VolumeAttributesClassName != target {
+		pv = pv.DeepCopy()
+		pv.Spec.VolumeAttributesClassName = &target
+		if _, err := a.Client.CoreV1().PersistentVolumes().Update(ctx, pv, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+	}
+	pvc = pvc.DeepCopy()
+	pvc.Status.CurrentVolumeAttributesClassName = &target
+	pvc.Status.ModifyVolumeStatus = nil
+	if _, err := a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{}); err != nil {
+		return err
+	}
+	a.event(pvc, v1.EventTypeNormal, "VolumeModifySuccessful", fmt.Sprintf("plinth applied VolumeAttributesClass %s", target))
+	logger.V(2).Info("Volume attributes applied")
+	return nil
+}
+
+// setStatus writes the claim's modifyVolumeStatus, when it differs.
+func (a *Attributes) setStatus(ctx context.Context, pvc *v1.PersistentVolumeClaim, target string, s v1.PersistentVolumeClaimModifyVolumeStatus) error {
+	_, err := a.mark(ctx, pvc, target, s)
+	return err
+}
+
+// mark is setStatus returning the claim as written.
+func (a *Attributes) mark(ctx context.Context, pvc *v1.PersistentVolumeClaim, target string, s v1.PersistentVolumeClaimModifyVolumeStatus) (*v1.PersistentVolumeClaim, error) {
+	if ms := pvc.Status.ModifyVolumeStatus; ms != nil && ms.TargetVolumeAttributesClassName == target && ms.Status == s {
+		return pvc, nil
+	}
+	pvc = pvc.DeepCopy()
+	pvc.Status.ModifyVolumeStatus = &v1.ModifyVolumeStatus{TargetVolumeAttributesClassName: target, Status: s}
+	return a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{})
+}
+
+func (a *Attributes) event(pvc *v1.PersistentVolumeClaim, kind, reason, msg string) {
+	if a.Events != nil {
+		a.Events.Event(pvc, kind, reason, msg)
+	}
+}
