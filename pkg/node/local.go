@@ -22,6 +22,9 @@ type Local struct {
 	// node has staged or published (a whole disk's raw block volume leaves
 	// no mount or loop device a pool could see).
 	inUse func(id string) error
+	// published, set by Mounts, refuses a volume this node has published
+	// (a pod has it); a staging mount alone is no consumer.
+	published func(id string) error
 }
 
 var _ volume.Node = (*Local)(nil)

@@ -65,6 +65,7 @@ func NewMounts(node *Local, m mount.Mounter, stateDir string) *Mounts {
 	p := &Mounts{node: node, mounter: m, host: realHost()}
 	if node != nil {
 		node.inUse = p.stagedOrPublished
+		node.published = p.publishedAnywhere
 	}
 	if stateDir != "" {
 		p.targets.dir = filepath.Join(stateDir, "targets")

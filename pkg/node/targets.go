@@ -145,6 +145,12 @@ func (p *Mounts) stagedOrPublished(id string) error {
 	if at != "" {
 		return fmt.Errorf("%w: volume %s is staged at %s: unstage it first", pool.ErrInUse, id, at)
 	}
+	return p.publishedAnywhere(id)
+}
+
+// publishedAnywhere refuses (pool.ErrInUse) while this node's records say
+// volume id is published: a pod has it.
+func (p *Mounts) publishedAnywhere(id string) error {
 	targets, err := p.targets.of(id)
 	if err != nil {
 		return err

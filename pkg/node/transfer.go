@@ -154,7 +154,15 @@ func (n *Local) SendSnapshot(ctx context.Context, id string) (pool.Send, pool.Sn
 
 // SendVolume makes what volume id holds that differs from its snapshot
 // base ready to go to another node as a stream (a sync); refused while
-// the volume is staged or published here. The caller closes the send.
+// the volume is published here. A volume that is only staged is sent: a
+// stream is made from a read-only snapshot the pool takes of the volume,
+// and a btrfs snapshot writes the subvolume's dirty data first; the
+// staging mount (a bind of the subvolume) serves no pod. The kubelet keeps
+// a volume staged while any pod on the node asks for it, and a move's
+// held volume is asked for by its workload's new pod on this node (a
+// StatefulSet's, placed here by the old claim's node affinity) until the
+// claim is bound on the target: a final sync that waited for the unstage
+// waited for ever (make move-kills, a btrfs case).
 func (n *Local) SendVolume(ctx context.Context, id, base string) (pool.Send, pool.Volume, error) {
 	release, err := n.lock(volumeKey(id))
 	if err != nil {
@@ -165,8 +173,8 @@ func (n *Local) SendVolume(ctx context.Context, id, base string) (pool.Send, poo
 	if err != nil {
 		return pool.Send{}, pool.Volume{}, err
 	}
-	if n.inUse != nil {
-		if err := n.inUse(id); err != nil {
+	if n.published != nil {
+		if err := n.published(id); err != nil {
 			return pool.Send{}, pool.Volume{}, fmt.Errorf("send volume %s: %w", id, err)
 		}
 	}

@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
@@ -156,7 +157,7 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 	if class.DriverName != a.Driver {
 		msg := fmt.Sprintf("VolumeAttributesClass %s is for driver %s, not %s", target, class.DriverName, a.Driver)
 		a.event(pvc, v1.EventTypeWarning, "VolumeModifyFailed", msg)
-		return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible)
+		return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible, msg)
 	}
 	if ms == nil || ms.TargetVolumeAttributesClassName != target || ms.Status != v1.PersistentVolumeClaimModifyVolumeInProgress {
 		if pvc, err = a.mark(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInProgress); err != nil {
@@ -173,7 +174,7 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 			a.Observe.observe("modify", "infeasible", start)
 			a.event(pvc, v1.EventTypeWarning, "VolumeModifyFailed", status.Convert(err).Message())
 			logger.Info("Volume attributes refused", "err", err)
-			return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible)
+			return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible, status.Convert(err).Message())
 		case codes.Aborted:
 			a.Observe.observe("modify", "in_progress", start)
 		default:
@@ -193,6 +194,8 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 	pvc = pvc.DeepCopy()
 	pvc.Status.CurrentVolumeAttributesClassName = &target
 	pvc.Status.ModifyVolumeStatus = nil
+	removeCondition(pvc, v1.PersistentVolumeClaimVolumeModifyingVolume)
+	removeCondition(pvc, v1.PersistentVolumeClaimVolumeModifyVolumeError)
 	if _, err := a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{}); err != nil {
 		return err
 	}
@@ -202,19 +205,42 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 }
 
 // setStatus writes the claim's modifyVolumeStatus, when it differs.
-func (a *Attributes) setStatus(ctx context.Context, pvc *v1.PersistentVolumeClaim, target string, s v1.PersistentVolumeClaimModifyVolumeStatus) error {
-	_, err := a.mark(ctx, pvc, target, s)
+func (a *Attributes) setStatus(ctx context.Context, pvc *v1.PersistentVolumeClaim, target string, s v1.PersistentVolumeClaimModifyVolumeStatus, msg ...string) error {
+	_, err := a.mark(ctx, pvc, target, s, msg...)
 	return err
 }
 
-// mark is setStatus returning the claim as written.
-func (a *Attributes) mark(ctx context.Context, pvc *v1.PersistentVolumeClaim, target string, s v1.PersistentVolumeClaimModifyVolumeStatus) (*v1.PersistentVolumeClaim, error) {
-	if ms := pvc.Status.ModifyVolumeStatus; ms != nil && ms.TargetVolumeAttributesClassName == target && ms.Status == s {
+// mark is setStatus returning the claim as written. Its conditions say
+// the same, as the external-resizer's do: ModifyingVolume while in
+// progress, ModifyVolumeError (with msg) once refused or failed.
+func (a *Attributes) mark(ctx context.Context, pvc *v1.PersistentVolumeClaim, target string, s v1.PersistentVolumeClaimModifyVolumeStatus, msg ...string) (*v1.PersistentVolumeClaim, error) {
+	cond, text := v1.PersistentVolumeClaimVolumeModifyingVolume, "ModifyVolume operation in progress."
+	switch s {
+	case v1.PersistentVolumeClaimModifyVolumeInfeasible:
+		cond, text = v1.PersistentVolumeClaimVolumeModifyVolumeError, "ModifyVolume failed: "+strings.Join(msg, "; ")
+	case v1.PersistentVolumeClaimModifyVolumePending:
+		cond, text = v1.PersistentVolumeClaimVolumeModifyVolumeError, "VolumeAttributesClass "+target+" does not exist"
+	}
+	if ms := pvc.Status.ModifyVolumeStatus; ms != nil && ms.TargetVolumeAttributesClassName == target && ms.Status == s && hasCondition(pvc, cond) {
 		return pvc, nil
 	}
 	pvc = pvc.DeepCopy()
 	pvc.Status.ModifyVolumeStatus = &v1.ModifyVolumeStatus{TargetVolumeAttributesClassName: target, Status: s}
+	removeCondition(pvc, v1.PersistentVolumeClaimVolumeModifyingVolume)
+	removeCondition(pvc, v1.PersistentVolumeClaimVolumeModifyVolumeError)
+	pvc.Status.Conditions = append(pvc.Status.Conditions, v1.PersistentVolumeClaimCondition{
+		Type: cond, Status: v1.ConditionTrue, LastTransitionTime: metav1.Now(), Message: text,
+	})
 	return a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{})
+}
+
+func hasCondition(pvc *v1.PersistentVolumeClaim, t v1.PersistentVolumeClaimConditionType) bool {
+	for _, c := range pvc.Status.Conditions {
+		if c.Type == t {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Attributes) event(pvc *v1.PersistentVolumeClaim, kind, reason, msg string) {

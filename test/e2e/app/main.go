@@ -11,6 +11,9 @@
 //	e2e-app fillblock DEV MIB SEED as fill, on a block device: a marker at its start says it was filled
 //	                               (found=1); prints the SHA-256 of the whole device, block
 //	e2e-app sum FILE [BYTES]       print the SHA-256 of FILE (of its first BYTES), block
+//	e2e-app iops DEV               read DEV in 4 KiB blocks with O_DIRECT for ever (each read waits
+//	                               for the device: the page cache is not in the way); print the
+//	                               reads done in each second: "iops=N t=UNIXSECONDS"
 package main
 
 import (
@@ -103,6 +106,8 @@ func main() {
 			n = v
 		}
 		must(sum(os.Args[2], n))
+	case "iops":
+		must(iops(os.Args[2])) // never returns but on an error
 	case "devices":
 		var env []string
 		for _, e := range os.Environ() {
@@ -126,6 +131,40 @@ func main() {
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
+}
+
+// iops reads dev with O_DIRECT, 4 KiB at a time at spread offsets, and
+// prints how many reads completed in each wall-clock second.
+func iops(dev string) error {
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	size, err := unix.Seek(fd, 0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	blocks := size / 4096
+	if blocks == 0 {
+		return fmt.Errorf("%s is smaller than a block", dev)
+	}
+	// O_DIRECT wants an aligned buffer: the start of an mmap'd page.
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	sec, n := time.Now().Unix(), 0
+	for i := int64(0); ; i++ {
+		if _, err := unix.Pread(fd, buf, (i*7919%blocks)*4096); err != nil {
+			return err
+		}
+		n++
+		if now := time.Now().Unix(); now != sec {
+			fmt.Printf("iops=%d t=%d\n", n, sec)
+			sec, n = now, 0
+		}
+	}
 }
 
 // fill writes mib MiB of pseudo-random bytes from seed to path, fsynced.
