@@ -282,11 +282,16 @@ func (n *remoteNode) ModifyVolume(ctx context.Context, id string, m pool.Mutable
 		if v.Status.ObservedGeneration < v.Generation || v.Spec.Thick != m.Thick || !equality.Semantic.DeepEqual(v.Spec.IOLimits, want) {
 			return false, nil
 		}
-		if a := v.Status.Applied; a != nil && a.Thick == m.Thick && equality.Semantic.DeepEqual(a.IOLimits, want) {
+		refused := v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid
+		a := v.Status.Applied
+		// No status.applied: a node older than it, which does not apply
+		// it; the wait runs out (ErrInProgress) and the change is tried
+		// again.
+		if a != nil && a.Thick == m.Thick && equality.Semantic.DeepEqual(a.IOLimits, want) {
 			out = toVolume(v)
 			return true, nil
 		}
-		if v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid {
+		if refused {
 			return true, errorOf(v)
 		}
 		return false, nil

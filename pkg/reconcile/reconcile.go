@@ -237,9 +237,11 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 			if v.Status.ObservedGeneration == v.Generation && (v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid) {
 				return nil // refused at this generation: a new spec tries again
 			}
-			return r.modify(ctx, v, want)
+			return r.modify(ctx, v, local, want)
 		}
-		if applied := appliedOf(local); !equality.Semantic.DeepEqual(v.Status.Applied, applied) {
+		// Written once a volume was modified: a node that finds nothing to
+		// change writes nothing (an upgrade is not a write per volume).
+		if applied := appliedOf(local); v.Status.Applied != nil && !equality.Semantic.DeepEqual(v.Status.Applied, applied) {
 			v.Status.Applied = applied
 			if v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid {
 				v.Status.Reason, v.Status.Message = "", "" // the refused change was taken back
@@ -257,6 +259,10 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		if v.Status.CapacityBytes != local.CapacityBytes || v.Status.ObservedGeneration != v.Generation || v.Status.Message != "" {
 			v.Status.CapacityBytes, v.Status.ObservedGeneration = local.CapacityBytes, v.Generation
 			v.Status.Reason, v.Status.Message = "", ""
+			// A node that answers a generation says what holds: the
+			// controller waits for this, not for the generation alone,
+			// which a node older than status.applied answers too.
+			v.Status.Applied = appliedOf(local)
 			return r.writeStatus(ctx, v)
 		}
 		return nil
@@ -344,7 +350,7 @@ func appliedOf(local pool.Volume) *v1alpha1.AppliedAttributes {
 // asks, then applies them to its consumers. A change the pool refuses
 // (ErrNoSpace, ErrInvalid) is reported in the status at this generation
 // and not tried again until the spec changes.
-func (r *Reconciler) modify(ctx context.Context, v *v1alpha1.PlinthVolume, want pool.Mutable) error {
+func (r *Reconciler) modify(ctx context.Context, v *v1alpha1.PlinthVolume, local pool.Volume, want pool.Mutable) error {
 	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name)
 	got, err := r.Local.ModifyVolume(ctx, v.Name, want)
 	if err != nil {
@@ -355,6 +361,7 @@ func (r *Reconciler) modify(ctx context.Context, v *v1alpha1.PlinthVolume, want 
 		logger.Info("Volume modification refused", "err", err)
 		v.Status.ObservedGeneration = v.Generation
 		v.Status.Reason, v.Status.Message = reasonOf(err), err.Error()
+		v.Status.Applied = appliedOf(local) // what holds still
 		return r.writeStatus(ctx, v)
 	}
 	if r.Consumers != nil {
