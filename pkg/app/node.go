@@ -357,7 +357,8 @@ func (n *nodeRun) volumes(ctx context.Context, _ *RootLock) (err error) {
 	// Volumes' IO limits (their VolumeAttributesClasses) are held in the
 	// block IO controller of each pod they are published to.
 	if lim, err := iolimit.New(n.CgroupRoot); err != nil {
-		klog.ErrorS(err, "IO limits of volumes are not enforced on this node", "cgroupRoot", n.CgroupRoot)
+		klog.ErrorS(err, "IO limits of volumes cannot be enforced on this node: a volume with IO limits is published to no pod, and a class with limits is refused", "cgroupRoot", n.CgroupRoot)
+		n.mounts.NoLimiter = err
 	} else {
 		n.mounts.Limiter = lim
 		n.parts["IO limits"] = lim.Run
@@ -557,6 +558,7 @@ func (n *nodeRun) cluster() (stop func(), err error) {
 		rec.Usage = n.mounts
 		// A changed class reaches the pods that use the volume now.
 		rec.Consumers = n.mounts.Reapply
+		rec.CanLimit = n.mounts.CanLimit
 	}
 	// A pool whose health changes, and a disk that comes or goes, make
 	// the volume objects look again (a volume on a gone disk says so);

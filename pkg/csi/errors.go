@@ -31,7 +31,8 @@ func codeOf(err error) codes.Code {
 	case errors.Is(err, pool.ErrOutOfRange):
 		return codes.OutOfRange
 	case errors.Is(err, pool.ErrInUse), errors.Is(err, pool.ErrNotReady), errors.Is(err, pool.ErrDeleting), errors.Is(err, node.ErrNotStaged),
-		errors.Is(err, node.ErrPublishedElsewhere), errors.Is(err, node.ErrPathInUse), errors.Is(err, iolimit.ErrPodNotFound):
+		errors.Is(err, node.ErrPublishedElsewhere), errors.Is(err, node.ErrPathInUse), errors.Is(err, iolimit.ErrPodNotFound),
+		errors.Is(err, node.ErrLimitsUnenforced):
 		return codes.FailedPrecondition
 	case errors.Is(err, mount.ErrOnlineResizeRefused), errors.Is(err, mount.ErrForeignData):
 		return codes.FailedPrecondition

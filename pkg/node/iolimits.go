@@ -28,16 +28,29 @@ type IOLimiter interface {
 // volume context (the CSIDriver's podInfoOnMount).
 const PodUIDKey = "csi.storage.k8s.io/pod.uid"
 
-func limitsOf(v pool.Volume) iolimit.Limits {
+// ErrLimitsUnenforced: this node cannot hold pods to IO limits (its
+// cgroups have no block IO controller plinth can write).
+var ErrLimitsUnenforced = errors.New("this node cannot enforce IO limits")
+
+// limitsOf is v's IO limits; a negative one (a record edited by hand) is
+// ErrInvalid, never taken for no limit.
+func limitsOf(v pool.Volume) (iolimit.Limits, error) {
 	if v.IOLimits.IsZero() {
-		return iolimit.Limits{}
+		return iolimit.Limits{}, nil
 	}
 	l := v.IOLimits
+	if l.ReadIOPS < 0 || l.WriteIOPS < 0 || l.ReadBytesPerSecond < 0 || l.WriteBytesPerSecond < 0 {
+		return iolimit.Limits{}, fmt.Errorf("%w: volume %s's record has a negative IO limit: %+v", pool.ErrInvalid, v.ID, *l)
+	}
 	return iolimit.Limits{
 		ReadIOPS: uint64(l.ReadIOPS), WriteIOPS: uint64(l.WriteIOPS),
 		ReadBytesPerSecond: uint64(l.ReadBytesPerSecond), WriteBytesPerSecond: uint64(l.WriteBytesPerSecond),
-	}
+	}, nil
 }
+
+// CanLimit says why IO limits cannot be enforced on this node (nil: they
+// can, or the node has no pods to hold to them: standalone).
+func (p *Mounts) CanLimit() error { return p.NoLimiter }
 
 // limit holds the pod of a publish of volume v at target to v's IO limits,
 // and records the pod in the publish record so that a change of the limits
@@ -47,11 +60,21 @@ func limitsOf(v pool.Volume) iolimit.Limits {
 // dropping the ones an earlier class set.
 func (p *Mounts) limit(ctx context.Context, pl pool.Pool, v pool.Volume, target, podUID string) error {
 	if p.Limiter == nil || podUID == "" {
+		if p.NoLimiter != nil && !v.IOLimits.IsZero() {
+			// The pod would run unlimited: it does not run here.
+			return fmt.Errorf("%w: volume %s has IO limits: %w", ErrLimitsUnenforced, v.ID, p.NoLimiter)
+		}
 		return nil
 	}
 	rec, had, err := p.targets.get(target)
 	if err != nil {
 		return err
+	}
+	if had && rec.VolumeID == v.ID && rec.PodUID != "" && rec.PodUID != podUID {
+		// The kubelet's target paths name their pod: another pod's
+		// publish at this one is no retry, and must not move the limits
+		// off the pod that has the volume.
+		return fmt.Errorf("%w: volume %s is published at %s for pod %s, not %s", pool.ErrExists, v.ID, target, rec.PodUID, podUID)
 	}
 	if had && rec.VolumeID == v.ID && rec.PodUID != podUID {
 		rec.PodUID = podUID
@@ -63,13 +86,27 @@ func (p *Mounts) limit(ctx context.Context, pl pool.Pool, v pool.Volume, target,
 }
 
 func (p *Mounts) applyLimits(ctx context.Context, pl pool.Pool, v pool.Volume, target, podUID string) error {
-	l := limitsOf(v)
+	l, err := limitsOf(v)
+	if err != nil {
+		return err
+	}
 	if l.IsZero() {
 		return p.Limiter.Forget(ctx, target)
 	}
 	devs, err := p.devicesOf(ctx, pl, v.ID)
 	if err != nil {
 		return fmt.Errorf("IO limits of volume %s: %w", v.ID, err)
+	}
+	// A read-only block publish binds a read-only device of its own
+	// (AttachReadOnly), recorded with it: its pod reads through that one.
+	if rec, had, err := p.targets.get(target); err != nil {
+		return err
+	} else if had && rec.VolumeID == v.ID && rec.Device != "" {
+		d, err := iolimit.DeviceOf(rec.Device)
+		if err != nil {
+			return fmt.Errorf("IO limits of volume %s: %w", v.ID, err)
+		}
+		devs = append(devs, d)
 	}
 	if err := p.Limiter.Apply(ctx, target, podUID, devs, l); err != nil {
 		return fmt.Errorf("IO limits of volume %s for pod %s: %w", v.ID, podUID, err)
@@ -99,14 +136,40 @@ func (p *Mounts) devicesOf(ctx context.Context, pl pool.Pool, id string) ([]ioli
 	if att.Dir == "" {
 		return nil, fmt.Errorf("volume %s has neither a device nor a directory", id)
 	}
-	m, ok, err := p.mounter.MountOf(att.Dir)
+	m, err := p.host.mountHolding(att.Dir)
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
+	if m == nil {
 		return nil, fmt.Errorf("no mount holds volume %s's directory %s", id, att.Dir)
 	}
 	return filesystemDevices(m)
+}
+
+// mountHolding is the mount path lies on (path itself need not be a
+// mount point: a subvolume's directory is not): of the mounts at path or
+// at a directory above it, the deepest, and of those stacked there the
+// top one. nil when there is none.
+func (h host) mountHolding(path string) (*mount.Info, error) {
+	mounts, err := h.mounts()
+	if err != nil {
+		return nil, err
+	}
+	path = filepath.Clean(path)
+	deepest := ""
+	for _, m := range mounts {
+		mp := m.Mountpoint
+		if (mp == path || mp == "/" || strings.HasPrefix(path, mp+"/")) && len(mp) > len(deepest) {
+			deepest = mp
+		}
+	}
+	var at []mount.Info
+	for _, m := range mounts {
+		if deepest != "" && m.Mountpoint == deepest {
+			at = append(at, m)
+		}
+	}
+	return mount.Top(at), nil
 }
 
 // filesystemDevices returns the block devices of the filesystem mounted
@@ -182,10 +245,20 @@ func (p *Mounts) Reapply(ctx context.Context, id string) error {
 				errs = append(errs, err)
 				continue
 			}
-			errs = append(errs, p.applyLimits(ctx, pl, v, t, rec.PodUID))
+			err = p.applyLimits(ctx, pl, v, t, rec.PodUID)
+			if errors.Is(err, iolimit.ErrInvalid) && !errors.Is(err, pool.ErrInvalid) {
+				// A pod UID that names no pod (a CSI client that is not
+				// the kubelet published it): nothing to hold to limits,
+				// and no reason to refuse the change for the real pods.
+				klog.FromContext(ctx).Info("IO limits not applied to a publish whose pod UID is not a pod's", "volumeID", id, "targetPath", t, "podUID", rec.PodUID, "err", err)
+				continue
+			}
+			errs = append(errs, err)
 		}
 	}
-	if !v.Thick && v.Mode == pool.ModeFilesystem {
+	// Only a file pool's volumes are thin: a btrfs volume's filesystem is
+	// the whole pool's, and a disk is all allocated.
+	if !v.Thick && v.Mode == pool.ModeFilesystem && pl.Backend() == "file" {
 		errs = append(errs, p.trim(ctx, pl, id))
 	}
 	return errors.Join(errs...)

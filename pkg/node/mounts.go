@@ -39,6 +39,11 @@ type Mounts struct {
 	// Limiter, when set, holds the pods a volume is published to to the
 	// volume's IO limits; nil: no limits are enforced.
 	Limiter IOLimiter
+	// NoLimiter, with Limiter nil, says why this node has none: a volume
+	// with IO limits is then published to no pod (it would run
+	// unlimited). Both nil: IO limits are not this node's to enforce (no
+	// pods: plinth standalone).
+	NoLimiter error
 
 	node    *Local
 	mounter mount.Mounter

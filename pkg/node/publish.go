@@ -71,13 +71,14 @@ func (p *Mounts) Publish(ctx context.Context, id, stagingPath, target string, a 
 	if err != nil {
 		return err
 	}
-	if err := p.bind(ctx, pl, id, source, stagingPath, target, at.fi == nil, a); err != nil {
-		return err
-	}
 	// The pod is held to the volume's IO limits before its containers
 	// start (the kubelet publishes first); a failure fails the publish,
-	// which the kubelet retries, so the pod never runs unlimited.
-	return p.limit(ctx, pl, v, target, a.PodUID)
+	// which the kubelet retries, so the pod never runs unlimited. The
+	// bind is undone then: the kubelet takes the error for final and
+	// would never unpublish it if the pod went away.
+	return p.bind(ctx, pl, id, source, stagingPath, target, at.fi == nil, a, func() error {
+		return p.limit(ctx, pl, v, target, a.PodUID)
+	})
 }
 
 // publishedAlready answers a publish at a target that holds a mount: the
@@ -182,9 +183,9 @@ func (p *Mounts) publishSource(ctx context.Context, pl pool.Pool, id string, att
 
 // bind publishes source at target: it records what it makes (the target,
 // when create is set; a read-only device for a read-only block publish),
-// binds with the publish's options and applies the mount group. A failure
-// undoes what it did.
-func (p *Mounts) bind(ctx context.Context, pl pool.Pool, id, source, stagingPath, target string, create bool, a Access) (err error) {
+// binds with the publish's options, applies the mount group and runs then
+// (the pod's IO limits). A failure undoes what it did.
+func (p *Mounts) bind(ctx context.Context, pl pool.Pool, id, source, stagingPath, target string, create bool, a Access, then func() error) (err error) {
 	logger := klog.FromContext(ctx).WithValues("volumeID", id, "targetPath", target)
 	var undo undoList
 	defer func() {
@@ -243,6 +244,9 @@ func (p *Mounts) bind(ctx context.Context, pl pool.Pool, id, source, stagingPath
 		if err := applyMountGroup(stagingPath, a.MountGroup); err != nil {
 			return err
 		}
+	}
+	if err := then(); err != nil {
+		return err
 	}
 	logger.Info("Volume published", "readOnly", a.ReadOnly)
 	return nil

@@ -282,7 +282,7 @@ func (n *remoteNode) ModifyVolume(ctx context.Context, id string, m pool.Mutable
 		if v.Status.ObservedGeneration < v.Generation || v.Spec.Thick != m.Thick || !equality.Semantic.DeepEqual(v.Spec.IOLimits, want) {
 			return false, nil
 		}
-		refused := v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid
+		refused := v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid || v.Status.Reason == v1alpha1.ReasonUnsupported
 		a := v.Status.Applied
 		// No status.applied: a node older than it, which does not apply
 		// it; the wait runs out (ErrInProgress) and the change is tried

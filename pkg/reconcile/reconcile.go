@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +56,13 @@ type Reconciler struct {
 	// (the IO limits of the pods it is published to, a trim of its
 	// mounted filesystem when it became thin): node.Mounts.Reapply.
 	Consumers func(ctx context.Context, id string) error
+	// CanLimit, when set, says why this node cannot enforce IO limits
+	// (nil: it can): a change that asks for limits is then refused.
+	CanLimit func() error
+	// reapply holds the volumes whose change is recorded on the node but
+	// not yet applied to their consumers (Consumers failed): applied
+	// before anything else is said of them.
+	reapply sync.Map
 
 	imports imports
 
@@ -220,6 +228,19 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 		if s := v.Spec.Sync; s != nil && v.Status.SyncedVolumeID != s.VolumeID && v.Status.Reason != v1alpha1.ReasonSyncFailed {
 			return r.startSync(ctx, v)
 		}
+		if _, pending := r.reapply.Load(v.Name); pending {
+			if err := r.consumers(ctx, v); err != nil {
+				return err
+			}
+		}
+		// Before an expansion, which may be refused at every try: a
+		// refused expansion must not hold a class change back.
+		if want := specMutable(v); !pool.MutableOf(local).Equal(want) {
+			if v.Status.ObservedGeneration == v.Generation && v.Status.Applied != nil && (v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid || v.Status.Reason == v1alpha1.ReasonUnsupported) {
+				return nil // refused at this generation: a new spec tries again
+			}
+			return r.modify(ctx, v, local, want)
+		}
 		if v.Spec.CapacityBytes > local.CapacityBytes {
 			return r.expand(ctx, v)
 		}
@@ -232,12 +253,6 @@ func (r *Reconciler) reconcile(ctx context.Context, key string) error {
 				return r.writeStatus(ctx, v)
 			}
 			return nil
-		}
-		if want := specMutable(v); !pool.MutableOf(local).Equal(want) {
-			if v.Status.ObservedGeneration == v.Generation && (v.Status.Reason == v1alpha1.ReasonNoSpace || v.Status.Reason == v1alpha1.ReasonInvalid) {
-				return nil // refused at this generation: a new spec tries again
-			}
-			return r.modify(ctx, v, local, want)
 		}
 		// Written once a volume was modified: a node that finds nothing to
 		// change writes nothing (an upgrade is not a write per volume).
@@ -326,6 +341,31 @@ func (r *Reconciler) expand(ctx context.Context, v *v1alpha1.PlinthVolume) error
 	return r.writeStatus(ctx, v)
 }
 
+// canLimit refuses a change that asks for IO limits on a node that cannot
+// enforce them.
+func (r *Reconciler) canLimit(want pool.Mutable) error {
+	if want.IOLimits.IsZero() || r.CanLimit == nil {
+		return nil
+	}
+	if err := r.CanLimit(); err != nil {
+		return fmt.Errorf("%w: node %s cannot enforce IO limits: %w", pool.ErrUnsupported, r.NodeName, err)
+	}
+	return nil
+}
+
+// consumers applies volume v's recorded attributes to what uses it now,
+// and forgets it was pending once that is done.
+func (r *Reconciler) consumers(ctx context.Context, v *v1alpha1.PlinthVolume) error {
+	if r.Consumers != nil {
+		if err := r.Consumers(ctx, v.Name); err != nil {
+			r.event(v, v1.EventTypeWarning, "ModifyIncomplete", err.Error())
+			return fmt.Errorf("apply volume %s's attributes to its consumers: %w", v.Name, err)
+		}
+	}
+	r.reapply.Delete(v.Name)
+	return nil
+}
+
 // specMutable is what v's spec asks of the volume's mutable attributes.
 func specMutable(v *v1alpha1.PlinthVolume) pool.Mutable {
 	m := pool.Mutable{Thick: v.Spec.Thick}
@@ -352,7 +392,11 @@ func appliedOf(local pool.Volume) *v1alpha1.AppliedAttributes {
 // and not tried again until the spec changes.
 func (r *Reconciler) modify(ctx context.Context, v *v1alpha1.PlinthVolume, local pool.Volume, want pool.Mutable) error {
 	logger := klog.FromContext(ctx).WithValues("volumeID", v.Name)
-	got, err := r.Local.ModifyVolume(ctx, v.Name, want)
+	var got pool.Volume
+	err := r.canLimit(want)
+	if err == nil {
+		got, err = r.Local.ModifyVolume(ctx, v.Name, want)
+	}
 	if err != nil {
 		if retryable(err) {
 			return err
@@ -364,11 +408,11 @@ func (r *Reconciler) modify(ctx context.Context, v *v1alpha1.PlinthVolume, local
 		v.Status.Applied = appliedOf(local) // what holds still
 		return r.writeStatus(ctx, v)
 	}
-	if r.Consumers != nil {
-		if err := r.Consumers(ctx, v.Name); err != nil {
-			r.event(v, v1.EventTypeWarning, "ModifyIncomplete", err.Error())
-			return fmt.Errorf("apply volume %s's attributes to its consumers: %w", v.Name, err)
-		}
+	// Recorded on the node: from here on a failure to reach the consumers
+	// is tried again (reapply) before the change is called applied.
+	r.reapply.Store(v.Name, true)
+	if err := r.consumers(ctx, v); err != nil {
+		return err
 	}
 	if err := r.Status.Publish(ctx, true); err != nil {
 		return err
