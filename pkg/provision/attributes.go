@@ -3,6 +3,7 @@ package provision
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
+
+	"github.com/plinth-dev/plinth/pkg/volume"
 )
 
 // Modifier is the CSI call a VolumeAttributesClass change goes through:
@@ -122,7 +125,10 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 		return err
 	}
 	pvc := obj.(*v1.PersistentVolumeClaim)
-	if pvc.Spec.VolumeAttributesClassName == nil || pvc.Status.Phase != v1.ClaimBound || pvc.Spec.VolumeName == "" {
+	// An empty class name is no class (the API: no VolumeAttributesClass
+	// is applied to the claim).
+	if pvc.Spec.VolumeAttributesClassName == nil || *pvc.Spec.VolumeAttributesClassName == "" ||
+		pvc.Status.Phase != v1.ClaimBound || pvc.Spec.VolumeName == "" {
 		return nil
 	}
 	target := *pvc.Spec.VolumeAttributesClassName
@@ -166,7 +172,7 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 	}
 	start := time.Now()
 	_, err = a.CSI.ControllerModifyVolume(ctx, &csi.ControllerModifyVolumeRequest{
-		VolumeId: pv.Spec.CSI.VolumeHandle, MutableParameters: class.Parameters,
+		VolumeId: pv.Spec.CSI.VolumeHandle, MutableParameters: classParameters(class.Parameters),
 	})
 	if err != nil {
 		switch status.Code(err) {
@@ -202,6 +208,23 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 	a.event(pvc, v1.EventTypeNormal, "VolumeModifySuccessful", fmt.Sprintf("plinth applied VolumeAttributesClass %s", target))
 	logger.V(2).Info("Volume attributes applied")
 	return nil
+}
+
+// classParameters are a class's parameters as a modification: the CSI
+// call changes only the keys it names, so a limit the class leaves out is
+// named with 0 (none): the claim's new class is the whole of what holds,
+// and an earlier class's limit does not outlive it.
+func classParameters(params map[string]string) map[string]string {
+	out := maps.Clone(params)
+	if out == nil {
+		out = map[string]string{}
+	}
+	for _, k := range []string{volume.ParamReadIOPS, volume.ParamWriteIOPS, volume.ParamReadBytesPerSecond, volume.ParamWriteBytesPerSecond} {
+		if _, ok := out[k]; !ok {
+			out[k] = "0"
+		}
+	}
+	return out
 }
 
 // setStatus writes the claim's modifyVolumeStatus, when it differs.

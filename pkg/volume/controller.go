@@ -587,7 +587,9 @@ func (c *Controller) ExpandVolume(ctx context.Context, id string, required, limi
 }
 
 // ModifyVolume applies mutable parameters (ParseMutable) to volume id: its
-// node changes the provisioning and its consumers' IO limits. An invalid
+// node changes the provisioning and its consumers' IO limits. Only the
+// keys named change (the CSI spec: no change from a key's absence); a
+// limit named with 0 is lifted. An invalid
 // parameter or a change the volume's pool cannot make is ErrInvalid, a
 // thick volume that does not fit ErrNoSpace; the volume is then as it was.
 func (c *Controller) ModifyVolume(ctx context.Context, id string, params map[string]string) (Placed, error) {
@@ -604,7 +606,7 @@ func (c *Controller) ModifyVolume(ctx context.Context, id string, params map[str
 	if err != nil {
 		return Placed{}, err
 	}
-	m := pool.Mutable{Thick: placed.Volume.Thick, IOLimits: limits}
+	m := pool.Mutable{Thick: placed.Volume.Thick, IOLimits: mergeLimits(placed.Volume.IOLimits, limits, params)}
 	if thick != nil {
 		m.Thick = *thick
 	}
@@ -616,6 +618,40 @@ func (c *Controller) ModifyVolume(ctx context.Context, id string, params map[str
 		return Placed{}, err
 	}
 	return Placed{Node: placed.Node, Volume: v}, nil
+}
+
+// mergeLimits is cur with the limits params names set to given's (given:
+// ParseMutable's, nil when all it names are 0); nil when nothing is left.
+func mergeLimits(cur, given *pool.IOLimits, params map[string]string) *pool.IOLimits {
+	var out, g pool.IOLimits
+	if cur != nil {
+		out = *cur
+	}
+	if given != nil {
+		g = *given
+	}
+	for key, dst := range map[string]*int64{
+		ParamReadIOPS: &out.ReadIOPS, ParamWriteIOPS: &out.WriteIOPS,
+		ParamReadBytesPerSecond: &out.ReadBytesPerSecond, ParamWriteBytesPerSecond: &out.WriteBytesPerSecond,
+	} {
+		if _, named := params[key]; !named {
+			continue
+		}
+		switch key {
+		case ParamReadIOPS:
+			*dst = g.ReadIOPS
+		case ParamWriteIOPS:
+			*dst = g.WriteIOPS
+		case ParamReadBytesPerSecond:
+			*dst = g.ReadBytesPerSecond
+		case ParamWriteBytesPerSecond:
+			*dst = g.WriteBytesPerSecond
+		}
+	}
+	if out.IsZero() {
+		return nil
+	}
+	return &out
 }
 
 // GetVolume finds id: through the NodeSet's VolumeIndex when it has one

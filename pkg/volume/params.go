@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,9 +41,10 @@ const (
 	maxBytesPerSecond = 1 << 60
 )
 
-// ParseMutable validates mutable parameters. They are the whole of what
-// is asked: an IO limit not named is no limit; provisioning not named is
-// left as it is (thick is nil). Every key must be one of MutableKeys;
+// ParseMutable validates mutable parameters and returns the limits they
+// name (nil when they name none but 0) and the provisioning (nil when not
+// named). At creation a limit not named is no limit; a modification
+// changes only what it names (Controller.ModifyVolume). Every key must be one of MutableKeys;
 // each limit is a whole number, 0 for none (bytes per second may be a
 // quantity: 10Mi, 500M); provisioning is thin or thick. An error names the
 // key.
@@ -104,8 +106,13 @@ func parseLimit(v string, quantity bool) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a whole number or a quantity (10Mi, 500M)", v)
 	}
-	n, ok := q.AsInt64()
-	if !ok || q.Sign() < 0 {
+	// AsInt64 alone refuses whole numbers it holds as decimals (1.5Gi,
+	// 0.5Gi): compare the value instead, after bounding it.
+	if q.Sign() < 0 || q.CmpInt64(math.MaxInt64) > 0 {
+		return 0, fmt.Errorf("%q is not a whole number of bytes ≥ 0", v)
+	}
+	n := q.Value()
+	if q.CmpInt64(n) != 0 {
 		return 0, fmt.Errorf("%q is not a whole number of bytes ≥ 0", v)
 	}
 	return n, nil
