@@ -170,6 +170,32 @@ func (x *Index) PutVolume(v Volume) error {
 	return nil
 }
 
+// ReadyVolume returns the record of id, ErrNotReady unless it is Ready.
+func (x *Index) ReadyVolume(id string) (Volume, error) {
+	v, err := x.Volume(id)
+	if err != nil {
+		return Volume{}, err
+	}
+	if v.State != StateReady {
+		return Volume{}, fmt.Errorf("volume %s: %w", id, ErrNotReady)
+	}
+	return v, nil
+}
+
+// SetLimits is ModifyVolume for a pool whose volumes are neither thin nor
+// thick: it records a Ready volume's IO limits, and refuses a change of
+// its provisioning (ErrInvalid, for the reason why).
+func (x *Index) SetLimits(id string, m Mutable, why string) (Volume, error) {
+	v, err := x.ReadyVolume(id)
+	if err != nil {
+		return Volume{}, err
+	}
+	if m.Thick != v.Thick {
+		return Volume{}, fmt.Errorf("%w: provisioning: %s", ErrInvalid, why)
+	}
+	return x.SetMutable(id, m)
+}
+
 // SetMutable records m for the volume id: its IO limits and its
 // provisioning (the storage already matches it); it returns the record.
 func (x *Index) SetMutable(id string, m Mutable) (Volume, error) {

@@ -23,12 +23,9 @@ var _ pool.Modifier = (*Pool)(nil)
 // volume's unwritten capacity is committed already (nothing is
 // over-committed), so only the filesystem's free space moves.
 func (p *Pool) ModifyVolume(ctx context.Context, id string, m pool.Mutable) (pool.Volume, error) {
-	v, err := p.index.Volume(id)
+	v, err := p.index.ReadyVolume(id)
 	if err != nil {
 		return pool.Volume{}, err
-	}
-	if v.State != pool.StateReady {
-		return pool.Volume{}, fmt.Errorf("volume %s: %w", id, pool.ErrNotReady)
 	}
 	if m.Thick && !v.Thick {
 		if err := p.allocateAll(v); err != nil {
