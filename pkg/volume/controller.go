@@ -630,24 +630,15 @@ func mergeLimits(cur, given *pool.IOLimits, params map[string]string) *pool.IOLi
 	if given != nil {
 		g = *given
 	}
-	for key, dst := range map[string]*int64{
-		ParamReadIOPS: &out.ReadIOPS, ParamWriteIOPS: &out.WriteIOPS,
-		ParamReadBytesPerSecond: &out.ReadBytesPerSecond, ParamWriteBytesPerSecond: &out.WriteBytesPerSecond,
-	} {
-		if _, named := params[key]; !named {
-			continue
-		}
-		switch key {
-		case ParamReadIOPS:
-			*dst = g.ReadIOPS
-		case ParamWriteIOPS:
-			*dst = g.WriteIOPS
-		case ParamReadBytesPerSecond:
-			*dst = g.ReadBytesPerSecond
-		case ParamWriteBytesPerSecond:
-			*dst = g.WriteBytesPerSecond
+	set := func(key string, dst *int64, v int64) {
+		if _, named := params[key]; named {
+			*dst = v
 		}
 	}
+	set(ParamReadIOPS, &out.ReadIOPS, g.ReadIOPS)
+	set(ParamWriteIOPS, &out.WriteIOPS, g.WriteIOPS)
+	set(ParamReadBytesPerSecond, &out.ReadBytesPerSecond, g.ReadBytesPerSecond)
+	set(ParamWriteBytesPerSecond, &out.WriteBytesPerSecond, g.WriteBytesPerSecond)
 	if out.IsZero() {
 		return nil
 	}
