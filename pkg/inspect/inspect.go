@@ -82,7 +82,12 @@ type VolumeReport struct {
 	UsageTime *metav1.Time `json:"usageTime,omitempty"`
 	Phase     string       `json:"phase"`
 	Message   string       `json:"message,omitempty"`
-	Pods      []string     `json:"pods"`
+	// Thick and IOLimits are what the node made true of the volume's
+	// VolumeAttributesClass (the volume object's status.applied, or its
+	// spec from a node that predates it).
+	Thick    bool               `json:"thick,omitempty"`
+	IOLimits *v1alpha1.IOLimits `json:"ioLimits,omitempty"`
+	Pods     []string           `json:"pods"`
 	// Snapshots taken of the volume (they outlive it: a deleted volume's
 	// snapshots are not listed here, but stay as PlinthSnapshots).
 	Snapshots []SnapshotReport `json:"snapshots"`
@@ -318,8 +323,13 @@ func (c *Client) Volumes(ctx context.Context) ([]VolumeReport, error) {
 		if phase == "" {
 			phase = string(v1alpha1.VolumePending)
 		}
-		out = append(out, VolumeReport{ID: v.Name, Claim: v.Spec.Claim, Node: v.Spec.NodeName, NodeLost: lost.gone(ctx, v.Spec.NodeName), Pool: v.Spec.Pool, Mode: v.Spec.Mode,
-			CapacityBytes: capacity, UsedBytes: v.Status.UsedBytes, UsageTime: v.Status.UsageTime, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim], Snapshots: snaps[v.Name]})
+		r := VolumeReport{ID: v.Name, Claim: v.Spec.Claim, Node: v.Spec.NodeName, NodeLost: lost.gone(ctx, v.Spec.NodeName), Pool: v.Spec.Pool, Mode: v.Spec.Mode,
+			CapacityBytes: capacity, UsedBytes: v.Status.UsedBytes, UsageTime: v.Status.UsageTime, Phase: phase, Message: v.Status.Message, Pods: users[v.Spec.Claim], Snapshots: snaps[v.Name],
+			Thick: v.Spec.Thick, IOLimits: v.Spec.IOLimits}
+		if a := v.Status.Applied; a != nil {
+			r.Thick, r.IOLimits = a.Thick, a.IOLimits
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }
