@@ -273,6 +273,51 @@ func (x *Limiter) Run(ctx context.Context) error {
 }
 
 // lockPod returns the pod uid, made if need be, locked.
+// Clear removes the rules for devs from the pod podUID's cgroups that no
+// key of this Limiter holds: rules an earlier process wrote for a volume
+// whose limits were lifted while no process kept them (a crash between
+// the change and its application). Rules another key holds on one of
+// devs are kept as that key wants them. A pod without a cgroup is no
+// error.
+func (x *Limiter) Clear(ctx context.Context, podUID string, devs []Device) error {
+	if !validPodUID(podUID) {
+		return fmt.Errorf("pod UID %q: %w", podUID, ErrInvalid)
+	}
+	for _, d := range devs {
+		if err := d.validate(); err != nil {
+			return err
+		}
+	}
+	p := x.lockPod(podUID)
+	defer p.mu.Unlock()
+	defer func() {
+		if len(p.rules) == 0 {
+			x.drop(p)
+		}
+	}()
+	if _, err := x.podDir(p); err != nil {
+		if errors.Is(err, ErrPodNotFound) {
+			return nil
+		}
+		return err
+	}
+	want := p.want()
+	var clear []Device
+	for _, d := range devs {
+		if _, held := want[d]; !held {
+			clear = append(clear, d)
+		}
+	}
+	if len(clear) == 0 {
+		return nil
+	}
+	err := x.sync(ctx, p, p.dir, want, clear)
+	if errors.Is(err, ErrPodNotFound) {
+		return nil
+	}
+	return err
+}
+
 func (x *Limiter) lockPod(uid string) *pod {
 	for {
 		x.mu.Lock()

@@ -22,6 +22,9 @@ import (
 type IOLimiter interface {
 	Apply(ctx context.Context, key, podUID string, devs []iolimit.Device, l iolimit.Limits) error
 	Forget(ctx context.Context, key string) error
+	// Clear removes rules for devs that no key holds (an earlier
+	// process's).
+	Clear(ctx context.Context, podUID string, devs []iolimit.Device) error
 }
 
 // PodUIDKey is where the kubelet puts the pod's UID in NodePublishVolume's
@@ -266,7 +269,10 @@ func (p *Mounts) Reapply(ctx context.Context, id string) error {
 
 // ReapplyAll holds every pod this node's records say a volume is published
 // to to the volume's IO limits again: after a restart of the node agent,
-// whose watches for the pods' new containers ended with it.
+// whose watches for the pods' new containers ended with it. A published
+// volume without limits has any rules an earlier process left for it
+// cleared: its limits may have been lifted in the record just before
+// that process ended, before it reached the pods.
 func (p *Mounts) ReapplyAll(ctx context.Context) error {
 	if p.Limiter == nil || p.targets.dir == "" {
 		return nil
@@ -282,7 +288,17 @@ func (p *Mounts) ReapplyAll(ctx context.Context) error {
 			continue
 		}
 		pl, v, err := p.node.PoolOfVolume(ctx, r.VolumeID)
-		if err != nil || v.IOLimits.IsZero() {
+		if err != nil {
+			continue
+		}
+		if v.IOLimits.IsZero() {
+			devs, err := p.devicesOf(ctx, pl, v.ID)
+			if err == nil {
+				err = p.Limiter.Clear(ctx, r.PodUID, devs)
+			}
+			if err != nil && !errors.Is(err, iolimit.ErrInvalid) {
+				errs = append(errs, fmt.Errorf("clear IO limits of volume %s for pod %s: %w", v.ID, r.PodUID, err))
+			}
 			continue
 		}
 		errs = append(errs, p.applyLimits(ctx, pl, v, r.Target, r.PodUID))

@@ -769,3 +769,41 @@ func TestAttackOddPodUIDBlocksReapply(t *testing.T) {
 		t.Errorf("reapply fails on a publish whose pod UID names no pod: %v", err)
 	}
 }
+
+// A crash between a class change's record and its reaching the pods: the
+// record says no limits, the pod's cgroups still hold the old ones, and no
+// process keeps them. The new agent clears them when it starts, and keeps
+// what another volume of the pod holds on the same device.
+func TestReapplyAllClearsLimitsLiftedBeforeACrash(t *testing.T) {
+	e := newLimitEnv(t)
+	staging := e.volume(t, "p", "pv-a", false, &pool.IOLimits{ReadIOPS: 7})
+	dev := e.attachedDevice(t, "pv-a")
+	uid, pod := e.pod(t)
+	if _, err := e.publish(t, "pv-a", staging, uid, Access{FsType: "ext4"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rule(t, pod, "read_iops", dev); got != "7" {
+		t.Fatalf("before: %v", rules(t, pod))
+	}
+	// The change is recorded, and the agent dies before Reapply.
+	if _, err := e.local.ModifyVolume(e.ctx, "pv-a", pool.Mutable{}); err != nil {
+		t.Fatal(err)
+	}
+	e.stop()
+	if got := rule(t, pod, "read_iops", dev); got != "7" {
+		t.Fatalf("the old agent's rules are gone with it: %v", rules(t, pod))
+	}
+	lim, err := iolimit.New(filepath.Dir(attackBlkio))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2 := NewMounts(e.local, mount.NewHost(mount.Exec{}), filepath.Join(e.dir, "state"))
+	p2.Limiter = lim
+	if err := p2.ReapplyAll(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := rule(t, pod, "read_iops", dev); got != "" {
+		t.Errorf("after the new agent started, the pod still holds the lifted limit: %v", rules(t, pod))
+	}
+	e.p = p2
+}
