@@ -64,6 +64,13 @@ func moveKillCases() []killCase {
 // the StatefulSet's pod runs again with the data as it was written.
 func moveKills(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
 	cases := moveKillCases()
+	// Two controller replicas, as the chart runs them: a killed leader's
+	// moves go on in the standby once the Lease runs out. With one, they
+	// waited for a new pod, which the workers' container runtime took
+	// over three minutes to start after several kills (make move-kills,
+	// case 32).
+	scaleController(t, ctx, 2)
+	defer scaleController(t, ctx, 1)
 	hits, done, failed := 0, 0, 0
 	for i, kc := range cases {
 		src, dst := ws[i%2], ws[(i+1)%2]

@@ -415,20 +415,24 @@ func stopKubeletOf(t *testing.T, ws []*cluster.Worker, node string) func() {
 	return start(e.c.StartKubelet)
 }
 
-func controllerFailover(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
+// scaleController sets plinth controller's replicas and waits until all
+// are ready.
+func scaleController(t *testing.T, ctx context.Context, n int32) {
+	t.Helper()
 	deps := e.client.AppsV1().Deployments("plinth-system")
-	scale := func(n int32) {
-		t.Helper()
-		if _, err := deps.Patch(ctx, "plinth-controller", types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-			d, err := deps.Get(ctx, "plinth-controller", metav1.GetOptions{})
-			return err == nil && d.Status.ReadyReplicas == n && d.Status.Replicas == n, nil
-		}); err != nil {
-			t.Fatalf("controller not at %d replicas: %v; pods: %s", n, err, podsOn(ctx, "plinth-system"))
-		}
+	if _, err := deps.Patch(ctx, "plinth-controller", types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		d, err := deps.Get(ctx, "plinth-controller", metav1.GetOptions{})
+		return err == nil && d.Status.ReadyReplicas == n && d.Status.Replicas == n, nil
+	}); err != nil {
+		t.Fatalf("controller not at %d replicas: %v; pods: %s", n, err, podsOn(ctx, "plinth-system"))
+	}
+}
+
+func controllerFailover(t *testing.T, ctx context.Context, ws []*cluster.Worker) {
+	scale := func(n int32) { t.Helper(); scaleController(t, ctx, n) }
 	scale(2)
 	defer scale(1)
 	pods := controllerPods(t, ctx)
