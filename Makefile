@@ -156,8 +156,9 @@ upgrade: chart
 	  PLINTH_CLUSTER_BIN=$$bin PLINTH_CHART_RENDERS=$(CHART_OUT) PLINTH_IMAGE_TAR=$(IMAGE_TAR) \
 	  $(GO) test -trimpath -count=1 -v -timeout 40m -run '^TestZZUpgrade$$' . 2>&1 | grep -v -E '^(I|W|E)[0-9]{4} '
 
-# Scale in the e2e cluster (issue 14): 50 simulated nodes (`plinth node` processes on the host,
-# each with a Node object and a file pool on a tmpfs of its own, no kubelet), 1000 PVCs created at
+# Scale in the e2e cluster (issue 14): 50 simulated nodes (plinth's node-side code run in the test
+# process, PLINTH_SIM_AGENTS=process for a `plinth node` process each; each with a Node object and
+# a file pool on a tmpfs of its own, no kubelet), 1000 PVCs created at
 # once (Immediate binding, 70% of all pools): PVC->PV latency and throughput, placement per node,
 # the CSIStorageCapacity count, plinth controller's CPU seconds and peak RSS; then 500 PVCs bound
 # at kube-controller-manager's default API QPS and at --kube-api-qps=100. Prints tables; fails on

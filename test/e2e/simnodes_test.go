@@ -41,8 +41,10 @@ const (
 	creators    = 32      // goroutines creating PVCs
 )
 
-// TestSimulatedNodes is issue 14's scale check. N `plinth node` processes
-// run on the host, each with a Node object of its own (no kubelet: with
+// TestSimulatedNodes is issue 14's scale check (and issue 31's harness).
+// N simulated nodes run plinth's own node-side code in this test process
+// (startInProcess; PLINTH_SIM_AGENTS=process runs a `plinth node` process
+// per node instead), each with a Node object of its own (no kubelet: with
 // Immediate binding provisioning needs only plinth controller, the volume
 // objects and the nodes) and a file pool on a tmpfs of its own, sized so
 // that M PVCs created at once ask for 70% of all pools. It asserts that
@@ -247,8 +249,13 @@ func startSimNodes(t *testing.T, names []string, poolBytes int64) {
 			}
 		}
 	})
+	inProcess := os.Getenv("PLINTH_SIM_AGENTS") != "process"
 	for _, s := range sims {
-		if err := s.start(procCtx); err != nil {
+		start := s.start
+		if inProcess {
+			start = func(ctx context.Context) error { return s.startInProcess(ctx, e.cfg) }
+		}
+		if err := start(procCtx); err != nil {
 			t.Fatal(err)
 		}
 	}
