@@ -86,7 +86,7 @@ func TestVolumeAttributesClass(t *testing.T) {
 		if median(after) < 4*limit {
 			t.Fatalf("read IOPS after the limit was lifted: %v", after)
 		}
-		deletePod(t, ctx, ns, "iops")
+		deleteClaim(t, ctx, ns, "iops", "iops")
 	})
 
 	t.Run("provisioning", func(t *testing.T) {
@@ -104,7 +104,7 @@ func TestVolumeAttributesClass(t *testing.T) {
 		if thin > 256<<20 || thick < 512<<20 || thinAgain > thin+(32<<20) {
 			t.Fatalf("allocated bytes: thin %d, thick %d, thin again %d", thin, thick, thinAgain)
 		}
-		deletePod(t, ctx, ns, "prov")
+		deleteClaim(t, ctx, ns, "prov", "prov")
 	})
 }
 
