@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"encoding/json"
 	"strings"
+	"sync"
 	"time"
 
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
@@ -13,6 +15,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -58,10 +61,18 @@ type Attributes struct {
 	Observe Observer
 
 	queue workqueue.TypedRateLimitingInterface[string]
+
+	// answered is, per claim, the class this controller last gave a final
+	// answer for (applied or Infeasible). The claims cache lags the
+	// status this controller writes, and an event for its own write would
+	// otherwise call ControllerModifyVolume again for the same class.
+	mu       sync.Mutex
+	answered map[types.UID]string
 }
 
 // Run watches PVCs until ctx ends.
 func (a *Attributes) Run(ctx context.Context) error {
+	a.answered = map[types.UID]string{}
 	a.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, time.Minute),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "plinth-attributes"})
@@ -76,6 +87,16 @@ func (a *Attributes) Run(ctx context.Context) error {
 	reg, err := a.Claims.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueue,
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if pvc, ok := obj.(*v1.PersistentVolumeClaim); ok {
+				a.mu.Lock()
+				delete(a.answered, pvc.UID)
+				a.mu.Unlock()
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -140,6 +161,9 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 	if ms != nil && ms.TargetVolumeAttributesClassName == target && ms.Status == v1.PersistentVolumeClaimModifyVolumeInfeasible {
 		return nil // refused; naming another class tries again
 	}
+	if a.wasAnswered(pvc.UID, target) {
+		return nil // answered; the cache has not seen the status written yet
+	}
 	pv, err := a.Volumes.Get(pvc.Spec.VolumeName)
 	if err != nil {
 		return nil // the PV informer catches up; a later PVC update retries
@@ -180,7 +204,11 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 			a.Observe.observe("modify", "infeasible", start)
 			a.event(pvc, v1.EventTypeWarning, "VolumeModifyFailed", status.Convert(err).Message())
 			logger.Info("Volume attributes refused", "err", err)
-			return a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible, status.Convert(err).Message())
+			if err := a.setStatus(ctx, pvc, target, v1.PersistentVolumeClaimModifyVolumeInfeasible, status.Convert(err).Message()); err != nil {
+				return err
+			}
+			a.answer(pvc.UID, target)
+			return nil
 		case codes.Aborted:
 			a.Observe.observe("modify", "in_progress", start)
 		default:
@@ -202,9 +230,10 @@ func (a *Attributes) sync(ctx context.Context, key string) error {
 	pvc.Status.ModifyVolumeStatus = nil
 	removeCondition(pvc, v1.PersistentVolumeClaimVolumeModifyingVolume)
 	removeCondition(pvc, v1.PersistentVolumeClaimVolumeModifyVolumeError)
-	if _, err := a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{}); err != nil {
+	if _, err := a.patchStatus(ctx, pvc); err != nil {
 		return err
 	}
+	a.answer(pvc.UID, target)
 	a.event(pvc, v1.EventTypeNormal, "VolumeModifySuccessful", fmt.Sprintf("plinth applied VolumeAttributesClass %s", target))
 	logger.V(2).Info("Volume attributes applied")
 	return nil
@@ -254,7 +283,49 @@ func (a *Attributes) mark(ctx context.Context, pvc *v1.PersistentVolumeClaim, ta
 	pvc.Status.Conditions = append(pvc.Status.Conditions, v1.PersistentVolumeClaimCondition{
 		Type: cond, Status: v1.ConditionTrue, LastTransitionTime: metav1.Now(), Message: text,
 	})
-	return a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).UpdateStatus(ctx, pvc, metav1.UpdateOptions{})
+	return a.patchStatus(ctx, pvc)
+}
+
+// patchStatus writes the parts of the claim's status this controller owns
+// as a merge patch of the status subresource that carries the
+// resourceVersion it read: a claim changed since (its class named again,
+// another controller's condition) is a conflict, tried again from the
+// cache, and never a write of a stale spec or status.
+func (a *Attributes) patchStatus(ctx context.Context, pvc *v1.PersistentVolumeClaim) (*v1.PersistentVolumeClaim, error) {
+	conditions := pvc.Status.Conditions
+	if conditions == nil {
+		conditions = []v1.PersistentVolumeClaimCondition{}
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": pvc.ResourceVersion},
+		"status": map[string]any{
+			"modifyVolumeStatus":               pvc.Status.ModifyVolumeStatus,
+			"currentVolumeAttributesClassName": pvc.Status.CurrentVolumeAttributesClassName,
+			"conditions":                       conditions,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a.Client.CoreV1().PersistentVolumeClaims(pvc.Namespace).Patch(ctx, pvc.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+}
+
+func (a *Attributes) answer(uid types.UID, target string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.answered[uid] = target
+}
+
+func (a *Attributes) wasAnswered(uid types.UID, target string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t, ok := a.answered[uid]
+	if ok && t != target {
+		// Another class is named now: an answer for this one later is
+		// the answer to a new request, not a repeat.
+		delete(a.answered, uid)
+	}
+	return ok && t == target
 }
 
 func hasCondition(pvc *v1.PersistentVolumeClaim, t v1.PersistentVolumeClaimConditionType) bool {
