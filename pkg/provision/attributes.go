@@ -2,9 +2,9 @@ package provision
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
-	"encoding/json"
 	"strings"
 	"sync"
 	"time"
