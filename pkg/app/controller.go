@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	storageinformers "k8s.io/client-go/informers/storage/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -58,6 +59,8 @@ type ControllerConfig struct {
 	// answering "in progress" (the claim is retried).
 	NodeWait       time.Duration
 	MetricsAddress string
+	// Profiling serves Go's profiles (/debug/pprof/) on MetricsAddress.
+	Profiling bool
 	// CSIEndpoint, when set, serves CSI Identity and Controller over the
 	// cluster (the same code the provisioner calls) on a unix socket, while
 	// this replica leads: for csi-sanity and the standard sidecars.
@@ -89,6 +92,7 @@ func (c *ControllerConfig) Flags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 100, "API requests per second, sustained")
 	fs.IntVar(&c.KubeAPIBurst, "kube-api-burst", 200, "API requests in a burst")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", "127.0.0.1:9810", "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&c.Profiling, "profiling", false, "also serve Go's profiles (/debug/pprof/) on --metrics-address")
 	fs.StringVar(&c.CSIEndpoint, "csi-endpoint", "", "unix://PATH: also serve CSI Identity and Controller there while leading (empty: off)")
 	fs.DurationVar(&c.ReleaseVolumesOnLostNodeAfter, "release-volumes-on-lost-node-after", 0,
 		"once a node's Node object has been absent this long (and a live GET confirms it), delete the PVCs of its volumes and let their PVs go; at least "+
@@ -115,6 +119,9 @@ func (c *ControllerConfig) Validate() error {
 	}
 	if c.KubeAPIQPS <= 0 || c.KubeAPIBurst < 1 {
 		errs = append(errs, fmt.Errorf("--kube-api-qps %g and --kube-api-burst %d must be positive", c.KubeAPIQPS, c.KubeAPIBurst))
+	}
+	if c.Profiling && c.MetricsAddress == "" {
+		errs = append(errs, errors.New("--profiling serves on --metrics-address, which is empty"))
 	}
 	if c.CapacityInterval < time.Second || c.NodeWait < time.Second {
 		errs = append(errs, errors.New("--capacity-interval and --node-wait must be at least 1s"))
@@ -179,6 +186,7 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	watchdog := leaderelection.NewLeaderHealthzAdaptor(c.LeaseDuration)
 	if c.MetricsAddress != "" {
 		m = metrics.New()
+		m.Profiling = c.Profiling
 		if err := m.RegisterController(); err != nil {
 			return err
 		}
@@ -193,7 +201,14 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 		}
 		parts["metrics"] = func(ctx context.Context) error { return m.Serve(ctx, c.MetricsAddress) }
 	}
-	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth, snaps, m) }
+	// The caches fill while this replica waits for the Lease: a standby
+	// takes over with them synced, and its first PV does not wait for a
+	// list of every claim, PV and volume object in the cluster.
+	caches, err := startControllerCaches(ctx, c, core, plinth)
+	if err != nil {
+		return err
+	}
+	lead := func(ctx context.Context) error { return runControllerLoops(ctx, c, core, plinth, snaps, m, caches) }
 	if !c.LeaderElect {
 		if m != nil {
 			m.SetLeader(true)
@@ -364,23 +379,73 @@ func leaseSuffix(driver string) string {
 	return string(out)
 }
 
-func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface, snaps snapclient.Interface, m *metrics.Metrics) error {
-	var observe provision.Observer
-	if m != nil {
-		observe = m.ObserveOperation
-	}
-	factory := informers.NewSharedInformerFactory(core, 10*time.Minute)
+// controllerCaches are the informers the controller's loops read. They
+// start with the process, before it leads, and only read: nothing is
+// written to the API server until the loops run under the Lease. A standby
+// replica holds the same caches as the leader (its memory, the price of a
+// takeover that does not wait for them; controller-runtime's managers do
+// the same).
+type controllerCaches struct {
+	factory, capFactory informers.SharedInformerFactory
+	cluster             *provision.Cluster
+	nodes               coreinformers.NodeInformer
+	claims              coreinformers.PersistentVolumeClaimInformer
+	pvs                 coreinformers.PersistentVolumeInformer
+	classes             storageinformers.StorageClassInformer
+	published           storageinformers.CSIStorageCapacityInformer
+	// attrClasses is nil where the API server serves no
+	// VolumeAttributesClass.
+	attrClasses storageinformers.VolumeAttributesClassInformer
+	synced      []cache.InformerSynced
+}
+
+func startControllerCaches(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface) (*controllerCaches, error) {
+	cc := &controllerCaches{factory: informers.NewSharedInformerFactory(core, 10*time.Minute)}
 	pfactory := externalversions.NewSharedInformerFactory(plinth, 10*time.Minute)
-	nodes := factory.Core().V1().Nodes()
-	nodeLister := nodes.Lister()
-	cluster, err := provision.NewCluster(plinth, pfactory, func(name string) bool {
+	cc.nodes = cc.factory.Core().V1().Nodes()
+	nodeLister := cc.nodes.Lister()
+	var err error
+	cc.cluster, err = provision.NewCluster(plinth, pfactory, func(name string) bool {
 		_, err := nodeLister.Get(name)
 		return apierrors.IsNotFound(err)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	cluster.Wait = c.NodeWait
+	cc.cluster.Wait = c.NodeWait
+	cc.claims = cc.factory.Core().V1().PersistentVolumeClaims()
+	cc.pvs = cc.factory.Core().V1().PersistentVolumes()
+	cc.classes = cc.factory.Storage().V1().StorageClasses()
+	// VolumeAttributesClasses are storage.k8s.io/v1 from Kubernetes 1.34;
+	// an older API server has none to watch, and claims cannot name one.
+	if served, err := servesResource(core.Discovery(), "storage.k8s.io/v1", "volumeattributesclasses"); err != nil {
+		return nil, fmt.Errorf("ask the API server for VolumeAttributesClasses: %w", err)
+	} else if served {
+		cc.attrClasses = cc.factory.Storage().V1().VolumeAttributesClasses()
+	} else {
+		klog.FromContext(ctx).Info("The API server serves no storage.k8s.io/v1 VolumeAttributesClass (Kubernetes 1.34 and later): claims' classes are not applied")
+	}
+	// plinth's own CSIStorageCapacity objects, watched in their namespace.
+	cc.capFactory = informers.NewSharedInformerFactoryWithOptions(core, 10*time.Minute, informers.WithNamespace(c.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = provision.CapacitySelector(c.DriverName) }))
+	cc.published = cc.capFactory.Storage().V1().CSIStorageCapacities()
+	cc.synced = []cache.InformerSynced{cc.claims.Informer().HasSynced, cc.pvs.Informer().HasSynced, cc.classes.Informer().HasSynced,
+		cc.nodes.Informer().HasSynced, cc.cluster.HasSynced, cc.published.Informer().HasSynced}
+	if cc.attrClasses != nil {
+		cc.synced = append(cc.synced, cc.attrClasses.Informer().HasSynced)
+	}
+	cc.factory.Start(ctx.Done())
+	pfactory.Start(ctx.Done())
+	cc.capFactory.Start(ctx.Done())
+	return cc, nil
+}
+
+func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface, snaps snapclient.Interface, m *metrics.Metrics, cc *controllerCaches) error {
+	var observe provision.Observer
+	if m != nil {
+		observe = m.ObserveOperation
+	}
+	cluster := cc.cluster
 	vc := volume.NewControllerOver(cluster)
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
@@ -388,21 +453,8 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	defer broadcaster.Shutdown()
 	events := broadcaster.NewRecorder(scheme.Scheme, v1.EventSource{Component: "plinth-controller"})
 
-	claimInf := factory.Core().V1().PersistentVolumeClaims()
+	claimInf, pvs, classes, attrClasses := cc.claims, cc.pvs, cc.classes, cc.attrClasses
 	claims := claimInf.Informer()
-	pvs := factory.Core().V1().PersistentVolumes()
-	classes := factory.Storage().V1().StorageClasses()
-	// VolumeAttributesClasses are storage.k8s.io/v1 from Kubernetes 1.34;
-	// an older API server has none to watch, and claims cannot name one.
-	var attrClasses storageinformers.VolumeAttributesClassInformer
-	if served, err := servesResource(core.Discovery(), "storage.k8s.io/v1", "volumeattributesclasses"); err != nil {
-		return fmt.Errorf("ask the API server for VolumeAttributesClasses: %w", err)
-	} else if served {
-		attrClasses = factory.Storage().V1().VolumeAttributesClasses()
-	} else {
-		klog.FromContext(ctx).Info("The API server serves no storage.k8s.io/v1 VolumeAttributesClass (Kubernetes 1.34 and later): claims' classes are not applied")
-	}
-	_ = nodes.Informer()
 	// Volumes on nodes that left: reported always, released only when
 	// asked to; the Cluster asks it before letting such a PV go.
 	lost := &provision.LostNodes{
@@ -415,10 +467,8 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		Sources: &provision.Sources{Core: core, Snapshots: snaps, Driver: c.DriverName},
 		Observe: observe,
 	}
-	synced := []cache.InformerSynced{claims.HasSynced, pvs.Informer().HasSynced, classes.Informer().HasSynced, nodes.Informer().HasSynced, cluster.HasSynced}
 	if attrClasses != nil {
 		prov.AttributeClasses = attrClasses.Lister()
-		synced = append(synced, attrClasses.Informer().HasSynced)
 	}
 	pc := controller.NewProvisionController(ctx, core, c.DriverName, prov,
 		controller.LeaderElection(false), // plinth's own election covers every loop
@@ -431,14 +481,13 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 		controller.RetryIntervalMax(30*time.Second),
 		controller.AddFinalizer(true),
 	)
-	factory.Start(ctx.Done())
-	pfactory.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	if !cache.WaitForCacheSync(ctx.Done(), cc.synced...) {
 		return ctx.Err()
 	}
 	capacity := &provision.CapacityPublisher{
 		Client: core, Classes: classes.Lister(), Cluster: cluster, Controller: vc, Driver: c.DriverName,
 		TopologyKey: c.TopologyKey, Namespace: c.Namespace, Interval: c.CapacityInterval,
+		Published: cc.published.Lister().CSIStorageCapacities(c.Namespace),
 	}
 	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events, Observe: observe}
 	// VolumeSnapshotContents go through the same CSI controller service as

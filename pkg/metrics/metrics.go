@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -37,6 +38,13 @@ type Metrics struct {
 	ops        *prometheus.CounterVec
 	opDuration *prometheus.HistogramVec
 	leader     prometheus.Gauge
+
+	// Profiling, when set before Serve, also serves Go's profiles
+	// (/debug/pprof/, net/http/pprof) on the metrics address: what
+	// `--profiling` asks for. The address is 127.0.0.1 unless the
+	// operator chose otherwise; a CPU profile costs the process while it
+	// runs and nothing after.
+	Profiling bool
 
 	mu     sync.Mutex
 	checks map[string]func(context.Context) error
@@ -156,6 +164,13 @@ func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 	mux.Handle("/", m.healthHandler())
+	if m.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

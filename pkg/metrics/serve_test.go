@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -96,5 +97,21 @@ func TestServeWhenFree(t *testing.T) {
 	// An address that cannot be had for another reason fails at once.
 	if err := New().ServeWhenFree(context.Background(), "203.0.113.1:1", nil); err == nil {
 		t.Errorf("an address not on this machine: served")
+	}
+}
+
+// Go's profiles are served only when asked for (--profiling): a metrics
+// address reachable by others does not hand out heap contents or stacks.
+func TestProfilingOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		m := New()
+		m.Profiling = on
+		for _, path := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=1", "/debug/pprof/cmdline"} {
+			rec := httptest.NewRecorder()
+			m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			if got := rec.Code == http.StatusOK; got != on {
+				t.Errorf("Profiling=%v: GET %s answered %d", on, path, rec.Code)
+			}
+		}
 	}
 }

@@ -42,6 +42,18 @@ type CapacityPublisher struct {
 	// Interval between full passes; changes to volume or node objects
 	// trigger a pass sooner.
 	Interval time.Duration
+	// Published, when set, is a cache of the objects in Namespace that
+	// carry plinth's labels (CapacitySelector): a pass compares against it
+	// rather than listing them from the API server, which at a thousand
+	// nodes was a thousand objects read several times a second while
+	// claims were being made. Without it each pass lists them.
+	Published storagelisters.CSIStorageCapacityNamespaceLister
+}
+
+// CapacitySelector selects the CSIStorageCapacity objects plinth's
+// controller for driver owns.
+func CapacitySelector(driver string) string {
+	return labelManagedBy + "=plinth," + labelDriver + "=" + driver
 }
 
 // Run publishes until ctx ends.
@@ -124,12 +136,11 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		}
 	}
 	api := p.Client.StorageV1().CSIStorageCapacities(p.Namespace)
-	have, err := api.List(ctx, metav1.ListOptions{LabelSelector: labelManagedBy + "=plinth," + labelDriver + "=" + p.Driver})
+	have, err := p.published(ctx)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	for i := range have.Items {
-		cur := &have.Items[i]
+	for _, cur := range have {
 		w, ok := want[cur.Name]
 		if !ok {
 			if err := api.Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
@@ -141,6 +152,7 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		if cur.Capacity != nil && cur.Capacity.Cmp(*w.Capacity) == 0 && cur.MaximumVolumeSize != nil && cur.MaximumVolumeSize.Cmp(*w.MaximumVolumeSize) == 0 {
 			continue
 		}
+		cur = cur.DeepCopy() // a cached object is shared
 		cur.Capacity, cur.MaximumVolumeSize = w.Capacity, w.MaximumVolumeSize
 		if _, err := api.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 			errs = append(errs, err)
@@ -152,6 +164,28 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// published are plinth's CSIStorageCapacity objects as they are now: from
+// the cache when there is one (a stale entry costs a conflict or an
+// AlreadyExists, and the next pass puts it right), else from the API.
+func (p *CapacityPublisher) published(ctx context.Context) ([]*storagev1.CSIStorageCapacity, error) {
+	sel, err := labels.Parse(CapacitySelector(p.Driver))
+	if err != nil {
+		return nil, err
+	}
+	if p.Published != nil {
+		return p.Published.List(sel)
+	}
+	list, err := p.Client.StorageV1().CSIStorageCapacities(p.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*storagev1.CSIStorageCapacity, len(list.Items))
+	for i := range list.Items {
+		out[i] = &list.Items[i]
+	}
+	return out, nil
 }
 
 // hasPoolFor reports whether node has a pool (healthy or not) that a class

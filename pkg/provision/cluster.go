@@ -53,7 +53,10 @@ type Cluster struct {
 
 	mu        sync.Mutex
 	nodeLocks map[string]*sync.Mutex // node → one capacity check and reservation at a time on it
-	reserved  map[string]reservation // volume ID → reservation not yet seen Ready
+	// reserved: node → volume ID → reservation not yet seen Ready; by
+	// node, so that counting one node's (every node, each capacity pass)
+	// does not walk every other node's.
+	reserved map[string]map[string]reservation
 	changed   chan struct{}          // closed and replaced on every change
 	// serialCreates restores the lock this package had before issue 11:
 	// one for every node, held across the volume object's create. Only
@@ -87,7 +90,7 @@ func NewCluster(client versioned.Interface, factory externalversions.SharedInfor
 		nodeStore:     nodes.Lister(),
 		nodeGone:      nodeGone,
 		Wait:          30 * time.Second,
-		reserved:      map[string]reservation{},
+		reserved:      map[string]map[string]reservation{},
 		nodeLocks:     map[string]*sync.Mutex{},
 		changed:       make(chan struct{}),
 	}
@@ -187,7 +190,36 @@ func (c *Cluster) VolumeNode(id string) (string, bool) {
 func (c *Cluster) release(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.reserved, id)
+	for node := range c.reserved {
+		c.dropReservation(node, id)
+	}
+}
+
+// dropReservation forgets node's reservation for id (under c.mu).
+func (c *Cluster) dropReservation(node, id string) {
+	delete(c.reserved[node], id)
+	if len(c.reserved[node]) == 0 {
+		delete(c.reserved, node)
+	}
+}
+
+// settle is whether node's reservation r for id still holds, noting that
+// its object has been seen; one the node has answered for, or whose
+// object came and went, is let go of (under c.mu).
+func (c *Cluster) settle(node, id string, r reservation) bool {
+	v, ok := c.Volume(id)
+	switch {
+	case ok && !pending(v):
+		c.dropReservation(node, id) // the node has answered: its status counts it
+		return false
+	case ok && !r.seen:
+		r.seen = true
+		c.reserved[node][id] = r
+	case !ok && r.seen:
+		c.dropReservation(node, id) // the object came and went
+		return false
+	}
+	return true
 }
 
 // waitGone waits up to limit for volume object id to leave the cache.
@@ -210,8 +242,12 @@ func (c *Cluster) waitGone(ctx context.Context, id string, limit time.Duration) 
 func (c *Cluster) reservedFor(id string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, held := c.reserved[id]
-	return held
+	for node, rs := range c.reserved {
+		if r, ok := rs[id]; ok && c.settle(node, id, r) {
+			return true
+		}
+	}
+	return false
 }
 
 // reserve checks that pool on node still has room for bytes once every
@@ -242,11 +278,14 @@ func (c *Cluster) reserve(node, poolName, id string, bytes int64) (giveBack func
 		return nil, fmt.Errorf("%w: node %s has no healthy pool %s", pool.ErrNoSpace, node, poolName)
 	}
 	c.mu.Lock()
-	c.reserved[id] = reservation{node: node, pool: poolName, bytes: bytes}
+	if c.reserved[node] == nil {
+		c.reserved[node] = map[string]reservation{}
+	}
+	c.reserved[node][id] = reservation{node: node, pool: poolName, bytes: bytes}
 	c.mu.Unlock()
 	return func() {
 		c.mu.Lock()
-		delete(c.reserved, id)
+		c.dropReservation(node, id)
 		c.mu.Unlock()
 	}, nil
 }
@@ -339,20 +378,8 @@ func (c *Cluster) reservedBytes(node, poolName string) int64 {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for id, r := range c.reserved {
-		v, ok := c.Volume(id)
-		switch {
-		case ok && !pending(v):
-			delete(c.reserved, id) // the node has answered: its status counts it
-			continue
-		case ok && !r.seen:
-			r.seen = true
-			c.reserved[id] = r
-		case !ok && r.seen:
-			delete(c.reserved, id) // the object came and went
-			continue
-		}
-		if r.node == node && r.pool == poolName && !counted[id] {
+	for id, r := range c.reserved[node] {
+		if r.pool == poolName && c.settle(node, id, r) && !counted[id] {
 			total += r.bytes
 		}
 	}

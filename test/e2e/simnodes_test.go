@@ -102,13 +102,24 @@ func TestSimulatedNodes(t *testing.T) {
 		}
 		_ = e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	})
+	scaleKnobs(t, ctx)
 	waitSimCapacity(t, ctx, names)
 
 	// The burst: m claims at once.
 	logf("simulated nodes: %d nodes, pools of %d MiB, %d PVCs of %d MiB (%.0f%% of all pools)", n, poolBytes>>20, m, simSize>>20, 100*float64(m)*simSize/float64(int64(n)*poolBytes))
 	cpu0 := controllerProcs(t)
+	req0, t0 := countRequests(ctx), time.Now()
+	var profiled func()
+	if file := os.Getenv("PLINTH_SIM_PROFILE"); file != "" {
+		// The first part of the burst, where the PVs are made.
+		profiled = profileController(t, ctx, file, max(10, min(60, m/20)))
+	}
 	b := burst(t, ctx, client, ns, "b", m)
 	cpu1 := controllerProcs(t)
+	logRequests(req0, countRequests(ctx), time.Since(t0))
+	if profiled != nil {
+		profiled()
+	}
 	checkSimVolumes(t, ctx, ns, names, b)
 	caps, simCaps := capacityObjects(t, ctx, names)
 
@@ -118,6 +129,9 @@ func TestSimulatedNodes(t *testing.T) {
 	fmt.Fprintf(w, "%d\t%d\t%s\t%.1f\t%s\t%d\t%d (%d)\t%s\t%s\n", n, m, b.pvLat.String(), b.pvRate(), b.boundLat.String(), b.failed, caps, simCaps, cpuDelta(cpu0, cpu1), peakRSS(cpu1))
 	_ = w.Flush()
 	logf("simulated nodes, burst:\n%s", tab.String())
+	if os.Getenv("PLINTH_SIM_FAILOVER") != "" {
+		simFailover(t, ctx, client, ns)
+	}
 	if err := deleteSimClaims(ctx, ns); err != nil {
 		t.Fatal(err)
 	}

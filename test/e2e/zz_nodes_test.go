@@ -829,7 +829,13 @@ func idleAPIWrites(t *testing.T, ctx context.Context) {
 // apiRequests reads the host's plinth node agent's
 // plinth_api_requests_total, by "verb resource code" (nil: no metrics).
 func apiRequests(ctx context.Context) map[string]float64 {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:9809/metrics", nil)
+	return apiRequestsAt(ctx, "http://127.0.0.1:9809/metrics")
+}
+
+// apiRequestsAt reads plinth_api_requests_total from a plinth process's
+// metrics at url.
+func apiRequestsAt(ctx context.Context, url string) map[string]float64 {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil
