@@ -57,7 +57,7 @@ type Cluster struct {
 	// node, so that counting one node's (every node, each capacity pass)
 	// does not walk every other node's.
 	reserved map[string]map[string]reservation
-	changed   chan struct{}          // closed and replaced on every change
+	changed  chan struct{} // closed and replaced on every change
 	// serialCreates restores the lock this package had before issue 11:
 	// one for every node, held across the volume object's create. Only
 	// the benchmark that compares the two sets it.
