@@ -119,6 +119,7 @@ func TestSimulatedNodes(t *testing.T) {
 	logRequests(req0, countRequests(ctx), time.Since(t0))
 	if profiled != nil {
 		profiled()
+		heapProfile(t, ctx, strings.TrimSuffix(os.Getenv("PLINTH_SIM_PROFILE"), ".pprof")+"-heap.pprof")
 	}
 	checkSimVolumes(t, ctx, ns, names, b)
 	caps, simCaps := capacityObjects(t, ctx, names)

@@ -199,6 +199,36 @@ func profileController(t *testing.T, ctx context.Context, file string, seconds i
 	}
 }
 
+// heapProfile logs where the leading controller's live heap is (the
+// informers' objects, the reservations) into file.
+func heapProfile(t *testing.T, ctx context.Context, file string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, controllerMetrics+"/debug/pprof/heap?gc=1", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Errorf("heap profile of plinth controller: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("%s", resp.Status)
+	}
+	if err == nil {
+		err = os.WriteFile(file, b, 0o644)
+	}
+	if err != nil {
+		t.Errorf("heap profile of plinth controller: %v", err)
+		return
+	}
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=25", file).CombinedOutput()
+	if err != nil {
+		t.Errorf("go tool pprof: %v: %s", err, out)
+		return
+	}
+	logf("simulated nodes: plinth controller's live heap after the burst (%s):\n%s", file, out)
+}
+
 // simFailover measures a failover with the burst's volumes in the
 // caches: a standby plinth controller (the Deployment's flags, run on the
 // host) campaigns for the Lease, the leading pod's process is killed with
@@ -266,7 +296,9 @@ func simFailover(t *testing.T, ctx context.Context, client kubernetes.Interface,
 	}); err != nil {
 		t.Fatalf("standby controller not serving: %v", err)
 	}
-	time.Sleep(2 * lease / 7) // a retry period: it has seen the Lease held
+	// Its caches fill (every claim, PV and volume object) while it waits,
+	// as a standby's have long done when its leader dies.
+	time.Sleep(15 * time.Second)
 	var volumes int
 	if pvs, err := e.client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{ResourceVersion: "0"}); err == nil {
 		volumes = len(pvs.Items)
