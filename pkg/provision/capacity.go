@@ -63,10 +63,21 @@ func (p *CapacityPublisher) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
+	full := true
 	for {
 		changed := p.Cluster.Changed()
-		if err := p.Sync(ctx); err != nil && ctx.Err() == nil {
+		nodes, all := p.Cluster.TakeDirty()
+		var err error
+		if full || all {
+			err = p.Sync(ctx)
+		} else {
+			err = p.SyncNodes(ctx, nodes)
+		}
+		if err != nil && ctx.Err() == nil {
 			logger.Error(err, "Publishing storage capacity")
+			full = true // what failed is not known: all of it again
+		} else {
+			full = false
 		}
 		select {
 		case <-ctx.Done():
@@ -79,6 +90,7 @@ func (p *CapacityPublisher) Run(ctx context.Context) error {
 			case <-time.After(200 * time.Millisecond):
 			}
 		case <-time.After(interval):
+			full = true
 		}
 	}
 }
@@ -90,6 +102,25 @@ func capacityName(class, node string) string {
 
 // Sync makes the CSIStorageCapacity objects match the nodes and classes now.
 func (p *CapacityPublisher) Sync(ctx context.Context) error {
+	return p.sync(ctx, nil)
+}
+
+// SyncNodes is Sync for these nodes' objects only: those of the nodes
+// whose volumes or PlinthNode changed. A node that has gone loses its
+// objects.
+func (p *CapacityPublisher) SyncNodes(ctx context.Context, nodes []string) error {
+	if len(nodes) == 0 {
+		return nil
+	}
+	only := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		only[n] = true
+	}
+	return p.sync(ctx, only)
+}
+
+// sync publishes the nodes in only, or every node when only is nil.
+func (p *CapacityPublisher) sync(ctx context.Context, only map[string]bool) error {
 	classes, err := p.Classes.List(labels.Everything())
 	if err != nil {
 		return err
@@ -110,7 +141,7 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		if err != nil {
 			continue // the provisioner reports a bad class on each PVC
 		}
-		for _, n := range p.Cluster.PlinthNodes() {
+		for _, n := range p.plinthNodes(only) {
 			if !hasPoolFor(n, parsed) {
 				// No object rather than a zero one: the scheduler treats a
 				// node without one as having no room, and the objects stay
@@ -141,6 +172,9 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, cur := range have {
+		if only != nil && (cur.NodeTopology == nil || !only[cur.NodeTopology.MatchLabels[p.TopologyKey]]) {
+			continue // another node's: not looked at in this pass
+		}
 		w, ok := want[cur.Name]
 		if !ok {
 			if err := api.Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
@@ -164,6 +198,20 @@ func (p *CapacityPublisher) Sync(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// plinthNodes are the PlinthNodes in only (every one when only is nil).
+func (p *CapacityPublisher) plinthNodes(only map[string]bool) []*v1alpha1.PlinthNode {
+	if only == nil {
+		return p.Cluster.PlinthNodes()
+	}
+	var out []*v1alpha1.PlinthNode
+	for name := range only {
+		if n, err := p.Cluster.PlinthNode(name); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // published are plinth's CSIStorageCapacity objects as they are now: from

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
@@ -114,5 +115,100 @@ func TestCapacityFromCache(t *testing.T) {
 	}
 	if cached.Capacity.Value() != 1 {
 		t.Error("the pass changed the cached object in place")
+	}
+}
+
+// A change to one node's objects recounts that node only: its heartbeat
+// (a PlinthNode update) is all TakeDirty returns, SyncNodes rewrites that
+// node's objects and leaves every other node's as they are (even a stale
+// one: the next full pass puts it right), and a node whose PlinthNode went
+// loses its objects.
+func TestCapacityRecountsOnlyChangedNodes(t *testing.T) {
+	c, client := fakeClusterOf(t, []runtime.Object{
+		plinthNode("n1", poolStatus("fast", 100*mi)), plinthNode("n2", poolStatus("fast", 50*mi)), plinthNode("n3", poolStatus("fast", 10*mi)),
+	}, nil, nil)
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Provisioner: "plinth.example.com", Parameters: map[string]string{"pool": "fast"}}
+	core := fake.NewSimpleClientset(sc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	factory := informers.NewSharedInformerFactory(core, 0)
+	classes := factory.Storage().V1().StorageClasses()
+	_ = classes.Informer()
+	factory.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced)
+	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
+		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system"}
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	capOf := func(node string) (int64, bool) {
+		o, err := core.StorageV1().CSIStorageCapacities("plinth-system").Get(ctx, capacityName("fast", node), metav1.GetOptions{})
+		if err != nil {
+			return 0, false
+		}
+		return o.Capacity.Value(), true
+	}
+	_, _ = c.TakeDirty()
+
+	// n1's pool shrinks (its status), n2's object goes stale behind
+	// plinth's back.
+	pn, err := client.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pn.Status.Pools[0].AllocatableBytes, pn.Status.Pools[0].FreeBytes, pn.Status.Sequence = 30*mi, 30*mi, 2
+	if _, err := client.PlinthV1alpha1().PlinthNodes().UpdateStatus(ctx, pn, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stale, _ := core.StorageV1().CSIStorageCapacities("plinth-system").Get(ctx, capacityName("fast", "n2"), metav1.GetOptions{})
+	stale.Capacity = resource.NewQuantity(1, resource.BinarySI)
+	if _, err := core.StorageV1().CSIStorageCapacities("plinth-system").Update(ctx, stale, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var dirty []string
+	var all bool
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		d, a := c.TakeDirty()
+		dirty, all = append(dirty, d...), all || a
+		return len(dirty) > 0, nil
+	}); err != nil {
+		t.Fatal("no node marked changed after n1's status was written")
+	}
+	if all || len(dirty) != 1 || dirty[0] != "n1" {
+		t.Fatalf("changed: %v (all %v), want n1 only", dirty, all)
+	}
+	if err := p.SyncNodes(ctx, dirty); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := capOf("n1"); got != 30*mi {
+		t.Errorf("n1 after its recount: %d, want %d", got, 30*mi)
+	}
+	if got, _ := capOf("n2"); got != 1 {
+		t.Errorf("n2, not changed, was recounted: %d", got)
+	}
+
+	// n3's PlinthNode goes: its object goes in its node's recount.
+	if err := client.PlinthV1alpha1().PlinthNodes().Delete(ctx, "n3", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		_, err := c.PlinthNode("n3")
+		return err != nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := c.TakeDirty()
+	if err := p.SyncNodes(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := capOf("n3"); ok {
+		t.Errorf("n3's object kept after its PlinthNode went (changed: %v)", d)
+	}
+	// A full pass puts n2 right.
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := capOf("n2"); got != 50*mi {
+		t.Errorf("n2 after a full pass: %d, want %d", got, 50*mi)
 	}
 }

@@ -58,6 +58,10 @@ type Cluster struct {
 	// does not walk every other node's.
 	reserved map[string]map[string]reservation
 	changed  chan struct{} // closed and replaced on every change
+	// dirty are the nodes whose objects changed since TakeDirty last
+	// took them; allDirty: a change that was not one node's.
+	dirty    map[string]bool
+	allDirty bool
 	// serialCreates restores the lock this package had before issue 11:
 	// one for every node, held across the volume object's create. Only
 	// the benchmark that compares the two sets it.
@@ -93,6 +97,7 @@ func NewCluster(client versioned.Interface, factory externalversions.SharedInfor
 		reserved:      map[string]map[string]reservation{},
 		nodeLocks:     map[string]*sync.Mutex{},
 		changed:       make(chan struct{}),
+		dirty:         map[string]bool{},
 	}
 	// Volume objects by node label: finding a node's volumes (its
 	// reservations, whether it still holds any) reads only those.
@@ -106,9 +111,9 @@ func NewCluster(client versioned.Interface, factory externalversions.SharedInfor
 		return nil, err
 	}
 	h := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.notify() },
-		UpdateFunc: func(any, any) { c.notify() },
-		DeleteFunc: func(any) { c.notify() },
+		AddFunc:    func(obj any) { c.notify(objectNode(obj)) },
+		UpdateFunc: func(_, obj any) { c.notify(objectNode(obj)) },
+		DeleteFunc: func(obj any) { c.notify(objectNode(obj)) },
 	}
 	for _, inf := range []cache.SharedIndexInformer{c.volumes, c.snapshots, c.nodes} {
 		if _, err := inf.AddEventHandler(h); err != nil {
@@ -130,11 +135,53 @@ func (c *Cluster) Changed() <-chan struct{} {
 	return c.changed
 }
 
-func (c *Cluster) notify() {
+// notify marks node's objects changed ("": not one node's) and wakes
+// whoever waits on Changed.
+func (c *Cluster) notify(node string) {
 	c.mu.Lock()
+	if node == "" {
+		c.allDirty = true
+	} else {
+		c.dirty[node] = true
+	}
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
+}
+
+// TakeDirty returns the nodes whose objects (PlinthNode, volumes,
+// snapshots) changed since the last call, and all: a change that was not
+// one node's. A capacity pass then recounts only those: at a thousand
+// nodes, each node's heartbeat no longer recounts every node.
+func (c *Cluster) TakeDirty() (nodes []string, all bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for n := range c.dirty {
+		nodes = append(nodes, n)
+	}
+	all = c.allDirty
+	c.dirty, c.allDirty = map[string]bool{}, false
+	return nodes, all
+}
+
+// objectNode is the node a PlinthNode, PlinthVolume or PlinthSnapshot
+// belongs to; "" for anything else.
+func objectNode(obj any) string {
+	if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = tomb.Obj
+	}
+	switch o := obj.(type) {
+	case *v1alpha1.PlinthNode:
+		return o.Name
+	case *v1alpha1.PlinthVolume:
+		if o.Spec.NodeName != "" {
+			return o.Spec.NodeName
+		}
+		return o.Labels[v1alpha1.LabelNode]
+	case *v1alpha1.PlinthSnapshot:
+		return o.Spec.NodeName
+	}
+	return ""
 }
 
 var _ volume.NodeSet = (*Cluster)(nil)
