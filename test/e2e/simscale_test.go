@@ -68,10 +68,55 @@ func scaleKnobs(t *testing.T, ctx context.Context) {
 // requestCounts are a burst's API requests: the API server's own count of
 // everything it served (apiserver_request_total, every client) and plinth
 // controller's count of what it asked (plinth_api_requests_total).
-type requestCounts struct{ server, controller map[string]float64 }
+type requestCounts struct{ server, controller, ops map[string]float64 }
 
 func countRequests(ctx context.Context) requestCounts {
-	return requestCounts{server: apiServerRequests(ctx), controller: apiRequestsAt(ctx, controllerMetrics+"/metrics")}
+	return requestCounts{server: apiServerRequests(ctx), controller: apiRequestsAt(ctx, controllerMetrics+"/metrics"), ops: controllerOps(ctx)}
+}
+
+// controllerOps reads plinth_controller_operation_duration_seconds' sum
+// and count by "operation result" ("... sum", "... count").
+func controllerOps(ctx context.Context) map[string]float64 {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, controllerMetrics+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		var kind string
+		rest, ok := strings.CutPrefix(l, "plinth_controller_operation_duration_seconds_sum{")
+		if ok {
+			kind = "sum"
+		} else if rest, ok = strings.CutPrefix(l, "plinth_controller_operation_duration_seconds_count{"); ok {
+			kind = "count"
+		} else {
+			continue
+		}
+		labels, val, ok := strings.Cut(rest, "} ")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil {
+			continue
+		}
+		var op, result string
+		for _, kv := range strings.Split(labels, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			v = strings.Trim(v, `"`)
+			switch k {
+			case "operation":
+				op = v
+			case "result":
+				result = v
+			}
+		}
+		out[op+" "+result+" "+kind] += f
+	}
+	return out
 }
 
 // apiServerRequests sums the API server's apiserver_request_total by
@@ -152,6 +197,27 @@ func requestTable(before, after map[string]float64, window time.Duration, top in
 func logRequests(before, after requestCounts, window time.Duration) {
 	if before.server != nil && after.server != nil {
 		logf("simulated nodes, burst: the API server's apiserver_request_total (every client) over %s:\n%s", window.Round(time.Second), requestTable(before.server, after.server, window, 20))
+	}
+	if before.ops != nil && after.ops != nil {
+		// Each provisioning call holds one of the controller's --threads
+		// workers until its node answers: threads / mean duration is the
+		// rate they allow.
+		var buf bytes.Buffer
+		w := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(w, "operation result\tcount\tmean s\n")
+		var keys []string
+		for k := range after.ops {
+			if op, ok := strings.CutSuffix(k, " count"); ok && after.ops[k]-before.ops[k] > 0 {
+				keys = append(keys, op)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			n := after.ops[k+" count"] - before.ops[k+" count"]
+			fmt.Fprintf(w, "%s\t%.0f\t%.3f\n", k, n, (after.ops[k+" sum"]-before.ops[k+" sum"])/n)
+		}
+		_ = w.Flush()
+		logf("simulated nodes, burst: plinth controller's operations (plinth_controller_operation_duration_seconds):\n%s", buf.String())
 	}
 	if before.controller != nil && after.controller != nil {
 		logf("simulated nodes, burst: plinth controller's plinth_api_requests_total (verb resource code) over %s:\n%s", window.Round(time.Second), requestTable(before.controller, after.controller, window, 20))
