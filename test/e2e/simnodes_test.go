@@ -78,6 +78,9 @@ func TestSimulatedNodes(t *testing.T) {
 		names[i] = fmt.Sprintf("sim-%02d", i+1)
 	}
 	client := burstClient(t, e.cfg)
+	// Before the simulated nodes: a controller rolled out among Node
+	// objects that run no kubelet waits for a node that can start it.
+	scaleKnobs(t, ctx)
 	startSimNodes(t, names, poolBytes)
 	class := &storagev1.StorageClass{
 		ObjectMeta:        metav1.ObjectMeta{Name: simClass},
@@ -102,7 +105,6 @@ func TestSimulatedNodes(t *testing.T) {
 		}
 		_ = e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
 	})
-	scaleKnobs(t, ctx)
 	waitSimCapacity(t, ctx, names)
 
 	// The burst: m claims at once.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 )
@@ -46,6 +47,30 @@ func scaleKnobs(t *testing.T, ctx context.Context) {
 	extra := strings.Fields(os.Getenv("PLINTH_SIM_CONTROLLER_ARGS"))
 	if os.Getenv("PLINTH_SIM_PROFILE") != "" {
 		extra = append(extra, "--profiling")
+	}
+	if len(extra) > 0 {
+		// The suite's own install serves no metrics (two replicas on one
+		// host network); this test runs one, and reads them.
+		extra = append(extra, "--metrics-address=127.0.0.1:9810")
+	}
+	if len(extra) > 0 || os.Getenv("PLINTH_SIM_FAILOVER") != "" {
+		// One replica: on this one-node cluster the Deployment's second
+		// waits for a node with the host ports free, and a rollout (or a
+		// wait for every replica) would never end. The failover brings
+		// its own standby.
+		deps := e.client.AppsV1().Deployments("plinth-system")
+		d, err := deps.Get(ctx, "plinth-controller", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if was := *d.Spec.Replicas; was != 1 {
+			t.Cleanup(func() {
+				if _, err := deps.Patch(context.Background(), "plinth-controller", types.MergePatchType, []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, was)), metav1.PatchOptions{}); err != nil {
+					t.Errorf("restore the controller's replicas: %v", err)
+				}
+			})
+			scaleController(t, ctx, 1)
+		}
 	}
 	if len(extra) > 0 {
 		t.Cleanup(controllerArgs(t, ctx, extra...))
