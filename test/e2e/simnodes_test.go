@@ -81,6 +81,9 @@ func TestSimulatedNodes(t *testing.T) {
 	// Before the simulated nodes: a controller rolled out among Node
 	// objects that run no kubelet waits for a node that can start it.
 	scaleKnobs(t, ctx)
+	if n > 50 {
+		keepDaemonSetOffSimNodes(t, ctx)
+	}
 	startSimNodes(t, names, poolBytes)
 	class := &storagev1.StorageClass{
 		ObjectMeta:        metav1.ObjectMeta{Name: simClass},

@@ -460,3 +460,30 @@ func tail(b []byte, n int) []byte {
 	}
 	return b
 }
+
+// keepDaemonSetOffSimNodes keeps plinth's node DaemonSet off the simulated
+// nodes for the test: they run no kubelet, so its pods there could never
+// start, and at a thousand nodes the scheduler retried a thousand Pending
+// pods at every PV and claim event (160 s of its CPU, and the API server's,
+// in a 10,000-claim burst). The host's node pod rolls once each way.
+func keepDaemonSetOffSimNodes(t *testing.T, ctx context.Context) {
+	t.Helper()
+	dss := e.client.AppsV1().DaemonSets("plinth-system")
+	set := func(ctx context.Context, affinity string) {
+		patch := fmt.Sprintf(`{"spec":{"template":{"spec":{"affinity":%s}}}}`, affinity)
+		ds, err := dss.Patch(ctx, "plinth-node", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gen := ds.Generation
+		if err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			ds, err := dss.Get(ctx, "plinth-node", metav1.GetOptions{})
+			return err == nil && ds.Status.ObservedGeneration >= gen && ds.Status.UpdatedNumberScheduled == ds.Status.DesiredNumberScheduled &&
+				ds.Status.NumberReady == ds.Status.DesiredNumberScheduled, nil
+		}); err != nil {
+			t.Fatalf("plinth-node rollout: %v; pods: %s", err, podsOn(ctx, "plinth-system"))
+		}
+	}
+	set(ctx, `{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"plinth.example.com/simulated","operator":"DoesNotExist"}]}]}}}`)
+	t.Cleanup(func() { set(context.Background(), "null") })
+}
