@@ -13,6 +13,7 @@ import (
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/discovery"
@@ -165,6 +166,7 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 	if err != nil {
 		return err
 	}
+	setMemoryLimit(os.DirFS("/sys"))
 	api := metrics.NewAPIRequests()
 	cfg.Wrap(api.Wrap)
 	core, err := kubernetes.NewForConfig(cfg)
@@ -400,8 +402,8 @@ type controllerCaches struct {
 }
 
 func startControllerCaches(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface) (*controllerCaches, error) {
-	cc := &controllerCaches{factory: informers.NewSharedInformerFactory(core, 10*time.Minute)}
-	pfactory := externalversions.NewSharedInformerFactory(plinth, 10*time.Minute)
+	cc := &controllerCaches{factory: informers.NewSharedInformerFactoryWithOptions(core, 10*time.Minute, informers.WithTransform(dropManagedFields))}
+	pfactory := externalversions.NewSharedInformerFactoryWithOptions(plinth, 10*time.Minute, externalversions.WithTransform(dropManagedFields))
 	cc.nodes = cc.factory.Core().V1().Nodes()
 	nodeLister := cc.nodes.Lister()
 	var err error
@@ -426,7 +428,7 @@ func startControllerCaches(ctx context.Context, c ControllerConfig, core kuberne
 		klog.FromContext(ctx).Info("The API server serves no storage.k8s.io/v1 VolumeAttributesClass (Kubernetes 1.34 and later): claims' classes are not applied")
 	}
 	// plinth's own CSIStorageCapacity objects, watched in their namespace.
-	cc.capFactory = informers.NewSharedInformerFactoryWithOptions(core, 10*time.Minute, informers.WithNamespace(c.Namespace),
+	cc.capFactory = informers.NewSharedInformerFactoryWithOptions(core, 10*time.Minute, informers.WithNamespace(c.Namespace), informers.WithTransform(dropManagedFields),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = provision.CapacitySelector(c.DriverName) }))
 	cc.published = cc.capFactory.Storage().V1().CSIStorageCapacities()
 	cc.synced = []cache.InformerSynced{cc.claims.Informer().HasSynced, cc.pvs.Informer().HasSynced, cc.classes.Informer().HasSynced,
@@ -438,6 +440,18 @@ func startControllerCaches(ctx context.Context, c ControllerConfig, core kuberne
 	pfactory.Start(ctx.Done())
 	cc.capFactory.Start(ctx.Done())
 	return cc, nil
+}
+
+// dropManagedFields leaves an object's metadata.managedFields out of the
+// caches: the controller never reads them, and they were the largest part
+// of each claim, PV and volume object it holds (ten thousand of each at
+// scale). An update made from a cached object sends none, and the API
+// server keeps the object's own (only an explicit empty list resets them).
+func dropManagedFields(obj any) (any, error) {
+	if m, err := apimeta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
 }
 
 func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes.Interface, plinth versioned.Interface, snaps snapclient.Interface, m *metrics.Metrics, cc *controllerCaches) error {

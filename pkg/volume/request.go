@@ -2,7 +2,6 @@ package volume
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -129,8 +128,10 @@ func NewCreateRequest(a Ask) (CreateRequest, error) {
 
 func dedupe(in []string) []string {
 	var out []string
+	seen := make(map[string]struct{}, len(in))
 	for _, s := range in {
-		if !slices.Contains(out, s) {
+		if _, dup := seen[s]; !dup {
+			seen[s] = struct{}{}
 			out = append(out, s)
 		}
 	}

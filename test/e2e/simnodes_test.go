@@ -21,6 +21,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
@@ -766,12 +767,20 @@ func peakRSS(procs map[int]procCPU) string {
 // deleteSimClaims deletes the namespace's claims and waits until their PVs
 // and volume objects are gone.
 func deleteSimClaims(ctx context.Context, ns string) error {
-	if err := e.client.CoreV1().PersistentVolumeClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+	// Ten thousand claims take the API server longer than its request
+	// timeout to delete in one call ("the server was unable to return a
+	// response in the time allotted, but may still be processing the
+	// request"): the deletion goes on, and is asked for again until no
+	// claim is left.
+	if err := e.client.CoreV1().PersistentVolumeClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil && !apierrors.IsServerTimeout(err) && !apierrors.IsTimeout(err) {
 		return err
 	}
 	var pvs, vols int
 	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
 		pvs, vols = 0, 0
+		if cl, err := e.client.CoreV1().PersistentVolumeClaims(ns).List(ctx, metav1.ListOptions{Limit: 1}); err == nil && len(cl.Items) > 0 && cl.Items[0].DeletionTimestamp == nil {
+			_ = e.client.CoreV1().PersistentVolumeClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		}
 		pl, err := e.client.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil
