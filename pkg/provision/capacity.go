@@ -167,7 +167,7 @@ func (p *CapacityPublisher) sync(ctx context.Context, only map[string]bool) erro
 		}
 	}
 	api := p.Client.StorageV1().CSIStorageCapacities(p.Namespace)
-	have, err := p.published(ctx)
+	have, err := p.published(ctx, only, classes)
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
@@ -217,10 +217,36 @@ func (p *CapacityPublisher) plinthNodes(only map[string]bool) []*v1alpha1.Plinth
 // published are plinth's CSIStorageCapacity objects as they are now: from
 // the cache when there is one (a stale entry costs a conflict or an
 // AlreadyExists, and the next pass puts it right), else from the API.
-func (p *CapacityPublisher) published(ctx context.Context) ([]*storagev1.CSIStorageCapacity, error) {
+//
+// For a pass over some nodes (only) with a cache, each object is looked up
+// by its name (class and node) rather than by listing all of them: a
+// heartbeat's pass reads a node's objects, not a thousand nodes'. An
+// object of a class that is gone is left to the next full pass.
+func (p *CapacityPublisher) published(ctx context.Context, only map[string]bool, classes []*storagev1.StorageClass) ([]*storagev1.CSIStorageCapacity, error) {
 	sel, err := labels.Parse(CapacitySelector(p.Driver))
 	if err != nil {
 		return nil, err
+	}
+	if p.Published != nil && only != nil {
+		var out []*storagev1.CSIStorageCapacity
+		for _, sc := range classes {
+			if sc.Provisioner != p.Driver {
+				continue
+			}
+			for node := range only {
+				o, err := p.Published.Get(capacityName(sc.Name, node))
+				if apierrors.IsNotFound(err) {
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				if sel.Matches(labels.Set(o.Labels)) {
+					out = append(out, o)
+				}
+			}
+		}
+		return out, nil
 	}
 	if p.Published != nil {
 		return p.Published.List(sel)

@@ -212,3 +212,51 @@ func TestCapacityRecountsOnlyChangedNodes(t *testing.T) {
 		t.Errorf("n2 after a full pass: %d, want %d", got, 50*mi)
 	}
 }
+
+// With a cache, a pass over some nodes looks their objects up by name:
+// it neither lists the objects from the API server nor touches another
+// node's.
+func TestCapacitySyncNodesFromCache(t *testing.T) {
+	c, _ := fakeClusterOf(t, []runtime.Object{plinthNode("n1", poolStatus("fast", 100*mi)), plinthNode("n2", poolStatus("fast", 50*mi))}, nil, nil)
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: "fast"}, Provisioner: "plinth.example.com", Parameters: map[string]string{"pool": "fast"}}
+	owned := map[string]string{labelManagedBy: "plinth", labelDriver: "plinth.example.com"}
+	q := resource.NewQuantity(1, resource.BinarySI)
+	obj := func(node string) *storagev1.CSIStorageCapacity {
+		return &storagev1.CSIStorageCapacity{ObjectMeta: metav1.ObjectMeta{Name: capacityName("fast", node), Namespace: "plinth-system", Labels: owned},
+			NodeTopology: &metav1.LabelSelector{MatchLabels: map[string]string{"topology.plinth.example.com/node": node}}, StorageClassName: "fast", Capacity: q, MaximumVolumeSize: q}
+	}
+	core := fake.NewSimpleClientset(sc, obj("n1"), obj("n2"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	factory := informers.NewSharedInformerFactory(core, 0)
+	classes := factory.Storage().V1().StorageClasses()
+	capFactory := informers.NewSharedInformerFactoryWithOptions(core, 0, informers.WithNamespace("plinth-system"),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = CapacitySelector("plinth.example.com") }))
+	published := capFactory.Storage().V1().CSIStorageCapacities()
+	_, _ = classes.Informer(), published.Informer()
+	factory.Start(ctx.Done())
+	capFactory.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced, published.Informer().HasSynced)
+	core.ClearActions()
+	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
+		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
+		Published: published.Lister().CSIStorageCapacities("plinth-system")}
+	if err := p.SyncNodes(ctx, []string{"n1"}); err != nil {
+		t.Fatal(err)
+	}
+	var updated []string
+	for _, a := range core.Actions() {
+		if a.GetResource().Resource != "csistoragecapacities" {
+			continue
+		}
+		if a.GetVerb() == "list" {
+			t.Errorf("a pass over n1 listed the objects from the API server")
+		}
+		if u, ok := a.(interface{ GetObject() runtime.Object }); ok && a.GetVerb() == "update" {
+			updated = append(updated, u.GetObject().(*storagev1.CSIStorageCapacity).Name)
+		}
+	}
+	if len(updated) != 1 || updated[0] != capacityName("fast", "n1") {
+		t.Errorf("updated %v, want n1's object only", updated)
+	}
+}
