@@ -102,44 +102,15 @@ func countRequests(ctx context.Context) requestCounts {
 // controllerOps reads plinth_controller_operation_duration_seconds' sum
 // and count by "operation result" ("... sum", "... count").
 func controllerOps(ctx context.Context) map[string]float64 {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, controllerMetrics+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	b := fetchMetrics(ctx, controllerMetrics+"/metrics")
+	if b == nil {
 		return nil
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	out := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		var kind string
-		rest, ok := strings.CutPrefix(l, "plinth_controller_operation_duration_seconds_sum{")
-		if ok {
-			kind = "sum"
-		} else if rest, ok = strings.CutPrefix(l, "plinth_controller_operation_duration_seconds_count{"); ok {
-			kind = "count"
-		} else {
-			continue
+	for _, kind := range []string{"sum", "count"} {
+		for k, v := range sumMetric(b, "plinth_controller_operation_duration_seconds_"+kind, "operation", "result") {
+			out[k+" "+kind] = v
 		}
-		labels, val, ok := strings.Cut(rest, "} ")
-		if !ok {
-			continue
-		}
-		f, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-		if err != nil {
-			continue
-		}
-		var op, result string
-		for _, kv := range strings.Split(labels, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			v = strings.Trim(v, `"`)
-			switch k {
-			case "operation":
-				op = v
-			case "result":
-				result = v
-			}
-		}
-		out[op+" "+result+" "+kind] += f
 	}
 	return out
 }
@@ -152,36 +123,13 @@ func apiServerRequests(ctx context.Context) map[string]float64 {
 		return nil
 	}
 	out := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(l, "apiserver_request_total{")
-		if !ok {
-			continue
-		}
-		labels, val, ok := strings.Cut(rest, "} ")
-		if !ok {
-			continue
-		}
-		f, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-		if err != nil {
-			continue
-		}
-		var verb, resource, sub string
-		for _, kv := range strings.Split(labels, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			v = strings.Trim(v, `"`)
-			switch k {
-			case "verb":
-				verb = v
-			case "resource":
-				resource = v
-			case "subresource":
-				sub = v
-			}
-		}
+	for k, v := range sumMetric(b, "apiserver_request_total", "verb", "resource", "subresource") {
+		verb, rest, _ := strings.Cut(k, " ")
+		resource, sub, _ := strings.Cut(rest, " ")
 		if sub != "" {
 			resource += "/" + sub
 		}
-		out[verb+" "+resource] += f
+		out[verb+" "+resource] += v
 	}
 	return out
 }

@@ -835,16 +835,34 @@ func apiRequests(ctx context.Context) map[string]float64 {
 // apiRequestsAt reads plinth_api_requests_total from a plinth process's
 // metrics at url.
 func apiRequestsAt(ctx context.Context, url string) map[string]float64 {
+	b := fetchMetrics(ctx, url)
+	if b == nil {
+		return nil
+	}
+	return sumMetric(b, "plinth_api_requests_total", "verb", "resource", "code")
+}
+
+// fetchMetrics reads a Prometheus text page (nil if it cannot).
+func fetchMetrics(ctx context.Context, url string) []byte {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	return b
+}
+
+// sumMetric sums metric's samples in a Prometheus text page by the values
+// of keys, joined with spaces (an absent label counts as "").
+func sumMetric(page []byte, metric string, keys ...string) map[string]float64 {
 	out := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(l, "plinth_api_requests_total{")
+	for _, l := range strings.Split(string(page), "\n") {
+		rest, ok := strings.CutPrefix(l, metric+"{")
 		if !ok {
 			continue
 		}
@@ -856,20 +874,16 @@ func apiRequestsAt(ctx context.Context, url string) map[string]float64 {
 		if err != nil {
 			continue
 		}
-		var code, resource, verb string
+		got := map[string]string{}
 		for _, kv := range strings.Split(labels, ",") {
 			k, v, _ := strings.Cut(kv, "=")
-			v = strings.Trim(v, `"`)
-			switch k {
-			case "code":
-				code = v
-			case "resource":
-				resource = v
-			case "verb":
-				verb = v
-			}
+			got[k] = strings.Trim(v, `"`)
 		}
-		out[verb+" "+resource+" "+code] += f
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = got[k]
+		}
+		out[strings.Join(parts, " ")] += f
 	}
 	return out
 }
