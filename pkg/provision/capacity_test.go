@@ -79,23 +79,12 @@ func TestCapacityFromCache(t *testing.T) {
 	core := fake.NewSimpleClientset(sc, stale, gone, foreign)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	factory := informers.NewSharedInformerFactory(core, 0)
-	classes := factory.Storage().V1().StorageClasses()
-	capFactory := informers.NewSharedInformerFactoryWithOptions(core, 0, informers.WithNamespace("plinth-system"),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = CapacitySelector("plinth.example.com") }))
-	published := capFactory.Storage().V1().CSIStorageCapacities()
-	_, _ = classes.Informer(), published.Informer()
-	factory.Start(ctx.Done())
-	capFactory.Start(ctx.Done())
-	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced, published.Informer().HasSynced)
+	p := cachedPublisher(ctx, core, c)
 	core.ClearActions()
-	cached, err := published.Lister().CSIStorageCapacities("plinth-system").Get(stale.Name)
+	cached, err := p.Published.Get(stale.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
-		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
-		Published: published.Lister().CSIStorageCapacities("plinth-system")}
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -228,19 +217,8 @@ func TestCapacitySyncNodesFromCache(t *testing.T) {
 	core := fake.NewSimpleClientset(sc, obj("n1"), obj("n2"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	factory := informers.NewSharedInformerFactory(core, 0)
-	classes := factory.Storage().V1().StorageClasses()
-	capFactory := informers.NewSharedInformerFactoryWithOptions(core, 0, informers.WithNamespace("plinth-system"),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = CapacitySelector("plinth.example.com") }))
-	published := capFactory.Storage().V1().CSIStorageCapacities()
-	_, _ = classes.Informer(), published.Informer()
-	factory.Start(ctx.Done())
-	capFactory.Start(ctx.Done())
-	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced, published.Informer().HasSynced)
+	p := cachedPublisher(ctx, core, c)
 	core.ClearActions()
-	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
-		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
-		Published: published.Lister().CSIStorageCapacities("plinth-system")}
 	if err := p.SyncNodes(ctx, []string{"n1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -259,4 +237,21 @@ func TestCapacitySyncNodesFromCache(t *testing.T) {
 	if len(updated) != 1 || updated[0] != capacityName("fast", "n1") {
 		t.Errorf("updated %v, want n1's object only", updated)
 	}
+}
+
+// cachedPublisher is a CapacityPublisher over core's classes with a synced
+// cache of its objects, as plinth controller runs it.
+func cachedPublisher(ctx context.Context, core *fake.Clientset, c *Cluster) *CapacityPublisher {
+	factory := informers.NewSharedInformerFactory(core, 0)
+	classes := factory.Storage().V1().StorageClasses()
+	capFactory := informers.NewSharedInformerFactoryWithOptions(core, 0, informers.WithNamespace("plinth-system"),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = CapacitySelector("plinth.example.com") }))
+	published := capFactory.Storage().V1().CSIStorageCapacities()
+	_, _ = classes.Informer(), published.Informer()
+	factory.Start(ctx.Done())
+	capFactory.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced, published.Informer().HasSynced)
+	return &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
+		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
+		Published: published.Lister().CSIStorageCapacities("plinth-system")}
 }
