@@ -501,7 +501,7 @@ func runControllerLoops(ctx context.Context, c ControllerConfig, core kubernetes
 	capacity := &provision.CapacityPublisher{
 		Client: core, Classes: classes.Lister(), Cluster: cluster, Controller: vc, Driver: c.DriverName,
 		TopologyKey: c.TopologyKey, Namespace: c.Namespace, Interval: c.CapacityInterval,
-		Published: cc.published.Lister().CSIStorageCapacities(c.Namespace),
+		Published: cc.published.Lister().CSIStorageCapacities(c.Namespace), ClassInformer: classes.Informer(),
 	}
 	resizer := &provision.Resizer{Client: core, Claims: claims, Volumes: pvs.Lister(), Controller: vc, Driver: c.DriverName, Events: events, Observe: observe}
 	// VolumeSnapshotContents go through the same CSI controller service as

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
 	"github.com/plinth-dev/plinth/pkg/apis/v1alpha1"
@@ -48,6 +49,9 @@ type CapacityPublisher struct {
 	// nodes was a thousand objects read several times a second while
 	// claims were being made. Without it each pass lists them.
 	Published storagelisters.CSIStorageCapacityNamespaceLister
+	// ClassInformer, when set, is the StorageClasses' informer: a class
+	// added, changed or removed brings a full pass at once.
+	ClassInformer cache.SharedIndexInformer
 }
 
 // CapacitySelector selects the CSIStorageCapacity objects plinth's
@@ -63,12 +67,30 @@ func (p *CapacityPublisher) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
+	if p.ClassInformer != nil {
+		// A class added or changed is every node's: a full pass.
+		reg, err := p.ClassInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { p.Cluster.NotifyAll() },
+			UpdateFunc: func(any, any) { p.Cluster.NotifyAll() },
+			DeleteFunc: func(any) { p.Cluster.NotifyAll() },
+		})
+		if err != nil {
+			return err
+		}
+		defer func() { _ = p.ClassInformer.RemoveEventHandler(reg) }()
+	}
 	full := true
+	var lastFull time.Time
 	for {
 		changed := p.Cluster.Changed()
 		nodes, all := p.Cluster.TakeDirty()
+		// The interval counts from the last full pass, not from the last
+		// change: at a thousand nodes a change comes more often than the
+		// interval, and the full pass would never come.
+		full = full || all || time.Since(lastFull) >= interval
 		var err error
-		if full || all {
+		if full {
+			lastFull = time.Now()
 			err = p.Sync(ctx)
 		} else {
 			err = p.SyncNodes(ctx, nodes)

@@ -255,3 +255,76 @@ func cachedPublisher(ctx context.Context, core *fake.Clientset, c *Cluster) *Cap
 		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
 		Published: published.Lister().CSIStorageCapacities("plinth-system")}
 }
+
+// While changes come faster than the interval (a thousand nodes'
+// heartbeats), full passes still come at the interval, and a new class
+// gets its objects at once. old: the interval's timer restarted at every
+// change, so a class created in a busy cluster never got its objects (the
+// storage suite's capacity spec timed out).
+func TestCapacityFullPassesUnderConstantChange(t *testing.T) {
+	c, client := fakeClusterOf(t, []runtime.Object{plinthNode("n1", poolStatus("fast", 100*mi)), plinthNode("n2", poolStatus("fast", 50*mi))}, nil, nil)
+	sc := func(name string) *storagev1.StorageClass {
+		return &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Provisioner: "plinth.example.com", Parameters: map[string]string{"pool": "fast"}}
+	}
+	core := fake.NewSimpleClientset(sc("fast"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	factory := informers.NewSharedInformerFactory(core, 0)
+	classes := factory.Storage().V1().StorageClasses()
+	_ = classes.Informer()
+	factory.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced)
+	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
+		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
+		Interval: time.Second, ClassInformer: classes.Informer()}
+	run, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(run) }()
+	defer func() { stop(); <-done }()
+	// n1's heartbeat, every 50 ms.
+	go func() {
+		for seq := int64(1); run.Err() == nil; seq++ {
+			if pn, err := client.PlinthV1alpha1().PlinthNodes().Get(run, "n1", metav1.GetOptions{}); err == nil {
+				pn.Status.Sequence = seq
+				_, _ = client.PlinthV1alpha1().PlinthNodes().UpdateStatus(run, pn, metav1.UpdateOptions{})
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	get := func(class, node string) (*storagev1.CSIStorageCapacity, error) {
+		return core.StorageV1().CSIStorageCapacities("plinth-system").Get(ctx, capacityName(class, node), metav1.GetOptions{})
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		_, err := get("fast", "n2")
+		return err == nil, nil
+	}); err != nil {
+		t.Fatal("no object for n2 after the first pass")
+	}
+	// n2's object goes stale behind plinth's back: only a full pass sees it.
+	o, _ := get("fast", "n2")
+	o.Capacity = resource.NewQuantity(1, resource.BinarySI)
+	if _, err := core.StorageV1().CSIStorageCapacities("plinth-system").Update(ctx, o, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		o, err := get("fast", "n2")
+		return err == nil && o.Capacity.Value() == 50*mi, nil
+	}); err != nil {
+		t.Error("n2's stale object not put right within 5 intervals while n1 changed every 50 ms")
+	}
+	// A new class: its objects at once, not at the next interval.
+	created := time.Now()
+	if _, err := core.StorageV1().StorageClasses().Create(ctx, sc("new"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		_, err1 := get("new", "n1")
+		_, err2 := get("new", "n2")
+		return err1 == nil && err2 == nil, nil
+	}); err != nil {
+		t.Fatal("a new class got no objects")
+	}
+	if d := time.Since(created); d > 900*time.Millisecond {
+		t.Logf("a new class's objects came after %s", d)
+	}
+}

@@ -149,6 +149,9 @@ func (c *Cluster) notify(node string) {
 	c.mu.Unlock()
 }
 
+// NotifyAll marks every node changed (a StorageClass came or went).
+func (c *Cluster) NotifyAll() { c.notify("") }
+
 // TakeDirty returns the nodes whose objects (PlinthNode, volumes,
 // snapshots) changed since the last call, and all: a change that was not
 // one node's. A capacity pass then recounts only those: at a thousand
