@@ -86,7 +86,7 @@ func (c *ControllerConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TopologyKey, "topology-key", "topology.plinth.example.com/node", "topology key whose value is the node name")
 	fs.StringVar(&c.Namespace, "namespace", ns, "namespace of the leader-election Lease and the CSIStorageCapacity objects (default $POD_NAMESPACE)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "take a Lease before acting, so that replicas are safe")
-	fs.DurationVar(&c.LeaseDuration, "leader-elect-lease-duration", 15*time.Second, "how long a leader's Lease lasts without renewal")
+	fs.DurationVar(&c.LeaseDuration, "leader-elect-lease-duration", 10*time.Second, "how long a leader's Lease lasts without renewal (a killed leader's replacement waits this long)")
 	fs.IntVar(&c.Threads, "threads", 16, "PVCs provisioned in parallel")
 	fs.DurationVar(&c.CapacityInterval, "capacity-interval", 30*time.Second, "full CSIStorageCapacity pass period (changes trigger one sooner)")
 	fs.DurationVar(&c.NodeWait, "node-wait", 30*time.Second, "how long one provisioning call waits for the node")

@@ -60,6 +60,10 @@ type Reporter struct {
 	lastRead   time.Time // when the last written status read the pools
 	// lastSequence is the last written status's sequence.
 	lastSequence int64
+	// written is the PlinthNode as the last status write returned it: the
+	// next write starts from it (its resourceVersion guards it), so that a
+	// heartbeat is one request; a conflict reads the object again.
+	written *v1alpha1.PlinthNode
 }
 
 func (p *Reporter) interval() time.Duration {
@@ -271,6 +275,49 @@ func (p *Reporter) Publish(ctx context.Context, force bool) error {
 		return nil
 	}
 	st.HeartbeatTime = metav1.Now()
+	written, err := p.write(ctx, st)
+	if err != nil {
+		return err
+	}
+	p.lastSequence = written.Status.Sequence
+	st.HeartbeatTime, st.Sequence = metav1.Time{}, 0
+	p.lastStatus, p.lastWrite, p.lastRead = &st, time.Now(), read
+	return nil
+}
+
+// write writes st as the PlinthNode's status, its sequence one past the
+// stored one: from the object the last write returned while nothing else
+// changed it, else from a fresh read (made first if it does not exist).
+func (p *Reporter) write(ctx context.Context, st v1alpha1.NodeStatus) (*v1alpha1.PlinthNode, error) {
+	api := p.Plinth.PlinthV1alpha1().PlinthNodes()
+	n := p.written
+	p.written = nil
+	for attempt := 0; ; attempt++ {
+		if n == nil {
+			var err error
+			if n, err = p.read(ctx); err != nil {
+				return nil, err
+			}
+		}
+		n = n.DeepCopy()
+		s := st
+		s.Sequence = n.Status.Sequence + 1
+		n.Status = s
+		out, err := api.UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		if err == nil {
+			p.written = out
+			return out, nil
+		}
+		if attempt == 0 && (apierrors.IsConflict(err) || apierrors.IsNotFound(err)) {
+			n = nil // changed or removed since: read it again
+			continue
+		}
+		return nil, fmt.Errorf("write PlinthNode %s status: %w", p.NodeName, err)
+	}
+}
+
+// read gets the node's PlinthNode, making it when it does not exist.
+func (p *Reporter) read(ctx context.Context) (*v1alpha1.PlinthNode, error) {
 	api := p.Plinth.PlinthV1alpha1().PlinthNodes()
 	n, err := api.Get(ctx, p.NodeName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -280,24 +327,16 @@ func (p *Reporter) Publish(ctx context.Context, force bool) error {
 			obj.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: kn.Name, UID: kn.UID}}
 		}
 		if n, err = api.Create(ctx, obj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create PlinthNode %s: %w", p.NodeName, err)
+			return nil, fmt.Errorf("create PlinthNode %s: %w", p.NodeName, err)
 		}
 		if err != nil {
 			n, err = api.Get(ctx, p.NodeName, metav1.GetOptions{})
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("read PlinthNode %s: %w", p.NodeName, err)
+		return nil, fmt.Errorf("read PlinthNode %s: %w", p.NodeName, err)
 	}
-	st.Sequence = n.Status.Sequence + 1
-	n.Status = st
-	if _, err := api.UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("write PlinthNode %s status: %w", p.NodeName, err)
-	}
-	p.lastSequence = st.Sequence
-	st.HeartbeatTime, st.Sequence = metav1.Time{}, 0
-	p.lastStatus, p.lastWrite, p.lastRead = &st, time.Now(), read
-	return nil
+	return n, nil
 }
 
 // degradedMessage is a healthy pool's status message: why it runs with

@@ -2,13 +2,16 @@ package nodestatus
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -252,5 +255,99 @@ func TestSequence(t *testing.T) {
 	}
 	if s := seq(); s != 3 {
 		t.Errorf("sequence %d after a restart's first write, want 3", s)
+	}
+}
+
+// A heartbeat is one request (the status write, from the object the last
+// write returned), as the API server's load at a thousand nodes asked; a
+// write that another writer got in before conflicts, reads the object
+// again and still has the next sequence.
+func TestHeartbeatIsOneWrite(t *testing.T) {
+	p1, err := file.New(file.Config{Name: "p", Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := node.NewLocal(p1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plinth := plinthfake.NewSimpleClientset()
+	// The fake's tracker keeps no resourceVersions: this one does as the
+	// API server does (a write must name the stored one, and bumps it).
+	var version int
+	plinth.PrependReactor("update", "plinthnodes", func(a ktesting.Action) (bool, runtime.Object, error) {
+		n := a.(ktesting.UpdateAction).GetObject().(*v1alpha1.PlinthNode).DeepCopy()
+		stored, err := plinth.Tracker().Get(a.GetResource(), "", n.Name)
+		if err != nil {
+			return true, nil, err
+		}
+		if rv := stored.(*v1alpha1.PlinthNode).ResourceVersion; n.ResourceVersion != rv {
+			return true, nil, apierrors.NewConflict(a.GetResource().GroupResource(), n.Name, fmt.Errorf("resourceVersion %q, stored %q", n.ResourceVersion, rv))
+		}
+		version++
+		n.ResourceVersion = strconv.Itoa(version)
+		if err := plinth.Tracker().Update(a.GetResource(), n, ""); err != nil {
+			return true, nil, err
+		}
+		return true, n, nil
+	})
+	newReporter := func() *Reporter {
+		return &Reporter{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
+	}
+	ctx := context.Background()
+	seq := func() int64 {
+		n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.Status.Sequence
+	}
+	verbs := func() []string {
+		var v []string
+		for _, a := range plinth.Actions() {
+			v = append(v, a.GetVerb()+" "+a.GetResource().Resource+"/"+a.GetSubresource())
+		}
+		plinth.ClearActions()
+		return v
+	}
+	r := newReporter()
+	if err := r.Publish(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	verbs()
+	for i := range 3 {
+		if err := r.Publish(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if v := verbs(); len(v) != 1 || v[0] != "update plinthnodes/status" {
+			t.Fatalf("heartbeat %d asked %v, want one status update", i, v)
+		}
+	}
+	if s := seq(); s != 4 {
+		t.Fatalf("sequence %d after four writes, want 4", s)
+	}
+	other := newReporter() // another writer (a restarted agent) gets in first
+	if err := other.Publish(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	verbs()
+	if err := r.Publish(ctx, true); err != nil {
+		t.Fatalf("write after another writer's: %v", err)
+	}
+	if v := verbs(); len(v) != 3 {
+		t.Errorf("write after another writer's asked %v, want the conflicting update, a read and an update", v)
+	}
+	if s := seq(); s != 6 {
+		t.Errorf("sequence %d after another writer's 5, want 6", s)
+	}
+	// Removed behind its back: made again.
+	if err := plinth.PlinthV1alpha1().PlinthNodes().Delete(ctx, "n1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Publish(ctx, true); err != nil {
+		t.Fatalf("write after the object was removed: %v", err)
+	}
+	if s := seq(); s != 1 {
+		t.Errorf("sequence %d in the object made again, want 1", s)
 	}
 }
