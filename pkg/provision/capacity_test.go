@@ -300,6 +300,9 @@ func TestCapacityFullPassesUnderConstantChange(t *testing.T) {
 	}); err != nil {
 		t.Fatal("no object for n2 after the first pass")
 	}
+	// The passes that starting brings (the class informer's replay of
+	// "fast" asks for a full one) are over; from now on only n1 changes.
+	time.Sleep(700 * time.Millisecond)
 	// n2's object goes stale behind plinth's back: only a full pass sees it.
 	o, _ := get("fast", "n2")
 	o.Capacity = resource.NewQuantity(1, resource.BinarySI)
