@@ -268,7 +268,9 @@ func newVolumeMounts(c CSIConfig, local *node.Local, run mount.Exec) volumeMount
 	host := mount.NewHost(run)
 	// New ext4 volumes are copies of a filesystem made once per size.
 	host.Templates = fsimage.New(filepath.Join(c.Root, "templates"), run)
-	return volumeMounts{Mounts: node.NewMounts(local, host, c.Root), launches: run.Launches}
+	m := node.NewMounts(local, host, c.Root)
+	m.SysfsRoot = c.SysfsRoot
+	return volumeMounts{Mounts: m, launches: run.Launches}
 }
 
 // serveCSI serves Identity and Node (and Controller when withController)

@@ -146,7 +146,7 @@ func (p *Mounts) devicesOf(ctx context.Context, pl pool.Pool, id string) ([]ioli
 	if m == nil {
 		return nil, fmt.Errorf("no mount holds volume %s's directory %s", id, att.Dir)
 	}
-	return filesystemDevices(m)
+	return filesystemDevices(p.sysfs(), m)
 }
 
 // mountHolding is the mount path lies on (path itself need not be a
@@ -179,7 +179,7 @@ func (h host) mountHolding(path string) (*mount.Info, error) {
 // as m: a btrfs filesystem's from /sys/fs/btrfs/<fsid>/devices (it may
 // have several, and its mounts show an anonymous device number), any
 // other's from m's own number.
-func filesystemDevices(m *mount.Info) ([]iolimit.Device, error) {
+func filesystemDevices(sysfs string, m *mount.Info) ([]iolimit.Device, error) {
 	if m.FSType != "btrfs" {
 		d := iolimit.Device{Major: uint32(m.Major), Minor: uint32(m.Minor)}
 		if d.Major == 0 {
@@ -192,12 +192,12 @@ func filesystemDevices(m *mount.Info) ([]iolimit.Device, error) {
 		return nil, fmt.Errorf("btrfs at %s: its device %s: %w", m.Mountpoint, m.Source, err)
 	}
 	name := filepath.Base(src)
-	fss, err := os.ReadDir("/sys/fs/btrfs")
+	fss, err := os.ReadDir(filepath.Join(sysfs, "fs", "btrfs"))
 	if err != nil {
 		return nil, err
 	}
 	for _, fs := range fss {
-		dir := filepath.Join("/sys/fs/btrfs", fs.Name(), "devices")
+		dir := filepath.Join(sysfs, "fs", "btrfs", fs.Name(), "devices")
 		if _, err := os.Lstat(filepath.Join(dir, name)); err != nil {
 			continue
 		}
@@ -219,7 +219,7 @@ func filesystemDevices(m *mount.Info) ([]iolimit.Device, error) {
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("btrfs at %s: no filesystem in /sys/fs/btrfs has device %s", m.Mountpoint, name)
+	return nil, fmt.Errorf("btrfs at %s: no filesystem in %s has device %s", m.Mountpoint, filepath.Join(sysfs, "fs", "btrfs"), name)
 }
 
 // Reapply makes what uses volume id now match its record: the IO limits of

@@ -44,12 +44,22 @@ type Mounts struct {
 	// unlimited). Both nil: IO limits are not this node's to enforce (no
 	// pods: plinth standalone).
 	NoLimiter error
+	// SysfsRoot is where sysfs is mounted (default /sys): a btrfs
+	// filesystem's devices, whose IO a subvolume's limits hold.
+	SysfsRoot string
 
 	node    *Local
 	mounter mount.Mounter
 	host    host // what the ownership checks read
 	targets targetRecords
 	staged  stagedRecords
+}
+
+func (p *Mounts) sysfs() string {
+	if p.SysfsRoot == "" {
+		return "/sys"
+	}
+	return p.SysfsRoot
 }
 
 // held refuses a volume that Hold says is held.
