@@ -86,8 +86,8 @@ func (c *ControllerConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TopologyKey, "topology-key", "topology.plinth.example.com/node", "topology key whose value is the node name")
 	fs.StringVar(&c.Namespace, "namespace", ns, "namespace of the leader-election Lease and the CSIStorageCapacity objects (default $POD_NAMESPACE)")
 	fs.BoolVar(&c.LeaderElect, "leader-elect", true, "take a Lease before acting, so that replicas are safe")
-	fs.DurationVar(&c.LeaseDuration, "leader-elect-lease-duration", 10*time.Second, "how long a leader's Lease lasts without renewal (a killed leader's replacement waits this long)")
-	fs.IntVar(&c.Threads, "threads", 16, "PVCs provisioned in parallel")
+	fs.DurationVar(&c.LeaseDuration, "leader-elect-lease-duration", 8*time.Second, "how long a leader's Lease lasts without renewal (a killed leader's replacement waits this long)")
+	fs.IntVar(&c.Threads, "threads", 32, "PVCs provisioned in parallel (each waits for its node's answer)")
 	fs.DurationVar(&c.CapacityInterval, "capacity-interval", 30*time.Second, "full CSIStorageCapacity pass period (changes trigger one sooner)")
 	fs.DurationVar(&c.NodeWait, "node-wait", 30*time.Second, "how long one provisioning call waits for the node")
 	fs.Float64Var(&c.KubeAPIQPS, "kube-api-qps", 100, "API requests per second, sustained")
@@ -217,7 +217,18 @@ func RunController(ctx context.Context, c ControllerConfig) error {
 		}
 		parts["controller"] = lead
 	} else {
-		parts["controller"] = func(ctx context.Context) error { return runElected(ctx, c, core, lead, watchdog, m) }
+		parts["controller"] = func(ctx context.Context) error {
+			// A replica campaigns only once its caches are filled: the
+			// one that wins then acts at once. A killed leader's pod,
+			// restarted by its kubelet, raced the warm standby for the
+			// Lease and, winning, made the first PV 6 s after taking it
+			// (listing 10,000 claims, PVs and volume objects first).
+			klog.FromContext(ctx).Info("Filling the caches before campaigning for the Lease")
+			if !cache.WaitForCacheSync(ctx.Done(), caches.synced...) {
+				return nil // ctx ended
+			}
+			return runElected(ctx, c, core, lead, watchdog, m)
+		}
 	}
 	klog.InfoS("plinth controller started", "version", c.Version, "driver", c.DriverName, "namespace", c.Namespace, "leaderElect", c.LeaderElect)
 	return runAll(ctx, parts)

@@ -281,7 +281,7 @@ func simFailover(t *testing.T, ctx context.Context, client kubernetes.Interface,
 		t.Fatal(err)
 	}
 	var args []string
-	lease := 10 * time.Second // the default
+	lease := 8 * time.Second // the default
 	for _, a := range d.Spec.Template.Spec.Containers[0].Args {
 		switch {
 		case strings.HasPrefix(a, "--metrics-address="), a == "--profiling":
