@@ -206,11 +206,10 @@ func TestOutsideFillPublishedAtPoll(t *testing.T) {
 	}
 }
 
-// Each written status has the next sequence, also after a restart (a new
-// Reporter over the same object); PublishAfter returns the sequence of a
-// status that read the pools after the time asked, writing one only when
-// needed; an unchanged status is not rewritten for a new sequence.
-func TestSequence(t *testing.T) {
+// sequenceFixture is a fake API holding node n1's PlinthNode, a maker of
+// Reporters for n1 over one file pool, and the stored status's sequence.
+func sequenceFixture(t *testing.T) (*plinthfake.Clientset, func() *Reporter, func() int64) {
+	t.Helper()
 	p1, err := file.New(file.Config{Name: "p", Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -223,14 +222,23 @@ func TestSequence(t *testing.T) {
 	newReporter := func() *Reporter {
 		return &Reporter{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
 	}
-	ctx := context.Background()
 	seq := func() int64 {
-		n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
+		n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(context.Background(), "n1", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return n.Status.Sequence
 	}
+	return plinth, newReporter, seq
+}
+
+// Each written status has the next sequence, also after a restart (a new
+// Reporter over the same object); PublishAfter returns the sequence of a
+// status that read the pools after the time asked, writing one only when
+// needed; an unchanged status is not rewritten for a new sequence.
+func TestSequence(t *testing.T) {
+	_, newReporter, seq := sequenceFixture(t)
+	ctx := context.Background()
 	r := newReporter()
 	if err := r.Publish(ctx, true); err != nil {
 		t.Fatal(err)
@@ -263,15 +271,7 @@ func TestSequence(t *testing.T) {
 // write that another writer got in before conflicts, reads the object
 // again and still has the next sequence.
 func TestHeartbeatIsOneWrite(t *testing.T) {
-	p1, err := file.New(file.Config{Name: "p", Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, err := node.NewLocal(p1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plinth := plinthfake.NewSimpleClientset()
+	plinth, newReporter, seq := sequenceFixture(t)
 	// The fake's tracker keeps no resourceVersions: this one does as the
 	// API server does (a write must name the stored one, and bumps it).
 	var version int
@@ -291,17 +291,7 @@ func TestHeartbeatIsOneWrite(t *testing.T) {
 		}
 		return true, n, nil
 	})
-	newReporter := func() *Reporter {
-		return &Reporter{NodeName: "n1", Pools: local.PoolHealth, Plinth: plinth, Core: fake.NewSimpleClientset(), Events: record.NewFakeRecorder(10), Interval: time.Hour}
-	}
 	ctx := context.Background()
-	seq := func() int64 {
-		n, err := plinth.PlinthV1alpha1().PlinthNodes().Get(ctx, "n1", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n.Status.Sequence
-	}
 	verbs := func() []string {
 		var v []string
 		for _, a := range plinth.Actions() {
