@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
+	storageinformers "k8s.io/client-go/informers/storage/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
@@ -120,11 +122,7 @@ func TestCapacityRecountsOnlyChangedNodes(t *testing.T) {
 	core := fake.NewSimpleClientset(sc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	factory := informers.NewSharedInformerFactory(core, 0)
-	classes := factory.Storage().V1().StorageClasses()
-	_ = classes.Informer()
-	factory.Start(ctx.Done())
-	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced)
+	classes := syncedClasses(ctx, core)
 	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
 		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system"}
 	if err := p.Sync(ctx); err != nil {
@@ -269,11 +267,7 @@ func TestCapacityFullPassesUnderConstantChange(t *testing.T) {
 	core := fake.NewSimpleClientset(sc("fast"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	factory := informers.NewSharedInformerFactory(core, 0)
-	classes := factory.Storage().V1().StorageClasses()
-	_ = classes.Informer()
-	factory.Start(ctx.Done())
-	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced)
+	classes := syncedClasses(ctx, core)
 	p := &CapacityPublisher{Client: core, Classes: classes.Lister(), Cluster: c, Controller: volume.NewControllerOver(c),
 		Driver: "plinth.example.com", TopologyKey: "topology.plinth.example.com/node", Namespace: "plinth-system",
 		Interval: time.Second, ClassInformer: classes.Informer()}
@@ -330,4 +324,15 @@ func TestCapacityFullPassesUnderConstantChange(t *testing.T) {
 	if d := time.Since(created); d > 900*time.Millisecond {
 		t.Logf("a new class's objects came after %s", d)
 	}
+}
+
+// syncedClasses is a StorageClass informer over core, started and synced
+// (until ctx ends).
+func syncedClasses(ctx context.Context, core kubernetes.Interface) storageinformers.StorageClassInformer {
+	factory := informers.NewSharedInformerFactory(core, 0)
+	classes := factory.Storage().V1().StorageClasses()
+	_ = classes.Informer()
+	factory.Start(ctx.Done())
+	cache.WaitForCacheSync(ctx.Done(), classes.Informer().HasSynced)
+	return classes
 }
